@@ -1,0 +1,196 @@
+"""The engine's public read API: what the CLI and the dashboard know about a state directory.
+
+Reads are short autocommit queries on a fresh or cached connection; nothing here holds a
+transaction open, so readers never pin the WAL or slow the scheduler. Commands go to the active
+scheduler through ``ControlClient``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .control import ControlClient
+from .db import StatePaths, connect
+from .errors import ControlError, NotFoundError
+
+__all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "StateReader", "cluster_status"]
+
+RUN_FIELDS = (
+    "id", "job", "state", "exit_code", "scheduled_for", "started_at", "ended_at", "attempt", "epoch",
+    "reason", "trigger", "created_at", "not_before", "pid", "peak_rss", "cpu_s", "agent",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    text: str
+    offset: int  #: where the next read should start
+    size: int  #: file size when read
+
+
+class StateReader:
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.paths, create=not self.paths.db.exists())
+            self._conn.execute("PRAGMA query_only=ON")
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.conn.execute(sql, params).fetchall()]
+
+    def runs(
+        self,
+        *,
+        job: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first, keyset-paged by id so a page costs the same at any depth."""
+        where, params = [], []
+        if job:
+            where.append("job = ?")
+            params.append(job)
+        if state:
+            where.append("state = ?")
+            params.append(state)
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._all(
+            f"SELECT {', '.join(RUN_FIELDS)} FROM runs {clause} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        rows = self._all(f"SELECT {', '.join(RUN_FIELDS)}, kill_requested, deadline FROM runs WHERE id = ?",
+                         (run_id,))  # fmt: skip
+        if not rows:
+            raise NotFoundError(f"no run with id {run_id}")
+        return rows[0]
+
+    def count_runs(self, *, job: str | None = None, state: str | None = None) -> int:
+        where, params = [], []
+        if job:
+            where.append("job = ?")
+            params.append(job)
+        if state:
+            where.append("state = ?")
+            params.append(state)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM runs {clause}", params).fetchone()[0])
+
+    def counts_by_state(self) -> dict[str, int]:
+        return {row["state"]: row["n"] for row in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The active's catalog of loaded jobs with pause flag and latest run."""
+        return self._all(
+            "SELECT j.name, j.path, j.schedule, j.enabled, j.agent, j.description, j.tags, j.next_fire, "
+            "j.error, COALESCE(s.paused, 0) AS paused FROM jobs j LEFT JOIN job_state s ON s.job = j.name "
+            "ORDER BY j.name"
+        )
+
+    def paused_jobs(self) -> set[str]:
+        return {row["job"] for row in self._all("SELECT job FROM job_state WHERE paused = 1")}
+
+    def latest_runs(self, names: list[str] | None = None, per_job: int = 1) -> dict[str, list[dict[str, Any]]]:
+        """The newest `per_job` runs of each job (for last result and trend), newest first."""
+        sql = (
+            f"SELECT {', '.join(RUN_FIELDS)} FROM (SELECT *, ROW_NUMBER() OVER "
+            "(PARTITION BY job ORDER BY id DESC) AS rn FROM runs) WHERE rn <= ? ORDER BY job, id DESC"
+        )
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in self._all(sql, (per_job,)):
+            if names is None or row["job"] in names:
+                out.setdefault(row["job"], []).append(row)
+        return out
+
+    def leader(self) -> dict[str, Any]:
+        return self._all("SELECT epoch, pid, starttime, since, clean_stop FROM leader WHERE id = 1")[0]
+
+    def failovers(self, limit: int = 10) -> list[dict[str, Any]]:
+        return self._all(
+            "SELECT at, from_pid, to_pid, cause, gap_ms, epoch FROM failovers ORDER BY id DESC LIMIT ?", (limit,)
+        )
+
+    def agents(self) -> list[dict[str, Any]]:
+        rows = self._all(
+            "SELECT name, url, up, last_contact, version, cpu_percent, memory_percent, load1, running, error "
+            "FROM agents ORDER BY name"
+        )
+        for row in rows:
+            row["up"] = bool(row["up"])
+        return rows
+
+    def audit(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._all("SELECT at, os_user, action, target, result FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+
+    def log_path(self, run_id: int) -> Path:
+        return self.paths.run_dir(run_id) / "log"
+
+    def read_log(self, run_id: int, offset: int = 0, max_bytes: int = 1 << 20) -> LogChunk:
+        path = self.log_path(run_id)
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, 2)
+                if offset > size:
+                    offset = 0  # the file was truncated by the log cap
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            return LogChunk("", offset, 0)
+        return LogChunk(data.decode("utf-8", "replace"), offset + len(data), size)
+
+    def tail_log(self, run_id: int, max_bytes: int = 256 * 1024) -> LogChunk:
+        """The last `max_bytes` of a log: what a dashboard shows without loading a huge file."""
+        path = self.log_path(run_id)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return LogChunk("", 0, 0)
+        start = max(0, size - max_bytes)
+        chunk = self.read_log(run_id, start, max_bytes)
+        text = chunk.text
+        if start > 0:
+            text = text.split("\n", 1)[-1]  # drop the partial first line
+        return LogChunk(text, chunk.offset, chunk.size)
+
+
+def cluster_status(paths: StatePaths, timeout: float = 2.0) -> dict[str, Any]:
+    """`active` (or None), `standbys`, and the last failovers."""
+    active = None
+    standbys: list[dict[str, Any]] = []
+    try:
+        reply = ControlClient(paths, timeout=timeout).request("status")
+        active = reply.get("active")
+        standbys = reply.get("standbys", [])
+    except ControlError:
+        pass
+    failovers: list[dict[str, Any]] = []
+    if paths.db.exists():
+        reader = StateReader(paths)
+        try:
+            failovers = reader.failovers()
+        finally:
+            reader.close()
+    return {"active": active, "standbys": standbys, "failovers": failovers}
+
+
+def iter_lines(text: str) -> Iterator[str]:
+    yield from text.splitlines()

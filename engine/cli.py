@@ -1,0 +1,467 @@
+"""The `vigil` command line. Heavy modules are imported only by the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .db import StatePaths
+from .errors import VigilError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
+
+
+def _state(args: argparse.Namespace) -> StatePaths:
+    return StatePaths(Path(args.state).resolve())
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _short_time(text: str | None) -> str:
+    if not text:
+        return "-"
+    return text.replace("+00:00", "Z").split(".")[0].replace("T", " ")
+
+
+def _reader(args: argparse.Namespace):  # noqa: ANN202
+    from .api import StateReader
+
+    paths = _state(args)
+    if not paths.db.exists():
+        raise VigilError(f"no Vigil state at {paths.root}; start a scheduler there with `vigil up`")
+    return StateReader(paths)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from .ha import Node
+
+    logging.basicConfig(
+        level=logging.INFO if not args.quiet else logging.WARNING,
+        format="%(asctime)s vigil[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    jobs_dir = Path(args.jobs).resolve()
+    if not jobs_dir.is_dir():
+        raise VigilError(f"job folder {jobs_dir} does not exist")
+    node = Node(_state(args), jobs_dir)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, node.request_stop)
+        await node.run()
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .jobfile import format_errors, load_folder
+
+    folder = Path(args.dir or args.jobs)
+    if not folder.is_dir():
+        print(f"{folder}: not a directory", file=sys.stderr)
+        return EXIT_ERROR
+    result = load_folder(folder)
+    if result.errors:
+        print(format_errors(result.errors))
+        print(f"{len(result.errors)} error(s); {len(result.jobs)} valid job(s)", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{len(result.jobs)} job(s) valid in {folder}")
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from . import schedule
+    from .db import iso
+    from .jobfile import load_folder
+
+    result = load_folder(Path(args.jobs))
+    paused: set[str] = set()
+    latest: dict[str, list[dict[str, Any]]] = {}
+    paths = _state(args)
+    if paths.db.exists():
+        reader = _reader(args)
+        paused = reader.paused_jobs()
+        latest = reader.latest_runs()
+        reader.close()
+    now = datetime.now(UTC)
+    docs = []
+    for name, job in sorted(result.jobs.items()):
+        trigger = schedule.trigger_for(job)
+        nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
+        last = latest.get(name, [None])[0]
+        docs.append(
+            {
+                "name": name,
+                "schedule": job.schedule_text,
+                "status": "disabled" if not job.enabled else "paused" if name in paused else "enabled",
+                "next_fire": iso(nxt),
+                "last_state": last["state"] if last else None,
+                "last_run_id": last["id"] if last else None,
+                "agent": job.agent,
+                "description": job.description,
+            }
+        )
+    if args.json:
+        _print_json(docs)
+    else:
+        rows = [
+            [d["name"], d["schedule"], d["status"], _short_time(d["next_fire"]), d["last_state"] or "-"]
+            for d in docs
+        ]
+        print(_table(rows, ["JOB", "SCHEDULE", "STATUS", "NEXT FIRE (UTC)", "LAST"]))
+    for err in result.errors:
+        print(f"warning: {err.format()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    runs = reader.runs(job=args.job, state=args.status, limit=args.limit)
+    if args.json:
+        _print_json(runs)
+        return EXIT_OK
+    rows = [
+        [
+            str(r["id"]), r["job"], r["state"], "-" if r["exit_code"] is None else str(r["exit_code"]),
+            _short_time(r["scheduled_for"]), _duration(r), str(r["attempt"]), (r["reason"] or "")[:60],
+        ]
+        for r in runs
+    ]  # fmt: skip
+    print(_table(rows, ["ID", "JOB", "STATE", "EXIT", "SCHEDULED (UTC)", "TOOK", "TRY", "REASON"]))
+    return EXIT_OK
+
+
+def _duration(run: dict[str, Any]) -> str:
+    from datetime import datetime
+
+    if not run["started_at"] or not run["ended_at"]:
+        return "-"
+    seconds = (datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    return f"{seconds:.2f}s"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    run = reader.run(args.run_id)
+    offset = 0
+    while True:
+        chunk = reader.read_log(args.run_id, offset)
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        offset = chunk.offset
+        if chunk.text:
+            continue
+        if not args.follow or run["state"] in TERMINAL:
+            break
+        time.sleep(0.25)
+        run = reader.run(args.run_id)
+    return EXIT_OK
+
+
+def _control(args: argparse.Namespace, op: str, **kw: Any) -> dict[str, Any]:
+    from .control import ControlClient
+
+    return ControlClient(_state(args)).request(op, **kw)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    reply = _control(args, "run", job=args.name)
+    print(f"started run {reply['run_id']} of {args.name}")
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    _control(args, args.command, job=args.name)
+    print(f"{args.name} {'paused' if args.command == 'pause' else 'resumed'}")
+    return EXIT_OK
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    _control(args, "kill", run_id=args.run_id)
+    print(f"kill sent to run {args.run_id}")
+    return EXIT_OK
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    reply = _control(args, "rerun", run_id=args.run_id)
+    print(f"rerun of {args.run_id} started as run {reply['run_id']}")
+    return EXIT_OK
+
+
+def cmd_switchover(args: argparse.Namespace) -> int:
+    reply = _control(args, "switchover")
+    print(f"active pid {reply['from_pid']} is handing over to a standby ({len(reply['standbys'])} waiting)")
+    return EXIT_OK
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from . import schedule
+    from .errors import NotFoundError
+    from .jobfile import load_folder
+
+    result = load_folder(Path(args.jobs))
+    job = result.jobs.get(args.name)
+    if job is None:
+        problems = [e.format() for e in result.errors if args.name in e.path]
+        raise NotFoundError(f"no valid job named {args.name!r}" + (": " + "; ".join(problems) if problems else ""))
+    fires = schedule.preview(job, datetime.now(UTC), args.n)
+    if args.json:
+        _print_json([f.isoformat() for f in fires])
+    elif not fires:
+        print(f"{args.name} has no upcoming scheduled fires ({job.schedule_text})")
+    else:
+        for fire in fires:
+            print(fire.isoformat())
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .api import cluster_status
+
+    paths = _state(args)
+    doc = cluster_status(paths)
+    doc["jobs"] = 0
+    doc["runs"] = {}
+    doc["agents"] = []
+    if paths.db.exists():
+        reader = _reader(args)
+        doc["jobs"] = len(reader.jobs())
+        doc["runs"] = reader.counts_by_state()
+        doc["agents"] = [
+            {k: a[k] for k in ("name", "up", "last_contact", "cpu_percent", "memory_percent", "load1", "running")}
+            for a in reader.agents()
+        ]
+        reader.close()
+    if args.json:
+        _print_json(doc)
+        return EXIT_OK
+    active = doc["active"]
+    if active:
+        print(f"active: pid {active['pid']} epoch {active['epoch']} since {_short_time(active['since'])}")
+    else:
+        print("active: none (no scheduler is running on this state directory)")
+    for sb in doc["standbys"]:
+        print(f"standby: pid {sb['pid']} since {_short_time(sb['since'])}")
+    print(f"jobs: {doc['jobs']}")
+    print("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["runs"].items())) or "none"))
+    for fo in doc["failovers"][:5]:
+        gap = "?" if fo["gap_ms"] is None else f"{fo['gap_ms']:.0f} ms"
+        print(f"failover: {_short_time(fo['at'])} {fo['cause']} pid {fo['from_pid']} -> {fo['to_pid']} gap {gap}")
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from .db import connect
+
+    paths = _state(args)
+    if args.db_command == "check":
+        conn = connect(paths, create=False)
+        result = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        conn.close()
+        print("\n".join(result))
+        return EXIT_OK if result == ["ok"] else EXIT_ERROR
+    if args.db_command == "backup":
+        target = Path(args.path)
+        if target.exists():
+            raise VigilError(f"backup target {target} already exists; refusing to overwrite it")
+        source = connect(paths, create=False)
+        dest = sqlite3.connect(target)
+        with dest:
+            source.backup(dest)  # the online backup API: consistent while the scheduler writes
+        dest.close()
+        source.close()
+        print(f"backed up {paths.db} to {target}")
+        return EXIT_OK
+    # prune
+    from .control import ControlClient
+    from .durations import parse_duration
+    from .errors import NoActiveSchedulerError
+
+    seconds = parse_duration(args.older_than)
+    try:
+        reply = ControlClient(paths, timeout=120).request("prune", older_than_s=seconds)
+        deleted = reply["deleted"]
+    except NoActiveSchedulerError:
+        deleted = _prune_offline(paths, seconds)
+    print(f"pruned {deleted} run(s) that ended more than {args.older_than} ago")
+    return EXIT_OK
+
+
+def _prune_offline(paths: StatePaths, seconds: float) -> int:
+    import shutil
+    from datetime import UTC, datetime, timedelta
+
+    from .db import connect, iso
+
+    conn = connect(paths, create=False)
+    cutoff = iso(datetime.now(UTC) - timedelta(seconds=seconds))
+    ids = [r[0] for r in conn.execute(
+        "SELECT id FROM runs WHERE ended_at < ? AND state NOT IN ('pending','waiting','launching','running')",
+        (cutoff,),
+    )]  # fmt: skip
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+    conn.execute("COMMIT")
+    conn.close()
+    for run_id in ids:
+        shutil.rmtree(paths.run_dir(run_id), ignore_errors=True)
+    return len(ids)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from tui.app import run_monitor
+
+    return run_monitor(_state(args), read_only=args.read_only, jobs_dir=Path(args.jobs), start=args.start)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .agent_server import serve_agent
+
+    return serve_agent(args)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state",
+        default=os.environ.get("VIGIL_STATE", "./.vigil"),
+        help="state directory (default: $VIGIL_STATE or ./.vigil)",
+    )
+    jobs = argparse.ArgumentParser(add_help=False)
+    jobs.add_argument(
+        "--jobs",
+        default=os.environ.get("VIGIL_JOBS", "./sample_jobs"),
+        help="job folder (default: $VIGIL_JOBS or ./sample_jobs)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    parser = argparse.ArgumentParser(
+        prog="vigil",
+        description="Vigil: a job scheduler with exactly-once runs, active/standby failover and a terminal dashboard.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", parents=[common, jobs], help="run the scheduler in the foreground (active or standby)")
+    p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("validate", parents=[common, jobs], help="check every job file; exit 1 on any error")
+    p.add_argument("dir", nargs="?", help="job folder to check (default: --jobs)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("jobs", parents=[common, jobs, as_json], help="list jobs: schedule, status, next fire, last state")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("runs", parents=[common, as_json], help="list runs, newest first")
+    p.add_argument("--job", help="only this job")
+    p.add_argument("--status", help="only runs in this state (e.g. failed, running)")
+    p.add_argument("--limit", type=int, default=50, help="at most N runs (default 50)")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("logs", parents=[common], help="print a run's captured stdout+stderr")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("run", parents=[common], help="run a job now (asks the active scheduler)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_run)
+    for name, text in (("pause", "stop scheduling a job"), ("resume", "resume a paused job")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("name")
+        p.set_defaults(func=cmd_pause)
+    p = sub.add_parser("kill", parents=[common], help="kill a running run's whole process group")
+    p.add_argument("run_id", type=int)
+    p.set_defaults(func=cmd_kill)
+    p = sub.add_parser("rerun", parents=[common], help="run a finished run's job again, as a new run")
+    p.add_argument("run_id", type=int)
+    p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser("next", parents=[common, jobs, as_json], help="preview a job's next fire times")
+    p.add_argument("name")
+    p.add_argument("-n", type=int, default=5, help="how many (default 5)")
+    p.set_defaults(func=cmd_next)
+
+    p = sub.add_parser("status", parents=[common, as_json], help="active/standby, counts of jobs and runs, failovers")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("switchover", parents=[common], help="hand the active role to a standby")
+    p.set_defaults(func=cmd_switchover)
+
+    p = sub.add_parser("db", parents=[common], help="database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dbsub.add_parser("check", parents=[common], help="PRAGMA integrity_check")
+    b = dbsub.add_parser("backup", parents=[common], help="online backup to PATH (safe while running)")
+    b.add_argument("path")
+    pr = dbsub.add_parser("prune", parents=[common], help="delete runs that ended before a cut-off")
+    pr.add_argument("--older-than", required=True, metavar="DURATION", help='e.g. "30d"')
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("monitor", parents=[common, jobs], help="open the terminal dashboard")
+    p.add_argument("--read-only", action="store_true", help="disable every action")
+    p.add_argument("--start", action="store_true",
+                   help="also start a scheduler on --jobs for the dashboard's lifetime")  # fmt: skip
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("agent", parents=[common], help="serve jobs for a remote scheduler over HTTP")
+    p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT")
+    p.add_argument("--token-file", help="file holding the bearer token (required off loopback)")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    p.set_defaults(func=cmd_agent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except VigilError as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The active scheduler's local control socket: newline-delimited JSON over a Unix stream socket.
+
+CLI commands, the dashboard and standbys reach the active through it; standbys also receive the
+heartbeat stream on it. Connecting fails fast when nobody is active, which is how clients learn it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from .db import StatePaths, os_user
+from .errors import ControlError, NoActiveSchedulerError
+
+MAX_LINE = 1 << 20
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+class ControlClient:
+    """Synchronous client used by the CLI and the dashboard's action worker."""
+
+    def __init__(self, paths: StatePaths, timeout: float = 5.0) -> None:
+        self.paths = paths
+        self.timeout = timeout
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        sock = self.connect()
+        try:
+            sock.sendall(encode({"op": op, "user": os_user(), **args}))
+            reply = read_line(sock)
+        finally:
+            sock.close()
+        if reply is None:
+            raise ControlError("the active scheduler closed the connection without answering")
+        if not reply.get("ok"):
+            raise ControlError(str(reply.get("error", "refused")))
+        return reply
+
+    def connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(socket_address(self.paths.control))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise NoActiveSchedulerError(self.paths.root) from exc
+        except OSError as exc:
+            sock.close()
+            raise ControlError(f"cannot reach the scheduler at {self.paths.control}: {exc}") from exc
+        return sock
+
+    def is_active(self) -> bool:
+        try:
+            self.connect().close()
+        except ControlError:
+            return False
+        return True
+
+
+def read_line(sock: socket.socket) -> dict[str, Any] | None:
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf.extend(chunk)
+        if len(buf) > MAX_LINE:
+            raise ControlError("reply too long")
+    return json.loads(buf)
+
+
+def socket_address(path: Path) -> str:
+    """Unix socket paths are limited to 107 bytes; fall back to Linux's /proc/self/cwd trick."""
+    text = str(path)
+    if len(text.encode()) < 104:
+        return text
+    # A short alias through the directory's fd keeps long state paths usable.
+    return f"/proc/self/fd/{_dir_fd(path.parent)}/{path.name}"
+
+
+_DIR_FDS: dict[Path, int] = {}
+
+
+def _dir_fd(directory: Path) -> int:
+    import os
+
+    if directory not in _DIR_FDS:
+        _DIR_FDS[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    return _DIR_FDS[directory]

@@ -1,0 +1,38 @@
+"""Duration strings such as ``"10s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, ``"2d"``."""
+
+from __future__ import annotations
+
+import re
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a duration; a bare number means seconds.
+
+    Raises ValueError with a reason fit for an operator.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as \"30s\" or \"5m\", got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration must not be negative, got {value}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as \"30s\" or \"5m\", got {value!r}")
+    text = value.strip().lower().replace(" ", "")
+    if not text:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError(
+            f"bad duration {value!r}: use a number with a unit ms, s, m, h, d or w, e.g. \"90s\" or \"1h30m\""
+        )
+    return total

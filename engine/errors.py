@@ -1,0 +1,73 @@
+"""The one exception hierarchy of Vigil.
+
+VigilError
+├── ConfigError            a job file or vigil.toml is invalid (path, line, key, reason)
+├── StoreError             the SQLite state could not be read or written
+│   └── FencedError        a write carried a stale epoch: this process is no longer active
+├── ControlError           a command could not reach or was refused by the active scheduler
+│   └── NoActiveSchedulerError
+├── NotFoundError          a job or run named by the user does not exist
+├── ScheduleError          a schedule expression cannot be evaluated
+└── AgentError             an agent could not be reached or refused a command
+    └── StaleEpochError    the agent has seen a newer epoch than the command carries
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VigilError(Exception):
+    """Root of every error Vigil raises on purpose."""
+
+
+class ConfigError(VigilError):
+    """An invalid job file or setting, located as precisely as TOML allows."""
+
+    def __init__(self, path: str | Path, key: str, reason: str, line: int | None = None) -> None:
+        self.path = str(path)
+        self.key = key
+        self.reason = reason
+        self.line = line
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.key}: {self.reason}"
+
+
+class StoreError(VigilError):
+    """The state database could not be read or written."""
+
+
+class FencedError(StoreError):
+    """A write carried an epoch older than the database's: this process has been deposed."""
+
+
+class ControlError(VigilError):
+    """A command could not be delivered to, or was refused by, the active scheduler."""
+
+
+class NoActiveSchedulerError(ControlError):
+    """No scheduler is active on this state directory."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        super().__init__(
+            f"no active scheduler on state directory {state_dir} (start one with `vigil up`)"
+        )
+
+
+class NotFoundError(VigilError):
+    """A job or run named by the user does not exist."""
+
+
+class ScheduleError(VigilError):
+    """A schedule expression cannot be evaluated."""
+
+
+class AgentError(VigilError):
+    """An agent could not be reached or refused a command."""
+
+
+class StaleEpochError(AgentError):
+    """The agent has already seen a newer epoch than the command carries."""

@@ -1,0 +1,137 @@
+"""Plain data types shared by the engine, the CLI and the dashboard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class RunState(StrEnum):
+    PENDING = "pending"  #: row committed; waiting for its launch (or queued behind an overlap)
+    WAITING = "waiting"  #: waiting for a healthy agent
+    LAUNCHING = "launching"  #: the shim is being started
+    RUNNING = "running"  #: the shim reported the job's pid
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    KILLED = "killed"
+    SKIPPED = "skipped"  #: not launched because of the overlap policy or an unmet `after`
+    MISSED = "missed"  #: fell due while no scheduler could launch it; reason says why
+    UNKNOWN = "unknown"  #: the outcome could not be learned; never silently re-run
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        RunState.SUCCEEDED,
+        RunState.FAILED,
+        RunState.TIMED_OUT,
+        RunState.KILLED,
+        RunState.SKIPPED,
+        RunState.MISSED,
+        RunState.UNKNOWN,
+    }
+)
+ACTIVE_STATES = frozenset({RunState.LAUNCHING, RunState.RUNNING})
+
+
+class Overlap(StrEnum):
+    SKIP = "skip"
+    QUEUE = "queue"
+    ALLOW = "allow"
+
+
+class Catchup(StrEnum):
+    LATEST = "latest"
+    ALL = "all"
+    NONE = "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """One validated job file, with folder defaults already applied."""
+
+    name: str  #: path under the job folder without `.toml`, `/`-separated
+    path: str  #: the file it came from
+    command: str | tuple[str, ...]  #: string → `/bin/sh -c`; tuple → exec'd directly
+    cron: str | None = None
+    every: float | None = None  #: seconds
+    at: datetime | None = None  #: aware
+    timezone: str = "UTC"
+    after: tuple[str, ...] = ()
+    timeout: float | None = None  #: seconds
+    retries: int = 0
+    retry_delay: float = 10.0  #: seconds before the first retry; doubles each attempt
+    overlap: Overlap = Overlap.SKIP
+    catchup: Catchup = Catchup.LATEST
+    catchup_window: float = 3600.0  #: seconds; fires older than this are `missed`
+    agent: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    enabled: bool = True
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+    @property
+    def schedule_text(self) -> str:
+        """How the dashboard and `vigil jobs` show the schedule."""
+        parts: list[str] = []
+        if self.cron:
+            parts.append(f"cron {self.cron}" + (f" {self.timezone}" if self.timezone != "UTC" else ""))
+        if self.every is not None:
+            parts.append(f"every {format_duration(self.every)}")
+        if self.at is not None:
+            parts.append(f"at {self.at.isoformat()}")
+        if self.after:
+            parts.append("after " + ",".join(self.after))
+        return "; ".join(parts) or "manual"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSpec:
+    name: str
+    url: str
+    token_file: str | None = None
+    tls_ca: str | None = None  #: CA bundle to verify the agent's certificate
+    tls_cert: str | None = None  #: client certificate for mutual TLS
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolSpec:
+    name: str
+    agents: tuple[str, ...]
+    mode: str = "fixed-priority"  #: or "round-robin"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Scheduler settings from `vigil.toml` (all optional)."""
+
+    retention: float = 30 * 86400.0  #: seconds of run history kept
+    log_cap: int = 1024 * 1024  #: bytes of stdout+stderr kept per run
+    kill_grace: float = 5.0  #: seconds between SIGTERM and SIGKILL
+    heartbeat_interval: float = 0.25
+    heartbeat_timeout: float = 3.0
+    max_missed_rows: int = 1000  #: per job per gap; older missed fires are summarised in one row
+    agent_poll_interval: float = 2.0
+    agent_wait_limit: float = 300.0  #: seconds a run waits for a healthy agent before failing
+    agents: dict[str, AgentSpec] = field(default_factory=dict)
+    pools: dict[str, PoolSpec] = field(default_factory=dict)
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    out = []
+    rest = int(round(seconds))
+    for suffix, size in units:
+        if rest >= size:
+            out.append(f"{rest // size}{suffix}")
+            rest %= size
+    return "".join(out) or "0s"

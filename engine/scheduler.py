@@ -1,0 +1,898 @@
+"""The active scheduler: turns fires into ledger rows, launches them, ingests their ends.
+
+Order of every launch: the row is committed (with the job's `last_fire`) in one transaction, then
+the shim starts. A crash between the two leaves a `launching` row and no shim, which reconciliation
+launches once; a crash after leaves a shim, which is adopted. Either way the fire runs once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import os
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from . import schedule
+from .clock import Clock, SystemClock
+from .db import StatePaths, iso, parse_iso
+from .errors import FencedError, NotFoundError, VigilError
+from .executor import LocalExecutor, ShimExit, gather_evidence
+from .jobfile import JobFolder, ScanResult
+from .ledger import Ledger
+from .model import JobSpec, Overlap, RunState, Settings
+from .reconcile import Action, decide
+
+log = logging.getLogger("vigil.scheduler")
+
+OPEN_STATES = ("pending", "waiting", "launching", "running")
+
+SQL_RUNNING = (
+    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, writer_epoch = ? "
+    "WHERE id = ? AND state IN ('pending', 'launching', 'waiting')"
+)
+SQL_FINISH = (
+    "UPDATE runs SET state = ?, reason = ?, exit_code = ?, ended_at = ?, pid = COALESCE(?, pid), "
+    "cpu_s = ?, peak_rss = ?, writer_epoch = ? WHERE id = ?"
+)
+SQL_LAUNCHING = "UPDATE runs SET state = 'launching', writer_epoch = ? WHERE id = ?"
+SQL_KILL_REQUEST = "UPDATE runs SET kill_requested = ?, writer_epoch = ? WHERE id = ?"
+SQL_LAST_FIRE = (
+    "INSERT INTO job_state (job, last_fire, writer_epoch) VALUES (?, ?, ?) "
+    "ON CONFLICT (job) DO UPDATE SET last_fire = excluded.last_fire, writer_epoch = excluded.writer_epoch"
+)
+SQL_PAUSED = (
+    "INSERT INTO job_state (job, paused, writer_epoch) VALUES (?, ?, ?) "
+    "ON CONFLICT (job) DO UPDATE SET paused = excluded.paused, writer_epoch = excluded.writer_epoch"
+)
+SQL_JOB_UPSERT = (
+    "INSERT INTO jobs (name, path, schedule, enabled, agent, description, tags, next_fire, error, writer_epoch) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET path = excluded.path, "
+    "schedule = excluded.schedule, enabled = excluded.enabled, agent = excluded.agent, "
+    "description = excluded.description, tags = excluded.tags, next_fire = excluded.next_fire, "
+    "error = excluded.error, writer_epoch = excluded.writer_epoch"
+)
+SQL_NEXT_FIRE = "UPDATE jobs SET next_fire = ?, writer_epoch = ? WHERE name = ?"
+SQL_AUDIT = "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+@dataclass
+class RunInfo:
+    id: int
+    job: str
+    scheduled_for: datetime
+    attempt: int
+    trigger: str
+    state: RunState
+    kill_requested: str | None = None
+    deadline: datetime | None = None
+    not_before: datetime | None = None
+
+
+@dataclass
+class Command:
+    op: str
+    args: dict[str, Any]
+    reply: asyncio.Future[dict[str, Any]] = field(repr=False)
+
+
+@dataclass
+class Batch:
+    """What one loop iteration writes in one transaction, then launches."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    launches: list[int] = field(default_factory=list)
+    after_commit: list[Callable[[set[int]], None]] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        paths: StatePaths,
+        jobs_dir: os.PathLike[str] | str,
+        *,
+        clock: Clock | None = None,
+        rescan_interval: float = 1.0,
+    ) -> None:
+        self.paths = paths
+        self.clock: Clock = clock or SystemClock()
+        self.folder = JobFolder(Path(jobs_dir))
+        self.rescan_interval = rescan_interval
+        self.ledger = Ledger(paths)
+        self.settings = Settings()
+        self.jobs: dict[str, JobSpec] = {}
+        self.job_errors: dict[str, str] = {}
+        self.triggers: dict[str, schedule.Trigger] = {}
+        self.next_fire: dict[str, datetime | None] = {}
+        self.last_fire: dict[str, datetime] = {}
+        self.paused: set[str] = set()
+        self.last_success: dict[str, datetime] = {}
+        self.downstream: dict[str, list[str]] = defaultdict(list)
+        self.runs: dict[int, RunInfo] = {}  # open runs only
+        self.active_by_job: dict[str, set[int]] = defaultdict(set)
+        self.queued: dict[str, deque[int]] = defaultdict(deque)
+        self.executors: dict[str, Any] = {}
+        self.next_id = 1
+        self._fire_heap: list[tuple[float, int, str, int]] = []
+        self._generation: dict[str, int] = defaultdict(int)
+        self._retry_heap: list[tuple[float, int]] = []
+        self._deadline_heap: list[tuple[float, int]] = []
+        self._finished: list[ShimExit] = []
+        self._commands: list[Command] = []
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._seq = 0
+        self._catalog_dirty: set[str] = set()
+        self.executor: LocalExecutor | None = None
+        self.takeover_cause = "downtime"
+        self.started_at = self.clock.now()
+        self.stop_reason = "stop"
+        self.extra_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def take_leadership(self, *, pid: int, starttime: int | None, cause: str) -> dict[str, Any]:
+        """Bump the epoch before anything else. Returns the previous leader row."""
+        await self.ledger.open()
+        now = self.clock.now()
+        epoch, previous = await self.ledger.take_leadership(pid, starttime, iso(now) or "")
+        self.takeover_cause = cause
+        self.started_at = now
+        log.info("active with epoch %d (previous leader pid %s)", epoch, previous.get("pid"))
+        return previous
+
+    async def prepare(self) -> None:
+        """Load the folder and settle what the previous active left open."""
+        await self._load_state()
+        result = await asyncio.to_thread(self.folder.scan)
+        now = self.clock.now()
+        self.executor = LocalExecutor(
+            self.paths, self._on_shim_exit, log_cap=result.settings.log_cap,
+            kill_grace=result.settings.kill_grace,
+        )  # fmt: skip
+        statements = self._apply_scan(result, now, initial=True)
+        await self._reconcile(now)
+        await self.ledger.write(statements)
+        await self._write_catalog(full=True)
+
+    def request_stop(self, reason: str = "stop") -> None:
+        self.stop_reason = reason
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def epoch(self) -> int:
+        return self.ledger.epoch
+
+    async def run(self) -> str:
+        """Main loop until asked to stop; returns why it stopped."""
+        side_tasks = [
+            asyncio.create_task(self._periodic(self.rescan_interval, self._rescan_tick), name="rescan"),
+            asyncio.create_task(self._periodic(0.5, self._sample_tick), name="sample"),
+            asyncio.create_task(self._flusher(), name="flusher"),
+            asyncio.create_task(self._periodic(3600.0, self._retention_tick, first=60.0), name="retention"),
+        ]
+        try:
+            while not self._stop.is_set():
+                await self._iteration()
+                await self._sleep_until_next()
+        except FencedError:
+            log.error("deposed: the database holds a newer epoch; stopping without further writes")
+            self.stop_reason = "fenced"
+        finally:
+            for task in side_tasks:
+                task.cancel()
+            for task in side_tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for cmd in self._commands:
+                if not cmd.reply.done():
+                    cmd.reply.set_result({"ok": False, "error": "scheduler is stopping"})
+            if self.executor is not None:
+                self.executor.close()
+            if self.stop_reason != "fenced":
+                with contextlib.suppress(VigilError):
+                    await self.ledger.flush()
+                    await self.ledger.mark_clean_stop()
+            await self.ledger.close()
+        return self.stop_reason
+
+    async def _periodic(self, interval: float, fn: Callable[[], Awaitable[None]], first: float | None = None) -> None:
+        await asyncio.sleep(interval if first is None else first)
+        while True:
+            try:
+                await fn()
+            except FencedError:
+                self.request_stop("fenced")
+                return
+            except Exception:
+                log.exception("periodic task failed")
+            await asyncio.sleep(interval)
+
+    async def _flusher(self) -> None:
+        while True:
+            await self.ledger.wait_for_deferred()
+            await asyncio.sleep(0.02)  # gather a few updates per transaction
+            try:
+                await self.ledger.flush()
+            except FencedError:
+                self.request_stop("fenced")
+                return
+
+    async def _sleep_until_next(self) -> None:
+        now = time.time()
+        wake_at = now + 1.0
+        for heap in (self._fire_heap, self._retry_heap, self._deadline_heap):
+            if heap:
+                wake_at = min(wake_at, heap[0][0])
+        timeout = max(0.0, wake_at - now)
+        if timeout > 0 and not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    # ---------------------------------------------------------------- state loading
+
+    async def _load_state(self) -> None:
+        rows = await self.ledger.query("SELECT COALESCE(MAX(id), 0) FROM runs")
+        self.next_id = int(rows[0][0]) + 1
+        for row in await self.ledger.query("SELECT job, paused, last_fire FROM job_state"):
+            if row["paused"]:
+                self.paused.add(row["job"])
+            last = parse_iso(row["last_fire"])
+            if last is not None:
+                self.last_fire[row["job"]] = last
+        for row in await self.ledger.query(
+            "SELECT job, MAX(ended_at) AS t FROM runs WHERE state = 'succeeded' GROUP BY job"
+        ):
+            if row["t"]:
+                self.last_success[row["job"]] = datetime.fromisoformat(row["t"])
+
+    async def _reconcile(self, now: datetime) -> None:
+        """Settle every run a previous active left open, from the shim's evidence."""
+        assert self.executor is not None
+        batch = Batch()
+        rows = await self.ledger.query(
+            f"SELECT * FROM runs WHERE state IN ({','.join('?' * len(OPEN_STATES))}) ORDER BY id",
+            OPEN_STATES,
+        )
+        for row in rows:
+            info = RunInfo(
+                id=row["id"],
+                job=row["job"],
+                scheduled_for=datetime.fromisoformat(row["scheduled_for"]),
+                attempt=row["attempt"],
+                trigger=row["trigger"],
+                state=RunState(row["state"]),
+                kill_requested=row["kill_requested"],
+                deadline=parse_iso(row["deadline"]),
+                not_before=parse_iso(row["not_before"]),
+            )
+            if row["agent"] and "agent" in self.executors:
+                self.executors["agent"].reconcile_row(info, row, batch)
+                continue
+            if info.state in (RunState.PENDING, RunState.WAITING):
+                self._track(info)
+                if info.not_before is not None:
+                    heapq.heappush(self._retry_heap, (info.not_before.timestamp(), info.id))
+                else:
+                    self.queued[info.job].append(info.id)
+                continue
+            decision = decide(gather_evidence(self.paths.run_dir(info.id)))
+            self._track(info)
+            if decision.action is Action.LAUNCH:
+                log.info("run %d never started; launching it now", info.id)
+                batch.launches.append(info.id)
+            elif decision.action is Action.ADOPT and self.executor.adopt(info.id):
+                log.info("adopted run %d", info.id)
+                self._arm_deadline(info)
+                if info.state is RunState.LAUNCHING:
+                    batch.statements.append(
+                        (SQL_RUNNING, (iso(now), iso(info.deadline), self.epoch, info.id))
+                    )
+                if info.kill_requested:
+                    self.executor.kill(info.id)
+            elif decision.action in (Action.INGEST, Action.ADOPT):
+                self._finished.append(self.executor.collect(info.id))
+            else:
+                self._finish_run(info, RunState.UNKNOWN, decision.reason, None, now, batch)
+        await self._commit(batch, now)
+
+    # ---------------------------------------------------------------- job folder
+
+    def _apply_scan(self, result: ScanResult, now: datetime, *, initial: bool = False) -> list[tuple[str, tuple[Any, ...]]]:
+        self.settings = result.settings
+        if self.executor is not None:
+            self.executor.log_cap = self.settings.log_cap
+            self.executor.kill_grace = self.settings.kill_grace
+        errors: dict[str, str] = {}
+        for err in result.errors:
+            errors.setdefault(_job_name_for(err.path, str(self.folder.root)), err.format())
+        new_messages = set(errors.values()) - set(self.job_errors.values())
+        for message in sorted(new_messages):
+            log.warning("job file error: %s", message)
+        touched = set(result.changed) | set(result.removed) | (set(errors) ^ set(self.job_errors))
+        self.job_errors = errors
+        self.jobs = dict(result.jobs)
+        if initial:
+            touched |= set(self.jobs)
+        self.downstream = defaultdict(list)
+        for job in self.jobs.values():
+            for up in job.after:
+                self.downstream[up].append(job.name)
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for name in result.removed:
+            self.triggers.pop(name, None)
+            self.next_fire.pop(name, None)
+            self._generation[name] += 1
+        for name in (set(result.changed) | (set(self.jobs) if initial else set())) & set(self.jobs):
+            job = self.jobs[name]
+            trigger = schedule.trigger_for(job)
+            self._generation[name] += 1
+            if trigger is None:
+                self.triggers.pop(name, None)
+                self.next_fire[name] = None
+                continue
+            self.triggers[name] = trigger
+            if name not in self.last_fire:
+                # A job seen for the first time is watched from now: fires before it existed are not missed.
+                self.last_fire[name] = now
+                statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
+            self._push_fire(name, trigger.next_fire(max(self.last_fire[name], now) if not initial
+                                                    else self.last_fire[name]))
+        self._catalog_dirty |= touched
+        return statements
+
+    async def _rescan_tick(self) -> None:
+        result = await asyncio.to_thread(self.folder.scan)
+        statements = self._apply_scan(result, self.clock.now())
+        if statements:
+            await self.ledger.write(statements)
+        await self._write_catalog()
+
+    async def _write_catalog(self, *, full: bool = False) -> None:
+        names = set(self.jobs) | set(self.job_errors) if full else set(self._catalog_dirty)
+        self._catalog_dirty = set()
+        if not names:
+            return
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if full:
+            statements.append(
+                ("DELETE FROM jobs WHERE ? = (SELECT epoch FROM leader WHERE id = 1)", (self.epoch,))
+            )
+        for name in sorted(names):
+            job = self.jobs.get(name)
+            error = self.job_errors.get(name)
+            if job is None:
+                statements.append(
+                    ("DELETE FROM jobs WHERE name = ? AND ? = (SELECT epoch FROM leader WHERE id = 1)",
+                     (name, self.epoch))
+                )
+                if error:
+                    statements.append(
+                        (SQL_JOB_UPSERT, (name, "", "invalid", 0, None, "", "", None, error, self.epoch))
+                    )
+                continue
+            statements.append(
+                (
+                    SQL_JOB_UPSERT,
+                    (
+                        name, job.path, job.schedule_text, int(job.enabled), job.agent, job.description,
+                        ",".join(job.tags), iso(self.next_fire.get(name)), error, self.epoch,
+                    ),
+                )  # fmt: skip
+            )
+        await self.ledger.write(statements)
+
+    def _push_fire(self, name: str, when: datetime | None) -> None:
+        self.next_fire[name] = when
+        if when is None:
+            return
+        self._seq += 1
+        heapq.heappush(self._fire_heap, (when.timestamp(), self._seq, name, self._generation[name]))
+
+    # ---------------------------------------------------------------- main iteration
+
+    async def _iteration(self) -> None:
+        now = self.clock.now()
+        batch = Batch()
+        self._handle_finished(now, batch)
+        self._handle_deadlines(now)
+        self._handle_retries(now, batch)
+        self._handle_fires(now, batch)
+        commands, self._commands = self._commands, []
+        replies: list[tuple[Command, dict[str, Any] | Exception]] = []
+        for cmd in commands:
+            try:
+                replies.append((cmd, self._handle_command(cmd, now, batch)))
+            except VigilError as exc:
+                replies.append((cmd, exc))
+        try:
+            await self._commit(batch, now)
+        except VigilError as exc:
+            for cmd, _ in replies:
+                if not cmd.reply.done():
+                    cmd.reply.set_result({"ok": False, "error": str(exc)})
+            raise
+        for cmd, reply in replies:
+            if cmd.reply.done():
+                continue
+            if isinstance(reply, Exception):
+                cmd.reply.set_result({"ok": False, "error": str(reply)})
+            else:
+                cmd.reply.set_result({"ok": True, **reply})
+
+    async def _commit(self, batch: Batch, now: datetime) -> None:
+        if not (batch.rows or batch.statements or batch.launches):
+            return
+        new_ids = await self.ledger.insert_runs(batch.rows, batch.statements)
+        for hook in batch.after_commit:
+            hook(new_ids)
+        for row in batch.rows:
+            if row["id"] not in new_ids:
+                # Already in the ledger: that fire was handled before; never launch it twice.
+                self.runs.pop(row["id"], None)
+                self.active_by_job[row["job"]].discard(row["id"])
+                continue
+            if row["state"] == RunState.LAUNCHING:
+                self._launch(row["id"], now)
+        for run_id in batch.launches:
+            self._launch(run_id, now)
+
+    def _launch(self, run_id: int, now: datetime) -> None:
+        info = self.runs.get(run_id)
+        if info is None:
+            return
+        job = self.jobs.get(info.job)
+        if job is None:
+            self._finish_later(info, RunState.FAILED, f"job {info.job} no longer exists", now)
+            return
+        if job.agent and "agent" in self.executors:
+            self.executors["agent"].launch(info, job)
+            return
+        assert self.executor is not None
+        env = dict(os.environ)
+        env.update(job.env)
+        env.update(
+            VIGIL_RUN_ID=str(info.id),
+            VIGIL_JOB=info.job,
+            VIGIL_SCHEDULED_FOR=iso(info.scheduled_for) or "",
+            VIGIL_ATTEMPT=str(info.attempt),
+            VIGIL_EPOCH=str(self.epoch),
+        )
+        try:
+            self.executor.launch(info.id, job.command, env, job.workdir)
+        except OSError as exc:
+            self._finish_later(info, RunState.FAILED, f"could not start the run's shim: {exc}", now)
+            return
+        info.state = RunState.RUNNING
+        if job.timeout is not None:
+            info.deadline = now + timedelta(seconds=job.timeout)
+            self._arm_deadline(info)
+        self.ledger.defer(SQL_RUNNING, (iso(now), iso(info.deadline), self.epoch, info.id))
+
+    def _arm_deadline(self, info: RunInfo) -> None:
+        if info.deadline is not None:
+            heapq.heappush(self._deadline_heap, (info.deadline.timestamp(), info.id))
+
+    def _track(self, info: RunInfo) -> None:
+        self.runs[info.id] = info
+        if info.state in (RunState.LAUNCHING, RunState.RUNNING):
+            self.active_by_job[info.job].add(info.id)
+
+    def _new_row(
+        self,
+        batch: Batch,
+        job: str,
+        scheduled_for: datetime,
+        state: RunState,
+        trigger: str,
+        now: datetime,
+        *,
+        attempt: int = 1,
+        reason: str | None = None,
+        not_before: datetime | None = None,
+    ) -> RunInfo:
+        run_id = self.next_id
+        self.next_id += 1
+        spec = self.jobs.get(job)
+        batch.rows.append(
+            {
+                "id": run_id,
+                "job": job,
+                "scheduled_for": iso(scheduled_for),
+                "attempt": attempt,
+                "state": str(state),
+                "reason": reason,
+                "trigger": trigger,
+                "epoch": self.epoch,
+                "writer_epoch": self.epoch,
+                "created_at": iso(now),
+                "not_before": iso(not_before),
+                "started_at": None,
+                "ended_at": iso(now) if state.terminal else None,
+                "command": json.dumps(spec.command) if spec else None,
+                "agent": spec.agent if spec else None,
+            }
+        )
+        info = RunInfo(
+            id=run_id, job=job, scheduled_for=scheduled_for, attempt=attempt, trigger=trigger,
+            state=state, not_before=not_before,
+        )  # fmt: skip
+        if not state.terminal:
+            self._track(info)
+        return info
+
+    def _handle_fires(self, now: datetime, batch: Batch) -> None:
+        now_ts = now.timestamp()
+        due: set[str] = set()
+        while self._fire_heap and self._fire_heap[0][0] <= now_ts:
+            _, _, name, gen = heapq.heappop(self._fire_heap)
+            if gen == self._generation[name] and name in self.triggers:
+                due.add(name)
+        for name in sorted(due):
+            job = self.jobs[name]
+            trigger = self.triggers[name]
+            last = self.last_fire.get(name, now)
+            fires, dropped = schedule.fires_between(trigger, last, now, self.settings.max_missed_rows)
+            if not fires:
+                self._push_fire(name, trigger.next_fire(max(last, now)))
+                continue
+            previous_fire = last
+            self.last_fire[name] = fires[-1]
+            batch.statements.append((SQL_LAST_FIRE, (name, iso(fires[-1]), self.epoch)))
+            batch.statements.append((SQL_NEXT_FIRE, (iso(trigger.next_fire(now)), self.epoch, name)))
+            self._push_fire(name, trigger.next_fire(now))
+            self._catalog_dirty.discard(name)
+            late = len(fires) > 1 or (now - fires[-1]).total_seconds() > max(1.0, (job.every or 60) / 2)
+            if not late:
+                plans = [schedule.FirePlan(fires[0], "run", None)]
+            else:
+                cause = self._gap_cause(fires[0])
+                plans = schedule.plan_missed_fires(
+                    fires, now, job.catchup, job.catchup_window, cause=cause
+                )
+                if dropped:
+                    self._note_dropped(batch, name, fires[0], dropped, cause, now)
+            if not job.enabled:
+                continue
+            for plan in plans:
+                if plan.action == "missed":
+                    self._new_row(batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now,
+                                  reason=plan.reason)  # fmt: skip
+                else:
+                    self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire)
+
+    def _gap_cause(self, first_fire: datetime) -> str:
+        if first_fire <= self.started_at:
+            return self.takeover_cause
+        return "scheduler overloaded"
+
+    def _note_dropped(
+        self, batch: Batch, name: str, first_kept: datetime, dropped: int, cause: str, now: datetime
+    ) -> None:
+        self._new_row(
+            batch, name, first_kept - timedelta(microseconds=1), RunState.MISSED, "schedule", now,
+            reason=f"{cause}: {dropped} earlier fires not recorded individually (max_missed_rows)",
+        )  # fmt: skip
+
+    def _fire(
+        self,
+        batch: Batch,
+        job: JobSpec,
+        scheduled_for: datetime,
+        trigger: str,
+        now: datetime,
+        *,
+        since: datetime | None = None,
+        attempt: int = 1,
+        reason: str | None = None,
+        overlap: Overlap | None = None,
+    ) -> RunInfo:
+        """One fire of a job: launched, queued or skipped according to its policies."""
+        name = job.name
+        if trigger == "schedule" and name in self.paused:
+            return self._new_row(batch, name, scheduled_for, RunState.SKIPPED, trigger, now,
+                                 reason="job paused")  # fmt: skip
+        if trigger == "schedule" and job.after:
+            ok, unmet = schedule.upstream_satisfied(job.after, self.last_success, since)
+            if not ok:
+                return self._new_row(
+                    batch, name, scheduled_for, RunState.SKIPPED, trigger, now,
+                    reason="after: not yet succeeded since the previous run: " + ", ".join(unmet),
+                )  # fmt: skip
+        active = self.active_by_job[name]
+        decision = schedule.overlap_decision(overlap or job.overlap, len(active) + len(self.queued[name]))
+        if decision == "skip":
+            blocking = min(active) if active else (self.queued[name][0] if self.queued[name] else None)
+            return self._new_row(batch, name, scheduled_for, RunState.SKIPPED, trigger, now,
+                                 reason=f"overlap=skip: run {blocking} still running")  # fmt: skip
+        if decision == "queue":
+            blocking = min(active) if active else self.queued[name][-1]
+            info = self._new_row(batch, name, scheduled_for, RunState.PENDING, trigger, now, attempt=attempt,
+                                 reason=f"overlap=queue: waiting for run {blocking}")  # fmt: skip
+            self.queued[name].append(info.id)
+            return info
+        return self._new_row(batch, name, scheduled_for, RunState.LAUNCHING, trigger, now, attempt=attempt,
+                             reason=reason)  # fmt: skip
+
+    def _handle_retries(self, now: datetime, batch: Batch) -> None:
+        now_ts = now.timestamp()
+        while self._retry_heap and self._retry_heap[0][0] <= now_ts:
+            _, run_id = heapq.heappop(self._retry_heap)
+            info = self.runs.get(run_id)
+            if info is None or info.state is not RunState.PENDING:
+                continue
+            self._start_pending(info, batch)
+
+    def _start_pending(self, info: RunInfo, batch: Batch) -> None:
+        info.state = RunState.LAUNCHING
+        self.active_by_job[info.job].add(info.id)
+        batch.statements.append((SQL_LAUNCHING, (self.epoch, info.id)))
+        batch.launches.append(info.id)
+
+    def _handle_deadlines(self, now: datetime) -> None:
+        now_ts = now.timestamp()
+        while self._deadline_heap and self._deadline_heap[0][0] <= now_ts:
+            _, run_id = heapq.heappop(self._deadline_heap)
+            info = self.runs.get(run_id)
+            if info is None or info.state is not RunState.RUNNING or info.kill_requested:
+                continue
+            info.kill_requested = "timeout"
+            self.ledger.defer(SQL_KILL_REQUEST, ("timeout", self.epoch, run_id))
+            self._kill_running(info)
+
+    def _kill_running(self, info: RunInfo) -> None:
+        job = self.jobs.get(info.job)
+        if job is not None and job.agent and "agent" in self.executors:
+            self.executors["agent"].kill(info)
+        elif self.executor is not None:
+            self.executor.kill(info.id)
+
+    # ---------------------------------------------------------------- run ends
+
+    def _on_shim_exit(self, result: ShimExit) -> None:
+        self._finished.append(result)
+        self._wake.set()
+
+    def report_finished(self, result: ShimExit) -> None:
+        """Entry point for other executors (agents) to hand in a run's end."""
+        self._on_shim_exit(result)
+
+    def _handle_finished(self, now: datetime, batch: Batch) -> None:
+        finished, self._finished = self._finished, []
+        for result in finished:
+            info = self.runs.get(result.run_id)
+            if info is None:
+                continue
+            if result.exit_code is None:
+                state, reason = RunState.UNKNOWN, result_reason(result) or "the shim left no exit record"
+            elif info.kill_requested == "timeout":
+                job = self.jobs.get(info.job)
+                limit = f" of {job.timeout:g}s" if job and job.timeout else ""
+                state, reason = RunState.TIMED_OUT, f"timeout{limit} exceeded; process group killed"
+            elif info.kill_requested == "kill":
+                state, reason = RunState.KILLED, "killed by operator"
+            elif result.exit_code == 0:
+                state, reason = RunState.SUCCEEDED, None
+            else:
+                state, reason = RunState.FAILED, f"exit code {result.exit_code}"
+            self._finish_run(info, state, reason, result, now, batch)
+
+    def _finish_later(self, info: RunInfo, state: RunState, reason: str, now: datetime) -> None:
+        batch = Batch()
+        self._finish_run(info, state, reason, None, now, batch)
+        for sql, params in batch.statements:
+            self.ledger.defer(sql, params)
+        for row in batch.rows:
+            self.ledger.defer(
+                f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                tuple(row.values()),
+            )
+
+    def _finish_run(
+        self,
+        info: RunInfo,
+        state: RunState,
+        reason: str | None,
+        result: ShimExit | None,
+        now: datetime,
+        batch: Batch,
+    ) -> None:
+        info.state = state
+        self.runs.pop(info.id, None)
+        self.active_by_job[info.job].discard(info.id)
+        with contextlib.suppress(ValueError):
+            self.queued[info.job].remove(info.id)
+        batch.statements.append(
+            (
+                SQL_FINISH,
+                (
+                    str(state), reason, result.exit_code if result else None, iso(now),
+                    result.job_pid if result else None, result.cpu_s if result else None,
+                    result.peak_rss if result else None, self.epoch, info.id,
+                ),
+            )  # fmt: skip
+        )
+        job = self.jobs.get(info.job)
+        if job is None:
+            return
+        if state is RunState.SUCCEEDED:
+            self.last_success[info.job] = now
+            self._trigger_downstream(info.job, now, batch)
+        elif schedule.should_retry(str(state), info.attempt, job.retries):
+            delay = schedule.retry_delay(job.retry_delay, info.attempt)
+            retry = self._new_row(
+                batch, info.job, info.scheduled_for, RunState.PENDING, "retry", now,
+                attempt=info.attempt + 1, not_before=now + timedelta(seconds=delay),
+                reason=f"retry {info.attempt + 1} of {job.retries + 1} after {state} (in {delay:g}s)",
+            )  # fmt: skip
+            heapq.heappush(self._retry_heap, ((now + timedelta(seconds=delay)).timestamp(), retry.id))
+        self._start_queued(info.job, batch)
+
+    def _start_queued(self, name: str, batch: Batch) -> None:
+        if self.active_by_job[name] or not self.queued[name]:
+            return
+        while self.queued[name]:
+            info = self.runs.get(self.queued[name].popleft())
+            if info is not None and info.state is RunState.PENDING:
+                self._start_pending(info, batch)
+                return
+
+    def _trigger_downstream(self, upstream: str, now: datetime, batch: Batch) -> None:
+        for name in self.downstream.get(upstream, []):
+            job = self.jobs.get(name)
+            if job is None or not job.enabled or name in self.paused or name in self.triggers:
+                continue  # scheduled jobs check `after` at their own fires
+            ok, _ = schedule.upstream_satisfied(job.after, self.last_success, self.last_fire.get(name))
+            if ok:
+                self.last_fire[name] = now
+                batch.statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
+                self._fire(batch, job, now, "after", now, reason=f"after: {', '.join(job.after)} succeeded")
+
+    # ---------------------------------------------------------------- periodic
+
+    async def _sample_tick(self) -> None:
+        if self.executor is not None:
+            self.executor.sample()
+
+    async def _retention_tick(self) -> None:
+        cutoff = self.clock.now() - timedelta(seconds=self.settings.retention)
+        await self.prune(cutoff)
+
+    async def prune(self, cutoff: datetime) -> int:
+        ids = [
+            row[0]
+            for row in await self.ledger.query(
+                "SELECT id FROM runs WHERE ended_at < ? AND state NOT IN ('pending','waiting','launching','running')",
+                (iso(cutoff),),
+            )
+        ]
+        if not ids:
+            return 0
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start : chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            await self.ledger.write(
+                [(f"DELETE FROM runs WHERE id IN ({marks}) AND ? = (SELECT epoch FROM leader WHERE id = 1)",
+                  (*chunk, self.epoch))]  # fmt: skip
+            )
+            for run_id in chunk:
+                _remove_tree(self.paths.run_dir(run_id))
+        return len(ids)
+
+    # ---------------------------------------------------------------- commands
+
+    async def command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run an operator command inside the main loop and return its reply."""
+        if op in self.extra_handlers:
+            return await self.extra_handlers[op](args)
+        if op == "prune":
+            user = str(args.get("user", "?"))
+            cutoff = self.clock.now() - timedelta(seconds=float(args["older_than_s"]))
+            count = await self.prune(cutoff)
+            await self.ledger.write([(SQL_AUDIT, (iso(self.clock.now()), user, "prune", f"<{iso(cutoff)}",
+                                                  f"deleted {count} runs", self.epoch))])  # fmt: skip
+            return {"ok": True, "deleted": count}
+        if op == "rerun":
+            rows = await self.ledger.query("SELECT job FROM runs WHERE id = ?", (int(args.get("run_id", 0)),))
+            if not rows:
+                return {"ok": False, "error": f"no run with id {args.get('run_id')}"}
+            args = {**args, "job": rows[0]["job"]}
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._commands.append(Command(op, args, future))
+        self._wake.set()
+        return await future
+
+    def _handle_command(self, cmd: Command, now: datetime, batch: Batch) -> dict[str, Any]:
+        user = str(cmd.args.get("user", "?"))
+        target = str(cmd.args.get("job") or cmd.args.get("run_id") or "")
+
+        def audit(result: str) -> None:
+            batch.statements.append((SQL_AUDIT, (iso(now), user, cmd.op, target, result, self.epoch)))
+
+        try:
+            reply = self._dispatch_command(cmd.op, cmd.args, now, batch)
+        except VigilError as exc:
+            audit(f"refused: {exc}")
+            raise
+        audit(reply.pop("audit", "ok"))
+        return reply
+
+    def _dispatch_command(self, op: str, args: dict[str, Any], now: datetime, batch: Batch) -> dict[str, Any]:
+        if op in ("run", "pause", "resume"):
+            name = str(args.get("job"))
+            job = self.jobs.get(name)
+            if job is None:
+                raise NotFoundError(f"no job named {name!r}")
+            if op == "run":
+                info = self._fire(batch, job, now, "manual", now, overlap=Overlap.ALLOW,
+                                  reason=f"run now by {args.get('user', '?')}")  # fmt: skip
+                return {"run_id": info.id, "audit": f"run {info.id}"}
+            paused = op == "pause"
+            if paused:
+                self.paused.add(name)
+            else:
+                self.paused.discard(name)
+            batch.statements.append((SQL_PAUSED, (name, int(paused), self.epoch)))
+            return {"job": name, "paused": paused}
+        if op in ("kill", "rerun"):
+            run_id = int(args.get("run_id", 0))
+            if op == "rerun":
+                return self._rerun(run_id, args, now, batch)
+            info = self.runs.get(run_id)
+            if info is None:
+                raise NotFoundError(f"run {run_id} is not running (it may have ended already)")
+            info.kill_requested = "kill"
+            batch.statements.append((SQL_KILL_REQUEST, ("kill", self.epoch, run_id)))
+            if info.state in (RunState.PENDING, RunState.WAITING):
+                self._finish_run(info, RunState.KILLED, "cancelled by operator before it started", None, now,
+                                 batch)  # fmt: skip
+            else:
+                self._kill_running(info)
+            return {"run_id": run_id}
+        if op == "status":
+            return {"status": self.status()}
+        raise VigilError(f"unknown command {op!r}")
+
+    def _rerun(self, run_id: int, args: dict[str, Any], now: datetime, batch: Batch) -> dict[str, Any]:
+        job_name = args.get("job")
+        job = self.jobs.get(str(job_name)) if job_name else None
+        if job is None:
+            raise NotFoundError(f"run {run_id}'s job {job_name!r} is not loaded")
+        info = self._fire(batch, job, now, "rerun", now, overlap=Overlap.ALLOW,
+                          reason=f"rerun of run {run_id} by {args.get('user', '?')}")  # fmt: skip
+        return {"run_id": info.id, "audit": f"rerun as {info.id}"}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "jobs": len(self.jobs),
+            "open_runs": len(self.runs),
+            "paused": sorted(self.paused),
+            "config_errors": len(self.job_errors),
+        }
+
+
+def result_reason(result: ShimExit) -> str | None:
+    return getattr(result, "reason", None)
+
+
+def _job_name_for(path: str, root: str) -> str:
+    rel = os.path.relpath(path, root)
+    return rel[:-5] if rel.endswith(".toml") else rel
+
+
+def _remove_tree(path: os.PathLike[str]) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

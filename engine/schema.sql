@@ -1,0 +1,136 @@
+-- Vigil state schema. Every table the active scheduler writes carries a `writer_epoch` column that
+-- triggers compare with leader.epoch, so a deposed process can change nothing (fencing).
+
+CREATE TABLE IF NOT EXISTS leader (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL,
+    pid INTEGER,
+    starttime INTEGER,
+    since TEXT,
+    clean_stop INTEGER NOT NULL DEFAULT 1
+);
+INSERT OR IGNORE INTO leader (id, epoch) VALUES (1, 0);
+
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    job TEXT NOT NULL,
+    scheduled_for TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    state TEXT NOT NULL,
+    reason TEXT,
+    trigger TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    writer_epoch INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    not_before TEXT,
+    started_at TEXT,
+    ended_at TEXT,
+    exit_code INTEGER,
+    pid INTEGER,
+    pid_starttime INTEGER,
+    deadline TEXT,
+    kill_requested TEXT,
+    agent TEXT,
+    peak_rss INTEGER,
+    cpu_s REAL,
+    command TEXT,
+    UNIQUE (job, scheduled_for, attempt)
+);
+CREATE INDEX IF NOT EXISTS runs_open ON runs (state) WHERE state IN ('pending', 'waiting', 'launching', 'running');
+CREATE INDEX IF NOT EXISTS runs_job_id ON runs (job, id);
+CREATE INDEX IF NOT EXISTS runs_state_id ON runs (state, id);
+CREATE INDEX IF NOT EXISTS runs_ended ON runs (ended_at);
+
+CREATE TABLE IF NOT EXISTS job_state (
+    job TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0,
+    last_fire TEXT,
+    writer_epoch INTEGER NOT NULL
+);
+
+-- What the active scheduler has loaded, so readers (CLI, dashboard) need not parse job files.
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    schedule TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    agent TEXT,
+    description TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '',
+    next_fire TEXT,
+    error TEXT,
+    writer_epoch INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    os_user TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    result TEXT NOT NULL,
+    writer_epoch INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS failovers (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    from_pid INTEGER,
+    to_pid INTEGER NOT NULL,
+    cause TEXT NOT NULL,
+    gap_ms REAL,
+    epoch INTEGER NOT NULL,
+    writer_epoch INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    up INTEGER NOT NULL DEFAULT 0,
+    last_contact TEXT,
+    version TEXT,
+    cpu_percent REAL,
+    memory_percent REAL,
+    load1 REAL,
+    running INTEGER,
+    error TEXT,
+    writer_epoch INTEGER NOT NULL
+);
+
+-- Fencing: writes must carry the current epoch.
+CREATE TRIGGER IF NOT EXISTS fence_runs_insert BEFORE INSERT ON runs
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_runs_update BEFORE UPDATE ON runs
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_job_state_insert BEFORE INSERT ON job_state
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_job_state_update BEFORE UPDATE ON job_state
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_jobs_insert BEFORE INSERT ON jobs
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_jobs_update BEFORE UPDATE ON jobs
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_audit_insert BEFORE INSERT ON audit
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_audit_update BEFORE UPDATE ON audit
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_failovers_insert BEFORE INSERT ON failovers
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_failovers_update BEFORE UPDATE ON failovers
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_agents_insert BEFORE INSERT ON agents
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_agents_update BEFORE UPDATE ON agents
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;

@@ -1,0 +1,819 @@
+"""Job folder loading, validation and live reload (engine.jobfile), on real files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.jobfile import JobFolder, format_errors, load_folder, load_settings
+from engine.model import Catchup, Overlap, Settings
+
+SAMPLE_JOBS = Path(__file__).resolve().parents[2] / "sample_jobs"
+
+
+def write(root: Path, rel: str, text: str) -> Path:
+    """Write a dedented file, creating folders, so each test reads like the folder it builds."""
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def errors_for(errors: list[ConfigError], path: Path) -> list[ConfigError]:
+    return [error for error in errors if Path(error.path) == path]
+
+
+def only_error(errors: list[ConfigError], path: Path) -> ConfigError:
+    found = errors_for(errors, path)
+    assert len(found) == 1, format_errors(errors)
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Happy paths
+
+
+def test_every_key_is_read_into_the_spec(tmp_path: Path) -> None:
+    write(tmp_path, "vigil.toml", '[agents.edge1]\nurl = "http://edge1:8700"\n')
+    write(tmp_path, "up.toml", 'command = "true"\n')
+    write(
+        tmp_path,
+        "team/job.toml",
+        """
+        command = "echo hello"
+        cron = "*/5 * * * *"
+        every = "90s"
+        at = 2030-01-02T03:04:05
+        timezone = "Europe/Berlin"
+        after = ["up"]
+        timeout = "1h30m"
+        retries = 3
+        retry_delay = "20s"
+        overlap = "queue"
+        catchup = "all"
+        catchup_window = "2h"
+        agent = "edge1"
+        workdir = "data"
+        enabled = false
+        description = "does everything"
+        tags = ["a", "b"]
+
+        [env]
+        B = "2"
+        A = "1"
+        """,
+    )
+    result = load_folder(tmp_path)
+    assert result.errors == [], format_errors(result.errors)
+    spec = result.jobs["team/job"]
+    assert spec.name == "team/job"
+    assert spec.path == str(tmp_path / "team/job.toml")
+    assert spec.command == "echo hello"
+    assert spec.cron == "*/5 * * * *"
+    assert spec.every == 90.0
+    assert spec.at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert spec.timezone == "Europe/Berlin"
+    assert spec.after == ("up",)
+    assert spec.timeout == 5400.0
+    assert spec.retries == 3
+    assert spec.retry_delay == 20.0
+    assert spec.overlap is Overlap.QUEUE
+    assert spec.catchup is Catchup.ALL
+    assert spec.catchup_window == 7200.0
+    assert spec.agent == "edge1"
+    assert spec.env == (("A", "1"), ("B", "2"))
+    assert spec.workdir == str(tmp_path / "team" / "data")
+    assert spec.enabled is False
+    assert spec.description == "does everything"
+    assert spec.tags == ("a", "b")
+
+
+def test_defaults_for_a_minimal_manual_job(tmp_path: Path) -> None:
+    """No cron/every/at/after is a valid manual job, with the documented defaults."""
+    write(tmp_path, "manual.toml", 'command = ["/bin/echo", "hi"]\n')
+    result = load_folder(tmp_path)
+    assert result.errors == []
+    spec = result.jobs["manual"]
+    assert spec.command == ("/bin/echo", "hi")
+    assert (spec.cron, spec.every, spec.at, spec.after) == (None, None, None, ())
+    assert spec.schedule_text == "manual"
+    assert spec.timezone == "UTC"
+    assert spec.retry_delay == 10.0
+    assert spec.overlap is Overlap.SKIP
+    assert spec.catchup is Catchup.LATEST
+    assert spec.catchup_window == 3600.0
+    assert spec.enabled is True
+    assert spec.workdir is None
+    assert spec.agent is None
+    assert spec.timeout is None
+
+
+def test_names_come_from_paths_and_special_files_are_not_jobs(tmp_path: Path) -> None:
+    write(tmp_path, "etl/extract.toml", 'command = "true"\n')
+    write(tmp_path, "a/b/c/deep.toml", 'command = "true"\n')
+    write(tmp_path, "vigil.toml", "[scheduler]\n")
+    write(tmp_path, "sub/vigil.toml", 'command = "true"\n')  # only the root vigil.toml is settings
+    write(tmp_path, "etl/_folder.toml", 'timeout = "1m"\n')
+    write(tmp_path, ".hidden.toml", "not toml at all [")
+    write(tmp_path, ".git/config.toml", "not toml at all [")
+    write(tmp_path, "notes.txt", "not a job")
+    result = load_folder(tmp_path)
+    assert result.errors == [], format_errors(result.errors)
+    assert sorted(result.jobs) == ["a/b/c/deep", "etl/extract", "sub/vigil"]
+
+
+def test_six_field_cron_has_seconds_first(tmp_path: Path) -> None:
+    write(tmp_path, "fast.toml", 'command = "true"\ncron = "*/15  *  * * * *"\n')
+    result = load_folder(tmp_path)
+    assert result.errors == []
+    assert result.jobs["fast"].cron == "*/15 * * * * *"
+
+
+def test_at_accepts_aware_values_and_iso_strings(tmp_path: Path) -> None:
+    write(tmp_path, "a.toml", 'command = "true"\nat = 2030-05-01T10:00:00+02:00\n')
+    write(tmp_path, "b.toml", 'command = "true"\nat = "2030-05-01T08:00:00Z"\n')
+    write(tmp_path, "c.toml", 'command = "true"\nat = "2030-05-01 10:00"\ntimezone = "Europe/Paris"\n')
+    result = load_folder(tmp_path)
+    assert result.errors == []
+    expected = datetime(2030, 5, 1, 8, 0, tzinfo=UTC)
+    for name in ("a", "b", "c"):
+        at = result.jobs[name].at
+        assert at is not None and at.utcoffset() is not None
+        assert at == expected, name
+    assert result.jobs["c"].at.utcoffset() == timedelta(hours=2)
+
+
+def test_workdir_absolute_kept_and_home_expanded(tmp_path: Path) -> None:
+    write(tmp_path, "a.toml", 'command = "true"\nworkdir = "/srv/../var/tmp"\n')
+    write(tmp_path, "b.toml", 'command = "true"\nworkdir = "~/x"\n')
+    result = load_folder(tmp_path)
+    assert result.jobs["a"].workdir == "/var/tmp"
+    assert result.jobs["b"].workdir == os.path.expanduser("~/x")
+
+
+def test_durations_accept_numbers_of_seconds_and_compound_units(tmp_path: Path) -> None:
+    write(tmp_path, "a.toml", 'command = "true"\nevery = 30\ntimeout = "1h30m"\nretry_delay = "250ms"\n')
+    spec = load_folder(tmp_path).jobs["a"]
+    assert (spec.every, spec.timeout, spec.retry_delay) == (30.0, 5400.0, 0.25)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors: each key, with file, line, key and reason
+
+
+def test_unknown_key_is_reported_with_line_and_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", 'command = "true"\n\nretires = 3\n')
+    result = load_folder(tmp_path)
+    error = only_error(result.errors, path)
+    assert (error.key, error.line) == ("retires", 3)
+    assert "unknown key" in error.reason and "retries" in error.reason
+    assert error.format() == f"{path}:3: retires: unknown key (did you mean 'retries'?)"
+    assert "job" not in result.jobs
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "expected"),
+    [
+        ("command = 1", "command", "got integer"),
+        ("command = []", "command", "empty array"),
+        ('command = ["ls", 2]', "command", "item 2: expected a string, got integer"),
+        ('command = "   "', "command", "must not be empty"),
+        ("cron = 5", "cron", "expected a string, got integer"),
+        ("every = true", "every", "got boolean"),
+        ('every = "0s"', "every", "greater than zero"),
+        ("timeout = -5", "timeout", "negative"),
+        ("at = 5", "at", "got integer"),
+        ('at = "tomorrow"', "at", "expected a date and time"),
+        ("at = 2030-01-01", "at", "got date"),
+        ('at = "2030-01-01"', "at", "time of day is required"),
+        ('timezone = ["UTC"]', "timezone", "expected a string, got array"),
+        ('after = "up"', "after", "expected an array of job names, got string"),
+        ("after = [1]", "after", "item 1: expected a string, got integer"),
+        ('after = ["./up"]', "after", "full name"),
+        ('after = ["up.toml"]', "after", "full name"),
+        ("retries = -1", "retries", "at least 0"),
+        ('retries = "3"', "retries", "expected an integer, got string"),
+        ("retries = 1.5", "retries", "expected an integer, got float"),
+        ('retry_delay = "soon"', "retry_delay", "bad duration"),
+        ('overlap = "never"', "overlap", "expected one of skip, queue, allow, got 'never'"),
+        ("catchup = 1", "catchup", "got integer"),
+        ("catchup_window = []", "catchup_window", "got array"),
+        ('agent = ""', "agent", "must not be empty"),
+        ("agent = 1", "agent", "got integer"),
+        ('env = "A=1"', "env", "got string"),
+        ("env = { A = 1 }", "env.A", "expected a string, got integer"),
+        ("workdir = 1", "workdir", "got integer"),
+        ("enabled = 1", "enabled", "expected a boolean (true or false), got integer"),
+        ('enabled = "yes"', "enabled", "got string"),
+        ("description = 1", "description", "expected a string, got integer"),
+        ('tags = "x"', "tags", "expected an array of strings, got string"),
+        ('tags = ["ok", 1]', "tags", "item 2"),
+        ('every = "5 minutes"', "every", "bad duration"),
+        ("every = inf", "every", "finite"),
+    ],
+)
+def test_bad_values_are_rejected_naming_key_line_and_type(
+    tmp_path: Path, line: str, key: str, expected: str
+) -> None:
+    tail = "" if line.startswith("command") else 'command = "true"\n'
+    path = write(tmp_path, "job.toml", f"# a job\n{line}\n{tail}")
+    result = load_folder(tmp_path)
+    error = only_error(result.errors, path)
+    assert error.key == key
+    assert error.line == 2
+    assert expected in error.reason
+    assert "job" not in result.jobs
+
+
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        ("61 * * * *", "minute field '61'"),
+        ("* 24 * * *", "hour field '24'"),
+        ("* * 0 * *", "day-of-month field '0'"),
+        ("* * * 13 *", "month field '13'"),
+        ("* * * * FOO", "day-of-week field 'FOO'"),
+        ("70 * * * * *", "second field '70'"),
+        ("* * * * * * *", "expected 5 fields"),
+        ("@daily", "got 1"),
+        ("0 0 30 2 *", "never fires"),
+    ],
+)
+def test_bad_cron_names_the_wrong_field(tmp_path: Path, cron: str, expected: str) -> None:
+    path = write(tmp_path, "job.toml", f'command = "true"\ncron = "{cron}"\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert (error.key, error.line) == ("cron", 2)
+    assert expected in error.reason
+
+
+def test_unknown_time_zone(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", 'command = "true"\ntimezone = "Mars/Olympus_Mons"\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert (error.key, error.line) == ("timezone", 2)
+    assert "unknown time zone 'Mars/Olympus_Mons'" in error.reason
+
+
+def test_bad_duration_reason_comes_from_the_parser(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", 'command = "true"\ntimeout = "10 parsecs"\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert error.key == "timeout"
+    assert "bad duration '10 parsecs'" in error.reason
+
+
+def test_command_is_required(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", 'every = "1m"\n')
+    result = load_folder(tmp_path)
+    error = only_error(result.errors, path)
+    assert error.key == "command" and "required" in error.reason
+    assert result.jobs == {}
+
+
+def test_bad_file_and_folder_names_are_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "my job.toml", 'command = "true"\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert error.key == "name"
+
+
+def test_unknown_agent_and_declared_agent_or_pool(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "vigil.toml",
+        """
+        [agents.a1]
+        url = "https://a1:8700"
+        [pools.p]
+        agents = ["a1"]
+        """,
+    )
+    bad = write(tmp_path, "bad.toml", 'command = "true"\n\nagent = "a2"\n')
+    write(tmp_path, "to_agent.toml", 'command = "true"\nagent = "a1"\n')
+    write(tmp_path, "to_pool.toml", 'command = "true"\nagent = "p"\n')
+    result = load_folder(tmp_path)
+    error = only_error(result.errors, bad)
+    assert (error.key, error.line) == ("agent", 3)
+    assert "unknown agent or pool 'a2'" in error.reason and "a1, p" in error.reason
+    assert sorted(result.jobs) == ["to_agent", "to_pool"]
+
+
+def test_agent_without_vigil_toml_is_unknown(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", 'command = "true"\nagent = "x"\n')
+    assert "unknown agent or pool 'x'" in only_error(load_folder(tmp_path).errors, path).reason
+
+
+def test_after_must_name_an_existing_job(tmp_path: Path) -> None:
+    write(tmp_path, "etl/extract.toml", 'command = "true"\n')
+    good = write(tmp_path, "etl/transform.toml", 'command = "true"\nafter = ["etl/extract"]\n')
+    bad = write(tmp_path, "etl/load.toml", 'command = "true"\nafter = ["etl/transform", "transform"]\n')
+    result = load_folder(tmp_path)
+    error = only_error(result.errors, bad)
+    assert (error.key, error.line) == ("after", 2)
+    assert error.reason == "job 'transform' does not exist"
+    assert errors_for(result.errors, good) == []
+    assert sorted(result.jobs) == ["etl/extract", "etl/transform"]
+
+
+def test_two_job_cycle_reports_each_job_with_the_path(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.toml", 'command = "true"\nafter = ["b"]\n')
+    b = write(tmp_path, "b.toml", 'command = "true"\n\nafter = ["a"]\n')
+    write(tmp_path, "c.toml", 'command = "true"\nafter = ["a"]\n')  # downstream of a cycle, not in it
+    result = load_folder(tmp_path)
+    error_a = only_error(result.errors, a)
+    error_b = only_error(result.errors, b)
+    assert (error_a.key, error_a.line) == ("after", 2)
+    assert (error_b.key, error_b.line) == ("after", 3)
+    assert "cycle: a → b → a" in error_a.reason
+    assert "cycle: b → a → b" in error_b.reason
+    assert sorted(result.jobs) == ["c"]
+
+
+def test_self_cycle_and_three_job_cycle(tmp_path: Path) -> None:
+    me = write(tmp_path, "me.toml", 'command = "true"\nafter = ["me"]\n')
+    for name, up in (("x", "y"), ("y", "z"), ("z", "x")):
+        write(tmp_path, f"{name}.toml", f'command = "true"\nafter = ["{up}"]\n')
+    result = load_folder(tmp_path)
+    assert "cycle: me → me" in only_error(result.errors, me).reason
+    assert "cycle: x → y → z → x" in only_error(result.errors, tmp_path / "x.toml").reason
+    assert "cycle: z → x → y → z" in only_error(result.errors, tmp_path / "z.toml").reason
+    assert result.jobs == {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# _folder.toml inheritance
+
+
+def test_folder_defaults_inherit_override_and_env_merges(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "_folder.toml",
+        """
+        command = "echo default"
+        timeout = "10m"
+        tags = ["root"]
+        [env]
+        SITE = "lab"
+        LEVEL = "root"
+        """,
+    )
+    write(
+        tmp_path,
+        "etl/_folder.toml",
+        """
+        timeout = "2m"
+        tags = ["etl"]
+        workdir = "work"
+        [env]
+        LEVEL = "etl"
+        DATASET = "orders"
+        """,
+    )
+    write(tmp_path, "etl/extract.toml", 'every = "1m"\n[env]\nDATASET = "users"\nOWN = "1"\n')
+    write(tmp_path, "etl/deeper/load.toml", 'command = "echo load"\ntimeout = "30s"\n')
+    write(tmp_path, "other.toml", 'every = "5m"\n')
+    result = load_folder(tmp_path)
+    assert result.errors == [], format_errors(result.errors)
+    extract = result.jobs["etl/extract"]
+    assert extract.command == "echo default"
+    assert extract.timeout == 120.0
+    assert extract.tags == ("etl",)  # lists replace, they do not merge
+    assert dict(extract.env) == {"SITE": "lab", "LEVEL": "etl", "DATASET": "users", "OWN": "1"}
+    assert extract.workdir == str(tmp_path / "etl" / "work")  # relative to the _folder.toml that set it
+    load = result.jobs["etl/deeper/load"]
+    assert load.command == "echo load"
+    assert load.timeout == 30.0
+    assert dict(load.env) == {"SITE": "lab", "LEVEL": "etl", "DATASET": "orders"}
+    other = result.jobs["other"]
+    assert other.timeout == 600.0
+    assert other.tags == ("root",)
+    assert dict(other.env) == {"SITE": "lab", "LEVEL": "root"}
+    assert other.workdir is None
+
+
+def test_bad_folder_file_is_reported_there_and_blocks_only_jobs_below(tmp_path: Path) -> None:
+    folder = write(tmp_path, "etl/_folder.toml", 'timeout = "soon"\n')
+    write(tmp_path, "etl/extract.toml", 'command = "true"\n')
+    write(tmp_path, "etl/sub/load.toml", 'command = "true"\n')
+    write(tmp_path, "other.toml", 'command = "true"\n')
+    result = load_folder(tmp_path)
+    error = only_error(result.errors, folder)
+    assert (error.key, error.line) == ("timeout", 1)
+    assert len(result.errors) == 1  # reported once, against the folder file, not per job
+    assert sorted(result.jobs) == ["other"]
+
+
+def test_folder_file_unknown_agent_and_missing_after_are_its_errors(tmp_path: Path) -> None:
+    folder = write(tmp_path, "grp/_folder.toml", 'agent = "nowhere"\nafter = ["ghost"]\n')
+    write(tmp_path, "grp/a.toml", 'command = "true"\n')
+    result = load_folder(tmp_path)
+    keys = sorted((error.key, error.line) for error in errors_for(result.errors, folder))
+    assert keys == [("after", 2), ("agent", 1)]
+    assert result.jobs == {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Positions and completeness
+
+
+def test_toml_syntax_error_has_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", 'command = "true"\ndescription = "ok"\ntimeout = = 3\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert error.key == "syntax"
+    assert error.line == 3
+    assert error.reason.startswith("invalid TOML: ")
+
+
+def test_syntax_error_at_end_of_file_points_at_last_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "job.toml", 'command = "true"\ntags = ["a",\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert (error.key, error.line) == ("syntax", 2)
+
+
+def test_line_numbers_follow_tables_and_skip_multiline_strings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "job.toml",
+        """
+        # comment
+        command = '''
+        retries = 5
+        [env]
+        '''
+        retries = "x"
+        tags = [
+          "a",
+          2,
+        ]
+
+        [env]
+        OK = "1"
+        BAD = 7
+        """,
+    )
+    errors = errors_for(load_folder(tmp_path).errors, path)
+    assert sorted((error.key, error.line) for error in errors) == [
+        ("env.BAD", 14),
+        ("retries", 6),
+        ("tags", 7),
+    ]
+
+
+def test_every_error_in_one_file_is_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "job.toml",
+        """
+        command = "true"
+        cron = "99 * * * *"
+        every = "fast"
+        timezone = "Nowhere/City"
+        overlap = "sometimes"
+        retries = -2
+        colour = "blue"
+        """,
+    )
+    errors = errors_for(load_folder(tmp_path).errors, path)
+    assert [(error.key, error.line) for error in errors] == [
+        ("cron", 2),
+        ("every", 3),
+        ("timezone", 4),
+        ("overlap", 5),
+        ("retries", 6),
+        ("colour", 7),
+    ]
+
+
+def test_a_bad_file_does_not_stop_good_ones(tmp_path: Path) -> None:
+    write(tmp_path, "good1.toml", 'command = "true"\nevery = "1m"\n')
+    write(tmp_path, "bad.toml", "command = \n")
+    write(tmp_path, "sub/good2.toml", 'command = "true"\n')
+    write(tmp_path, "worse.toml", b"\xff\xfe".decode("latin-1"))
+    result = load_folder(tmp_path)
+    assert sorted(result.jobs) == ["good1", "sub/good2"]
+    assert {Path(error.path).name for error in result.errors} == {"bad.toml", "worse.toml"}
+
+
+def test_format_errors_gives_one_line_each(tmp_path: Path) -> None:
+    errors = [ConfigError("a.toml", "cron", "bad", 3), ConfigError("b.toml", "command", "required")]
+    assert format_errors(errors) == "a.toml:3: cron: bad\nb.toml: command: required"
+    assert format_errors([]) == ""
+
+
+def test_missing_folder_is_an_error(tmp_path: Path) -> None:
+    result = load_folder(tmp_path / "nope")
+    assert result.jobs == {}
+    assert len(result.errors) == 1 and "does not exist" in result.errors[0].reason
+
+
+# ---------------------------------------------------------------------------------------------------
+# vigil.toml
+
+
+def test_settings_happy_path(tmp_path: Path) -> None:
+    write(tmp_path, "certs/ca.pem", "")
+    write(
+        tmp_path,
+        "vigil.toml",
+        """
+        [scheduler]
+        retention = "7d"
+        log_cap = "512KB"
+        kill_grace = "2s"
+        heartbeat_interval = "200ms"
+        heartbeat_timeout = "2s"
+        max_missed_rows = 50
+        agent_poll_interval = "1s"
+        agent_wait_limit = "10m"
+
+        [agents.a1]
+        url = "https://a1.example:8700"
+        token_file = "secrets/a1.token"
+        tls_ca = "certs/ca.pem"
+        tls_cert = "/etc/vigil/client.pem"
+        tls_key = "/etc/vigil/client.key"
+
+        [agents.a2]
+        url = "http://a2:8700"
+
+        [pools.lab]
+        agents = ["a2", "a1"]
+        mode = "round-robin"
+
+        [pools.default]
+        agents = ["a1"]
+        """,
+    )
+    settings, errors = load_settings(tmp_path)
+    assert errors == [], format_errors(errors)
+    assert settings.retention == 7 * 86400.0
+    assert settings.log_cap == 512 * 1024
+    assert settings.kill_grace == 2.0
+    assert settings.heartbeat_interval == 0.2
+    assert settings.heartbeat_timeout == 2.0
+    assert settings.max_missed_rows == 50
+    assert settings.agent_poll_interval == 1.0
+    assert settings.agent_wait_limit == 600.0
+    a1 = settings.agents["a1"]
+    assert a1.url == "https://a1.example:8700"
+    assert a1.token_file == str(tmp_path / "secrets/a1.token")
+    assert a1.tls_ca == str(tmp_path / "certs/ca.pem")
+    assert (a1.tls_cert, a1.tls_key) == ("/etc/vigil/client.pem", "/etc/vigil/client.key")
+    assert settings.agents["a2"].token_file is None
+    assert settings.pools["lab"].agents == ("a2", "a1")
+    assert settings.pools["lab"].mode == "round-robin"
+    assert settings.pools["default"].mode == "fixed-priority"
+
+
+def test_settings_absent_means_defaults(tmp_path: Path) -> None:
+    assert load_settings(tmp_path) == (Settings(), [])
+    assert load_folder(tmp_path).settings == Settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1MB", 1024**2), ("2GB", 2 * 1024**3), ("64kb", 64 * 1024), (4096, 4096), ("1.5MB", 1572864)],
+)
+def test_log_cap_sizes(tmp_path: Path, value: object, expected: int) -> None:
+    text = f'"{value}"' if isinstance(value, str) else str(value)
+    write(tmp_path, "vigil.toml", f"[scheduler]\nlog_cap = {text}\n")
+    settings, errors = load_settings(tmp_path)
+    assert errors == []
+    assert settings.log_cap == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "expected"),
+    [
+        ('[scheduler]\nlog_cap = "1XB"\n', "scheduler.log_cap", 2, "bad size"),
+        ("[scheduler]\nlog_cap = 0\n", "scheduler.log_cap", 2, "at least 1 byte"),
+        ("[scheduler]\nlog_cap = true\n", "scheduler.log_cap", 2, "got boolean"),
+        ('[scheduler]\nretention = "forever"\n', "scheduler.retention", 2, "bad duration"),
+        ("[scheduler]\nmax_missed_rows = 0\n", "scheduler.max_missed_rows", 2, "at least 1"),
+        (
+            '[scheduler]\nheartbeat_timeout = "100ms"\n',
+            "scheduler.heartbeat_timeout",
+            2,
+            "heartbeat_interval",
+        ),
+        ("[scheduler]\nspeed = 3\n", "scheduler.speed", 2, "unknown key"),
+        ("[database]\npath = 'x'\n", "database", 1, "unknown key"),
+        ("scheduler = 3\n", "scheduler", 1, "expected a table"),
+        ("[agents.a]\ntoken_file = 'x'\n", "agents.a", 1, "url is missing"),
+        ("[agents.a]\nurl = 'ftp://a'\n", "agents.a.url", 2, "http:// or https://"),
+        ("[agents.a]\nurl = 'https://'\n", "agents.a.url", 2, "with a host"),
+        ("[agents.a]\nurl = 5\n", "agents.a.url", 2, "got integer"),
+        ("[agents.a]\nurl = 'http://a'\ntls_ca = 'ca.pem'\n", "agents.a.tls_ca", 3, "https"),
+        ("[agents.a]\nurl = 'https://a'\ntls_key = 'k'\n", "agents.a.tls_key", 3, "tls_cert"),
+        ("[agents.a]\nurl = 'https://a'\nport = 1\n", "agents.a.port", 3, "unknown key"),
+        ("[pools.p]\nagents = ['ghost']\n", "pools.p.agents", 2, "unknown agent 'ghost'"),
+        ("[pools.p]\nagents = []\n", "pools.p.agents", 2, "at least one agent"),
+        ("[pools.p]\nmode = 'round-robin'\n", "pools.p", 1, "agents is missing"),
+        (
+            "[agents.a]\nurl = 'http://a'\n[pools.p]\nagents = ['a']\nmode = 'random'\n",
+            "pools.p.mode",
+            5,
+            "one of",
+        ),
+        ("[agents.a]\nurl = 'http://a'\n[pools.a]\nagents = ['a']\n", "pools.a", 3, "same name"),
+    ],
+)
+def test_settings_errors(tmp_path: Path, text: str, key: str, line: int, expected: str) -> None:
+    write(tmp_path, "vigil.toml", text)
+    settings, errors = load_settings(tmp_path)
+    assert len(errors) == 1, format_errors(errors)
+    assert (errors[0].key, errors[0].line) == (key, line)
+    assert expected in errors[0].reason
+    assert errors[0].path == str(tmp_path / "vigil.toml")
+    assert "p" not in settings.pools
+
+
+def test_job_naming_an_invalid_agent_is_told_so(tmp_path: Path) -> None:
+    write(tmp_path, "vigil.toml", "[agents.a1]\nurl = 'gopher://a1'\n")
+    job = write(tmp_path, "job.toml", 'command = "true"\nagent = "a1"\n')
+    result = load_folder(tmp_path)
+    assert "definition is invalid" in only_error(result.errors, job).reason
+    assert len(errors_for(result.errors, tmp_path / "vigil.toml")) == 1
+
+
+def test_settings_syntax_error(tmp_path: Path) -> None:
+    write(tmp_path, "vigil.toml", "[scheduler\n")
+    settings, errors = load_settings(tmp_path)
+    assert settings == Settings()
+    assert [(error.key, error.line) for error in errors] == [("syntax", 1)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Live reload
+
+
+def test_live_reload_lifecycle(tmp_path: Path) -> None:
+    job = write(tmp_path, "job.toml", 'command = "echo 1"\nevery = "1m"\n')
+    write(tmp_path, "other.toml", 'command = "true"\n')
+    folder = JobFolder(tmp_path)
+
+    first = folder.scan()
+    assert first.changed == {"job", "other"} and first.removed == set() and first.errors == []
+
+    unchanged = folder.scan()
+    assert (unchanged.changed, unchanged.removed, unchanged.errors) == (set(), set(), [])
+    assert unchanged.jobs == first.jobs
+
+    job.write_text('command = "echo 2"\nevery = "1m"\n')  # same size: found by content, not size
+    modified = folder.scan()
+    assert modified.changed == {"job"}
+    assert modified.jobs["job"].command == "echo 2"
+
+    job.write_text('command = "echo 3"\nevery = "1 fortnight"\n')
+    broken = folder.scan()
+    assert broken.changed == set() and broken.removed == set()
+    assert broken.jobs["job"].command == "echo 2"  # the last valid version stays active
+    assert [(error.key, error.line) for error in broken.errors] == [("every", 2)]
+    assert folder.scan().errors == broken.errors  # still reported while still broken
+
+    job.write_text('command = "echo 4"\nevery = "2m"\n')
+    fixed = folder.scan()
+    assert fixed.errors == []
+    assert fixed.changed == {"job"}
+    assert (fixed.jobs["job"].command, fixed.jobs["job"].every) == ("echo 4", 120.0)
+
+    write(tmp_path, "new/one.toml", 'command = "true"\n')
+    added = folder.scan()
+    assert added.changed == {"new/one"} and "new/one" in added.jobs
+
+    job.unlink()
+    deleted = folder.scan()
+    assert deleted.removed == {"job"} and deleted.changed == set()
+    assert sorted(deleted.jobs) == ["new/one", "other"]
+
+
+def test_touch_without_change_is_not_a_change(tmp_path: Path) -> None:
+    job = write(tmp_path, "job.toml", 'command = "true"\n')
+    folder = JobFolder(tmp_path)
+    folder.scan()
+    os.utime(job, ns=(1, 1))
+    result = folder.scan()
+    assert result.changed == set() and "job" in result.jobs
+
+
+def test_edit_within_one_timestamp_tick_is_still_seen(tmp_path: Path) -> None:
+    """Same size and same mtime (a coarse clock tick): a freshly written file's content is re-checked."""
+    job = write(tmp_path, "job.toml", 'command = "echo A"\n')
+    folder = JobFolder(tmp_path)
+    folder.scan()
+    before = job.stat()
+    job.write_text('command = "echo B"\n')
+    os.utime(job, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (job.stat().st_mtime_ns, job.stat().st_size) == (before.st_mtime_ns, before.st_size)
+    result = folder.scan()
+    assert result.changed == {"job"}
+    assert result.jobs["job"].command == "echo B"
+
+
+def test_broken_job_that_never_was_valid_is_absent_not_removed(tmp_path: Path) -> None:
+    job = write(tmp_path, "job.toml", "command = 1\n")
+    folder = JobFolder(tmp_path)
+    assert folder.scan().jobs == {}
+    job.unlink()
+    result = folder.scan()
+    assert result.removed == set() and result.errors == []
+
+
+def test_folder_file_change_reevaluates_only_jobs_below(tmp_path: Path) -> None:
+    settings = write(tmp_path, "etl/_folder.toml", '[env]\nDATASET = "orders"\n')
+    write(tmp_path, "etl/a.toml", 'command = "true"\n')
+    write(tmp_path, "etl/sub/b.toml", 'command = "true"\n')
+    write(tmp_path, "c.toml", 'command = "true"\n')
+    folder = JobFolder(tmp_path)
+    folder.scan()
+
+    settings.write_text('[env]\nDATASET = "people"\n')
+    changed = folder.scan()
+    assert changed.changed == {"etl/a", "etl/sub/b"}
+    assert dict(changed.jobs["etl/sub/b"].env) == {"DATASET": "people"}
+
+    settings.write_text("[env]\nDATASET = 42\n")
+    broken = folder.scan()
+    assert broken.changed == set() and broken.removed == set()
+    assert dict(broken.jobs["etl/a"].env) == {"DATASET": "people"}  # last valid version kept
+    assert [(Path(e.path).name, e.key) for e in broken.errors] == [("_folder.toml", "env.DATASET")]
+
+    settings.unlink()
+    gone = folder.scan()
+    assert gone.errors == [] and gone.changed == {"etl/a", "etl/sub/b"}
+    assert gone.jobs["etl/a"].env == ()
+
+
+def test_vigil_toml_change_revalidates_agent_references(tmp_path: Path) -> None:
+    job = write(tmp_path, "job.toml", 'command = "true"\nagent = "edge"\n')
+    folder = JobFolder(tmp_path)
+    first = folder.scan()
+    assert "job" not in first.jobs
+    assert [(Path(e.path), e.key) for e in first.errors] == [(job, "agent")]
+
+    write(tmp_path, "vigil.toml", '[agents.edge]\nurl = "http://edge:8700"\n')
+    declared = folder.scan()
+    assert declared.errors == []
+    assert declared.changed == {"job"}
+    assert declared.settings.agents["edge"].url == "http://edge:8700"
+
+    (tmp_path / "vigil.toml").write_text('[agents.edge]\nurl = "http://edge:8701"\nbogus = 1\n')
+    broken = folder.scan()
+    assert broken.settings.agents["edge"].url == "http://edge:8700"  # last valid settings stay
+    assert [e.key for e in broken.errors] == ["agents.edge.bogus"]
+    assert "job" in broken.jobs
+
+    (tmp_path / "vigil.toml").write_text('[agents.other]\nurl = "http://other:8700"\n')
+    renamed = folder.scan()
+    assert [(Path(e.path), e.key) for e in renamed.errors] == [(job, "agent")]
+    assert renamed.jobs["job"].agent == "edge"  # the job's last valid version stays, with the error
+
+
+def test_cycle_made_by_an_edit_keeps_previous_versions(tmp_path: Path) -> None:
+    write(tmp_path, "a.toml", 'command = "true"\n')
+    b = write(tmp_path, "b.toml", 'command = "true"\nafter = ["a"]\n')
+    a = tmp_path / "a.toml"
+    folder = JobFolder(tmp_path)
+    folder.scan()
+    a.write_text('command = "true"\nafter = ["b"]\n')
+    result = folder.scan()
+    assert result.jobs["a"].after == ()
+    assert result.jobs["b"].after == ("a",)
+    assert {Path(e.path) for e in result.errors} == {a, b}
+    assert all("cycle" in e.reason for e in result.errors)
+
+
+def test_deleting_an_upstream_job_reports_the_downstream_reference(tmp_path: Path) -> None:
+    up = write(tmp_path, "up.toml", 'command = "true"\n')
+    down = write(tmp_path, "down.toml", 'command = "true"\nafter = ["up"]\n')
+    folder = JobFolder(tmp_path)
+    folder.scan()
+    up.unlink()
+    result = folder.scan()
+    assert result.removed == {"up"}
+    error = only_error(result.errors, down)
+    assert (error.key, error.reason) == ("after", "job 'up' does not exist")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shipped sample folder
+
+
+def test_sample_jobs_load_cleanly() -> None:
+    result = load_folder(SAMPLE_JOBS)
+    assert result.errors == [], format_errors(result.errors)
+    assert len(result.jobs) >= 8
+    for spec in result.jobs.values():
+        assert spec.description, spec.name
+        assert spec.tags, spec.name
+    assert result.jobs["etl/load"].after == ("etl/transform",)
+    assert result.jobs["etl/transform"].after == ("etl/extract",)
+    assert result.jobs["reports/daily_summary"].timezone == "Europe/Berlin"
+    assert result.jobs["health/ping"].every == 15.0
+    assert result.settings.retention == 30 * 86400.0
+    assert result.settings.log_cap == 1024 * 1024
+    assert any(spec.retries and "VIGIL_ATTEMPT" in str(spec.command) for spec in result.jobs.values())
+    assert any(spec.overlap is Overlap.SKIP and spec.every == 5.0 for spec in result.jobs.values())
