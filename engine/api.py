@@ -20,9 +20,24 @@ from .errors import ControlError, NotFoundError
 __all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "StateReader", "cluster_status"]
 
 RUN_FIELDS = (
-    "id", "job", "state", "exit_code", "scheduled_for", "started_at", "ended_at", "attempt", "epoch",
-    "reason", "trigger", "created_at", "not_before", "pid", "peak_rss", "cpu_s", "agent",
-)  # fmt: skip
+    "id",
+    "job",
+    "state",
+    "exit_code",
+    "scheduled_for",
+    "started_at",
+    "ended_at",
+    "attempt",
+    "epoch",
+    "reason",
+    "trigger",
+    "created_at",
+    "not_before",
+    "pid",
+    "peak_rss",
+    "cpu_s",
+    "agent",
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +93,9 @@ class StateReader:
         )
 
     def run(self, run_id: int) -> dict[str, Any]:
-        rows = self._all(f"SELECT {', '.join(RUN_FIELDS)}, kill_requested, deadline FROM runs WHERE id = ?",
-                         (run_id,))  # fmt: skip
+        rows = self._all(
+            f"SELECT {', '.join(RUN_FIELDS)}, kill_requested, deadline FROM runs WHERE id = ?", (run_id,)
+        )
         if not rows:
             raise NotFoundError(f"no run with id {run_id}")
         return rows[0]
@@ -96,7 +112,10 @@ class StateReader:
         return int(self.conn.execute(f"SELECT COUNT(*) FROM runs {clause}", params).fetchone()[0])
 
     def counts_by_state(self) -> dict[str, int]:
-        return {row["state"]: row["n"] for row in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
+        return {
+            row["state"]: row["n"]
+            for row in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")
+        }
 
     def jobs(self) -> list[dict[str, Any]]:
         """The active's catalog of loaded jobs with pause flag and latest run."""
@@ -109,7 +128,9 @@ class StateReader:
     def paused_jobs(self) -> set[str]:
         return {row["job"] for row in self._all("SELECT job FROM job_state WHERE paused = 1")}
 
-    def latest_runs(self, names: list[str] | None = None, per_job: int = 1) -> dict[str, list[dict[str, Any]]]:
+    def latest_runs(
+        self, names: list[str] | None = None, per_job: int = 1
+    ) -> dict[str, list[dict[str, Any]]]:
         """The newest `per_job` runs of each job (for last result and trend), newest first."""
         sql = (
             f"SELECT {', '.join(RUN_FIELDS)} FROM (SELECT *, ROW_NUMBER() OVER "
@@ -126,7 +147,8 @@ class StateReader:
 
     def failovers(self, limit: int = 10) -> list[dict[str, Any]]:
         return self._all(
-            "SELECT at, from_pid, to_pid, cause, gap_ms, epoch FROM failovers ORDER BY id DESC LIMIT ?", (limit,)
+            "SELECT at, from_pid, to_pid, cause, gap_ms, epoch FROM failovers ORDER BY id DESC LIMIT ?",
+            (limit,),
         )
 
     def agents(self) -> list[dict[str, Any]]:
@@ -139,7 +161,9 @@ class StateReader:
         return rows
 
     def audit(self, limit: int = 50) -> list[dict[str, Any]]:
-        return self._all("SELECT at, os_user, action, target, result FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return self._all(
+            "SELECT at, os_user, action, target, result FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        )
 
     def log_path(self, run_id: int) -> Path:
         return self.paths.run_dir(run_id) / "log"

@@ -40,7 +40,7 @@ def _short_time(text: str | None) -> str:
     return text.replace("+00:00", "Z").split(".")[0].replace("T", " ")
 
 
-def _reader(args: argparse.Namespace):  # noqa: ANN202
+def _reader(args: argparse.Namespace):
     from .api import StateReader
 
     paths = _state(args)
@@ -150,11 +150,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [
         [
-            str(r["id"]), r["job"], r["state"], "-" if r["exit_code"] is None else str(r["exit_code"]),
-            _short_time(r["scheduled_for"]), _duration(r), str(r["attempt"]), (r["reason"] or "")[:60],
+            str(r["id"]),
+            r["job"],
+            r["state"],
+            "-" if r["exit_code"] is None else str(r["exit_code"]),
+            _short_time(r["scheduled_for"]),
+            _duration(r),
+            str(r["attempt"]),
+            (r["reason"] or "")[:60],
         ]
         for r in runs
-    ]  # fmt: skip
+    ]
     print(_table(rows, ["ID", "JOB", "STATE", "EXIT", "SCHEDULED (UTC)", "TOOK", "TRY", "REASON"]))
     return EXIT_OK
 
@@ -164,7 +170,9 @@ def _duration(run: dict[str, Any]) -> str:
 
     if not run["started_at"] or not run["ended_at"]:
         return "-"
-    seconds = (datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    seconds = (
+        datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])
+    ).total_seconds()
     return f"{seconds:.2f}s"
 
 
@@ -233,7 +241,9 @@ def cmd_next(args: argparse.Namespace) -> int:
     job = result.jobs.get(args.name)
     if job is None:
         problems = [e.format() for e in result.errors if args.name in e.path]
-        raise NotFoundError(f"no valid job named {args.name!r}" + (": " + "; ".join(problems) if problems else ""))
+        raise NotFoundError(
+            f"no valid job named {args.name!r}" + (": " + "; ".join(problems) if problems else "")
+        )
     fires = schedule.preview(job, datetime.now(UTC), args.n)
     if args.json:
         _print_json([f.isoformat() for f in fires])
@@ -258,7 +268,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc["jobs"] = len(reader.jobs())
         doc["runs"] = reader.counts_by_state()
         doc["agents"] = [
-            {k: a[k] for k in ("name", "up", "last_contact", "cpu_percent", "memory_percent", "load1", "running")}
+            {
+                k: a[k]
+                for k in ("name", "up", "last_contact", "cpu_percent", "memory_percent", "load1", "running")
+            }
             for a in reader.agents()
         ]
         reader.close()
@@ -276,7 +289,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["runs"].items())) or "none"))
     for fo in doc["failovers"][:5]:
         gap = "?" if fo["gap_ms"] is None else f"{fo['gap_ms']:.0f} ms"
-        print(f"failover: {_short_time(fo['at'])} {fo['cause']} pid {fo['from_pid']} -> {fo['to_pid']} gap {gap}")
+        print(
+            f"failover: {_short_time(fo['at'])} {fo['cause']} pid {fo['from_pid']} -> {fo['to_pid']} gap {gap}"
+        )
     return EXIT_OK
 
 
@@ -327,10 +342,13 @@ def _prune_offline(paths: StatePaths, seconds: float) -> int:
 
     conn = connect(paths, create=False)
     cutoff = iso(datetime.now(UTC) - timedelta(seconds=seconds))
-    ids = [r[0] for r in conn.execute(
-        "SELECT id FROM runs WHERE ended_at < ? AND state NOT IN ('pending','waiting','launching','running')",
-        (cutoff,),
-    )]  # fmt: skip
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM runs WHERE ended_at < ? AND state NOT IN ('pending','waiting','launching','running')",
+            (cutoff,),
+        )
+    ]
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
     conn.execute("COMMIT")
@@ -377,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("up", parents=[common, jobs], help="run the scheduler in the foreground (active or standby)")
+    p = sub.add_parser(
+        "up", parents=[common, jobs], help="run the scheduler in the foreground (active or standby)"
+    )
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.set_defaults(func=cmd_up)
 
@@ -385,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", help="job folder to check (default: --jobs)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("jobs", parents=[common, jobs, as_json], help="list jobs: schedule, status, next fire, last state")
+    p = sub.add_parser(
+        "jobs", parents=[common, jobs, as_json], help="list jobs: schedule, status, next fire, last state"
+    )
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("runs", parents=[common, as_json], help="list runs, newest first")
@@ -418,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=5, help="how many (default 5)")
     p.set_defaults(func=cmd_next)
 
-    p = sub.add_parser("status", parents=[common, as_json], help="active/standby, counts of jobs and runs, failovers")
+    p = sub.add_parser(
+        "status", parents=[common, as_json], help="active/standby, counts of jobs and runs, failovers"
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("switchover", parents=[common], help="hand the active role to a standby")
@@ -435,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("monitor", parents=[common, jobs], help="open the terminal dashboard")
     p.add_argument("--read-only", action="store_true", help="disable every action")
-    p.add_argument("--start", action="store_true",
-                   help="also start a scheduler on --jobs for the dashboard's lifetime")  # fmt: skip
+    p.add_argument(
+        "--start", action="store_true", help="also start a scheduler on --jobs for the dashboard's lifetime"
+    )
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("agent", parents=[common], help="serve jobs for a remote scheduler over HTTP")

@@ -52,9 +52,7 @@ class NoActiveSchedulerError(ControlError):
     """No scheduler is active on this state directory."""
 
     def __init__(self, state_dir: str | Path) -> None:
-        super().__init__(
-            f"no active scheduler on state directory {state_dir} (start one with `vigil up`)"
-        )
+        super().__init__(f"no active scheduler on state directory {state_dir} (start one with `vigil up`)")
 
 
 class NotFoundError(VigilError):

@@ -224,6 +224,10 @@ class LocalExecutor:
                 os.waitpid(watched.shim_pid, 0)
         if watched.kill_timer is not None:
             watched.kill_timer.cancel()
+            if watched.job_pid is not None:
+                # The job's leader is gone; whatever of its group ignored SIGTERM goes now.
+                with contextlib.suppress(OSError):
+                    os.killpg(watched.job_pid, signal.SIGKILL)
         self.on_exit(self.collect(run_id, peak_rss=watched.peak_rss))
 
     def collect(self, run_id: int, *, peak_rss: int | None = None) -> ShimExit:

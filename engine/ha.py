@@ -181,7 +181,9 @@ class Node:
     async def _active(self, takeover: Takeover) -> str:
         self.role = "active"
         cause = {"start": "downtime"}.get(takeover.cause, "failover")
-        scheduler = Scheduler(self.paths, self.jobs_dir, clock=self.clock, rescan_interval=self.rescan_interval)
+        scheduler = Scheduler(
+            self.paths, self.jobs_dir, clock=self.clock, rescan_interval=self.rescan_interval
+        )
         self.scheduler = scheduler
         if self._stop.is_set():
             return "stop"
@@ -201,12 +203,21 @@ class Node:
         if takeover.cause != "start":
             gap_ms = None if takeover.gap_started is None else (time.time() - takeover.gap_started) * 1000
             await scheduler.ledger.write(
-                [(
-                    "INSERT INTO failovers (at, from_pid, to_pid, cause, gap_ms, epoch, writer_epoch) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (iso(now), takeover.from_pid or previous.get("pid"), self.pid, takeover.cause, gap_ms,
-                     scheduler.epoch, scheduler.epoch),
-                )]  # fmt: skip
+                [
+                    (
+                        "INSERT INTO failovers (at, from_pid, to_pid, cause, gap_ms, epoch, writer_epoch) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            iso(now),
+                            takeover.from_pid or previous.get("pid"),
+                            self.pid,
+                            takeover.cause,
+                            gap_ms,
+                            scheduler.epoch,
+                            scheduler.epoch,
+                        ),
+                    )
+                ]
             )
             log.warning("took over from pid %s (%s)", takeover.from_pid, takeover.cause)
         try:
@@ -215,7 +226,9 @@ class Node:
             for task in tasks:
                 task.cancel()
             if self.stop_reason_is_handover(scheduler):
-                await self._broadcast({"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}})
+                await self._broadcast(
+                    {"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}}
+                )
             server.close()
             for writer in list(self._subscribers):
                 writer.close()
@@ -345,11 +358,19 @@ class Node:
             return {"ok": False, "error": "switch-over refused: no standby is connected to take over"}
         if self.scheduler is not None:
             await self.scheduler.ledger.write(
-                [(
-                    "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES (?, ?, ?, ?, ?, ?)",
-                    (iso(self.clock.now()), str(args.get("user", "?")), "switchover", str(self.pid), "ok",
-                     self.scheduler.epoch),
-                )]  # fmt: skip
+                [
+                    (
+                        "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            iso(self.clock.now()),
+                            str(args.get("user", "?")),
+                            "switchover",
+                            str(self.pid),
+                            "ok",
+                            self.scheduler.epoch,
+                        ),
+                    )
+                ]
             )
             asyncio.get_running_loop().call_soon(self.scheduler.request_stop, "switchover")
         return {"ok": True, "from_pid": self.pid, "standbys": [s["pid"] for s in standbys]}
@@ -448,7 +469,10 @@ class _HeartbeatWatcher:
         if row is None or row["pid"] is None or row["starttime"] is None:
             return None
         pid, start = int(row["pid"]), int(row["starttime"])
-        if self.last_hb is not None and (self.last_hb.get("pid"), self.last_hb.get("starttime")) != (pid, start):
+        if self.last_hb is not None and (self.last_hb.get("pid"), self.last_hb.get("starttime")) != (
+            pid,
+            start,
+        ):
             return None  # the row and the heartbeats disagree: do not kill on doubt
         return pid, start
 

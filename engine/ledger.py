@@ -52,7 +52,9 @@ class Ledger:
         assert self._db is not None, "ledger not open"
         return self._db
 
-    async def take_leadership(self, pid: int, starttime: int | None, since: str) -> tuple[int, dict[str, Any]]:
+    async def take_leadership(
+        self, pid: int, starttime: int | None, since: str
+    ) -> tuple[int, dict[str, Any]]:
         """Bump the epoch before anything else; return it and the previous leader's row."""
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
@@ -98,7 +100,9 @@ class Ledger:
                 return
             await self._run_batch(batch)
 
-    async def insert_runs(self, rows: list[dict[str, Any]], extra: Iterable[tuple[str, Params]] = ()) -> set[int]:
+    async def insert_runs(
+        self, rows: list[dict[str, Any]], extra: Iterable[tuple[str, Params]] = ()
+    ) -> set[int]:
         """Insert run rows (ids chosen by the caller); return the ids that were new.
 
         A row whose (job, scheduled_for, attempt) already exists is ignored, and its id is not
@@ -108,10 +112,7 @@ class Ledger:
             await self.write(extra)
             return set()
         columns = list(rows[0])
-        sql = (
-            f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) "
-            f"VALUES ({', '.join('?' for _ in columns)})"
-        )
+        sql = f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         ids = [row["id"] for row in rows]
         async with self._lock:
             batch = [*self._pending, *((sql, tuple(r[c] for c in columns)) for r in rows), *extra]

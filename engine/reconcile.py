@@ -41,9 +41,7 @@ def decide(evidence: ShimEvidence) -> Decision:
         # The shim writes its pid before it starts the job, so without it nothing ran.
         return Decision(Action.LAUNCH)
     if evidence.job_pid is None:
-        return Decision(
-            Action.UNKNOWN, f"shim {evidence.shim_pid} ended before confirming the job's start"
-        )
+        return Decision(Action.UNKNOWN, f"shim {evidence.shim_pid} ended before confirming the job's start")
     return Decision(
         Action.UNKNOWN,
         f"shim {evidence.shim_pid} ended without recording the exit of job pid {evidence.job_pid}",

@@ -156,9 +156,11 @@ class Scheduler:
         result = await asyncio.to_thread(self.folder.scan)
         now = self.clock.now()
         self.executor = LocalExecutor(
-            self.paths, self._on_shim_exit, log_cap=result.settings.log_cap,
+            self.paths,
+            self._on_shim_exit,
+            log_cap=result.settings.log_cap,
             kill_grace=result.settings.kill_grace,
-        )  # fmt: skip
+        )
         statements = self._apply_scan(result, now, initial=True)
         await self._reconcile(now)
         await self.ledger.write(statements)
@@ -206,7 +208,9 @@ class Scheduler:
             await self.ledger.close()
         return self.stop_reason
 
-    async def _periodic(self, interval: float, fn: Callable[[], Awaitable[None]], first: float | None = None) -> None:
+    async def _periodic(
+        self, interval: float, fn: Callable[[], Awaitable[None]], first: float | None = None
+    ) -> None:
         await asyncio.sleep(interval if first is None else first)
         while True:
             try:
@@ -309,7 +313,9 @@ class Scheduler:
 
     # ---------------------------------------------------------------- job folder
 
-    def _apply_scan(self, result: ScanResult, now: datetime, *, initial: bool = False) -> list[tuple[str, tuple[Any, ...]]]:
+    def _apply_scan(
+        self, result: ScanResult, now: datetime, *, initial: bool = False
+    ) -> list[tuple[str, tuple[Any, ...]]]:
         self.settings = result.settings
         if self.executor is not None:
             self.executor.log_cap = self.settings.log_cap
@@ -347,8 +353,10 @@ class Scheduler:
                 # A job seen for the first time is watched from now: fires before it existed are not missed.
                 self.last_fire[name] = now
                 statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
-            self._push_fire(name, trigger.next_fire(max(self.last_fire[name], now) if not initial
-                                                    else self.last_fire[name]))
+            self._push_fire(
+                name,
+                trigger.next_fire(max(self.last_fire[name], now) if not initial else self.last_fire[name]),
+            )
         self._catalog_dirty |= touched
         return statements
 
@@ -374,8 +382,10 @@ class Scheduler:
             error = self.job_errors.get(name)
             if job is None:
                 statements.append(
-                    ("DELETE FROM jobs WHERE name = ? AND ? = (SELECT epoch FROM leader WHERE id = 1)",
-                     (name, self.epoch))
+                    (
+                        "DELETE FROM jobs WHERE name = ? AND ? = (SELECT epoch FROM leader WHERE id = 1)",
+                        (name, self.epoch),
+                    )
                 )
                 if error:
                     statements.append(
@@ -386,10 +396,18 @@ class Scheduler:
                 (
                     SQL_JOB_UPSERT,
                     (
-                        name, job.path, job.schedule_text, int(job.enabled), job.agent, job.description,
-                        ",".join(job.tags), iso(self.next_fire.get(name)), error, self.epoch,
+                        name,
+                        job.path,
+                        job.schedule_text,
+                        int(job.enabled),
+                        job.agent,
+                        job.description,
+                        ",".join(job.tags),
+                        iso(self.next_fire.get(name)),
+                        error,
+                        self.epoch,
                     ),
-                )  # fmt: skip
+                )
             )
         await self.ledger.write(statements)
 
@@ -525,9 +543,14 @@ class Scheduler:
             }
         )
         info = RunInfo(
-            id=run_id, job=job, scheduled_for=scheduled_for, attempt=attempt, trigger=trigger,
-            state=state, not_before=not_before,
-        )  # fmt: skip
+            id=run_id,
+            job=job,
+            scheduled_for=scheduled_for,
+            attempt=attempt,
+            trigger=trigger,
+            state=state,
+            not_before=not_before,
+        )
         if not state.terminal:
             self._track(info)
         return info
@@ -558,17 +581,16 @@ class Scheduler:
                 plans = [schedule.FirePlan(fires[0], "run", None)]
             else:
                 cause = self._gap_cause(fires[0])
-                plans = schedule.plan_missed_fires(
-                    fires, now, job.catchup, job.catchup_window, cause=cause
-                )
+                plans = schedule.plan_missed_fires(fires, now, job.catchup, job.catchup_window, cause=cause)
                 if dropped:
                     self._note_dropped(batch, name, fires[0], dropped, cause, now)
             if not job.enabled:
                 continue
             for plan in plans:
                 if plan.action == "missed":
-                    self._new_row(batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now,
-                                  reason=plan.reason)  # fmt: skip
+                    self._new_row(
+                        batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now, reason=plan.reason
+                    )
                 else:
                     self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire)
 
@@ -581,9 +603,14 @@ class Scheduler:
         self, batch: Batch, name: str, first_kept: datetime, dropped: int, cause: str, now: datetime
     ) -> None:
         self._new_row(
-            batch, name, first_kept - timedelta(microseconds=1), RunState.MISSED, "schedule", now,
+            batch,
+            name,
+            first_kept - timedelta(microseconds=1),
+            RunState.MISSED,
+            "schedule",
+            now,
             reason=f"{cause}: {dropped} earlier fires not recorded individually (max_missed_rows)",
-        )  # fmt: skip
+        )
 
     def _fire(
         self,
@@ -601,29 +628,51 @@ class Scheduler:
         """One fire of a job: launched, queued or skipped according to its policies."""
         name = job.name
         if trigger == "schedule" and name in self.paused:
-            return self._new_row(batch, name, scheduled_for, RunState.SKIPPED, trigger, now,
-                                 reason="job paused")  # fmt: skip
+            return self._new_row(
+                batch, name, scheduled_for, RunState.SKIPPED, trigger, now, reason="job paused"
+            )
         if trigger == "schedule" and job.after:
             ok, unmet = schedule.upstream_satisfied(job.after, self.last_success, since)
             if not ok:
                 return self._new_row(
-                    batch, name, scheduled_for, RunState.SKIPPED, trigger, now,
+                    batch,
+                    name,
+                    scheduled_for,
+                    RunState.SKIPPED,
+                    trigger,
+                    now,
                     reason="after: not yet succeeded since the previous run: " + ", ".join(unmet),
-                )  # fmt: skip
+                )
         active = self.active_by_job[name]
         decision = schedule.overlap_decision(overlap or job.overlap, len(active) + len(self.queued[name]))
         if decision == "skip":
             blocking = min(active) if active else (self.queued[name][0] if self.queued[name] else None)
-            return self._new_row(batch, name, scheduled_for, RunState.SKIPPED, trigger, now,
-                                 reason=f"overlap=skip: run {blocking} still running")  # fmt: skip
+            return self._new_row(
+                batch,
+                name,
+                scheduled_for,
+                RunState.SKIPPED,
+                trigger,
+                now,
+                reason=f"overlap=skip: run {blocking} still running",
+            )
         if decision == "queue":
             blocking = min(active) if active else self.queued[name][-1]
-            info = self._new_row(batch, name, scheduled_for, RunState.PENDING, trigger, now, attempt=attempt,
-                                 reason=f"overlap=queue: waiting for run {blocking}")  # fmt: skip
+            info = self._new_row(
+                batch,
+                name,
+                scheduled_for,
+                RunState.PENDING,
+                trigger,
+                now,
+                attempt=attempt,
+                reason=f"overlap=queue: waiting for run {blocking}",
+            )
             self.queued[name].append(info.id)
             return info
-        return self._new_row(batch, name, scheduled_for, RunState.LAUNCHING, trigger, now, attempt=attempt,
-                             reason=reason)  # fmt: skip
+        return self._new_row(
+            batch, name, scheduled_for, RunState.LAUNCHING, trigger, now, attempt=attempt, reason=reason
+        )
 
     def _handle_retries(self, now: datetime, batch: Batch) -> None:
         now_ts = now.timestamp()
@@ -717,11 +766,17 @@ class Scheduler:
             (
                 SQL_FINISH,
                 (
-                    str(state), reason, result.exit_code if result else None, iso(now),
-                    result.job_pid if result else None, result.cpu_s if result else None,
-                    result.peak_rss if result else None, self.epoch, info.id,
+                    str(state),
+                    reason,
+                    result.exit_code if result else None,
+                    iso(now),
+                    result.job_pid if result else None,
+                    result.cpu_s if result else None,
+                    result.peak_rss if result else None,
+                    self.epoch,
+                    info.id,
                 ),
-            )  # fmt: skip
+            )
         )
         job = self.jobs.get(info.job)
         if job is None:
@@ -732,10 +787,16 @@ class Scheduler:
         elif schedule.should_retry(str(state), info.attempt, job.retries):
             delay = schedule.retry_delay(job.retry_delay, info.attempt)
             retry = self._new_row(
-                batch, info.job, info.scheduled_for, RunState.PENDING, "retry", now,
-                attempt=info.attempt + 1, not_before=now + timedelta(seconds=delay),
+                batch,
+                info.job,
+                info.scheduled_for,
+                RunState.PENDING,
+                "retry",
+                now,
+                attempt=info.attempt + 1,
+                not_before=now + timedelta(seconds=delay),
                 reason=f"retry {info.attempt + 1} of {job.retries + 1} after {state} (in {delay:g}s)",
-            )  # fmt: skip
+            )
             heapq.heappush(self._retry_heap, ((now + timedelta(seconds=delay)).timestamp(), retry.id))
         self._start_queued(info.job, batch)
 
@@ -783,8 +844,12 @@ class Scheduler:
             chunk = ids[chunk_start : chunk_start + 500]
             marks = ",".join("?" * len(chunk))
             await self.ledger.write(
-                [(f"DELETE FROM runs WHERE id IN ({marks}) AND ? = (SELECT epoch FROM leader WHERE id = 1)",
-                  (*chunk, self.epoch))]  # fmt: skip
+                [
+                    (
+                        f"DELETE FROM runs WHERE id IN ({marks}) AND ? = (SELECT epoch FROM leader WHERE id = 1)",
+                        (*chunk, self.epoch),
+                    )
+                ]
             )
             for run_id in chunk:
                 _remove_tree(self.paths.run_dir(run_id))
@@ -800,8 +865,21 @@ class Scheduler:
             user = str(args.get("user", "?"))
             cutoff = self.clock.now() - timedelta(seconds=float(args["older_than_s"]))
             count = await self.prune(cutoff)
-            await self.ledger.write([(SQL_AUDIT, (iso(self.clock.now()), user, "prune", f"<{iso(cutoff)}",
-                                                  f"deleted {count} runs", self.epoch))])  # fmt: skip
+            await self.ledger.write(
+                [
+                    (
+                        SQL_AUDIT,
+                        (
+                            iso(self.clock.now()),
+                            user,
+                            "prune",
+                            f"<{iso(cutoff)}",
+                            f"deleted {count} runs",
+                            self.epoch,
+                        ),
+                    )
+                ]
+            )
             return {"ok": True, "deleted": count}
         if op == "rerun":
             rows = await self.ledger.query("SELECT job FROM runs WHERE id = ?", (int(args.get("run_id", 0)),))
@@ -835,8 +913,15 @@ class Scheduler:
             if job is None:
                 raise NotFoundError(f"no job named {name!r}")
             if op == "run":
-                info = self._fire(batch, job, now, "manual", now, overlap=Overlap.ALLOW,
-                                  reason=f"run now by {args.get('user', '?')}")  # fmt: skip
+                info = self._fire(
+                    batch,
+                    job,
+                    now,
+                    "manual",
+                    now,
+                    overlap=Overlap.ALLOW,
+                    reason=f"run now by {args.get('user', '?')}",
+                )
                 return {"run_id": info.id, "audit": f"run {info.id}"}
             paused = op == "pause"
             if paused:
@@ -855,8 +940,9 @@ class Scheduler:
             info.kill_requested = "kill"
             batch.statements.append((SQL_KILL_REQUEST, ("kill", self.epoch, run_id)))
             if info.state in (RunState.PENDING, RunState.WAITING):
-                self._finish_run(info, RunState.KILLED, "cancelled by operator before it started", None, now,
-                                 batch)  # fmt: skip
+                self._finish_run(
+                    info, RunState.KILLED, "cancelled by operator before it started", None, now, batch
+                )
             else:
                 self._kill_running(info)
             return {"run_id": run_id}
@@ -869,8 +955,15 @@ class Scheduler:
         job = self.jobs.get(str(job_name)) if job_name else None
         if job is None:
             raise NotFoundError(f"run {run_id}'s job {job_name!r} is not loaded")
-        info = self._fire(batch, job, now, "rerun", now, overlap=Overlap.ALLOW,
-                          reason=f"rerun of run {run_id} by {args.get('user', '?')}")  # fmt: skip
+        info = self._fire(
+            batch,
+            job,
+            now,
+            "rerun",
+            now,
+            overlap=Overlap.ALLOW,
+            reason=f"rerun of run {run_id} by {args.get('user', '?')}",
+        )
         return {"run_id": info.id, "audit": f"rerun as {info.id}"}
 
     def status(self) -> dict[str, Any]:

@@ -21,9 +21,13 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+        try:
+            last = predicate()
+        except AssertionError as exc:  # e.g. the state does not exist yet
+            last = exc
+        else:
+            if last:
+                return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})")
 
@@ -35,7 +39,9 @@ def write_job(folder: Path, name: str, body: str) -> Path:
     return path
 
 
-def vigil(state: Path, *args: str, jobs: Path | None = None, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def vigil(
+    state: Path, *args: str, jobs: Path | None = None, check: bool = True, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     cmd = [*VIGIL, *args, "--state", str(state)]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
@@ -57,7 +63,7 @@ class Up:
         self.jobs = jobs
         self.log_path = log or state.parent / f"up-{time.monotonic_ns()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "w")  # noqa: SIM115
+        self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [*VIGIL, "up", "--state", str(state), "--jobs", str(jobs)],
             stdout=self._log,

@@ -1,0 +1,297 @@
+"""End-to-end behaviour of `vigil up` with real processes, a real SQLite file and real shims."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.helpers import runs, vigil, vigil_json, wait_for, write_job
+
+
+def terminal(state: Path, job: str) -> list[dict]:
+    return [r for r in runs(state, "--job", job) if r["state"] not in ("pending", "launching", "running")]
+
+
+def test_fires_are_ledgered_with_logs_env_and_metrics(start_up, state_dir: Path, jobs_dir: Path) -> None:
+    write_job(
+        jobs_dir,
+        "hello",
+        'every = "1s"\n'
+        'command = "echo run=$VIGIL_RUN_ID job=$VIGIL_JOB try=$VIGIL_ATTEMPT epoch=$VIGIL_EPOCH '
+        'for=$VIGIL_SCHEDULED_FOR; echo oops >&2"\n',
+    )
+    up = start_up()
+    done = wait_for(lambda: [r for r in terminal(state_dir, "hello") if r["state"] == "succeeded"], 10)
+    run = done[-1]
+    assert run["exit_code"] == 0 and run["attempt"] == 1 and run["epoch"] >= 1
+    for key in ("scheduled_for", "started_at", "ended_at"):
+        assert run[key].endswith("+00:00")
+    assert run["cpu_s"] is not None
+    log = vigil(state_dir, "logs", str(run["id"])).stdout
+    assert f"run={run['id']} job=hello try=1 epoch={run['epoch']}" in log
+    assert f"for={run['scheduled_for']}" in log
+    assert "oops" in log  # stderr goes to the same log
+    # `every` fires at whole seconds: scheduled_for values are distinct and aligned
+    sched = [r["scheduled_for"] for r in runs(state_dir, "--job", "hello")]
+    assert len(sched) == len(set(sched))
+    assert all(s.split(".")[1].startswith("000000") for s in sched)
+    assert up.proc.poll() is None
+
+
+def test_timeout_kills_the_whole_process_group(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    write_job(
+        jobs_dir,
+        "slow",
+        'timeout = "1s"\n'
+        f'command = "sleep 60 & echo $! > {pids}; sh -c \'trap \\"\\" TERM; sleep 61\' & sleep 62"\n',
+    )
+    start_up().wait_active()
+    vigil(state_dir, "run", "slow")
+    run = wait_for(lambda: terminal(state_dir, "slow"), 10, what="slow to end")[0]
+    assert run["state"] == "timed_out", run
+    assert "timeout" in run["reason"]
+    grandchild = int(pids.read_text())
+    wait_for(lambda: not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie", 5)
+    # nothing of the run's process group survives
+    job_pid = run["pid"]
+    assert job_pid is not None
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(job_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(group_gone, 3, what="the job's process group (one member ignores SIGTERM) to be gone")
+
+
+def test_sigkill_of_scheduler_mid_run_then_restart(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    write_job(jobs_dir, "long", f'command = "while [ ! -e {gate} ]; do sleep 0.05; done; exit 7"\n')
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    first = start_up()
+    first.wait_active()
+    run_id = json.loads(vigil(state_dir, "runs", "--json", "--job", "long").stdout or "[]")
+    vigil(state_dir, "run", "long")
+    wait_for(lambda: [r for r in runs(state_dir, "--job", "long") if r["state"] == "running"], 5)
+    first.kill9()
+    gate.touch()  # the job ends while no scheduler is running
+    time.sleep(0.3)
+    second = start_up()
+    second.wait_active()
+    done = wait_for(lambda: terminal(state_dir, "long"), 10, what="long's outcome")
+    assert run_id == []
+    assert len(runs(state_dir, "--job", "long")) == 1  # launched once, never again
+    assert done[0]["state"] == "failed" and done[0]["exit_code"] == 7
+    ticks = runs(state_dir, "--job", "tick")
+    keys = [(r["scheduled_for"], r["attempt"]) for r in ticks]
+    assert len(keys) == len(set(keys))
+    # the restart saw the gap: fires while down are runs or missed rows with a reason
+    assert all(r["reason"] for r in ticks if r["state"] == "missed")
+
+
+def test_restart_adopts_a_running_job_and_records_its_exit(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    write_job(jobs_dir, "long", f'command = "while [ ! -e {gate} ]; do sleep 0.05; done; exit 4"\n')
+    first = start_up()
+    first.wait_active()
+    vigil(state_dir, "run", "long")
+    wait_for(lambda: [r for r in runs(state_dir, "--job", "long") if r["state"] == "running"], 5)
+    first.kill9()
+    second = start_up()
+    second.wait_active()
+    assert "adopted run" in second.output()
+    gate.touch()
+    done = wait_for(lambda: terminal(state_dir, "long"), 10)
+    assert done[0]["exit_code"] == 4 and done[0]["state"] == "failed"
+
+
+def test_sigterm_stops_quickly_and_leaves_jobs_running(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    write_job(jobs_dir, "long", f'command = "while [ ! -e {gate} ]; do sleep 0.05; done"\n')
+    up = start_up()
+    up.wait_active()
+    vigil(state_dir, "run", "long")
+    run = wait_for(lambda: [r for r in runs(state_dir, "--job", "long") if r["state"] == "running"], 5)[0]
+    started = time.monotonic()
+    assert up.stop(timeout=5) == 0
+    assert time.monotonic() - started < 5
+    job_pid = int((state_dir / "runs" / str(run["id"]) / "started").read_text())
+    assert psutil.pid_exists(job_pid)  # the shim owns the job, not the scheduler
+    status = vigil_json(state_dir, "status")
+    assert status["active"] is None
+    gate.touch()
+    start_up().wait_active()
+    done = wait_for(lambda: terminal(state_dir, "long"), 10)
+    assert done[0]["state"] == "succeeded"
+
+
+def test_cli_actions_reach_the_active_scheduler_and_are_audited(
+    start_up, state_dir: Path, jobs_dir: Path
+) -> None:
+    write_job(jobs_dir, "sleeper", 'command = "sleep 30"\n')
+    write_job(jobs_dir, "ticker", 'every = "1s"\ncommand = "true"\n')
+    start_up().wait_active()
+    started = time.monotonic()
+    out = vigil(state_dir, "run", "sleeper").stdout
+    run_id = int(out.split()[2])
+    wait_for(lambda: vigil_json(state_dir, "runs", "--job", "sleeper")[0]["state"] == "running", 1.5)
+    vigil(state_dir, "kill", str(run_id))
+    killed = wait_for(lambda: terminal(state_dir, "sleeper"), 3)[0]
+    assert killed["state"] == "killed"
+    assert time.monotonic() - started < 5
+    vigil(state_dir, "pause", "ticker")
+    time.sleep(1.5)
+    paused = [r for r in runs(state_dir, "--job", "ticker") if r["reason"] == "job paused"]
+    assert paused and all(r["state"] == "skipped" for r in paused)
+    vigil(state_dir, "resume", "ticker")
+    rerun = vigil(state_dir, "rerun", str(run_id)).stdout
+    assert "started as run" in rerun
+    refused = vigil(state_dir, "run", "no-such-job", check=False)
+    assert refused.returncode == 1 and "no job named 'no-such-job'" in refused.stderr
+    conn = sqlite3.connect(state_dir / "vigil.db")
+    audit = conn.execute("SELECT os_user, action, target, result FROM audit ORDER BY id").fetchall()
+    actions = [a[1] for a in audit]
+    assert actions[:5] == ["run", "kill", "pause", "resume", "rerun"]
+    assert audit[-1][1] == "run" and audit[-1][3].startswith("refused")
+    assert all(a[0] for a in audit)
+
+
+def test_commands_without_an_active_scheduler_fail_clearly(state_dir: Path, jobs_dir: Path) -> None:
+    write_job(jobs_dir, "a", 'command = "true"\n')
+    result = vigil(state_dir, "run", "a", check=False)
+    assert result.returncode == 1
+    assert "no active scheduler" in result.stderr
+    status = vigil_json(state_dir, "status")
+    assert status["active"] is None
+
+
+def test_live_reload_picks_up_new_and_broken_files(start_up, state_dir: Path, jobs_dir: Path) -> None:
+    write_job(jobs_dir, "first", 'every = "1s"\ncommand = "true"\n')
+    start_up().wait_active()
+    t0 = time.monotonic()
+    write_job(jobs_dir, "second", 'every = "1s"\ncommand = "echo second"\n')
+    wait_for(lambda: runs(state_dir, "--job", "second"), 4, what="the new job to fire")
+    assert time.monotonic() - t0 < 3.5
+    # break the first job: its last valid version keeps running
+    write_job(jobs_dir, "first", 'every = "1s"\ncommand = "true"\nbogus = 1\n')
+    time.sleep(1.5)
+    before = len(runs(state_dir, "--job", "first"))
+    wait_for(lambda: len(runs(state_dir, "--job", "first")) > before + 1, 4)
+    catalog = {j["name"]: j for j in vigil_json(state_dir, "jobs", jobs=jobs_dir)}
+    assert "second" in catalog
+
+
+def test_log_cap_truncates_and_marks(start_up, state_dir: Path, jobs_dir: Path) -> None:
+    (jobs_dir / "vigil.toml").write_text('[scheduler]\nlog_cap = "10KB"\n')
+    write_job(
+        jobs_dir, "chatty", 'command = "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done"\n'
+    )
+    start_up().wait_active()
+    vigil(state_dir, "run", "chatty")
+    run = wait_for(lambda: terminal(state_dir, "chatty"), 10)[0]
+    log = vigil(state_dir, "logs", str(run["id"])).stdout
+    assert log.startswith("line-0\n")
+    assert "[vigil] log truncated" in log
+    assert len(log.encode()) < 10 * 1024 + 200
+    assert run["state"] == "succeeded"
+
+
+def test_retries_overlap_and_after_chain(start_up, state_dir: Path, jobs_dir: Path) -> None:
+    write_job(jobs_dir, "flaky", 'retries = 2\nretry_delay = "200ms"\n'
+              'command = "[ $VIGIL_ATTEMPT -ge 2 ] || exit 1"\n')  # fmt: skip
+    write_job(jobs_dir, "down", 'after = ["flaky"]\ncommand = "echo downstream"\n')
+    write_job(jobs_dir, "busy", 'every = "1s"\noverlap = "skip"\ncommand = "sleep 2.5"\n')
+    start_up().wait_active()
+    vigil(state_dir, "run", "flaky")
+    flaky = wait_for(lambda: [r for r in runs(state_dir, "--job", "flaky") if r["state"] == "succeeded"], 8)
+    attempts = sorted((r["attempt"], r["state"]) for r in runs(state_dir, "--job", "flaky"))
+    assert attempts == [(1, "failed"), (2, "succeeded")]
+    assert (
+        flaky[0]["scheduled_for"]
+        == [r for r in runs(state_dir, "--job", "flaky") if r["attempt"] == 1][0]["scheduled_for"]
+    )
+    down = wait_for(lambda: terminal(state_dir, "down"), 5, what="downstream fire")
+    assert len(down) == 1 and down[0]["state"] == "succeeded"
+    skipped = wait_for(lambda: [r for r in runs(state_dir, "--job", "busy") if r["state"] == "skipped"], 6)
+    assert "overlap=skip" in skipped[0]["reason"]
+
+
+def test_validate_reports_every_error(tmp_path: Path) -> None:
+    folder = tmp_path / "bad"
+    write_job(folder, "ok", 'command = "true"\ncron = "*/5 * * * *"\n')
+    write_job(folder, "broken", 'command = "true"\ncron = "61 * * * *"\ntimezone = "Mars/Base"\n')
+    proc = vigil(tmp_path / "state", "validate", str(folder), check=False)
+    assert proc.returncode == 1
+    lines = proc.stdout.strip().splitlines()
+    assert any(line.startswith(f"{folder}/broken.toml:2: cron:") for line in lines), lines
+    assert any(":3: timezone:" in line and "Mars/Base" in line for line in lines), lines
+    good = vigil(tmp_path / "state", "validate", "sample_jobs", check=False)
+    assert good.returncode == 0, good.stdout
+
+
+def test_next_shows_utc_offsets(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs"
+    write_job(folder, "berlin", 'command = "true"\ncron = "30 2 * * *"\ntimezone = "Europe/Berlin"\n')
+    fires = vigil_json(tmp_path / "state", "next", "berlin", "-n", "3", jobs=folder)
+    assert len(fires) == 3
+    assert all(f[-6:] in ("+01:00", "+02:00") and ("T02:30:00" in f or "T03:00:00" in f) for f in fires), (
+        fires
+    )
+
+
+def test_db_check_backup_and_prune(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
+    write_job(jobs_dir, "t", 'every = "1s"\ncommand = "true"\n')
+    start_up().wait_active()
+    wait_for(lambda: terminal(state_dir, "t"), 5)
+    assert vigil(state_dir, "db", "check").stdout.strip() == "ok"
+    backup = tmp_path / "backup.db"
+    vigil(state_dir, "db", "backup", str(backup))
+    copied = sqlite3.connect(backup).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    assert copied >= 1
+    again = vigil(state_dir, "db", "backup", str(backup), check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    time.sleep(1.2)
+    out = vigil(state_dir, "db", "prune", "--older-than", "1s").stdout
+    assert "pruned" in out and int(out.split()[1]) >= 1
+    conn = sqlite3.connect(state_dir / "vigil.db")
+    assert conn.execute("SELECT action FROM audit WHERE action = 'prune'").fetchone()
+
+
+def test_listing_is_fast(start_up, state_dir: Path, jobs_dir: Path) -> None:
+    write_job(jobs_dir, "t", 'every = "1s"\ncommand = "true"\n')
+    start_up().wait_active()
+    wait_for(lambda: terminal(state_dir, "t"), 5)
+    import subprocess
+    import sys
+
+    best = min(
+        _timed(lambda: subprocess.run([sys.executable, "-m", "engine.cli", "runs", "--json", "--state", str(state_dir)],
+                                      capture_output=True, check=True))
+        for _ in range(3)
+    )  # fmt: skip
+    assert best < 0.5  # the 150 ms target is measured in bench/; this guards against heavy imports
+    code = "import sys, engine.cli, engine.api; print(sorted(m for m in ('textual','aiosqlite','psutil','croniter','uvicorn','httpx') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _timed(fn) -> float:
+    t = time.monotonic()
+    fn()
+    return time.monotonic() - t
