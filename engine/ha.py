@@ -159,10 +159,11 @@ class Node:
         try:
             done, _ = await asyncio.wait({lock_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            watcher.stopped = True
             watch_task.cancel()
             stop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch_task
+            # Never wait on the watcher for long: taking over must not depend on it.
+            await asyncio.wait({watch_task}, timeout=0.2)
         if lock_task not in done:
             return None  # stopping; the lock thread dies with the process
         return watcher.takeover()
@@ -389,6 +390,7 @@ class _HeartbeatWatcher:
         self.killed_pid: int | None = None
         self.killed_wall: float | None = None
         self.last_holder: tuple[int, int] | None = None
+        self.stopped = False
 
     def takeover(self) -> Takeover:
         from_pid = self.last_hb.get("pid") if self.last_hb else None
@@ -402,7 +404,7 @@ class _HeartbeatWatcher:
 
     async def run(self) -> None:
         node = self.node
-        while True:
+        while not self.stopped:
             try:
                 reader, writer = await asyncio.open_unix_connection(socket_address(node.paths.control))
             except OSError:
@@ -412,9 +414,10 @@ class _HeartbeatWatcher:
             try:
                 writer.write(encode({"op": "subscribe", "role": "standby", "pid": node.pid}))
                 await writer.drain()
-                while True:
+                while not self.stopped:
                     try:
-                        line = await asyncio.wait_for(reader.readline(), timeout=node.hb_interval)
+                        async with asyncio.timeout(node.hb_interval):
+                            line = await reader.readline()
                     except TimeoutError:
                         await self._check_hang(writer)
                         continue
