@@ -142,6 +142,44 @@ class StateReader:
                 out.setdefault(row["job"], []).append(row)
         return out
 
+    # ------------------------------------------------ incremental reads (added for the dashboard)
+
+    def max_run_id(self) -> int:
+        """The newest run id (0 when there are none): where an incremental reader starts."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()[0])
+
+    def runs_after(self, after_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Runs with id > `after_id`, oldest first: what is new since a reader last looked."""
+        return self._all(
+            f"SELECT {', '.join(RUN_FIELDS)} FROM runs WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        )
+
+    def runs_by_ids(self, ids: list[int]) -> list[dict[str, Any]]:
+        """Current rows of the given runs (missing ids are left out): re-reads runs still open."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out += self._all(f"SELECT {', '.join(RUN_FIELDS)} FROM runs WHERE id IN ({marks})", tuple(chunk))
+        return out
+
+    def latest_run_per_job(self) -> dict[str, dict[str, Any]]:
+        """The newest run of every catalogued job, one index seek per job.
+
+        `latest_runs()` numbers every row of `runs`, which costs seconds at a million runs; this
+        costs O(jobs).
+        """
+        sql = (
+            f"SELECT {', '.join(RUN_FIELDS)} FROM runs WHERE id IN (SELECT "
+            "(SELECT id FROM runs x WHERE x.job = j.name ORDER BY id DESC LIMIT 1) FROM jobs j)"
+        )
+        return {row["job"]: row for row in self._all(sql)}
+
+    def recent_runs_of(self, names: list[str], per_job: int) -> dict[str, list[dict[str, Any]]]:
+        """The newest `per_job` runs of each named job, newest first (index range per job)."""
+        sql = f"SELECT {', '.join(RUN_FIELDS)} FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?"
+        return {name: self._all(sql, (name, per_job)) for name in names}
+
     def leader(self) -> dict[str, Any]:
         return self._all("SELECT epoch, pid, starttime, since, clean_stop FROM leader WHERE id = 1")[0]
 

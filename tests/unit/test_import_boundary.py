@@ -1,0 +1,50 @@
+"""The engine must never pull in the dashboard's stack: a scheduler host may not even have a terminal."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import engine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def engine_modules() -> list[str]:
+    return sorted(f"engine.{m.name}" for m in pkgutil.iter_modules(engine.__path__))
+
+
+def test_engine_modules_are_found() -> None:
+    assert {"engine.api", "engine.cli", "engine.scheduler"} <= set(engine_modules())
+
+
+def test_engine_imports_no_textual_and_no_tui() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for name in {engine_modules()!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as exc:\n"
+        "        # an optional extra (e.g. the agent server's stack) may be absent; that is not our concern\n"
+        "        print('skip', name, exc, file=sys.stderr)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'tui'))\n"
+        "print(','.join(bad))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"engine imported: {proc.stdout.strip()}"
+
+
+def test_tui_uses_only_the_engine_public_api() -> None:
+    """The dashboard reads and commands through engine.api/control/db/model/errors only."""
+    allowed = {"engine", "engine.api", "engine.control", "engine.db", "engine.model", "engine.errors"}
+    offenders = []
+    for path in (ROOT / "tui").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("import", "from") and words[1].startswith("engine"):
+                if words[1] not in allowed:
+                    offenders.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
