@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,27 @@ class _Watched:
     job_starttime: int | None = None
     peak_rss: int | None = None
     kill_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+def scope_prefix(run_id: int, environ: dict[str, str] | None = None) -> list[str]:
+    """Under systemd, start each shim in its own transient scope.
+
+    Otherwise the shim would live in the scheduler's service cgroup, and systemd's default
+    KillMode=control-group would kill every running job when the service stops or restarts.
+    `VIGIL_SYSTEMD_SCOPE=0|1` overrides the detection.
+    """
+    env = os.environ if environ is None else environ
+    forced = env.get("VIGIL_SYSTEMD_SCOPE")
+    wanted = forced == "1" if forced in ("0", "1") else bool(env.get("INVOCATION_ID")) and os.path.isdir(
+        "/run/systemd/system"
+    )
+    exe = shutil.which("systemd-run") if wanted else None
+    if exe is None:
+        return []
+    prefix = [exe, "--scope", "--quiet", "--collect", f"--unit=vigil-run-{os.getpid()}-{run_id}"]
+    if os.getuid() != 0:
+        prefix.insert(1, "--user")
+    return [*prefix, "--"]
 
 
 def job_argv(command: str | tuple[str, ...] | list[str]) -> list[str]:
@@ -168,9 +191,9 @@ class LocalExecutor:
         try:
             # Held without a gap from before the spawn until the shim exits (fd 9 in the shim).
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            argv = [SHELL, SHIM, str(run_dir), workdir or "", *job_argv(command)]
+            argv = [*scope_prefix(run_id), SHELL, SHIM, str(run_dir), workdir or "", *job_argv(command)]
             pid = os.posix_spawn(
-                SHELL,
+                argv[0],
                 argv,
                 env,
                 file_actions=[(os.POSIX_SPAWN_DUP2, lock_fd, 9)],
@@ -187,6 +210,11 @@ class LocalExecutor:
         """Watch a shim this process did not start. False if it is already gone."""
         run_dir = self.paths.run_dir(run_id)
         shim_pid = read_int_file(run_dir / "shim")
+        deadline = time.monotonic() + 0.5
+        while shim_pid is None and lock_is_held(run_dir) and time.monotonic() < deadline:
+            # Spawned an instant before the previous active died: the shim is writing its pid.
+            time.sleep(0.005)
+            shim_pid = read_int_file(run_dir / "shim")
         if shim_pid is None:
             return False
         if not self._watch(run_id, shim_pid, own_child=False):
