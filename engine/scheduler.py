@@ -309,6 +309,9 @@ class Scheduler:
                 self._finished.append(self.executor.collect(info.id))
             else:
                 self._finish_run(info, RunState.UNKNOWN, decision.reason, None, now, batch)
+        for name in list(self.queued):
+            # A queued run whose predecessor ended while no scheduler was active.
+            self._start_queued(name, batch)
         await self._commit(batch, now)
 
     # ---------------------------------------------------------------- job folder

@@ -271,3 +271,15 @@ def test_chaos_random_kills(start_up, state_dir: Path, jobs_dir: Path, tmp_path:
             continue
         if env.get("VIGIL_RUN_ID") == run_id:
             assert run_id in open_ids, f"orphan job process of run {run_id}"
+
+
+def test_jobs_do_not_inherit_the_leader_lock(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
+    fds = tmp_path / "fds"
+    write_job(jobs_dir, "peek", f'command = "ls -l /proc/$$/fd > {fds}"\n')
+    start_up().wait_active()
+    vigil(state_dir, "run", "peek")
+    wait_for(lambda: fds.exists() and fds.read_text(), 5)
+    listing = fds.read_text()
+    assert "leader.lock" not in listing
+    assert "vigil.db" not in listing
+    assert "/lock" not in listing  # the run lock stays with the shim
