@@ -8,7 +8,6 @@ scheduler through ``ControlClient``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,7 +251,3 @@ def cluster_status(paths: StatePaths, timeout: float = 2.0) -> dict[str, Any]:
         finally:
             reader.close()
     return {"active": active, "standbys": standbys, "failovers": failovers}
-
-
-def iter_lines(text: str) -> Iterator[str]:
-    yield from text.splitlines()

@@ -129,7 +129,7 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1000:.0f}ms"
     units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
     out = []
-    rest = int(round(seconds))
+    rest = round(seconds)
     for suffix, size in units:
         if rest >= size:
             out.append(f"{rest // size}{suffix}")
