@@ -41,7 +41,7 @@ class Cluster:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"up-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        log = open(self.root / f"up-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen(
             [*VIGIL, "up", "--quiet", "--state", str(self.state), "--jobs", str(self.jobs)],
             stdout=log,
@@ -65,7 +65,7 @@ class Cluster:
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.state / "vigil.db", timeout=5)
 
-    def wait(self, predicate, timeout: float = 15.0, interval: float = 0.005):  # noqa: ANN001, ANN201
+    def wait(self, predicate, timeout: float = 15.0, interval: float = 0.005):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -361,7 +361,8 @@ class Node:
             await self.scheduler.ledger.write(
                 [
                     (
-                        "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
                         (
                             iso(self.clock.now()),
                             str(args.get("user", "?")),
