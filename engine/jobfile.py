@@ -459,6 +459,13 @@ def _cron_problem(expr: str) -> str | None:
             f"got {len(fields)} in {expr!r}"
         )
     seconds_first = len(fields) == 6
+    try:
+        # Fast path: one croniter for a valid expression. Probing field by field costs six, which
+        # made the first load of 10,000 cron jobs spend most of its time here.
+        croniter(" ".join(fields), datetime(2000, 1, 1), second_at_beginning=seconds_first).get_next(datetime)
+        return None
+    except Exception:  # find out which field is at fault, with the messages below
+        pass
     names = _CRON_FIELDS_6 if seconds_first else _CRON_FIELDS_5
     for index, (name, text) in enumerate(zip(names, fields, strict=True)):
         probe = ["*"] * len(fields)
