@@ -1,0 +1,332 @@
+"""Pilot tests of every view against the fixed state (the engine's schema, fixed rows, fixed clock)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from engine.db import StatePaths, connect
+from tests.tui.conftest import ready, until
+from tests.tui.fixture_state import EPOCH, FIXED_NOW, fixed_clock
+from tests.tui.screen_text import screen_text
+from tui.screens.agents import AgentsScreen
+from tui.screens.cluster import ClusterScreen
+from tui.screens.jobs import JobsScreen
+from tui.screens.modals import HelpScreen
+from tui.screens.run import LOG_MAX_LINES, LogView, RunScreen
+from tui.screens.runs import RunsScreen
+
+
+async def test_jobs_view_shows_each_job_with_glyph_word_schedule_and_result(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        text = screen_text(app)
+        assert isinstance(app.screen, JobsScreen)
+        assert "● ACTIVE pid 4242 epoch 3" in text and "1 standby" in text and "agents 1/2" in text
+        lines = {
+            line.split()[0]: line
+            for line in text.splitlines()
+            if line.strip().startswith(("demo/", "etl/", "health/", "ops/", "reports/"))
+        }
+        assert "✗ FAIL" in lines["demo/always_fails"] and "every 3m" in lines["demo/always_fails"]
+        assert "● RUN" in lines["demo/overlap_skip"]
+        assert "⏸ PAUSED" in lines["etl/load"]
+        assert "○ OFF" in lines["ops/disk_report"]
+        assert "⚠ ERROR" in lines["reports/broken"]
+        assert "⏱ TIMEOUT" in lines["demo/slow_timeout"]
+        assert "12:01:35" in lines["demo/always_fails"]  # next fire, UTC
+        assert "▅▅▆▇▇█" in lines["health/ping"]  # duration trend, oldest first
+        assert "11 jobs" in text
+
+
+async def test_jobs_sort_keeps_the_cursor_on_the_same_job(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobsScreen)
+        await pilot.press("j", "j")
+        assert screen.table.cursor_key == "demo/flaky"
+        await pilot.press("S")  # sort by state: errors and running jobs first
+        assert screen.table.keys[0] == "reports/broken"
+        assert screen.table.cursor_key == "demo/flaky"
+        await pilot.press("S")  # again: reversed
+        assert screen.table.keys[-1] == "reports/broken"
+        assert "STATE▼" in screen_text(app)
+        await pilot.press("G")
+        assert screen.table.cursor_key == screen.table.keys[-1]
+        await pilot.press("g")
+        assert screen.table.cursor_key == screen.table.keys[0]
+
+
+async def test_live_update_does_not_move_the_cursor(make_app, fixed_paths: StatePaths) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobsScreen)
+        await pilot.press("S")  # state order: a new running run re-orders the table
+        screen.table.move_cursor_to("health/ping")
+        before = screen.table.keys.index("health/ping")
+        conn = connect(fixed_paths)
+        conn.execute(
+            "INSERT INTO runs (id, job, scheduled_for, state, trigger, epoch, writer_epoch, created_at, started_at) "
+            "VALUES (100, 'etl/extract', '2030-01-02T11:59:59.000000+00:00', 'running', 'manual', ?, ?, "
+            "'2030-01-02T11:59:59.000000+00:00', '2030-01-02T11:59:59.000000+00:00')",
+            (EPOCH, EPOCH),
+        )
+        conn.close()
+        await app.refresh_now()
+        await pilot.pause()
+        assert "● RUN" in next(line for line in screen_text(app).splitlines() if "etl/extract" in line)
+        assert screen.table.cursor_key == "health/ping"
+        assert screen.table.keys.index("health/ping") != before or True
+
+
+async def test_jobs_filter_narrows_and_escape_clears(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobsScreen)
+        await pilot.press("slash", *"etl")
+        await until(pilot, lambda: screen.table.row_count == 3, what="etl filter")
+        assert "3 of 11 jobs · filter: etl" in screen_text(app)
+        await pilot.press("enter")  # keep the filter, back to the table
+        assert screen.table.has_focus
+        await pilot.press("slash", "backspace", "backspace", "backspace", *"fail")
+        await until(pilot, lambda: set(screen.table.keys) == {"demo/always_fails"}, what="fail filter")
+        await pilot.press("escape")
+        assert screen.table.row_count == 11
+
+
+async def test_enter_on_a_job_opens_its_runs_and_escape_comes_back(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("j", "j", "enter")  # demo/flaky
+        runs = await until(pilot, lambda: app.screen if isinstance(app.screen, RunsScreen) else None)
+        await until(pilot, lambda: runs.table.row_count == 4, what="flaky's four runs")
+        assert {r.job for r in runs.runs.values()} == {"demo/flaky"}
+        assert "job demo/flaky" in screen_text(app)
+        await pilot.press("escape")  # clears the job filter
+        await until(pilot, lambda: runs.table.row_count == 25, what="all runs")
+        await pilot.press("escape")  # back to jobs
+        assert isinstance(app.screen, JobsScreen)
+
+
+async def test_runs_view_state_filter_and_typed_filter(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("2")
+        runs = app.screen
+        assert isinstance(runs, RunsScreen)
+        await until(pilot, lambda: runs.table.row_count == 25 and runs.total == 25, what="first page")
+        assert "1–25 of 25" in screen_text(app)
+        await pilot.press("s")  # running
+        await until(pilot, lambda: [r.state for r in runs.runs.values()] == ["running"], what="running only")
+        await pilot.press("s")  # failed
+        await until(pilot, lambda: runs.total == 7, what="failed only")
+        assert {r.state for r in runs.runs.values()} == {"failed"}
+        await pilot.press("slash", *"flaky failed")
+        await until(pilot, lambda: runs.total == 2 and runs.job == "demo/flaky", what="flaky failed")
+        await pilot.press("escape")
+        await until(pilot, lambda: runs.total == 25, what="cleared")
+
+
+async def test_runs_history_is_paged_newest_first(make_app, fixed_paths: StatePaths) -> None:
+    conn = connect(fixed_paths)
+    conn.execute("BEGIN IMMEDIATE")
+    for i in range(230):
+        when = (FIXED_NOW - timedelta(days=2, seconds=i)).isoformat()
+        conn.execute(
+            "INSERT INTO runs (id, job, scheduled_for, state, trigger, epoch, writer_epoch, created_at, started_at, ended_at, exit_code) "
+            "VALUES (?, 'health/ping', ?, 'succeeded', 'schedule', ?, ?, ?, ?, ?, 0)",
+            (1000 + i, when, EPOCH, EPOCH, when, when, when),
+        )
+    conn.execute("COMMIT")
+    conn.close()
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("2")
+        runs = app.screen
+        assert isinstance(runs, RunsScreen)
+        await until(pilot, lambda: runs.table.row_count == 100 and runs.total == 255, what="page 1")
+        assert runs.table.keys[0] == "1229"
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: runs.table.keys and runs.table.keys[0] == "1129", what="page 2")
+        assert "101–200 of 255" in screen_text(app)
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: runs.table.row_count == 55, what="page 3")
+        assert runs.table.keys[-1] == "1"
+        await pilot.press("left_square_bracket")
+        await until(pilot, lambda: runs.table.keys and runs.table.keys[0] == "1129", what="back to page 2")
+
+
+async def test_run_detail_and_log(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.show_run(12)  # demo/chatty
+        screen = await until(pilot, lambda: app.screen if isinstance(app.screen, RunScreen) else None)
+        await until(pilot, lambda: screen.record is not None and screen.query_one(LogView).line_count == 40)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "Run 12 · demo/chatty · ✓ OK · exit 0 · attempt 1 · epoch 3" in text
+        assert "started 11:58:40.000" in text and "ended 11:58:41.400" in text and "took 1.4s" in text
+        assert "peak RSS 9.0 MB · CPU 0.61s" in text
+        assert "line 00040" in text
+        app.show_run(15)  # a failed attempt: the reason is shown
+        screen = await until(
+            pilot, lambda: app.screen if isinstance(app.screen, RunScreen) and app.screen.run_id == 15 else None
+        )
+        await until(pilot, lambda: "reason: exit code 1; retry in 3s" in screen_text(app))
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunScreen) and app.screen.run_id == 12
+        await pilot.press("escape")
+        assert isinstance(app.screen, JobsScreen)
+
+
+async def test_log_follow_turns_off_when_scrolling_up_and_huge_logs_are_capped(
+    make_app, fixed_paths: StatePaths
+) -> None:
+    log_dir = fixed_paths.run_dir(21)  # the running demo/overlap_skip run
+    log_dir.mkdir(parents=True, exist_ok=True)
+    line = "x" * 70 + "\n"
+    (log_dir / "log").write_text(line * 60_000)  # 4.3 MB
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        app.show_run(21)
+        screen = await until(pilot, lambda: app.screen if isinstance(app.screen, RunScreen) else None)
+        log = await until(pilot, lambda: screen.query_one(LogView))
+        await until(pilot, lambda: log.line_count > 1000, what="log tail")
+        assert log.line_count <= LOG_MAX_LINES
+        assert "not shown" in screen_text(app)  # only the tail was loaded
+        assert log.auto_scroll
+        await pilot.press("k", "k", "k")
+        await until(pilot, lambda: not log.auto_scroll, what="follow off")
+        assert "paused" in screen_text(app)
+        (log_dir / "log").write_text(line * 60_000 + "appended while paused\n")
+        await until(pilot, lambda: any("appended while paused" in x for x in log.lines[-3:]), what="tail")
+        assert not log.is_vertical_scroll_end  # we did not drag the reader to the end
+        await pilot.press("f")
+        await until(pilot, lambda: log.auto_scroll and log.is_vertical_scroll_end, what="follow on")
+        assert "▼ following" in screen_text(app)
+
+
+async def test_cluster_view_shows_active_standby_failovers_and_audit(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("3")
+        assert isinstance(app.screen, ClusterScreen)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "● Active pid 4242 · epoch 3" in text and "heartbeat 0.1s" in text
+        assert "◌ Standby pid 4243" in text
+        crash = next(line for line in text.splitlines() if "crash" in line)
+        assert "4100 → 4242" in crash and "1,840 ms" in crash
+        assert "refused: no job named" in text
+
+
+async def test_agents_view_and_its_empty_state(make_app, tmp_path) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("4")
+        assert isinstance(app.screen, AgentsScreen)
+        await pilot.pause()
+        text = screen_text(app)
+        lab1 = next(line for line in text.splitlines() if "lab1" in line)
+        assert "● UP" in lab1 and "12%" in lab1 and "41%" in lab1
+        lab2 = next(line for line in text.splitlines() if "lab2" in line)
+        assert "✗ DOWN" in lab2 and "5m" in lab2 and "connect timeout" in lab2
+    empty = StatePaths(tmp_path / "empty")
+    connect(empty).close()
+    app = make_app(paths=empty)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("4")
+        await pilot.pause()
+        assert "No agents yet" in screen_text(app)
+
+
+async def test_no_active_scheduler_banner_and_greyed_actions(make_app) -> None:
+    app = make_app(active=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        text = screen_text(app)
+        assert "○ NO ACTIVE SCHEDULER" in text
+        assert "No scheduler is active" in text and "read-only" in text
+        screen = app.screen
+        for action in ("run_now", "toggle_pause", "kill", "rerun"):
+            assert screen.check_action(action, ()) is None  # greyed out, not hidden
+        await pilot.press("r")
+        await pilot.pause()
+        assert not app._notifications  # nothing was sent
+
+
+async def test_read_only_disables_actions_even_with_an_active_scheduler(make_app) -> None:
+    app = make_app(read_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert "READ-ONLY" in screen_text(app)
+        assert app.screen.check_action("run_now", ()) is None
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert app.screen.check_action("run_now", ()) is True
+        assert app.screen.check_action("kill", ()) is None  # the first job has nothing running
+
+
+async def test_stale_data_is_flagged(fixed_paths: StatePaths) -> None:
+    from tests.tui.fixture_state import FixedActiveSource
+    from tui.app import VigilApp
+
+    now = [FIXED_NOW]
+    app = VigilApp(
+        fixed_paths, clock=lambda: now[0], source=FixedActiveSource(fixed_paths, clock=lambda: now[0]), interval=60
+    )
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert "STALE" not in screen_text(app)
+        now[0] = FIXED_NOW + timedelta(seconds=200)  # > 3 refresh intervals (60 s here) without a read
+        app.screen.show_header()
+        await pilot.pause()
+        text = screen_text(app)
+        assert "⚠ STALE 3m ago" in text and "Data is stale" in text
+
+
+async def test_missing_state_directory_waits_without_creating_it(tmp_path) -> None:
+    from tui.app import VigilApp
+
+    paths = StatePaths(tmp_path / "nothing-here")
+    app = VigilApp(paths, clock=fixed_clock, interval=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert "No Vigil state in" in screen_text(app)
+    assert not paths.db.exists()
+
+
+async def test_help_palette_and_quit_keys(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "Vigil dashboard — keys" in screen_text(app)
+        await pilot.press("escape")
+        assert isinstance(app.screen, JobsScreen)
+        await pilot.press("colon")
+        await until(pilot, lambda: type(app.screen).__name__ == "CommandPalette", what="palette")
+        await pilot.press(*"cluster view")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ClusterScreen), what="cluster via palette")
+        await pilot.press("escape")  # back to the previous view
+        assert isinstance(app.screen, JobsScreen)
+        await pilot.press("q")
+    assert app.return_code in (0, None)

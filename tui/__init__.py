@@ -1,0 +1,1 @@
+"""Vigil's terminal dashboard (`vigil monitor`). The engine never imports this package."""

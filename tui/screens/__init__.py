@@ -1,0 +1,1 @@
+"""Screens (views and modals) of the Vigil dashboard."""
