@@ -179,6 +179,10 @@ def _duration(run: dict[str, Any]) -> str:
 def cmd_logs(args: argparse.Namespace) -> int:
     reader = _reader(args)
     run = reader.run(args.run_id)
+    if run["agent"] and (run["state"] not in TERMINAL or not reader.log_path(args.run_id).exists()):
+        from .agents import print_agent_log  # a run on an agent: its log is there until it ends
+
+        return print_agent_log(reader, run, Path(args.jobs), follow=args.follow)
     offset = 0
     while True:
         chunk = reader.read_log(args.run_id, offset)
@@ -416,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="at most N runs (default 50)")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("logs", parents=[common], help="print a run's captured stdout+stderr")
+    p = sub.add_parser("logs", parents=[common, jobs], help="print a run's captured stdout+stderr")
     p.add_argument("run_id", type=int)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.set_defaults(func=cmd_logs)

@@ -161,6 +161,9 @@ class Scheduler:
             log_cap=result.settings.log_cap,
             kill_grace=result.settings.kill_grace,
         )
+        from .agents import AgentDispatcher  # remote agents (engine/agents.py)
+
+        self.executors["agent"] = AgentDispatcher(self)
         statements = self._apply_scan(result, now, initial=True)
         await self._reconcile(now)
         await self.ledger.write(statements)
@@ -201,6 +204,9 @@ class Scheduler:
                     cmd.reply.set_result({"ok": False, "error": "scheduler is stopping"})
             if self.executor is not None:
                 self.executor.close()
+            for extra in self.executors.values():
+                with contextlib.suppress(Exception):
+                    await extra.aclose()
             if self.stop_reason != "fenced":
                 with contextlib.suppress(VigilError):
                     await self.ledger.flush()
@@ -281,7 +287,7 @@ class Scheduler:
                 deadline=parse_iso(row["deadline"]),
                 not_before=parse_iso(row["not_before"]),
             )
-            if row["agent"] and "agent" in self.executors:
+            if row["agent"] and "agent" in self.executors and info.state is not RunState.PENDING:
                 self.executors["agent"].reconcile_row(info, row, batch)
                 continue
             if info.state in (RunState.PENDING, RunState.WAITING):
@@ -727,7 +733,8 @@ class Scheduler:
             if info is None:
                 continue
             if result.exit_code is None:
-                state, reason = RunState.UNKNOWN, result_reason(result) or "the shim left no exit record"
+                state = RunState(getattr(result, "state", None) or RunState.UNKNOWN)
+                reason = result_reason(result) or "the shim left no exit record"
             elif info.kill_requested == "timeout":
                 job = self.jobs.get(info.job)
                 limit = f" of {job.timeout:g}s" if job and job.timeout else ""

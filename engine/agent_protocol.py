@@ -1,0 +1,239 @@
+"""The scheduler ↔ agent HTTP protocol: paths, headers, payload shapes and the client side of it.
+
+One module for both ends, so the wire format is written down once. The client wraps an
+``httpx.AsyncClient`` whose transport is injectable: tests of pure logic pass
+``httpx.ASGITransport(app=AgentApp(...))`` and need no sockets; everything else uses real TCP.
+
+Endpoints (JSON unless noted; every request carries ``Authorization: Bearer <token>`` when the
+agent has a token, and the scheduler's epoch in ``X-Vigil-Epoch``):
+
+    GET  /status                     version, instance, max_epoch, cpu/memory/load, running, open ids
+    POST /runs                       dispatch (idempotent by run_id) → the run's status
+    GET  /runs/{id}                  the run's status, 404 if the agent has no record of it
+    POST /runs/{id}/kill             {epoch, reason} → status
+    GET  /runs/{id}/log?offset=N     raw bytes; headers X-Vigil-Log-Offset (next), -Size, -State
+    GET  /results?after=SEQ&wait=S   finished, unacknowledged runs with seq > SEQ (long-poll)
+    POST /ack                        {epoch, run_ids} → the agent may forget those results
+
+A request whose epoch is lower than the highest the agent has seen is answered 409.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import AgentError, StaleEpochError
+from .model import AgentSpec
+
+EPOCH_HEADER = "X-Vigil-Epoch"
+LOG_OFFSET_HEADER = "X-Vigil-Log-Offset"
+LOG_SIZE_HEADER = "X-Vigil-Log-Size"
+LOG_STATE_HEADER = "X-Vigil-Run-State"
+
+#: Agent-side run states. `finished` carries an exit code; `unknown` a reason.
+RUNNING, FINISHED, UNKNOWN = "running", "finished", "unknown"
+
+DISPATCH_FIELDS = (
+    "run_id",
+    "epoch",
+    "job",
+    "command",
+    "env",
+    "workdir",
+    "timeout",
+    "kill_grace",
+    "log_cap",
+    "scheduled_for",
+    "attempt",
+)
+
+
+class AgentUnreachable(AgentError):
+    """No TCP (or TLS) connection could be made: the request certainly did not arrive."""
+
+
+class AgentAmbiguous(AgentError):
+    """The connection broke after the request may have been sent: it may or may not have arrived."""
+
+
+class AgentRefused(AgentError):
+    """The agent answered with an error status (auth, bad request, conflict)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class AgentNotFound(AgentRefused):
+    """The agent has no record of the run."""
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What an agent knows about one run."""
+
+    run_id: int
+    job: str
+    scheduled_for: str
+    attempt: int
+    state: str  #: running | finished | unknown
+    exit_code: int | None = None
+    job_pid: int | None = None
+    cpu_s: float | None = None
+    peak_rss: int | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    killed: str | None = None  #: "timeout" | "kill" when the agent ended it on purpose
+    reason: str | None = None
+    seq: int | None = None  #: order of finishing; results are paged by it
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> RunStatus:
+        return cls(**{k: doc.get(k) for k in cls.__dataclass_fields__})
+
+    @property
+    def done(self) -> bool:
+        return self.state in (FINISHED, UNKNOWN)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True only if every address the host name resolves to is a loopback address."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:8765', '[::1]:8765', 'localhost:0' → (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"expected a numeric port in {listen!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {listen!r}")
+    return host.strip("[]"), number
+
+
+def read_token(path: str | Path) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise AgentError(f"cannot read token file {path}: {exc.strerror or exc}") from exc
+    if not token:
+        raise AgentError(f"token file {path} is empty")
+    return token
+
+
+def client_ssl_context(spec: AgentSpec) -> ssl.SSLContext | bool:
+    """TLS for an https:// agent: its CA (or the system's), plus our certificate for mutual TLS."""
+    if not spec.url.startswith("https://"):
+        return True
+    ctx = ssl.create_default_context(cafile=spec.tls_ca) if spec.tls_ca else ssl.create_default_context()
+    if spec.tls_cert:
+        ctx.load_cert_chain(spec.tls_cert, spec.tls_key)
+    return ctx
+
+
+class AgentClient:
+    """Typed calls to one agent. Errors come out as the AgentError family, never as httpx's."""
+
+    def __init__(
+        self,
+        spec: AgentSpec,
+        *,
+        epoch: int | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.spec = spec
+        self.epoch = epoch  #: None for read-only callers (the CLI), which never send commands
+        headers = {EPOCH_HEADER: str(epoch)} if epoch is not None else {}
+        if spec.token_file:
+            headers["Authorization"] = f"Bearer {read_token(spec.token_file)}"
+        kwargs: dict[str, Any] = {}
+        if transport is not None:
+            kwargs["transport"] = transport
+        else:
+            kwargs["verify"] = client_ssl_context(spec)
+        self.http = httpx.AsyncClient(
+            base_url=spec.url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            **kwargs,
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _request(self, method: str, path: str, *, read_timeout: float | None = None, **kw: Any) -> httpx.Response:
+        if read_timeout is not None:
+            kw["timeout"] = httpx.Timeout(read_timeout + 5.0, connect=3.0)
+        try:
+            response = await self.http.request(method, path, **kw)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise AgentUnreachable(f"agent {self.spec.name} at {self.spec.url} is unreachable: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise AgentAmbiguous(f"agent {self.spec.name}: connection lost during {method} {path}: {exc!r}") from exc
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("error", response.text))
+            except ValueError:
+                message = response.text
+            text = f"agent {self.spec.name} refused {method} {path}: {response.status_code} {message}"
+            if response.status_code == 409 and "stale epoch" in message:
+                raise StaleEpochError(text)
+            if response.status_code == 404:
+                raise AgentNotFound(404, text)
+            raise AgentRefused(response.status_code, text)
+        return response
+
+    async def status(self) -> dict[str, Any]:
+        return (await self._request("GET", "/status")).json()
+
+    async def dispatch(self, payload: dict[str, Any]) -> RunStatus:
+        response = await self._request("POST", "/runs", json={**payload, "epoch": self.epoch})
+        return RunStatus.from_json(response.json())
+
+    async def run(self, run_id: int) -> RunStatus:
+        return RunStatus.from_json((await self._request("GET", f"/runs/{run_id}")).json())
+
+    async def kill(self, run_id: int, reason: str) -> RunStatus:
+        response = await self._request("POST", f"/runs/{run_id}/kill", json={"epoch": self.epoch, "reason": reason})
+        return RunStatus.from_json(response.json())
+
+    async def results(self, after: int, wait: float) -> tuple[str, list[RunStatus]]:
+        response = await self._request("GET", "/results", params={"after": after, "wait": wait}, read_timeout=wait)
+        doc = response.json()
+        return str(doc["instance"]), [RunStatus.from_json(r) for r in doc["results"]]
+
+    async def ack(self, run_ids: list[int]) -> None:
+        await self._request("POST", "/ack", json={"epoch": self.epoch, "run_ids": run_ids})
+
+    async def log(self, run_id: int, offset: int, max_bytes: int = 1 << 20) -> tuple[bytes, int, int, str]:
+        """(data, next offset, size, run state) of the run's log from `offset`."""
+        response = await self._request("GET", f"/runs/{run_id}/log", params={"offset": offset, "max": max_bytes})
+        return (
+            response.content,
+            int(response.headers.get(LOG_OFFSET_HEADER, offset + len(response.content))),
+            int(response.headers.get(LOG_SIZE_HEADER, 0)),
+            response.headers.get(LOG_STATE_HEADER, ""),
+        )

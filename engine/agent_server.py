@@ -1,0 +1,815 @@
+"""`vigil agent`: runs jobs for a remote scheduler under the same shim model, behind an HTTP API.
+
+The agent is a plain ASGI application served by uvicorn. It keeps a small SQLite journal in its
+state directory, written *before* a job is launched, so that a run it accepted is never lost and
+never started twice:
+
+- a repeated dispatch of a run id it already has returns that run's status (idempotent);
+- after a restart it settles its open runs from the shim's files exactly as the scheduler does
+  (engine/reconcile.py): adopt live shims, ingest finished ones, launch never-started ones, and
+  call the rest `unknown`;
+- a finished run's result stays in the journal until a scheduler acknowledges it *after*
+  recording it (at-least-once delivery; the ledger makes recording exactly-once);
+- it persists the highest epoch any scheduler has shown it and refuses (409) commands from a
+  lower one, so a deposed scheduler cannot start, kill or acknowledge anything.
+
+Authentication is a bearer token compared in constant time (hmac.compare_digest); the token is
+never logged. TLS and mutual TLS come from uvicorn's ssl options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import re
+import socket
+import sqlite3
+import ssl
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import psutil
+
+from . import __version__
+from .agent_protocol import (
+    EPOCH_HEADER,
+    FINISHED,
+    LOG_OFFSET_HEADER,
+    LOG_SIZE_HEADER,
+    LOG_STATE_HEADER,
+    RUNNING,
+    UNKNOWN,
+    is_loopback_host,
+    read_token,
+    split_host_port,
+)
+from .db import StatePaths, iso
+from .errors import AgentError, StaleEpochError, VigilError
+from .executor import LocalExecutor, ShimExit, gather_evidence
+from .reconcile import Action, decide
+
+log = logging.getLogger("vigil.agent")
+
+JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    job TEXT NOT NULL,
+    scheduled_for TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    exit_code INTEGER,
+    job_pid INTEGER,
+    cpu_s REAL,
+    peak_rss INTEGER,
+    killed TEXT,
+    reason TEXT,
+    seq INTEGER,
+    acked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_unacked ON runs (seq) WHERE acked_at IS NULL;
+CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
+"""
+STATUS_FIELDS = (
+    "run_id",
+    "job",
+    "scheduled_for",
+    "attempt",
+    "state",
+    "exit_code",
+    "job_pid",
+    "cpu_s",
+    "peak_rss",
+    "started_at",
+    "ended_at",
+    "killed",
+    "reason",
+    "seq",
+)
+MAX_BODY = 4 << 20
+ACKED_RETENTION = 24 * 3600.0  #: seconds an acknowledged run (and its log) stays on the agent
+DEFAULT_LOG_CAP = 1 << 20
+DEFAULT_KILL_GRACE = 5.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Journal:
+    """The agent's own small ledger of runs (SQLite in WAL mode, one connection, one process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(JOURNAL_SCHEMA)
+        self.instance = self._meta("instance") or self._set_meta("instance", uuid.uuid4().hex)
+        self.max_epoch = int(self._meta("max_epoch") or 0)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> str:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+        return value
+
+    def raise_epoch(self, epoch: int) -> None:
+        if epoch > self.max_epoch:
+            self._set_meta("max_epoch", str(epoch))
+            self.max_epoch = epoch
+
+    def get(self, run_id: int) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+
+    def insert(self, req: dict[str, Any], started_at: str) -> None:
+        spec = {k: req.get(k) for k in ("command", "env", "workdir", "timeout", "kill_grace", "log_cap")}
+        self.conn.execute(
+            "INSERT INTO runs (run_id, job, scheduled_for, attempt, epoch, spec, state, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                req["run_id"],
+                req["job"],
+                req["scheduled_for"],
+                req["attempt"],
+                req["epoch"],
+                json.dumps(spec),
+                RUNNING,
+                started_at,
+            ),
+        )
+
+    def finish(self, run_id: int, state: str, result: ShimExit | None, reason: str | None) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = int(self._meta("next_seq") or 1)
+            self._set_meta("next_seq", str(seq + 1))
+            self.conn.execute(
+                "UPDATE runs SET state = ?, ended_at = ?, exit_code = ?, job_pid = COALESCE(?, job_pid), "
+                "cpu_s = ?, peak_rss = ?, reason = COALESCE(?, reason), seq = ? WHERE run_id = ? AND state = ?",
+                (
+                    state,
+                    iso(_now()),
+                    result.exit_code if result else None,
+                    result.job_pid if result else None,
+                    result.cpu_s if result else None,
+                    result.peak_rss if result else None,
+                    reason,
+                    seq,
+                    run_id,
+                    RUNNING,
+                ),
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def set_killed(self, run_id: int, why: str) -> None:
+        self.conn.execute(
+            "UPDATE runs SET killed = ? WHERE run_id = ? AND killed IS NULL AND state = ?",
+            (why, run_id, RUNNING),
+        )
+
+    def running(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM runs WHERE state = ? ORDER BY run_id", (RUNNING,)).fetchall()
+
+    def count_running(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM runs WHERE state = ?", (RUNNING,)).fetchone()[0])
+
+    def open_ids(self) -> list[int]:
+        """Runs a scheduler still has to learn about: running, or finished but not acknowledged."""
+        return [r[0] for r in self.conn.execute("SELECT run_id FROM runs WHERE acked_at IS NULL ORDER BY run_id")]
+
+    def results_after(self, seq: int, limit: int) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM runs WHERE acked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+
+    def ack(self, run_ids: list[int]) -> int:
+        now = iso(_now())
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            count = 0
+            for run_id in run_ids:
+                count += self.conn.execute(
+                    "UPDATE runs SET acked_at = ? WHERE run_id = ? AND acked_at IS NULL AND state != ?",
+                    (now, run_id, RUNNING),
+                ).rowcount
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return count
+
+    def prune(self, before: datetime) -> list[int]:
+        ids = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT run_id FROM runs WHERE acked_at IS NOT NULL AND acked_at < ?", (iso(before),)
+            )
+        ]
+        self.conn.executemany("DELETE FROM runs WHERE run_id = ?", [(i,) for i in ids])
+        return ids
+
+
+def status_doc(row: sqlite3.Row) -> dict[str, Any]:
+    return {k: row[k] for k in STATUS_FIELDS}
+
+
+class BadRequest(AgentError):
+    pass
+
+
+class AgentService:
+    """The agent's behaviour, independent of HTTP: journal, shims, timeouts, kills, results."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.paths = StatePaths(state_dir)
+        self.paths.runs.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(state_dir / "journal.db")
+        self.executor = LocalExecutor(self.paths, self._on_exit, log_cap=DEFAULT_LOG_CAP, kill_grace=DEFAULT_KILL_GRACE)
+        self._loop = asyncio.get_running_loop()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._specs: dict[int, dict[str, Any]] = {}
+        self._changed = asyncio.Event()
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        psutil.cpu_percent(interval=None)  # the first call only starts the measurement
+
+    @property
+    def instance(self) -> str:
+        return self.journal.instance
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def recover(self) -> None:
+        """Settle the runs the previous agent process left open, from the shims' evidence."""
+        for row in self.journal.running():
+            run_id = int(row["run_id"])
+            spec = json.loads(row["spec"])
+            self._specs[run_id] = spec
+            decision = decide(gather_evidence(self.paths.run_dir(run_id)))
+            if decision.action is Action.LAUNCH:
+                log.info("run %d was journaled but never started; starting it now", run_id)
+                self._start(run_id, row, spec)
+            elif decision.action is Action.ADOPT and self.executor.adopt(run_id):
+                log.info("adopted run %d", run_id)
+                if run_id in self._specs:  # adopt() may have finished it already
+                    self._arm_timeout(run_id, row["started_at"], spec.get("timeout"))
+                    if row["killed"]:
+                        self._kill_now(run_id)
+            elif decision.action in (Action.INGEST, Action.ADOPT):
+                self._on_exit(self.executor.collect(run_id))
+            else:
+                self._finish(run_id, UNKNOWN, None, decision.reason)
+
+    def start_background(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._periodic(0.5, self.executor.sample)),
+            asyncio.create_task(self._periodic(600.0, self.prune)),
+        ]
+
+    async def _periodic(self, interval: float, fn: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                fn()
+            except Exception:
+                log.exception("periodic task failed")
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for timer in self._timers.values():
+            timer.cancel()
+        self.executor.close()  # the shims and jobs live on; the next agent process adopts them
+        self.journal.close()
+
+    def prune(self) -> None:
+        for run_id in self.journal.prune(_now() - timedelta(seconds=ACKED_RETENTION)):
+            _remove_tree(self.paths.run_dir(run_id))
+
+    # ---------------------------------------------------------------- epochs
+
+    def check_epoch(self, epoch: int | None, *, mutating: bool) -> None:
+        """Remember the highest epoch seen; refuse a mutating command from a lower one."""
+        if epoch is None:
+            if mutating:
+                raise BadRequest("this command needs the scheduler's epoch")
+            return
+        if epoch < self.journal.max_epoch:
+            if mutating:
+                raise StaleEpochError(f"stale epoch {epoch}: this agent has seen epoch {self.journal.max_epoch}")
+            return
+        self.journal.raise_epoch(epoch)
+
+    # ---------------------------------------------------------------- commands
+
+    def dispatch(self, req: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Accept a run (idempotent by run id). Returns (HTTP status, run status)."""
+        req = _validate_dispatch(req)
+        self.check_epoch(req["epoch"], mutating=True)
+        run_id = req["run_id"]
+        row = self.journal.get(run_id)
+        if row is not None:
+            same = (row["job"], row["scheduled_for"], row["attempt"]) == (
+                req["job"],
+                req["scheduled_for"],
+                req["attempt"],
+            )
+            if not same:
+                raise Conflict(
+                    f"run id {run_id} is already used here by job {row['job']} scheduled for "
+                    f"{row['scheduled_for']} (attempt {row['attempt']})"
+                )
+            return 200, status_doc(row)
+        started_at = iso(_now()) or ""
+        # The journal row is committed before the shim exists: a crash in between leaves a row
+        # without a shim, which recover() launches once.
+        self.journal.insert(req, started_at)
+        spec = {k: req.get(k) for k in ("command", "env", "workdir", "timeout", "kill_grace", "log_cap")}
+        self._specs[run_id] = spec
+        row = self.journal.get(run_id)
+        assert row is not None
+        self._start(run_id, row, spec)
+        log.info("run %d (%s, epoch %d) started", run_id, req["job"], req["epoch"])
+        return 201, status_doc(self.journal.get(run_id) or row)
+
+    def _start(self, run_id: int, row: sqlite3.Row, spec: dict[str, Any]) -> None:
+        env = dict(os.environ)
+        env.update(spec.get("env") or {})
+        env.update(
+            VIGIL_RUN_ID=str(run_id),
+            VIGIL_JOB=str(row["job"]),
+            VIGIL_SCHEDULED_FOR=str(row["scheduled_for"]),
+            VIGIL_ATTEMPT=str(row["attempt"]),
+            VIGIL_EPOCH=str(row["epoch"]),
+        )
+        if spec.get("log_cap"):
+            self.executor.log_cap = int(spec["log_cap"])
+        command = spec["command"]
+        try:
+            self.executor.launch(
+                run_id, command if isinstance(command, str) else tuple(command), env, spec.get("workdir")
+            )
+        except OSError as exc:
+            self._finish(run_id, FINISHED, ShimExit(run_id, 127, None, None, None), f"could not start: {exc}")
+            return
+        self._arm_timeout(run_id, row["started_at"], spec.get("timeout"))
+
+    def _arm_timeout(self, run_id: int, started_at: str | None, timeout: float | None) -> None:
+        if not timeout:
+            return
+        start = datetime.fromisoformat(started_at) if started_at else _now()
+        remaining = (start + timedelta(seconds=float(timeout)) - _now()).total_seconds()
+        self._timers[run_id] = self._loop.call_later(max(0.0, remaining), self._on_timeout, run_id)
+
+    def _on_timeout(self, run_id: int) -> None:
+        self._timers.pop(run_id, None)
+        self.journal.set_killed(run_id, "timeout")
+        log.info("run %d exceeded its timeout; killing its process group", run_id)
+        self._kill_now(run_id)
+
+    def _kill_now(self, run_id: int) -> None:
+        spec = self._specs.get(run_id, {})
+        self.executor.kill_grace = float(spec.get("kill_grace") or DEFAULT_KILL_GRACE)
+        self.executor.kill(run_id)
+
+    def kill(self, run_id: int, reason: str, epoch: int | None) -> dict[str, Any]:
+        self.check_epoch(epoch, mutating=True)
+        row = self.journal.get(run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id} on this agent")
+        if row["state"] == RUNNING:
+            self.journal.set_killed(run_id, "timeout" if reason == "timeout" else "kill")
+            self._kill_now(run_id)
+            row = self.journal.get(run_id) or row
+        return status_doc(row)
+
+    def _on_exit(self, result: ShimExit) -> None:
+        if result.exit_code is None:
+            self._finish(result.run_id, UNKNOWN, result, "the shim left no exit record")
+        else:
+            self._finish(result.run_id, FINISHED, result, None)
+
+    def _finish(self, run_id: int, state: str, result: ShimExit | None, reason: str | None) -> None:
+        timer = self._timers.pop(run_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._specs.pop(run_id, None)
+        self.journal.finish(run_id, state, result, reason)
+        log.info(
+            "run %d %s%s", run_id, state, f" exit {result.exit_code}" if result and result.exit_code is not None else ""
+        )
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def run_status(self, run_id: int) -> dict[str, Any]:
+        row = self.journal.get(run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id} on this agent (instance {self.instance})")
+        return status_doc(row)
+
+    def closing(self) -> None:
+        """The server is shutting down: answer long-polls now so the shutdown is not held up."""
+        self._closing = True
+        self._changed.set()
+
+    async def results(self, after: int, wait: float, limit: int = 500) -> dict[str, Any]:
+        rows = self.journal.results_after(after, limit)
+        if not rows and wait > 0 and not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(wait, 60.0)):
+                    await self._changed.wait()
+            rows = self.journal.results_after(after, limit)
+        return {"instance": self.instance, "results": [status_doc(r) for r in rows]}
+
+    def ack(self, run_ids: list[int], epoch: int | None) -> dict[str, Any]:
+        self.check_epoch(epoch, mutating=True)
+        return {"acked": self.journal.ack([int(i) for i in run_ids])}
+
+    def status(self) -> dict[str, Any]:
+        memory = psutil.virtual_memory()
+        return {
+            "version": __version__,
+            "instance": self.instance,
+            "max_epoch": self.journal.max_epoch,
+            "cpu_percent": psutil.cpu_percent(interval=None),
+            "memory_percent": memory.percent,
+            "load1": round(os.getloadavg()[0], 2),
+            "running": self.journal.count_running(),
+            "open": self.journal.open_ids(),
+            "time": iso(_now()),
+        }
+
+    def read_log(self, run_id: int, offset: int, max_bytes: int) -> tuple[bytes, int, int, str]:
+        row = self.journal.get(run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id} on this agent")
+        path = self.paths.run_dir(run_id) / "log"
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, 2)
+                if offset > size:
+                    offset = 0  # truncated by the log cap
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            return b"", offset, 0, str(row["state"])
+        return data, offset + len(data), size, str(row["state"])
+
+
+class NotFound(AgentError):
+    pass
+
+
+class Conflict(AgentError):
+    pass
+
+
+def _validate_dispatch(req: Any) -> dict[str, Any]:
+    if not isinstance(req, dict):
+        raise BadRequest("expected a JSON object")
+    out: dict[str, Any] = {}
+    try:
+        out["run_id"] = int(req["run_id"])
+        out["epoch"] = int(req["epoch"])
+        out["job"] = str(req["job"])
+        out["scheduled_for"] = str(req["scheduled_for"])
+        out["attempt"] = int(req.get("attempt", 1))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadRequest(f"dispatch needs run_id, epoch, job, scheduled_for: {exc!r}") from None
+    command = req.get("command")
+    if isinstance(command, str) and command:
+        out["command"] = command
+    elif isinstance(command, list) and command and all(isinstance(c, str) for c in command):
+        out["command"] = command
+    else:
+        raise BadRequest("command must be a non-empty string or a list of strings")
+    env = req.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise BadRequest("env must map strings to strings")
+    out["env"] = env
+    workdir = req.get("workdir")
+    if workdir is not None and not isinstance(workdir, str):
+        raise BadRequest("workdir must be a string")
+    out["workdir"] = workdir
+    for key in ("timeout", "kill_grace"):
+        value = req.get(key)
+        if value is not None and (not isinstance(value, int | float) or value < 0):
+            raise BadRequest(f"{key} must be a non-negative number of seconds")
+        out[key] = value
+    log_cap = req.get("log_cap")
+    if log_cap is not None and (not isinstance(log_cap, int) or log_cap <= 0):
+        raise BadRequest("log_cap must be a positive number of bytes")
+    out["log_cap"] = log_cap
+    return out
+
+
+# ---------------------------------------------------------------------------------------- HTTP
+
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"^/status$"), "status"),
+    ("POST", re.compile(r"^/runs$"), "dispatch"),
+    ("GET", re.compile(r"^/runs/(\d+)$"), "run"),
+    ("POST", re.compile(r"^/runs/(\d+)/kill$"), "kill"),
+    ("GET", re.compile(r"^/runs/(\d+)/log$"), "log"),
+    ("GET", re.compile(r"^/results$"), "results"),
+    ("POST", re.compile(r"^/ack$"), "ack"),
+]
+
+
+class AgentApp:
+    """A plain ASGI 3 application: routing, bearer-token auth, epoch header, JSON bodies."""
+
+    def __init__(self, service: AgentService, token: str | None) -> None:
+        self.service = service
+        self._token = token.encode() if token else None
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        if not self._authorized(headers.get("authorization")):
+            await _send_json(send, 401, {"error": "unauthorized"}, extra=[(b"www-authenticate", b"Bearer")])
+            return
+        method, path = scope["method"], scope["path"]
+        for route_method, pattern, name in _ROUTES:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            if method != route_method:
+                await _send_json(send, 405, {"error": f"{method} not allowed on {path}"})
+                return
+            try:
+                await self._handle(name, match, scope, headers, receive, send)
+            except StaleEpochError as exc:
+                await _send_json(send, 409, {"error": str(exc), "max_epoch": self.service.journal.max_epoch})
+            except Conflict as exc:
+                await _send_json(send, 409, {"error": str(exc)})
+            except NotFound as exc:
+                await _send_json(send, 404, {"error": str(exc)})
+            except BadRequest as exc:
+                await _send_json(send, 400, {"error": str(exc)})
+            except (VigilError, sqlite3.Error, OSError) as exc:
+                log.exception("request %s %s failed", method, path)
+                await _send_json(send, 500, {"error": f"{type(exc).__name__}: {exc}"})
+            return
+        await _send_json(send, 404, {"error": f"no such endpoint {path}"})
+
+    def _authorized(self, header: bytes | None) -> bool:
+        if self._token is None:
+            return True
+        if header is None or not header.startswith(b"Bearer "):
+            # Compare anyway so a missing header costs the same as a wrong one.
+            hmac.compare_digest(b"", self._token)
+            return False
+        return hmac.compare_digest(header[7:].strip(), self._token)
+
+    async def _handle(
+        self,
+        name: str,
+        match: re.Match[str],
+        scope: dict[str, Any],
+        headers: dict[str, bytes],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        service = self.service
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        header_epoch = _int_or_none(headers.get(EPOCH_HEADER.lower()))
+        if name in ("dispatch", "kill", "ack"):
+            body = await _read_json(receive)
+            epoch = _int_or_none(body.get("epoch")) if isinstance(body, dict) else None
+            epoch = epoch if epoch is not None else header_epoch
+        else:
+            body, epoch = None, header_epoch
+            service.check_epoch(epoch, mutating=False)
+        if name == "status":
+            await _send_json(send, 200, service.status())
+        elif name == "dispatch":
+            if isinstance(body, dict) and body.get("epoch") is None and epoch is not None:
+                body["epoch"] = epoch
+            code, doc = service.dispatch(body)
+            await _send_json(send, code, doc)
+        elif name == "run":
+            await _send_json(send, 200, service.run_status(int(match.group(1))))
+        elif name == "kill":
+            reason = str(body.get("reason", "kill")) if isinstance(body, dict) else "kill"
+            await _send_json(send, 200, service.kill(int(match.group(1)), reason, epoch))
+        elif name == "ack":
+            ids = body.get("run_ids") if isinstance(body, dict) else None
+            if not isinstance(ids, list):
+                raise BadRequest("ack needs run_ids: [...]")
+            await _send_json(send, 200, service.ack(ids, epoch))
+        elif name == "results":
+            after = _int_or_none(query.get("after")) or 0
+            wait = float(query.get("wait", "0") or 0)
+            await _send_json(send, 200, await service.results(after, max(0.0, wait)))
+        elif name == "log":
+            offset = _int_or_none(query.get("offset")) or 0
+            max_bytes = min(_int_or_none(query.get("max")) or (1 << 20), 8 << 20)
+            data, nxt, size, state = service.read_log(int(match.group(1)), max(0, offset), max_bytes)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/octet-stream"),
+                        (b"content-length", str(len(data)).encode()),
+                        (LOG_OFFSET_HEADER.lower().encode(), str(nxt).encode()),
+                        (LOG_SIZE_HEADER.lower().encode(), str(size).encode()),
+                        (LOG_STATE_HEADER.lower().encode(), state.encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": data})
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+async def _read_json(receive: Receive) -> Any:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("client went away")
+        body = message.get("body", b"")
+        total += len(body)
+        if total > MAX_BODY:
+            raise BadRequest(f"request body larger than {MAX_BODY} bytes")
+        chunks.append(body)
+        if not message.get("more_body"):
+            break
+    raw = b"".join(chunks)
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+
+
+async def _send_json(send: Send, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = json.dumps(doc).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _remove_tree(path: os.PathLike[str]) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- server
+
+
+def serve_agent(args: Any) -> int:
+    """`vigil agent`: validate the options, then serve until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s vigil-agent[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        host, port = split_host_port(args.listen)
+    except ValueError as exc:
+        raise VigilError(f"--listen: {exc}") from None
+    token = read_token(args.token_file) if args.token_file else None
+    if token is None and not is_loopback_host(host):
+        raise VigilError(f"refusing to listen on non-loopback address {host} without a token: pass --token-file FILE")
+    if token is None:
+        log.warning("no --token-file: accepting unauthenticated requests on loopback %s", host)
+    elif args.token_file:
+        mode = os.stat(args.token_file).st_mode
+        if mode & 0o077:
+            log.warning("token file %s is readable by group or others (mode %o)", args.token_file, mode & 0o777)
+    if (args.tls_key or args.tls_client_ca) and not args.tls_cert:
+        raise VigilError("--tls-key and --tls-client-ca need --tls-cert")
+    state_dir = Path(args.state).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_serve(host, port, state_dir, token, args))
+
+
+async def _serve(host: str, port: int, state_dir: Path, token: str | None, args: Any) -> int:
+    import uvicorn
+
+    service = AgentService(state_dir)
+    service.recover()
+    service.start_background()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if not _is_ip(host):
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        service.close()
+        raise VigilError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    bound_port = sock.getsockname()[1]
+    ssl_options: dict[str, Any] = {}
+    if args.tls_cert:
+        ssl_options = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+        if args.tls_client_ca:
+            ssl_options.update(ssl_ca_certs=args.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    config = uvicorn.Config(
+        AgentApp(service, token),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=2,
+        **ssl_options,
+    )
+    loop = asyncio.get_running_loop()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            loop.call_soon_threadsafe(service.closing)
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
+    scheme = "https" if args.tls_cert else "http"
+
+    async def announce() -> None:
+        # uvicorn offers no startup event when the app has no lifespan: poll its flag.
+        while not server.started:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        address = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{bound_port}"
+        tmp = state_dir / "agent.addr.tmp"
+        tmp.write_text(address + "\n")
+        os.replace(tmp, state_dir / "agent.addr")
+        mtls = " (mutual TLS)" if args.tls_client_ca else ""
+        log.info("agent %s listening on %s%s, instance %s", __version__, address, mtls, service.instance)
+
+    announcer = asyncio.create_task(announce())
+    started = time.monotonic()
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        announcer.cancel()
+        service.close()
+        sock.close()
+    if not server.started and time.monotonic() - started < 5:
+        return 1
+    return 0
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,811 @@
+"""Scheduler side of remote agents: dispatch, pools, status polling, result collection, acks.
+
+The active scheduler hands a run to `AgentDispatcher.launch` once its row is committed. The
+dispatcher never blocks the scheduler's loop: each run is driven by its own task.
+
+Exactly-once, across crashes and failovers, rests on four rules:
+
+1. The chosen agent is written into `runs.agent` (a fenced write) *before* the dispatch is sent,
+   so whoever is active later knows the one agent that may have the run.
+2. A dispatch is idempotent by run id on the agent, so re-sending it after any doubt (a broken
+   connection, a takeover) can never start the job twice. After an *unreachable* error (no
+   connection at all) the run may go to another pool member; after an *ambiguous* one it sticks
+   to the same agent.
+3. Results are delivered at least once: the agent keeps each result until a scheduler
+   acknowledges it, and the scheduler acknowledges only runs whose ledger row is already terminal.
+   The scheduler hands a result to the ledger at most once per process; the ledger only moves
+   open rows, and a deposed scheduler's writes are refused by epoch fencing.
+4. Every request carries the scheduler's epoch; agents refuse commands from a lower epoch than
+   they have seen, so a deposed scheduler can neither start, kill nor acknowledge anything.
+
+A run whose agent comes back without any record of it ends `unknown`, never silently re-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .agent_protocol import (
+    FINISHED,
+    AgentAmbiguous,
+    AgentClient,
+    AgentNotFound,
+    AgentRefused,
+    AgentUnreachable,
+    RunStatus,
+)
+from .db import iso
+from .errors import AgentError, FencedError, StaleEpochError, VigilError
+from .executor import ShimExit
+from .model import AgentSpec, RunState, Settings
+
+if TYPE_CHECKING:
+    from .model import JobSpec
+    from .scheduler import RunInfo, Scheduler
+
+log = logging.getLogger("vigil.agents")
+
+OPEN = "('pending', 'waiting', 'launching', 'running')"
+SQL_RUN_AGENT = f"UPDATE runs SET agent = ?, writer_epoch = ? WHERE id = ? AND state IN {OPEN}"
+SQL_RUN_WAITING = (
+    "UPDATE runs SET state = 'waiting', reason = ?, writer_epoch = ? WHERE id = ? AND state IN ('launching', 'waiting')"
+)
+SQL_RUN_STARTED = (
+    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, writer_epoch = ? "
+    "WHERE id = ? AND state IN ('pending', 'launching', 'waiting')"
+)
+SQL_AGENT_UPSERT = (
+    "INSERT INTO agents (name, url, up, last_contact, version, cpu_percent, memory_percent, load1, running, "
+    "error, writer_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "url = excluded.url, up = excluded.up, last_contact = COALESCE(excluded.last_contact, agents.last_contact), "
+    "version = COALESCE(excluded.version, agents.version), cpu_percent = excluded.cpu_percent, "
+    "memory_percent = excluded.memory_percent, load1 = excluded.load1, running = excluded.running, "
+    "error = excluded.error, writer_epoch = excluded.writer_epoch"
+)
+RESULTS_WAIT = 10.0  #: seconds a results long-poll may wait on the agent
+
+
+# ------------------------------------------------------------------------------------ pure logic
+
+
+def targets_of(name: str, settings: Settings) -> tuple[tuple[str, ...], str]:
+    """The agents a job's `agent` may run on, in order, and the pool mode."""
+    if name in settings.pools:
+        pool = settings.pools[name]
+        return pool.agents, pool.mode
+    if name in settings.agents:
+        return (name,), "fixed-priority"
+    return (), "fixed-priority"
+
+
+def choose_member(
+    members: Sequence[str], healthy: Callable[[str], bool], mode: str, cursor: int
+) -> tuple[str | None, int]:
+    """Pick an agent of a pool: (agent or None, next round-robin cursor).
+
+    fixed-priority: the first healthy member, in declared order (JS7's "active-passive").
+    round-robin: the next healthy member after the previous pick, wrapping around.
+    """
+    if not members:
+        return None, cursor
+    if mode == "round-robin":
+        count = len(members)
+        for step in range(count):
+            index = (cursor + step) % count
+            if healthy(members[index]):
+                return members[index], (index + 1) % count
+        return None, cursor
+    for member in members:
+        if healthy(member):
+            return member, cursor
+    return None, cursor
+
+
+# ------------------------------------------------------------------------------------ state
+
+
+@dataclass
+class AgentLink:
+    """What the scheduler knows about one declared agent."""
+
+    spec: AgentSpec
+    client: AgentClient | None = None
+    up: bool | None = None  #: None until the first contact
+    error: str | None = None
+    last_contact: datetime | None = None
+    instance: str | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    cursor: int = 0  #: highest result seq seen from this instance
+    ack_pending: set[int] = field(default_factory=set)
+    acking: bool = False
+    rebuild: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class Flight:
+    """One open agent run, from dispatch to the acknowledgement of its result."""
+
+    info: RunInfo
+    target: str  #: the job's `agent`: an agent or a pool
+    member: str | None = None  #: the agent that has (or may have) the run
+    phase: str = "dispatching"  #: dispatching | waiting | running | collecting | reported
+    sticky: bool = False  #: a dispatch may have reached `member`: never send it elsewhere
+    waiting_since: float | None = None
+    running_since: float = 0.0  #: monotonic time the dispatch was confirmed
+    kill_sent: bool = False
+    kill_since: float | None = None
+    kill_retry_at: float = 0.0
+    verifying: bool = False
+    driving: bool = False
+
+
+class AgentDispatcher:
+    """The `agent` executor of the scheduler (see Scheduler.executors)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        transport_factory: Callable[[AgentSpec], httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
+        self.s = scheduler
+        self.transport_factory = transport_factory
+        self.links: dict[str, AgentLink] = {}
+        self.flights: dict[int, Flight] = {}
+        self._rr: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._agent_up = asyncio.Event()
+        self._closed = False
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+        self._supervisor = asyncio.create_task(self._supervise(), name="agents")
+
+    # ---------------------------------------------------------------- scheduler hooks
+
+    def launch(self, info: RunInfo, job: JobSpec) -> None:
+        """Start driving a committed `launching` run to an agent (returns at once)."""
+        flight = self.flights.get(info.id)
+        if flight is None:
+            flight = Flight(info=info, target=job.agent or "")
+            self.flights[info.id] = flight
+        self._drive_soon(flight)
+
+    def kill(self, info: RunInfo) -> None:
+        """Operator kill or timeout: forward to the agent (retried while it is unreachable)."""
+        flight = self.flights.get(info.id)
+        if flight is None:
+            return
+        if flight.phase in ("dispatching", "waiting") and not flight.sticky:
+            self._wake_drivers()  # the driver sees kill_requested and cancels before dispatch
+            return
+        flight.kill_since = flight.kill_since or time.monotonic()
+        if flight.phase in ("running", "collecting"):
+            flight.kill_retry_at = time.monotonic() + self.s.settings.agent_poll_interval
+            self._spawn(self._send_kill(flight))
+
+    def reconcile_row(self, info: RunInfo, row: Any, batch: Any) -> None:
+        """A run the previous active left open with an agent set (startup or takeover)."""
+        job = self.s.jobs.get(info.job)
+        target = job.agent if job is not None and job.agent else str(row["agent"])
+        recorded = str(row["agent"])
+        settings = self.s.settings
+        flight = Flight(info=info, target=target)
+        self.flights[info.id] = flight
+        self.s._track(info)
+        self.s.active_by_job[info.job].add(info.id)
+        is_agent = recorded in settings.agents
+        if info.state is RunState.RUNNING:
+            if not is_agent:
+                self._end(flight, RunState.UNKNOWN, f"ran on agent {recorded!r}, which vigil.toml no longer declares")
+                return
+            flight.member, flight.phase, flight.sticky = recorded, "running", True
+            # The poll checks the run is in the agent's journal; results come through the collector.
+            return
+        # launching or waiting: the dispatch may or may not have reached `recorded`. Re-sending it
+        # is safe (idempotent by run id), and only that agent may have it.
+        if is_agent:
+            flight.member, flight.sticky = recorded, True
+        elif recorded not in settings.pools:
+            self._end(flight, RunState.UNKNOWN, f"agent or pool {recorded!r} is no longer declared")
+            return
+        self._drive_soon(flight)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._supervisor.cancel()
+        tasks = [self._supervisor, *self._tasks]
+        for link in self.links.values():
+            tasks += link.tasks
+            for task in link.tasks:
+                task.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for link in self.links.values():
+            if link.client is not None:
+                with contextlib.suppress(Exception):
+                    await link.client.aclose()
+
+    def close(self) -> None:
+        for task in [self._supervisor, *self._tasks]:
+            task.cancel()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, FencedError):
+            self.s.request_stop("fenced")
+        elif exc is not None:
+            log.error("agent task failed", exc_info=exc)
+
+    def _is_open(self, flight: Flight) -> bool:
+        return self.s.runs.get(flight.info.id) is flight.info
+
+    def _healthy(self, name: str) -> bool:
+        link = self.links.get(name)
+        return link is not None and link.client is not None and link.up is not False
+
+    def _wake_drivers(self) -> None:
+        self._agent_up.set()
+        self._agent_up = asyncio.Event()
+
+    def _drive_soon(self, flight: Flight) -> None:
+        if not flight.driving:
+            flight.driving = True
+            self._spawn(self._drive(flight))
+
+    def _end(self, flight: Flight, state: RunState, reason: str) -> None:
+        """End a run that no agent will report on (never dispatched, or its outcome is lost)."""
+        flight.phase = "reported"
+        self.flights.pop(flight.info.id, None)
+        log.warning("run %d: %s (%s)", flight.info.id, state, reason)
+        self.s.report_finished(ShimExit(flight.info.id, None, None, None, None, reason=reason, state=str(state)))
+
+    def _link(self, name: str | None) -> AgentLink | None:
+        return self.links.get(name) if name else None
+
+    def _mark_down(self, link: AgentLink, error: str) -> None:
+        if link.up is not False:
+            log.warning("agent %s is down: %s", link.name, error)
+        link.up, link.error = False, error
+        self._write_link(link)
+
+    def _write_link(self, link: AgentLink) -> None:
+        st = link.status if link.up else {}
+        self.s.ledger.defer(
+            SQL_AGENT_UPSERT,
+            (
+                link.name,
+                link.spec.url,
+                int(bool(link.up)),
+                iso(link.last_contact),
+                st.get("version"),
+                st.get("cpu_percent"),
+                st.get("memory_percent"),
+                st.get("load1"),
+                st.get("running"),
+                link.error,
+                self.s.epoch,
+            ),
+        )
+
+    # ---------------------------------------------------------------- agents: config, poll, collect
+
+    async def _supervise(self) -> None:
+        """Keep links in step with vigil.toml; retry kills and acks; nudge waiting runs."""
+        while not self._closed:
+            try:
+                self._sync_links()
+                self._tick_kills()
+                self._tick_acks()
+            except FencedError:
+                self.s.request_stop("fenced")
+                return
+            except Exception:
+                log.exception("agent supervisor failed")
+            await asyncio.sleep(min(0.25, self.s.settings.agent_poll_interval))
+
+    def _sync_links(self) -> None:
+        declared = self.s.settings.agents
+        for name in list(self.links):
+            if name not in declared or declared[name] != self.links[name].spec:
+                link = self.links.pop(name)
+                for task in link.tasks:
+                    task.cancel()
+                if link.client is not None:
+                    self._spawn(link.client.aclose())
+                if name not in declared:
+                    self.s.ledger.defer(
+                        "DELETE FROM agents WHERE name = ? AND ? = (SELECT epoch FROM leader WHERE id = 1)",
+                        (name, self.s.epoch),
+                    )
+        for name, spec in declared.items():
+            link = self.links.get(name)
+            if link is None:
+                link = AgentLink(spec=spec)
+                self.links[name] = link
+                link.tasks = [
+                    asyncio.create_task(self._poll(link), name=f"agent-poll-{name}"),
+                    asyncio.create_task(self._collect(link), name=f"agent-results-{name}"),
+                ]
+
+    def _make_client(self, link: AgentLink) -> bool:
+        if link.client is not None and not link.rebuild:
+            return True
+        old, link.client, link.rebuild = link.client, None, False
+        if old is not None:
+            self._spawn(old.aclose())
+        transport = self.transport_factory(link.spec) if self.transport_factory else None
+        try:
+            link.client = AgentClient(link.spec, epoch=self.s.epoch, transport=transport)
+        except (AgentError, OSError, ValueError) as exc:  # unreadable token or TLS files
+            self._mark_down(link, f"cannot configure the client: {exc}")
+            return False
+        return True
+
+    async def _poll(self, link: AgentLink) -> None:
+        while True:
+            started = time.monotonic()
+            if self._make_client(link):
+                assert link.client is not None
+                try:
+                    status = await link.client.status()
+                except AgentError as exc:
+                    if isinstance(exc, AgentRefused) and exc.status == 401:
+                        link.rebuild = True  # the token file may have changed
+                    self._mark_down(link, str(exc))
+                else:
+                    self._on_status(link, status, started)
+            await asyncio.sleep(self.s.settings.agent_poll_interval)
+
+    def _on_status(self, link: AgentLink, status: dict[str, Any], asked_at: float) -> None:
+        came_up = link.up is not True
+        link.up, link.error, link.status = True, None, status
+        link.last_contact = datetime.now(UTC)
+        instance = str(status.get("instance"))
+        if link.instance is not None and instance != link.instance:
+            log.warning("agent %s restarted with a new journal (instance %s)", link.name, instance)
+            link.cursor = 0
+        link.instance = instance
+        if status.get("max_epoch", 0) > self.s.epoch:
+            link.up, link.error = False, f"stale epoch: the agent has seen epoch {status['max_epoch']}"
+        self._write_link(link)
+        if came_up and link.up:
+            log.info("agent %s is up (version %s)", link.name, status.get("version"))
+            self._wake_drivers()
+        open_ids = set(status.get("open") or ())
+        for flight in list(self.flights.values()):
+            if (
+                flight.member == link.name
+                and flight.phase == "running"
+                and flight.info.id not in open_ids
+                and not flight.verifying
+                and flight.running_since < asked_at
+            ):
+                flight.verifying = True
+                self._spawn(self._verify(flight, link))
+
+    async def _collect(self, link: AgentLink) -> None:
+        """Long-poll the agent for finished runs; hand each to the ledger once."""
+        while True:
+            client = link.client
+            if client is None or link.up is False:
+                await asyncio.sleep(self.s.settings.agent_poll_interval)
+                continue
+            try:
+                instance, results = await client.results(link.cursor, RESULTS_WAIT)
+            except AgentError:
+                await asyncio.sleep(self.s.settings.agent_poll_interval)
+                continue
+            if link.instance is not None and instance != link.instance:
+                link.cursor = 0
+                link.instance = instance
+                continue
+            link.instance = instance
+            for status in results:
+                link.cursor = max(link.cursor, status.seq or 0)
+                await self._on_result(link, status)
+
+    async def _verify(self, flight: Flight, link: AgentLink) -> None:
+        """A running run the agent's journal did not list: ask for it by id."""
+        try:
+            if link.client is None:
+                return
+            try:
+                status = await link.client.run(flight.info.id)
+            except AgentNotFound:
+                if self._is_open(flight) and flight.phase == "running":
+                    self._end(
+                        flight,
+                        RunState.UNKNOWN,
+                        f"agent {link.name} has no record of this run (instance {link.instance}): it "
+                        "lost its journal or was replaced; not re-run",
+                    )
+                return
+            except AgentError:
+                return  # unreachable: the next poll tries again
+            if status.done:
+                await self._on_result(link, status)
+        finally:
+            flight.verifying = False
+
+    async def _on_result(self, link: AgentLink, status: RunStatus) -> None:
+        flight = self.flights.get(status.run_id)
+        if flight is None or flight.member != link.name or not self._is_open(flight):
+            # Not open here: ack it once the ledger shows it ended (e.g. recorded before a crash).
+            link.ack_pending.add(status.run_id)
+            return
+        if flight.phase in ("collecting", "reported"):
+            return
+        info = flight.info
+        identity = (status.job, status.scheduled_for, status.attempt)
+        if identity != (info.job, iso(info.scheduled_for), info.attempt):
+            self._end(flight, RunState.UNKNOWN, f"agent {link.name} holds a different run under id {info.id}")
+            return
+        flight.phase = "collecting"
+        if info.state is not RunState.RUNNING:
+            self._mark_running(flight, status)
+        await self._copy_log(link, info.id)
+        if info.kill_requested is None and status.killed:
+            info.kill_requested = status.killed  # the agent enforced the timeout itself
+        exit_code = status.exit_code if status.state == FINISHED else None
+        result = ShimExit(
+            info.id,
+            exit_code,
+            status.job_pid,
+            status.cpu_s,
+            status.peak_rss,
+            reason=None if exit_code is not None else f"agent {link.name}: {status.reason or 'outcome unknown'}",
+        )
+        flight.phase = "reported"
+        link.ack_pending.add(info.id)
+        self.s.report_finished(result)
+
+    async def _copy_log(self, link: AgentLink, run_id: int) -> None:
+        """Bring the finished run's log home, so `vigil logs` and the dashboard read it locally."""
+        if link.client is None:
+            return
+        run_dir = self.s.paths.run_dir(run_id)
+        part = run_dir / "log.part"
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            offset = 0
+            chunks: list[bytes] = []
+            while True:
+                data, offset, size, _ = await link.client.log(run_id, offset)
+                chunks.append(data)
+                if not data or offset >= size:
+                    break
+            part.write_bytes(b"".join(chunks))  # at most the log cap (1 MiB by default)
+            os.replace(part, run_dir / "log")
+        except (AgentError, OSError) as exc:
+            log.warning("run %d: could not copy its log from agent %s: %s", run_id, link.name, exc)
+            with contextlib.suppress(OSError):
+                part.unlink()
+
+    def _tick_acks(self) -> None:
+        for link in self.links.values():
+            if link.ack_pending and not link.acking and link.up and link.client is not None:
+                link.acking = True
+                self._spawn(self._ack(link))
+
+    async def _ack(self, link: AgentLink) -> None:
+        """Acknowledge results whose end the ledger holds (only then may the agent forget them)."""
+        try:
+            ids = sorted(link.ack_pending)[:500]
+            marks = ",".join("?" * len(ids))
+            rows = await self.s.ledger.query(f"SELECT id, state FROM runs WHERE id IN ({marks})", ids)
+            states = {int(r["id"]): r["state"] for r in rows}
+            recorded = [
+                i for i in ids if i in states and states[i] not in ("pending", "waiting", "launching", "running")
+            ]
+            for run_id in ids:
+                if run_id not in states:
+                    link.ack_pending.discard(run_id)  # not a run of this installation: leave it alone
+            if not recorded or link.client is None:
+                return
+            try:
+                await link.client.ack(recorded)
+            except AgentError as exc:
+                log.info("ack to agent %s failed (%s); retrying", link.name, exc)
+                return
+            for run_id in recorded:
+                link.ack_pending.discard(run_id)
+                flight = self.flights.get(run_id)
+                if flight is not None and flight.phase == "reported":
+                    self.flights.pop(run_id, None)
+        finally:
+            link.acking = False
+
+    # ---------------------------------------------------------------- dispatch
+
+    def _payload(self, info: RunInfo, job: JobSpec) -> dict[str, Any]:
+        settings = self.s.settings
+        return {
+            "run_id": info.id,
+            "job": info.job,
+            "scheduled_for": iso(info.scheduled_for),
+            "attempt": info.attempt,
+            "command": job.command if isinstance(job.command, str) else list(job.command),
+            "env": dict(job.env),
+            "workdir": job.workdir,
+            "timeout": job.timeout,
+            "kill_grace": settings.kill_grace,
+            "log_cap": settings.log_cap,
+        }
+
+    async def _drive(self, flight: Flight) -> None:
+        try:
+            await self._drive_inner(flight)
+        finally:
+            flight.driving = False
+
+    async def _drive_inner(self, flight: Flight) -> None:
+        info = flight.info
+        backoff = 0.05
+        while not self._closed:
+            if flight.phase == "reported":
+                return
+            if not self._is_open(flight):
+                self.flights.pop(info.id, None)
+                return
+            if info.kill_requested and not flight.sticky:
+                self._end(flight, RunState.KILLED, "cancelled by operator before it reached an agent")
+                return
+            job = self.s.jobs.get(info.job)
+            if job is None:
+                self._end(flight, RunState.FAILED, f"job {info.job} no longer exists")
+                return
+            settings = self.s.settings
+            if flight.sticky:
+                member = flight.member
+                if member not in settings.agents:
+                    self._end(flight, RunState.UNKNOWN, f"agent {member!r} is no longer declared")
+                    return
+                if not self._healthy(member or ""):
+                    await self._wait(flight, [member or ""], sticky=True)
+                    continue  # the loop's top returns if the wait gave up
+            else:
+                members, mode = targets_of(flight.target, settings)
+                if not members:
+                    self._end(flight, RunState.FAILED, f"agent or pool {flight.target!r} is not declared")
+                    return
+                member, self._rr[flight.target] = choose_member(
+                    members, self._healthy, mode, self._rr.get(flight.target, 0)
+                )
+                if member is None:
+                    await self._wait(flight, list(members), sticky=False)
+                    continue
+                if flight.member != member:
+                    # Persisted before the request: a later active then knows the one agent to ask.
+                    flight.member = member
+                    self.s.ledger.defer(SQL_RUN_AGENT, (member, self.s.epoch, info.id))
+                    await self.s.ledger.flush()
+                    if not self._is_open(flight) or info.kill_requested:
+                        continue  # killed meanwhile: the top of the loop settles it
+            link = self._link(member)
+            if link is None or link.client is None:
+                continue
+            if info.kill_requested:
+                # Killed while a dispatch may have arrived: never (re)send it; find out instead.
+                if await self._settle_killed(flight, link):
+                    return
+                await asyncio.sleep(self.s.settings.agent_poll_interval)
+                continue
+            flight.sticky = True
+            try:
+                status = await link.client.dispatch(self._payload(info, job))
+            except AgentUnreachable as exc:
+                flight.sticky = False  # certainly not delivered: any member may take it
+                self._mark_down(link, str(exc))
+                continue
+            except AgentAmbiguous as exc:
+                log.warning("run %d: %s; re-sending (idempotent)", info.id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.s.settings.agent_poll_interval)
+                continue
+            except StaleEpochError as exc:
+                flight.sticky = False
+                self._mark_down(link, str(exc))
+                continue
+            except AgentRefused as exc:
+                flight.sticky = False
+                if exc.status in (401, 403):
+                    link.rebuild = True
+                    self._mark_down(link, str(exc))
+                    continue
+                self._end(flight, RunState.FAILED, str(exc))
+                return
+            if flight.phase in ("dispatching", "waiting"):
+                self._mark_running(flight, status)
+            if status.done:
+                await self._on_result(link, status)
+            elif info.kill_requested and not flight.kill_sent:
+                self.kill(info)
+            return
+
+    async def _wait(self, flight: Flight, members: list[str], *, sticky: bool) -> None:
+        """No usable agent: the run waits (state `waiting`, with why) up to agent_wait_limit."""
+        info = flight.info
+        now = time.monotonic()
+        if flight.waiting_since is None:
+            flight.waiting_since = now
+        why = "; ".join(
+            f"{m}: {(self.links[m].error if m in self.links else None) or 'not reachable'}" for m in members
+        )
+        kind = "pool" if flight.target in self.s.settings.pools else "agent"
+        if sticky:
+            reason = f"agent {flight.member} unreachable while its dispatch may have arrived ({why})"
+        else:
+            reason = f"waiting for a healthy agent of {kind} {flight.target} ({why})"
+        limit = self.s.settings.agent_wait_limit
+        if now - flight.waiting_since >= limit:
+            if sticky:
+                self._end(flight, RunState.UNKNOWN, f"gave up after {limit:g}s: {reason}")
+            else:
+                self._end(flight, RunState.FAILED, f"no healthy agent within {limit:g}s: {reason}")
+            return
+        if flight.phase != "waiting":
+            flight.phase = "waiting"
+            info.state = RunState.WAITING
+            self.s.ledger.defer(SQL_RUN_WAITING, (reason, self.s.epoch, info.id))
+        remaining = limit - (now - flight.waiting_since)
+        event = self._agent_up
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(remaining, self.s.settings.agent_poll_interval)):
+                await event.wait()
+
+    async def _settle_killed(self, flight: Flight, link: AgentLink) -> bool:
+        """A killed run whose dispatch may have reached `link`: cancel it or kill it there."""
+        assert link.client is not None
+        try:
+            status = await link.client.run(flight.info.id)
+        except AgentNotFound:
+            self._end(flight, RunState.KILLED, f"cancelled by operator before it reached agent {link.name}")
+            return True
+        except AgentError:
+            return False
+        self._mark_running(flight, status)
+        if status.done:
+            await self._on_result(link, status)
+        else:
+            self.kill(flight.info)
+        return True
+
+    def _mark_running(self, flight: Flight, status: RunStatus) -> None:
+        info = flight.info
+        started = _parse(status.started_at) or datetime.now(UTC)
+        job = self.s.jobs.get(info.job)
+        deadline = started + timedelta(seconds=job.timeout) if job and job.timeout else None
+        info.state = RunState.RUNNING
+        info.deadline = deadline
+        flight.phase = "running"
+        flight.running_since = time.monotonic()
+        self.s.ledger.defer(SQL_RUN_STARTED, (iso(started), iso(deadline), self.s.epoch, info.id))
+
+    # ---------------------------------------------------------------- kill
+
+    async def _send_kill(self, flight: Flight) -> None:
+        info = flight.info
+        link = self._link(flight.member)
+        if link is None or link.client is None or not self._is_open(flight):
+            return
+        reason = info.kill_requested or "kill"
+        try:
+            await link.client.kill(info.id, reason)
+        except AgentNotFound:
+            if flight.phase == "running" and not flight.verifying:
+                flight.verifying = True
+                await self._verify(flight, link)
+            return
+        except AgentError as exc:
+            log.warning("run %d: kill not delivered to agent %s yet: %s", info.id, link.name, exc)
+            return
+        flight.kill_sent = True
+
+    def _tick_kills(self) -> None:
+        now = time.monotonic()
+        limit = self.s.settings.agent_wait_limit
+        for flight in list(self.flights.values()):
+            if flight.kill_since is None or flight.kill_sent or not flight.info.kill_requested:
+                continue
+            if not self._is_open(flight) or flight.phase not in ("running", "collecting"):
+                continue
+            if now - flight.kill_since >= limit:
+                self._end(
+                    flight,
+                    RunState.UNKNOWN,
+                    f"{flight.info.kill_requested} requested but agent {flight.member} unreachable for "
+                    f"{limit:g}s; the job may still be running there",
+                )
+            elif self._healthy(flight.member or "") and now >= flight.kill_retry_at:
+                flight.kill_retry_at = now + self.s.settings.agent_poll_interval
+                self._spawn(self._send_kill(flight))
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------ CLI: logs
+
+
+def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow: bool) -> int:
+    """`vigil logs RUN_ID` for a run on an agent: fetch (and with -f, follow) its log over HTTP."""
+    import sys
+
+    from .jobfile import load_settings
+
+    settings, _ = load_settings(jobs_dir)
+    run_id = int(run["id"])
+
+    async def main() -> int:
+        offset = 0
+        current = run
+        client: AgentClient | None = None
+        try:
+            while True:
+                name = current["agent"]
+                if client is None and name in settings.agents:
+                    client = AgentClient(settings.agents[name], epoch=None)
+                data = b""
+                if client is not None:
+                    try:
+                        data, offset, _size, _state = await client.log(run_id, offset)
+                    except AgentNotFound:
+                        pass  # the agent has forgotten it (or never had it): nothing to show
+                    except AgentError as exc:
+                        raise VigilError(str(exc)) from None
+                elif name not in settings.pools:
+                    raise VigilError(
+                        f"run {run_id} ran on agent {name!r}, which {jobs_dir}/vigil.toml does not declare "
+                        "(pass --jobs DIR)"
+                    )
+                if data:
+                    sys.stdout.write(data.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                    continue
+                if not follow or current["state"] in _TERMINAL:
+                    return 0
+                await asyncio.sleep(0.25)
+                current = reader.run(run_id)
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    return asyncio.run(main())
+
+
+_TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
+
+__all__ = ["AgentDispatcher", "choose_member", "print_agent_log", "targets_of"]
