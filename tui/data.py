@@ -242,15 +242,19 @@ class _History:
         self.ready = True
         return set(self.recent)
 
-    def update(self, reader: StateReader, wanted: list[str], fill: int) -> set[str]:
-        """Apply what changed since the last call; return the jobs whose history changed."""
+    def update(self, reader: StateReader, names: list[str], wanted: list[str], fill: int) -> set[str]:
+        """Apply what changed since the last call; return the jobs whose history changed.
+
+        `names` are the catalogued jobs (in display order), `wanted` those on screen: trends of up
+        to `fill` jobs are loaded per call, the wanted ones first.
+        """
         if not self.ready:
             dirty = self.reset(reader)
         else:
             dirty = set()
             new = reader.runs_after(self.cursor, limit=5000)
             if len(new) >= 5000:  # far behind (or ids reused): start over rather than page
-                return self.reset(reader) | self._fill(reader, wanted, fill)
+                return self.reset(reader) | self._fill(reader, names, wanted, fill)
             reread = [run_id for run_id in self.open if run_id not in {int(r["id"]) for r in new}]
             for row in new:
                 self._put(RunRecord.from_row(row), dirty)
@@ -263,7 +267,7 @@ class _History:
                 for gone in set(reread) - seen:  # pruned or never committed
                     run = self.open.pop(gone)
                     dirty.add(run.job)
-        return dirty | self._fill(reader, wanted, fill)
+        return dirty | self._fill(reader, names, wanted, fill)
 
     def _put(self, run: RunRecord, dirty: set[str]) -> None:
         if run.is_open:
@@ -284,11 +288,12 @@ class _History:
         del runs[self.trend_len :]
         dirty.add(run.job)
 
-    def _fill(self, reader: StateReader, wanted: list[str], budget: int) -> set[str]:
+    def _fill(self, reader: StateReader, names: list[str], wanted: list[str], budget: int) -> set[str]:
         """Load full trends for up to `budget` jobs, the wanted (on-screen) ones first."""
         todo = [n for n in wanted if n not in self.complete][:budget]
         if len(todo) < budget:
-            extra = (n for n in self.recent if n not in self.complete and n not in todo)
+            chosen = set(todo)
+            extra = (n for n in names if n not in self.complete and n not in chosen)
             for name in extra:
                 todo.append(name)
                 if len(todo) >= budget:
@@ -306,12 +311,13 @@ class _History:
             dirty.add(name)
         return dirty
 
-    def job_view(self, name: str) -> tuple[RunRecord | None, RunRecord | None, tuple[RunRecord, ...] | None]:
+    def job_view(self, name: str) -> tuple[RunRecord | None, tuple[RunRecord, ...] | None]:
+        """(newest finished run, trend oldest-first or None while not loaded)."""
         runs = self.recent.get(name, [])
         finished = [r for r in runs if not r.is_open]
         last = finished[0] if finished else None
         trend = tuple(reversed(finished)) if name in self.complete else None
-        return last, None, trend
+        return last, trend
 
 
 def _current_runs(open_runs: Iterable[RunRecord]) -> dict[str, RunRecord]:
@@ -404,7 +410,7 @@ class StateSource:
                 return snap
             try:
                 snap = self._read_state(cluster)
-            except (VigilError, OSError, Exception) as exc:
+            except Exception as exc:  # any failed read: keep the last data, flag it stale
                 previous = self._last
                 snap = Snapshot(
                     taken_at=previous.taken_at if previous else self.clock(),
@@ -446,7 +452,7 @@ class StateSource:
     def _read_state(self, cluster: ClusterInfo) -> Snapshot:
         reader = self._reader()
         rows = {row["name"]: row for row in reader.jobs()}
-        dirty = self._history.update(reader, self._wanted, self.FILL_PER_TICK)
+        dirty = self._history.update(reader, list(rows), self._wanted, self.FILL_PER_TICK)
         current = _current_runs(self._history.open.values())
         current_jobs = set(current)
         dirty |= current_jobs ^ {name for name, rec in self._records.items() if rec.current is not None}
@@ -462,7 +468,7 @@ class StateSource:
             ):
                 records[name] = old
                 continue
-            last, _, trend = self._history.job_view(name)
+            last, trend = self._history.job_view(name)
             record = JobRecord(
                 name=name,
                 schedule=row["schedule"],

@@ -8,33 +8,24 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-HELP = """\
-[b]Vigil dashboard — keys[/b]
+HELP = r"""[b]Vigil dashboard — keys[/b]   (esc closes)
 
-[b $text-accent]Everywhere[/]
-  [b]?[/] / F1   this help            [b]q[/]        quit
-  [b]1[/]–[b]4[/]      jobs, runs, cluster, agents
-  [b]:[/] / ^p   command palette (jump to a view, run commands)
-  [b]/[/]        filter the view       [b]esc[/]      clear filter / back
-  [b]j k[/] ↑ ↓  move                 [b]g G[/]      first / last
-  [b]enter[/]    open (job → its runs, run → detail and log)
+[b $text-accent]Everywhere[/]  [b]?[/] help  [b]q[/] quit  [b]1[/]–[b]4[/] jobs · runs · cluster · agents
+  [b]:[/] or [b]ctrl+p[/] command palette   [b]/[/] filter   [b]esc[/] clear filter, then back
+  [b]j k[/] or arrows move   [b]g G[/] first, last   [b]enter[/] open
 
-[b $text-accent]Jobs[/]
-  [b]r[/] run now   [b]p[/] pause/resume   [b]K[/] kill its running run   [b]R[/] rerun last
+[b $text-accent]Jobs[/]  [b]r[/] run now  [b]p[/] pause/resume  [b]K[/] kill its run  [b]R[/] rerun last
   [b]l[/] log of the current or last run
-  sort: [b]N[/] name  [b]S[/] state  [b]F[/] next fire  [b]L[/] last result  [b]D[/] duration
-        (again to reverse)
+  sort [b]N[/] name  [b]S[/] state  [b]F[/] next fire  [b]L[/] last result  [b]D[/] took (twice: reverse)
 
-[b $text-accent]Runs[/]
-  [b]][/] older page   [b][[/] newer page   [b]s[/] cycle state filter
-  [b]/[/] job name (or a unique part) and/or a state word, e.g. [i]extract failed[/]
-  [b]K[/] kill (asks first)   [b]R[/] rerun   [b]r[/] run its job now
+[b $text-accent]Runs[/]  [b]][/] older page  [b]\[[/] newer page  [b]s[/] cycle the state filter
+  [b]/[/] a job (or unique part of its name) and/or a state: [i]extract failed[/]
+  [b]K[/] kill (asks first)  [b]R[/] rerun  [b]r[/] run the job now  [b]enter[/] detail and log
 
-[b $text-accent]Run log[/]
-  scrolling up stops following; [b]f[/], End or [b]G[/] follow again
+[b $text-accent]Run log[/]  scrolling up stops following; [b]f[/], End or [b]G[/] follow again
 
-Commands are greyed out under --read-only and while no scheduler is active.
-Every command is recorded by the scheduler in its audit table (cluster view).
+Commands are greyed out under --read-only or with no active scheduler;
+the scheduler audits every command (see the cluster view).
 """
 
 
