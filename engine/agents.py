@@ -182,6 +182,8 @@ class AgentDispatcher:
         flight = self.flights.get(info.id)
         if flight is None:
             flight = Flight(info=info, target=job.agent or "")
+            if flight.target in self.s.settings.agents:
+                flight.member = flight.target  # runs.agent already names it: no extra write
             self.flights[info.id] = flight
         self._drive_soon(flight)
 

@@ -291,6 +291,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"standby: pid {sb['pid']} since {_short_time(sb['since'])}")
     print(f"jobs: {doc['jobs']}")
     print("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["runs"].items())) or "none"))
+    for ag in doc["agents"]:
+        load = "" if not ag["up"] else f" cpu {ag['cpu_percent']}% mem {ag['memory_percent']}% load {ag['load1']}"
+        print(
+            f"agent: {ag['name']} {'up' if ag['up'] else 'DOWN'}{load} running {ag['running'] or 0} "
+            f"last contact {_short_time(ag['last_contact'])}"
+        )
     for fo in doc["failovers"][:5]:
         gap = "?" if fo["gap_ms"] is None else f"{fo['gap_ms']:.0f} ms"
         print(

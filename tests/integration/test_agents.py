@@ -250,7 +250,10 @@ def settle(seconds: float) -> None:
 
 def gated(gate: Path, out: Path, word: str) -> str:
     """A job that waits for `gate`, then appends `word` to `out` (so a second execution would show)."""
-    return f'command = "while [ ! -e {gate} ]; do sleep 0.05; done; echo {word} >> {out}; echo done-{word}"\n'
+    return (
+        f'command = "echo start-{word}; while [ ! -e {gate} ]; do sleep 0.05; done; '
+        f'echo {word} >> {out}; echo done-{word}"\n'
+    )
 
 
 def agent_journal(agent: Agent, run_id: int) -> dict[str, Any] | None:
@@ -499,6 +502,9 @@ def test_scheduler_failover_while_a_job_runs_on_an_agent(
     wait_for(lambda: second.pid in [s["pid"] for s in vigil_json(state_dir, "status")["standbys"]], 10)
     vigil(state_dir, "run", "long")
     running = wait_state(state_dir, "long", {"running"})
+    # while it runs, `vigil logs` reads the log from the agent
+    live = wait_for(lambda: vigil(state_dir, "logs", str(running["id"]), jobs=jobs_dir).stdout, 5)
+    assert live == "start-L\n"
     first.kill9()
     second.wait_active()
     epoch = query(state_dir, "SELECT epoch FROM leader")[0]["epoch"]
@@ -511,7 +517,7 @@ def test_scheduler_failover_while_a_job_runs_on_an_agent(
     wait_for(lambda: (agent_journal(agent, done["id"]) or {}).get("acked_at"), 5, what="the new active's ack")
     status = httpx.get(agent.url + "/status", headers=AUTH).json()
     assert status["max_epoch"] == epoch and status["open"] == []
-    assert "done-L" in vigil(state_dir, "logs", str(done["id"]), jobs=jobs_dir).stdout
+    assert vigil(state_dir, "logs", str(done["id"]), jobs=jobs_dir).stdout == "start-L\ndone-L\n"
 
 
 def test_stale_epoch_commands_are_refused(start_up, agents, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:

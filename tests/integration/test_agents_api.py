@@ -1,0 +1,153 @@
+"""The agent protocol and pool choice without sockets: pure functions, and the ASGI app driven through
+httpx.ASGITransport (the transport seam). The agent still runs real shims in a temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.agent_protocol import (
+    AgentClient,
+    AgentNotFound,
+    AgentRefused,
+    is_loopback_host,
+    split_host_port,
+)
+from engine.agent_server import AgentApp, AgentService
+from engine.agents import choose_member, targets_of
+from engine.errors import StaleEpochError
+from engine.model import AgentSpec, PoolSpec, Settings
+
+
+def up(*names: str):
+    return lambda name: name in names
+
+
+def test_fixed_priority_takes_the_first_healthy_member() -> None:
+    members = ("a", "b", "c")
+    assert choose_member(members, up("a", "b", "c"), "fixed-priority", 0) == ("a", 0)
+    assert choose_member(members, up("b", "c"), "fixed-priority", 0) == ("b", 0)
+    assert choose_member(members, up(), "fixed-priority", 0) == (None, 0)
+
+
+def test_round_robin_rotates_over_healthy_members() -> None:
+    members = ("a", "b", "c")
+    picks, cursor = [], 0
+    for _ in range(6):
+        pick, cursor = choose_member(members, up("a", "b", "c"), "round-robin", cursor)
+        picks.append(pick)
+    assert picks == ["a", "b", "c", "a", "b", "c"]
+    picks = []
+    for _ in range(4):
+        pick, cursor = choose_member(members, up("a", "c"), "round-robin", cursor)
+        picks.append(pick)
+    assert picks == ["a", "c", "a", "c"]
+    assert choose_member(members, up(), "round-robin", 2) == (None, 2)
+    assert choose_member((), up("a"), "round-robin", 0) == (None, 0)
+
+
+def test_targets_of_agent_pool_and_unknown() -> None:
+    settings = Settings(
+        agents={n: AgentSpec(name=n, url=f"http://{n}:1") for n in ("a", "b")},
+        pools={"p": PoolSpec(name="p", agents=("b", "a"), mode="round-robin")},
+    )
+    assert targets_of("a", settings) == (("a",), "fixed-priority")
+    assert targets_of("p", settings) == (("b", "a"), "round-robin")
+    assert targets_of("zz", settings) == ((), "fixed-priority")
+
+
+def test_listen_address_parsing_and_loopback() -> None:
+    assert split_host_port("127.0.0.1:8765") == ("127.0.0.1", 8765)
+    assert split_host_port("[::1]:0") == ("::1", 0)
+    with pytest.raises(ValueError):
+        split_host_port("8765")
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("::1") and is_loopback_host("localhost")
+    assert not is_loopback_host("0.0.0.0") and not is_loopback_host("::") and not is_loopback_host("10.1.2.3")
+
+
+@pytest.fixture
+async def service(tmp_path: Path):
+    svc = AgentService(tmp_path / "agent")
+    yield svc
+    svc.close()
+
+
+def client_for(service: AgentService, epoch: int | None, token: str | None = "tok", sent: str | None = "tok"):
+    token_file = None
+    if sent is not None:
+        token_file = service.state_dir.parent / f"sent-{sent}"
+        token_file.write_text(sent)
+    spec = AgentSpec(name="asgi", url="http://agent.test", token_file=str(token_file) if token_file else None)
+    return AgentClient(spec, epoch=epoch, transport=httpx.ASGITransport(app=AgentApp(service, token)))
+
+
+def body(run_id: int, command: str = "echo hello $VIGIL_JOB") -> dict:
+    return {
+        "run_id": run_id,
+        "job": "j",
+        "scheduled_for": "2030-01-01T00:00:00+00:00",
+        "attempt": 1,
+        "command": command,
+    }
+
+
+async def test_dispatch_result_log_and_ack_through_the_transport_seam(service: AgentService) -> None:
+    client = client_for(service, epoch=3)
+    status = await client.dispatch(body(7))
+    assert status.state == "running" and status.run_id == 7
+    assert (await client.dispatch(body(7))).started_at == status.started_at  # idempotent
+    instance, results = await client.results(0, wait=5)
+    assert instance == service.instance and [r.run_id for r in results] == [7]
+    assert results[0].exit_code == 0 and results[0].seq == 1
+    data, offset, size, state = await client.log(7, 0)
+    assert data == b"hello j\n" and offset == size == 8 and state == "finished"
+    await client.ack([7])
+    assert (await client.results(0, wait=0))[1] == []
+    with pytest.raises(AgentNotFound):
+        await client.run(8)
+    await client.aclose()
+
+
+async def test_auth_and_epoch_fencing_through_the_transport_seam(service: AgentService) -> None:
+    wrong = client_for(service, epoch=3, sent="nope")
+    with pytest.raises(AgentRefused) as refused:
+        await wrong.status()
+    assert refused.value.status == 401
+    newer, older = client_for(service, epoch=4), client_for(service, epoch=2)
+    assert (await newer.status())["max_epoch"] == 4  # any request raises the highest epoch seen
+    assert (await older.status())["max_epoch"] == 4  # reads stay allowed for a lower epoch
+    with pytest.raises(StaleEpochError):
+        await older.dispatch(body(9, "true"))
+    with pytest.raises(StaleEpochError):
+        await older.ack([9])
+    assert service.journal.get(9) is None
+    status = await newer.dispatch(body(10, "sleep 30"))
+    with pytest.raises(StaleEpochError):
+        await older.kill(10, "kill")
+    killed = await newer.kill(10, "kill")
+    assert killed.killed == "kill"
+    for _ in range(100):
+        if (await newer.run(10)).done:
+            break
+        await asyncio.sleep(0.05)
+    final = await newer.run(10)
+    assert final.state == "finished" and final.killed == "kill" and final.exit_code != 0
+    assert status.run_id == 10
+    for c in (wrong, newer, older):
+        await c.aclose()
+
+
+async def test_bad_dispatches_are_refused(service: AgentService) -> None:
+    client = client_for(service, epoch=1)
+    for bad in ({**body(1), "command": ""}, {**body(1), "env": {"A": 1}}, {"run_id": 1, "epoch": 1}):
+        with pytest.raises(AgentRefused) as refused:
+            await client._request("POST", "/runs", json=bad)
+        assert refused.value.status == 400
+    await client.dispatch(body(2, "true"))
+    with pytest.raises(AgentRefused) as clash:
+        await client.dispatch({**body(2, "true"), "job": "other"})
+    assert clash.value.status == 409 and "already used" in str(clash.value)
+    await client.aclose()
