@@ -93,6 +93,7 @@ class RunStatus:
     killed: str | None = None  #: "timeout" | "kill" when the agent ended it on purpose
     reason: str | None = None
     seq: int | None = None  #: order of finishing; results are paged by it
+    log_b64: str | None = None  #: the whole log, in /results answers, when it is small
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> RunStatus:

@@ -24,6 +24,7 @@ A run whose agent comes back without any record of it ends `unknown`, never sile
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -472,7 +473,7 @@ class AgentDispatcher:
         flight.phase = "collecting"
         if info.state is not RunState.RUNNING:
             self._mark_running(flight, status)
-        await self._copy_log(link, info.id)
+        await self._copy_log(link, info.id, status.log_b64)
         if info.kill_requested is None and status.killed:
             info.kill_requested = status.killed  # the agent enforced the timeout itself
         exit_code = status.exit_code if status.state == FINISHED else None
@@ -488,12 +489,19 @@ class AgentDispatcher:
         link.ack_pending.add(info.id)
         self.s.report_finished(result)
 
-    async def _copy_log(self, link: AgentLink, run_id: int) -> None:
+    async def _copy_log(self, link: AgentLink, run_id: int, inline: str | None = None) -> None:
         """Bring the finished run's log home, so `vigil logs` and the dashboard read it locally."""
-        if link.client is None:
-            return
         run_dir = self.s.paths.run_dir(run_id)
         part = run_dir / "log.part"
+        if inline is not None:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "log").write_bytes(base64.b64decode(inline))
+                return
+            except (OSError, ValueError) as exc:
+                log.warning("run %d: could not store its log: %s", run_id, exc)
+        if link.client is None:
+            return
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             offset = 0
