@@ -37,7 +37,8 @@ def _read(fd: int, seconds: float) -> bytes:
 
 
 def test_vigil_monitor_in_a_pty_shows_a_job_changing_state(start_up, state_dir: Path, jobs_dir: Path) -> None:
-    write_job(jobs_dir, "pty/blink", 'every = "1s"\ncommand = "sleep 0.6"\n')
+    # Runs 1.2 s of every 2 s: two 1-second refreshes per period cannot both miss it running.
+    write_job(jobs_dir, "pty/blink", 'every = "2s"\ncommand = "sleep 1.2"\n')
     up = start_up()
     up.wait_active()
     master, slave = os.openpty()

@@ -101,15 +101,25 @@ def banner(state: HeaderState) -> tuple[str, str] | None:
 class StatusHeader(Static):
     """One line: active pid/epoch (or none), standbys, agents up/total, data freshness."""
 
+    _shown = ""
+
     def show(self, state: HeaderState) -> None:
-        self.update(header_markup(state))
+        markup = header_markup(state)
+        if markup != self._shown:
+            self._shown = markup
+            self.update(markup)
 
 
 class Banner(Static):
     """A full-width coloured line for what an operator must not miss (no active, stale, read-only)."""
 
+    _shown: tuple[str, str] | bool | None = False
+
     def show(self, state: HeaderState) -> None:
         found = banner(state)
+        if found == self._shown:
+            return
+        self._shown = found
         self.set_class(found is not None, "-shown")
         for level in ("error", "warning", "info"):
             self.set_class(found is not None and found[1] == level, f"-{level}")
@@ -124,11 +134,15 @@ class ViewBar(Static):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.view = view
         self.summary = ""
+        self._rendered = False
 
     def on_mount(self) -> None:
         self.set_summary("")
 
     def set_summary(self, summary: str) -> None:
+        if summary == self.summary and self.is_mounted and self._rendered:
+            return
+        self._rendered = True
         self.summary = summary
         tabs = []
         for i, (mode, label) in enumerate(VIEWS, start=1):

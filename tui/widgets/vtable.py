@@ -174,7 +174,7 @@ class VirtualTable(ScrollView, can_focus=True):
         old_cursor = self._cursor_key
         old_offset = self.cursor_index - round(self.scroll_y) if old_cursor is not None else 0
         old_index = self.cursor_index
-        same_order = list(keys) == self._keys
+        same_order = keys is self._keys or list(keys) == self._keys
         if not same_order:
             self._keys = list(keys)
             self._index = {k: i for i, k in enumerate(self._keys)}
@@ -188,7 +188,9 @@ class VirtualTable(ScrollView, can_focus=True):
             self._cursor_key = None
         elif old_cursor not in self._index:
             self._cursor_key = self._keys[min(old_index, len(self._keys) - 1)]
-        self.virtual_size = Size(self.size.width, len(self._keys) + 1)
+        virtual = Size(self.size.width, len(self._keys) + 1)
+        if virtual != self.virtual_size:
+            self.virtual_size = virtual
         if not same_order and self._cursor_key is not None:
             if self._cursor_key == old_cursor:
                 self.scroll_to(y=max(0, self.cursor_index - old_offset), animate=False, force=True)
