@@ -747,6 +747,9 @@ def serve_agent(args: Any) -> int:
     if (args.tls_key or args.tls_client_ca) and not args.tls_cert:
         raise VigilError("--tls-key and --tls-client-ca need --tls-cert")
     state_dir = Path(args.state).resolve()
+    if (state_dir / "vigil.db").exists() or (state_dir / "leader.lock").exists():
+        # Run directories are named by run id: sharing them with a scheduler would mix two runs.
+        raise VigilError(f"{state_dir} is a scheduler's state directory; give the agent its own --state DIR")
     state_dir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_serve(host, port, state_dir, token, args))
 

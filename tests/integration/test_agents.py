@@ -160,6 +160,12 @@ def wait_state(state: Path, job: str, states: set[str], timeout: float = 10.0) -
 
 def make_certs(folder: Path) -> dict[str, Path]:
     """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        return make_certs_openssl(folder)
+    if os.environ.get("VIGIL_TEST_CERTS") == "openssl":
+        return make_certs_openssl(folder)
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -240,6 +246,35 @@ def make_certs(folder: Path) -> dict[str, Path]:
         "server_key": server_key,
         "client_cert": client_cert,
         "client_key": client_key,
+    }
+
+
+def make_certs_openssl(folder: Path) -> dict[str, Path]:
+    """The same certificates with the `openssl` command (when the cryptography package is absent)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("neither the cryptography package nor the openssl command is available")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def ssl_cmd(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder, timeout=30)
+
+    ssl_cmd("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", "/CN=vigil test CA", "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    for stem, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (folder / f"{stem}.ext").write_text(ext + "\n")
+        ssl_cmd("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-subj", f"/CN={stem}", "-keyout", f"{stem}.key", "-out", f"{stem}.csr")  # fmt: skip
+        ssl_cmd("x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "1", "-extfile", f"{stem}.ext", "-out", f"{stem}.pem")  # fmt: skip
+    return {
+        "ca": folder / "ca.pem",
+        "server_cert": folder / "server.pem",
+        "server_key": folder / "server.key",
+        "client_cert": folder / "client.pem",
+        "client_key": folder / "client.key",
     }
 
 
