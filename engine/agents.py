@@ -127,7 +127,8 @@ class AgentLink:
     last_contact: datetime | None = None
     instance: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
-    cursor: int = 0  #: highest result seq seen from this instance
+    cursor: int = 0  #: highest result seq seen from `results_instance` (owned by the collector)
+    results_instance: str | None = None
     ack_pending: set[int] = field(default_factory=set)
     acking: bool = False
     rebuild: bool = False
@@ -183,8 +184,6 @@ class AgentDispatcher:
         flight = self.flights.get(info.id)
         if flight is None:
             flight = Flight(info=info, target=job.agent or "")
-            if flight.target in self.s.settings.agents:
-                flight.member = flight.target  # runs.agent already names it: no extra write
             self.flights[info.id] = flight
         self._drive_soon(flight)
 
@@ -218,6 +217,8 @@ class AgentDispatcher:
                 return
             flight.member, flight.phase, flight.sticky = recorded, "running", True
             # The poll checks the run is in the agent's journal; results come through the collector.
+            if info.kill_requested:
+                self.kill(info)  # delivered once the agent is reachable (or `unknown` after the limit)
             return
         # launching or waiting: the dispatch may or may not have reached `recorded`. Re-sending it
         # is safe (idempotent by run id), and only that agent may have it.
@@ -392,8 +393,8 @@ class AgentDispatcher:
         link.last_contact = datetime.now(UTC)
         instance = str(status.get("instance"))
         if link.instance is not None and instance != link.instance:
+            # Its open runs are checked below; the collector restarts its cursor on its own.
             log.warning("agent %s restarted with a new journal (instance %s)", link.name, instance)
-            link.cursor = 0
         link.instance = instance
         if status.get("max_epoch", 0) > self.s.epoch:
             link.up, link.error = False, f"stale epoch: the agent has seen epoch {status['max_epoch']}"
@@ -420,16 +421,17 @@ class AgentDispatcher:
             if client is None or link.up is False:
                 await asyncio.sleep(self.s.settings.agent_poll_interval)
                 continue
+            asked_instance, asked_after = link.results_instance, link.cursor
             try:
-                instance, results = await client.results(link.cursor, RESULTS_WAIT)
+                instance, results = await client.results(asked_after, RESULTS_WAIT)
             except AgentError:
                 await asyncio.sleep(self.s.settings.agent_poll_interval)
                 continue
-            if link.instance is not None and instance != link.instance:
-                link.cursor = 0
-                link.instance = instance
-                continue
-            link.instance = instance
+            if instance != asked_instance:
+                # A new journal numbers its results from 1: start over from the beginning.
+                link.results_instance, link.cursor = instance, 0
+                if asked_after != 0:
+                    continue
             for status in results:
                 link.cursor = max(link.cursor, status.seq or 0)
                 await self._on_result(link, status)
@@ -613,6 +615,7 @@ class AgentDispatcher:
                     continue
                 if flight.member != member:
                     # Persisted before the request: a later active then knows the one agent to ask.
+                    # (Even for a single agent: the row was written from the job as it was then.)
                     flight.member = member
                     self.s.ledger.defer(SQL_RUN_AGENT, (member, self.s.epoch, info.id))
                     await self.s.ledger.flush()
