@@ -218,5 +218,6 @@ class RunScreen(ViewScreen):
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
-        if self.record is not None and self.record.is_open:
-            self._timer.resume()
+        timer = getattr(self, "_timer", None)  # resume can arrive before mount
+        if timer is not None and self.record is not None and self.record.is_open:
+            timer.resume()
