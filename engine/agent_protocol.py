@@ -25,12 +25,13 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .errors import AgentError, StaleEpochError
 from .model import AgentSpec
+
+if TYPE_CHECKING:
+    import httpx
 
 EPOCH_HEADER = "X-Vigil-Epoch"
 LOG_OFFSET_HEADER = "X-Vigil-Log-Offset"
@@ -53,6 +54,13 @@ DISPATCH_FIELDS = (
     "scheduled_for",
     "attempt",
 )
+
+
+def load_httpx() -> Any:
+    """httpx, imported on first use: it costs ~0.12 s, which a scheduler without agents never pays."""
+    import httpx
+
+    return httpx
 
 
 class AgentUnreachable(AgentError):
@@ -164,6 +172,7 @@ class AgentClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
+        httpx = load_httpx()
         self.spec = spec
         self.epoch = epoch  #: None for read-only callers (the CLI), which never send commands
         headers = {EPOCH_HEADER: str(epoch)} if epoch is not None else {}
@@ -186,6 +195,7 @@ class AgentClient:
         await self.http.aclose()
 
     async def _request(self, method: str, path: str, *, read_timeout: float | None = None, **kw: Any) -> httpx.Response:
+        httpx = load_httpx()
         if read_timeout is not None:
             kw["timeout"] = httpx.Timeout(read_timeout + 5.0, connect=3.0)
         try:

@@ -35,8 +35,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from .agent_protocol import (
     FINISHED,
     AgentAmbiguous,
@@ -45,6 +43,7 @@ from .agent_protocol import (
     AgentRefused,
     AgentUnreachable,
     RunStatus,
+    load_httpx,
 )
 from .db import iso
 from .errors import AgentError, FencedError, StaleEpochError, VigilError
@@ -52,6 +51,8 @@ from .executor import ShimExit
 from .model import AgentSpec, RunState, Settings
 
 if TYPE_CHECKING:
+    import httpx
+
     from .model import JobSpec
     from .scheduler import RunInfo, Scheduler
 
@@ -322,7 +323,11 @@ class AgentDispatcher:
 
     async def _supervise(self) -> None:
         """Keep links in step with vigil.toml; retry kills and acks; nudge waiting runs."""
+        httpx_loaded = False
         while not self._closed:
+            if not httpx_loaded and self.s.settings.agents:
+                await asyncio.to_thread(load_httpx)  # off the loop: the import takes ~0.1 s
+                httpx_loaded = True
             try:
                 self._sync_links()
                 self._tick_kills()
