@@ -20,6 +20,7 @@ A request whose epoch is lower than the highest the agent has seen is answered 4
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import ssl
@@ -33,6 +34,7 @@ from .model import AgentSpec
 if TYPE_CHECKING:
     import httpx
 
+MAX_CONCURRENT = 4  #: requests in flight to one agent (the results long-poll aside)
 EPOCH_HEADER = "X-Vigil-Epoch"
 LOG_OFFSET_HEADER = "X-Vigil-Log-Offset"
 LOG_SIZE_HEADER = "X-Vigil-Log-Size"
@@ -187,9 +189,13 @@ class AgentClient:
             base_url=spec.url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            limits=httpx.Limits(max_connections=MAX_CONCURRENT + 2, max_keepalive_connections=MAX_CONCURRENT + 2),
             **kwargs,
         )
+
+        # httpcore's pool re-scans every queued request against every connection (quadratic): keep
+        # its queue short by queueing here instead; the results long-poll does not take a slot.
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -199,7 +205,11 @@ class AgentClient:
         if read_timeout is not None:
             kw["timeout"] = httpx.Timeout(read_timeout + 5.0, connect=3.0)
         try:
-            response = await self.http.request(method, path, **kw)
+            if read_timeout is not None:
+                response = await self.http.request(method, path, **kw)
+            else:
+                async with self._slots:
+                    response = await self.http.request(method, path, **kw)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise AgentUnreachable(f"agent {self.spec.name} at {self.spec.url} is unreachable: {exc}") from exc
         except httpx.TransportError as exc:

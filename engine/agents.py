@@ -502,8 +502,7 @@ class AgentDispatcher:
         part = run_dir / "log.part"
         if inline is not None:
             try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "log").write_bytes(base64.b64decode(inline))
+                await asyncio.to_thread(_store_log, run_dir, base64.b64decode(inline))
                 return
             except (OSError, ValueError) as exc:
                 log.warning("run %d: could not store its log: %s", run_id, exc)
@@ -764,6 +763,11 @@ class AgentDispatcher:
             elif self._healthy(flight.member or "") and now >= flight.kill_retry_at:
                 flight.kill_retry_at = now + self.s.settings.agent_poll_interval
                 self._spawn(self._send_kill(flight))
+
+
+def _store_log(run_dir: Path, data: bytes) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "log").write_bytes(data)
 
 
 def _parse(text: str | None) -> datetime | None:
