@@ -73,20 +73,26 @@ def main() -> None:
     duration = t_end - t_start
     print(f"machine: {machine()}")
     print(f"{kills} SIGKILLs of the active over {duration:.0f} s with 3 instances; {stalls} takeovers slower than 10 s")
-    print(f"duplicates {dup_tick + dup_work}, lost fires {lost_tick + lost_work}, runs launched {ran}, "
-          f"unknown outcomes {unknown}, wrong exit codes {wrong_exit}, integrity {integrity}, orphans {orphans}")
-    print(json.dumps({
-        "kills": kills,
-        "duration_s": round(duration, 1),
-        "stalls": stalls,
-        "duplicates": dup_tick + dup_work,
-        "lost": lost_tick + lost_work,
-        "runs_launched": ran,
-        "unknown": unknown,
-        "wrong_exit_codes": wrong_exit,
-        "integrity_ok": integrity == "ok",
-        "orphans": orphans,
-    }))
+    print(
+        f"duplicates {dup_tick + dup_work}, lost fires {lost_tick + lost_work}, runs launched {ran}, "
+        f"unknown outcomes {unknown}, wrong exit codes {wrong_exit}, integrity {integrity}, orphans {orphans}"
+    )
+    print(
+        json.dumps(
+            {
+                "kills": kills,
+                "duration_s": round(duration, 1),
+                "stalls": stalls,
+                "duplicates": dup_tick + dup_work,
+                "lost": lost_tick + lost_work,
+                "runs_launched": ran,
+                "unknown": unknown,
+                "wrong_exit_codes": wrong_exit,
+                "integrity_ok": integrity == "ok",
+                "orphans": orphans,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -65,24 +65,32 @@ def main() -> None:
     finally:
         cluster.close()
     print(f"machine: {machine()}")
-    print(f"SIGKILL of the active, {len(crash)} trials: gap to first launch median {statistics.median(crash):.1f} ms, "
-          f"p90 {percentile(crash, 0.9):.1f} ms, max {max(crash):.1f} ms (target: median <= 200 ms, max <= 1 s)")
+    print(
+        f"SIGKILL of the active, {len(crash)} trials: gap to first launch median {statistics.median(crash):.1f} ms, "
+        f"p90 {percentile(crash, 0.9):.1f} ms, max {max(crash):.1f} ms (target: median <= 200 ms, max <= 1 s)"
+    )
     if hang:
-        print(f"SIGSTOP of the active, {len(hang)} trials (heartbeat timeout {args.hang_timeout}): median "
-              f"{statistics.median(hang):.0f} ms, max {max(hang):.0f} ms (target: <= timeout + 1 s)")
+        print(
+            f"SIGSTOP of the active, {len(hang)} trials (heartbeat timeout {args.hang_timeout}): median "
+            f"{statistics.median(hang):.0f} ms, max {max(hang):.0f} ms (target: <= timeout + 1 s)"
+        )
     print(f"duplicates {duplicates}, lost fires {lost}, integrity {integrity} (targets: 0, 0, ok)")
     print("for comparison: JAMS detects a dead primary after ~180 s; JS7 fails over in 3-5 s typically")
-    print(json.dumps({
-        "crash_gap_median_ms": round(statistics.median(crash), 1),
-        "crash_gap_p90_ms": round(percentile(crash, 0.9), 1),
-        "crash_gap_max_ms": round(max(crash), 1),
-        "hang_gap_median_ms": round(statistics.median(hang), 1) if hang else None,
-        "hang_gap_max_ms": round(max(hang), 1) if hang else None,
-        "hang_timeout": args.hang_timeout,
-        "trials": len(crash) + len(hang),
-        "duplicates": duplicates,
-        "lost": lost,
-    }))
+    print(
+        json.dumps(
+            {
+                "crash_gap_median_ms": round(statistics.median(crash), 1),
+                "crash_gap_p90_ms": round(percentile(crash, 0.9), 1),
+                "crash_gap_max_ms": round(max(crash), 1),
+                "hang_gap_median_ms": round(statistics.median(hang), 1) if hang else None,
+                "hang_gap_max_ms": round(max(hang), 1) if hang else None,
+                "hang_timeout": args.hang_timeout,
+                "trials": len(crash) + len(hang),
+                "duplicates": duplicates,
+                "lost": lost,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
