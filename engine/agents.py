@@ -180,11 +180,11 @@ class AgentDispatcher:
 
     # ---------------------------------------------------------------- scheduler hooks
 
-    def launch(self, info: RunInfo, job: JobSpec) -> None:
-        """Start driving a committed `launching` run to an agent (returns at once)."""
+    def launch(self, info: RunInfo) -> None:
+        """Start driving a committed `launching` run to its agent or pool (returns at once)."""
         flight = self.flights.get(info.id)
         if flight is None:
-            flight = Flight(info=info, target=job.agent or "")
+            flight = Flight(info=info, target=info.agent or "")
             self.flights[info.id] = flight
         self._drive_soon(flight)
 

@@ -54,7 +54,7 @@ class StateReader:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = connect(self.paths, create=not self.paths.db.exists())
+            self._conn = connect(self.paths, create=False)  # a reader never makes state
             self._conn.execute("PRAGMA query_only=ON")
         return self._conn
 
@@ -127,20 +127,6 @@ class StateReader:
     def paused_jobs(self) -> set[str]:
         return {row["job"] for row in self._all("SELECT job FROM job_state WHERE paused = 1")}
 
-    def latest_runs(
-        self, names: list[str] | None = None, per_job: int = 1
-    ) -> dict[str, list[dict[str, Any]]]:
-        """The newest `per_job` runs of each job (for last result and trend), newest first."""
-        sql = (
-            f"SELECT {', '.join(RUN_FIELDS)} FROM (SELECT *, ROW_NUMBER() OVER "
-            "(PARTITION BY job ORDER BY id DESC) AS rn FROM runs) WHERE rn <= ? ORDER BY job, id DESC"
-        )
-        out: dict[str, list[dict[str, Any]]] = {}
-        for row in self._all(sql, (per_job,)):
-            if names is None or row["job"] in names:
-                out.setdefault(row["job"], []).append(row)
-        return out
-
     # ------------------------------------------------ incremental reads (added for the dashboard)
 
     def max_run_id(self) -> int:
@@ -163,11 +149,7 @@ class StateReader:
         return out
 
     def latest_run_per_job(self) -> dict[str, dict[str, Any]]:
-        """The newest run of every catalogued job, one index seek per job.
-
-        `latest_runs()` numbers every row of `runs`, which costs seconds at a million runs; this
-        costs O(jobs).
-        """
+        """The newest run of every catalogued job, one index seek per job (O(jobs), not O(runs))."""
         sql = (
             f"SELECT {', '.join(RUN_FIELDS)} FROM runs WHERE id IN (SELECT "
             "(SELECT id FROM runs x WHERE x.job = j.name ORDER BY id DESC LIMIT 1) FROM jobs j)"

@@ -104,19 +104,19 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     result = load_folder(Path(args.jobs))
     paused: set[str] = set()
-    latest: dict[str, list[dict[str, Any]]] = {}
+    latest: dict[str, dict[str, Any]] = {}
     paths = _state(args)
     if paths.db.exists():
         reader = _reader(args)
         paused = reader.paused_jobs()
-        latest = reader.latest_runs()
+        latest = reader.latest_run_per_job()
         reader.close()
     now = datetime.now(UTC)
     docs = []
     for name, job in sorted(result.jobs.items()):
         trigger = schedule.trigger_for(job)
         nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
-        last = latest.get(name, [None])[0]
+        last = latest.get(name)
         docs.append(
             {
                 "name": name,
@@ -474,7 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_monitor)
 
-    p = sub.add_parser("agent", parents=[common], help="serve jobs for a remote scheduler over HTTP")
+    p = sub.add_parser("agent", help="serve jobs for a remote scheduler over HTTP")
+    p.add_argument(
+        "--state",
+        default=os.environ.get("VIGIL_AGENT_STATE", "./.vigil-agent"),
+        help="the agent's journal and run directories (default: $VIGIL_AGENT_STATE or ./.vigil-agent); "
+        "never a scheduler's state directory",
+    )
     p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT")
     p.add_argument("--token-file", help="file holding the bearer token (required off loopback)")
     p.add_argument("--tls-cert")

@@ -33,6 +33,12 @@ class ControlClient:
         try:
             sock.sendall(encode({"op": op, "user": os_user(), **args}))
             reply = read_line(sock)
+        except TimeoutError as exc:
+            raise ControlError(f"the active scheduler did not answer {op!r} within {self.timeout:g}s") from exc
+        except OSError as exc:
+            raise ControlError(f"lost the connection to the active scheduler during {op!r}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ControlError(f"the active scheduler sent an unreadable reply to {op!r}: {exc}") from exc
         finally:
             sock.close()
         if reply is None:

@@ -41,7 +41,8 @@ SQL_RUNNING = (
 )
 SQL_FINISH = (
     "UPDATE runs SET state = ?, reason = ?, exit_code = ?, ended_at = ?, pid = COALESCE(?, pid), "
-    "cpu_s = ?, peak_rss = ?, writer_epoch = ? WHERE id = ?"
+    "cpu_s = ?, peak_rss = ?, writer_epoch = ? "
+    "WHERE id = ? AND state IN ('pending', 'waiting', 'launching', 'running')"
 )
 SQL_LAUNCHING = "UPDATE runs SET state = 'launching', writer_epoch = ? WHERE id = ?"
 SQL_KILL_REQUEST = "UPDATE runs SET kill_requested = ?, writer_epoch = ? WHERE id = ?"
@@ -75,6 +76,7 @@ class RunInfo:
     kill_requested: str | None = None
     deadline: datetime | None = None
     not_before: datetime | None = None
+    agent: str | None = None  #: where it was sent (agent or pool); None runs locally
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Scheduler:
         self._retry_heap: list[tuple[float, int]] = []
         self._deadline_heap: list[tuple[float, int]] = []
         self._finished: list[ShimExit] = []
+        self._carry = Batch()  # ends decided mid-commit (failed launches), committed next iteration
         self._commands: list[Command] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -286,6 +289,7 @@ class Scheduler:
                 kill_requested=row["kill_requested"],
                 deadline=parse_iso(row["deadline"]),
                 not_before=parse_iso(row["not_before"]),
+                agent=row["agent"],
             )
             if row["agent"] and "agent" in self.executors and info.state is not RunState.PENDING:
                 self.executors["agent"].reconcile_row(info, row, batch)
@@ -431,7 +435,7 @@ class Scheduler:
 
     async def _iteration(self) -> None:
         now = self.clock.now()
-        batch = Batch()
+        batch, self._carry = self._carry, Batch()
         self._handle_finished(now, batch)
         self._handle_deadlines(now)
         self._handle_retries(now, batch)
@@ -483,8 +487,9 @@ class Scheduler:
         if job is None:
             self._finish_later(info, RunState.FAILED, f"job {info.job} no longer exists", now)
             return
-        if job.agent and "agent" in self.executors:
-            self.executors["agent"].launch(info, job)
+        info.agent = job.agent  # a pending run launches as its job is configured now
+        if info.agent and "agent" in self.executors:
+            self.executors["agent"].launch(info)
             return
         assert self.executor is not None
         env = dict(os.environ)
@@ -559,6 +564,7 @@ class Scheduler:
             trigger=trigger,
             state=state,
             not_before=not_before,
+            agent=spec.agent if spec else None,
         )
         if not state.terminal:
             self._track(info)
@@ -710,8 +716,8 @@ class Scheduler:
             self._kill_running(info)
 
     def _kill_running(self, info: RunInfo) -> None:
-        job = self.jobs.get(info.job)
-        if job is not None and job.agent and "agent" in self.executors:
+        # Where the run went, not where its job points now (the file may have changed since).
+        if info.agent and "agent" in self.executors:
             self.executors["agent"].kill(info)
         elif self.executor is not None:
             self.executor.kill(info.id)
@@ -733,8 +739,8 @@ class Scheduler:
             if info is None:
                 continue
             if result.exit_code is None:
-                state = RunState(getattr(result, "state", None) or RunState.UNKNOWN)
-                reason = result_reason(result) or "the shim left no exit record"
+                state = RunState(result.state or RunState.UNKNOWN)
+                reason = result.reason or "the shim left no exit record"
             elif info.kill_requested == "timeout":
                 job = self.jobs.get(info.job)
                 limit = f" of {job.timeout:g}s" if job and job.timeout else ""
@@ -748,15 +754,9 @@ class Scheduler:
             self._finish_run(info, state, reason, result, now, batch)
 
     def _finish_later(self, info: RunInfo, state: RunState, reason: str, now: datetime) -> None:
-        batch = Batch()
-        self._finish_run(info, state, reason, None, now, batch)
-        for sql, params in batch.statements:
-            self.ledger.defer(sql, params)
-        for row in batch.rows:
-            self.ledger.defer(
-                f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
-                tuple(row.values()),
-            )
+        """End a run from inside a commit; what follows (retry, queued run) goes into the next one."""
+        self._finish_run(info, state, reason, None, now, self._carry)
+        self._wake.set()
 
     def _finish_run(
         self,
@@ -903,7 +903,9 @@ class Scheduler:
 
     def _handle_command(self, cmd: Command, now: datetime, batch: Batch) -> dict[str, Any]:
         user = str(cmd.args.get("user", "?"))
-        target = str(cmd.args.get("job") or cmd.args.get("run_id") or "")
+        # A rerun names the run it repeats (its job is in the result and in the new row).
+        key = "run_id" if cmd.op in ("kill", "rerun") else "job"
+        target = str(cmd.args.get(key) or "")
 
         def audit(result: str) -> None:
             batch.statements.append((SQL_AUDIT, (iso(now), user, cmd.op, target, result, self.epoch)))
@@ -984,10 +986,6 @@ class Scheduler:
             "paused": sorted(self.paused),
             "config_errors": len(self.job_errors),
         }
-
-
-def result_reason(result: ShimExit) -> str | None:
-    return getattr(result, "reason", None)
 
 
 def _job_name_for(path: str, root: str) -> str:

@@ -113,7 +113,7 @@ def test_restart_adopts_a_running_job_and_records_its_exit(
     first.kill9()
     second = start_up()
     second.wait_active()
-    assert "adopted run" in second.output()
+    wait_for(lambda: "adopted run" in second.output(), 5)
     gate.touch()
     done = wait_for(lambda: terminal(state_dir, "long"), 10)
     assert done[0]["exit_code"] == 4 and done[0]["state"] == "failed"

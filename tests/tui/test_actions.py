@@ -108,7 +108,7 @@ async def test_actions_reach_the_scheduler_and_are_audited(start_up, state_dir: 
     assert actions == [
         ("run", "act/sleeper"),
         ("kill", str(killed_id)),
-        ("rerun", "act/sleeper"),  # the engine audits a rerun under the job's name (result: "rerun as N")
+        ("rerun", str(killed_id)),
         ("kill", str(rerun_id)),
         ("pause", "act/quick"),
         ("resume", "act/quick"),
