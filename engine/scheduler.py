@@ -790,6 +790,7 @@ class Scheduler:
         )
         job = self.jobs.get(info.job)
         if job is None:
+            self._start_queued(info.job, batch)  # each queued run then ends: its job is gone
             return
         if state is RunState.SUCCEEDED:
             self.last_success[info.job] = now

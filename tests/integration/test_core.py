@@ -13,6 +13,9 @@ import psutil
 from tests.helpers import runs, vigil, vigil_json, wait_for, write_job
 
 
+OPEN = ("pending", "waiting", "launching", "running")
+
+
 def terminal(state: Path, job: str) -> list[dict]:
     return [r for r in runs(state, "--job", job) if r["state"] not in ("pending", "launching", "running")]
 
@@ -195,6 +198,27 @@ def test_live_reload_picks_up_new_and_broken_files(start_up, state_dir: Path, jo
     wait_for(lambda: len(runs(state_dir, "--job", "first")) > before + 1, 4)
     catalog = {j["name"]: j for j in vigil_json(state_dir, "jobs", jobs=jobs_dir)}
     assert "second" in catalog
+
+
+def test_queued_runs_of_a_deleted_job_all_end_with_a_reason(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    write_job(
+        jobs_dir, "slow", f'every = "1s"\noverlap = "queue"\ncommand = "while [ ! -e {gate} ]; do sleep 0.05; done"\n'
+    )
+    start_up().wait_active()
+    wait_for(lambda: len([r for r in runs(state_dir, "--job", "slow") if r["state"] == "pending"]) >= 2, 6)
+    (jobs_dir / "slow.toml").unlink()
+    time.sleep(1.5)  # the rescan drops the job; its running run and queue stay
+    gate.touch()
+    # The running run ends; each queued one then cannot start, and must not hang in `launching`.
+    ended = wait_for(lambda: not [r for r in runs(state_dir, "--job", "slow") if r["state"] in OPEN], 6, what="every run of the deleted job to end")
+    rows = runs(state_dir, "--job", "slow")
+    assert ended and rows[-1]["state"] == "succeeded"
+    queued = [r for r in rows if r["state"] != "succeeded"]
+    assert len(queued) >= 2
+    assert {(r["state"], r["reason"]) for r in queued} == {("failed", "job slow no longer exists")}
 
 
 def test_log_cap_truncates_and_marks(start_up, state_dir: Path, jobs_dir: Path) -> None:
