@@ -45,7 +45,7 @@ from .agent_protocol import (
     RunStatus,
     load_httpx,
 )
-from .db import iso
+from .db import iso, parse_iso
 from .errors import AgentError, FencedError, StaleEpochError, VigilError
 from .executor import ShimExit
 from .model import AgentSpec, RunState, Settings
@@ -716,7 +716,7 @@ class AgentDispatcher:
 
     def _mark_running(self, flight: Flight, status: RunStatus) -> None:
         info = flight.info
-        started = _parse(status.started_at) or datetime.now(UTC)
+        started = parse_iso(status.started_at) or datetime.now(UTC)
         job = self.s.jobs.get(info.job)
         deadline = started + timedelta(seconds=job.timeout) if job and job.timeout else None
         info.state = RunState.RUNNING
@@ -768,15 +768,6 @@ class AgentDispatcher:
 def _store_log(run_dir: Path, data: bytes) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "log").write_bytes(data)
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
 
 
 # ------------------------------------------------------------------------------------ CLI: logs

@@ -111,9 +111,13 @@ def iso(dt: datetime | None) -> str | None:
 
 
 def parse_iso(text: str | None) -> datetime | None:
-    if text is None:
+    """A stored ISO-8601 time; None for a missing or unreadable one."""
+    if not text:
         return None
-    return datetime.fromisoformat(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def os_user() -> str:

@@ -642,35 +642,21 @@ class Scheduler:
     ) -> RunInfo:
         """One fire of a job: launched, queued or skipped according to its policies."""
         name = job.name
+
+        def skipped(reason: str) -> RunInfo:
+            return self._new_row(batch, name, scheduled_for, RunState.SKIPPED, trigger, now, reason=reason)
+
         if trigger == "schedule" and name in self.paused:
-            return self._new_row(
-                batch, name, scheduled_for, RunState.SKIPPED, trigger, now, reason="job paused"
-            )
+            return skipped("job paused")
         if trigger == "schedule" and job.after:
             ok, unmet = schedule.upstream_satisfied(job.after, self.last_success, since)
             if not ok:
-                return self._new_row(
-                    batch,
-                    name,
-                    scheduled_for,
-                    RunState.SKIPPED,
-                    trigger,
-                    now,
-                    reason="after: not yet succeeded since the previous run: " + ", ".join(unmet),
-                )
+                return skipped("after: not yet succeeded since the previous run: " + ", ".join(unmet))
         active = self.active_by_job[name]
         decision = schedule.overlap_decision(overlap or job.overlap, len(active) + len(self.queued[name]))
         if decision == "skip":
             blocking = min(active) if active else (self.queued[name][0] if self.queued[name] else None)
-            return self._new_row(
-                batch,
-                name,
-                scheduled_for,
-                RunState.SKIPPED,
-                trigger,
-                now,
-                reason=f"overlap=skip: run {blocking} still running",
-            )
+            return skipped(f"overlap=skip: run {blocking} still running")
         if decision == "queue":
             blocking = min(active) if active else self.queued[name][-1]
             info = self._new_row(

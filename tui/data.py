@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from engine.api import LogChunk, StateReader
 from engine.control import ControlClient
-from engine.db import StatePaths
+from engine.db import StatePaths, parse_iso
 from engine.errors import ControlError, NoActiveSchedulerError, VigilError
 from engine.model import ACTIVE_STATES, RunState
 
@@ -102,10 +102,10 @@ class RunRecord:
 
     def duration(self, now: datetime | None = None) -> float | None:
         """Seconds it ran; for a run still going, so far (given `now`)."""
-        start = _parse(self.started_at)
+        start = parse_iso(self.started_at)
         if start is None:
             return None
-        end = _parse(self.ended_at)
+        end = parse_iso(self.ended_at)
         if end is None:
             if now is None or self.state not in _RUNNING:
                 return None
@@ -206,15 +206,6 @@ class Snapshot:
     audit: tuple[AuditRecord, ...] = ()
     read_ms: float = 0.0
     error: str | None = None  #: a read failed; the rest of the snapshot is the last good data
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------- per-job history cache

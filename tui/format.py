@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from engine.db import parse_iso
 from engine.model import RunState
 
 #: Tones name colours in the stylesheet (`$primary`, `$success`, `$error`, `$warning`, ...).
@@ -60,17 +61,8 @@ def look(state: str | None) -> Look:
     return RUN_LOOKS.get(state) or JOB_LOOKS.get(state) or Look("?", state.upper()[:8], "warn")
 
 
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
 def seconds_between(start: str | None, end: str | None) -> float | None:
-    a, b = parse_time(start), parse_time(end)
+    a, b = parse_iso(start), parse_iso(end)
     if a is None or b is None:
         return None
     return max(0.0, (b - a).total_seconds())
@@ -112,7 +104,7 @@ def fmt_age(seconds: float | None) -> str:
 
 def fmt_time(text: str | None, now: datetime, *, precise: bool = False) -> str:
     """A stored UTC time as the dashboard shows it (UTC): time of day if today, else the date too."""
-    when = parse_time(text)
+    when = parse_iso(text)
     if when is None:
         return NONE_TEXT
     when = when.astimezone(now.tzinfo) if now.tzinfo else when

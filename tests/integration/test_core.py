@@ -12,7 +12,6 @@ import psutil
 
 from tests.helpers import runs, vigil, vigil_json, wait_for, write_job
 
-
 OPEN = ("pending", "waiting", "launching", "running")
 
 

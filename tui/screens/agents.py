@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 
+from engine.db import parse_iso
 from tui.data import AgentRecord, Snapshot
-from tui.format import NONE_TEXT, fmt_age, fmt_percent, parse_time
+from tui.format import NONE_TEXT, fmt_age, fmt_percent
 from tui.screens.base import ViewScreen
 from tui.widgets.vtable import Cell, Column, VirtualTable
 
@@ -53,7 +54,7 @@ class AgentsScreen(ViewScreen):
     def render_agent(self, key: str) -> Sequence[Cell]:
         agent = self.agents[key]
         now = self.vigil.now()
-        contact = parse_time(agent.last_contact)
+        contact = parse_iso(agent.last_contact)
         age = fmt_age((now - contact).total_seconds()) if contact else NONE_TEXT
         note = agent.error or (f"v{agent.version}" if agent.version else agent.url)
         return [
