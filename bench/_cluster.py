@@ -1,4 +1,5 @@
-"""Shared machinery for the HA benchmarks: real `vigil up` processes on a temporary state."""
+"""Shared machinery for the benchmarks: the machine, the `vigil` program, times and percentiles,
+and real `vigil up` processes on a temporary state (the HA benchmarks)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,46 @@ VIGIL = [sys.executable, "-m", "engine.cli"]
 
 
 def machine() -> dict[str, Any]:
+    """What the figures were measured on (the load moves them: it is printed with them)."""
     return {
         "cpus": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
         "kernel": platform.release(),
+        "load_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def vigil_argv() -> list[str]:
+    """The `vigil` console script of this interpreter (not a pyenv shim, which adds its own start-up)."""
+    exe = Path(sys.executable).parent / "vigil"
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main())"]
+
+
+def iso(dt: datetime) -> str:
+    """The ledger's own text form of a time (engine/db.py `iso`), so text comparisons are exact."""
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a list; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def next_whole_second(after: float) -> float:
+    return float(int(after) + 1)
+
+
+def sleep_until(ts: float) -> None:
+    while (left := ts - time.time()) > 0:
+        time.sleep(min(left, 0.5))
 
 
 class Cluster:
@@ -144,11 +179,3 @@ class Cluster:
 
 def now() -> float:
     return datetime.now(UTC).timestamp()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[k]

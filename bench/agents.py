@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -42,45 +41,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+from _cluster import iso, machine, next_whole_second, pct, sleep_until
 
 DATE = shutil.which("date") or "/usr/bin/date"
 RAN = ("succeeded", "failed", "timed_out", "killed", "unknown")
 VIGIL = [sys.executable, "-m", "engine.cli"]
 TOKEN = uuid.uuid4().hex
-
-
-def iso(dt: datetime) -> str:
-    """The ledger's own text form of a time, so text comparisons are exact."""
-    return dt.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def machine() -> dict[str, object]:
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "kernel": platform.release(),
-        "load_1m": round(os.getloadavg()[0], 2),
-    }
-
-
-def sleep_until(ts: float) -> None:
-    while (left := ts - time.time()) > 0:
-        time.sleep(min(left, 0.5))
-
-
-def next_whole_second(after: float) -> float:
-    return float(int(after) + 1)
 
 
 class Procs:

@@ -37,6 +37,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psutil
+from _cluster import machine, vigil_argv
 
 ZONES = (
     "UTC",
@@ -60,24 +61,6 @@ COMMANDS = (
     "python3 -m reports.daily --site $SITE",
     "curl -fsS https://example.invalid/health",
 )
-
-
-def vigil_argv() -> list[str]:
-    """The `vigil` console script of this interpreter (not a pyenv shim, which adds its own start-up)."""
-    exe = Path(sys.executable).parent / "vigil"
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main())"]
-
-
-def machine() -> dict[str, object]:
-    return {
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "kernel": os.uname().release,
-        "load_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 # ------------------------------------------------------------------------------------- the folder

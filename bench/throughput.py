@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+from _cluster import iso, machine, next_whole_second, pct, sleep_until, vigil_argv
 
 TRUE = shutil.which("true") or "/bin/true"
 DATE = shutil.which("date") or "/usr/bin/date"
@@ -56,36 +57,6 @@ RAN = ("succeeded", "failed", "timed_out", "killed", "unknown")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def iso(dt: datetime) -> str:
-    """The ledger's own text form of a time (engine/db.py `iso`), so text comparisons are exact."""
-    return dt.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def vigil_argv() -> list[str]:
-    """The `vigil` console script of this interpreter (not a pyenv shim, which adds its own start-up)."""
-    exe = Path(sys.executable).parent / "vigil"
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main())"]
-
-
-def machine() -> dict[str, object]:
-    return {
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "kernel": os.uname().release,
-        "load_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 # ----------------------------------------------------------------------------------------- baseline
@@ -215,15 +186,6 @@ class Vigil:
     def rss_mb(self) -> float:
         assert self.proc is not None
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
-
-
-def next_whole_second(after: float) -> float:
-    return float(int(after) + 1)
-
-
-def sleep_until(ts: float) -> None:
-    while (left := ts - time.time()) > 0:
-        time.sleep(min(left, 0.5))
 
 
 def job_side_latencies(v: Vigil, t0: str, t1: str) -> tuple[list[float], list[float], int]:
