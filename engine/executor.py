@@ -336,12 +336,25 @@ class LocalExecutor:
     def close(self) -> None:
         """Stop watching (the shims and jobs live on for the next active to adopt)."""
         for watched in self._watched.values():
-            if watched.pidfd >= 0:
-                self._loop.remove_reader(watched.pidfd)
-                os.close(watched.pidfd)
             if watched.kill_timer is not None:
                 watched.kill_timer.cancel()
+            if watched.pidfd < 0:
+                continue
+            self._loop.remove_reader(watched.pidfd)
+            if watched.own_child:
+                # This process lives on after a switch-over: reap the shim when it ends, or it
+                # stays a zombie of ours whoever records its exit.
+                self._loop.add_reader(watched.pidfd, _reap, self._loop, watched.pidfd)
+            else:
+                os.close(watched.pidfd)
         self._watched.clear()
+
+
+def _reap(loop: asyncio.AbstractEventLoop, pidfd: int) -> None:
+    loop.remove_reader(pidfd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    os.close(pidfd)
 
 
 @dataclass

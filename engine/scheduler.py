@@ -17,7 +17,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,7 @@ class Scheduler:
             log.error("deposed: the database holds a newer epoch; stopping without further writes")
             self.stop_reason = "fenced"
         finally:
+            self._stop.set()  # from here on, command() refuses instead of queueing
             for task in side_tasks:
                 task.cancel()
             for task in side_tasks:
@@ -308,11 +309,18 @@ class Scheduler:
                 batch.launches.append(info.id)
             elif decision.action is Action.ADOPT and self.executor.adopt(info.id):
                 log.info("adopted run %d", info.id)
-                self._arm_deadline(info)
                 if info.state is RunState.LAUNCHING:
+                    # Its start (and deadline) were never recorded: the deferred write died with
+                    # the previous active. The shim's pid file dates the start.
+                    started = _file_time(self.paths.run_dir(info.id) / "shim") or now
+                    job = self.jobs.get(info.job)
+                    if info.deadline is None and job is not None and job.timeout is not None:
+                        info.deadline = started + timedelta(seconds=job.timeout)
                     batch.statements.append(
-                        (SQL_RUNNING, (iso(now), iso(info.deadline), self.epoch, info.id))
+                        (SQL_RUNNING, (iso(started), iso(info.deadline), self.epoch, info.id))
                     )
+                    info.state = RunState.RUNNING
+                self._arm_deadline(info)
                 if info.kill_requested:
                     self.executor.kill(info.id)
             elif decision.action in (Action.INGEST, Action.ADOPT):
@@ -590,7 +598,6 @@ class Scheduler:
             batch.statements.append((SQL_LAST_FIRE, (name, iso(fires[-1]), self.epoch)))
             batch.statements.append((SQL_NEXT_FIRE, (iso(trigger.next_fire(now)), self.epoch, name)))
             self._push_fire(name, trigger.next_fire(now))
-            self._catalog_dirty.discard(name)
             late = len(fires) > 1 or (now - fires[-1]).total_seconds() > max(1.0, (job.every or 60) / 2)
             if not late:
                 plans = [schedule.FirePlan(fires[0], "run", None)]
@@ -879,10 +886,13 @@ class Scheduler:
             )
             return {"ok": True, "deleted": count}
         if op == "rerun":
-            rows = await self.ledger.query("SELECT job FROM runs WHERE id = ?", (int(args.get("run_id", 0)),))
+            rows = await self.ledger.query("SELECT job FROM runs WHERE id = ?", (_run_id(args),))
             if not rows:
                 return {"ok": False, "error": f"no run with id {args.get('run_id')}"}
             args = {**args, "job": rows[0]["job"]}
+        if self._stop.is_set():
+            # The loop has stopped or is about to: nothing would ever answer this command.
+            return {"ok": False, "error": "scheduler is stopping"}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._commands.append(Command(op, args, future))
         self._wake.set()
@@ -930,7 +940,7 @@ class Scheduler:
             batch.statements.append((SQL_PAUSED, (name, int(paused), self.epoch)))
             return {"job": name, "paused": paused}
         if op in ("kill", "rerun"):
-            run_id = int(args.get("run_id", 0))
+            run_id = _run_id(args)
             if op == "rerun":
                 return self._rerun(run_id, args, now, batch)
             info = self.runs.get(run_id)
@@ -975,9 +985,24 @@ class Scheduler:
         }
 
 
+def _run_id(args: dict[str, Any]) -> int:
+    # A malformed id from a hand-made client is refused; raised in the loop, it would stop it.
+    try:
+        return int(args.get("run_id", 0))
+    except (TypeError, ValueError):
+        raise NotFoundError(f"no run with id {args.get('run_id')!r}") from None
+
+
 def _job_name_for(path: str, root: str) -> str:
     rel = os.path.relpath(path, root)
     return rel[:-5] if rel.endswith(".toml") else rel
+
+
+def _file_time(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return None
 
 
 def _remove_tree(path: os.PathLike[str]) -> None:

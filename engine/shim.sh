@@ -6,7 +6,7 @@ w=$2
 shift 2
 echo $$ >"$d/shim"
 if [ -n "$w" ]; then
-    cd "$w" || { echo "vigil: cannot enter workdir $w" >>"$d/log"; echo "exit=127" >"$d/exit"; exit 0; }
+    cd "$w" || { echo "vigil: cannot enter workdir $w" >>"$d/log"; echo "exit=127 end" >"$d/exit"; exit 0; }
 fi
 # setsid gives the job its own process group (pgid = job pid), so a kill reaches every descendant
 # and never this shim. It execs in place: the job's pid is $!.

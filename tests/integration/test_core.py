@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import psutil
 
+from engine.db import StatePaths
+from engine.scheduler import Scheduler
 from tests.helpers import runs, vigil, vigil_json, wait_for, write_job
 
 OPEN = ("pending", "waiting", "launching", "running")
@@ -318,3 +321,99 @@ def _timed(fn) -> float:
     t = time.monotonic()
     fn()
     return time.monotonic() - t
+
+
+def test_a_missing_workdir_fails_with_127(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
+    write_job(jobs_dir, "lost", f'workdir = "{tmp_path / "no-such-dir"}"\ncommand = "true"\n')
+    start_up().wait_active()
+    vigil(state_dir, "run", "lost")
+    run = wait_for(lambda: terminal(state_dir, "lost"), 5, what="lost to end")[0]
+    assert (run["state"], run["exit_code"]) == ("failed", 127), run
+    assert "cannot enter workdir" in vigil(state_dir, "logs", str(run["id"])).stdout
+
+
+def test_a_run_adopted_before_its_start_was_recorded_still_times_out(
+    start_up, state_dir: Path, jobs_dir: Path
+) -> None:
+    write_job(jobs_dir, "slow", 'timeout = "2s"\ncommand = "sleep 60"\n')
+    first = start_up()
+    first.wait_active()
+    vigil(state_dir, "run", "slow")
+    run = wait_for(lambda: [r for r in runs(state_dir, "--job", "slow") if r["state"] == "running"], 5)[0]
+    first.kill9()
+    # As if the active died between starting the shim and recording `running` (a deferred write).
+    conn = sqlite3.connect(state_dir / "vigil.db")
+    with conn:
+        conn.execute(
+            "UPDATE runs SET state = 'launching', started_at = NULL, deadline = NULL, "
+            "writer_epoch = (SELECT epoch FROM leader) WHERE id = ?",
+            (run["id"],),
+        )
+    conn.close()
+    second = start_up()
+    second.wait_active()
+    wait_for(lambda: "adopted run" in second.output(), 5)
+    done = wait_for(lambda: terminal(state_dir, "slow"), 6, what="the adopted run to time out")[0]
+    assert done["state"] == "timed_out", done
+
+
+async def test_a_command_after_the_loop_stopped_is_refused_not_left_hanging(
+    state_dir: Path, jobs_dir: Path
+) -> None:
+    write_job(jobs_dir, "a", 'command = "true"\n')
+    scheduler = Scheduler(StatePaths(state_dir), jobs_dir)
+    await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
+    await scheduler.prepare()
+    loop = asyncio.create_task(scheduler.run())
+    scheduler.request_stop()
+    assert await asyncio.wait_for(loop, 5) == "stop"
+    # A client whose request arrives while the active is stopping must get an answer.
+    reply = await asyncio.wait_for(scheduler.command("pause", {"job": "a"}), 2)
+    assert reply == {"ok": False, "error": "scheduler is stopping"}
+
+
+def test_a_malformed_command_is_refused_and_the_scheduler_lives_on(start_up, state_dir: Path, jobs_dir: Path) -> None:
+    import socket
+
+    from engine.control import encode, read_line
+
+    write_job(jobs_dir, "a", 'command = "true"\n')
+    up = start_up()
+    up.wait_active()
+    for request in ({"op": "kill", "run_id": "x"}, {"op": "rerun", "run_id": None}):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(state_dir / "control.sock"))
+            sock.sendall(encode(request))
+            reply = read_line(sock)
+        assert reply is not None and reply["ok"] is False, reply
+    vigil(state_dir, "run", "a")  # still answering
+    assert up.proc.poll() is None
+
+
+async def test_a_job_added_while_the_loop_fires_it_reaches_the_catalog(state_dir: Path, jobs_dir: Path) -> None:
+    from datetime import UTC, datetime
+
+    from engine.clock import FakeClock
+
+    clock = FakeClock(datetime(2026, 11, 29, 3, 0, 0, 500000, tzinfo=UTC))
+    scheduler = Scheduler(StatePaths(state_dir), jobs_dir, clock=clock)
+    await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
+    await scheduler.prepare()
+    write_job(jobs_dir, "new", 'every = "1s"\nenabled = false\ncommand = "true"\n')
+    write = scheduler.ledger.write
+
+    async def write_while_the_loop_runs(statements):  # the rescan awaits this write...
+        scheduler.ledger.write = write
+        clock.advance(2)
+        await scheduler._iteration()  # ...while the main loop handles the new job's first fire
+        await write(statements)
+
+    scheduler.ledger.write = write_while_the_loop_runs
+    try:
+        await scheduler._rescan_tick()
+        assert scheduler.ledger.write is write
+        catalog = await scheduler.ledger.query("SELECT name, next_fire FROM jobs")
+    finally:
+        await scheduler.ledger.close()
+    assert [(r["name"], r["next_fire"]) for r in catalog] == [("new", "2026-11-29T03:00:03.000000+00:00")]

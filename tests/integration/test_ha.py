@@ -283,3 +283,26 @@ def test_jobs_do_not_inherit_the_leader_lock(start_up, state_dir: Path, jobs_dir
     assert "leader.lock" not in listing
     assert "vigil.db" not in listing
     assert "/lock" not in listing  # the run lock stays with the shim
+
+
+def test_a_switched_over_node_reaps_the_shims_it_started(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    setup_jobs(jobs_dir, gate)
+    first = start_up()
+    first.wait_active()
+    second = start_up()
+    wait_for(lambda: second.pid in standby_pids(state_dir), 5)
+    vigil(state_dir, "run", "long")
+    wait_for(lambda: [r for r in runs(state_dir, "--job", "long") if r["state"] == "running"], 5)
+    vigil(state_dir, "switchover")
+    wait_for(lambda: active_pid(state_dir) == second.pid, 3)
+    gate.touch()
+    wait_for(lambda: [r for r in runs(state_dir, "--job", "long") if r["exit_code"] == 5], 5)
+
+    def zombies() -> list[psutil.Process]:
+        return [c for c in psutil.Process(first.pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+
+    # The shim the first node started is still its child: it must not stay a zombie of a standby.
+    wait_for(lambda: not zombies(), 3, what="the first node to reap its shim")
