@@ -200,32 +200,34 @@ class Node:
             asyncio.create_task(self._heartbeats(), name="heartbeat"),
             asyncio.create_task(self._watch_lock_file(scheduler), name="lockwatch"),
         ]
-        await scheduler.prepare()
-        if takeover.cause != "start":
-            gap_ms = None if takeover.gap_started is None else (time.time() - takeover.gap_started) * 1000
-            await scheduler.ledger.write(
-                [
-                    (
-                        "INSERT INTO failovers (at, from_pid, to_pid, cause, gap_ms, epoch, writer_epoch) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            iso(now),
-                            takeover.from_pid or previous.get("pid"),
-                            self.pid,
-                            takeover.cause,
-                            gap_ms,
-                            scheduler.epoch,
-                            scheduler.epoch,
-                        ),
-                    )
-                ]
-            )
-            log.warning("took over from pid %s (%s)", takeover.from_pid, takeover.cause)
         try:
+            # Inside the try: a failed start must not leave the socket and heartbeats serving.
+            await scheduler.prepare()
+            if takeover.cause != "start":
+                gap_ms = None if takeover.gap_started is None else (time.time() - takeover.gap_started) * 1000
+                await scheduler.ledger.write(
+                    [
+                        (
+                            "INSERT INTO failovers (at, from_pid, to_pid, cause, gap_ms, epoch, writer_epoch) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                iso(now),
+                                takeover.from_pid or previous.get("pid"),
+                                self.pid,
+                                takeover.cause,
+                                gap_ms,
+                                scheduler.epoch,
+                                scheduler.epoch,
+                            ),
+                        )
+                    ]
+                )
+                log.warning("took over from pid %s (%s)", takeover.from_pid, takeover.cause)
             reason = await scheduler.run()
         finally:
             for task in tasks:
                 task.cancel()
+            await scheduler.ledger.close()  # run() closed it, unless the start failed (its thread would block exit)
             if self.stop_reason_is_handover(scheduler):
                 await self._broadcast(
                     {"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}}

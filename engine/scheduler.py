@@ -511,7 +511,7 @@ class Scheduler:
         )
         try:
             self.executor.launch(info.id, job.command, env, job.workdir)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL in an argument or the environment
             self._finish_later(info, RunState.FAILED, f"could not start the run's shim: {exc}", now)
             return
         info.state = RunState.RUNNING

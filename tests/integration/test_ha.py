@@ -306,3 +306,22 @@ def test_a_switched_over_node_reaps_the_shims_it_started(
 
     # The shim the first node started is still its child: it must not stay a zombie of a standby.
     wait_for(lambda: not zombies(), 3, what="the first node to reap its shim")
+
+
+def test_an_active_whose_start_fails_exits_instead_of_hanging(state_dir: Path, jobs_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    # A start-up failure inside the active (an internal error while loading) must end the process,
+    # so that a standby or a supervisor takes over, not leave it holding the lock and serving.
+    program = (
+        "import sys, engine.scheduler as s\n"
+        "async def fail(self): raise RuntimeError('injected start failure')\n"
+        "s.Scheduler.prepare = fail\n"
+        "from engine.cli import main\n"
+        f"sys.exit(main(['up', '--state', {str(state_dir)!r}, '--jobs', {str(jobs_dir)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=20)
+    assert done.returncode != 0
+    assert "injected start failure" in done.stderr
+    assert not (state_dir / "control.sock").exists()
