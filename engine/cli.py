@@ -84,8 +84,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     folder = Path(args.dir or args.jobs)
     if not folder.is_dir():
-        print(f"{folder}: not a directory", file=sys.stderr)
-        return EXIT_ERROR
+        raise VigilError(f"{folder}: not a directory")
     result = load_folder(folder)
     if result.errors:
         print(format_errors(result.errors))
@@ -244,7 +243,8 @@ def cmd_next(args: argparse.Namespace) -> int:
     result = load_folder(Path(args.jobs))
     job = result.jobs.get(args.name)
     if job is None:
-        problems = [e.format() for e in result.errors if args.name in e.path]
+        job_file = str(Path(args.jobs) / f"{args.name}.toml")
+        problems = [e.format() for e in result.errors if e.path == job_file]
         raise NotFoundError(
             f"no valid job named {args.name!r}" + (": " + "; ".join(problems) if problems else "")
         )
@@ -334,7 +334,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     from .durations import parse_duration
     from .errors import NoActiveSchedulerError
 
-    seconds = parse_duration(args.older_than)
+    try:
+        seconds = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise VigilError(f"--older-than: {exc}") from None
     try:
         reply = ControlClient(paths, timeout=120).request("prune", older_than_s=seconds)
         deleted = reply["deleted"]
@@ -389,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--state",
         default=os.environ.get("VIGIL_STATE", "./.vigil"),
         help="state directory (default: $VIGIL_STATE or ./.vigil)",
+    )
+    # The db actions take --state too; with no default of their own, so `vigil db --state DIR check`
+    # keeps DIR instead of having it overwritten by the action's default.
+    action_state = argparse.ArgumentParser(add_help=False)
+    action_state.add_argument(
+        "--state", default=argparse.SUPPRESS, help="state directory (default: $VIGIL_STATE or ./.vigil)"
     )
     jobs = argparse.ArgumentParser(add_help=False)
     jobs.add_argument(
@@ -460,10 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("db", parents=[common], help="database maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    dbsub.add_parser("check", parents=[common], help="PRAGMA integrity_check")
-    b = dbsub.add_parser("backup", parents=[common], help="online backup to PATH (safe while running)")
+    dbsub.add_parser("check", parents=[action_state], help="PRAGMA integrity_check")
+    b = dbsub.add_parser("backup", parents=[action_state], help="online backup to PATH (safe while running)")
     b.add_argument("path")
-    pr = dbsub.add_parser("prune", parents=[common], help="delete runs that ended before a cut-off")
+    pr = dbsub.add_parser("prune", parents=[action_state], help="delete runs that ended before a cut-off")
     pr.add_argument("--older-than", required=True, metavar="DURATION", help='e.g. "30d"')
     p.set_defaults(func=cmd_db)
 

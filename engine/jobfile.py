@@ -30,6 +30,7 @@ from croniter import croniter
 from engine.durations import parse_duration
 from engine.errors import ConfigError
 from engine.model import AgentSpec, Catchup, JobSpec, Overlap, PoolSpec, Settings
+from engine.schedule import validate_cron
 
 __all__ = [
     "FOLDER_FILE",
@@ -84,6 +85,7 @@ POOL_MODES = ("fixed-priority", "round-robin")
 _RACY_WINDOW_NS = 1_000_000_000
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _NAME_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]*")
+_NAME_RULE = "may use only ASCII letters, digits and _ . @ + -, and must start with a letter, digit or _"
 _CRON_FIELDS_5 = ("minute", "hour", "day-of-month", "month", "day-of-week")
 _CRON_FIELDS_6 = ("second", *_CRON_FIELDS_5)
 _CRON_RANGES = {
@@ -94,6 +96,7 @@ _CRON_RANGES = {
     "month": "1-12 or JAN-DEC",
     "day-of-week": "0-7 or SUN-SAT",
 }
+_MAX_DURATION = 36500 * 86400.0
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -425,6 +428,10 @@ def _as_duration(value: object, *, positive: bool) -> float:
         raise _Bad(f"duration must be finite, got {value!r}")
     if positive and seconds <= 0:
         raise _Bad(f"must be greater than zero, got {value!r}")
+    if positive and seconds < 1e-6:  # `every` fires on whole microseconds
+        raise _Bad(f"must be at least 1 microsecond, got {value!r}")
+    if seconds > _MAX_DURATION:  # past this, fire times and deadlines overflow datetime
+        raise _Bad(f"must be at most 100 years (36500d), got {value!r}")
     return seconds
 
 
@@ -468,7 +475,7 @@ def _cron_problem(expr: str) -> str | None:
         cron = croniter(" ".join(fields), datetime(2000, 1, 1), second_at_beginning=seconds_first)
         if fields[-3] not in ("*", "?"):
             cron.get_next(datetime)
-        return None
+        return _scheduler_problem(expr)
     except Exception:  # find out which field is at fault, with the messages below
         pass
     names = _CRON_FIELDS_6 if seconds_first else _CRON_FIELDS_5
@@ -486,6 +493,19 @@ def _cron_problem(expr: str) -> str | None:
         if "find next date" in str(exc):
             return f"{expr!r} never fires (no date matches its day and month fields)"
         return f"{expr!r} is invalid: {exc}"
+    return _scheduler_problem(expr)
+
+
+def _scheduler_problem(expr: str) -> str | None:
+    """Why the scheduler's own cron parser refuses an expression croniter accepts (e.g. `R`, `15W`, `5-1`).
+
+    The scheduler fires jobs with engine.schedule, not croniter: an expression only croniter accepts
+    would pass validation and then stop the scheduler when it builds the job's trigger.
+    """
+    try:
+        validate_cron(expr)
+    except ValueError as exc:
+        return str(exc).removeprefix(f"cron {expr!r}: ")
     return None
 
 
@@ -528,19 +548,25 @@ def _as_at(value: object) -> datetime:
     raise _expected(hint, value)
 
 
+_NUL = "must not contain a NUL character (\\u0000): a process cannot be started with one"
+
+
 def _as_command(value: object) -> str | tuple[str, ...]:
     if isinstance(value, str):
         if not value.strip():
             raise _Bad("must not be empty")
+        if "\0" in value:
+            raise _Bad(_NUL)
         return value
     if isinstance(value, list):
         if not value:
             raise _Bad("must not be an empty array")
-        problems = [
-            ((), f"item {number}: expected a string, got {_type_name(item)} {item!r}")
-            for number, item in enumerate(value, start=1)
-            if not isinstance(item, str)
-        ]
+        problems: list[tuple[tuple[str, ...], str]] = []
+        for number, item in enumerate(value, start=1):
+            if not isinstance(item, str):
+                problems.append(((), f"item {number}: expected a string, got {_type_name(item)} {item!r}"))
+            elif "\0" in item:
+                problems.append(((), f"item {number}: {_NUL}"))
         if problems:
             raise _Bad.many(problems)
         if not value[0].strip():
@@ -569,6 +595,8 @@ def _as_env(value: object) -> dict[str, str]:
             problems.append(((name,), "not a valid environment variable name"))
         elif not isinstance(item, str):
             problems.append(((name,), f"expected a string, got {_type_name(item)} {item!r}"))
+        elif "\0" in item:
+            problems.append(((name,), _NUL))
     if problems:
         raise _Bad.many(problems)
     return dict(value)
@@ -611,6 +639,8 @@ def _validate_keys(
             elif key == "env":
                 value = _as_env(raw)
             elif key == "workdir":
+                if isinstance(raw, str) and "\0" in raw:
+                    raise _Bad(_NUL)
                 value = _resolve_path(_as_string(raw, allow_empty=False), source.abs_dir)
             elif key == "enabled":
                 value = _as_bool(raw)
@@ -825,7 +855,7 @@ def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> Agent
         return None
     ok = True
     if not _NAME_SEGMENT.fullmatch(name):
-        bad(where, "agent names may use letters, digits and _ . @ + - only")
+        bad(where, f"agent names {_NAME_RULE}")
         ok = False
     fields: dict[str, str] = {}
     for key, raw in table.items():
@@ -1315,7 +1345,7 @@ class JobFolder:
                 ConfigError(
                     source.path,
                     "name",
-                    f"{name!r}: file and folder names may use letters, digits and _ . @ + - only",
+                    f"{name!r}: file and folder names {_NAME_RULE}",
                 )
             )
         layers = [self._own_values(folder)[0] for folder in chain if folder.syntax_error is None]

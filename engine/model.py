@@ -11,7 +11,7 @@ class RunState(StrEnum):
     PENDING = "pending"  #: row committed; waiting for its launch (or queued behind an overlap)
     WAITING = "waiting"  #: waiting for a healthy agent
     LAUNCHING = "launching"  #: the shim is being started
-    RUNNING = "running"  #: the shim reported the job's pid
+    RUNNING = "running"  #: the shim was started; `pid` is filled in once it reports the job's pid
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"

@@ -5,7 +5,7 @@ All returned datetimes are timezone-aware UTC unless a docstring says otherwise.
 
 Cron syntax: 5 fields (minute hour day-of-month month day-of-week) or 6 with a seconds field first;
 numbers, names (jan, mon), ranges, steps, lists, ``*``/``?``, ``L`` (last day of month), ``n#k`` and
-``Ln`` (k-th / last weekday n), and @hourly/@daily/@weekly/@monthly/@yearly. When day-of-month and
+``Ln`` (k-th / last weekday n); no @daily-style macros (job files reject them). When day-of-month and
 day-of-week are both restricted a day matching either fires (Vixie cron, croniter's default).
 
 DST rule (Vixie cron), decided by the hour field alone because DST moves whole hours:
@@ -182,15 +182,6 @@ def _prev_transition(zone: ZoneInfo, at: int) -> _Transition | None:
 
 # ------------------------------------------------------------------------------------------ cron parser
 
-_ALIASES = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
 _MONTHS = {n: i for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
 _WEEKDAYS = {n: i for i, n in enumerate("sun mon tue wed thu fri sat".split())}
 # (name, lowest, highest, names)
@@ -368,11 +359,6 @@ def _parse_cron(expr: str) -> _CronSpec:
     text = expr.strip()
     if not text:
         raise ValueError("empty cron expression")
-    if text.startswith("@"):
-        alias = _ALIASES.get(text.lower())
-        if alias is None:
-            raise ValueError(f"unknown alias {text!r} (use @hourly, @daily, @weekly, @monthly or @yearly)")
-        text = alias
     parts = text.split()
     if len(parts) == 5:
         parts = ["0", *parts]

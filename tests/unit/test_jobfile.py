@@ -13,6 +13,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.jobfile import JobFolder, format_errors, load_folder, load_settings
 from engine.model import Catchup, Overlap, Settings
+from engine.schedule import trigger_for
 
 SAMPLE_JOBS = Path(__file__).resolve().parents[2] / "sample_jobs"
 
@@ -157,6 +158,18 @@ def test_workdir_absolute_kept_and_home_expanded(tmp_path: Path) -> None:
     assert result.jobs["b"].workdir == os.path.expanduser("~/x")
 
 
+def test_extreme_every_is_rejected_not_left_to_crash_the_scheduler(tmp_path: Path) -> None:
+    """A period the trigger cannot compute fire times for must fail validation, not trigger_for()."""
+    write(tmp_path, "tiny.toml", 'command = "true"\nevery = "0.0000001s"\n')
+    write(tmp_path, "huge.toml", 'command = "true"\nevery = "10000000d"\n')
+    write(tmp_path, "ok.toml", 'command = "true"\nevery = "36500d"\ncatchup_window = "36500d"\n')
+    result = load_folder(tmp_path)
+    assert sorted(Path(e.path).name for e in result.errors) == ["huge.toml", "tiny.toml"]
+    assert list(result.jobs) == ["ok"]
+    trigger = trigger_for(result.jobs["ok"])
+    assert trigger is not None and trigger.next_fire(datetime(2026, 1, 1, tzinfo=UTC)) is not None
+
+
 def test_durations_accept_numbers_of_seconds_and_compound_units(tmp_path: Path) -> None:
     write(tmp_path, "a.toml", 'command = "true"\nevery = 30\ntimeout = "1h30m"\nretry_delay = "250ms"\n')
     spec = load_folder(tmp_path).jobs["a"]
@@ -216,6 +229,15 @@ def test_unknown_key_is_reported_with_line_and_suggestion(tmp_path: Path) -> Non
         ('tags = ["ok", 1]', "tags", "item 2"),
         ('every = "5 minutes"', "every", "bad duration"),
         ("every = inf", "every", "finite"),
+        ('every = "0.0000001s"', "every", "at least 1 microsecond"),
+        # A NUL byte makes posix_spawn raise ValueError at launch, which stopped the scheduler.
+        ('command = "echo a\\u0000b"', "command", "NUL"),
+        ('command = ["echo", "a\\u0000b"]', "command", "item 2: must not contain a NUL"),
+        ('env = { X = "a\\u0000b" }', "env.X", "NUL"),
+        ('workdir = "/tmp/\\u0000"', "workdir", "NUL"),
+        ('every = "10000000d"', "every", "at most 100 years"),
+        ('timeout = "10000000d"', "timeout", "at most 100 years"),
+        ('catchup_window = "10000000d"', "catchup_window", "at most 100 years"),
     ],
 )
 def test_bad_values_are_rejected_naming_key_line_and_type(
@@ -252,6 +274,28 @@ def test_bad_cron_names_the_wrong_field(tmp_path: Path, cron: str, expected: str
     assert expected in error.reason
 
 
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        ("R * * * *", "minute field 'R': hashed (H), random (R) and nearest-weekday (W) values are not supported"),
+        ("0 0 15W * *", "day-of-month field '15W'"),
+        ("0 5-1 * * *", "hour field '5-1': range '5-1' runs backwards"),
+        ("0 0 */5 * L5", "a day-of-month cannot be combined with an nth/last weekday"),
+    ],
+)
+def test_cron_that_only_croniter_accepts_is_rejected(tmp_path: Path, cron: str, expected: str) -> None:
+    """The scheduler fires with engine.schedule's parser: what it cannot build must not pass validation."""
+    path = write(tmp_path, "job.toml", f'command = "true"\ncron = "{cron}"\n')
+    write(tmp_path, "ok.toml", 'command = "true"\ncron = "0 5 * * *"\n')
+    result = load_folder(tmp_path)
+    error = only_error(result.errors, path)
+    assert (error.key, error.line) == ("cron", 2)
+    assert expected in error.reason
+    assert list(result.jobs) == ["ok"]
+    for spec in result.jobs.values():  # every loaded job can be scheduled
+        assert trigger_for(spec) is not None
+
+
 def test_unknown_time_zone(tmp_path: Path) -> None:
     path = write(tmp_path, "job.toml", 'command = "true"\ntimezone = "Mars/Olympus_Mons"\n')
     error = only_error(load_folder(tmp_path).errors, path)
@@ -278,6 +322,9 @@ def test_bad_file_and_folder_names_are_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "my job.toml", 'command = "true"\n')
     error = only_error(load_folder(tmp_path).errors, path)
     assert error.key == "name"
+    # Every character of "-x" is allowed; the reason must say it is the first one that is not.
+    path = write(tmp_path, "-x.toml", 'command = "true"\n')
+    assert "must start with a letter, digit or _" in only_error(load_folder(tmp_path).errors, path).reason
 
 
 def test_unknown_agent_and_declared_agent_or_pool(tmp_path: Path) -> None:
@@ -817,3 +864,50 @@ def test_sample_jobs_load_cleanly() -> None:
     assert result.settings.log_cap == 1024 * 1024
     assert any(spec.retries and "VIGIL_ATTEMPT" in str(spec.command) for spec in result.jobs.values())
     assert any(spec.overlap is Overlap.SKIP and spec.every == 5.0 for spec in result.jobs.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI argument handling (pure: parsing only, no state directory is opened)
+
+
+@pytest.mark.parametrize(
+    ("argv", "state"),
+    [
+        (["db", "--state", "S", "check"], "S"),
+        (["db", "check", "--state", "S"], "S"),
+        (["db", "--state", "S", "backup", "out.db"], "S"),
+        (["db", "prune", "--older-than", "1d"], os.environ.get("VIGIL_STATE", "./.vigil")),
+    ],
+)
+def test_db_state_option_is_kept_wherever_it_is_written(argv: list[str], state: str) -> None:
+    from engine.cli import build_parser
+
+    assert build_parser().parse_args(argv).state == state
+
+
+def test_db_prune_bad_duration_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["db", "prune", "--older-than", "soon", "--state", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vigil: --older-than: bad duration 'soon'") and "Traceback" not in err
+
+
+def test_next_names_only_the_errors_of_the_job_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    write(tmp_path, "jobs/bad.toml", 'command = "true"\ncron = "99 * * * *"\n')
+    argv = ["next", "--jobs", str(tmp_path / "jobs"), "--state", str(tmp_path / "state")]
+    assert main([*argv, "bad"]) == 1
+    assert "bad.toml:2: cron" in capsys.readouterr().err
+    assert main([*argv, "a"]) == 1  # 'a' is a substring of the folder and of bad.toml's path
+    assert capsys.readouterr().err == "vigil: no valid job named 'a'\n"
+
+
+def test_validate_missing_folder_is_a_vigil_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["validate", str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err == f"vigil: {tmp_path / 'nope'}: not a directory\n"
