@@ -212,12 +212,12 @@ class AgentClient:
                     response = await self.http.request(method, path, **kw)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise AgentUnreachable(f"agent {self.spec.name} at {self.spec.url} is unreachable: {exc}") from exc
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise AgentAmbiguous(f"agent {self.spec.name}: connection lost during {method} {path}: {exc!r}") from exc
         if response.status_code >= 400:
             try:
                 message = str(response.json().get("error", response.text))
-            except ValueError:
+            except (ValueError, AttributeError):  # not JSON, or JSON but not an object
                 message = response.text
             text = f"agent {self.spec.name} refused {method} {path}: {response.status_code} {message}"
             if response.status_code == 409 and "stale epoch" in message:
@@ -227,24 +227,37 @@ class AgentClient:
             raise AgentRefused(response.status_code, text)
         return response
 
+    async def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        response = await self._request(method, path, **kw)
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            # Not an agent's answer (another server at that URL, a proxy's page): whether the
+            # command arrived is unknown, so it counts as a broken connection.
+            raise AgentAmbiguous(
+                f"agent {self.spec.name}: {method} {path} got an answer that is not a JSON object "
+                f"(is {self.spec.url} a vigil agent?)"
+            )
+        return doc
+
     async def status(self) -> dict[str, Any]:
-        return (await self._request("GET", "/status")).json()
+        return await self._json("GET", "/status")
 
     async def dispatch(self, payload: dict[str, Any]) -> RunStatus:
-        response = await self._request("POST", "/runs", json={**payload, "epoch": self.epoch})
-        return RunStatus.from_json(response.json())
+        return RunStatus.from_json(await self._json("POST", "/runs", json={**payload, "epoch": self.epoch}))
 
     async def run(self, run_id: int) -> RunStatus:
-        return RunStatus.from_json((await self._request("GET", f"/runs/{run_id}")).json())
+        return RunStatus.from_json(await self._json("GET", f"/runs/{run_id}"))
 
     async def kill(self, run_id: int, reason: str) -> RunStatus:
-        response = await self._request("POST", f"/runs/{run_id}/kill", json={"epoch": self.epoch, "reason": reason})
-        return RunStatus.from_json(response.json())
+        doc = await self._json("POST", f"/runs/{run_id}/kill", json={"epoch": self.epoch, "reason": reason})
+        return RunStatus.from_json(doc)
 
     async def results(self, after: int, wait: float) -> tuple[str, list[RunStatus]]:
-        response = await self._request("GET", "/results", params={"after": after, "wait": wait}, read_timeout=wait)
-        doc = response.json()
-        return str(doc["instance"]), [RunStatus.from_json(r) for r in doc["results"]]
+        doc = await self._json("GET", "/results", params={"after": after, "wait": wait}, read_timeout=wait)
+        return str(doc.get("instance")), [RunStatus.from_json(r) for r in doc.get("results") or ()]
 
     async def ack(self, run_ids: list[int]) -> None:
         await self._request("POST", "/ack", json={"epoch": self.epoch, "run_ids": run_ids})

@@ -658,7 +658,8 @@ class AgentApp:
             await _send_json(send, 200, await service.results(after, max(0.0, wait)))
         elif name == "log":
             offset = _int_or_none(query.get("offset")) or 0
-            max_bytes = min(_int_or_none(query.get("max")) or (1 << 20), 8 << 20)
+            asked = _int_or_none(query.get("max")) or 0
+            max_bytes = min(asked if asked > 0 else 1 << 20, 8 << 20)  # read(-1) would read it all
             data, nxt, size, state = service.read_log(int(match.group(1)), max(0, offset), max_bytes)
             await send(
                 {

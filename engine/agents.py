@@ -225,6 +225,7 @@ class AgentDispatcher:
         # is safe (idempotent by run id), and only that agent may have it.
         if is_agent:
             flight.member, flight.sticky = recorded, True
+            info.state = RunState.LAUNCHING  # not `waiting`: a kill must ask that agent (see _drive_inner)
         elif recorded not in settings.pools:
             self._end(flight, RunState.UNKNOWN, f"agent or pool {recorded!r} is no longer declared")
             return
@@ -245,10 +246,6 @@ class AgentDispatcher:
             if link.client is not None:
                 with contextlib.suppress(Exception):
                     await link.client.aclose()
-
-    def close(self) -> None:
-        for task in [self._supervisor, *self._tasks]:
-            task.cancel()
 
     # ---------------------------------------------------------------- helpers
 
@@ -634,11 +631,15 @@ class AgentDispatcher:
                     return
                 await asyncio.sleep(self.s.settings.agent_poll_interval)
                 continue
-            flight.sticky = True
+            # From here the dispatch may arrive: a scheduler kill must go through kill(), never
+            # settle the run as "cancelled before it started" (which it does for `waiting` runs).
+            info.state = RunState.LAUNCHING
+            may_have_arrived, flight.sticky = flight.sticky, True
             try:
                 status = await link.client.dispatch(self._payload(info, job))
             except AgentUnreachable as exc:
-                flight.sticky = False  # certainly not delivered: any member may take it
+                # This attempt certainly did not arrive, but an earlier ambiguous one may have.
+                flight.sticky = may_have_arrived
                 self._mark_down(link, str(exc))
                 continue
             except AgentAmbiguous as exc:
@@ -647,11 +648,11 @@ class AgentDispatcher:
                 backoff = min(backoff * 2, self.s.settings.agent_poll_interval)
                 continue
             except StaleEpochError as exc:
-                flight.sticky = False
+                flight.sticky = may_have_arrived
                 self._mark_down(link, str(exc))
                 continue
             except AgentRefused as exc:
-                flight.sticky = False
+                flight.sticky = may_have_arrived
                 if exc.status in (401, 403):
                     link.rebuild = True
                     self._mark_down(link, str(exc))
@@ -689,7 +690,8 @@ class AgentDispatcher:
             return
         if flight.phase != "waiting":
             flight.phase = "waiting"
-            info.state = RunState.WAITING
+            if not sticky:  # only a run that was certainly not delivered may be cancelled in place
+                info.state = RunState.WAITING
             self.s.ledger.defer(SQL_RUN_WAITING, (reason, self.s.epoch, info.id))
         remaining = limit - (now - flight.waiting_since)
         event = self._agent_up

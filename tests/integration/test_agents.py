@@ -15,8 +15,10 @@ import signal
 import sqlite3
 import ssl
 import subprocess
+import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,85 @@ class Agent:
                     os.killpg(pid, signal.SIGKILL)
             except (OSError, ValueError, psutil.Error):
                 pass
+
+
+class LossyProxy:
+    """An HTTP proxy in front of an agent that can lose the agent's answers to dispatches.
+
+    mode "pass" relays everything; "drop-runs" relays POST /runs to the agent but closes the
+    connection without its answer (the dispatch arrived; the scheduler cannot know), and holds
+    GET /status until `release` is set (so the scheduler's poll does not notice anything either).
+    refuse() closes the listening socket (connections refused), start() listens again on the same port.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.mode = "pass"
+        self.port = 0
+        self.release = threading.Event()
+        self.held = 0  #: status requests held so far
+        self.server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LossyProxy:
+        proxy = self
+
+        class Relay(BaseHTTPRequestHandler):
+            def relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if proxy.mode == "drop-runs" and self.path == "/status":
+                    proxy.held += 1
+                    proxy.release.wait(10)
+                keep = ("authorization", "content-type", "x-vigil-epoch")
+                headers = {k: v for k, v in self.headers.items() if k.lower() in keep}
+                answer = httpx.request(
+                    self.command, proxy.target + self.path, content=body, headers=headers, timeout=30
+                )
+                if proxy.mode == "drop-runs" and (self.command, self.path) == ("POST", "/runs"):
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status_code)
+                self.send_header("content-type", answer.headers.get("content-type", "application/json"))
+                self.send_header("content-length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = relay
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Relay)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def refuse(self) -> None:
+        """Stop listening: new connections are refused (requests already held stay held)."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def stop(self) -> None:
+        self.release.set()
+        self.refuse()
+
+
+@pytest.fixture
+def proxies():
+    made: list[LossyProxy] = []
+
+    def make(target: str) -> LossyProxy:
+        made.append(LossyProxy(target))
+        return made[-1].start()
+
+    yield make
+    for proxy in made:
+        proxy.stop()
 
 
 def free_port() -> int:
@@ -600,6 +681,8 @@ def test_agent_back_without_knowledge_of_a_run_means_unknown(
     running = wait_state(state_dir, "lost", {"running"})
     agent.kill9()
     agent.kill_jobs()
+    # the shim outlives its job by an instant (it writes the exit record): wipe after that
+    wait_for(lambda: (agent.state / "runs" / str(running["id"]) / "exit").exists(), 5, what="the shim to end")
     shutil.rmtree(agent.state)  # the host was rebuilt: journal and run directories are gone
     agent.state.mkdir()
     agent.start()
@@ -638,3 +721,70 @@ def test_timeout_and_kill_on_an_agent(start_up, agents, state_dir: Path, jobs_di
             return False
 
         wait_for(group_gone, 5, what=f"process group {pid} to be gone")
+
+
+def test_a_dispatch_that_may_have_arrived_never_goes_to_another_member(
+    start_up, agents, proxies, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    first, second = agents("first").start(), agents("second").start()
+    proxy = proxies(first.url)
+    write_settings(
+        jobs_dir,
+        {"first": {"url": proxy.url}, "second": {"url": second.url}},
+        pools='[pools.p]\nagents = ["first", "second"]\nmode = "fixed-priority"\n',
+        scheduler='agent_wait_limit = "30s"',
+    )
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    write_job(jobs_dir, "once", 'agent = "p"\n' + gated(gate, out, "O"))
+    start_up().wait_active()
+    wait_for(lambda: agent_row(state_dir, "first").get("up") == 1, 5)
+    proxy.mode = "drop-runs"
+    vigil(state_dir, "run", "once")
+    run = wait_state(state_dir, "once", {"launching"})
+    wait_for(lambda: agent_journal(first, run["id"]), 5, what="the dispatch to reach the first agent")
+    wait_for(lambda: proxy.held, 5, what="the scheduler's status poll to be held")
+    proxy.refuse()  # the re-sends find nobody listening: certainly not delivered, but the first one was
+    waiting = wait_for(
+        lambda: [r for r in run_rows(state_dir, "once") if r["state"] == "waiting" or r["agent"] == "second"], 10
+    )[0]
+    assert waiting["agent"] == "first" and "may have arrived" in waiting["reason"], waiting
+    proxy.mode = "pass"
+    proxy.release.set()
+    proxy.start()
+    wait_state(state_dir, "once", {"running"})
+    gate.touch()
+    done = wait_state(state_dir, "once", {"succeeded"})
+    assert done["id"] == run["id"] and done["agent"] == "first"
+    assert out.read_text().split() == ["O"] and agent_journal(second, run["id"]) is None
+
+
+def test_kill_of_a_run_whose_dispatch_may_have_arrived_reaches_the_agent(
+    start_up, agents, proxies, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    agent = agents("a1").start()
+    proxy = proxies(agent.url)
+    write_settings(jobs_dir, {"a1": {"url": proxy.url}}, scheduler='agent_wait_limit = "30s"\nkill_grace = "1s"')
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    write_job(jobs_dir, "victim", 'agent = "a1"\n' + gated(gate, out, "V"))
+    start_up().wait_active()
+    wait_for(lambda: agent_row(state_dir, "a1").get("up") == 1, 5)
+    proxy.mode = "drop-runs"
+    vigil(state_dir, "run", "victim")
+    run = wait_state(state_dir, "victim", {"launching"})
+    wait_for(lambda: agent_journal(agent, run["id"]), 5, what="the dispatch to reach the agent")
+    wait_for(lambda: proxy.held, 5, what="the scheduler's status poll to be held")
+    proxy.refuse()
+    waiting = wait_state(state_dir, "victim", {"waiting"})
+    assert "may have arrived" in waiting["reason"], waiting
+    vigil(state_dir, "kill", str(run["id"]))  # the job is running on the agent: it must be killed there
+    settle(0.5)
+    assert run_rows(state_dir, "victim")[-1]["state"] == "waiting"  # not "cancelled before it started"
+    proxy.mode = "pass"
+    proxy.release.set()
+    proxy.start()
+    killed = wait_state(state_dir, "victim", {"killed"})
+    assert killed["id"] == run["id"] and killed["reason"] == "killed by operator"
+    assert (agent_journal(agent, run["id"]) or {}).get("killed") == "kill"
+    gate.touch()
+    settle(0.3)
+    assert not out.exists()

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from engine.agent_protocol import (
+    AgentAmbiguous,
     AgentClient,
     AgentNotFound,
     AgentRefused,
@@ -150,4 +151,38 @@ async def test_bad_dispatches_are_refused(service: AgentService) -> None:
     with pytest.raises(AgentRefused) as clash:
         await client.dispatch({**body(2, "true"), "job": "other"})
     assert clash.value.status == 409 and "already used" in str(clash.value)
+    await client.aclose()
+
+
+async def test_an_answer_that_is_not_an_agents_is_an_agent_error(tmp_path: Path) -> None:
+    # e.g. the url points at another web server: every call must fail as AgentError (which the
+    # scheduler handles), never as a ValueError that ends its poll or dispatch task
+    def other_server(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/ack":
+            return httpx.Response(500, json=["not", "an", "object"])
+        return httpx.Response(200, text="<html>welcome</html>")
+
+    spec = AgentSpec(name="web", url="http://web.test")
+    client = AgentClient(spec, epoch=1, transport=httpx.MockTransport(other_server))
+    for call in (
+        client.status(),
+        client.dispatch(body(1)),
+        client.run(1),
+        client.kill(1, "kill"),
+        client.results(0, 0),
+    ):
+        with pytest.raises(AgentAmbiguous, match="not a JSON object"):
+            await call
+    with pytest.raises(AgentRefused) as refused:
+        await client.ack([1])
+    assert refused.value.status == 500
+    await client.aclose()
+
+
+async def test_log_reads_are_bounded_whatever_max_asks(service: AgentService) -> None:
+    client = client_for(service, epoch=1)
+    await client.dispatch({**body(3, "head -c 3000000 /dev/zero"), "log_cap": 4 << 20})
+    await client.results(0, wait=5)
+    data, offset, size, _ = await client.log(3, 0, max_bytes=-1)
+    assert size == 3_000_000 and len(data) == offset == 1 << 20  # the default chunk, not the whole log
     await client.aclose()
