@@ -254,9 +254,7 @@ class VigilApp(App[int]):
             self.notify(f"{what}: waiting for the scheduler…", timeout=2)
         try:
             reply = await task
-        except ControlError as exc:
-            self.notify(f"{what} failed: {exc}", severity="error", timeout=8)
-        except OSError as exc:
+        except (ControlError, OSError) as exc:
             self.notify(f"{what} failed: {exc}", severity="error", timeout=8)
         else:
             self.notify(success(reply), timeout=4)

@@ -246,7 +246,8 @@ class _History:
             new = reader.runs_after(self.cursor, limit=5000)
             if len(new) >= 5000:  # far behind (or ids reused): start over rather than page
                 return self.reset(reader) | self._fill(reader, names, wanted, fill)
-            reread = [run_id for run_id in self.open if run_id not in {int(r["id"]) for r in new}]
+            new_ids = {int(r["id"]) for r in new}
+            reread = [run_id for run_id in self.open if run_id not in new_ids]
             for row in new:
                 self._put(RunRecord.from_row(row), dirty)
                 self.cursor = max(self.cursor, int(row["id"]))
@@ -407,6 +408,10 @@ class StateSource:
                 snap = self._read_state(cluster)
             except Exception as exc:  # any failed read: keep the last data, flag it stale
                 previous = self._last
+                # What this read found changed is lost with it: next time, re-read the catalog and
+                # compare every job with the records on screen (the last good snapshot's).
+                self._records = dict(previous.jobs) if previous else {}
+                self._rows = {}
                 snap = Snapshot(
                     taken_at=previous.taken_at if previous else self.clock(),
                     state_exists=True,

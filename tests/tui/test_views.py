@@ -80,7 +80,7 @@ async def test_live_update_does_not_move_the_cursor(make_app, fixed_paths: State
         await pilot.pause()
         assert "● RUN" in next(line for line in screen_text(app).splitlines() if "etl/extract" in line)
         assert screen.table.cursor_key == "health/ping"
-        assert screen.table.keys.index("health/ping") != before or True
+        assert screen.table.keys.index("health/ping") == before + 1  # its row moved; the cursor went with it
 
 
 async def test_jobs_filter_narrows_and_escape_clears(make_app) -> None:
@@ -269,6 +269,16 @@ async def test_no_active_scheduler_banner_and_greyed_actions(make_app) -> None:
         assert not app._notifications  # nothing was sent
 
 
+async def test_cluster_view_without_an_active_scheduler(make_app) -> None:
+    app = make_app(active=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("3")
+        await pilot.pause()
+        line = next(x for x in screen_text(app).splitlines() if "○ No active scheduler" in x)
+        assert line.strip() == "○ No active scheduler · at 12:00:00"
+
+
 async def test_read_only_disables_actions_even_with_an_active_scheduler(make_app) -> None:
     app = make_app(read_only=True)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -329,4 +339,138 @@ async def test_help_palette_and_quit_keys(make_app) -> None:
         await pilot.press("escape")  # back to the previous view
         assert isinstance(app.screen, JobsScreen)
         await pilot.press("q")
-    assert app.return_code in (0, None)
+        await pilot.pause()
+        assert not app.is_running
+    assert app.return_code == 0  # None had `q` not quit
+
+
+def start_run(paths: StatePaths, run_id: int, job: str) -> None:
+    """A new running run of `job`, as the scheduler would record it."""
+    conn = connect(paths)
+    when = "2030-01-02T11:59:59.000000+00:00"
+    conn.execute(
+        "INSERT INTO runs (id, job, scheduled_for, state, trigger, epoch, writer_epoch, created_at, started_at) "
+        "VALUES (?, ?, ?, 'running', 'manual', ?, ?, ?, ?)",
+        (run_id, job, when, EPOCH, EPOCH, when, when),
+    )
+    conn.close()
+
+
+def footer_enabled(app, key: str) -> bool:
+    from textual.widgets._footer import FooterKey
+
+    (found,) = [k for k in app.screen.query(FooterKey) if k.key == key]
+    return not found.has_class("-disabled")
+
+
+async def test_footer_follows_the_selected_job_as_its_run_starts(make_app, fixed_paths: StatePaths) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobsScreen)
+        screen.table.move_cursor_to("demo/overlap_skip")
+        await until(pilot, lambda: footer_enabled(app, "K"), what="K enabled: a run to kill")
+        screen.table.move_cursor_to("etl/extract")
+        await until(pilot, lambda: not footer_enabled(app, "K"), what="K greyed: nothing running")
+        await pilot.pause()
+        start_run(fixed_paths, 100, "etl/extract")
+        await app.refresh_now()
+        await until(pilot, lambda: footer_enabled(app, "K"), what="K enabled once its run started")
+
+
+async def test_runs_view_at_the_top_shows_new_runs_as_they_arrive(make_app, fixed_paths: StatePaths) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("2")
+        runs = app.screen
+        assert isinstance(runs, RunsScreen)
+        await until(pilot, lambda: runs.table.row_count == 25, what="first page")
+        assert runs.table.cursor_key == "25"
+        start_run(fixed_paths, 26, "etl/extract")
+        await app.refresh_now()
+        await until(pilot, lambda: runs.table.keys[0] == "26", what="the new run on the page")
+        await pilot.pause()
+        assert runs.table.cursor_key == "25"  # the cursor stays on its run...
+        assert round(runs.table.scroll_y) == 0  # ...and the new run is not hidden above the screen
+        assert any(line.split()[:2] == ["26", "etl/extract"] for line in screen_text(app).splitlines())
+
+
+async def test_opening_a_jobs_runs_again_starts_at_its_newest_run(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("2")
+        runs = app.screen
+        assert isinstance(runs, RunsScreen)
+        await until(pilot, lambda: runs.table.row_count == 25 and runs.total == 25, what="first page")
+        await pilot.press(*"jjjjjjjjjj", "1", "j", "j", "enter")  # demo/flaky, from a runs view seen before
+        await until(pilot, lambda: runs.table.keys == ["16", "15", "14", "13"], what="flaky's runs")
+        await until(pilot, lambda: runs.total == 4, what="flaky's count")
+        assert runs.table.cursor_key == "16"
+
+
+async def test_slash_is_offered_only_where_there_is_something_to_filter(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        for key, filterable in (("1", True), ("2", True), ("3", False), ("4", False)):
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.screen.check_action("start_filter", ()) is filterable
+            assert ("/ Filter" in screen_text(app)) is filterable
+        await pilot.press("slash")  # on the agents view: no filter line to type into
+        await pilot.pause()
+        assert not app.screen.query_one("#filter").has_class("-shown")
+        app.show_run(12)
+        screen = await until(pilot, lambda: app.screen if isinstance(app.screen, RunScreen) else None)
+        assert screen.check_action("start_filter", ()) is False
+
+
+async def test_a_run_deleted_while_open_can_no_longer_be_rerun(make_app, fixed_paths: StatePaths) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.show_run(12)
+        screen = await until(pilot, lambda: app.screen if isinstance(app.screen, RunScreen) else None)
+        await until(pilot, lambda: screen.record is not None, what="run loaded")
+        assert screen.check_action("rerun", ()) is True
+        conn = connect(fixed_paths)
+        conn.execute("DELETE FROM runs WHERE id = 12")  # retention
+        conn.close()
+        await app.refresh_now()
+        await until(pilot, lambda: "no longer exists" in screen_text(app), what="gone")
+        assert screen.check_action("rerun", ()) is None
+        assert screen.check_action("run_now", ()) is None
+
+
+async def test_a_failed_read_does_not_leave_rows_stale(make_app, fixed_paths: StatePaths, monkeypatch) -> None:
+    import sqlite3
+
+    from engine.api import StateReader
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        screen = app.screen
+        assert isinstance(screen, JobsScreen)
+        await pilot.press("S")  # state order: running jobs near the top, idle ones below
+        assert screen.table.keys.index("demo/overlap_skip") == 1
+        conn = connect(fixed_paths)
+        conn.execute("UPDATE runs SET state = 'succeeded', ended_at = started_at, exit_code = 0 WHERE id = 21")
+        conn.close()
+
+        def locked(self: StateReader) -> list[dict[str, object]]:
+            raise sqlite3.OperationalError("database is locked")
+
+        with monkeypatch.context() as patch:  # the read that sees the run end fails part-way
+            patch.setattr(StateReader, "agents", locked)
+            snap = await app.refresh_now()
+            assert snap.error is not None
+        await app.refresh_now()
+        await pilot.pause()
+        assert screen.jobs["demo/overlap_skip"].status == "idle"
+        keys = list(screen.table.keys)
+        assert keys.index("demo/overlap_skip") > keys.index("health/ping")  # re-sorted among the idle
+        assert "· IDLE" in next(line for line in screen_text(app).splitlines() if "demo/overlap_skip" in line)

@@ -31,6 +31,7 @@ EMPTY = (
 
 class AgentsScreen(ViewScreen):
     VIEW = "agents"
+    FILTERABLE = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ class ViewScreen(Screen[None]):
 
     VIEW: ClassVar[str] = ""
     FILTER_HINT: ClassVar[str] = "filter…"
+    FILTERABLE: ClassVar[bool] = True  #: False: the view has nothing to filter, so `/` is off
 
     BINDINGS = [
         Binding("escape", "back", "Back", show=False),
@@ -124,6 +125,8 @@ class ViewScreen(Screen[None]):
     # ------------------------------------------------------------ commands
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "start_filter":
+            return self.FILTERABLE
         if action in COMMAND_ACTIONS:
             if not self.vigil.can_command:
                 return None  # shown greyed out in the footer

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.widgets import Static
 
 from tui.data import AuditRecord, FailoverRecord, Snapshot
@@ -34,7 +35,9 @@ def cluster_markup(snap: Snapshot, now_text: str) -> str:
     lines = []
     active = cluster.active
     if active is None:
-        lines.append(f"[$error b]○ No active scheduler[/] ({cluster.problem or 'none'}) · at {now_text}")
+        why = cluster.problem or "no active scheduler"
+        detail = "" if why == "no active scheduler" else f" ({escape(why)})"
+        lines.append(f"[$error b]○ No active scheduler[/]{detail} · at {now_text}")
     else:
         since = fmt_time(active.since, snap.taken_at)
         lag = NONE_TEXT if active.loop_lag_ms is None else f"{active.loop_lag_ms:.1f} ms"
@@ -52,6 +55,7 @@ def cluster_markup(snap: Snapshot, now_text: str) -> str:
 
 class ClusterScreen(ViewScreen):
     VIEW = "cluster"
+    FILTERABLE = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -121,6 +121,8 @@ class JobsScreen(ViewScreen):
             self.table.set_rows(self._ordered_keys(), repaint)
         elif repaint:
             self.table.refresh_rows(repaint)
+        if self.table.cursor_key in touched:
+            self.refresh_bindings()  # e.g. its run started or ended: K and R follow in the footer
         self._want_trends()
         self._update_summary()
 

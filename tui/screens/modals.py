@@ -11,11 +11,11 @@ from textual.widgets import Button, Static
 HELP = r"""[b]Vigil dashboard — keys[/b]   (esc closes)
 
 [b $text-accent]Everywhere[/]  [b]?[/] help  [b]q[/] quit  [b]1[/]–[b]4[/] jobs · runs · cluster · agents
-  [b]:[/] or [b]ctrl+p[/] command palette   [b]/[/] filter   [b]esc[/] clear filter, then back
+  [b]:[/] or [b]ctrl+p[/] command palette   [b]esc[/] clear filter, then back
   [b]j k[/] or arrows move   [b]g G[/] first, last   [b]enter[/] open
 
 [b $text-accent]Jobs[/]  [b]r[/] run now  [b]p[/] pause/resume  [b]K[/] kill its run  [b]R[/] rerun last
-  [b]l[/] log of the current or last run
+  [b]l[/] log of the current or last run   [b]/[/] filter: words in name, state, tags…
   sort [b]N[/] name  [b]S[/] state  [b]F[/] next fire  [b]L[/] last result  [b]D[/] took (twice: reverse)
 
 [b $text-accent]Runs[/]  [b]][/] older page  [b]\[[/] newer page  [b]s[/] cycle the state filter

@@ -73,13 +73,13 @@ def detail_markup(run: RunRecord, now: datetime) -> str:
 
 class RunScreen(ViewScreen):
     VIEW = "runs"
+    FILTERABLE = False
 
     BINDINGS = [
         Binding("f", "toggle_follow", "Follow"),
         Binding("r", "run_now", "Run now", show=False),
         Binding("K", "kill", "Kill"),
         Binding("R", "rerun", "Rerun"),
-        Binding("slash", "start_filter", "Filter", show=False),
     ]
 
     def __init__(self, run_id: int) -> None:
@@ -120,6 +120,10 @@ class RunScreen(ViewScreen):
         run = await self.vigil.source.run(self.run_id)
         if run is None:
             self.query_one("#run-detail", Static).update(f"Run {self.run_id} no longer exists (pruned?).")
+            if self.record is not None:  # deleted while open: nothing left to kill or rerun
+                self.record = None
+                self.refresh_bindings()
+                self.refresh_follow()
             return
         self.record = run
         now = self.vigil.now()

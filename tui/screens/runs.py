@@ -93,9 +93,11 @@ class RunsScreen(ViewScreen):
         self.total: int | None = None
         self.last_fetch_ms: float | None = None
         self._count_at = 0.0
+        self._count_pending = False
+        self._reset_pending = False
 
     def compose_body(self) -> ComposeResult:
-        yield VirtualTable(COLUMNS, self.render_run, empty_text="No runs yet.", id="runs-table")
+        yield VirtualTable(COLUMNS, self.render_run, empty_text="No runs yet.", stick_to_top=True, id="runs-table")
 
     @property
     def table(self) -> VirtualTable:
@@ -120,22 +122,31 @@ class RunsScreen(ViewScreen):
         self.total = None
         self.load_page(count=True, reset_cursor=True)
 
+    def load_page(self, count: bool = False, reset_cursor: bool = False) -> None:
+        """Re-read the page on screen. A newer load cancels a pending one, so what each asked for
+        (a count, the cursor on the first row) is kept until a load completes it."""
+        self._count_pending |= count
+        self._reset_pending |= reset_cursor
+        self._load_page()
+
     @work(exclusive=True, group="runs-page", exit_on_error=False)
-    async def load_page(self, count: bool = False, reset_cursor: bool = False) -> None:
+    async def _load_page(self) -> None:
         started = time.perf_counter()
         source = self.vigil.source
         runs = await source.runs_page(job=self.job, state=self.state, before_id=self.pages[-1], limit=PAGE_SIZE)
         self.runs = {str(r.id): r for r in runs}
         keys = [str(r.id) for r in runs]
         self.table.set_rows(keys, None)
-        if reset_cursor and keys:
+        if self._reset_pending and keys:
             self.table.move_cursor_to(keys[0])
+        self._reset_pending = False
         self.last_fetch_ms = (time.perf_counter() - started) * 1000
         self._update_summary()
         self.refresh_bindings()
-        if count:
+        if self._count_pending:
             self._count_at = time.monotonic()
             self.total = await source.count_runs(job=self.job, state=self.state)
+            self._count_pending = False
             self._update_summary()
 
     def _update_summary(self) -> None:

@@ -134,11 +134,14 @@ class VirtualTable(ScrollView, can_focus=True):
         render_row: RowRenderer,
         *,
         empty_text: str = "Nothing to show.",
+        stick_to_top: bool = False,
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
         super().__init__(id=id, classes=classes)
         self.columns = list(columns)
+        #: Scrolled to the top, stay there: rows added above the cursor show up (newest-first lists).
+        self.stick_to_top = stick_to_top
         self.render_row = render_row
         self._keys: list[str] = []
         self._index: dict[str, int] = {}
@@ -169,10 +172,12 @@ class VirtualTable(ScrollView, can_focus=True):
         """Show `keys` in this order. Only `changed` rows are re-rendered (None: all of them).
 
         The cursor stays on its row key and that row stays at the same height on screen, so
-        live updates, re-sorts and filters never make the selection jump.
+        live updates, re-sorts and filters never make the selection jump (with `stick_to_top`,
+        a table scrolled to the top stays there, and only scrolls to keep the cursor in view).
         """
         old_cursor = self._cursor_key
-        old_offset = self.cursor_index - round(self.scroll_y) if old_cursor is not None else 0
+        old_top = round(self.scroll_y)
+        old_offset = self.cursor_index - old_top if old_cursor is not None else 0
         old_index = self.cursor_index
         same_order = keys is self._keys or list(keys) == self._keys
         if not same_order:
@@ -192,7 +197,7 @@ class VirtualTable(ScrollView, can_focus=True):
         if virtual != self.virtual_size:
             self.virtual_size = virtual
         if not same_order and self._cursor_key is not None:
-            if self._cursor_key == old_cursor:
+            if self._cursor_key == old_cursor and not (self.stick_to_top and old_top == 0):
                 self.scroll_to(y=max(0, self.cursor_index - old_offset), animate=False, force=True)
             self._scroll_cursor_into_view()
         if self._cursor_key != old_cursor:
