@@ -696,3 +696,20 @@ def test_ten_thousand_cron_triggers_build_and_query_quickly() -> None:
     elapsed = time.perf_counter() - began
     assert all(r is not None and now < r <= now + timedelta(days=1) for r in results)
     assert elapsed < 1.0, f"10,000 triggers took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "0 0 */2 * 1-5",  # `*/2` restricts: either field matches (Vixie cron would need both)
+        "0 0 1-31/3 * 1-5",
+        "0 0 1,15 * MON",
+        "0 0 * * */2",
+    ],
+)
+def test_day_fields_combine_as_croniter_does(expr: str) -> None:
+    start = utc(2026, 3, 1)
+    expected, it = [], croniter(expr, start)
+    for _ in range(40):
+        expected.append(it.get_next(datetime))
+    assert fires(CronTrigger(expr), start, 40) == expected
