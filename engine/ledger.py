@@ -109,12 +109,15 @@ class Ledger:
     async def write(self, statements: Iterable[tuple[str, Params]]) -> None:
         """One BEGIN IMMEDIATE transaction with the deferred writes plus `statements`."""
         async with self._lock:
-            batch = self._pending + list(statements)
-            self._pending = []
-            self._flush_wanted.clear()
+            deferred = self._take_deferred()
+            batch = deferred + list(statements)
             if not batch:
                 return
-            await self._run_batch(batch)
+            try:
+                await self._run_batch(batch)
+            except StoreError:
+                self._restore_deferred(deferred)
+                raise
 
     async def insert_runs(
         self, rows: list[dict[str, Any]], extra: Iterable[tuple[str, Params]] = ()
@@ -131,14 +134,29 @@ class Ledger:
         sql = f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         ids = [row["id"] for row in rows]
         async with self._lock:
-            batch = [*self._pending, *((sql, tuple(r[c] for c in columns)) for r in rows), *extra]
-            self._pending = []
-            self._flush_wanted.clear()
+            deferred = self._take_deferred()
+            batch = [*deferred, *((sql, tuple(r[c] for c in columns)) for r in rows), *extra]
             placeholders = ",".join("?" for _ in ids)
-            found = await self._run_batch(
-                batch, check=(f"SELECT id FROM runs WHERE id IN ({placeholders})", ids)
-            )
+            try:
+                found = await self._run_batch(
+                    batch, check=(f"SELECT id FROM runs WHERE id IN ({placeholders})", ids)
+                )
+            except StoreError:
+                self._restore_deferred(deferred)
+                raise
         return {int(r[0]) for r in found}
+
+    def _take_deferred(self) -> list[tuple[str, Params]]:
+        deferred, self._pending = self._pending, []
+        self._flush_wanted.clear()
+        return deferred
+
+    def _restore_deferred(self, deferred: list[tuple[str, Params]]) -> None:
+        # A failed transaction rolled back: the deferred updates (a run's start, a kill request)
+        # must not be lost with it; they go first into the next attempt.
+        self._pending = deferred + self._pending
+        if self._pending:
+            self._flush_wanted.set()
 
     async def _run_batch(
         self, batch: list[tuple[str, Params]], check: tuple[str, Params] | None = None

@@ -24,7 +24,7 @@ from typing import Any
 from . import schedule
 from .clock import Clock, SystemClock
 from .db import StatePaths, iso, parse_iso
-from .errors import FencedError, NotFoundError, VigilError
+from .errors import FencedError, NotFoundError, StoreError, VigilError
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .jobfile import JobFolder, ScanResult
 from .ledger import Ledger
@@ -241,6 +241,10 @@ class Scheduler:
             except FencedError:
                 self.request_stop("fenced")
                 return
+            except StoreError as exc:
+                # Kept for the next attempt (the main loop's next write carries them too).
+                log.warning("deferred ledger writes failed, retrying: %s", exc)
+                await asyncio.sleep(1.0)
 
     async def _sleep_until_next(self) -> None:
         now = time.time()

@@ -48,3 +48,25 @@ async def test_a_fire_is_inserted_once_and_its_end_recorded_once(tmp_path: Path)
         assert (stored["state"], stored["exit_code"]) == ("failed", 4)
     finally:
         await ledger.close()
+
+
+async def test_deferred_writes_survive_a_failed_transaction(tmp_path: Path) -> None:
+    import pytest
+
+    from engine.errors import StoreError
+
+    ledger = Ledger(StatePaths(tmp_path))
+    await ledger.open()
+    try:
+        await ledger.take_leadership(os.getpid(), None, NOW)
+        await ledger.insert_runs([row(1)])
+        ledger.defer(*finish("failed", 4))
+        with pytest.raises(StoreError):  # the transaction that carried the deferred update fails
+            await ledger.write([("INSERT INTO runs (id) VALUES (NULL)", ())])
+        (still_open,) = await ledger.query("SELECT state FROM runs WHERE id = 1")
+        assert still_open["state"] == "running"
+        await ledger.flush()  # the next attempt writes it
+        (stored,) = await ledger.query("SELECT state, exit_code FROM runs WHERE id = 1")
+        assert (stored["state"], stored["exit_code"]) == ("failed", 4)
+    finally:
+        await ledger.close()
