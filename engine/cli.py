@@ -490,11 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the agent's journal and run directories (default: $VIGIL_AGENT_STATE or ./.vigil-agent); "
         "never a scheduler's state directory",
     )
-    p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT")
-    p.add_argument("--token-file", help="file holding the bearer token (required off loopback)")
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="default: 127.0.0.1:8765")
+    p.add_argument("--token-file", metavar="FILE", help="file holding the bearer token (required off loopback)")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by this CA (mutual TLS)")
     p.set_defaults(func=cmd_agent)
     return parser
 
