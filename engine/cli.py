@@ -372,9 +372,15 @@ def _prune_offline(paths: StatePaths, seconds: float) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from tui.app import run_monitor
+    # The dashboard registers itself under this entry point (pyproject.toml): the engine never
+    # imports it, so a scheduler host needs no terminal stack.
+    from importlib.metadata import entry_points
 
-    return run_monitor(_state(args), read_only=args.read_only, jobs_dir=Path(args.jobs), start=args.start)
+    found = entry_points(group="vigil.commands", name="monitor")
+    if not found:
+        raise VigilError("the dashboard is not installed (no 'monitor' in the vigil.commands entry points)")
+    monitor = next(iter(found)).load()
+    return int(monitor(_state(args), read_only=args.read_only, jobs_dir=Path(args.jobs), start=args.start))
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

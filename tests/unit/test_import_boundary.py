@@ -37,6 +37,26 @@ def test_engine_imports_no_textual_and_no_tui() -> None:
     assert proc.stdout.strip() == "", f"engine imported: {proc.stdout.strip()}"
 
 
+def test_no_engine_source_imports_textual_or_tui_even_lazily() -> None:
+    """Imports inside functions escape the import-time check above; read the sources too."""
+    offenders = []
+    for path in (ROOT / "engine").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("import", "from") and words[1].split(".")[0] in ("textual", "tui"):
+                offenders.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_vigil_monitor_finds_the_dashboard_through_its_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    (monitor,) = entry_points(group="vigil.commands", name="monitor")
+    from tui.app import run_monitor
+
+    assert monitor.load() is run_monitor
+
+
 def test_tui_uses_only_the_engine_public_api() -> None:
     """The dashboard reads and commands through engine.api/control/db/model/errors only."""
     allowed = {"engine", "engine.api", "engine.control", "engine.db", "engine.model", "engine.errors"}
