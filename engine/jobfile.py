@@ -466,18 +466,14 @@ def _cron_problem(expr: str) -> str | None:
             f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, "
             f"got {len(fields)} in {expr!r}"
         )
-    seconds_first = len(fields) == 6
     try:
-        # Fast path: one croniter for a valid expression. Probing field by field costs six, which
-        # made the first load of 10,000 cron jobs spend most of its time here. Only a restricted
-        # day-of-month can make an expression that never fires (31 in February), so only then is
-        # the next fire computed.
-        cron = croniter(" ".join(fields), datetime(2000, 1, 1), second_at_beginning=seconds_first)
-        if fields[-3] not in ("*", "?"):
-            cron.get_next(datetime)
-        return _scheduler_problem(expr)
-    except Exception:  # find out which field is at fault, with the messages below
-        pass
+        # The scheduler's own parser decides (it is what fires the job, and it is fast); croniter
+        # only helps to name the field at fault in the message.
+        validate_cron(expr)
+        return None
+    except ValueError as exc:
+        reason = str(exc).removeprefix(f"cron {expr!r}: ")
+    seconds_first = len(fields) == 6
     names = _CRON_FIELDS_6 if seconds_first else _CRON_FIELDS_5
     for index, (name, text) in enumerate(zip(names, fields, strict=True)):
         probe = ["*"] * len(fields)
@@ -492,21 +488,7 @@ def _cron_problem(expr: str) -> str | None:
     except Exception as exc:
         if "find next date" in str(exc):
             return f"{expr!r} never fires (no date matches its day and month fields)"
-        return f"{expr!r} is invalid: {exc}"
-    return _scheduler_problem(expr)
-
-
-def _scheduler_problem(expr: str) -> str | None:
-    """Why the scheduler's own cron parser refuses an expression croniter accepts (e.g. `R`, `15W`, `5-1`).
-
-    The scheduler fires jobs with engine.schedule, not croniter: an expression only croniter accepts
-    would pass validation and then stop the scheduler when it builds the job's trigger.
-    """
-    try:
-        validate_cron(expr)
-    except ValueError as exc:
-        return str(exc).removeprefix(f"cron {expr!r}: ")
-    return None
+    return reason  # e.g. `R`, `15W`, `5-1`: croniter accepts them, the scheduler does not
 
 
 def _as_cron(value: object) -> str:
