@@ -108,16 +108,7 @@ class Ledger:
 
     async def write(self, statements: Iterable[tuple[str, Params]]) -> None:
         """One BEGIN IMMEDIATE transaction with the deferred writes plus `statements`."""
-        async with self._lock:
-            deferred = self._take_deferred()
-            batch = deferred + list(statements)
-            if not batch:
-                return
-            try:
-                await self._run_batch(batch)
-            except StoreError:
-                self._restore_deferred(deferred)
-                raise
+        await self._commit(list(statements))
 
     async def insert_runs(
         self, rows: list[dict[str, Any]], extra: Iterable[tuple[str, Params]] = ()
@@ -133,30 +124,31 @@ class Ledger:
         columns = list(rows[0])
         sql = f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         ids = [row["id"] for row in rows]
-        async with self._lock:
-            deferred = self._take_deferred()
-            batch = [*deferred, *((sql, tuple(r[c] for c in columns)) for r in rows), *extra]
-            placeholders = ",".join("?" for _ in ids)
-            try:
-                found = await self._run_batch(
-                    batch, check=(f"SELECT id FROM runs WHERE id IN ({placeholders})", ids)
-                )
-            except StoreError:
-                self._restore_deferred(deferred)
-                raise
+        placeholders = ",".join("?" for _ in ids)
+        found = await self._commit(
+            [*((sql, tuple(r[c] for c in columns)) for r in rows), *extra],
+            check=(f"SELECT id FROM runs WHERE id IN ({placeholders})", ids),
+        )
         return {int(r[0]) for r in found}
 
-    def _take_deferred(self) -> list[tuple[str, Params]]:
-        deferred, self._pending = self._pending, []
-        self._flush_wanted.clear()
-        return deferred
-
-    def _restore_deferred(self, deferred: list[tuple[str, Params]]) -> None:
-        # A failed transaction rolled back: the deferred updates (a run's start, a kill request)
-        # must not be lost with it; they go first into the next attempt.
-        self._pending = deferred + self._pending
-        if self._pending:
-            self._flush_wanted.set()
+    async def _commit(
+        self, statements: list[tuple[str, Params]], check: tuple[str, Params] | None = None
+    ) -> list[sqlite3.Row]:
+        """The deferred writes, then `statements`, in one transaction."""
+        async with self._lock:
+            deferred, self._pending = self._pending, []
+            self._flush_wanted.clear()
+            batch = deferred + statements
+            if not batch:
+                return []
+            try:
+                return await self._run_batch(batch, check)
+            except StoreError:
+                # Rolled back: the deferred updates (a run's start, a kill request) must not be
+                # lost with it; they go first into the next attempt.
+                self._pending = deferred + self._pending
+                self._flush_wanted.set()
+                raise
 
     async def _run_batch(
         self, batch: list[tuple[str, Params]], check: tuple[str, Params] | None = None

@@ -786,13 +786,10 @@ class Scheduler:
             )
         )
         job = self.jobs.get(info.job)
-        if job is None:
-            self._start_queued(info.job, batch)  # each queued run then ends: its job is gone
-            return
-        if state is RunState.SUCCEEDED:
+        if job is not None and state is RunState.SUCCEEDED:
             self.last_success[info.job] = now
             self._trigger_downstream(info.job, now, batch)
-        elif schedule.should_retry(str(state), info.attempt, job.retries):
+        elif job is not None and schedule.should_retry(str(state), info.attempt, job.retries):
             delay = schedule.retry_delay(job.retry_delay, info.attempt)
             retry = self._new_row(
                 batch,
@@ -806,7 +803,7 @@ class Scheduler:
                 reason=f"retry {info.attempt + 1} of {job.retries + 1} after {state} (in {delay:g}s)",
             )
             heapq.heappush(self._retry_heap, ((now + timedelta(seconds=delay)).timestamp(), retry.id))
-        self._start_queued(info.job, batch)
+        self._start_queued(info.job, batch)  # if the job is gone, each queued run then fails saying so
 
     def _start_queued(self, name: str, batch: Batch) -> None:
         if self.active_by_job[name] or not self.queued[name]:
