@@ -17,7 +17,7 @@ import pytest
 from engine.db import StatePaths, connect
 from engine.errors import FencedError
 from engine.ledger import Ledger
-from tests.helpers import runs, vigil, vigil_json, wait_for, write_job
+from tests.helpers import Up, runs, vigil, vigil_json, wait_for, write_job
 
 FAST_HA = '[scheduler]\nheartbeat_interval = "100ms"\nheartbeat_timeout = "1s"\n'
 
@@ -68,15 +68,21 @@ def setup_jobs(jobs_dir: Path, gate: Path) -> None:
     write_job(jobs_dir, "long", f'command = "while [ ! -e {gate} ]; do sleep 0.05; done; exit 5"\n')
 
 
+def active_and_standby(start_up, state_dir: Path) -> tuple[Up, Up]:
+    """Two `vigil up` on one state: the first active, the second registered as its standby."""
+    first = start_up()
+    first.wait_active()
+    second = start_up()
+    wait_for(lambda: second.pid in standby_pids(state_dir), 5, what="standby to register")
+    return first, second
+
+
 def test_crash_failover_adopts_and_accounts_for_every_fire(
     start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
     setup_jobs(jobs_dir, gate)
-    first = start_up()
-    first.wait_active()
-    second = start_up()
-    wait_for(lambda: second.pid in standby_pids(state_dir), 5, what="standby to register")
+    first, second = active_and_standby(start_up, state_dir)
     t_start = datetime.now(UTC)
     vigil(state_dir, "run", "long")
     wait_for(lambda: [r for r in runs(state_dir, "--job", "long") if r["state"] == "running"], 5)
@@ -113,10 +119,7 @@ def test_hung_active_is_killed_and_replaced(
     start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
 ) -> None:
     setup_jobs(jobs_dir, tmp_path / "gate")
-    first = start_up()
-    first.wait_active()
-    second = start_up()
-    wait_for(lambda: second.pid in standby_pids(state_dir), 5)
+    first, second = active_and_standby(start_up, state_dir)
     t_start = datetime.now(UTC)
     os.kill(first.pid, signal.SIGSTOP)
     stopped = time.monotonic()
@@ -290,10 +293,7 @@ def test_a_switched_over_node_reaps_the_shims_it_started(
 ) -> None:
     gate = tmp_path / "gate"
     setup_jobs(jobs_dir, gate)
-    first = start_up()
-    first.wait_active()
-    second = start_up()
-    wait_for(lambda: second.pid in standby_pids(state_dir), 5)
+    first, second = active_and_standby(start_up, state_dir)
     vigil(state_dir, "run", "long")
     wait_for(lambda: [r for r in runs(state_dir, "--job", "long") if r["state"] == "running"], 5)
     vigil(state_dir, "switchover")

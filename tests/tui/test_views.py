@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
+
+from textual.pilot import Pilot
 
 from engine.db import StatePaths, connect
 from tests.tui.conftest import ready, until
@@ -15,6 +19,14 @@ from tui.screens.modals import HelpScreen
 from tui.screens.run import LOG_MAX_LINES, LogView, RunScreen
 from tui.screens.runs import RunsScreen
 
+
+async def open_runs(pilot: Pilot[Any], loaded: Callable[[RunsScreen], object], what: str) -> RunsScreen:
+    """Switch to the runs view (key 2) and wait until `loaded(view)` holds."""
+    await pilot.press("2")
+    runs = pilot.app.screen
+    assert isinstance(runs, RunsScreen)
+    await until(pilot, lambda: loaded(runs), what=what)
+    return runs
 
 async def test_jobs_view_shows_each_job_with_glyph_word_schedule_and_result(make_app) -> None:
     app = make_app()
@@ -119,10 +131,7 @@ async def test_runs_view_state_filter_and_typed_filter(make_app) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
-        await pilot.press("2")
-        runs = app.screen
-        assert isinstance(runs, RunsScreen)
-        await until(pilot, lambda: runs.table.row_count == 25 and runs.total == 25, what="first page")
+        runs = await open_runs(pilot, lambda r: r.table.row_count == 25 and r.total == 25, "first page")
         assert "1–25 of 25" in screen_text(app)
         await pilot.press("s")  # running
         await until(pilot, lambda: [r.state for r in runs.runs.values()] == ["running"], what="running only")
@@ -150,10 +159,7 @@ async def test_runs_history_is_paged_newest_first(make_app, fixed_paths: StatePa
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
-        await pilot.press("2")
-        runs = app.screen
-        assert isinstance(runs, RunsScreen)
-        await until(pilot, lambda: runs.table.row_count == 100 and runs.total == 255, what="page 1")
+        runs = await open_runs(pilot, lambda r: r.table.row_count == 100 and r.total == 255, "page 1")
         assert runs.table.keys[0] == "1229"
         await pilot.press("right_square_bracket")
         await until(pilot, lambda: runs.table.keys and runs.table.keys[0] == "1129", what="page 2")
@@ -383,10 +389,7 @@ async def test_runs_view_at_the_top_shows_new_runs_as_they_arrive(make_app, fixe
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
-        await pilot.press("2")
-        runs = app.screen
-        assert isinstance(runs, RunsScreen)
-        await until(pilot, lambda: runs.table.row_count == 25, what="first page")
+        runs = await open_runs(pilot, lambda r: r.table.row_count == 25, "first page")
         assert runs.table.cursor_key == "25"
         start_run(fixed_paths, 26, "etl/extract")
         await app.refresh_now()
@@ -401,10 +404,7 @@ async def test_opening_a_jobs_runs_again_starts_at_its_newest_run(make_app) -> N
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
-        await pilot.press("2")
-        runs = app.screen
-        assert isinstance(runs, RunsScreen)
-        await until(pilot, lambda: runs.table.row_count == 25 and runs.total == 25, what="first page")
+        runs = await open_runs(pilot, lambda r: r.table.row_count == 25 and r.total == 25, "first page")
         await pilot.press(*"jjjjjjjjjj", "1", "j", "j", "enter")  # demo/flaky, from a runs view seen before
         await until(pilot, lambda: runs.table.keys == ["16", "15", "14", "13"], what="flaky's runs")
         await until(pilot, lambda: runs.total == 4, what="flaky's count")
