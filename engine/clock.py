@@ -1,4 +1,10 @@
-"""Injectable clocks so schedule logic is testable without sleeping."""
+"""Injectable clocks so schedule logic is testable without sleeping.
+
+A clock has two faces: `now()`, the wall clock that fire times are written in, and `monotonic()`,
+which only ever moves forward at the rate of real time. The scheduler measures durations (timeouts,
+retry delays, how long a run took) on the monotonic face and compares the two faces between loop
+iterations to notice the wall clock being stepped.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,11 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now(self) -> datetime:
-        """Current time, timezone-aware UTC."""
+        """Current wall time, timezone-aware UTC."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (its origin is arbitrary)."""
         ...
 
 
@@ -17,23 +27,43 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
 
 class FakeClock:
-    """A clock that only moves when told to."""
+    """A clock that only moves when told to.
 
-    def __init__(self, start: datetime) -> None:
+    `advance` lets time pass (both faces move); `jump` and `set` step the wall clock alone, as an
+    operator, NTP or a VM restore would.
+    """
+
+    def __init__(self, start: datetime, monotonic: float = 1000.0) -> None:
         if start.tzinfo is None:
             raise ValueError("FakeClock needs an aware datetime")
         self._now = start.astimezone(UTC)
+        self._mono = monotonic
 
     def now(self) -> datetime:
         return self._now
 
+    def monotonic(self) -> float:
+        return self._mono
+
     def advance(self, seconds: float) -> datetime:
+        if seconds < 0:
+            raise ValueError("time does not pass backwards; use jump() to step the wall clock back")
+        self._now += timedelta(seconds=seconds)
+        self._mono += seconds
+        return self._now
+
+    def jump(self, seconds: float) -> datetime:
+        """Step the wall clock by `seconds` (negative: back) without any time passing."""
         self._now += timedelta(seconds=seconds)
         return self._now
 
     def set(self, when: datetime) -> None:
+        """Step the wall clock to `when` without any time passing."""
         self._now = when.astimezone(UTC)
 
 

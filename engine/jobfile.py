@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 FOLDER_FILE = "_folder.toml"
+MAX_QUEUED_LIMIT = 1000  #: each queued run is an open row the scheduler keeps in memory
 SETTINGS_FILE = "vigil.toml"
 JOB_KEYS = (
     "command",
@@ -57,6 +58,7 @@ JOB_KEYS = (
     "retries",
     "retry_delay",
     "overlap",
+    "max_queued",
     "catchup",
     "catchup_window",
     "agent",
@@ -614,6 +616,10 @@ def _validate_keys(
                 value = _as_int(raw, 0)
             elif key == "overlap":
                 value = Overlap(_as_choice(raw, tuple(Overlap)))
+            elif key == "max_queued":
+                value = _as_int(raw, 1)
+                if value > MAX_QUEUED_LIMIT:
+                    raise _Bad(f"must be at most {MAX_QUEUED_LIMIT}, got {value}")
             elif key == "catchup":
                 value = Catchup(_as_choice(raw, tuple(Catchup)))
             elif key == "agent":
@@ -689,6 +695,7 @@ def _build_spec(
         retries=values.get("retries", 0),
         retry_delay=values.get("retry_delay", 10.0),
         overlap=values.get("overlap", Overlap.SKIP),
+        max_queued=values.get("max_queued", 10),
         catchup=values.get("catchup", Catchup.LATEST),
         catchup_window=values.get("catchup_window", 3600.0),
         agent=values.get("agent"),

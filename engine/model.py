@@ -67,6 +67,7 @@ class JobSpec:
     retries: int = 0
     retry_delay: float = 10.0  #: seconds before the first retry; doubles each attempt
     overlap: Overlap = Overlap.SKIP
+    max_queued: int = 10  #: with overlap = "queue": runs waiting at most; further fires are skipped
     catchup: Catchup = Catchup.LATEST
     catchup_window: float = 3600.0  #: seconds; fires older than this are `missed`
     agent: str | None = None

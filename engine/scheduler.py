@@ -13,7 +13,6 @@ import heapq
 import json
 import logging
 import os
-import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,21 +34,30 @@ log = logging.getLogger("vigil.scheduler")
 
 OPEN_STATES = ("pending", "waiting", "launching", "running")
 
+#: A fire handled within this many seconds of its time is on time; an older one is late and follows
+#: the job's `catchup` policy (a fixed tolerance, not a fraction of the interval).
+ON_TIME_TOLERANCE_S = 1.0
+#: Wall and monotonic clocks disagreeing by more than this between two loop iterations is a clock
+#: step (NTP slews far slower: under a millisecond per second).
+CLOCK_JUMP_TOLERANCE_S = 1.0
+
 SQL_RUNNING = (
     "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, writer_epoch = ? "
     "WHERE id = ? AND state IN ('pending', 'launching', 'waiting')"
 )
 SQL_FINISH = (
     "UPDATE runs SET state = ?, reason = ?, exit_code = ?, ended_at = ?, pid = COALESCE(?, pid), "
-    "cpu_s = ?, peak_rss = ?, writer_epoch = ? "
+    "cpu_s = ?, peak_rss = ?, started_at = COALESCE(?, started_at), writer_epoch = ? "
     "WHERE id = ? AND state IN ('pending', 'waiting', 'launching', 'running')"
 )
 SQL_LAUNCHING = "UPDATE runs SET state = 'launching', writer_epoch = ? WHERE id = ?"
+SQL_LAUNCHING_FROM_QUEUE = "UPDATE runs SET state = 'launching', reason = ?, writer_epoch = ? WHERE id = ?"
 SQL_KILL_REQUEST = "UPDATE runs SET kill_requested = ?, writer_epoch = ? WHERE id = ?"
 SQL_LAST_FIRE = (
     "INSERT INTO job_state (job, last_fire, writer_epoch) VALUES (?, ?, ?) "
     "ON CONFLICT (job) DO UPDATE SET last_fire = excluded.last_fire, writer_epoch = excluded.writer_epoch"
 )
+SQL_FORGET_LAST_FIRE = "UPDATE job_state SET last_fire = NULL, writer_epoch = ? WHERE job = ?"
 SQL_PAUSED = (
     "INSERT INTO job_state (job, paused, writer_epoch) VALUES (?, ?, ?) "
     "ON CONFLICT (job) DO UPDATE SET paused = excluded.paused, writer_epoch = excluded.writer_epoch"
@@ -77,6 +85,9 @@ class RunInfo:
     deadline: datetime | None = None
     not_before: datetime | None = None
     agent: str | None = None  #: where it was sent (agent or pool); None runs locally
+    started_wall: datetime | None = None  #: when this process started it (wall clock)
+    started_mono: float | None = None  #: the same instant on the monotonic clock
+    deadline_mono: float | None = None  #: `deadline` on the monotonic clock, once armed
 
 
 @dataclass
@@ -124,10 +135,13 @@ class Scheduler:
         self.queued: dict[str, deque[int]] = defaultdict(deque)
         self.executors: dict[str, Any] = {}
         self.next_id = 1
-        self._fire_heap: list[tuple[float, int, str, int]] = []
+        self._fire_heap: list[tuple[float, int, str, int]] = []  # wall-clock POSIX times
         self._generation: dict[str, int] = defaultdict(int)
-        self._retry_heap: list[tuple[float, int]] = []
-        self._deadline_heap: list[tuple[float, int]] = []
+        self._retry_heap: list[tuple[float, int]] = []  # monotonic times
+        self._deadline_heap: list[tuple[float, int]] = []  # monotonic times
+        self._clock_mark: tuple[datetime, float] | None = None  # (wall, monotonic) at the last look
+        self._forward_jumps: deque[tuple[datetime, datetime, str]] = deque(maxlen=8)  # (from, to], cause
+        self._collisions_noted: set[str] = set()  # jobs whose repeated fire times were logged
         self._finished: list[ShimExit] = []
         self._carry = Batch()  # ends decided mid-commit (failed launches), committed next iteration
         self._commands: list[Command] = []
@@ -157,7 +171,7 @@ class Scheduler:
         """Load the folder and settle what the previous active left open."""
         await self._load_state()
         result = await asyncio.to_thread(self.folder.scan)
-        now = self.clock.now()
+        now, _ = self._read_clock()
         self.executor = LocalExecutor(
             self.paths,
             self._on_shim_exit,
@@ -167,7 +181,8 @@ class Scheduler:
         from .agents import AgentDispatcher  # remote agents (engine/agents.py)
 
         self.executors["agent"] = AgentDispatcher(self)
-        statements = self._apply_scan(result, now, initial=True)
+        statements = self._settle_stored_fires(result, now)
+        statements += self._apply_scan(result, now, initial=True)
         await self._reconcile(now)
         await self.ledger.write(statements)
         await self._write_catalog(full=True)
@@ -247,16 +262,61 @@ class Scheduler:
                 await asyncio.sleep(1.0)
 
     async def _sleep_until_next(self) -> None:
-        now = time.time()
-        wake_at = now + 1.0
-        for heap in (self._fire_heap, self._retry_heap, self._deadline_heap):
+        # At most a second, so a stepped wall clock is noticed within one.
+        timeout = 1.0
+        if self._fire_heap:
+            timeout = min(timeout, self._fire_heap[0][0] - self.clock.now().timestamp())
+        mono = self.clock.monotonic()
+        for heap in (self._retry_heap, self._deadline_heap):
             if heap:
-                wake_at = min(wake_at, heap[0][0])
-        timeout = max(0.0, wake_at - now)
+                timeout = min(timeout, heap[0][0] - mono)
+        timeout = max(0.0, timeout)
         if timeout > 0 and not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
+
+    # ---------------------------------------------------------------- clock
+
+    def _read_clock(self) -> tuple[datetime, float]:
+        """Wall and monotonic time now; a step of the wall clock since the last look is handled here."""
+        now, mono = self.clock.now(), self.clock.monotonic()
+        mark, self._clock_mark = self._clock_mark, (now, mono)
+        if mark is None:
+            return now, mono
+        skew = (now - mark[0]).total_seconds() - (mono - mark[1])
+        if skew < -CLOCK_JUMP_TOLERANCE_S:
+            self._on_clock_back(-skew, now)
+        elif skew > CLOCK_JUMP_TOLERANCE_S:
+            cause = f"clock jumped forward {_format_jump(skew)}"
+            log.warning(
+                "wall clock jumped forward %s; the fires it passed follow each job's catchup", _format_jump(skew)
+            )
+            self._forward_jumps.append((now - timedelta(seconds=skew), now, cause))
+        return now, mono
+
+    def _on_clock_back(self, seconds: float, now: datetime) -> None:
+        log.warning(
+            "wall clock went back %s: schedules continue from %s; fire times that already ran are not run again",
+            _format_jump(seconds),
+            iso(now),
+        )
+        self.started_at -= timedelta(seconds=seconds)  # the takeover, in the new timeline
+        self._forward_jumps = deque((a, b, c) for a, b, c in self._forward_jumps if b <= now)
+        self._collisions_noted.clear()
+        self._restart_schedules(now, self._carry)
+        self._wake.set()
+
+    def _restart_schedules(self, now: datetime, batch: Batch) -> None:
+        """After the wall clock went back: a last fire "in the future" must not hold fires back."""
+        for name, last in list(self.last_fire.items()):
+            if last > now:
+                self.last_fire[name] = now
+                batch.statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
+        for name, trigger in self.triggers.items():
+            self._generation[name] += 1  # drops the heap entries computed on the old timeline
+            self._push_fire(name, trigger.next_fire(now))
+            batch.statements.append((SQL_NEXT_FIRE, (iso(self.next_fire[name]), self.epoch, name)))
 
     # ---------------------------------------------------------------- state loading
 
@@ -274,6 +334,28 @@ class Scheduler:
         ):
             if row["t"]:
                 self.last_success[row["job"]] = datetime.fromisoformat(row["t"])
+
+    def _settle_stored_fires(self, result: ScanResult, now: datetime) -> list[tuple[str, tuple[Any, ...]]]:
+        """Stored last fires that must not be trusted at start: of absent jobs, or ahead of the clock."""
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for name in sorted(set(self.last_fire) - set(result.jobs)):
+            # Not loaded now: if its file comes back, the time it was away is not missed.
+            del self.last_fire[name]
+            statements.append((SQL_FORGET_LAST_FIRE, (self.epoch, name)))
+        ahead = {name: last for name, last in self.last_fire.items() if last > now}
+        if ahead:
+            worst = max((last - now).total_seconds() for last in ahead.values())
+            log.warning(
+                "the wall clock is up to %s behind the last recorded fire of %d job(s): it went back; "
+                "schedules continue from %s and fire times that already ran are not run again",
+                _format_jump(worst),
+                len(ahead),
+                iso(now),
+            )
+            for name in ahead:
+                self.last_fire[name] = now
+                statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
+        return statements
 
     async def _reconcile(self, now: datetime) -> None:
         """Settle every run a previous active left open, from the shim's evidence."""
@@ -302,7 +384,8 @@ class Scheduler:
             if info.state in (RunState.PENDING, RunState.WAITING):
                 self._track(info)
                 if info.not_before is not None:
-                    heapq.heappush(self._retry_heap, (info.not_before.timestamp(), info.id))
+                    wait = (info.not_before - now).total_seconds()
+                    heapq.heappush(self._retry_heap, (self.clock.monotonic() + wait, info.id))
                 else:
                     self.queued[info.job].append(info.id)
                 continue
@@ -365,6 +448,9 @@ class Scheduler:
             self.triggers.pop(name, None)
             self.next_fire.pop(name, None)
             self._generation[name] += 1
+            # Forgotten in the ledger too, so a re-added file (even after a restart) starts from then.
+            if self.last_fire.pop(name, None) is not None:
+                statements.append((SQL_FORGET_LAST_FIRE, (self.epoch, name)))
         for name in (set(result.changed) | (set(self.jobs) if initial else set())) & set(self.jobs):
             job = self.jobs[name]
             trigger = schedule.trigger_for(job)
@@ -387,7 +473,8 @@ class Scheduler:
 
     async def _rescan_tick(self) -> None:
         result = await asyncio.to_thread(self.folder.scan)
-        statements = self._apply_scan(result, self.clock.now())
+        now, _ = self._read_clock()
+        statements = self._apply_scan(result, now)
         if statements:
             await self.ledger.write(statements)
         await self._write_catalog()
@@ -446,11 +533,11 @@ class Scheduler:
     # ---------------------------------------------------------------- main iteration
 
     async def _iteration(self) -> None:
-        now = self.clock.now()
+        now, mono = self._read_clock()
         batch, self._carry = self._carry, Batch()
         self._handle_finished(now, batch)
-        self._handle_deadlines(now)
-        self._handle_retries(now, batch)
+        self._handle_deadlines(mono)
+        self._handle_retries(mono, batch)
         self._handle_fires(now, batch)
         commands, self._commands = self._commands, []
         replies: list[tuple[Command, dict[str, Any] | Exception]] = []
@@ -485,11 +572,28 @@ class Scheduler:
                 # Already in the ledger: that fire was handled before; never launch it twice.
                 self.runs.pop(row["id"], None)
                 self.active_by_job[row["job"]].discard(row["id"])
+                with contextlib.suppress(ValueError):
+                    self.queued[row["job"]].remove(row["id"])
+                self._note_collision(row)
                 continue
             if row["state"] == RunState.LAUNCHING:
                 self._launch(row["id"], now)
         for run_id in batch.launches:
             self._launch(run_id, now)
+
+    def _note_collision(self, row: dict[str, Any]) -> None:
+        # After the wall clock went back, a fire time can come round again; the ledger keeps one run
+        # per job and fire time, so it is not run twice. Said once per job and clock step.
+        job = row["job"]
+        level = logging.DEBUG if job in self._collisions_noted else logging.WARNING
+        self._collisions_noted.add(job)
+        log.log(
+            level,
+            "job %s: fire time %s already has a run in the ledger (the wall clock went back?); "
+            "it is not run twice, later fire times run as scheduled",
+            job,
+            row["scheduled_for"],
+        )
 
     def _launch(self, run_id: int, now: datetime) -> None:
         info = self.runs.get(run_id)
@@ -519,14 +623,20 @@ class Scheduler:
             self._finish_later(info, RunState.FAILED, f"could not start the run's shim: {exc}", now)
             return
         info.state = RunState.RUNNING
+        info.started_wall, info.started_mono = now, self.clock.monotonic()
         if job.timeout is not None:
             info.deadline = now + timedelta(seconds=job.timeout)
+            info.deadline_mono = info.started_mono + job.timeout  # a wall-clock step cannot move it
             self._arm_deadline(info)
         self.ledger.defer(SQL_RUNNING, (iso(now), iso(info.deadline), self.epoch, info.id))
 
     def _arm_deadline(self, info: RunInfo) -> None:
-        if info.deadline is not None:
-            heapq.heappush(self._deadline_heap, (info.deadline.timestamp(), info.id))
+        if info.deadline is None:
+            return
+        if info.deadline_mono is None:  # a deadline set by an earlier process: what is left of it
+            left = (info.deadline - self.clock.now()).total_seconds()
+            info.deadline_mono = self.clock.monotonic() + left
+        heapq.heappush(self._deadline_heap, (info.deadline_mono, info.id))
 
     def _track(self, info: RunInfo) -> None:
         self.runs[info.id] = info
@@ -602,7 +712,7 @@ class Scheduler:
             batch.statements.append((SQL_LAST_FIRE, (name, iso(fires[-1]), self.epoch)))
             batch.statements.append((SQL_NEXT_FIRE, (iso(trigger.next_fire(now)), self.epoch, name)))
             self._push_fire(name, trigger.next_fire(now))
-            late = len(fires) > 1 or (now - fires[-1]).total_seconds() > max(1.0, (job.every or 60) / 2)
+            late = len(fires) > 1 or (now - fires[-1]).total_seconds() > ON_TIME_TOLERANCE_S
             if not late:
                 plans = [schedule.FirePlan(fires[0], "run", None)]
             else:
@@ -612,15 +722,21 @@ class Scheduler:
                     self._note_dropped(batch, name, fires[0], dropped, cause, now)
             if not job.enabled:
                 continue
+            # Fires caught up together run one after another, oldest first, whatever `overlap` says:
+            # each waits for the one before it instead of being skipped because of it.
+            catching_up = sum(plan.action == "run" for plan in plans) > 1
             for plan in plans:
                 if plan.action == "missed":
-                    self._new_row(
-                        batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now, reason=plan.reason
-                    )
+                    self._new_row(batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now, reason=plan.reason)
+                elif catching_up:
+                    self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire, catchup_queue=True)
                 else:
                     self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire)
 
     def _gap_cause(self, first_fire: datetime) -> str:
+        for jumped_from, jumped_to, cause in reversed(self._forward_jumps):
+            if jumped_from < first_fire <= jumped_to:
+                return cause
         if first_fire <= self.started_at:
             return self.takeover_cause
         return "scheduler overloaded"
@@ -650,8 +766,13 @@ class Scheduler:
         attempt: int = 1,
         reason: str | None = None,
         overlap: Overlap | None = None,
+        catchup_queue: bool = False,
     ) -> RunInfo:
-        """One fire of a job: launched, queued or skipped according to its policies."""
+        """One fire of a job: launched, queued or skipped according to its policies.
+
+        `catchup_queue`: one of several fires caught up at once; it queues behind the job's open
+        runs (`max_queued` does not apply: the catch-up is already bounded by its window).
+        """
         name = job.name
 
         def skipped(reason: str) -> RunInfo:
@@ -664,12 +785,17 @@ class Scheduler:
             if not ok:
                 return skipped("after: not yet succeeded since the previous run: " + ", ".join(unmet))
         active = self.active_by_job[name]
-        decision = schedule.overlap_decision(overlap or job.overlap, len(active) + len(self.queued[name]))
+        queued = self.queued[name]
+        policy = Overlap.QUEUE if catchup_queue else overlap or job.overlap
+        decision = schedule.overlap_decision(policy, len(active) + len(queued))
         if decision == "skip":
-            blocking = min(active) if active else (self.queued[name][0] if self.queued[name] else None)
+            blocking = min(active) if active else (queued[0] if queued else None)
             return skipped(f"overlap=skip: run {blocking} still running")
         if decision == "queue":
-            blocking = min(active) if active else self.queued[name][-1]
+            blocking = queued[-1] if queued else min(active)
+            if not catchup_queue and len(queued) >= job.max_queued:
+                return skipped(f"overlap=queue: queue full ({len(queued)} runs waiting, max_queued = {job.max_queued})")
+            why = "catchup=all" if catchup_queue else "overlap=queue"
             info = self._new_row(
                 batch,
                 name,
@@ -678,7 +804,7 @@ class Scheduler:
                 trigger,
                 now,
                 attempt=attempt,
-                reason=f"overlap=queue: waiting for run {blocking}",
+                reason=f"{why}: waiting for run {blocking}",
             )
             self.queued[name].append(info.id)
             return info
@@ -686,9 +812,8 @@ class Scheduler:
             batch, name, scheduled_for, RunState.LAUNCHING, trigger, now, attempt=attempt, reason=reason
         )
 
-    def _handle_retries(self, now: datetime, batch: Batch) -> None:
-        now_ts = now.timestamp()
-        while self._retry_heap and self._retry_heap[0][0] <= now_ts:
+    def _handle_retries(self, mono: float, batch: Batch) -> None:
+        while self._retry_heap and self._retry_heap[0][0] <= mono:
             _, run_id = heapq.heappop(self._retry_heap)
             info = self.runs.get(run_id)
             if info is None or info.state is not RunState.PENDING:
@@ -701,9 +826,8 @@ class Scheduler:
         batch.statements.append((SQL_LAUNCHING, (self.epoch, info.id)))
         batch.launches.append(info.id)
 
-    def _handle_deadlines(self, now: datetime) -> None:
-        now_ts = now.timestamp()
-        while self._deadline_heap and self._deadline_heap[0][0] <= now_ts:
+    def _handle_deadlines(self, mono: float) -> None:
+        while self._deadline_heap and self._deadline_heap[0][0] <= mono:
             _, run_id = heapq.heappop(self._deadline_heap)
             info = self.runs.get(run_id)
             if info is None or info.state is not RunState.RUNNING or info.kill_requested:
@@ -769,6 +893,13 @@ class Scheduler:
         self.active_by_job[info.job].discard(info.id)
         with contextlib.suppress(ValueError):
             self.queued[info.job].remove(info.id)
+        started_at = None
+        if info.started_mono is not None and info.started_wall is not None:
+            # Measured on the monotonic clock: if the wall clock was stepped during the run, the
+            # start is restated in the new timeline so the duration shown stays true.
+            took = self.clock.monotonic() - info.started_mono
+            if abs((now - info.started_wall).total_seconds() - took) > CLOCK_JUMP_TOLERANCE_S:
+                started_at = iso(now - timedelta(seconds=took))
         batch.statements.append(
             (
                 SQL_FINISH,
@@ -780,6 +911,7 @@ class Scheduler:
                     result.job_pid if result else None,
                     result.cpu_s if result else None,
                     result.peak_rss if result else None,
+                    started_at,
                     self.epoch,
                     info.id,
                 ),
@@ -802,16 +934,22 @@ class Scheduler:
                 not_before=now + timedelta(seconds=delay),
                 reason=f"retry {info.attempt + 1} of {job.retries + 1} after {state} (in {delay:g}s)",
             )
-            heapq.heappush(self._retry_heap, ((now + timedelta(seconds=delay)).timestamp(), retry.id))
-        self._start_queued(info.job, batch)  # if the job is gone, each queued run then fails saying so
+            heapq.heappush(self._retry_heap, (self.clock.monotonic() + delay, retry.id))
+        # If the job is gone, each queued run then fails saying so.
+        self._start_queued(info.job, batch, after=info.id)
 
-    def _start_queued(self, name: str, batch: Batch) -> None:
+    def _start_queued(self, name: str, batch: Batch, *, after: int | None = None) -> None:
         if self.active_by_job[name] or not self.queued[name]:
             return
         while self.queued[name]:
             info = self.runs.get(self.queued[name].popleft())
             if info is not None and info.state is RunState.PENDING:
-                self._start_pending(info, batch)
+                # Its "waiting for run N" reason is over: say what it waited for instead.
+                reason = f"started after run {after} ended" if after is not None else "started from the queue"
+                info.state = RunState.LAUNCHING
+                self.active_by_job[info.job].add(info.id)
+                batch.statements.append((SQL_LAUNCHING_FROM_QUEUE, (reason, self.epoch, info.id)))
+                batch.launches.append(info.id)
                 return
 
     def _trigger_downstream(self, upstream: str, now: datetime, batch: Batch) -> None:
@@ -992,6 +1130,16 @@ def _run_id(args: dict[str, Any]) -> int:
         return int(args.get("run_id", 0))
     except (TypeError, ValueError):
         raise NotFoundError(f"no run with id {args.get('run_id')!r}") from None
+
+
+def _format_jump(seconds: float) -> str:
+    """A clock step for people: "1h 0m", "5m 30s", "2.5s"."""
+    whole = round(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600}h {whole % 3600 // 60}m"
+    if whole >= 60:
+        return f"{whole // 60}m {whole % 60}s"
+    return f"{seconds:.1f}s"
 
 
 def _job_name_for(path: str, root: str) -> str:

@@ -1,0 +1,367 @@
+"""The scheduler's firing policy driven by an injected clock: no sleeping, no job processes.
+
+A real Scheduler on a real SQLite ledger and job folder; only the executor (the seam that would
+start shims) is replaced by a recorder, and time moves only when a test moves it. `clock.advance`
+lets time pass; `clock.set` steps the wall clock alone, as NTP or an operator would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine.scheduler as scheduler_module
+from engine.clock import FakeClock
+from engine.db import StatePaths
+from engine.executor import ShimExit
+from engine.scheduler import Scheduler
+from tests.helpers import write_job
+
+START = datetime(2026, 11, 29, 2, 59, 59, 500000, tzinfo=UTC)
+
+
+class RecordingExecutor:
+    """Stands in for LocalExecutor: records launches and kills, starts nothing."""
+
+    def __init__(self) -> None:
+        self.launched: list[int] = []
+        self.killed: list[int] = []
+        self.log_cap = 0
+        self.kill_grace = 0.0
+
+    def launch(self, run_id: int, command: Any, env: dict[str, str], workdir: str | None) -> int:
+        self.launched.append(run_id)
+        return 1
+
+    def kill(self, run_id: int) -> bool:
+        self.killed.append(run_id)
+        return True
+
+    def adopt(self, run_id: int) -> bool:
+        return False
+
+    def sample(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Harness:
+    def __init__(self, state: Path, jobs: Path, clock: FakeClock) -> None:
+        self.state, self.jobs, self.clock = state, jobs, clock
+        self.executor = RecordingExecutor()
+        self.s: Scheduler | None = None
+
+    async def start(self) -> Scheduler:
+        self.executor = RecordingExecutor()
+        self.s = Scheduler(StatePaths(self.state), self.jobs, clock=self.clock)
+        await self.s.take_leadership(pid=os.getpid(), starttime=None, cause="start")
+        await self.s.prepare()
+        return self.s
+
+    async def stop(self) -> None:
+        if self.s is None:
+            return
+        for extra in self.s.executors.values():
+            await extra.aclose()
+        await self.s.ledger.flush()
+        await self.s.ledger.close()
+        self.s = None
+
+    async def tick(self, seconds: float = 0.0) -> None:
+        assert self.s is not None
+        if seconds:
+            self.clock.advance(seconds)
+        await self.s._iteration()
+        await self.s.ledger.flush()
+
+    async def rescan(self) -> None:
+        assert self.s is not None
+        await self.s._rescan_tick()
+
+    def finish(self, run_id: int, exit_code: int = 0) -> None:
+        assert self.s is not None
+        self.s._on_shim_exit(ShimExit(run_id, exit_code, None, None, None))
+
+    async def runs(self, job: str = "j") -> list[dict[str, Any]]:
+        assert self.s is not None
+        rows = await self.s.ledger.query("SELECT * FROM runs WHERE job = ? ORDER BY id", (job,))
+        return [dict(r) for r in rows]
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(start: datetime = START) -> Harness:
+        h = Harness(tmp_path / "state", tmp_path / "jobs", FakeClock(start))
+        h.jobs.mkdir(exist_ok=True)
+        monkeypatch.setattr(scheduler_module, "LocalExecutor", lambda *a, **k: h.executor)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        await h.stop()
+
+
+def at(hour: int, minute: int = 0, second: int = 0) -> str:
+    return datetime(2026, 11, 29, hour, minute, second, tzinfo=UTC).isoformat(timespec="microseconds")
+
+
+def states(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(r["scheduled_for"], r["state"]) for r in rows]
+
+
+# ------------------------------------------------------------------------------------ clock jumps
+
+
+async def test_after_the_clock_goes_back_fires_continue_on_the_new_wall_time(harness, caplog) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "10s"\ncommand = "true"\n')
+    s = await h.start()
+    await h.tick(0.5)  # 03:00:00 fires
+    h.finish(h.executor.launched[-1])
+    await h.tick(10)  # 03:00:10 fires
+    h.finish(h.executor.launched[-1])
+    await h.tick()
+    caplog.set_level(logging.WARNING, "vigil.scheduler")
+    h.clock.set(h.clock.now() - timedelta(hours=1))  # 02:00:10
+    await h.tick()
+    # `vigil jobs` reads the catalog: its next fire is on the new timeline, not an hour ahead.
+    catalog = await s.ledger.query("SELECT next_fire FROM jobs WHERE name = 'j'")
+    assert catalog[0]["next_fire"] == at(2, 0, 20)
+    state = await s.ledger.query("SELECT last_fire FROM job_state WHERE job = 'j'")
+    assert datetime.fromisoformat(state[0]["last_fire"]) <= h.clock.now()
+    for _ in range(3):
+        await h.tick(10)
+        h.finish(h.executor.launched[-1])
+    rows = await h.runs()
+    assert [r["scheduled_for"] for r in rows] == [at(3, 0, 0), at(3, 0, 10), at(2, 0, 20), at(2, 0, 30), at(2, 0, 40)]
+    assert len(h.executor.launched) == 5
+    assert "wall clock went back 1h 0m" in caplog.text
+
+
+async def test_a_fire_time_that_already_ran_is_not_run_again_after_the_clock_goes_back(harness, caplog) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "10s"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5)  # 03:00:00 launches
+    await h.tick(10)  # 03:00:10 is skipped: 03:00:00 is still running
+    h.finish(h.executor.launched[0])
+    await h.tick()
+    caplog.set_level(logging.WARNING, "vigil.scheduler")
+    h.clock.set(h.clock.now() - timedelta(seconds=15))  # 02:59:55
+    await h.tick()
+    await h.tick(5)  # 03:00:00 comes round again: it already ran
+    await h.tick(10)  # 03:00:10 too (it has its skipped row)
+    assert len(h.executor.launched) == 1
+    assert "already has a run in the ledger" in caplog.text
+    await h.tick(10)  # 03:00:20 is new
+    rows = await h.runs()
+    assert states(rows) == [(at(3, 0, 0), "succeeded"), (at(3, 0, 10), "skipped"), (at(3, 0, 20), "running")]
+    assert len(h.executor.launched) == 2
+
+
+async def test_a_restart_after_the_clock_went_back_fires_from_the_new_wall_time(harness, caplog) -> None:
+    ahead = harness(START + timedelta(hours=2))  # e.g. a run under faketime +2h
+    write_job(ahead.jobs, "j", 'every = "1s"\ncommand = "true"\n')
+    await ahead.start()
+    for _ in range(3):
+        await ahead.tick(1)
+        ahead.finish(ahead.executor.launched[-1])
+    await ahead.tick()
+    await ahead.stop()
+    assert len(ahead.executor.launched) == 3
+
+    caplog.set_level(logging.WARNING, "vigil.scheduler")
+    real = harness(START + timedelta(minutes=1))  # the real clock, two hours behind the stored last fire
+    await real.start()
+    for _ in range(3):
+        await real.tick(1)
+        real.finish(real.executor.launched[-1])
+    assert len(real.executor.launched) == 3
+    rows = await real.runs()
+    assert [r["scheduled_for"] for r in rows[3:]] == [at(3, 1, 0), at(3, 1, 1), at(3, 1, 2)]
+    assert "behind the last recorded fire" in caplog.text
+
+
+@pytest.mark.parametrize(("catchup", "expect_run"), [("latest", True), ("none", False)])
+async def test_a_forward_jump_is_named_and_follows_catchup(harness, caplog, catchup: str, expect_run: bool) -> None:
+    h = harness()
+    write_job(h.jobs, "j", f'every = "10m"\ncatchup = "{catchup}"\ncommand = "true"\n')
+    await h.start()
+    caplog.set_level(logging.WARNING, "vigil.scheduler")
+    h.clock.set(h.clock.now() + timedelta(hours=1))  # 03:59:59.5: fires 03:00 … 03:50 were jumped over
+    await h.tick()
+    assert "wall clock jumped forward 1h 0m" in caplog.text
+    rows = await h.runs()
+    assert [r["scheduled_for"] for r in rows] == [at(3, m) for m in range(0, 60, 10)]
+    missed = [r for r in rows if r["state"] == "missed"]
+    assert len(missed) == (5 if expect_run else 6)
+    for row in missed:
+        assert row["reason"].startswith("clock jumped forward 1h 0m: "), row
+        assert "overloaded" not in row["reason"]
+    assert len(h.executor.launched) == (1 if expect_run else 0)
+
+
+async def test_timeouts_and_durations_use_the_monotonic_clock(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1h"\ntimeout = "30s"\ncommand = "sleep 100"\n')
+    s = await h.start()
+    await h.tick(1)  # 03:00:00 launches
+    assert len(h.executor.launched) == 1
+    run_id = h.executor.launched[0]
+    h.clock.set(h.clock.now() + timedelta(minutes=10))  # a wall step forward must not end it early
+    await h.tick()
+    await h.tick(10)
+    assert h.executor.killed == []
+    h.clock.set(h.clock.now() - timedelta(hours=2))  # nor a step back keep it alive past 30 s
+    await h.tick(21)
+    assert h.executor.killed == [run_id]
+    h.finish(run_id, -9)
+    await h.tick()
+    row = (await s.ledger.query("SELECT * FROM runs WHERE id = ?", (run_id,)))[0]
+    assert row["state"] == "timed_out"
+    took = datetime.fromisoformat(row["ended_at"]) - datetime.fromisoformat(row["started_at"])
+    assert abs(took.total_seconds() - 31) < 1.5, (row["started_at"], row["ended_at"])
+
+
+# ------------------------------------------------------------------------------- late fires, catch-up
+
+
+@pytest.mark.parametrize(("late_s", "runs"), [(0.5, True), (600.0, False)])
+async def test_a_late_fire_follows_catchup_none_beyond_a_fixed_tolerance(harness, late_s: float, runs: bool) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1h"\ncatchup = "none"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5 + late_s)  # the 03:00 fire, handled late_s after its time
+    rows = await h.runs()
+    assert len(rows) == 1
+    if runs:
+        assert rows[0]["state"] == "running" and len(h.executor.launched) == 1
+    else:
+        assert rows[0]["state"] == "missed", rows[0]
+        assert rows[0]["reason"] == "scheduler overloaded: catchup=none"
+        assert h.executor.launched == []
+
+
+async def test_a_late_fire_outside_the_catchup_window_is_missed(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1h"\ncatchup_window = "5m"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5 + 600)  # 10 minutes late, window 5 minutes
+    rows = await h.runs()
+    assert [r["state"] for r in rows] == ["missed"]
+    assert "outside catchup window" in rows[0]["reason"]
+
+
+async def test_catchup_all_runs_every_missed_fire_one_after_another(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1m"\ncatchup = "all"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5 + 4 * 60)  # 03:00 … 03:04 all fell due during one stall
+    rows = await h.runs()
+    assert [r["state"] for r in rows] == ["running"] + ["pending"] * 4, states(rows)
+    assert len(h.executor.launched) == 1
+    order = [rows[0]["id"]]
+    for _ in range(4):
+        h.finish(h.executor.launched[-1])
+        await h.tick()
+        order.append(h.executor.launched[-1])
+    await h.tick()
+    rows = await h.runs()
+    assert order == [r["id"] for r in rows], "caught-up fires start oldest first"
+    assert [r["state"] for r in rows] == ["succeeded"] * 4 + ["running"]
+    assert rows[4]["reason"] == f"started after run {rows[3]['id']} ended"
+
+
+# ------------------------------------------------------------------------------- jobs that come and go
+
+
+async def test_a_job_deleted_and_re_added_gets_no_missed_rows_for_its_absence(harness) -> None:
+    h = harness()
+    path = write_job(h.jobs, "j", 'every = "1m"\ncommand = "true"\n')
+    body = path.read_text()
+    await h.start()
+    await h.tick(0.5)  # 03:00 runs
+    h.finish(h.executor.launched[-1])
+    await h.tick()
+    path.unlink()
+    await h.rescan()
+    await h.tick(600)
+    path.write_text(body)
+    await h.rescan()
+    await h.tick(0.2)
+    await h.tick(60)  # the first fire after it came back
+    rows = await h.runs()
+    assert [r for r in rows if r["state"] in ("missed", "skipped")] == []
+    assert [r["scheduled_for"] for r in rows] == [at(3, 0), at(3, 11)]
+
+
+async def test_a_job_absent_across_a_restart_gets_no_missed_rows(harness) -> None:
+    first = harness()
+    seen_removed = write_job(first.jobs, "gone-while-up", 'every = "1m"\ncommand = "true"\n')
+    gone_while_down = write_job(first.jobs, "gone-while-down", 'every = "1m"\ncommand = "true"\n')
+    bodies = {p: p.read_text() for p in (seen_removed, gone_while_down)}
+    await first.start()
+    await first.tick(0.5)  # both fire at 03:00
+    for run_id in first.executor.launched:
+        first.finish(run_id)
+    await first.tick()
+    seen_removed.unlink()
+    await first.rescan()
+    await first.stop()
+
+    gone_while_down.unlink()
+    second = harness(first.clock.now() + timedelta(minutes=10))
+    seen_removed.write_text(bodies[seen_removed])  # back before the restart
+    await second.start()
+    await second.tick(0.2)
+    gone_while_down.write_text(bodies[gone_while_down])  # back while the second one runs
+    await second.rescan()
+    await second.tick(60)
+    for job in ("gone-while-up", "gone-while-down"):
+        rows = await second.runs(job)
+        assert [r for r in rows if r["state"] in ("missed", "skipped")] == [], (job, states(rows))
+        assert [r["scheduled_for"] for r in rows] == [at(3, 0), at(3, 11)], (job, states(rows))
+
+
+# ------------------------------------------------------------------------------------ overlap = queue
+
+
+async def test_the_queue_is_capped_by_max_queued_and_a_started_run_loses_its_waiting_reason(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "10s"\noverlap = "queue"\nmax_queued = 2\ncommand = "sleep 100"\n')
+    await h.start()
+    for _ in range(4):
+        await h.tick(10)  # 03:00:00 launches, :10 and :20 queue, :30 overflows
+    rows = await h.runs()
+    assert [r["state"] for r in rows[:4]] == ["running", "pending", "pending", "skipped"], states(rows)
+    assert rows[3]["reason"] == "overlap=queue: queue full (2 runs waiting, max_queued = 2)"
+    first, second = rows[0]["id"], rows[1]["id"]
+    h.finish(first)
+    await h.tick()
+    row = (await h.runs())[1]
+    assert row["id"] == second and h.executor.launched == [first, second]
+    assert row["reason"] == f"started after run {first} ended"
+
+
+def test_max_queued_is_validated(tmp_path: Path) -> None:
+    from engine.jobfile import load_folder
+
+    write_job(tmp_path, "ok", 'command = "true"\noverlap = "queue"\nmax_queued = 3\n')
+    write_job(tmp_path, "zero", 'command = "true"\nmax_queued = 0\n')
+    write_job(tmp_path, "text", 'command = "true"\nmax_queued = "many"\n')
+    result = load_folder(tmp_path)
+    assert result.jobs["ok"].max_queued == 3
+    errors = "\n".join(e.format() for e in result.errors)
+    assert "zero.toml:2: max_queued: must be at least 1, got 0" in errors
+    assert "text.toml:2: max_queued: expected an integer" in errors
