@@ -57,6 +57,9 @@ SQL_LAST_FIRE = (
     "INSERT INTO job_state (job, last_fire, writer_epoch) VALUES (?, ?, ?) "
     "ON CONFLICT (job) DO UPDATE SET last_fire = excluded.last_fire, writer_epoch = excluded.writer_epoch"
 )
+SQL_RESTATE_START = (
+    "UPDATE runs SET started_at = ?, deadline = ?, writer_epoch = ? WHERE id = ? AND state IN ('launching', 'running')"
+)
 SQL_FORGET_LAST_FIRE = "UPDATE job_state SET last_fire = NULL, writer_epoch = ? WHERE job = ?"
 SQL_PAUSED = (
     "INSERT INTO job_state (job, paused, writer_epoch) VALUES (?, ?, ?) "
@@ -285,6 +288,8 @@ class Scheduler:
         if mark is None:
             return now, mono
         skew = (now - mark[0]).total_seconds() - (mono - mark[1])
+        if abs(skew) > CLOCK_JUMP_TOLERANCE_S:
+            self._restate_starts(now, mono)
         if skew < -CLOCK_JUMP_TOLERANCE_S:
             self._on_clock_back(-skew, now)
         elif skew > CLOCK_JUMP_TOLERANCE_S:
@@ -294,6 +299,18 @@ class Scheduler:
             )
             self._forward_jumps.append((now - timedelta(seconds=skew), now, cause))
         return now, mono
+
+    def _restate_starts(self, now: datetime, mono: float) -> None:
+        """Runs this process started, re-dated in the new timeline so durations shown stay true."""
+        for info in self.runs.values():
+            if info.started_mono is None or info.state is not RunState.RUNNING:
+                continue
+            info.started_wall = now - timedelta(seconds=mono - info.started_mono)
+            if info.deadline is not None and info.deadline_mono is not None:
+                info.deadline = now + timedelta(seconds=info.deadline_mono - mono)
+            self._carry.statements.append(
+                (SQL_RESTATE_START, (iso(info.started_wall), iso(info.deadline), self.epoch, info.id))
+            )
 
     def _on_clock_back(self, seconds: float, now: datetime) -> None:
         log.warning(
@@ -385,6 +402,10 @@ class Scheduler:
                 self._track(info)
                 if info.not_before is not None:
                     wait = (info.not_before - now).total_seconds()
+                    job = self.jobs.get(info.job)
+                    if job is not None and info.attempt > 1:
+                        # Never longer than its delay: a clock that went back must not postpone it.
+                        wait = min(wait, schedule.retry_delay(job.retry_delay, info.attempt - 1))
                     heapq.heappush(self._retry_heap, (self.clock.monotonic() + wait, info.id))
                 else:
                     self.queued[info.job].append(info.id)

@@ -224,6 +224,11 @@ async def test_timeouts_and_durations_use_the_monotonic_clock(harness) -> None:
     await h.tick(10)
     assert h.executor.killed == []
     h.clock.set(h.clock.now() - timedelta(hours=2))  # nor a step back keep it alive past 30 s
+    await h.tick()
+    row = (await s.ledger.query("SELECT started_at, deadline FROM runs WHERE id = ?", (run_id,)))[0]
+    # While it runs, its start and deadline are shown in the new timeline (no negative durations).
+    assert datetime.fromisoformat(row["started_at"]) == h.clock.now() - timedelta(seconds=10)
+    assert datetime.fromisoformat(row["deadline"]) == h.clock.now() + timedelta(seconds=20)
     await h.tick(21)
     assert h.executor.killed == [run_id]
     h.finish(run_id, -9)
@@ -232,6 +237,22 @@ async def test_timeouts_and_durations_use_the_monotonic_clock(harness) -> None:
     assert row["state"] == "timed_out"
     took = datetime.fromisoformat(row["ended_at"]) - datetime.fromisoformat(row["started_at"])
     assert abs(took.total_seconds() - 31) < 1.5, (row["started_at"], row["ended_at"])
+
+
+async def test_a_pending_retry_is_not_postponed_by_a_clock_that_went_back_over_a_restart(harness) -> None:
+    first = harness()
+    write_job(first.jobs, "j", 'every = "1h"\nretries = 1\nretry_delay = "10s"\ncommand = "false"\n')
+    await first.start()
+    await first.tick(0.5)
+    first.finish(first.executor.launched[0], exit_code=1)
+    await first.tick()  # attempt 2 waits 10 s
+    await first.stop()
+    second = harness(first.clock.now() - timedelta(hours=2))
+    await second.start()
+    await second.tick(10.5)
+    rows = await second.runs()
+    assert [(r["attempt"], r["state"]) for r in rows] == [(1, "failed"), (2, "running")]
+    assert len(second.executor.launched) == 1
 
 
 # ------------------------------------------------------------------------------- late fires, catch-up
