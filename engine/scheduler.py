@@ -47,7 +47,7 @@ SQL_RUNNING = (
 )
 SQL_FINISH = (
     "UPDATE runs SET state = ?, reason = ?, exit_code = ?, ended_at = ?, pid = COALESCE(?, pid), "
-    "cpu_s = ?, peak_rss = ?, started_at = COALESCE(?, started_at), writer_epoch = ? "
+    "cpu_s = ?, peak_rss = ?, writer_epoch = ? "
     "WHERE id = ? AND state IN ('pending', 'waiting', 'launching', 'running')"
 )
 SQL_LAUNCHING = "UPDATE runs SET state = 'launching', writer_epoch = ? WHERE id = ?"
@@ -88,8 +88,7 @@ class RunInfo:
     deadline: datetime | None = None
     not_before: datetime | None = None
     agent: str | None = None  #: where it was sent (agent or pool); None runs locally
-    started_wall: datetime | None = None  #: when this process started it (wall clock)
-    started_mono: float | None = None  #: the same instant on the monotonic clock
+    started_mono: float | None = None  #: when this process started it, on the monotonic clock
     deadline_mono: float | None = None  #: `deadline` on the monotonic clock, once armed
 
 
@@ -305,11 +304,11 @@ class Scheduler:
         for info in self.runs.values():
             if info.started_mono is None or info.state is not RunState.RUNNING:
                 continue
-            info.started_wall = now - timedelta(seconds=mono - info.started_mono)
+            started = now - timedelta(seconds=mono - info.started_mono)
             if info.deadline is not None and info.deadline_mono is not None:
                 info.deadline = now + timedelta(seconds=info.deadline_mono - mono)
             self._carry.statements.append(
-                (SQL_RESTATE_START, (iso(info.started_wall), iso(info.deadline), self.epoch, info.id))
+                (SQL_RESTATE_START, (iso(started), iso(info.deadline), self.epoch, info.id))
             )
 
     def _on_clock_back(self, seconds: float, now: datetime) -> None:
@@ -644,7 +643,7 @@ class Scheduler:
             self._finish_later(info, RunState.FAILED, f"could not start the run's shim: {exc}", now)
             return
         info.state = RunState.RUNNING
-        info.started_wall, info.started_mono = now, self.clock.monotonic()
+        info.started_mono = self.clock.monotonic()
         if job.timeout is not None:
             info.deadline = now + timedelta(seconds=job.timeout)
             info.deadline_mono = info.started_mono + job.timeout  # a wall-clock step cannot move it
@@ -914,13 +913,6 @@ class Scheduler:
         self.active_by_job[info.job].discard(info.id)
         with contextlib.suppress(ValueError):
             self.queued[info.job].remove(info.id)
-        started_at = None
-        if info.started_mono is not None and info.started_wall is not None:
-            # Measured on the monotonic clock: if the wall clock was stepped during the run, the
-            # start is restated in the new timeline so the duration shown stays true.
-            took = self.clock.monotonic() - info.started_mono
-            if abs((now - info.started_wall).total_seconds() - took) > CLOCK_JUMP_TOLERANCE_S:
-                started_at = iso(now - timedelta(seconds=took))
         batch.statements.append(
             (
                 SQL_FINISH,
@@ -932,7 +924,6 @@ class Scheduler:
                     result.job_pid if result else None,
                     result.cpu_s if result else None,
                     result.peak_rss if result else None,
-                    started_at,
                     self.epoch,
                     info.id,
                 ),
