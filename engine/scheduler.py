@@ -456,7 +456,7 @@ class Scheduler:
             log.warning("job file error: %s", message)
         touched = set(result.changed) | set(result.removed) | (set(errors) ^ set(self.job_errors))
         self.job_errors = errors
-        self.jobs = dict(result.jobs)
+        previous_jobs, self.jobs = self.jobs, dict(result.jobs)
         if initial:
             touched |= set(self.jobs)
         self.downstream = defaultdict(list)
@@ -480,8 +480,11 @@ class Scheduler:
                 self.next_fire[name] = None
                 continue
             self.triggers[name] = trigger
-            if name not in self.last_fire:
-                # A job seen for the first time is watched from now: fires before it existed are not missed.
+            before = previous_jobs.get(name)
+            new_schedule = before is not None and not initial and _schedule_of(before) != _schedule_of(job)
+            if name not in self.last_fire or (new_schedule and self.last_fire[name] < now):
+                # A job seen for the first time, or with a new schedule, is watched from now: fires
+                # before it existed are not missed (nor fires its new schedule would have had).
                 self.last_fire[name] = now
                 statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
             self._push_fire(
@@ -814,7 +817,7 @@ class Scheduler:
         if decision == "queue":
             blocking = queued[-1] if queued else min(active)
             if not catchup_queue and len(queued) >= job.max_queued:
-                return skipped(f"overlap=queue: queue full ({len(queued)} runs waiting, max_queued = {job.max_queued})")
+                return skipped(f"overlap=queue: queue full ({len(queued)} waiting, max_queued = {job.max_queued})")
             why = "catchup=all" if catchup_queue else "overlap=queue"
             info = self._new_row(
                 batch,
@@ -1142,6 +1145,10 @@ def _run_id(args: dict[str, Any]) -> int:
         return int(args.get("run_id", 0))
     except (TypeError, ValueError):
         raise NotFoundError(f"no run with id {args.get('run_id')!r}") from None
+
+
+def _schedule_of(job: JobSpec) -> tuple[Any, ...]:
+    return (job.cron, job.every, job.at, job.timezone)
 
 
 def _format_jump(seconds: float) -> str:

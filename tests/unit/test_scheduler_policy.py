@@ -327,6 +327,20 @@ async def test_a_job_deleted_and_re_added_gets_no_missed_rows_for_its_absence(ha
     assert [r["scheduled_for"] for r in rows] == [at(3, 0), at(3, 11)]
 
 
+async def test_a_new_schedule_gets_no_missed_rows_for_the_time_before_it(harness) -> None:
+    h = harness()
+    path = write_job(h.jobs, "j", 'every = "1h"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5)  # 03:00 runs
+    h.finish(h.executor.launched[-1])
+    await h.tick(30 * 60)  # 03:30: the schedule becomes every 5 minutes
+    path.write_text('every = "5m"\ncommand = "true"\n')
+    await h.rescan()
+    await h.tick(5 * 60)  # 03:35 is its first fire
+    rows = await h.runs()
+    assert states(rows) == [(at(3, 0), "succeeded"), (at(3, 35), "running")]
+
+
 async def test_a_job_absent_across_a_restart_gets_no_missed_rows(harness) -> None:
     first = harness()
     seen_removed = write_job(first.jobs, "gone-while-up", 'every = "1m"\ncommand = "true"\n')
@@ -366,7 +380,7 @@ async def test_the_queue_is_capped_by_max_queued_and_a_started_run_loses_its_wai
         await h.tick(10)  # 03:00:00 launches, :10 and :20 queue, :30 overflows
     rows = await h.runs()
     assert [r["state"] for r in rows[:4]] == ["running", "pending", "pending", "skipped"], states(rows)
-    assert rows[3]["reason"] == "overlap=queue: queue full (2 runs waiting, max_queued = 2)"
+    assert rows[3]["reason"] == "overlap=queue: queue full (2 waiting, max_queued = 2)"
     first, second = rows[0]["id"], rows[1]["id"]
     h.finish(first)
     await h.tick()
