@@ -318,7 +318,7 @@ class Scheduler:
             iso(now),
         )
         self.started_at -= timedelta(seconds=seconds)  # the takeover, in the new timeline
-        self._forward_jumps = deque((a, b, c) for a, b, c in self._forward_jumps if b <= now)
+        self._forward_jumps = deque((jump for jump in self._forward_jumps if jump[1] <= now), maxlen=8)
         self._collisions_noted.clear()
         self._restart_schedules(now, self._carry)
         self._wake.set()
@@ -750,9 +750,13 @@ class Scheduler:
             catching_up = sum(plan.action == "run" for plan in plans) > 1
             for plan in plans:
                 if plan.action == "missed":
-                    self._new_row(batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now, reason=plan.reason)
+                    self._new_row(
+                        batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now, reason=plan.reason
+                    )
                 elif catching_up:
-                    self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire, catchup_queue=True)
+                    self._fire(
+                        batch, job, plan.scheduled_for, "schedule", now, since=previous_fire, catchup_queue=True
+                    )
                 else:
                     self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire)
 
@@ -817,7 +821,9 @@ class Scheduler:
         if decision == "queue":
             blocking = queued[-1] if queued else min(active)
             if not catchup_queue and len(queued) >= job.max_queued:
-                return skipped(f"overlap=queue: queue full ({len(queued)} waiting, max_queued = {job.max_queued})")
+                return skipped(
+                    f"overlap=queue: queue full ({len(queued)} waiting, max_queued = {job.max_queued})"
+                )
             why = "catchup=all" if catchup_queue else "overlap=queue"
             info = self._new_row(
                 batch,
