@@ -183,7 +183,9 @@ async def test_a_restart_after_the_clock_went_back_fires_from_the_new_wall_time(
 
     caplog.set_level(logging.WARNING, "vigil.scheduler")
     real = harness(START + timedelta(minutes=1))  # the real clock, two hours behind the stored last fire
-    await real.start()
+    s = await real.start()
+    catalog = await s.ledger.query("SELECT next_fire FROM jobs WHERE name = 'j'")
+    assert catalog[0]["next_fire"] == at(3, 1, 0)  # what `vigil jobs` shows: the next second, not 2 h on
     for _ in range(3):
         await real.tick(1)
         real.finish(real.executor.launched[-1])
