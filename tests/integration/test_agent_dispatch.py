@@ -236,3 +236,24 @@ async def test_broken_dispatches_that_may_have_arrived_end_unknown_after_the_cap
     assert ended[0]["state"] == "unknown", ended
     assert "may be running there" in ended[0]["reason"], ended
     assert cluster.agent.journal.get(run_id) is not None  # it did arrive: "failed" would have been a lie
+
+
+async def test_a_deposed_schedulers_collector_cannot_finish_or_ack_a_run(cluster: Cluster, tmp_path: Path) -> None:
+    # Shown, not fixed: fencing already covers it. The old active reads the result after a new
+    # active took the epoch; its write is refused, it stops, and the agent keeps the result.
+    write_jobs(cluster.jobs)
+    (cluster.jobs / "remote.toml").write_text(
+        f'agent = "a1"\ncommand = "while [ ! -e {tmp_path}/gate ]; do sleep 0.02; done"\n'
+    )
+    scheduler = await cluster.start()
+    run_id = await run_now(scheduler)
+    await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "running"], 5, "running")
+    newer = Scheduler(cluster.paths, cluster.jobs)
+    await newer.take_leadership(pid=2, starttime=2, cause="failover")  # epoch 2; its loop never runs
+    (tmp_path / "gate").touch()
+    assert cluster.task is not None
+    assert await asyncio.wait_for(cluster.task, 10) == "fenced"
+    [row] = [r for r in rows(cluster.paths) if r["id"] == run_id]
+    assert row["state"] == "running" and row["writer_epoch"] == 1
+    assert cluster.agent.journal.get(run_id)["acked_at"] is None  # still there for the new active
+    await newer.ledger.close()
