@@ -329,7 +329,15 @@ class Scheduler:
             if row["agent"] and "agent" in self.executors and info.state is not RunState.PENDING:
                 self.executors["agent"].reconcile_row(info, row, batch)
                 continue
-            if info.state in (RunState.PENDING, RunState.WAITING):
+            restored_queued = self.restored and info.state in (RunState.PENDING, RunState.WAITING)
+            if restored_queued and not self.paths.run_dir(info.id).exists():
+                # Queued when the backup was taken; what became of it is not known here, and the
+                # schedule restarts from now (docs/ha.md, "Restoring a backup").
+                self._track(info)
+                reason = "queued when the backup was taken; not started after the restore"
+                self._finish_run(info, RunState.SKIPPED, reason, None, now, batch)
+                continue
+            if info.state in (RunState.PENDING, RunState.WAITING) and not restored_queued:
                 self._track(info)
                 if info.not_before is not None:
                     heapq.heappush(self._retry_heap, (info.not_before.timestamp(), info.id))

@@ -47,20 +47,24 @@ def epoch_of(state: Path) -> int:
 def test_a_restored_backup_reuses_no_epoch_no_run_id_and_settles_its_open_runs(
     start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
 ) -> None:
-    gate = tmp_path / "gate"
+    gate, out = tmp_path / "gate", tmp_path / "slow-ran"
     write_job(jobs_dir, "before", 'command = "echo before-$VIGIL_RUN_ID"\n')
     write_job(jobs_dir, "after", 'command = "echo after-$VIGIL_RUN_ID"\n')
     write_job(jobs_dir, "slow", f'command = "while [ ! -e {gate} ]; do sleep 0.05; done; exit 3"\n')
+    write_job(jobs_dir, "flaky", f'retries = 1\nretry_delay = "1s"\ncommand = "echo $VIGIL_RUN_ID >> {out}; exit 4"\n')
     up = start_up()
     up.wait_active()
     vigil(state_dir, "run", "before")
     [before] = ended(state_dir, "before")
     vigil(state_dir, "run", "slow")
     slow = wait_for(lambda: [r for r in runs(state_dir, "--job", "slow") if r["state"] == "running"], 10)[0]
+    vigil(state_dir, "run", "flaky")
+    wait_for(lambda: [r for r in runs(state_dir, "--job", "flaky") if r["state"] == "pending"], 10)
     backup = tmp_path / "backup.db"
-    vigil(state_dir, "db", "backup", str(backup))  # `slow` is open in the backup
+    vigil(state_dir, "db", "backup", str(backup))  # `slow` is running in the backup, a `flaky` retry pending
     gate.touch()
     ended(state_dir, "slow")
+    ended(state_dir, "flaky", 2)
     up.stop()
     # Life goes on after the backup: another start (a new epoch) and runs with new ids.
     up = start_up()
@@ -69,7 +73,12 @@ def test_a_restored_backup_reuses_no_epoch_no_run_id_and_settles_its_open_runs(
     vigil(state_dir, "run", "after")
     vigil(state_dir, "run", "after")
     later = ended(state_dir, "after", 2)
-    used_ids = {before["id"], slow["id"], *(r["id"] for r in later)}
+    used_ids = {
+        before["id"],
+        slow["id"],
+        *(r["id"] for r in later),
+        *(r["id"] for r in runs(state_dir, "--job", "flaky")),
+    }
     up.stop()
 
     replace_db(state_dir, backup)
@@ -81,6 +90,10 @@ def test_a_restored_backup_reuses_no_epoch_no_run_id_and_settles_its_open_runs(
     wait_for(lambda: run_of(state_dir, slow["id"])["state"] != "running", 10, what="the open run settled")
     settled = run_of(state_dir, slow["id"])
     assert (settled["state"], settled["exit_code"]) == ("failed", 3), settled
+    # and the retry that was pending in the backup, which ran after it, is not run a second time
+    retries = sorted(ended(state_dir, "flaky", 2), key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["state"], r["exit_code"]) for r in retries] == [(1, "failed", 4), (2, "failed", 4)]
+    assert len(out.read_text().split()) == 2
     # a new run takes an id no run has had, in a directory of its own
     vigil(state_dir, "run", "before")
     new = [r for r in ended(state_dir, "before", 2) if r["id"] != before["id"]][0]
