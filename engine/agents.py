@@ -469,7 +469,9 @@ class AgentDispatcher:
         link.up = False
         if not valid_id(seen):
             link.error = f"stale epoch: agent {link.name} reports epoch {seen!r}, outside the valid range; not followed"
-        elif self.s.epoch_retake_allowed and not self._retaking:
+        elif self._retaking:
+            link.error = f"stale epoch: agent {link.name} has seen epoch {seen}; taking the leadership again above it"
+        elif self.s.epoch_retake_allowed:
             self._retaking = True
             link.error = f"stale epoch: agent {link.name} has seen epoch {seen}; taking the leadership again above it"
             log.warning(
