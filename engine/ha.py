@@ -241,6 +241,7 @@ class Node:
             for task in tasks:
                 task.cancel()
             await scheduler.ledger.close()  # run() closed it, unless the start failed (its thread would block exit)
+            scheduler.high_water.close()
             if self.stop_reason_is_handover(scheduler):
                 await self._broadcast(
                     {"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}}
