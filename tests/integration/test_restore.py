@@ -170,3 +170,40 @@ async def test_a_run_directory_holding_another_runs_files_is_moved_aside(
     assert (again / "log").read_text() == "relaunched\n"
     assert [p.name for p in (paths.runs / ".stale").iterdir()] == [moved.name]
     executor.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path):
+    from tests.integration.test_agents import Agent
+
+    made = Agent(tmp_path, "a1")
+    yield made.start()
+    made.stop()
+    made.kill_jobs()
+
+
+def test_after_a_restore_run_ids_held_by_an_agent_are_not_reused(
+    start_up, agent, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    from tests.integration.test_agents import agent_journal, write_settings
+
+    write_settings(jobs_dir, {"a1": {"url": agent.url}})
+    write_job(jobs_dir, "remote", 'agent = "a1"\ncommand = "echo remote-$VIGIL_RUN_ID"\n')
+    up = start_up()
+    up.wait_active()
+    vigil(state_dir, "run", "remote")
+    [first] = ended(state_dir, "remote")
+    backup = tmp_path / "backup.db"
+    vigil(state_dir, "db", "backup", str(backup))
+    vigil(state_dir, "run", "remote")  # after the backup: the agent holds this id, the backup does not
+    after = [r for r in ended(state_dir, "remote", 2) if r["id"] != first["id"]][0]
+    up.stop()
+    replace_db(state_dir, backup)
+    up = start_up()
+    up.wait_active()
+    vigil(state_dir, "run", "remote")
+    new = [r for r in ended(state_dir, "remote", 2) if r["id"] != first["id"]][0]
+    assert new["state"] == "succeeded" and new["id"] > after["id"], new
+    assert new["epoch"] > after["epoch"]
+    assert (agent_journal(agent, after["id"]) or {}).get("scheduled_for") == after["scheduled_for"]
+    assert vigil(state_dir, "logs", str(new["id"]), jobs=jobs_dir).stdout == f"remote-{new['id']}\n"
