@@ -7,7 +7,7 @@ One module for both ends, so the wire format is written down once. The client wr
 Endpoints (JSON unless noted; every request carries ``Authorization: Bearer <token>`` when the
 agent has a token, and the scheduler's epoch in ``X-Vigil-Epoch``):
 
-    GET  /status                     version, instance, max_epoch, cpu/memory/load, running, open ids
+    GET  /status                     version, instance, max_epoch, max_run_id, cpu/memory/load, running, open ids
     POST /runs                       dispatch (idempotent by run_id) → the run's status
     GET  /runs/{id}                  the run's status, 404 if the agent has no record of it
     POST /runs/{id}/kill             {epoch, reason} → status
@@ -215,13 +215,16 @@ class AgentClient:
         except httpx.HTTPError as exc:
             raise AgentAmbiguous(f"agent {self.spec.name}: connection lost during {method} {path}: {exc!r}") from exc
         if response.status_code >= 400:
+            doc: Any = None
             try:
-                message = str(response.json().get("error", response.text))
+                doc = response.json()
+                message = str(doc.get("error", response.text))
             except (ValueError, AttributeError):  # not JSON, or JSON but not an object
                 message = response.text
             text = f"agent {self.spec.name} refused {method} {path}: {response.status_code} {message}"
             if response.status_code == 409 and "stale epoch" in message:
-                raise StaleEpochError(text)
+                seen = doc.get("max_epoch") if isinstance(doc, dict) else None
+                raise StaleEpochError(text, seen if isinstance(seen, int) and not isinstance(seen, bool) else None)
             if response.status_code == 404:
                 raise AgentNotFound(404, text)
             raise AgentRefused(response.status_code, text)

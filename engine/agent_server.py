@@ -125,6 +125,10 @@ class Journal:
         self.conn.executescript(JOURNAL_SCHEMA)
         self.instance = self._meta("instance") or self._set_meta("instance", uuid.uuid4().hex)
         self.max_epoch = int(self._meta("max_epoch") or 0)
+        # The highest run id ever dispatched here, kept after the run is pruned: a scheduler whose
+        # database was restored numbers its runs above it (engine/ids.py).
+        newest = self.conn.execute("SELECT COALESCE(MAX(run_id), 0) FROM runs").fetchone()[0]
+        self.max_run_id = max(int(self._meta("max_run_id") or 0), int(newest))
 
     def close(self) -> None:
         self.conn.close()
@@ -164,6 +168,9 @@ class Journal:
                 started_at,
             ),
         )
+        if req["run_id"] > self.max_run_id:
+            self._set_meta("max_run_id", str(req["run_id"]))
+            self.max_run_id = req["run_id"]
 
     def finish(self, run_id: int, state: str, result: ShimExit | None, reason: str | None) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -472,6 +479,7 @@ class AgentService:
             "version": __version__,
             "instance": self.instance,
             "max_epoch": self.journal.max_epoch,
+            "max_run_id": self.journal.max_run_id,
             "cpu_percent": psutil.cpu_percent(interval=None),
             "memory_percent": memory.percent,
             "load1": round(os.getloadavg()[0], 2),

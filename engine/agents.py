@@ -48,6 +48,7 @@ from .agent_protocol import (
 from .db import iso, parse_iso
 from .errors import AgentError, FencedError, StaleEpochError, VigilError
 from .executor import ShimExit
+from .ids import valid_id
 from .model import AgentSpec, RunState, Settings
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ SQL_AGENT_UPSERT = (
     "error = excluded.error, writer_epoch = excluded.writer_epoch"
 )
 RESULTS_WAIT = 10.0  #: seconds a results long-poll may wait on the agent
+MAX_AMBIGUOUS_DISPATCHES = 8  #: re-sends of a dispatch without a clear answer before asking, then giving up
 
 
 # ------------------------------------------------------------------------------------ pure logic
@@ -156,6 +158,9 @@ class Flight:
     kill_retry_at: float = 0.0
     verifying: bool = False
     driving: bool = False
+    ambiguous: int = 0  #: dispatches in a row without a clear answer (broken connection, 5xx)
+    ambiguous_since: float | None = None
+    from_restore: bool = False  #: open in a restored database: ask the agent, never re-send
 
 
 class AgentDispatcher:
@@ -174,6 +179,8 @@ class AgentDispatcher:
         self._rr: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._agent_up = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._retaking = False
         self._closed = False
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
         self._supervisor = asyncio.create_task(self._supervise(), name="agents")
@@ -187,6 +194,23 @@ class AgentDispatcher:
             flight = Flight(info=info, target=info.agent or "")
             self.flights[info.id] = flight
         self._drive_soon(flight)
+
+    def ready(self) -> None:
+        """The open runs have their flights (reconciliation is done): results may be collected.
+
+        Before this, a result read from an agent could find no flight for its run (which a
+        takeover registers during reconciliation) and be passed over for good.
+        """
+        self._ready.set()
+
+    async def first_contact(self, within: float) -> None:
+        """Wait (at most `within` seconds) until every declared agent answered once or failed to."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and not self._closed:
+            declared = self.s.settings.agents
+            if all(name in self.links and self.links[name].up is not None for name in declared):
+                return
+            await asyncio.sleep(0.01)
 
     def kill(self, info: RunInfo) -> None:
         """Operator kill or timeout: forward to the agent (retried while it is unreachable)."""
@@ -212,6 +236,11 @@ class AgentDispatcher:
         self.s._track(info)
         self.s.active_by_job[info.job].add(info.id)
         is_agent = recorded in settings.agents
+        if self.s.restored and is_agent and info.state is not RunState.RUNNING:
+            # A later scheduler (the one whose history the restore lost) handled this dispatch:
+            # ask the agent what became of it rather than send it again.
+            flight.from_restore = True
+            info.state = RunState.RUNNING
         if info.state is RunState.RUNNING:
             if not is_agent:
                 self._end(flight, RunState.UNKNOWN, f"ran on agent {recorded!r}, which vigil.toml no longer declares")
@@ -287,6 +316,14 @@ class AgentDispatcher:
         self.flights.pop(flight.info.id, None)
         log.warning("run %d: %s (%s)", flight.info.id, state, reason)
         self.s.report_finished(ShimExit(flight.info.id, None, None, None, None, reason=reason, state=str(state)))
+
+    def _why_down(self, name: str) -> str:
+        link = self.links.get(name)
+        if link is None:
+            return "not contacted yet"
+        if link.error:
+            return link.error
+        return "no answer yet" if link.up is None else "not reachable"
 
     def _link(self, name: str | None) -> AgentLink | None:
         return self.links.get(name) if name else None
@@ -398,8 +435,12 @@ class AgentDispatcher:
             # Its open runs are checked below; the collector restarts its cursor on its own.
             log.warning("agent %s restarted with a new journal (instance %s)", link.name, instance)
         link.instance = instance
-        if status.get("max_epoch", 0) > self.s.epoch:
-            link.up, link.error = False, f"stale epoch: the agent has seen epoch {status['max_epoch']}"
+        max_run_id = status.get("max_run_id")
+        if valid_id(max_run_id):
+            self.s.skip_run_ids(max_run_id)
+        seen = status.get("max_epoch", 0)
+        if not isinstance(seen, int) or seen > self.s.epoch:
+            self._epoch_behind(link, seen)
         self._write_link(link)
         if came_up and link.up:
             log.info("agent %s is up (version %s)", link.name, status.get("version"))
@@ -416,8 +457,40 @@ class AgentDispatcher:
                 flight.verifying = True
                 self._spawn(self._verify(flight, link))
 
+    def _epoch_behind(self, link: AgentLink, seen: Any) -> None:
+        """The agent has seen a higher epoch than ours: take the leadership again above it, once.
+
+        That happens after a restored or replaced database (or a lost high-water record). A
+        deposed scheduler cannot get here and win: it no longer holds the leader lock, and the
+        database fences its writes. A second time soon after means someone else keeps raising the
+        agent's epoch (another installation using the same agent): the agent is then marked down
+        with that reason instead of racing it.
+        """
+        link.up = False
+        if not valid_id(seen):
+            link.error = f"stale epoch: agent {link.name} reports epoch {seen!r}, outside the valid range; not followed"
+        elif self._retaking:
+            link.error = f"stale epoch: agent {link.name} has seen epoch {seen}; taking the leadership again above it"
+        elif self.s.epoch_retake_allowed:
+            self._retaking = True
+            link.error = f"stale epoch: agent {link.name} has seen epoch {seen}; taking the leadership again above it"
+            log.warning(
+                "agent %s has seen epoch %d, above this scheduler's %d (restored or replaced database?): "
+                "taking the leadership again above it",
+                link.name,
+                seen,
+                self.s.epoch,
+            )
+            self.s.retake_above(seen)
+        else:
+            link.error = (
+                f"stale epoch: agent {link.name} has seen epoch {seen}, above this scheduler's {self.s.epoch} "
+                "(does another Vigil installation use this agent?)"
+            )
+
     async def _collect(self, link: AgentLink) -> None:
         """Long-poll the agent for finished runs; hand each to the ledger once."""
+        await self._ready.wait()
         while True:
             client = link.client
             if client is None or link.up is False:
@@ -447,12 +520,17 @@ class AgentDispatcher:
                 status = await link.client.run(flight.info.id)
             except AgentNotFound:
                 if self._is_open(flight) and flight.phase == "running":
-                    self._end(
-                        flight,
-                        RunState.UNKNOWN,
-                        f"agent {link.name} has no record of this run (instance {link.instance}): it "
-                        "lost its journal or was replaced; not re-run",
-                    )
+                    if flight.from_restore:
+                        reason = (
+                            f"open in the restored database, and agent {link.name} has no record of it "
+                            "(dispatched and forgotten, or never sent); not re-run"
+                        )
+                    else:
+                        reason = (
+                            f"agent {link.name} has no record of this run (instance {link.instance}): it "
+                            "lost its journal or was replaced; not re-run"
+                        )
+                    self._end(flight, RunState.UNKNOWN, reason)
                 return
             except AgentError:
                 return  # unreachable: the next poll tries again
@@ -540,6 +618,14 @@ class AgentDispatcher:
             for run_id in ids:
                 if run_id not in states:
                     link.ack_pending.discard(run_id)  # not a run of this installation: leave it alone
+                elif states[run_id] in ("pending", "waiting", "launching", "running"):
+                    # A result that found no flight, for a run that is open: fetch it again by id
+                    # now that the run may have one (never leave the run open for good).
+                    flight = self.flights.get(run_id)
+                    if flight is not None and flight.member == link.name and flight.phase == "running":
+                        if not flight.verifying:
+                            flight.verifying = True
+                            self._spawn(self._verify(flight, link))
             if not recorded or link.client is None:
                 return
             try:
@@ -642,23 +728,34 @@ class AgentDispatcher:
                 flight.sticky = may_have_arrived
                 self._mark_down(link, str(exc))
                 continue
-            except AgentAmbiguous as exc:
+            except StaleEpochError as exc:
+                flight.sticky = may_have_arrived
+                self._mark_down(link, str(exc))
+                if exc.max_epoch is not None and exc.max_epoch > self.s.epoch:
+                    self._epoch_behind(link, exc.max_epoch)
+                continue
+            except (AgentAmbiguous, AgentRefused) as exc:
+                if isinstance(exc, AgentRefused) and exc.status < 500:
+                    flight.sticky = may_have_arrived
+                    if exc.status in (401, 403):
+                        link.rebuild = True
+                        self._mark_down(link, str(exc))
+                        continue
+                    self._end(flight, RunState.FAILED, str(exc))
+                    return
+                # A broken connection or a 5xx: the agent may have journaled the run (and started
+                # it) before the answer was lost. Re-send (idempotent by run id), never fail it.
+                now = time.monotonic()
+                flight.ambiguous += 1
+                flight.ambiguous_since = flight.ambiguous_since or now
+                limit = self.s.settings.agent_wait_limit
+                if flight.ambiguous >= MAX_AMBIGUOUS_DISPATCHES or now - flight.ambiguous_since >= limit:
+                    await self._settle_ambiguous(flight, link, exc)
+                    return
                 log.warning("run %d: %s; re-sending (idempotent)", info.id, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.s.settings.agent_poll_interval)
                 continue
-            except StaleEpochError as exc:
-                flight.sticky = may_have_arrived
-                self._mark_down(link, str(exc))
-                continue
-            except AgentRefused as exc:
-                flight.sticky = may_have_arrived
-                if exc.status in (401, 403):
-                    link.rebuild = True
-                    self._mark_down(link, str(exc))
-                    continue
-                self._end(flight, RunState.FAILED, str(exc))
-                return
             if flight.phase in ("dispatching", "waiting"):
                 self._mark_running(flight, status)
             if status.done:
@@ -667,15 +764,35 @@ class AgentDispatcher:
                 self.kill(info)
             return
 
+    async def _settle_ambiguous(self, flight: Flight, link: AgentLink, last: AgentError) -> None:
+        """Re-sends keep failing without a clear answer: ask the agent, then end the run with why."""
+        assert link.client is not None
+        tries = f"{flight.ambiguous} dispatches to agent {link.name} got no clear answer (last: {last})"
+        try:
+            status = await link.client.run(flight.info.id)
+        except AgentNotFound:
+            self._end(flight, RunState.FAILED, f"{tries}; the agent confirms it never received the run")
+            return
+        except AgentError as exc:
+            self._end(
+                flight,
+                RunState.UNKNOWN,
+                f"{tries}; asking it whether it has the run failed too ({exc}): the job may be running there",
+            )
+            return
+        self._mark_running(flight, status)  # it had arrived: follow it like any running run
+        if status.done:
+            await self._on_result(link, status)
+        elif flight.info.kill_requested and not flight.kill_sent:
+            self.kill(flight.info)
+
     async def _wait(self, flight: Flight, members: list[str], *, sticky: bool) -> None:
         """No usable agent: the run waits (state `waiting`, with why) up to agent_wait_limit."""
         info = flight.info
         now = time.monotonic()
         if flight.waiting_since is None:
             flight.waiting_since = now
-        why = "; ".join(
-            f"{m}: {(self.links[m].error if m in self.links else None) or 'not reachable'}" for m in members
-        )
+        why = "; ".join(f"{m}: {self._why_down(m)}" for m in members)
         kind = "pool" if flight.target in self.s.settings.pools else "agent"
         if sticky:
             reason = f"agent {flight.member} unreachable while its dispatch may have arrived ({why})"

@@ -69,3 +69,7 @@ class AgentError(VigilError):
 
 class StaleEpochError(AgentError):
     """The agent has already seen a newer epoch than the command carries."""
+
+    def __init__(self, message: str, max_epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.max_epoch = max_epoch  #: the highest epoch the agent has seen, when it said

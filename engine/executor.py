@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import StatePaths
+from .ids import claim_run_dir, run_identity
 from .procs import signal_group, starttime
 from .reconcile import ShimEvidence
 
@@ -186,7 +187,7 @@ class LocalExecutor:
     ) -> int:
         """Start the run's shim; return its pid. The run row must already be committed."""
         run_dir = self.paths.run_dir(run_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run_dir, run_identity(env))  # never another run's directory (engine/ids.py)
         lock_fd = os.open(run_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             # Held without a gap from before the spawn until the shim exits (fd 9 in the shim).

@@ -126,6 +126,8 @@ class Node:
         self._subscribers: dict[asyncio.StreamWriter, dict[str, Any]] = {}
         self.active_since: str | None = None
         self.last_heartbeat_sent: float | None = None
+        self._epoch_floor = 0  #: an epoch an agent has seen, for the next take_leadership
+        self._retakes: list[float] = []  #: monotonic times of re-takes above an agent's epoch
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -143,6 +145,10 @@ class Node:
                 if takeover is None:
                     return
             reason = await self._active(takeover)
+            while reason == "epoch" and not self._stop.is_set() and self.lock.still_ours():
+                # An agent has seen a higher epoch (restored database): take the leadership again,
+                # under the lock we still hold, above it. At most once per minute (see agents.py).
+                reason = await self._active(Takeover("epoch", self.pid, None))
             if reason != "switchover":
                 return
             await self._after_handover()
@@ -185,6 +191,13 @@ class Node:
         scheduler = Scheduler(
             self.paths, self.jobs_dir, clock=self.clock, rescan_interval=self.rescan_interval
         )
+        scheduler.epoch_floor = self._epoch_floor
+        now_mono = time.monotonic()
+        if takeover.cause == "epoch":
+            self._retakes.append(now_mono)
+        # A few re-takes may be needed (agents answer one by one); more within a minute means
+        # someone else keeps raising an agent's epoch, which re-taking cannot settle.
+        scheduler.epoch_retake_allowed = sum(1 for t in self._retakes if now_mono - t < 60.0) < 3
         self.scheduler = scheduler
         if self._stop.is_set():
             return "stop"
@@ -228,6 +241,7 @@ class Node:
             for task in tasks:
                 task.cancel()
             await scheduler.ledger.close()  # run() closed it, unless the start failed (its thread would block exit)
+            scheduler.high_water.close()
             if self.stop_reason_is_handover(scheduler):
                 await self._broadcast(
                     {"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}}
@@ -241,6 +255,7 @@ class Node:
             with contextlib.suppress(FileNotFoundError):
                 if self.lock.still_ours():
                     os.unlink(self.paths.control)
+            self._epoch_floor = scheduler.epoch_floor
             self.scheduler = None
             self.role = "stopped"
         if reason in ("fenced", "lock_lost"):

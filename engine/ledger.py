@@ -69,18 +69,22 @@ class Ledger:
         return self._db
 
     async def take_leadership(
-        self, pid: int, starttime: int | None, since: str
+        self, pid: int, starttime: int | None, since: str, *, floor: int = 0
     ) -> tuple[int, dict[str, Any]]:
-        """Bump the epoch before anything else; return it and the previous leader's row."""
+        """Bump the epoch before anything else; return it and the previous leader's row.
+
+        The new epoch is above both the database's and `floor` (the highest epoch this state
+        directory or an agent has seen), so a restored database never hands out a used epoch.
+        """
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 cur = await self.db.execute("SELECT * FROM leader WHERE id = 1")
                 previous = dict(await cur.fetchone())
                 await self.db.execute(
-                    "UPDATE leader SET epoch = epoch + 1, pid = ?, starttime = ?, since = ?, clean_stop = 0 "
-                    "WHERE id = 1",
-                    (pid, starttime, since),
+                    "UPDATE leader SET epoch = MAX(epoch, ?) + 1, pid = ?, starttime = ?, since = ?, "
+                    "clean_stop = 0 WHERE id = 1",
+                    (floor, pid, starttime, since),
                 )
                 cur = await self.db.execute("SELECT epoch FROM leader WHERE id = 1")
                 (epoch,) = await cur.fetchone()

@@ -25,6 +25,7 @@ from .clock import Clock, SystemClock
 from .db import StatePaths, iso, parse_iso
 from .errors import FencedError, NotFoundError, StoreError, VigilError
 from .executor import LocalExecutor, ShimExit, gather_evidence
+from .ids import HighWaterFile
 from .jobfile import JobFolder, ScanResult
 from .ledger import Ledger
 from .model import JobSpec, Overlap, RunState, Settings
@@ -156,6 +157,11 @@ class Scheduler:
         self.started_at = self.clock.now()
         self.stop_reason = "stop"
         self.extra_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
+        self.high_water = HighWaterFile(paths)  #: used epochs and run ids, kept outside the database
+        self.restored = False  #: the database is behind ids used before: restored or replaced
+        self.epoch_floor = 0  #: an epoch seen elsewhere (an agent) that this leadership must exceed
+        self.epoch_retake_allowed = True  #: False right after a re-take (see AgentDispatcher)
+        self.agent_transport_factory: Callable[[Any], Any] | None = None  #: tests: in-process agents
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -163,7 +169,11 @@ class Scheduler:
         """Bump the epoch before anything else. Returns the previous leader row."""
         await self.ledger.open()
         now = self.clock.now()
-        epoch, previous = await self.ledger.take_leadership(pid, starttime, iso(now) or "")
+        seen = await asyncio.to_thread(self.high_water.load)
+        floor = max(seen.epoch, self.epoch_floor)
+        epoch, previous = await self.ledger.take_leadership(pid, starttime, iso(now) or "", floor=floor)
+        self.high_water.raise_to(epoch=epoch)  # before the epoch reaches an agent or a job
+        self.restored = int(previous["epoch"] or 0) < seen.epoch
         self.takeover_cause = cause
         self.started_at = now
         log.info("active with epoch %d (previous leader pid %s)", epoch, previous.get("pid"))
@@ -182,10 +192,16 @@ class Scheduler:
         )
         from .agents import AgentDispatcher  # remote agents (engine/agents.py)
 
-        self.executors["agent"] = AgentDispatcher(self)
+        dispatcher = AgentDispatcher(self, transport_factory=self.agent_transport_factory)
+        self.executors["agent"] = dispatcher
         statements = self._settle_stored_fires(result, now)
         statements += self._apply_scan(result, now, initial=True)
+        if self.high_water.mark.from_run_dirs and self.settings.agents:
+            # No high-water record here: before numbering a run, learn the epochs and run ids the
+            # agents have seen (a lost or replaced state directory must not reuse them).
+            await dispatcher.first_contact(within=3.0)
         await self._reconcile(now)
+        dispatcher.ready()  # only now may results be matched to runs (each open run has its flight)
         await self.ledger.write(statements)
         await self._write_catalog(full=True)
 
@@ -233,6 +249,7 @@ class Scheduler:
                     await self.ledger.flush()
                     await self.ledger.mark_clean_stop()
             await self.ledger.close()
+            self.high_water.close()
         return self.stop_reason
 
     async def _periodic(
@@ -338,12 +355,25 @@ class Scheduler:
 
     async def _load_state(self) -> None:
         rows = await self.ledger.query("SELECT COALESCE(MAX(id), 0) FROM runs")
-        self.next_id = int(rows[0][0]) + 1
+        in_db = int(rows[0][0])
+        seen = self.high_water.mark
+        # Run ids continue above every id used before, whatever the database remembers.
+        self.next_id = max(in_db, seen.run_id) + 1
+        if seen.from_run_dirs and in_db < seen.run_id:
+            self.restored = True  # run directories the database does not know
+        if self.restored:
+            log.warning(
+                "the state database is older than this state directory (restored or replaced): epoch "
+                "continues at %d, run ids at %d; the schedule restarts from now (fires since the backup "
+                "are neither caught up nor recorded as missed)",
+                self.epoch,
+                self.next_id,
+            )
         for row in await self.ledger.query("SELECT job, paused, last_fire FROM job_state"):
             if row["paused"]:
                 self.paused.add(row["job"])
             last = parse_iso(row["last_fire"])
-            if last is not None:
+            if last is not None and not self.restored:
                 self.last_fire[row["job"]] = last
         for row in await self.ledger.query(
             "SELECT job, MAX(ended_at) AS t FROM runs WHERE state = 'succeeded' GROUP BY job"
@@ -397,7 +427,15 @@ class Scheduler:
             if row["agent"] and "agent" in self.executors and info.state is not RunState.PENDING:
                 self.executors["agent"].reconcile_row(info, row, batch)
                 continue
-            if info.state in (RunState.PENDING, RunState.WAITING):
+            restored_queued = self.restored and info.state in (RunState.PENDING, RunState.WAITING)
+            if restored_queued and not self.paths.run_dir(info.id).exists():
+                # Queued when the backup was taken; what became of it is not known here, and the
+                # schedule restarts from now (docs/ha.md, "Restoring a backup").
+                self._track(info)
+                reason = "queued when the backup was taken; not started after the restore"
+                self._finish_run(info, RunState.SKIPPED, reason, None, now, batch)
+                continue
+            if info.state in (RunState.PENDING, RunState.WAITING) and not restored_queued:
                 self._track(info)
                 if info.not_before is not None:
                     wait = (info.not_before - now).total_seconds()
@@ -411,7 +449,12 @@ class Scheduler:
                 continue
             decision = decide(gather_evidence(self.paths.run_dir(info.id)))
             self._track(info)
-            if decision.action is Action.LAUNCH:
+            if decision.action is Action.LAUNCH and self.restored:
+                # Open in the backup, so a later scheduler handled it; its directory is gone
+                # (pruned?), so whether it ran is unknown. Never run it a second time.
+                reason = "open in the restored database but its run directory is gone; not re-run"
+                self._finish_run(info, RunState.UNKNOWN, reason, None, now, batch)
+            elif decision.action is Action.LAUNCH:
                 log.info("run %d never started; launching it now", info.id)
                 batch.launches.append(info.id)
             elif decision.action is Action.ADOPT and self.executor.adopt(info.id):
@@ -587,6 +630,8 @@ class Scheduler:
     async def _commit(self, batch: Batch, now: datetime) -> None:
         if not (batch.rows or batch.statements or batch.launches):
             return
+        if batch.rows:
+            self.high_water.raise_to(run_id=max(row["id"] for row in batch.rows))
         new_ids = await self.ledger.insert_runs(batch.rows, batch.statements)
         for hook in batch.after_commit:
             hook(new_ids)
@@ -652,6 +697,18 @@ class Scheduler:
             info.deadline_mono = info.started_mono + job.timeout  # a wall-clock step cannot move it
             self._arm_deadline(info)
         self.ledger.defer(SQL_RUNNING, (iso(now), iso(info.deadline), self.epoch, info.id))
+
+    def retake_above(self, seen: int) -> None:
+        """Stop, keeping the leader lock, to take the leadership again above epoch `seen` (ha.py)."""
+        self.epoch_floor = max(self.epoch_floor, seen)
+        self.request_stop("epoch")
+
+    def skip_run_ids(self, used: int) -> None:
+        """Run ids up to `used` are taken elsewhere (an agent has seen them): continue above."""
+        if used >= self.next_id:
+            log.warning("run ids up to %d are already used (reported by an agent); continuing at %d", used, used + 1)
+            self.next_id = used + 1
+            self.high_water.raise_to(run_id=used)
 
     def _arm_deadline(self, info: RunInfo) -> None:
         if info.deadline is None:

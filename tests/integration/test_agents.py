@@ -657,16 +657,21 @@ def test_stale_epoch_commands_are_refused(start_up, agents, state_dir: Path, job
         assert client.get("/status").json()["max_epoch"] == 5
         assert client.post("/runs", json=dispatch_body(1003, 4)).status_code == 409
         wait_for(lambda: client.get("/runs/1001").json()["state"] == "finished", 5)
-    # a scheduler with a lower epoch than the agent has seen cannot use it
+    # a scheduler whose database is behind what the agent has seen (a restored backup, a new state
+    # directory) takes the leadership again above the agent's epoch, and numbers its runs above the
+    # agent's run ids: its runs go through, and no id is used twice
     write_settings(
         jobs_dir, {"a1": {"url": agent.url, "token_file": str(agent.token_file)}}, scheduler='agent_wait_limit = "1s"'
     )
     write_job(jobs_dir, "remote", 'agent = "a1"\ncommand = "true"\n')
-    start_up().wait_active()
-    vigil(state_dir, "run", "remote")
-    failed = wait_state(state_dir, "remote", {"failed"})
-    assert "stale epoch" in failed["reason"], failed
-    assert agent_journal(agent, failed["id"]) is None
+    up = start_up()
+    wait_for(lambda: [r["epoch"] for r in query(state_dir, "SELECT epoch FROM leader")] == [6], 10, what="epoch 6")
+    up.wait_active()
+    wait_for(lambda: vigil(state_dir, "run", "remote", check=False).returncode == 0, 10, what="vigil run")
+    done = wait_state(state_dir, "remote", {"succeeded"})
+    assert done["epoch"] == 6 and done["id"] > 1001, done
+    assert (agent_journal(agent, done["id"]) or {}).get("epoch") == 6
+    assert "taking the leadership again above it" in up.output()
 
 
 def test_agent_back_without_knowledge_of_a_run_means_unknown(
