@@ -23,7 +23,7 @@ from typing import Any
 
 from . import schedule
 from .clock import Clock, SystemClock
-from .db import StatePaths, iso, parse_iso
+from .db import StatePaths, as_row_id, iso, parse_iso
 from .errors import FencedError, NotFoundError, StoreError, VigilError
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .jobfile import JobFolder, ScanResult
@@ -863,7 +863,11 @@ class Scheduler:
     # ---------------------------------------------------------------- commands
 
     async def command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Run an operator command inside the main loop and return its reply."""
+        """Run an operator command inside the main loop and return its reply.
+
+        `args["user"]`, which the audit records, is set by the control server from the socket's
+        peer credentials (engine/ha.py): a request cannot choose it.
+        """
         if op in self.extra_handlers:
             return await self.extra_handlers[op](args)
         if op == "prune":
@@ -987,11 +991,12 @@ class Scheduler:
 
 
 def _run_id(args: dict[str, Any]) -> int:
-    # A malformed id from a hand-made client is refused; raised in the loop, it would stop it.
-    try:
-        return int(args.get("run_id", 0))
-    except (TypeError, ValueError):
-        raise NotFoundError(f"no run with id {args.get('run_id')!r}") from None
+    # A malformed id from a hand-made client is refused; raised in the loop, it would stop it, and
+    # one beyond SQLite's integers would fail in the ledger.
+    run_id = as_row_id(args.get("run_id"))
+    if run_id is None:
+        raise NotFoundError(f"no run with id {args.get('run_id')!r}")
+    return run_id
 
 
 def _job_name_for(path: str, root: str) -> str:
