@@ -86,8 +86,8 @@ def ensure_private_dir(path: Path) -> None:
         parent = parent.parent
     for directory in reversed(missing):
         try:
-            # Leading directories the operator did not name get 0755 (less by the umask).
-            directory.mkdir(mode=0o700 if directory == path else 0o755)
+            # Missing leading directories too: nobody else needs to reach into them.
+            directory.mkdir(mode=0o700)
             if directory == path:
                 os.chmod(directory, 0o700)  # exactly, whatever the umask
         except FileExistsError:

@@ -872,7 +872,12 @@ class Scheduler:
             return await self.extra_handlers[op](args)
         if op == "prune":
             user = str(args.get("user", "?"))
-            cutoff = self.clock.now() - timedelta(seconds=float(args["older_than_s"]))
+            try:
+                cutoff = self.clock.now() - timedelta(seconds=float(args["older_than_s"]))
+            except (KeyError, TypeError, ValueError, OverflowError):
+                # From a hand-made client; raised here it would end the connection without an answer.
+                given = args.get("older_than_s")
+                raise VigilError(f"prune needs older_than_s, a number of seconds, got {given!r}") from None
             count = await self.prune(cutoff)
             await self.ledger.write(
                 [

@@ -233,6 +233,9 @@ def test_control_identity_comes_from_the_socket_and_other_users_are_refused(proc
     for op in ("rerun", "kill"):
         reply = control(sock, {"op": op, "run_id": HUGE})
         assert reply["ok"] is False and "no run with id" in reply["error"], reply
+    for older in (None, "soon", 1e300):
+        reply = control(sock, {"op": "prune", "older_than_s": older})
+        assert reply["ok"] is False and "older_than_s" in reply["error"], reply
     # another local user who can reach the socket (opened up here on purpose) may do nothing
     audit_before = query(state / "vigil.db", "SELECT * FROM audit")
     state.chmod(0o711)
