@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("logs", parents=[common, jobs], help="print a run's captured stdout+stderr")
-    p.add_argument("run_id")
+    p.add_argument("run_id", help="a run id (see `vigil runs`)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.set_defaults(func=cmd_logs)
 
@@ -516,7 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         "never a scheduler's state directory",
     )
     p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="default: 127.0.0.1:8765")
-    p.add_argument("--token-file", metavar="FILE", help="file holding the bearer token (required off loopback)")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the bearer token every request needs (required off loopback; without it the "
+        "agent makes its own in STATE/agent.token, mode 0600, and reuses it)",
+    )
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by this CA (mutual TLS)")
