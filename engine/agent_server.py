@@ -687,7 +687,7 @@ class AgentApp:
         send: Send,
     ) -> None:
         service = self.service
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("utf-8", "replace")).items()}
         # Everything is checked before anything changes: a bad id or epoch moves no stored maximum.
         run_id = _text_id(match.group(1), "run id") if match.groups() else None
         header_epoch = _text_id(headers.get(EPOCH_HEADER.lower()), EPOCH_HEADER)
@@ -768,6 +768,8 @@ async def _read_json(receive: Receive) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("invalid JSON: nested too deeply") from None
 
 
 async def _send_json(send: Send, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -371,6 +371,9 @@ def test_hostile_ids_and_epochs_are_400_and_change_nothing(procs, tmp_path: Path
     assert client.post(f"/runs/{HUGE}/kill", json={"epoch": 5}).status_code in (400, 404)
     infinite = json.dumps(dispatch_body(2, 5, timeout=float("inf")))  # "Infinity": Python reads it
     assert client.post("/runs", content=infinite, headers={"content-type": "application/json"}).status_code == 400
+    deep = b"[" * 200_000 + b"]" * 200_000
+    assert client.post("/runs", content=deep, headers={"content-type": "application/json"}).status_code == 400
+    assert client.get("/results?after=%ff").status_code == 400
     # the wrong token moves nothing either, even with a valid epoch
     assert httpx.post(url + "/runs", json=dispatch_body(3, 50)).status_code == 401
     assert httpx.get(url + "/status", headers={"X-Vigil-Epoch": "60"}).status_code == 401
