@@ -18,7 +18,20 @@ TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "
 
 
 def _state(args: argparse.Namespace) -> StatePaths:
-    return StatePaths(Path(args.state).resolve())
+    paths = StatePaths(Path(args.state).resolve())
+    try:
+        os.stat(paths.db)
+    except PermissionError:
+        # State directories are owner-only: another user sees nothing in them.
+        from .db import os_user
+
+        raise VigilError(
+            f"state directory {paths.root} is not accessible to {os_user()}: it is owner-only; "
+            "run this as the user who runs the scheduler (or root)"
+        ) from None
+    except OSError:
+        pass  # missing: each command says what that means for it
+    return paths
 
 
 def _print_json(doc: Any) -> None:

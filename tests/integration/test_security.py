@@ -264,6 +264,21 @@ def test_control_identity_comes_from_the_socket_and_other_users_are_refused(proc
     assert control(sock, {"op": "status"})["ok"]  # its own user still may
 
 
+@needs_root
+def test_other_users_get_one_line_from_the_cli_on_an_owner_only_state(procs, reachable_dir: Path) -> None:
+    state, jobs = reachable_dir / "state", reachable_dir / "jobs"
+    jobs.mkdir()
+    start_up(procs, state, jobs)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *VIGIL]
+    if subprocess.run([*as_nobody, "--help"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("this checkout is not readable by nobody")
+    for args in (["status"], ["runs"], ["logs", "1"], ["pause", "a"], ["db", "check"]):
+        proc = subprocess.run([*as_nobody, *args, "--state", str(state)], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 1, (args, proc)
+        assert proc.stderr.startswith("vigil: ") and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert "owner-only" in proc.stderr, proc.stderr
+
+
 # ------------------------------------------------------------------ items 3, 4, 16: agents
 
 
