@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .db import MAX_ROW_ID
 from .errors import AgentError, StaleEpochError
 from .model import AgentSpec
 
@@ -106,12 +108,35 @@ class RunStatus:
     log_b64: str | None = None  #: the whole log, in /results answers, when it is small
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> RunStatus:
+    def from_json(cls, doc: Any) -> RunStatus:
+        """The status in an agent's answer; ValueError when it is not one a Vigil agent would send.
+
+        Checked here so a broken or hostile agent's numbers never reach the ledger (SQLite stores
+        63-bit integers) or the scheduler's arithmetic.
+        """
+        if not isinstance(doc, dict):
+            raise ValueError("a run status is not a JSON object")
+        for key in ("run_id", "attempt", "exit_code", "job_pid", "peak_rss", "seq"):
+            _check_int(doc, key)
+        for key in ("job", "scheduled_for", "state", "started_at", "ended_at", "killed", "reason", "log_b64"):
+            if doc.get(key) is not None and not isinstance(doc[key], str):
+                raise ValueError(f"{key} is not a string")
+        cpu = doc.get("cpu_s")
+        if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, int | float) or not math.isfinite(cpu)):
+            raise ValueError("cpu_s is not a number")
+        if doc.get("run_id") is None:
+            raise ValueError("a run status without run_id")
         return cls(**{k: doc.get(k) for k in cls.__dataclass_fields__})
 
     @property
     def done(self) -> bool:
         return self.state in (FINISHED, UNKNOWN)
+
+
+def _check_int(doc: dict[str, Any], key: str) -> None:
+    value = doc.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_ROW_ID):
+        raise ValueError(f"{key} is not a whole number SQLite can store")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -245,22 +270,43 @@ class AgentClient:
             )
         return doc
 
+    def _not_an_agent(self, what: str, problem: str) -> AgentAmbiguous:
+        return AgentAmbiguous(f"agent {self.spec.name}: {what} got an answer a vigil agent would not send ({problem})")
+
+    def _statuses(self, what: str, docs: Any) -> list[RunStatus]:
+        try:
+            if not isinstance(docs, list):
+                raise ValueError("results is not a list")
+            return [RunStatus.from_json(doc) for doc in docs]
+        except ValueError as exc:
+            raise self._not_an_agent(what, str(exc)) from None
+
     async def status(self) -> dict[str, Any]:
-        return await self._json("GET", "/status")
+        doc = await self._json("GET", "/status")
+        try:
+            _check_int(doc, "max_epoch")
+            if not isinstance(doc.get("open") or [], list):
+                raise ValueError("open is not a list")
+            for run_id in doc.get("open") or ():
+                _check_int({"open": run_id}, "open")
+        except ValueError as exc:
+            raise self._not_an_agent("GET /status", str(exc)) from None
+        return doc
 
     async def dispatch(self, payload: dict[str, Any]) -> RunStatus:
-        return RunStatus.from_json(await self._json("POST", "/runs", json={**payload, "epoch": self.epoch}))
+        doc = await self._json("POST", "/runs", json={**payload, "epoch": self.epoch})
+        return self._statuses("POST /runs", [doc])[0]
 
     async def run(self, run_id: int) -> RunStatus:
-        return RunStatus.from_json(await self._json("GET", f"/runs/{run_id}"))
+        return self._statuses(f"GET /runs/{run_id}", [await self._json("GET", f"/runs/{run_id}")])[0]
 
     async def kill(self, run_id: int, reason: str) -> RunStatus:
         doc = await self._json("POST", f"/runs/{run_id}/kill", json={"epoch": self.epoch, "reason": reason})
-        return RunStatus.from_json(doc)
+        return self._statuses(f"POST /runs/{run_id}/kill", [doc])[0]
 
     async def results(self, after: int, wait: float) -> tuple[str, list[RunStatus]]:
         doc = await self._json("GET", "/results", params={"after": after, "wait": wait}, read_timeout=wait)
-        return str(doc.get("instance")), [RunStatus.from_json(r) for r in doc.get("results") or ()]
+        return str(doc.get("instance")), self._statuses("GET /results", doc.get("results") or [])
 
     async def ack(self, run_ids: list[int]) -> None:
         await self._request("POST", "/ack", json={"epoch": self.epoch, "run_ids": run_ids})

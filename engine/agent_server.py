@@ -14,7 +14,8 @@ never started twice:
   lower one, so a deposed scheduler cannot start, kill or acknowledge anything.
 
 Authentication is a bearer token compared in constant time (hmac.compare_digest); the token is
-never logged. TLS and mutual TLS come from uvicorn's ssl options.
+never logged. Every request needs it: without --token-file the agent makes one in its state
+directory (agent.token, 0600) and reuses it. TLS and mutual TLS come from uvicorn's ssl options.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
+import secrets
 import socket
 import sqlite3
 import ssl
+import stat
 import sys
 import time
 import uuid
@@ -54,7 +58,7 @@ from .agent_protocol import (
     read_token,
     split_host_port,
 )
-from .db import StatePaths, iso
+from .db import MAX_ROW_ID, StatePaths, as_row_id, ensure_private_dir, iso, restrict_umask
 from .errors import AgentError, StaleEpochError, VigilError
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .reconcile import Action, decide
@@ -107,6 +111,8 @@ RESULTS_COALESCE = 0.01  #: seconds a woken long-poll waits for more results to 
 ACKED_RETENTION = 24 * 3600.0  #: seconds an acknowledged run (and its log) stays on the agent
 DEFAULT_LOG_CAP = 1 << 20
 DEFAULT_KILL_GRACE = 5.0
+MAX_SECONDS = 10**9  #: ~31 years: the longest timeout or kill grace a dispatch may carry
+TOKEN_FILE = "agent.token"  #: the token an agent started without --token-file makes for itself
 
 
 def _now() -> datetime:
@@ -124,7 +130,7 @@ class Journal:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(JOURNAL_SCHEMA)
         self.instance = self._meta("instance") or self._set_meta("instance", uuid.uuid4().hex)
-        self.max_epoch = int(self._meta("max_epoch") or 0)
+        self.max_epoch = self._load_max_epoch()
         # The highest run id ever dispatched here, kept after the run is pruned: a scheduler whose
         # database was restored numbers its runs above it (engine/ids.py).
         newest = self.conn.execute("SELECT COALESCE(MAX(run_id), 0) FROM runs").fetchone()[0]
@@ -132,6 +138,18 @@ class Journal:
 
     def close(self) -> None:
         self.conn.close()
+
+    def _load_max_epoch(self) -> int:
+        stored = self._meta("max_epoch")
+        epoch = as_row_id(stored or "0")
+        if epoch is None:
+            # Written by an agent that took any number (10**30 would refuse every scheduler forever):
+            # fall back to the highest epoch a run was actually accepted with.
+            row = self.conn.execute("SELECT MAX(epoch) FROM runs").fetchone()
+            epoch = int(row[0] or 0)
+            log.warning("stored max epoch %.40r is not a valid epoch; using %d from the journal's runs", stored, epoch)
+            self._set_meta("max_epoch", str(epoch))
+        return epoch
 
     def _meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -145,6 +163,8 @@ class Journal:
         return value
 
     def raise_epoch(self, epoch: int) -> None:
+        if as_row_id(epoch) is None:
+            raise BadRequest(f"epoch {epoch!r} is not a whole number from 0 to {MAX_ROW_ID}")
         if epoch > self.max_epoch:
             self._set_meta("max_epoch", str(epoch))
             self.max_epoch = epoch
@@ -260,7 +280,8 @@ class AgentService:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.paths = StatePaths(state_dir)
-        self.paths.runs.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(state_dir)
+        ensure_private_dir(self.paths.runs)
         self.journal = Journal(state_dir / "journal.db")
         self.executor = LocalExecutor(self.paths, self._on_exit, log_cap=DEFAULT_LOG_CAP, kill_grace=DEFAULT_KILL_GRACE)
         self._loop = asyncio.get_running_loop()
@@ -469,9 +490,10 @@ class AgentService:
             docs.append(doc)
         return {"instance": self.instance, "results": docs}
 
-    def ack(self, run_ids: list[int], epoch: int | None) -> dict[str, Any]:
+    def ack(self, run_ids: list[Any], epoch: int | None) -> dict[str, Any]:
+        ids = [_body_id(i, "run_ids[]") for i in run_ids]  # all checked before anything changes
         self.check_epoch(epoch, mutating=True)
-        return {"acked": self.journal.ack([int(i) for i in run_ids])}
+        return {"acked": self.journal.ack(ids)}
 
     def status(self) -> dict[str, Any]:
         memory = psutil.virtual_memory()
@@ -517,14 +539,16 @@ def _validate_dispatch(req: Any) -> dict[str, Any]:
     if not isinstance(req, dict):
         raise BadRequest("expected a JSON object")
     out: dict[str, Any] = {}
-    try:
-        out["run_id"] = int(req["run_id"])
-        out["epoch"] = int(req["epoch"])
-        out["job"] = str(req["job"])
-        out["scheduled_for"] = str(req["scheduled_for"])
-        out["attempt"] = int(req.get("attempt", 1))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BadRequest(f"dispatch needs run_id, epoch, job, scheduled_for: {exc!r}") from None
+    missing = [key for key in ("run_id", "epoch", "job", "scheduled_for") if req.get(key) is None]
+    if missing:
+        raise BadRequest(f"dispatch needs run_id, epoch, job, scheduled_for; missing {', '.join(missing)}")
+    out["run_id"] = _body_id(req["run_id"], "run_id")
+    out["epoch"] = _body_id(req["epoch"], "epoch")
+    out["attempt"] = _body_id(req.get("attempt", 1), "attempt")
+    for key in ("job", "scheduled_for"):
+        if not isinstance(req[key], str):
+            raise BadRequest(f"{key} must be a string")
+        out[key] = req[key]
     command = req.get("command")
     if isinstance(command, str) and command:
         out["command"] = command
@@ -542,14 +566,51 @@ def _validate_dispatch(req: Any) -> dict[str, Any]:
     out["workdir"] = workdir
     for key in ("timeout", "kill_grace"):
         value = req.get(key)
-        if value is not None and (not isinstance(value, int | float) or value < 0):
-            raise BadRequest(f"{key} must be a non-negative number of seconds")
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 <= value <= MAX_SECONDS
+        ):
+            raise BadRequest(f"{key} must be a number of seconds from 0 to {MAX_SECONDS}")
         out[key] = value
     log_cap = req.get("log_cap")
-    if log_cap is not None and (not isinstance(log_cap, int) or log_cap <= 0):
+    if log_cap is not None and (
+        isinstance(log_cap, bool) or not isinstance(log_cap, int) or not 0 < log_cap <= MAX_ROW_ID
+    ):
         raise BadRequest("log_cap must be a positive number of bytes")
     out["log_cap"] = log_cap
     return out
+
+
+def _body_id(value: Any, what: str) -> int:
+    """A run id, epoch or attempt from a JSON body: an integer SQLite can store, nothing else."""
+    number = as_row_id(value) if isinstance(value, int) else None  # not "5", 5.0 or true
+    if number is None:
+        raise BadRequest(f"{what} must be a whole number from 0 to {MAX_ROW_ID}, got {_short(value)}")
+    return number
+
+
+def _text_id(value: bytes | str | None, what: str) -> int | None:
+    """A run id, epoch or offset from a path, header or query string; None when absent."""
+    if value is None:
+        return None
+    number = as_row_id(value)
+    if number is None:
+        raise BadRequest(f"{what} must be a whole number from 0 to {MAX_ROW_ID}, got {_short(value)}")
+    return number
+
+
+def _clamped(text: str | None) -> int:
+    try:
+        return min(max(0, int(text or 0)), MAX_ROW_ID)
+    except ValueError:
+        return 0
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ---------------------------------------------------------------------------------------- HTTP
@@ -617,7 +678,7 @@ class AgentApp:
 
     def _authorized(self, header: bytes | None) -> bool:
         if self._token is None:
-            return True
+            return False  # fail closed: serve_agent always has a token (given or made)
         if header is None or not header.startswith(b"Bearer "):
             # Compare anyway so a missing header costs the same as a wrong one.
             hmac.compare_digest(b"", self._token)
@@ -634,14 +695,27 @@ class AgentApp:
         send: Send,
     ) -> None:
         service = self.service
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
-        header_epoch = _int_or_none(headers.get(EPOCH_HEADER.lower()))
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("utf-8", "replace")).items()}
+        # Everything is checked before anything changes: a bad id or epoch moves no stored maximum.
+        run_id = _text_id(match.group(1), "run id") if match.groups() else None
+        header_epoch = _text_id(headers.get(EPOCH_HEADER.lower()), EPOCH_HEADER)
         if name in ("dispatch", "kill", "ack"):
             body = await _read_json(receive)
-            epoch = _int_or_none(body.get("epoch")) if isinstance(body, dict) else None
-            epoch = epoch if epoch is not None else header_epoch
+            body_epoch = body.get("epoch") if isinstance(body, dict) else None
+            epoch = _body_id(body_epoch, "epoch") if body_epoch is not None else header_epoch
         else:
             body, epoch = None, header_epoch
+            if name == "results":
+                after = _text_id(query.get("after"), "after") or 0
+                try:
+                    wait = float(query.get("wait", "0") or 0)
+                except ValueError:
+                    raise BadRequest(f"wait must be a number of seconds, got {_short(query.get('wait'))}") from None
+                wait = wait if math.isfinite(wait) else 0.0
+            elif name == "log":
+                # Sizes, not ids: anything unreadable or out of range means "from the start", "default".
+                offset = _clamped(query.get("offset"))
+                asked = _clamped(query.get("max"))
             service.check_epoch(epoch, mutating=False)
         if name == "status":
             await _send_json(send, 200, service.status())
@@ -651,24 +725,20 @@ class AgentApp:
             code, doc = service.dispatch(body)
             await _send_json(send, code, doc)
         elif name == "run":
-            await _send_json(send, 200, service.run_status(int(match.group(1))))
+            await _send_json(send, 200, service.run_status(run_id))
         elif name == "kill":
             reason = str(body.get("reason", "kill")) if isinstance(body, dict) else "kill"
-            await _send_json(send, 200, service.kill(int(match.group(1)), reason, epoch))
+            await _send_json(send, 200, service.kill(run_id, reason, epoch))
         elif name == "ack":
             ids = body.get("run_ids") if isinstance(body, dict) else None
             if not isinstance(ids, list):
                 raise BadRequest("ack needs run_ids: [...]")
             await _send_json(send, 200, service.ack(ids, epoch))
         elif name == "results":
-            after = _int_or_none(query.get("after")) or 0
-            wait = float(query.get("wait", "0") or 0)
             await _send_json(send, 200, await service.results(after, max(0.0, wait)))
         elif name == "log":
-            offset = _int_or_none(query.get("offset")) or 0
-            asked = _int_or_none(query.get("max")) or 0
             max_bytes = min(asked if asked > 0 else 1 << 20, 8 << 20)  # read(-1) would read it all
-            data, nxt, size, state = service.read_log(int(match.group(1)), max(0, offset), max_bytes)
+            data, nxt, size, state = service.read_log(run_id, offset, max_bytes)
             await send(
                 {
                     "type": "http.response.start",
@@ -683,15 +753,6 @@ class AgentApp:
                 }
             )
             await send({"type": "http.response.body", "body": data})
-
-
-def _int_or_none(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 async def _read_json(receive: Receive) -> Any:
@@ -715,6 +776,8 @@ async def _read_json(receive: Receive) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("invalid JSON: nested too deeply") from None
 
 
 async def _send_json(send: Send, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -744,23 +807,50 @@ def serve_agent(args: Any) -> int:
         host, port = split_host_port(args.listen)
     except ValueError as exc:
         raise VigilError(f"--listen: {exc}") from None
-    token = read_token(args.token_file) if args.token_file else None
-    if token is None and not is_loopback_host(host):
-        raise VigilError(f"refusing to listen on non-loopback address {host} without a token: pass --token-file FILE")
-    if token is None:
-        log.warning("no --token-file: accepting unauthenticated requests on loopback %s", host)
-    elif args.token_file:
-        mode = os.stat(args.token_file).st_mode
-        if mode & 0o077:
-            log.warning("token file %s is readable by group or others (mode %o)", args.token_file, mode & 0o777)
     if (args.tls_key or args.tls_client_ca) and not args.tls_cert:
         raise VigilError("--tls-key and --tls-client-ca need --tls-cert")
+    if not args.token_file and not is_loopback_host(host):
+        raise VigilError(f"refusing to listen on non-loopback address {host} without a token: pass --token-file FILE")
     state_dir = Path(args.state).resolve()
     if (state_dir / "vigil.db").exists() or (state_dir / "leader.lock").exists():
         # Run directories are named by run id: sharing them with a scheduler would mix two runs.
         raise VigilError(f"{state_dir} is a scheduler's state directory; give the agent its own --state DIR")
-    state_dir.mkdir(parents=True, exist_ok=True)
+    restrict_umask()  # journal, run directories and logs are owner-only; jobs get the umask back
+    ensure_private_dir(state_dir)
+    if args.token_file:
+        token = read_token(args.token_file)
+        mode = os.stat(args.token_file).st_mode
+        if mode & 0o077:
+            log.warning("token file %s is readable by group or others (mode %o)", args.token_file, mode & 0o777)
+    else:
+        token = _own_token(state_dir / TOKEN_FILE)
     return asyncio.run(_serve(host, port, state_dir, token, args))
+
+
+def _own_token(path: Path) -> str:
+    """The token of an agent started without --token-file: made once (0600), then reused.
+
+    Without it, any local user could run commands as the agent's user through the loopback port.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise VigilError(
+                f"token file {path} must be a regular file only its owner can read "
+                f"(fix: chmod 600 {path}, or delete it to get a new token)"
+            ) from None
+        token = read_token(path)
+        log.warning("no --token-file: requests need the bearer token in %s (the scheduler's token_file)", path)
+        return token
+    except OSError as exc:
+        raise VigilError(f"cannot create token file {path}: {exc.strerror or exc}") from exc
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    log.warning("no --token-file: made a token in %s; requests need it (the scheduler's token_file)", path)
+    return token
 
 
 async def _serve(host: str, port: int, state_dir: Path, token: str | None, args: Any) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .control import ControlClient
-from .db import StatePaths, connect
+from .db import StatePaths, as_row_id, connect
 from .errors import ControlError, NotFoundError
 
 __all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "StateReader", "cluster_status"]
@@ -92,6 +92,8 @@ class StateReader:
         )
 
     def run(self, run_id: int) -> dict[str, Any]:
+        if as_row_id(run_id) is None:  # beyond SQLite's integers: no such run, not an OverflowError
+            raise NotFoundError(f"no run with id {run_id}")
         rows = self._all(
             f"SELECT {', '.join(RUN_FIELDS)}, kill_requested, deadline FROM runs WHERE id = ?", (run_id,)
         )

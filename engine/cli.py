@@ -18,7 +18,20 @@ TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "
 
 
 def _state(args: argparse.Namespace) -> StatePaths:
-    return StatePaths(Path(args.state).resolve())
+    paths = StatePaths(Path(args.state).resolve())
+    try:
+        os.stat(paths.db)
+    except PermissionError:
+        # State directories are owner-only: another user sees nothing in them.
+        from .db import os_user
+
+        raise VigilError(
+            f"state directory {paths.root} is not accessible to {os_user()}: it is owner-only; "
+            "run this as the user who runs the scheduler (or root)"
+        ) from None
+    except OSError:
+        pass  # missing: each command says what that means for it
+    return paths
 
 
 def _print_json(doc: Any) -> None:
@@ -40,6 +53,16 @@ def _short_time(text: str | None) -> str:
     return text.replace("+00:00", "Z").split(".")[0].replace("T", " ")
 
 
+def _run_id(args: argparse.Namespace) -> int:
+    """The run id argument, checked here so a bad one is a `vigil:` line, not a traceback."""
+    from .db import MAX_ROW_ID, as_row_id
+
+    run_id = as_row_id(args.run_id)
+    if run_id is None:
+        raise VigilError(f"run id {args.run_id!r}: expected a whole number from 0 to {MAX_ROW_ID}")
+    return run_id
+
+
 def _reader(args: argparse.Namespace):
     from .api import StateReader
 
@@ -57,8 +80,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from .db import restrict_umask
     from .ha import Node
 
+    restrict_umask()  # the state directory's files are owner-only; jobs get the umask back
     logging.basicConfig(
         level=logging.INFO if not args.quiet else logging.WARNING,
         format="%(asctime)s vigil[%(process)d] %(levelname)s %(message)s",
@@ -142,6 +167,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from .db import MAX_ROW_ID
+
+    if not 0 < args.limit <= MAX_ROW_ID:
+        raise VigilError(f"--limit {args.limit}: expected a whole number from 1 to {MAX_ROW_ID}")
     reader = _reader(args)
     runs = reader.runs(job=args.job, state=args.status, limit=args.limit)
     if args.json:
@@ -176,6 +205,7 @@ def _duration(run: dict[str, Any]) -> str:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    args.run_id = _run_id(args)
     reader = _reader(args)
     run = reader.run(args.run_id)
     if run["agent"] and (run["state"] not in TERMINAL or not reader.log_path(args.run_id).exists()):
@@ -216,12 +246,14 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    args.run_id = _run_id(args)
     _control(args, "kill", run_id=args.run_id)
     print(f"kill sent to run {args.run_id}")
     return EXIT_OK
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
+    args.run_id = _run_id(args)
     reply = _control(args, "rerun", run_id=args.run_id)
     print(f"rerun of {args.run_id} started as run {reply['run_id']}")
     return EXIT_OK
@@ -442,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("logs", parents=[common, jobs], help="print a run's captured stdout+stderr")
-    p.add_argument("run_id", type=int)
+    p.add_argument("run_id", help="a run id (see `vigil runs`)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.set_defaults(func=cmd_logs)
 
@@ -454,10 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         p.set_defaults(func=cmd_pause)
     p = sub.add_parser("kill", parents=[common], help="kill a running run's whole process group")
-    p.add_argument("run_id", type=int)
+    p.add_argument("run_id")
     p.set_defaults(func=cmd_kill)
     p = sub.add_parser("rerun", parents=[common], help="run a finished run's job again, as a new run")
-    p.add_argument("run_id", type=int)
+    p.add_argument("run_id")
     p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser("next", parents=[common, jobs, as_json], help="preview a job's next fire times")
@@ -497,7 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         "never a scheduler's state directory",
     )
     p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="default: 127.0.0.1:8765")
-    p.add_argument("--token-file", metavar="FILE", help="file holding the bearer token (required off loopback)")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the bearer token every request needs (required off loopback; without it the "
+        "agent makes its own in STATE/agent.token, mode 0600, and reuses it)",
+    )
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by this CA (mutual TLS)")

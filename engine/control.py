@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .db import StatePaths, os_user
+from .db import StatePaths
 from .errors import ControlError, NoActiveSchedulerError
 
 MAX_LINE = 1 << 20
@@ -31,7 +31,8 @@ class ControlClient:
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         sock = self.connect()
         try:
-            sock.sendall(encode({"op": op, "user": os_user(), **args}))
+            # No "user" field: the scheduler takes the caller's identity from the socket itself.
+            sock.sendall(encode({"op": op, **args}))
             reply = read_line(sock)
         except TimeoutError as exc:
             raise ControlError(f"the active scheduler did not answer {op!r} within {self.timeout:g}s") from exc

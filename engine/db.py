@@ -6,14 +6,19 @@ queries so they never pin the WAL.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sqlite3
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
 from .errors import StoreError
+
+log = logging.getLogger("vigil.db")
 
 BUSY_TIMEOUT_MS = 5000
 PRAGMAS = (
@@ -23,6 +28,10 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA journal_size_limit=67108864",
 )
+MAX_ROW_ID = (1 << 63) - 1  #: the largest integer SQLite stores: run ids and epochs stay at or below it
+#: Files only an agent's state directory holds: a scheduler refuses such a directory.
+AGENT_STATE_MARKERS = ("journal.db", "agent.token", "agent.addr")
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,116 @@ class StatePaths:
         return self.runs / str(run_id)
 
     def ensure(self) -> None:
-        self.runs.mkdir(parents=True, exist_ok=True)
+        """Create (owner-only) or check the state directory of a scheduler."""
+        for marker in AGENT_STATE_MARKERS:
+            if (self.root / marker).exists():
+                # Run directories are named by run id: sharing them with an agent would mix two runs.
+                raise StoreError(
+                    f"{self.root} is an agent's state directory (it holds {marker}); "
+                    "give the scheduler its own --state DIR"
+                )
+        ensure_private_dir(self.root)
+        ensure_private_dir(self.runs)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Make `path` (0700, whatever the umask) or check that no other local user can write into it.
+
+    Another user who can write into a state directory can plant run directories, pid files or a
+    database, and so make the scheduler kill or report whatever they like.
+    """
+    missing = []
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            # Missing leading directories too: nobody else needs to reach into them.
+            directory.mkdir(mode=0o700)
+            if directory == path:
+                os.chmod(directory, 0o700)  # exactly, whatever the umask
+        except FileExistsError:
+            pass  # made by a concurrent `vigil up`; checked below like any existing directory
+        except OSError as exc:
+            raise StoreError(f"cannot create state directory {directory}: {exc.strerror or exc}") from exc
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise StoreError(f"cannot use state directory {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"state directory {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise StoreError(
+            f"state directory {path} belongs to {user_name(info.st_uid)}, not to {user_name(os.geteuid())} "
+            f"who runs Vigil; run Vigil as its owner or give it a directory of its own"
+        )
+    if info.st_mode & 0o022:
+        raise StoreError(
+            f"state directory {path} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"make it owner-only with `chmod 700 {path}`"
+        )
+    if info.st_mode & 0o077 and path not in _warned_readable:
+        # Made by an older Vigil or by hand: not dangerous to run on, but others may read job output.
+        _warned_readable.add(path)
+        log.warning(
+            "state directory %s is readable by other users (mode %04o); make it owner-only with `chmod 700 %s`",
+            path,
+            stat.S_IMODE(info.st_mode),
+            path,
+        )
+
+
+_warned_readable: set[Path] = set()
+
+
+def restrict_umask() -> None:
+    """Make every file this process creates owner-only; the shim gives jobs the operator's umask back."""
+    global _job_umask
+    previous = os.umask(0o077)
+    if _job_umask is None:
+        _job_umask = previous
+
+
+def job_umask() -> int:
+    """The umask jobs run with: the operator's, as it was before restrict_umask()."""
+    return _current_umask() if _job_umask is None else _job_umask
+
+
+_job_umask: int | None = None
+
+
+def _current_umask() -> int:
+    # /proc tells without the set-and-restore dance, which would race with other threads.
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o077)
+    os.umask(current)
+    return current
+
+
+def as_row_id(value: object) -> int | None:
+    """`value` as an id or epoch SQLite can hold (0..2**63-1), or None.
+
+    Takes a JSON integer (never a bool or a float) or plain decimal digits (a path, a header,
+    a command-line argument).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= MAX_ROW_ID else None
+    if isinstance(value, str | bytes):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        text = text.strip()
+        if _DECIMAL.fullmatch(text):
+            number = int(text)
+            return number if number <= MAX_ROW_ID else None
+    return None
 
 
 def schema_sql() -> str:
@@ -65,8 +183,12 @@ def connect(paths: StatePaths, *, create: bool = True) -> sqlite3.Connection:
         raise StoreError(f"no Vigil state at {paths.root} (no {paths.db.name}); has `vigil up` run here?")
     if create:
         paths.ensure()
+    new = create and not paths.db.exists()
     try:
         conn = sqlite3.connect(paths.db, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        if new:
+            # Before the first write: SQLite gives the -wal and -shm files the database's mode.
+            os.chmod(paths.db, 0o600)
         for pragma in PRAGMAS:
             conn.execute(pragma)
         conn.row_factory = sqlite3.Row
@@ -121,9 +243,14 @@ def parse_iso(text: str | None) -> datetime | None:
 
 
 def os_user() -> str:
+    return user_name(os.getuid())
+
+
+def user_name(uid: int) -> str:
+    """The login name of a uid, or the number when it has none."""
     try:
         import pwd
 
-        return pwd.getpwuid(os.getuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except (KeyError, ImportError):
-        return str(os.getuid())
+        return str(uid)

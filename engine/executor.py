@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import StatePaths
+from .db import StatePaths, job_umask
 from .ids import claim_run_dir, run_identity
 from .procs import signal_group, starttime
 from .reconcile import ShimEvidence
@@ -192,7 +192,8 @@ class LocalExecutor:
         try:
             # Held without a gap from before the spawn until the shim exits (fd 9 in the shim).
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            argv = [*scope_prefix(run_id), SHELL, SHIM, str(run_dir), workdir or "", *job_argv(command)]
+            umask = f"{job_umask():04o}"  # the shim's own files stay owner-only; the job gets this one
+            argv = [*scope_prefix(run_id), SHELL, SHIM, str(run_dir), workdir or "", umask, *job_argv(command)]
             pid = os.posix_spawn(
                 argv[0],
                 argv,

@@ -15,6 +15,8 @@ import fcntl
 import json
 import logging
 import os
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from typing import Any
 
 from .clock import Clock, SystemClock
 from .control import encode, socket_address
-from .db import StatePaths, connect, iso
+from .db import StatePaths, connect, iso, user_name
 from .errors import VigilError
 from .jobfile import load_settings
 from .procs import kill_verified, starttime
@@ -49,7 +51,7 @@ class LeaderLock:
     def _open(self) -> int:
         if self.fd is None:
             # O_CLOEXEC (Python's default) keeps the lock out of every child we spawn.
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         return self.fd
 
     def try_acquire(self) -> bool:
@@ -271,20 +273,30 @@ class Node:
         # Only the lock holder binds, so removing a stale socket file here is safe.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.paths.control)
-        return await asyncio.start_unix_server(self._client, path=socket_address(self.paths.control))
+        server = await asyncio.start_unix_server(self._client, path=socket_address(self.paths.control))
+        # bind() applied the umask; the state directory is 0700 already, this is the second wall.
+        os.chmod(self.paths.control, 0o600)
+        return server
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Who is calling comes from the kernel (SO_PEERCRED), never from the request.
+        user, refusal = _peer_identity(writer)
         try:
             while True:
                 line = await reader.readline()
                 if not line:
                     break
+                if refusal is not None:
+                    writer.write(encode({"ok": False, "error": refusal}))
+                    await writer.drain()
+                    break
                 try:
                     request = json.loads(line)
                     op = str(request.pop("op"))
-                except (ValueError, KeyError):
+                except (ValueError, KeyError, TypeError, AttributeError):
                     writer.write(encode({"ok": False, "error": "malformed request"}))
                     continue
+                request["user"] = user
                 if op == "subscribe":
                     self._subscribers[writer] = {
                         "role": request.get("role", "monitor"),
@@ -496,6 +508,28 @@ class _HeartbeatWatcher:
         ):
             return None  # the row and the heartbeats disagree: do not kill on doubt
         return pid, start
+
+
+def _peer_identity(writer: asyncio.StreamWriter) -> tuple[str, str | None]:
+    """(the caller's user name, why it is refused or None) from the socket's peer credentials.
+
+    Only the scheduler's own user and root may use the socket, read-only requests included:
+    status and the heartbeat stream show pids and runs, and a subscriber the active has to feed.
+    """
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+    except (OSError, AttributeError, struct.error):
+        return "?", "permission denied: cannot tell who is calling (no peer credentials)"
+    name = user_name(uid)
+    own = os.geteuid()
+    if uid not in (own, 0):
+        return name, (
+            f"permission denied: user {name} (uid {uid}) may not control this scheduler; "
+            f"only {user_name(own)} and root may"
+        )
+    return name, None
 
 
 async def _someone_active(paths: StatePaths) -> bool:

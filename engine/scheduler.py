@@ -22,7 +22,7 @@ from typing import Any
 
 from . import schedule
 from .clock import Clock, SystemClock
-from .db import StatePaths, iso, parse_iso
+from .db import StatePaths, as_row_id, iso, parse_iso
 from .errors import FencedError, NotFoundError, StoreError, VigilError
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .ids import HighWaterFile
@@ -1079,12 +1079,21 @@ class Scheduler:
     # ---------------------------------------------------------------- commands
 
     async def command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Run an operator command inside the main loop and return its reply."""
+        """Run an operator command inside the main loop and return its reply.
+
+        `args["user"]`, which the audit records, is set by the control server from the socket's
+        peer credentials (engine/ha.py): a request cannot choose it.
+        """
         if op in self.extra_handlers:
             return await self.extra_handlers[op](args)
         if op == "prune":
             user = str(args.get("user", "?"))
-            cutoff = self.clock.now() - timedelta(seconds=float(args["older_than_s"]))
+            try:
+                cutoff = self.clock.now() - timedelta(seconds=float(args["older_than_s"]))
+            except (KeyError, TypeError, ValueError, OverflowError):
+                # From a hand-made client; raised here it would end the connection without an answer.
+                given = args.get("older_than_s")
+                raise VigilError(f"prune needs older_than_s, a number of seconds, got {given!r}") from None
             count = await self.prune(cutoff)
             await self.ledger.write(
                 [
@@ -1203,11 +1212,12 @@ class Scheduler:
 
 
 def _run_id(args: dict[str, Any]) -> int:
-    # A malformed id from a hand-made client is refused; raised in the loop, it would stop it.
-    try:
-        return int(args.get("run_id", 0))
-    except (TypeError, ValueError):
-        raise NotFoundError(f"no run with id {args.get('run_id')!r}") from None
+    # A malformed id from a hand-made client is refused; raised in the loop, it would stop it, and
+    # one beyond SQLite's integers would fail in the ledger.
+    run_id = as_row_id(args.get("run_id"))
+    if run_id is None:
+        raise NotFoundError(f"no run with id {args.get('run_id')!r}")
+    return run_id
 
 
 def _schedule_of(job: JobSpec) -> tuple[Any, ...]:

@@ -45,10 +45,17 @@ class Wire(httpx.AsyncBaseTransport):
         return response
 
 
+TOKEN = "dispatch-test-token"
+
+
 def write_jobs(jobs: Path, scheduler: str = "") -> None:
     jobs.mkdir(parents=True, exist_ok=True)
+    token_file = jobs.parent / "agent.token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
     (jobs / "vigil.toml").write_text(
-        f'[scheduler]\nagent_poll_interval = "100ms"\n{scheduler}\n[agents.a1]\nurl = "http://agent.test"\n'
+        f'[scheduler]\nagent_poll_interval = "100ms"\n{scheduler}\n'
+        f'[agents.a1]\nurl = "http://agent.test"\ntoken_file = "{token_file}"\n'
     )
     (jobs / "remote.toml").write_text('agent = "a1"\ncommand = "echo remote-ran"\n')
 
@@ -77,7 +84,7 @@ class Cluster:
         self.paths = StatePaths(tmp / "state")
         self.jobs = tmp / "jobs"
         self.agent = AgentService(tmp / "agent")
-        self.wire = Wire(AgentApp(self.agent, None))
+        self.wire = Wire(AgentApp(self.agent, TOKEN))
         self.scheduler: Scheduler | None = None
         self.task: asyncio.Task[str] | None = None
 

@@ -40,7 +40,7 @@ class Agent:
         root: Path,
         name: str,
         *,
-        token: str | None = None,
+        token: str | None = TOKEN,
         tls: dict[str, Path] | None = None,
         port: int = 0,
     ) -> None:
@@ -205,7 +205,11 @@ def free_port() -> int:
 
 def write_settings(jobs: Path, agents: dict[str, dict[str, Any]], pools: str = "", scheduler: str = "") -> None:
     lines = ["[scheduler]", 'agent_poll_interval = "200ms"', scheduler, ""]
+    shared_token = jobs.parent / "agents.token"  # every Agent here has TOKEN unless a test says otherwise
+    shared_token.write_text(TOKEN + "\n")
+    shared_token.chmod(0o600)
     for name, fields in agents.items():
+        fields = {"token_file": str(shared_token), **fields}
         lines.append(f"[agents.{name}]")
         lines += [f'{key} = "{value}"' for key, value in fields.items()]
         lines.append("")
@@ -696,7 +700,7 @@ def test_agent_back_without_knowledge_of_a_run_means_unknown(
     assert "has no record of this run" in unknown["reason"] and "not re-run" in unknown["reason"]
     settle(0.5)
     assert len(run_rows(state_dir, "lost")) == 1
-    assert httpx.get(f"{agent.url}/runs/{running['id']}").status_code == 404  # never dispatched again
+    assert httpx.get(f"{agent.url}/runs/{running['id']}", headers=AUTH).status_code == 404  # never dispatched again
     assert not out.exists()
 
 

@@ -186,3 +186,36 @@ async def test_log_reads_are_bounded_whatever_max_asks(service: AgentService) ->
     data, offset, size, _ = await client.log(3, 0, max_bytes=-1)
     assert size == 3_000_000 and len(data) == offset == 1 << 20  # the default chunk, not the whole log
     await client.aclose()
+
+
+async def test_a_hostile_agents_numbers_never_reach_the_scheduler() -> None:
+    # a broken or hostile agent: ids and epochs SQLite cannot store, booleans, strings where numbers go
+    answers = {
+        "/status": {"instance": "i", "max_epoch": 10**30, "open": []},
+        "/runs": {**body(1), "state": "running", "seq": True},
+        "/runs/1": {**body(1), "state": "finished", "exit_code": 10**30},
+        "/runs/1/kill": {**body(1), "run_id": "1", "state": "running"},
+        "/results": {"instance": "i", "results": [{**body(1), "state": "finished", "seq": 2**63}]},
+    }
+
+    def hostile(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers[request.url.path])
+
+    client = AgentClient(
+        AgentSpec(name="evil", url="http://evil.test"), epoch=1, transport=httpx.MockTransport(hostile)
+    )
+    for call in (
+        client.status(),
+        client.dispatch(body(1)),
+        client.run(1),
+        client.kill(1, "kill"),
+        client.results(0, 0),
+    ):
+        with pytest.raises(AgentAmbiguous, match="a vigil agent would not send"):
+            await call
+    answers["/status"] = {"instance": "i", "max_epoch": "7", "open": []}
+    with pytest.raises(AgentAmbiguous):
+        await client.status()
+    answers["/status"] = {"instance": "i", "max_epoch": 7, "open": [1, 2]}
+    assert (await client.status())["max_epoch"] == 7
+    await client.aclose()
