@@ -24,7 +24,7 @@ from typing import Any
 from . import schedule
 from .clock import Clock, SystemClock
 from .db import StatePaths, iso, parse_iso
-from .errors import FencedError, NotFoundError, StoreError, VigilError
+from .errors import FencedError, NotFoundError, StoreError, StoreFatalError, StoreRetryableError, VigilError
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .jobfile import JobFolder, ScanResult
 from .ledger import Ledger
@@ -94,6 +94,21 @@ class Batch:
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     launches: list[int] = field(default_factory=list)
     after_commit: list[Callable[[set[int]], None]] = field(default_factory=list)
+    # Undo records of new work (fires, run/pause commands), for when its commit fails and it is
+    # dropped instead of carried: the fires are then due again and go the catch-up path.
+    last_fire_before: dict[str, datetime | None] = field(default_factory=dict)
+    due_at: dict[str, datetime] = field(default_factory=dict)
+    paused_before: dict[str, bool] = field(default_factory=dict)
+    first_id: int = 0
+
+    def then(self, other: Batch) -> Batch:
+        """This batch followed by `other`, as one transaction."""
+        return Batch(
+            rows=self.rows + other.rows,
+            statements=self.statements + other.statements,
+            launches=self.launches + other.launches,
+            after_commit=self.after_commit + other.after_commit,
+        )
 
 
 class Scheduler:
@@ -140,6 +155,8 @@ class Scheduler:
         self.started_at = self.clock.now()
         self.stop_reason = "stop"
         self.extra_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
+        self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
+        self._outage_cause: str | None = None  #: why fires were late: the store refused writes
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -188,6 +205,7 @@ class Scheduler:
             asyncio.create_task(self._periodic(0.5, self._sample_tick), name="sample"),
             asyncio.create_task(self._flusher(), name="flusher"),
             asyncio.create_task(self._periodic(3600.0, self._retention_tick, first=60.0), name="retention"),
+            asyncio.create_task(self._periodic(1.0, self._check_db_file), name="dbwatch"),
         ]
         try:
             while not self._stop.is_set():
@@ -196,6 +214,8 @@ class Scheduler:
         except FencedError:
             log.error("deposed: the database holds a newer epoch; stopping without further writes")
             self.stop_reason = "fenced"
+        except StoreError as exc:
+            self._store_fatal(exc)
         finally:
             self._stop.set()  # from here on, command() refuses instead of queueing
             for task in side_tasks:
@@ -211,7 +231,7 @@ class Scheduler:
             for extra in self.executors.values():
                 with contextlib.suppress(Exception):
                     await extra.aclose()
-            if self.stop_reason != "fenced":
+            if self.stop_reason not in ("fenced", "store_fatal"):
                 with contextlib.suppress(VigilError):
                     await self.ledger.flush()
                     await self.ledger.mark_clean_stop()
@@ -228,9 +248,27 @@ class Scheduler:
             except FencedError:
                 self.request_stop("fenced")
                 return
+            except StoreRetryableError:
+                pass  # logged once by the ledger; the next tick tries again
+            except StoreError as exc:
+                self._store_fatal(exc)
+                return
             except Exception:
                 log.exception("periodic task failed")
             await asyncio.sleep(interval)
+
+    def _store_fatal(self, exc: StoreError) -> None:
+        """A fault the ledger cannot outlive: stop; the node ends the process (exit != 0)."""
+        if self.fatal is None:
+            self.fatal = exc
+        self.request_stop("store_fatal")
+
+    async def _check_db_file(self) -> None:
+        if not self.ledger.same_file():
+            raise StoreFatalError(
+                f"state database {self.paths.db} was removed or replaced under the running scheduler; "
+                "stopping (restore it, or start `vigil up` again on a fresh one)"
+            )
 
     async def _flusher(self) -> None:
         while True:
@@ -241,15 +279,21 @@ class Scheduler:
             except FencedError:
                 self.request_stop("fenced")
                 return
+            except StoreRetryableError:
+                # Kept for the next attempt (the main loop's next write carries them too); the
+                # ledger logged the fault once.
+                await asyncio.sleep(max(0.05, self.ledger.health.wait(time.monotonic())))
             except StoreError as exc:
-                # Kept for the next attempt (the main loop's next write carries them too).
-                log.warning("deferred ledger writes failed, retrying: %s", exc)
-                await asyncio.sleep(1.0)
+                self._store_fatal(exc)
+                return
 
     async def _sleep_until_next(self) -> None:
         now = time.time()
         wake_at = now + 1.0
-        for heap in (self._fire_heap, self._retry_heap, self._deadline_heap):
+        backoff = self.ledger.health.wait(time.monotonic())
+        if backoff > 0:
+            wake_at = now + backoff  # due fires wait too: trying again sooner would only spin
+        for heap in () if backoff > 0 else (self._fire_heap, self._retry_heap, self._deadline_heap):
             if heap:
                 wake_at = min(wake_at, heap[0][0])
         timeout = max(0.0, wake_at - now)
@@ -389,7 +433,12 @@ class Scheduler:
         result = await asyncio.to_thread(self.folder.scan)
         statements = self._apply_scan(result, self.clock.now())
         if statements:
-            await self.ledger.write(statements)
+            try:
+                await self.ledger.write(statements)
+            except StoreRetryableError:
+                for statement in statements:
+                    self.ledger.defer(*statement)  # kept until a write succeeds
+                raise
         await self._write_catalog()
 
     async def _write_catalog(self, *, full: bool = False) -> None:
@@ -397,6 +446,13 @@ class Scheduler:
         self._catalog_dirty = set()
         if not names:
             return
+        try:
+            await self._write_catalog_of(names, full)
+        except StoreRetryableError:
+            self._catalog_dirty |= names  # written again at the next rescan
+            raise
+
+    async def _write_catalog_of(self, names: set[str], full: bool) -> None:
         statements: list[tuple[str, tuple[Any, ...]]] = []
         if full:
             statements.append(
@@ -446,26 +502,50 @@ class Scheduler:
     # ---------------------------------------------------------------- main iteration
 
     async def _iteration(self) -> None:
+        if self.ledger.health.wait(time.monotonic()) > 0:
+            return  # backing off after a retryable store fault
         now = self.clock.now()
+        # Two parts, one transaction. `batch` is accounting (run ends, retries and queued runs
+        # starting, kills): if the commit fails it is carried to the next attempt, never lost.
+        # `work` is new work (fires, run/rerun/pause/resume): if the commit fails it is undone, so
+        # the fires are due again and take the catch-up path, and the commands report the error.
         batch, self._carry = self._carry, Batch()
         self._handle_finished(now, batch)
         self._handle_deadlines(now)
         self._handle_retries(now, batch)
-        self._handle_fires(now, batch)
+        work = Batch(first_id=self.next_id)
+        self._handle_fires(now, work)
         commands, self._commands = self._commands, []
         replies: list[tuple[Command, dict[str, Any] | Exception]] = []
         for cmd in commands:
             try:
-                replies.append((cmd, self._handle_command(cmd, now, batch)))
+                replies.append((cmd, self._handle_command(cmd, now, batch if cmd.op == "kill" else work)))
             except VigilError as exc:
                 replies.append((cmd, exc))
+        last_id = self.next_id
         try:
-            await self._commit(batch, now)
+            await self._commit(batch.then(work), now)
+        except StoreRetryableError as exc:
+            self._carry = batch.then(self._carry)
+            self._undo(work, last_id)
+            self._outage_cause = f"state database unavailable: {exc.kind}"
+            for cmd, reply in replies:
+                if cmd.reply.done():
+                    continue
+                if isinstance(reply, Exception):
+                    cmd.reply.set_result({"ok": False, "error": str(reply)})
+                elif cmd.op == "kill":
+                    cmd.reply.set_result({"ok": True, **reply})  # sent; its record is carried
+                else:
+                    cmd.reply.set_result({"ok": False, "error": f"{exc}; try again when it is writable"})
+            return
         except VigilError as exc:
             for cmd, _ in replies:
                 if not cmd.reply.done():
                     cmd.reply.set_result({"ok": False, "error": str(exc)})
             raise
+        if not self.ledger.health.failing:
+            self._outage_cause = None
         for cmd, reply in replies:
             if cmd.reply.done():
                 continue
@@ -473,6 +553,28 @@ class Scheduler:
                 cmd.reply.set_result({"ok": False, "error": str(reply)})
             else:
                 cmd.reply.set_result({"ok": True, **reply})
+
+    def _undo(self, work: Batch, last_id: int) -> None:
+        """Forget new work whose commit failed: nothing of it was written or launched."""
+        for row in work.rows:
+            self.runs.pop(row["id"], None)
+            self.active_by_job[row["job"]].discard(row["id"])
+            with contextlib.suppress(ValueError):
+                self.queued[row["job"]].remove(row["id"])
+        for name, before in work.last_fire_before.items():
+            if before is None:
+                self.last_fire.pop(name, None)
+            else:
+                self.last_fire[name] = before
+        for name, due in work.due_at.items():
+            self._push_fire(name, due)
+        for name, was_paused in work.paused_before.items():
+            if was_paused:
+                self.paused.add(name)
+            else:
+                self.paused.discard(name)
+        if self.next_id == last_id:  # no id handed out meanwhile: reuse them, keep ids dense
+            self.next_id = work.first_id
 
     async def _commit(self, batch: Batch, now: datetime) -> None:
         if not (batch.rows or batch.statements or batch.launches):
@@ -598,6 +700,8 @@ class Scheduler:
                 self._push_fire(name, trigger.next_fire(max(last, now)))
                 continue
             previous_fire = last
+            batch.last_fire_before.setdefault(name, self.last_fire.get(name))
+            batch.due_at.setdefault(name, fires[0])
             self.last_fire[name] = fires[-1]
             batch.statements.append((SQL_LAST_FIRE, (name, iso(fires[-1]), self.epoch)))
             batch.statements.append((SQL_NEXT_FIRE, (iso(trigger.next_fire(now)), self.epoch, name)))
@@ -623,6 +727,8 @@ class Scheduler:
     def _gap_cause(self, first_fire: datetime) -> str:
         if first_fire <= self.started_at:
             return self.takeover_cause
+        if self._outage_cause is not None:
+            return self._outage_cause
         return "scheduler overloaded"
 
     def _note_dropped(
@@ -934,6 +1040,7 @@ class Scheduler:
                 )
                 return {"run_id": info.id, "audit": f"run {info.id}"}
             paused = op == "pause"
+            batch.paused_before.setdefault(name, name in self.paused)
             if paused:
                 self.paused.add(name)
             else:
