@@ -332,17 +332,20 @@ def cmd_db(args: argparse.Namespace) -> int:
 def _db_check(paths: StatePaths) -> int:
     import sqlite3
 
-    from .db import connect, restore_hint, store_error
+    from .db import VIGIL_TABLES, connect, foreign_message, restore_hint, store_error, tables_of
     from .errors import StoreError
 
     conn = connect(paths, create=False)  # refuses a missing, empty or foreign file
     try:
         problems = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        tables = tables_of(conn)
         leader = conn.execute("SELECT epoch FROM leader WHERE id = 1").fetchone()
     except sqlite3.Error as exc:
         raise store_error(exc, paths.db) from exc
     finally:
         conn.close()
+    if not VIGIL_TABLES <= tables:
+        raise StoreError(foreign_message(paths.db, tables))
     if problems != ["ok"]:
         print("\n".join(problems))
         raise StoreError(
@@ -358,7 +361,7 @@ def _db_check(paths: StatePaths) -> int:
 def _db_backup(paths: StatePaths, target: Path) -> int:
     import sqlite3
 
-    from .db import connect, store_error
+    from .db import connect
 
     if target.is_symlink():
         raise VigilError(f"backup target {target} is a symbolic link; refusing to write through it")
@@ -388,9 +391,8 @@ def _db_backup(paths: StatePaths, target: Path) -> int:
         if (now.st_dev, now.st_ino) != (created.st_dev, created.st_ino):
             raise VigilError(f"backup target {target} was replaced while the backup was written")
     except sqlite3.Error as exc:
-        _remove_quietly(target)
-        error = store_error(exc, paths.db)
-        raise VigilError(f"backup to {target} failed: {error}") from exc
+        _remove_quietly(target)  # the error may be the source's or the target's: name both
+        raise VigilError(f"backup of {paths.db} to {target} failed: {exc}") from exc
     except BaseException:
         _remove_quietly(target)
         raise

@@ -35,8 +35,10 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA journal_size_limit=67108864",
 )
-# The tables that make a file a Vigil state database.
+# The tables of a Vigil state database (`vigil db check` wants them all); a reader refuses a file
+# without the core ones. A missing newer table is created by the next `vigil up`.
 VIGIL_TABLES = frozenset({"leader", "runs", "job_state", "jobs", "audit", "failovers", "agents"})
+CORE_TABLES = frozenset({"leader", "runs"})
 
 # SQLite primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF).
 _SQLITE_READONLY, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR = 8, 5, 6, 10
@@ -142,9 +144,9 @@ def connect(paths: StatePaths, *, create: bool = True) -> sqlite3.Connection:
         for pragma in PRAGMAS:
             conn.execute(pragma)
         conn.row_factory = sqlite3.Row
-        tables = _tables(conn)
+        tables = tables_of(conn)
         if tables and "leader" not in tables:
-            raise StoreFatalError(_foreign_message(paths.db, tables))
+            raise StoreFatalError(foreign_message(paths.db, tables))
         init_schema(conn)
     except sqlite3.Error as exc:
         if conn is not None:
@@ -178,9 +180,9 @@ def open_existing(paths: StatePaths) -> sqlite3.Connection:
         # No journal_mode pragma: WAL is a property of the file, set by its writer; a reader that
         # set it would write to (and so create) a database.
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        tables = _tables(conn)
-        if not VIGIL_TABLES <= tables:
-            raise StoreFatalError(_foreign_message(paths.db, tables))
+        tables = tables_of(conn)
+        if not CORE_TABLES <= tables:
+            raise StoreFatalError(foreign_message(paths.db, tables))
     except sqlite3.Error as exc:
         if conn is not None:
             conn.close()
@@ -192,11 +194,11 @@ def open_existing(paths: StatePaths) -> sqlite3.Connection:
     return conn
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
+def tables_of(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-def _foreign_message(path: Path, tables: set[str]) -> str:
+def foreign_message(path: Path, tables: set[str]) -> str:
     missing = ", ".join(sorted(VIGIL_TABLES - tables))
     return (
         f"state database {path} is not a Vigil database (missing tables: {missing}); "

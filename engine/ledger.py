@@ -131,13 +131,20 @@ class Ledger:
         self._db = db
         self._file_id = (st.st_dev, st.st_ino)
 
-    def same_file(self) -> bool:
-        """False when the database file was removed or replaced since open (like LeaderLock.still_ours)."""
+    def file_lost(self) -> str | None:
+        """How the database file was lost since open, or None (like LeaderLock.still_ours).
+
+        Writes would still go to the open file, unseen by every reader and the next active.
+        """
         try:
             st = os.stat(self.paths.db)
         except FileNotFoundError:
-            return False
-        return self._file_id is None or (st.st_dev, st.st_ino) == self._file_id
+            return "removed"
+        if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
+            return "replaced"
+        if st.st_size == 0:
+            return "emptied"  # a WAL database always has its header in the main file
+        return None
 
     async def close(self) -> None:
         if self._db is not None:

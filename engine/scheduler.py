@@ -260,15 +260,23 @@ class Scheduler:
     def _store_fatal(self, exc: StoreError) -> None:
         """A fault the ledger cannot outlive: stop; the node ends the process (exit != 0)."""
         if self.fatal is None:
-            self.fatal = exc
+            # A file removed or emptied under us often shows first as "corrupt": name the cause.
+            self.fatal = self._db_file_lost() or exc
         self.request_stop("store_fatal")
 
+    def _db_file_lost(self) -> StoreFatalError | None:
+        lost = self.ledger.file_lost()
+        if lost is None:
+            return None
+        return StoreFatalError(
+            f"state database {self.paths.db} was {lost} under the running scheduler; stopping "
+            "(restore a backup, or start `vigil up` again)"
+        )
+
     async def _check_db_file(self) -> None:
-        if not self.ledger.same_file():
-            raise StoreFatalError(
-                f"state database {self.paths.db} was removed or replaced under the running scheduler; "
-                "stopping (restore it, or start `vigil up` again on a fresh one)"
-            )
+        lost = self._db_file_lost()
+        if lost is not None:
+            raise lost
 
     async def _flusher(self) -> None:
         while True:

@@ -177,13 +177,15 @@ def test_an_active_stops_when_its_database_is_removed_or_replaced(
 ) -> None:
     (jobs_dir / "vigil.toml").write_text(FAST)
     write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
-    for how in ("removed", "replaced"):
+    for how in ("removed", "replaced", "emptied"):
         up = Up(state_dir, jobs_dir, log=tmp_path / f"{how}.log")
         try:
             up.wait_active()
             db = state_dir / "vigil.db"
             if how == "removed":
                 db.unlink()
+            elif how == "emptied":
+                os.truncate(db, 0)
             else:
                 copy = state_dir / "copy.db"
                 copy.write_bytes(db.read_bytes())
@@ -191,7 +193,7 @@ def test_an_active_stops_when_its_database_is_removed_or_replaced(
             code = wait_for(up.proc.poll, 5, what=f"the active to stop\n{up.output()}")
             assert code != 0
             out = up.output()
-            assert "was removed or replaced" in out.strip().splitlines()[-1], out
+            assert f"was {how} under the running scheduler" in out.strip().splitlines()[-1], out
             assert "Traceback" not in out
             assert not (state_dir / "control.sock").exists()
         finally:
