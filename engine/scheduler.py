@@ -298,10 +298,14 @@ class Scheduler:
     async def _sleep_until_next(self) -> None:
         now = time.time()
         wake_at = now + 1.0
+        heaps = (self._fire_heap, self._retry_heap, self._deadline_heap)
         backoff = self.ledger.health.wait(time.monotonic())
         if backoff > 0:
-            wake_at = now + backoff  # due fires wait too: trying again sooner would only spin
-        for heap in () if backoff > 0 else (self._fire_heap, self._retry_heap, self._deadline_heap):
+            # Backing off after a store fault: due fires and retries wait too (trying sooner would
+            # only spin); deadlines do not.
+            wake_at = now + backoff
+            heaps = (self._deadline_heap,)
+        for heap in heaps:
             if heap:
                 wake_at = min(wake_at, heap[0][0])
         timeout = max(0.0, wake_at - now)
@@ -510,9 +514,12 @@ class Scheduler:
     # ---------------------------------------------------------------- main iteration
 
     async def _iteration(self) -> None:
-        if self.ledger.health.wait(time.monotonic()) > 0:
-            return  # backing off after a retryable store fault
         now = self.clock.now()
+        if self.ledger.health.wait(time.monotonic()) > 0:
+            # Backing off after a retryable store fault. Timeouts are still enforced: a kill needs
+            # no write (its record is deferred).
+            self._handle_deadlines(now)
+            return
         # Two parts, one transaction. `batch` is accounting (run ends, retries and queued runs
         # starting, kills): if the commit fails it is carried to the next attempt, never lost.
         # `work` is new work (fires, run/rerun/pause/resume): if the commit fails it is undone, so

@@ -3,6 +3,7 @@ emptied, foreign or corrupt file. The active waits out what passes and ends on w
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -373,3 +374,41 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
     missed_reason = next(r["reason"] for r in rows if r["state"] == "missed")
     assert missed_reason.startswith("state database unavailable: locked by another writer"), missed_reason
     assert [r["id"] for r in rows] == [1, 2, 3, 4]  # ids stay dense: undone fires gave theirs back
+
+
+async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, jobs_dir: Path) -> None:
+    from datetime import UTC, datetime
+
+    from engine.clock import FakeClock
+    from engine.db import StatePaths
+    from engine.scheduler import Scheduler
+
+    write_job(jobs_dir, "slow", 'every = "1h"\ntimeout = "2s"\ncommand = "sleep 30"\n')
+    clock = FakeClock(datetime(2026, 11, 29, 3, 0, 0, 500000, tzinfo=UTC))
+    scheduler = Scheduler(StatePaths(state_dir), jobs_dir, clock=clock)
+    await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
+    await scheduler.ledger.query("PRAGMA busy_timeout=20")
+    await scheduler.prepare()
+    holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
+    try:
+        reply = asyncio.ensure_future(scheduler.command("run", {"job": "slow", "user": "t"}))
+        await asyncio.sleep(0)  # the command reaches the loop's queue
+        await scheduler._iteration()
+        (run_id,) = scheduler.runs
+        assert (await reply)["ok"]
+        holder.execute("BEGIN IMMEDIATE")
+        clock.advance(1)
+        refused = asyncio.ensure_future(scheduler.command("run", {"job": "slow", "user": "t"}))
+        await asyncio.sleep(0)
+        await scheduler._iteration()  # the write fails: backing off from now on
+        assert scheduler.ledger.health.wait(time.monotonic()) > 0
+        assert "locked by another writer" in (await refused)["error"]
+        assert set(scheduler.runs) == {run_id}  # the refused run was not started
+        clock.advance(2)  # past the deadline, still backing off
+        await scheduler._iteration()
+        assert scheduler.runs[run_id].kill_requested == "timeout"
+    finally:
+        holder.close()
+        if scheduler.executor is not None:
+            scheduler.executor.close()
+        await scheduler.ledger.close()
