@@ -46,7 +46,7 @@ from .agent_protocol import (
     load_httpx,
 )
 from .db import iso, parse_iso
-from .errors import AgentError, FencedError, StaleEpochError, VigilError
+from .errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError, VigilError
 from .executor import ShimExit
 from .ids import valid_id
 from .model import AgentSpec, RunState, Settings
@@ -291,6 +291,8 @@ class AgentDispatcher:
         exc = task.exception()
         if isinstance(exc, FencedError):
             self.s.request_stop("fenced")
+        elif isinstance(exc, StoreError) and not isinstance(exc, StoreRetryableError):
+            self.s._store_fatal(exc)
         elif exc is not None:
             log.error("agent task failed", exc_info=exc)
 
@@ -703,9 +705,14 @@ class AgentDispatcher:
                 if flight.member != member:
                     # Persisted before the request: a later active then knows the one agent to ask.
                     # (Even for a single agent: the row was written from the job as it was then.)
-                    flight.member = member
                     self.s.ledger.defer(SQL_RUN_AGENT, (member, self.s.epoch, info.id))
-                    await self.s.ledger.flush()
+                    try:
+                        await self.s.ledger.flush()
+                    except StoreRetryableError:
+                        # Not persisted yet (kept deferred): no dispatch until it is.
+                        await asyncio.sleep(max(0.1, self.s.ledger.health.wait(time.monotonic())))
+                        continue
+                    flight.member = member
                     if not self._is_open(flight) or info.kill_requested:
                         continue  # killed meanwhile: the top of the loop settles it
             link = self._link(member)

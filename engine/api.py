@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .control import ControlClient
-from .db import StatePaths, as_row_id, connect
-from .errors import ControlError, NotFoundError
+from .db import StatePaths, as_row_id, connect, store_error
+from .errors import ControlError, NotFoundError, StoreError
 
 __all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "StateReader", "cluster_status"]
 
@@ -54,8 +54,13 @@ class StateReader:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = connect(self.paths, create=False)  # a reader never makes state
-            self._conn.execute("PRAGMA query_only=ON")
+            conn = connect(self.paths, create=False)  # a reader never makes state
+            try:
+                conn.execute("PRAGMA query_only=ON")
+            except sqlite3.Error as exc:
+                conn.close()
+                raise store_error(exc, self.paths.db) from exc
+            self._conn = conn
         return self._conn
 
     def close(self) -> None:
@@ -63,8 +68,16 @@ class StateReader:
             self._conn.close()
             self._conn = None
 
-    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.conn.execute(sql, params).fetchall()]
+    def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+        # Every read goes through here: a broken database is a StoreError naming it, never a traceback.
+        try:
+            return [dict(row) for row in self.conn.execute(sql, params).fetchall()]
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.paths.db) from exc
+
+    def _scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        rows = self._all(sql, params)
+        return next(iter(rows[0].values())) if rows else None
 
     def runs(
         self,
@@ -110,7 +123,7 @@ class StateReader:
             where.append("state = ?")
             params.append(state)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return int(self.conn.execute(f"SELECT COUNT(*) FROM runs {clause}", params).fetchone()[0])
+        return int(self._scalar(f"SELECT COUNT(*) FROM runs {clause}", params))
 
     def counts_by_state(self) -> dict[str, int]:
         return {
@@ -133,7 +146,7 @@ class StateReader:
 
     def max_run_id(self) -> int:
         """The newest run id (0 when there are none): where an incremental reader starts."""
-        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()[0])
+        return int(self._scalar("SELECT COALESCE(MAX(id), 0) FROM runs"))
 
     def runs_after(self, after_id: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Runs with id > `after_id`, oldest first: what is new since a reader last looked."""
@@ -164,7 +177,10 @@ class StateReader:
         return {name: self._all(sql, (name, per_job)) for name in names}
 
     def leader(self) -> dict[str, Any]:
-        return self._all("SELECT epoch, pid, starttime, since, clean_stop FROM leader WHERE id = 1")[0]
+        rows = self._all("SELECT epoch, pid, starttime, since, clean_stop FROM leader WHERE id = 1")
+        if not rows:
+            raise StoreError(f"state database {self.paths.db} has no leader row: not a Vigil database")
+        return rows[0]
 
     def failovers(self, limit: int = 10) -> list[dict[str, Any]]:
         return self._all(

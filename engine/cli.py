@@ -338,29 +338,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    import sqlite3
-
-    from .db import connect
-
     paths = _state(args)
     if args.db_command == "check":
-        conn = connect(paths, create=False)
-        result = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
-        conn.close()
-        print("\n".join(result))
-        return EXIT_OK if result == ["ok"] else EXIT_ERROR
+        return _db_check(paths)
     if args.db_command == "backup":
-        target = Path(args.path)
-        if target.exists():
-            raise VigilError(f"backup target {target} already exists; refusing to overwrite it")
-        source = connect(paths, create=False)
-        dest = sqlite3.connect(target)
-        with dest:
-            source.backup(dest)  # the online backup API: consistent while the scheduler writes
-        dest.close()
-        source.close()
-        print(f"backed up {paths.db} to {target}")
-        return EXIT_OK
+        return _db_backup(paths, Path(args.path))
     # prune
     from .control import ControlClient
     from .durations import parse_duration
@@ -379,25 +361,115 @@ def cmd_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _db_check(paths: StatePaths) -> int:
+    import sqlite3
+
+    from .db import VIGIL_TABLES, connect, foreign_message, restore_hint, store_error, tables_of
+    from .errors import StoreError
+
+    conn = connect(paths, create=False)  # refuses a missing, empty or foreign file
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        tables = tables_of(conn)
+        leader = conn.execute("SELECT epoch FROM leader WHERE id = 1").fetchone()
+    except sqlite3.Error as exc:
+        raise store_error(exc, paths.db) from exc
+    finally:
+        conn.close()
+    if not VIGIL_TABLES <= tables:
+        raise StoreError(foreign_message(paths.db, tables))
+    if problems != ["ok"]:
+        print("\n".join(problems))
+        raise StoreError(
+            f"state database {paths.db} failed the integrity check ({len(problems)} problem(s), first: "
+            f"{problems[0]}); {restore_hint(paths.db)}"
+        )
+    if leader is None:
+        raise StoreError(f"state database {paths.db} has no leader row; {restore_hint(paths.db)}")
+    print("ok")
+    return EXIT_OK
+
+
+def _db_backup(paths: StatePaths, target: Path) -> int:
+    import sqlite3
+
+    from .db import connect
+
+    if target.is_symlink():
+        raise VigilError(f"backup target {target} is a symbolic link; refusing to write through it")
+    if target.exists():
+        raise VigilError(f"backup target {target} already exists; refusing to overwrite it")
+    source = connect(paths, create=False)
+    try:
+        # Created here, owner-only whatever the umask; O_EXCL|O_NOFOLLOW refuse a file or link
+        # that appeared since the checks above.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        source.close()
+        raise VigilError(f"cannot create backup target {target}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        created = os.fstat(fd)
+    finally:
+        os.close(fd)
+    try:
+        dest = sqlite3.connect(target)
+        try:
+            with dest:
+                source.backup(dest)  # the online backup API: consistent while the scheduler writes
+        finally:
+            dest.close()
+        now = os.lstat(target)
+        if (now.st_dev, now.st_ino) != (created.st_dev, created.st_ino):
+            raise VigilError(f"backup target {target} was replaced while the backup was written")
+    except sqlite3.Error as exc:
+        _remove_quietly(target)  # the error may be the source's or the target's: name both
+        raise VigilError(f"backup of {paths.db} to {target} failed: {exc}") from exc
+    except BaseException:
+        _remove_quietly(target)
+        raise
+    finally:
+        source.close()
+    print(f"backed up {paths.db} to {target}")
+    return EXIT_OK
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        if not path.is_symlink():
+            path.unlink()
+    except OSError:
+        pass
+
+
 def _prune_offline(paths: StatePaths, seconds: float) -> int:
     import shutil
+    import sqlite3
     from datetime import UTC, datetime, timedelta
 
-    from .db import connect, iso
+    from .db import connect, iso, rollback_quietly, store_error
 
     conn = connect(paths, create=False)
     cutoff = iso(datetime.now(UTC) - timedelta(seconds=seconds))
-    ids = [
-        r[0]
-        for r in conn.execute(
-            "SELECT id FROM runs WHERE ended_at < ? AND state NOT IN ('pending','waiting','launching','running')",
-            (cutoff,),
-        )
-    ]
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
-    conn.execute("COMMIT")
-    conn.close()
+    try:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM runs WHERE ended_at < ? AND state NOT IN ('pending','waiting','launching','running')",
+                (cutoff,),
+            )
+        ]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+    except sqlite3.Error as exc:
+        raise store_error(exc, paths.db) from exc
+    finally:
+        conn.close()
     for run_id in ids:
         shutil.rmtree(paths.run_dir(run_id), ignore_errors=True)
     return len(ids)
@@ -543,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sqlite3
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -554,6 +628,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    # The last resort: each path gives its own message; nothing reaches the user as a traceback.
+    except sqlite3.Error as exc:
+        print(f"vigil: state database {_state(args).db}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vigil: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

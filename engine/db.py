@@ -11,16 +11,28 @@ import os
 import re
 import sqlite3
 import stat
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
-from .errors import StoreError
+from .errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
 
 log = logging.getLogger("vigil.db")
 
-BUSY_TIMEOUT_MS = 5000
+
+def _busy_timeout_ms() -> int:
+    # How long one statement waits for another writer's lock before the write is retried later.
+    # VIGIL_DB_BUSY_TIMEOUT_MS exists for tests and for hosts whose backup tool holds it longer.
+    try:
+        return max(1, int(os.environ.get("VIGIL_DB_BUSY_TIMEOUT_MS", "5000")))
+    except ValueError:
+        return 5000
+
+
+BUSY_TIMEOUT_MS = _busy_timeout_ms()
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
@@ -32,6 +44,64 @@ MAX_ROW_ID = (1 << 63) - 1  #: the largest integer SQLite stores: run ids and ep
 #: Files only an agent's state directory holds: a scheduler refuses such a directory.
 AGENT_STATE_MARKERS = ("journal.db", "agent.token", "agent.addr")
 _DECIMAL = re.compile(r"[0-9]{1,19}")
+# The tables of a Vigil state database (`vigil db check` wants them all); a reader refuses a file
+# without the core ones. A missing newer table is created by the next `vigil up`.
+VIGIL_TABLES = frozenset({"leader", "runs", "job_state", "jobs", "audit", "failovers", "agents"})
+CORE_TABLES = frozenset({"leader", "runs"})
+
+# SQLite primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF).
+_SQLITE_READONLY, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR = 8, 5, 6, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
+_SQLITE_READONLY_DBMOVED = 1032
+
+
+def restore_hint(path: Path) -> str:
+    return (
+        f"restore a backup (`cp BACKUP {path}`, see `vigil db backup`) or move it aside "
+        f"(`mv {path} {path}.bad`) and start again"
+    )
+
+
+def _out_of_space(path: Path) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 256 * 1024 or (st.f_files > 0 and st.f_favail == 0)
+
+
+def store_error(exc: sqlite3.Error, path: Path) -> StoreError:
+    """The one classification of SQLite errors: fenced, retryable (busy, full) or fatal."""
+    text = str(exc)
+    if "stale epoch" in text:
+        return FencedError("this scheduler has been deposed: the database holds a newer epoch")
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary is None:
+        # Errors raised by the sqlite3 module itself carry no code; classify by their text.
+        if "database is locked" in text or "database table is locked" in text:
+            primary = _SQLITE_BUSY
+        elif "disk is full" in text:
+            primary = _SQLITE_FULL
+    if primary == _SQLITE_IOERR and _out_of_space(path):
+        # SQLite reports some writes on a full file system (growing the -shm file) as I/O errors.
+        primary = _SQLITE_FULL
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreRetryableError("locked by another writer", f"state database: locked by another writer ({text})")
+    if primary == _SQLITE_FULL:
+        return StoreRetryableError("disk full", f"state database: disk full ({text}) at {path}")
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        what = "corrupt" if primary == _SQLITE_CORRUPT else "not a database"
+        return StoreFatalError(f"state database {path}: {what} ({text}); {restore_hint(path)}")
+    if code == _SQLITE_READONLY_DBMOVED:
+        return StoreFatalError(f"state database {path}: the file was removed or replaced ({text})")
+    if primary == _SQLITE_READONLY:
+        return StoreFatalError(f"state database {path}: read-only ({text}); check the file's owner and mode")
+    if primary == _SQLITE_IOERR:
+        return StoreFatalError(f"state database {path}: I/O error ({text}); check the disk, then `vigil db check`")
+    if primary == _SQLITE_CANTOPEN:
+        return StoreFatalError(f"state database {path}: cannot open ({text})")
+    return StoreFatalError(f"state database {path}: {text}")
 
 
 @dataclass(frozen=True)
@@ -178,12 +248,16 @@ def schema_sql() -> str:
 
 
 def connect(paths: StatePaths, *, create: bool = True) -> sqlite3.Connection:
-    """A synchronous connection in autocommit mode (we issue BEGIN IMMEDIATE ourselves)."""
-    if not create and not paths.db.exists():
-        raise StoreError(f"no Vigil state at {paths.root} (no {paths.db.name}); has `vigil up` run here?")
-    if create:
-        paths.ensure()
-    new = create and not paths.db.exists()
+    """A synchronous connection in autocommit mode (we issue BEGIN IMMEDIATE ourselves).
+
+    With create=False (readers, maintenance) nothing is created or changed: the file must exist
+    and be a Vigil database, or StoreError says what it is instead.
+    """
+    if not create:
+        return open_existing(paths)
+    paths.ensure()
+    new = not paths.db.exists()
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(paths.db, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         if new:
@@ -192,11 +266,66 @@ def connect(paths: StatePaths, *, create: bool = True) -> sqlite3.Connection:
         for pragma in PRAGMAS:
             conn.execute(pragma)
         conn.row_factory = sqlite3.Row
-        if create:
-            init_schema(conn)
+        tables = tables_of(conn)
+        if tables and "leader" not in tables:
+            raise StoreFatalError(foreign_message(paths.db, tables))
+        init_schema(conn)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open state database {paths.db}: {exc}") from exc
+        if conn is not None:
+            conn.close()
+        raise store_error(exc, paths.db) from exc
+    except StoreError:
+        if conn is not None:
+            conn.close()
+        raise
     return conn
+
+
+def open_existing(paths: StatePaths) -> sqlite3.Connection:
+    """A connection to an existing Vigil database that never creates or alters the file."""
+    try:
+        size = paths.db.stat().st_size
+    except FileNotFoundError:
+        raise StoreError(f"no Vigil state at {paths.root} (no {paths.db.name}); has `vigil up` run here?") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read state database {paths.db}: {exc.strerror}") from None
+    if size == 0:
+        raise StoreFatalError(
+            f"state database {paths.db} is empty (0 bytes): not a Vigil database; {restore_hint(paths.db)}"
+        )
+    conn: sqlite3.Connection | None = None
+    try:
+        # mode=rw: opening never creates the file, even if it vanished since the stat above.
+        uri = "file:" + quote(str(paths.db)) + "?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.row_factory = sqlite3.Row
+        # No journal_mode pragma: WAL is a property of the file, set by its writer; a reader that
+        # set it would write to (and so create) a database.
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        tables = tables_of(conn)
+        if not CORE_TABLES <= tables:
+            raise StoreFatalError(foreign_message(paths.db, tables))
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise store_error(exc, paths.db) from exc
+    except StoreError:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
+def tables_of(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def foreign_message(path: Path, tables: set[str]) -> str:
+    missing = ", ".join(sorted(VIGIL_TABLES - tables))
+    return (
+        f"state database {path} is not a Vigil database (missing tables: {missing}); "
+        f"point --state at the right directory, or {restore_hint(path)}"
+    )
 
 
 def init_schema(conn: sqlite3.Connection) -> None:
@@ -206,8 +335,19 @@ def init_schema(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
+
+
+def rollback_quietly(conn: sqlite3.Connection) -> None:
+    """End a failed transaction, keeping the error that failed it.
+
+    SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_BUSY on COMMIT, an
+    I/O error); a ROLLBACK then fails with "no transaction is active" and would hide the cause.
+    """
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def split_sql(script: str) -> list[str]:

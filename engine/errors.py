@@ -3,7 +3,9 @@
 VigilError
 ├── ConfigError            a job file or vigil.toml is invalid (path, line, key, reason)
 ├── StoreError             the SQLite state could not be read or written
-│   └── FencedError        a write carried a stale epoch: this process is no longer active
+│   ├── FencedError        a write carried a stale epoch: this process is no longer active
+│   ├── StoreRetryableError  another writer holds the lock, or the disk is full: try again later
+│   └── StoreFatalError    corrupt, not a database, I/O error, read-only, removed or replaced
 ├── ControlError           a command could not reach or was refused by the active scheduler
 │   └── NoActiveSchedulerError
 ├── NotFoundError          a job or run named by the user does not exist
@@ -42,6 +44,22 @@ class StoreError(VigilError):
 
 class FencedError(StoreError):
     """A write carried an epoch older than the database's: this process has been deposed."""
+
+
+class StoreRetryableError(StoreError):
+    """The write may succeed later: another writer holds the lock, or the disk is full.
+
+    `kind` is a short name of the fault ("disk full", "locked by another writer") for log-once.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+class StoreFatalError(StoreError):
+    """The database cannot be used any more (corrupt, not a database, I/O error, read-only,
+    removed or replaced): the active scheduler ends instead of running without its ledger."""
 
 
 class ControlError(VigilError):

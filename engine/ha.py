@@ -203,7 +203,13 @@ class Node:
         self.scheduler = scheduler
         if self._stop.is_set():
             return "stop"
-        previous = await scheduler.take_leadership(pid=self.pid, starttime=self.starttime, cause=cause)
+        try:
+            previous = await scheduler.take_leadership(pid=self.pid, starttime=self.starttime, cause=cause)
+        except BaseException:
+            # Nothing serves yet; the ledger's thread would keep the process (and the lock) alive.
+            await scheduler.ledger.close()
+            self.lock.release()
+            raise
         now = self.clock.now()
         self.active_since = iso(now)
         # Serve heartbeats before the slow part (loading the folder, reconciling) so that standbys
@@ -215,6 +221,7 @@ class Node:
             asyncio.create_task(self._heartbeats(), name="heartbeat"),
             asyncio.create_task(self._watch_lock_file(scheduler), name="lockwatch"),
         ]
+        started = False
         try:
             # Inside the try: a failed start must not leave the socket and heartbeats serving.
             await scheduler.prepare()
@@ -239,6 +246,7 @@ class Node:
                 )
                 log.warning("took over from pid %s (%s)", takeover.from_pid, takeover.cause)
             reason = await scheduler.run()
+            started = True
         finally:
             for task in tasks:
                 task.cancel()
@@ -260,6 +268,10 @@ class Node:
             self._epoch_floor = scheduler.epoch_floor
             self.scheduler = None
             self.role = "stopped"
+            if not started or scheduler.fatal is not None:
+                self.lock.release()  # the process ends (exit != 0): it holds nothing meanwhile
+        if scheduler.fatal is not None:
+            raise scheduler.fatal
         if reason in ("fenced", "lock_lost"):
             # Never keep running after being fenced: the process exits and holds nothing.
             self.lock.release()

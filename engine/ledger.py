@@ -2,27 +2,69 @@
 
 Every statement carries this process's epoch in `writer_epoch`; the database's triggers refuse it
 once another process has taken over, which surfaces here as FencedError.
+
+SQLite errors are classified once (`db.store_error`): FencedError; StoreRetryableError (another
+writer holds the lock, the disk is full), which the scheduler retries with backoff while
+`health` logs the fault once and its end once; StoreFatalError, which ends the active.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiosqlite
 
-from .db import BUSY_TIMEOUT_MS, PRAGMAS, StatePaths, connect
-from .errors import FencedError, StoreError
+from .db import BUSY_TIMEOUT_MS, PRAGMAS, StatePaths, connect, rollback_quietly, store_error
+from .errors import StoreError, StoreFatalError, StoreRetryableError
 
 Params = Sequence[Any]
+log = logging.getLogger("vigil.ledger")
 
 
-def _translate(exc: sqlite3.Error) -> Exception:
-    if "stale epoch" in str(exc):
-        return FencedError("this scheduler has been deposed: the database holds a newer epoch")
-    return StoreError(f"state database write failed: {exc}")
+class StoreHealth:
+    """Backoff and log-once for retryable store faults. Pure policy: callers pass the time."""
+
+    def __init__(self, first_delay: float = 0.1, max_delay: float = 2.0) -> None:
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.fault: StoreRetryableError | None = None
+        self.since = 0.0
+        self.retry_at = 0.0
+        self._delay = 0.0
+
+    @property
+    def failing(self) -> bool:
+        return self.fault is not None
+
+    def failed(self, exc: StoreRetryableError, now: float) -> bool:
+        """Note a failed write; True when it is news (a fault begins or changes kind): log it."""
+        news = self.fault is None or self.fault.kind != exc.kind
+        if self.fault is None:
+            self.since = now
+        self.fault = exc
+        self._delay = self.first_delay if self._delay == 0 else min(self.max_delay, self._delay * 2)
+        self.retry_at = now + self._delay
+        return news
+
+    def succeeded(self, now: float) -> float | None:
+        """Note a write that went through; returns how long the fault lasted if one just ended."""
+        if self.fault is None:
+            return None
+        lasted = now - self.since
+        self.fault = None
+        self._delay = 0.0
+        self.retry_at = 0.0
+        return lasted
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next write should be tried (0 when healthy)."""
+        return max(0.0, self.retry_at - now) if self.fault is not None else 0.0
 
 
 def _transaction(
@@ -36,27 +78,74 @@ def _transaction(
         found = conn.execute(*check).fetchall() if check is not None else []
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
     return found
 
 
+def _take_leadership(
+    conn: sqlite3.Connection, pid: int, starttime: int | None, since: str, floor: int
+) -> tuple[int, dict[str, Any]]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        previous = dict(conn.execute("SELECT * FROM leader WHERE id = 1").fetchone())
+        conn.execute(
+            "UPDATE leader SET epoch = MAX(epoch, ?) + 1, pid = ?, starttime = ?, since = ?, clean_stop = 0 "
+            "WHERE id = 1",
+            (floor, pid, starttime, since),
+        )
+        (epoch,) = conn.execute("SELECT epoch FROM leader WHERE id = 1").fetchone()
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
+    return int(epoch), previous
+
+
 class Ledger:
-    def __init__(self, paths: StatePaths) -> None:
+    def __init__(self, paths: StatePaths, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.paths = paths
+        self.busy_timeout_ms = busy_timeout_ms
         self.epoch = 0
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._pending: list[tuple[str, Params]] = []
         self._flush_wanted = asyncio.Event()
+        self.health = StoreHealth()
+        self._file_id: tuple[int, int] | None = None
 
     async def open(self) -> None:
         connect(self.paths).close()  # creates the schema synchronously, once
-        db = await aiosqlite.connect(self.paths.db, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        for pragma in PRAGMAS:
-            await db.execute(pragma)
+        db = await aiosqlite.connect(self.paths.db, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+        try:
+            for pragma in PRAGMAS:
+                await db.execute(pragma)
+            await db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            st = os.stat(self.paths.db)
+        except sqlite3.Error as exc:
+            await db.close()  # its thread is not a daemon: left open, it would keep the process alive
+            raise store_error(exc, self.paths.db) from exc
+        except OSError as exc:
+            await db.close()
+            raise StoreFatalError(f"state database {self.paths.db}: {exc.strerror}") from exc
         db.row_factory = sqlite3.Row
         self._db = db
+        self._file_id = (st.st_dev, st.st_ino)
+
+    def file_lost(self) -> str | None:
+        """How the database file was lost since open, or None (like LeaderLock.still_ours).
+
+        Writes would still go to the open file, unseen by every reader and the next active.
+        """
+        try:
+            st = os.stat(self.paths.db)
+        except FileNotFoundError:
+            return "removed"
+        if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
+            return "replaced"
+        if st.st_size == 0:
+            return "emptied"  # a WAL database always has its header in the main file
+        return None
 
     async def close(self) -> None:
         if self._db is not None:
@@ -77,30 +166,24 @@ class Ledger:
         directory or an agent has seen), so a restored database never hands out a used epoch.
         """
         async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
-                cur = await self.db.execute("SELECT * FROM leader WHERE id = 1")
-                previous = dict(await cur.fetchone())
-                await self.db.execute(
-                    "UPDATE leader SET epoch = MAX(epoch, ?) + 1, pid = ?, starttime = ?, since = ?, "
-                    "clean_stop = 0 WHERE id = 1",
-                    (floor, pid, starttime, since),
+                epoch, previous = await self.db._execute(
+                    _take_leadership, self.db._conn, pid, starttime, since, floor
                 )
-                cur = await self.db.execute("SELECT epoch FROM leader WHERE id = 1")
-                (epoch,) = await cur.fetchone()
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-        self.epoch = int(epoch)
+            except sqlite3.Error as exc:
+                raise store_error(exc, self.paths.db) from exc
+        self.epoch = epoch
         return self.epoch, previous
 
     async def mark_clean_stop(self) -> None:
         await self.write([("UPDATE leader SET clean_stop = 1 WHERE id = 1 AND epoch = ?", (self.epoch,))])
 
     async def query(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        async with self.db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        try:
+            async with self.db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.paths.db) from exc
 
     def defer(self, sql: str, params: Params) -> None:
         """Queue a write for the next batch (state updates that need not block the caller)."""
@@ -164,27 +247,19 @@ class Ledger:
                 groups[-1][1].append(params)
             else:
                 groups.append((sql, [params]))
-        found: list[sqlite3.Row] = []
         try:
-            run_in_thread = getattr(self.db, "_execute", None)
-            if run_in_thread is not None:
-                # The whole transaction in one hop to aiosqlite's thread. Each awaited statement
-                # is a round trip between threads (about 0.1 ms idle, several ms when the cores are
-                # busy with runs), and this commit stands between a fire and its launch.
-                return await run_in_thread(_transaction, self.db._conn, groups, check)
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params_list in groups:
-                    await self.db.executemany(sql, params_list)
-                if check is not None:
-                    async with self.db.execute(*check) as cur:
-                        found = list(await cur.fetchall())
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+            # The whole transaction in one hop to aiosqlite's thread. Each awaited statement is a
+            # round trip between threads (about 0.1 ms idle, several ms when the cores are busy
+            # with runs), and this commit stands between a fire and its launch.
+            found = await self.db._execute(_transaction, self.db._conn, groups, check)
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            error = store_error(exc, self.paths.db)
+            if isinstance(error, StoreRetryableError) and self.health.failed(error, time.monotonic()):
+                log.error("%s; retrying with backoff: nothing new launches until a write succeeds", error)
+            raise error from exc
+        lasted = self.health.succeeded(time.monotonic())
+        if lasted is not None:
+            log.warning("state database: writable again after %.1fs; catching up", lasted)
         return found
 
     async def wait_for_deferred(self) -> None:

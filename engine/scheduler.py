@@ -13,6 +13,7 @@ import heapq
 import json
 import logging
 import os
+import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 from . import schedule
 from .clock import Clock, SystemClock
 from .db import StatePaths, as_row_id, iso, parse_iso
-from .errors import FencedError, NotFoundError, StoreError, VigilError
+from .errors import FencedError, NotFoundError, StoreError, StoreFatalError, StoreRetryableError, VigilError
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .ids import HighWaterFile
 from .jobfile import JobFolder, ScanResult
@@ -108,6 +109,21 @@ class Batch:
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     launches: list[int] = field(default_factory=list)
     after_commit: list[Callable[[set[int]], None]] = field(default_factory=list)
+    # Undo records of new work (fires, run/pause commands), for when its commit fails and it is
+    # dropped instead of carried: the fires are then due again and go the catch-up path.
+    last_fire_before: dict[str, datetime | None] = field(default_factory=dict)
+    due_at: dict[str, datetime] = field(default_factory=dict)
+    paused_before: dict[str, bool] = field(default_factory=dict)
+    first_id: int = 0
+
+    def then(self, other: Batch) -> Batch:
+        """This batch followed by `other`, as one transaction."""
+        return Batch(
+            rows=self.rows + other.rows,
+            statements=self.statements + other.statements,
+            launches=self.launches + other.launches,
+            after_commit=self.after_commit + other.after_commit,
+        )
 
 
 class Scheduler:
@@ -162,6 +178,8 @@ class Scheduler:
         self.epoch_floor = 0  #: an epoch seen elsewhere (an agent) that this leadership must exceed
         self.epoch_retake_allowed = True  #: False right after a re-take (see AgentDispatcher)
         self.agent_transport_factory: Callable[[Any], Any] | None = None  #: tests: in-process agents
+        self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
+        self._outage_cause: str | None = None  #: why fires were late: the store refused writes
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -221,6 +239,7 @@ class Scheduler:
             asyncio.create_task(self._periodic(0.5, self._sample_tick), name="sample"),
             asyncio.create_task(self._flusher(), name="flusher"),
             asyncio.create_task(self._periodic(3600.0, self._retention_tick, first=60.0), name="retention"),
+            asyncio.create_task(self._periodic(1.0, self._check_db_file), name="dbwatch"),
         ]
         try:
             while not self._stop.is_set():
@@ -229,6 +248,8 @@ class Scheduler:
         except FencedError:
             log.error("deposed: the database holds a newer epoch; stopping without further writes")
             self.stop_reason = "fenced"
+        except StoreError as exc:
+            self._store_fatal(exc)
         finally:
             self._stop.set()  # from here on, command() refuses instead of queueing
             for task in side_tasks:
@@ -244,7 +265,7 @@ class Scheduler:
             for extra in self.executors.values():
                 with contextlib.suppress(Exception):
                     await extra.aclose()
-            if self.stop_reason != "fenced":
+            if self.stop_reason not in ("fenced", "store_fatal"):
                 with contextlib.suppress(VigilError):
                     await self.ledger.flush()
                     await self.ledger.mark_clean_stop()
@@ -262,9 +283,35 @@ class Scheduler:
             except FencedError:
                 self.request_stop("fenced")
                 return
+            except StoreRetryableError:
+                pass  # logged once by the ledger; the next tick tries again
+            except StoreError as exc:
+                self._store_fatal(exc)
+                return
             except Exception:
                 log.exception("periodic task failed")
             await asyncio.sleep(interval)
+
+    def _store_fatal(self, exc: StoreError) -> None:
+        """A fault the ledger cannot outlive: stop; the node ends the process (exit != 0)."""
+        if self.fatal is None:
+            # A file removed or emptied under us often shows first as "corrupt": name the cause.
+            self.fatal = self._db_file_lost() or exc
+        self.request_stop("store_fatal")
+
+    def _db_file_lost(self) -> StoreFatalError | None:
+        lost = self.ledger.file_lost()
+        if lost is None:
+            return None
+        return StoreFatalError(
+            f"state database {self.paths.db} was {lost} under the running scheduler; stopping "
+            "(restore a backup, or start `vigil up` again)"
+        )
+
+    async def _check_db_file(self) -> None:
+        lost = self._db_file_lost()
+        if lost is not None:
+            raise lost
 
     async def _flusher(self) -> None:
         while True:
@@ -275,20 +322,30 @@ class Scheduler:
             except FencedError:
                 self.request_stop("fenced")
                 return
+            except StoreRetryableError:
+                # Kept for the next attempt (the main loop's next write carries them too); the
+                # ledger logged the fault once.
+                await asyncio.sleep(max(0.05, self.ledger.health.wait(time.monotonic())))
             except StoreError as exc:
-                # Kept for the next attempt (the main loop's next write carries them too).
-                log.warning("deferred ledger writes failed, retrying: %s", exc)
-                await asyncio.sleep(1.0)
+                self._store_fatal(exc)
+                return
 
     async def _sleep_until_next(self) -> None:
         # At most a second, so a stepped wall clock is noticed within one.
         timeout = 1.0
-        if self._fire_heap:
-            timeout = min(timeout, self._fire_heap[0][0] - self.clock.now().timestamp())
         mono = self.clock.monotonic()
-        for heap in (self._retry_heap, self._deadline_heap):
-            if heap:
-                timeout = min(timeout, heap[0][0] - mono)
+        backoff = self.ledger.health.wait(time.monotonic())
+        if backoff > 0:
+            # Backing off after a store fault: due fires and retries wait too (trying sooner would
+            # only spin); deadlines do not.
+            timeout = backoff
+        else:
+            if self._fire_heap:
+                timeout = min(timeout, self._fire_heap[0][0] - self.clock.now().timestamp())
+            if self._retry_heap:
+                timeout = min(timeout, self._retry_heap[0][0] - mono)
+        if self._deadline_heap:
+            timeout = min(timeout, self._deadline_heap[0][0] - mono)
         timeout = max(0.0, timeout)
         if timeout > 0 and not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
@@ -542,7 +599,12 @@ class Scheduler:
         now, _ = self._read_clock()
         statements = self._apply_scan(result, now)
         if statements:
-            await self.ledger.write(statements)
+            try:
+                await self.ledger.write(statements)
+            except StoreRetryableError:
+                for statement in statements:
+                    self.ledger.defer(*statement)  # kept until a write succeeds
+                raise
         await self._write_catalog()
 
     async def _write_catalog(self, *, full: bool = False) -> None:
@@ -550,6 +612,13 @@ class Scheduler:
         self._catalog_dirty = set()
         if not names:
             return
+        try:
+            await self._write_catalog_of(names, full)
+        except StoreRetryableError:
+            self._catalog_dirty |= names  # written again at the next rescan
+            raise
+
+    async def _write_catalog_of(self, names: set[str], full: bool) -> None:
         statements: list[tuple[str, tuple[Any, ...]]] = []
         if full:
             statements.append(
@@ -600,25 +669,52 @@ class Scheduler:
 
     async def _iteration(self) -> None:
         now, mono = self._read_clock()
+        if self.ledger.health.wait(time.monotonic()) > 0:
+            # Backing off after a retryable store fault. Timeouts are still enforced: a kill needs
+            # no write (its record is deferred).
+            self._handle_deadlines(mono)
+            return
+        # Two parts, one transaction. `batch` is accounting (run ends, retries and queued runs
+        # starting, kills): if the commit fails it is carried to the next attempt, never lost.
+        # `work` is new work (fires, run/rerun/pause/resume): if the commit fails it is undone, so
+        # the fires are due again and take the catch-up path, and the commands report the error.
         batch, self._carry = self._carry, Batch()
         self._handle_finished(now, batch)
         self._handle_deadlines(mono)
         self._handle_retries(mono, batch)
-        self._handle_fires(now, batch)
+        work = Batch(first_id=self.next_id)
+        self._handle_fires(now, work)
         commands, self._commands = self._commands, []
         replies: list[tuple[Command, dict[str, Any] | Exception]] = []
         for cmd in commands:
             try:
-                replies.append((cmd, self._handle_command(cmd, now, batch)))
+                replies.append((cmd, self._handle_command(cmd, now, batch if cmd.op == "kill" else work)))
             except VigilError as exc:
                 replies.append((cmd, exc))
+        last_id = self.next_id
         try:
-            await self._commit(batch, now)
+            await self._commit(batch.then(work), now)
+        except StoreRetryableError as exc:
+            self._carry = batch.then(self._carry)
+            self._undo(work, last_id)
+            self._outage_cause = f"state database unavailable: {exc.kind}"
+            for cmd, reply in replies:
+                if cmd.reply.done():
+                    continue
+                if isinstance(reply, Exception):
+                    cmd.reply.set_result({"ok": False, "error": str(reply)})
+                elif cmd.op == "kill":
+                    cmd.reply.set_result({"ok": True, **reply})  # sent; its record is carried
+                else:
+                    cmd.reply.set_result({"ok": False, "error": f"{exc}; try again when it is writable"})
+            return
         except VigilError as exc:
             for cmd, _ in replies:
                 if not cmd.reply.done():
                     cmd.reply.set_result({"ok": False, "error": str(exc)})
             raise
+        if not self.ledger.health.failing:
+            self._outage_cause = None
         for cmd, reply in replies:
             if cmd.reply.done():
                 continue
@@ -626,6 +722,28 @@ class Scheduler:
                 cmd.reply.set_result({"ok": False, "error": str(reply)})
             else:
                 cmd.reply.set_result({"ok": True, **reply})
+
+    def _undo(self, work: Batch, last_id: int) -> None:
+        """Forget new work whose commit failed: nothing of it was written or launched."""
+        for row in work.rows:
+            self.runs.pop(row["id"], None)
+            self.active_by_job[row["job"]].discard(row["id"])
+            with contextlib.suppress(ValueError):
+                self.queued[row["job"]].remove(row["id"])
+        for name, before in work.last_fire_before.items():
+            if before is None:
+                self.last_fire.pop(name, None)
+            else:
+                self.last_fire[name] = before
+        for name, due in work.due_at.items():
+            self._push_fire(name, due)
+        for name, was_paused in work.paused_before.items():
+            if was_paused:
+                self.paused.add(name)
+            else:
+                self.paused.discard(name)
+        if self.next_id == last_id:  # no id handed out meanwhile: reuse them, keep ids dense
+            self.next_id = work.first_id
 
     async def _commit(self, batch: Batch, now: datetime) -> None:
         if not (batch.rows or batch.statements or batch.launches):
@@ -788,6 +906,8 @@ class Scheduler:
                 self._push_fire(name, trigger.next_fire(max(last, now)))
                 continue
             previous_fire = last
+            batch.last_fire_before.setdefault(name, self.last_fire.get(name))
+            batch.due_at.setdefault(name, fires[0])
             self.last_fire[name] = fires[-1]
             batch.statements.append((SQL_LAST_FIRE, (name, iso(fires[-1]), self.epoch)))
             batch.statements.append((SQL_NEXT_FIRE, (iso(trigger.next_fire(now)), self.epoch, name)))
@@ -823,6 +943,8 @@ class Scheduler:
                 return cause
         if first_fire <= self.started_at:
             return self.takeover_cause
+        if self._outage_cause is not None:
+            return self._outage_cause
         return "scheduler overloaded"
 
     def _note_dropped(
@@ -1159,6 +1281,7 @@ class Scheduler:
                 )
                 return {"run_id": info.id, "audit": f"run {info.id}"}
             paused = op == "pause"
+            batch.paused_before.setdefault(name, name in self.paused)
             if paused:
                 self.paused.add(name)
             else:
