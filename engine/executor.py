@@ -207,6 +207,28 @@ def shim_end_cause(shim_pid: int, wait_status: int | None) -> str:
     return f"the run's shim (pid {shim_pid}) {how} without recording the job's exit"
 
 
+def ending_outcome(killed: bool, grace: float) -> str:
+    """How a job group that outlived its shim ended, once it is gone."""
+    if killed:
+        return f"killed with SIGKILL after {grace:g}s (it outlived SIGTERM)"
+    return "terminated (SIGTERM)"
+
+
+def ending_reason(cause: str, job_pid: int, outcome: str, *, leader_alive: bool) -> tuple[str, str]:
+    """The run's state and reason after the scheduler ended the group of a job whose shim died.
+
+    The job was still running: it was ended by the scheduler, not on its own, so the run failed (and
+    is retried if the job says so). If the job's own process had already ended, its exit status is
+    lost with the shim: unknown, as every run whose outcome cannot be learned.
+    """
+    if leader_alive:
+        return "failed", f"{cause}; job process group {job_pid} {outcome}"
+    return "unknown", (
+        f"{cause}; job pid {job_pid} had already ended (its exit status is lost); the rest of its "
+        f"process group {outcome}"
+    )
+
+
 def read_int_file(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
@@ -547,11 +569,7 @@ class LocalExecutor:
         now = time.monotonic()
         found = group_state(ending.job_pid, ending.job_starttime)
         if found not in (GroupState.LEADER, GroupState.LEADERLESS):
-            if ending.killed:
-                done = f"killed with SIGKILL after {self.kill_grace:g}s (it outlived SIGTERM)"
-            else:
-                done = "terminated (SIGTERM)"
-            self._report_ending(ending, done)
+            self._report_ending(ending, ending_outcome(ending.killed, self.kill_grace))
             return
         if not ending.killed and now >= ending.kill_at:
             signal_group(ending.job_pid, ending.job_starttime, signal.SIGKILL)
@@ -559,21 +577,13 @@ class LocalExecutor:
             ending.give_up_at = now + _KILLED_WAIT
         elif ending.killed and now >= ending.give_up_at:
             # e.g. a member stuck in uninterruptible sleep: record what was done rather than wait on.
-            self._report_ending(ending, f"sent SIGKILL after {self.kill_grace:g}s but has not ended yet")
+            self._report_ending(ending, f"was sent SIGKILL after {self.kill_grace:g}s but has not ended yet")
             return
         ending.timer = self._loop.call_later(_ENDING_POLL, self._check_ending, run_id)
 
-    def _report_ending(self, ending: _Ending, done: str) -> None:
+    def _report_ending(self, ending: _Ending, outcome: str) -> None:
         self._ending.pop(ending.run_id, None)
-        if ending.leader_alive:
-            # Ended by the scheduler, not on its own: failed (retried if the job says so).
-            state, reason = "failed", f"{ending.cause}; job process group {ending.job_pid} {done}"
-        else:
-            state = "unknown"
-            reason = (
-                f"{ending.cause}; job pid {ending.job_pid} had already ended (exit status lost) and the "
-                f"rest of its process group was {done.replace('terminated', 'ended').replace('killed', 'ended')}"
-            )
+        state, reason = ending_reason(ending.cause, ending.job_pid, outcome, leader_alive=ending.leader_alive)
         result = self.collect(ending.run_id, peak_rss=ending.peak_rss)
         self.on_exit(dataclasses.replace(result, job_pid=ending.job_pid, state=state, reason=reason))
 

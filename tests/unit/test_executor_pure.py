@@ -121,3 +121,17 @@ def test_the_shim_gets_a_fixed_environment_and_absolute_tools() -> None:
     assert os.path.isabs(tools.setsid) and os.path.isabs(tools.env)
     with pytest.raises(VigilError, match=r"could not start: setsid: not found in /nonexistent"):
         executor.find_tools("/nonexistent")
+
+
+def test_the_reason_after_ending_a_dead_shims_group_says_what_was_done() -> None:
+    cause = "the run's shim (pid 5) was killed (signal 9, SIGKILL) without recording the job's exit"
+    assert executor.ending_reason(cause, 42, executor.ending_outcome(False, 5), leader_alive=True) == (
+        "failed",
+        f"{cause}; job process group 42 terminated (SIGTERM)",
+    )
+    state, reason = executor.ending_reason(cause, 42, executor.ending_outcome(True, 1.5), leader_alive=False)
+    assert state == "unknown"  # the job itself had ended: its exit status went with the shim
+    assert reason == (
+        f"{cause}; job pid 42 had already ended (its exit status is lost); the rest of its process group "
+        "killed with SIGKILL after 1.5s (it outlived SIGTERM)"
+    )
