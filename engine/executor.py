@@ -74,6 +74,7 @@ class _Watched:
     own_child: bool
     job_pid: int | None = None
     job_starttime: int | None = None
+    identity_recorded: bool = False  #: job_starttime comes from the job's own record (jobstart)
     peak_rss: int | None = None
     kill_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -284,7 +285,8 @@ def lock_is_held(run_dir: Path) -> bool:
 
 
 def read_job_identity(run_dir: Path) -> tuple[int | None, int | None]:
-    """The job's pid and start time as the shim recorded them (start time: clock ticks since boot)."""
+    """The job's pid (recorded by the shim) and start time (recorded by the job's own process before
+    its exec, in clock ticks since boot)."""
     return read_int_file(run_dir / "started"), read_int_file(run_dir / "jobstart")
 
 
@@ -610,13 +612,19 @@ class LocalExecutor:
         return watched.job_pid, watched.job_starttime
 
     def _learn_job(self, watched: _Watched) -> None:
-        if watched.job_pid is None:
-            job_pid, job_start = read_job_identity(self.paths.run_dir(watched.run_id))
-            if job_pid is not None:
-                # The shim reads the start time while the job is its unreaped child, so it cannot
-                # belong to a reused pid; reading /proc now is the fallback for an older shim.
-                watched.job_pid = job_pid
-                watched.job_starttime = job_start if job_start is not None else starttime(job_pid)
+        if watched.identity_recorded:
+            return
+        job_pid, job_start = read_job_identity(self.paths.run_dir(watched.run_id))
+        if job_pid is None:
+            return
+        watched.job_pid = job_pid
+        if job_start is not None:
+            # Recorded by the job's own process before its exec: it cannot belong to a reused pid.
+            watched.job_starttime = job_start
+            watched.identity_recorded = True
+        elif watched.job_starttime is None:
+            # Until that record appears (or from an older shim): what /proc says now.
+            watched.job_starttime = starttime(job_pid)
 
     def kill(self, run_id: int) -> bool:
         """SIGTERM the run's whole process group, SIGKILL after the grace period."""

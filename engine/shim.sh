@@ -9,6 +9,17 @@ if [ "$1" = --job ]; then
     # The text on fd 8 exports the job's variables and sets a trap that reports a failed exec.
     d=$2
     shift 2
+    # This process becomes the job (same pid, same start time): its start time (field 22 of
+    # /proc/self/stat; comm, before it, may hold ") "), recorded with the pid by the shim, is the
+    # identity checked before anyone signals the job's group (pids are reused).
+    jobstart() {
+        [ $# -ge 20 ] && shift 19 && case $1 in '' | *[!0-9]*) ;; *) echo "$1" >"$d/jobstart" ;; esac
+    }
+    if read -r stat </proc/self/stat; then
+        set -f
+        jobstart ${stat##*) }
+        set +f
+    fi
     command . /dev/fd/8 || { echo environment >"$d/start-error"; exit 127; }
     exec 8<&-
     exec "$@"
@@ -32,16 +43,6 @@ fi
 "$setsid" "$env" -i /bin/sh "$0" --job "$d" "$@" >>"$d/log" 2>&1 </dev/null 9>&- &
 pid=$!
 exec 8<&-
-# The job's start time (field 22 of /proc/PID/stat, read even if it has already exited: it is our
-# unreaped child), recorded with its pid: the identity checked before anyone signals its group.
-if read -r stat <"/proc/$pid/stat"; then
-    set -f
-    set -- ${stat##*) }
-    if [ $# -ge 20 ]; then
-        shift 19
-        case $1 in '' | *[!0-9]*) ;; *) echo "$1" >"$d/jobstart" ;; esac
-    fi
-fi
 echo "$pid" >"$d/started"
 wait "$pid"
 code=$?

@@ -91,6 +91,8 @@ def test_the_jobs_env_reaches_the_job_and_never_the_shim(
     job_env = environ_of(job_pid)
     assert job_env["PATH"] == "/nonexistent" and job_env["APP_SECRET"] == "s3cret"
     assert job_env["LD_PRELOAD"] == "/nonexistent/preload.so" and job_env["VIGIL_RUN_ID"] == str(run["id"])
+    # The job's identity for signalling its group, recorded by the job's own process.
+    assert read_pid(run_file(state_dir, run["id"], "jobstart")) == starttime(job_pid)
     gate.touch()
     done = wait_for(lambda: terminal(state_dir, "env"), 10, what="env to end")[0]
     assert (done["state"], done["exit_code"]) == ("succeeded", 0), done
