@@ -330,7 +330,7 @@ class _Ending:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
-def _above_stdio(fd: int) -> int:
+def _above_shim_fds(fd: int) -> int:
     """A close-on-exec copy of `fd` numbered above the shim's fixed fds (8 and 9), so that
     posix_spawn's dup2 onto them always clears close-on-exec; the original is closed."""
     if fd > LOCK_FD:
@@ -402,13 +402,13 @@ class LocalExecutor:
         run_dir.mkdir(parents=True, exist_ok=True)
         # In memory, not on disk or in any argv: other users can read a process's argv, never its
         # environment or fds.
-        env_fd = _above_stdio(os.memfd_create("vigil-job-env", os.MFD_CLOEXEC))
+        env_fd = _above_shim_fds(os.memfd_create("vigil-job-env", os.MFD_CLOEXEC))
         try:
             data = script.encode("utf-8", "surrogateescape")
             while data:
                 data = data[os.write(env_fd, data) :]
             os.lseek(env_fd, 0, os.SEEK_SET)
-            lock_fd = _above_stdio(os.open(run_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600))
+            lock_fd = _above_shim_fds(os.open(run_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600))
             try:
                 # Held without a gap from before the spawn until the shim exits (fd 9 in the shim).
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
