@@ -92,7 +92,7 @@ def baseline(trials: int, seconds: float) -> float:
 
 class Vigil:
     """One `vigil up` on a fresh state dir and job folder; every process it starts is found again
-    through a marker in the environment (shims and jobs inherit the scheduler's environment)."""
+    through a marker in the environment (jobs inherit the scheduler's environment; a shim ends with its job)."""
 
     def __init__(self, root: Path, name: str, jobs: dict[str, str]) -> None:
         self.dir = root / name

@@ -59,7 +59,7 @@ from .agent_protocol import (
     split_host_port,
 )
 from .db import MAX_ROW_ID, StatePaths, as_row_id, ensure_private_dir, iso, restrict_umask
-from .errors import AgentError, StaleEpochError, VigilError
+from .errors import AgentError, LaunchError, StaleEpochError, VigilError
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .reconcile import Action, decide
 
@@ -316,6 +316,9 @@ class AgentService:
                         self._kill_now(run_id)
             elif decision.action in (Action.INGEST, Action.ADOPT):
                 self._on_exit(self.executor.collect(run_id))
+            elif decision.action is Action.TERMINATE:
+                log.warning("run %d: %s; ending its job process group", run_id, decision.reason)
+                self.executor.end_orphan(run_id, decision.reason or "the run's shim is gone")
             else:
                 self._finish(run_id, UNKNOWN, None, decision.reason)
 
@@ -408,6 +411,9 @@ class AgentService:
             self.executor.launch(
                 run_id, command if isinstance(command, str) else tuple(command), env, spec.get("workdir")
             )
+        except LaunchError as exc:
+            self._finish(run_id, UNKNOWN, None, str(exc))
+            return
         except OSError as exc:
             self._finish(run_id, FINISHED, ShimExit(run_id, 127, None, None, None), f"could not start: {exc}")
             return
@@ -444,7 +450,8 @@ class AgentService:
 
     def _on_exit(self, result: ShimExit) -> None:
         if result.exit_code is None:
-            self._finish(result.run_id, UNKNOWN, result, "the shim left no exit record")
+            # The agent protocol has no exit-less `failed`: a start failure is `unknown` with its reason.
+            self._finish(result.run_id, UNKNOWN, result, result.reason or "the shim left no exit record")
         else:
             self._finish(result.run_id, FINISHED, result, None)
 

@@ -10,6 +10,7 @@ VigilError
 │   └── NoActiveSchedulerError
 ├── NotFoundError          a job or run named by the user does not exist
 ├── ScheduleError          a schedule expression cannot be evaluated
+├── LaunchError            a run's shim could not start its job (reason: "could not start: ...")
 └── AgentError             an agent could not be reached or refused a command
     └── StaleEpochError    the agent has seen a newer epoch than the command carries
 """
@@ -79,6 +80,10 @@ class NotFoundError(VigilError):
 
 class ScheduleError(VigilError):
     """A schedule expression cannot be evaluated."""
+
+
+class LaunchError(VigilError):
+    """A run could not be started: its message is the run's reason, "could not start: ..."."""
 
 
 class AgentError(VigilError):

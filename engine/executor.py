@@ -9,22 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
+import re
+import shlex
 import shutil
 import signal
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import StatePaths, job_umask
+from .errors import LaunchError
 from .ids import claim_run_dir, run_identity
-from .procs import signal_group, starttime
+from .procs import GroupState, group_state, signal_group, starttime
 from .reconcile import ShimEvidence
 
-SHIM = str(Path(__file__).with_name("shim.sh"))
+SHIM = str(Path(__file__).resolve().with_name("shim.sh"))
 SHELL = "/bin/sh"
+#: The shim's whole environment is fixed; its tools are found once, on this path, never the job's.
+SHIM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+#: Kept for `systemd-run --user` (the scope prefix); nothing of the job's `env` reaches the shim.
+_SHIM_ENV_KEPT = ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")
+ENV_FD = 8  #: the job's environment, as shell text, on this fd of the shim (see shim.sh --job)
+LOCK_FD = 9
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ADOPT_POLL = 0.05  #: seconds between looks at a shim that is still starting when adopted
+_ENDING_POLL = 0.05  #: seconds between looks at a job group being ended after its shim died
+_KILLED_WAIT = 5.0  #: seconds to wait for a group to vanish after SIGKILL before recording anyway
 TRUNCATION_MARK = "\n[vigil] log truncated: output beyond {cap} bytes was dropped\n"
 _RESET_SIGNALS = (
     signal.SIGPIPE,
@@ -60,6 +75,7 @@ class _Watched:
     own_child: bool
     job_pid: int | None = None
     job_starttime: int | None = None
+    identity_recorded: bool = False  #: job_starttime comes from the job's own record (jobstart)
     peak_rss: int | None = None
     kill_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -89,6 +105,130 @@ def job_argv(command: str | tuple[str, ...] | list[str]) -> list[str]:
     if isinstance(command, str):
         return [SHELL, "-c", command]
     return list(command)
+
+
+@dataclass(frozen=True)
+class ShimTools:
+    """Absolute paths of the programs the shim runs, found once on SHIM_PATH."""
+
+    setsid: str
+    env: str
+
+
+def find_tools(path: str = SHIM_PATH) -> ShimTools:
+    found: dict[str, str] = {}
+    for name in ("setsid", "env"):
+        exe = shutil.which(name, path=path)
+        if exe is None:
+            raise LaunchError(f"could not start: {name}: not found in {path}")
+        found[name] = exe
+    if not os.access(SHELL, os.X_OK):
+        raise LaunchError(f"could not start: {SHELL}: not executable")
+    return ShimTools(**found)
+
+
+def shim_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = os.environ if environ is None else environ
+    return {"PATH": SHIM_PATH, **{k: env[k] for k in _SHIM_ENV_KEPT if k in env}}
+
+
+def job_environment_script(env: Mapping[str, str], run_dir: Path) -> tuple[str, list[str]]:
+    """The job's environment as shell text for shim.sh --job, plus words for env(1).
+
+    Each variable is one `export NAME='value'` line (single quotes, so newlines, quotes, `$` and
+    backquotes arrive exactly). Names a shell cannot export (`MY-VAR`) come back as `NAME=value`
+    words for env(1) instead. The last line traps a failed exec of the job, so the run says "could
+    not start" rather than the job's own exit code.
+    """
+    lines: list[str] = []
+    words: list[str] = []
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise LaunchError(f"could not start: environment variable {name!r}: not a valid name")
+        if "\0" in value:
+            raise LaunchError(f"could not start: environment variable {name}: the value contains a NUL byte")
+        if _SHELL_NAME.match(name):
+            lines.append(f"export {name}={shlex.quote(value)}\n")
+        else:
+            words.append(f"{name}={value}")
+    report = f'printf "exec %s %s" "$?" "$1" >{shlex.quote(str(run_dir / "start-error"))}'
+    lines.append(f"trap {shlex.quote(report)} EXIT\n")
+    return "".join(lines), words
+
+
+def workdir_problem(workdir: str) -> str | None:
+    """Why the job could not enter `workdir` (as the system says it), or None if it can."""
+    try:
+        info = os.stat(workdir)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISDIR(info.st_mode):
+        return os.strerror(20)  # ENOTDIR
+    if not os.access(workdir, os.X_OK):
+        return os.strerror(13)  # EACCES
+    return None
+
+
+def read_start_failure(run_dir: Path) -> str | None:
+    """Why the shim could not start the job, from its complete `notstarted` record; else None."""
+    try:
+        if (run_dir / "exit").read_text().strip() != "notstarted end":
+            return None
+    except OSError:
+        return None
+    try:
+        detail = (run_dir / "start-error").read_text()
+    except OSError:
+        detail = ""
+    kind, _, rest = detail.partition(" ")
+    if kind == "exec":
+        code, _, name = rest.partition(" ")
+        if code == "127":
+            return f"could not start: {name}: command not found"
+        return f"could not start: {name}: cannot be executed (exec status {code})"
+    if kind == "workdir":
+        return f"could not start: workdir {rest}: {workdir_problem(rest) or 'cannot enter it'}"
+    if kind.strip() == "environment":
+        return "could not start: the shim could not pass the job its environment"
+    return "could not start: the shim could not start the job"
+
+
+def shim_end_cause(shim_pid: int, wait_status: int | None) -> str:
+    """How a shim ended without recording its job's exit, as far as its wait status tells."""
+    if wait_status is None:
+        how = "ended"
+    elif os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        how = f"was killed (signal {sig}, {name})"
+    else:
+        how = f"exited with status {os.waitstatus_to_exitcode(wait_status)}"
+    return f"the run's shim (pid {shim_pid}) {how} without recording the job's exit"
+
+
+def ending_outcome(killed: bool, grace: float) -> str:
+    """How a job group that outlived its shim ended, once it is gone."""
+    if killed:
+        return f"killed with SIGKILL after {grace:g}s (it outlived SIGTERM)"
+    return "terminated (SIGTERM)"
+
+
+def ending_reason(cause: str, job_pid: int, outcome: str, *, leader_alive: bool) -> tuple[str, str]:
+    """The run's state and reason after the scheduler ended the group of a job whose shim died.
+
+    The job was still running: it was ended by the scheduler, not on its own, so the run failed (and
+    is retried if the job says so). If the job's own process had already ended, its exit status is
+    lost with the shim: unknown, as every run whose outcome cannot be learned.
+    """
+    if leader_alive:
+        return "failed", f"{cause}; job process group {job_pid} {outcome}"
+    return "unknown", (
+        f"{cause}; job pid {job_pid} had already ended (its exit status is lost); the rest of its "
+        f"process group {outcome}"
+    )
 
 
 def read_int_file(path: Path) -> int | None:
@@ -145,15 +285,61 @@ def lock_is_held(run_dir: Path) -> bool:
     return False
 
 
+def read_job_identity(run_dir: Path) -> tuple[int | None, int | None]:
+    """The job's pid (recorded by the shim) and start time (recorded by the job's own process before
+    its exec, in clock ticks since boot)."""
+    return read_int_file(run_dir / "started"), read_int_file(run_dir / "jobstart")
+
+
 def gather_evidence(run_dir: Path) -> ShimEvidence:
     exists = run_dir.is_dir()
-    return ShimEvidence(
-        run_dir_exists=exists,
-        lock_held=exists and lock_is_held(run_dir),
-        shim_pid=read_int_file(run_dir / "shim") if exists else None,
-        job_pid=read_int_file(run_dir / "started") if exists else None,
-        exit_code=read_exit_record(run_dir) if exists else None,
+    if not exists:
+        return ShimEvidence(False, False, None, None, None)
+    lock_held = lock_is_held(run_dir)
+    exit_code = read_exit_record(run_dir)
+    job_pid, job_start = read_job_identity(run_dir)
+    alive = (
+        not lock_held
+        and exit_code is None
+        and job_pid is not None
+        and group_state(job_pid, job_start) in (GroupState.LEADER, GroupState.LEADERLESS)
     )
+    return ShimEvidence(
+        run_dir_exists=True,
+        lock_held=lock_held,
+        shim_pid=read_int_file(run_dir / "shim"),
+        job_pid=job_pid,
+        exit_code=exit_code,
+        start_failure=read_start_failure(run_dir),
+        job_group_alive=alive,
+    )
+
+
+@dataclass
+class _Ending:
+    """A job's process group left running by a dead shim: SIGTERM sent, SIGKILL after the grace."""
+
+    run_id: int
+    job_pid: int
+    job_starttime: int | None
+    cause: str
+    leader_alive: bool  #: the job's own process was alive when its shim was found dead
+    kill_at: float  #: monotonic time of the SIGKILL
+    peak_rss: int | None
+    killed: bool = False
+    give_up_at: float = 0.0
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+def _above_shim_fds(fd: int) -> int:
+    """A close-on-exec copy of `fd` numbered above the shim's fixed fds (8 and 9), so that
+    posix_spawn's dup2 onto them always clears close-on-exec; the original is closed."""
+    if fd > LOCK_FD:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LOCK_FD + 1)
+    finally:
+        os.close(fd)
 
 
 class LocalExecutor:
@@ -172,11 +358,19 @@ class LocalExecutor:
         self.log_cap = log_cap
         self.kill_grace = kill_grace
         self._watched: dict[int, _Watched] = {}
+        self._starting: dict[int, asyncio.TimerHandle] = {}  #: adopted shims that have not written their pid
+        self._ending: dict[int, _Ending] = {}  #: job groups being ended after their shim died
         self._loop = asyncio.get_running_loop()
+        self._shim_env = shim_environment()
+        self._tools: ShimTools | LaunchError
+        try:
+            self._tools = find_tools()
+        except LaunchError as exc:  # every launch says so; adopting and ingesting still work
+            self._tools = exc
 
     @property
     def running(self) -> set[int]:
-        return set(self._watched)
+        return set(self._watched) | set(self._starting) | set(self._ending)
 
     def launch(
         self,
@@ -185,46 +379,97 @@ class LocalExecutor:
         env: dict[str, str],
         workdir: str | None,
     ) -> int:
-        """Start the run's shim; return its pid. The run row must already be committed."""
-        run_dir = self.paths.run_dir(run_id)
+        """Start the run's shim; return its pid. The run row must already be committed.
+
+        `env` is the job's whole environment; the shim itself runs with a fixed one. Raises
+        LaunchError (the run's reason) if the job cannot be started.
+        """
+        if isinstance(self._tools, LaunchError):
+            raise self._tools
+        tools = self._tools
+        if workdir:
+            problem = workdir_problem(workdir)
+            if problem is not None:
+                raise LaunchError(f"could not start: workdir {workdir}: {problem}")
+        # Absolute: the shim enters the workdir before it writes the run's files.
+        run_dir = self.paths.run_dir(run_id).absolute()
+        script, env_words = job_environment_script(env, run_dir)
+        argv_job = job_argv(command)
+        if env_words:
+            argv_job = [tools.env, "--", *env_words, *argv_job]
+        umask = f"{job_umask():04o}"  # the shim's own files stay owner-only; the job gets this one
+        argv = [
+            *scope_prefix(run_id), SHELL, SHIM, str(run_dir), workdir or "", umask, tools.setsid, tools.env, *argv_job
+        ]
+        if any("\0" in arg for arg in argv):
+            raise LaunchError("could not start: the command contains a NUL byte")
         claim_run_dir(run_dir, run_identity(env))  # never another run's directory (engine/ids.py)
-        lock_fd = os.open(run_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        # In memory, not on disk or in any argv: other users can read a process's argv, never its
+        # environment or fds.
+        env_fd = _above_shim_fds(os.memfd_create("vigil-job-env", os.MFD_CLOEXEC))
         try:
-            # Held without a gap from before the spawn until the shim exits (fd 9 in the shim).
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            umask = f"{job_umask():04o}"  # the shim's own files stay owner-only; the job gets this one
-            argv = [*scope_prefix(run_id), SHELL, SHIM, str(run_dir), workdir or "", umask, *job_argv(command)]
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                env,
-                file_actions=[(os.POSIX_SPAWN_DUP2, lock_fd, 9)],
-                setsid=True,
-                setsigmask=(),
-                setsigdef=_RESET_SIGNALS,
-            )
+            data = script.encode("utf-8", "surrogateescape")
+            while data:
+                data = data[os.write(env_fd, data) :]
+            os.lseek(env_fd, 0, os.SEEK_SET)
+            lock_fd = _above_shim_fds(os.open(run_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600))
+            try:
+                # Held without a gap from before the spawn until the shim exits (fd 9 in the shim).
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                pid = os.posix_spawn(
+                    argv[0],
+                    argv,
+                    self._shim_env,
+                    file_actions=[(os.POSIX_SPAWN_DUP2, lock_fd, LOCK_FD), (os.POSIX_SPAWN_DUP2, env_fd, ENV_FD)],
+                    setsid=True,
+                    setsigmask=(),
+                    setsigdef=_RESET_SIGNALS,
+                )
+            finally:
+                os.close(lock_fd)
         finally:
-            os.close(lock_fd)
+            os.close(env_fd)
         self._watch(run_id, pid, own_child=True)
         return pid
 
     def adopt(self, run_id: int) -> bool:
-        """Watch a shim this process did not start. False if it is already gone."""
+        """Watch a shim this process did not start. False if it has already ended (its files tell how).
+
+        A shim whose lock is held but whose pid file is not written yet is still starting (spawned an
+        instant before the previous active died, slow under load): it is watched for its pid file or
+        the release of its lock, however long that takes, never judged on a timer.
+        """
         run_dir = self.paths.run_dir(run_id)
         shim_pid = read_int_file(run_dir / "shim")
-        deadline = time.monotonic() + 0.5
-        while shim_pid is None and lock_is_held(run_dir) and time.monotonic() < deadline:
-            # Spawned an instant before the previous active died: the shim is writing its pid.
-            time.sleep(0.005)
-            shim_pid = read_int_file(run_dir / "shim")
         if shim_pid is None:
-            return False
+            if not lock_is_held(run_dir):
+                return False
+            self._starting[run_id] = self._loop.call_later(_ADOPT_POLL, self._adopt_when_started, run_id)
+            return True
+        return self._adopt_pid(run_id, shim_pid)
+
+    def _adopt_pid(self, run_id: int, shim_pid: int) -> bool:
         if not self._watch(run_id, shim_pid, own_child=False):
             return False
-        # The shim may have ended between the evidence and the pidfd: the lock tells.
-        if not lock_is_held(run_dir):
+        # The shim may have ended between the evidence and the pidfd (or its pid been reused since):
+        # the lock tells.
+        if not lock_is_held(self.paths.run_dir(run_id)):
             self._finish(run_id)
         return True
+
+    def _adopt_when_started(self, run_id: int) -> None:
+        if self._starting.pop(run_id, None) is None:
+            return
+        run_dir = self.paths.run_dir(run_id)
+        held = lock_is_held(run_dir)  # before the pid file: a shim whose lock is free has ended
+        shim_pid = read_int_file(run_dir / "shim")
+        if shim_pid is not None:
+            if not self._adopt_pid(run_id, shim_pid):
+                self._settle_dead_shim(run_id, shim_pid, None, None)
+        elif held:
+            self._starting[run_id] = self._loop.call_later(_ADOPT_POLL, self._adopt_when_started, run_id)
+        else:
+            self._settle_dead_shim(run_id, None, None, None)
 
     def _watch(self, run_id: int, shim_pid: int, *, own_child: bool) -> bool:
         try:
@@ -249,27 +494,118 @@ class LocalExecutor:
         if watched.pidfd >= 0:
             self._loop.remove_reader(watched.pidfd)
             os.close(watched.pidfd)
+        wait_status: int | None = None
         if watched.own_child:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(watched.shim_pid, 0)
+                _, wait_status = os.waitpid(watched.shim_pid, 0)
+        self._learn_job(watched)
         if watched.kill_timer is not None:
             watched.kill_timer.cancel()
             if watched.job_pid is not None:
-                # The job's leader is gone; whatever of its group ignored SIGTERM goes now.
-                with contextlib.suppress(OSError):
-                    os.killpg(watched.job_pid, signal.SIGKILL)
-        self.on_exit(self.collect(run_id, peak_rss=watched.peak_rss))
+                # The job's leader is gone; whatever of its group ignored SIGTERM goes now (if the
+                # group is still the job's: its pid may have been reused since the shim reaped it).
+                signal_group(watched.job_pid, watched.job_starttime, signal.SIGKILL)
+        self._settle_dead_shim(run_id, watched.shim_pid, wait_status, watched)
+
+    def _settle_dead_shim(
+        self, run_id: int, shim_pid: int | None, wait_status: int | None, watched: _Watched | None
+    ) -> None:
+        """Report the end of a run whose shim has exited, from what it left behind."""
+        peak_rss = watched.peak_rss if watched else None
+        result = self.collect(run_id, peak_rss=peak_rss)
+        if result.exit_code is not None or result.state is not None:
+            self.on_exit(result)
+            return
+        if shim_pid is None:
+            # It holds its lock from before it starts and writes its pid before the job: nothing ran.
+            self.on_exit(
+                dataclasses.replace(
+                    result, state="failed", reason="could not start: the run's shim ended before starting the job"
+                )
+            )
+            return
+        cause = shim_end_cause(shim_pid, wait_status)
+        if watched is not None and watched.job_pid is not None:
+            job_pid, job_start = watched.job_pid, watched.job_starttime
+        else:
+            job_pid, job_start = read_job_identity(self.paths.run_dir(run_id))
+        if job_pid is None:
+            reason = cause.replace("without recording the job's exit", "before confirming the job's start")
+            self.on_exit(dataclasses.replace(result, state="unknown", reason=reason))
+            return
+        self._end_group(run_id, job_pid, job_start, cause, peak_rss)
+
+    def end_orphan(self, run_id: int, cause: str) -> None:
+        """End the job group of a run whose shim is gone (found at reconciliation), then report it."""
+        job_pid, job_start = read_job_identity(self.paths.run_dir(run_id))
+        if job_pid is None:
+            self.on_exit(dataclasses.replace(self.collect(run_id), state="unknown", reason=cause))
+            return
+        self._end_group(run_id, job_pid, job_start, cause, None)
+
+    def _end_group(self, run_id: int, job_pid: int, job_start: int | None, cause: str, peak_rss: int | None) -> None:
+        """The scheduler still owns the group it launched: SIGTERM it, SIGKILL after the grace."""
+        found = group_state(job_pid, job_start)
+        if found in (GroupState.LEADER, GroupState.LEADERLESS) and signal_group(job_pid, job_start, signal.SIGTERM):
+            ending = _Ending(
+                run_id=run_id,
+                job_pid=job_pid,
+                job_starttime=job_start,
+                cause=cause,
+                leader_alive=found is GroupState.LEADER,
+                kill_at=time.monotonic() + self.kill_grace,
+                peak_rss=peak_rss,
+            )
+            self._ending[run_id] = ending
+            ending.timer = self._loop.call_later(_ENDING_POLL, self._check_ending, run_id)
+            return
+        if found is GroupState.REUSED:
+            detail = f"job pid {job_pid} had ended (the pid now belongs to another process, left alone)"
+        elif found is GroupState.UNVERIFIED:
+            detail = f"job pid {job_pid} is alive but its start time was never recorded, so it was left alone"
+        else:
+            detail = f"job pid {job_pid} had already ended; its exit status is lost"
+        result = self.collect(run_id, peak_rss=peak_rss)
+        self.on_exit(dataclasses.replace(result, job_pid=job_pid, state="unknown", reason=f"{cause}; {detail}"))
+
+    def _check_ending(self, run_id: int) -> None:
+        ending = self._ending.get(run_id)
+        if ending is None:
+            return
+        now = time.monotonic()
+        found = group_state(ending.job_pid, ending.job_starttime)
+        if found not in (GroupState.LEADER, GroupState.LEADERLESS):
+            self._report_ending(ending, ending_outcome(ending.killed, self.kill_grace))
+            return
+        if not ending.killed and now >= ending.kill_at:
+            signal_group(ending.job_pid, ending.job_starttime, signal.SIGKILL)
+            ending.killed = True
+            ending.give_up_at = now + _KILLED_WAIT
+        elif ending.killed and now >= ending.give_up_at:
+            # e.g. a member stuck in uninterruptible sleep: record what was done rather than wait on.
+            self._report_ending(ending, f"was sent SIGKILL after {self.kill_grace:g}s but has not ended yet")
+            return
+        ending.timer = self._loop.call_later(_ENDING_POLL, self._check_ending, run_id)
+
+    def _report_ending(self, ending: _Ending, outcome: str) -> None:
+        self._ending.pop(ending.run_id, None)
+        state, reason = ending_reason(ending.cause, ending.job_pid, outcome, leader_alive=ending.leader_alive)
+        result = self.collect(ending.run_id, peak_rss=ending.peak_rss)
+        self.on_exit(dataclasses.replace(result, job_pid=ending.job_pid, state=state, reason=reason))
 
     def collect(self, run_id: int, *, peak_rss: int | None = None) -> ShimExit:
         """Read a finished run's record and apply the log cap for good."""
         run_dir = self.paths.run_dir(run_id)
         self._cap_log(run_dir, final=True)
+        start_failure = read_start_failure(run_dir)
         return ShimExit(
             run_id=run_id,
             exit_code=read_exit_record(run_dir),
             job_pid=read_int_file(run_dir / "started"),
             cpu_s=read_cpu_seconds(run_dir),
             peak_rss=peak_rss,
+            reason=start_failure,
+            state="failed" if start_failure else None,
         )
 
     def job_identity(self, run_id: int) -> tuple[int | None, int | None]:
@@ -280,13 +616,27 @@ class LocalExecutor:
         return watched.job_pid, watched.job_starttime
 
     def _learn_job(self, watched: _Watched) -> None:
-        if watched.job_pid is None:
-            watched.job_pid = read_int_file(self.paths.run_dir(watched.run_id) / "started")
-            if watched.job_pid is not None:
-                watched.job_starttime = starttime(watched.job_pid)
+        if watched.identity_recorded:
+            return
+        job_pid, job_start = read_job_identity(self.paths.run_dir(watched.run_id))
+        if job_pid is None:
+            return
+        watched.job_pid = job_pid
+        if job_start is not None:
+            # Recorded by the job's own process before its exec: it cannot belong to a reused pid.
+            watched.job_starttime = job_start
+            watched.identity_recorded = True
+        elif watched.job_starttime is None:
+            # Until that record appears (or from an older shim): what /proc says now.
+            watched.job_starttime = starttime(job_pid)
 
     def kill(self, run_id: int) -> bool:
         """SIGTERM the run's whole process group, SIGKILL after the grace period."""
+        if run_id in self._ending:
+            return True  # already being ended
+        if run_id in self._starting:
+            self._loop.call_later(_ADOPT_POLL, self.kill, run_id)  # its pid is not known yet
+            return True
         watched = self._watched.get(run_id)
         if watched is None:
             return False
@@ -336,7 +686,18 @@ class LocalExecutor:
             marker.unlink()
 
     def close(self) -> None:
-        """Stop watching (the shims and jobs live on for the next active to adopt)."""
+        """Stop watching (the shims and jobs live on for the next active to adopt).
+
+        A job group being ended after its shim died is left as it is: the next active finds the
+        shim gone and the group alive at reconciliation, and ends it.
+        """
+        for handle in self._starting.values():
+            handle.cancel()
+        self._starting.clear()
+        for ending in self._ending.values():
+            if ending.timer is not None:
+                ending.timer.cancel()
+        self._ending.clear()
         for watched in self._watched.values():
             if watched.kill_timer is not None:
                 watched.kill_timer.cancel()

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import os
 import signal
+from enum import StrEnum
 
 
-def starttime(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: start time in clock ticks since boot (immune to clock changes)."""
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """Fields 3.. of /proc/PID/stat (state, ppid, pgrp, ...), or None if there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
     except OSError:
         return None
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2 :].split()
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: start time in clock ticks since boot (immune to clock changes)."""
+    rest = _stat_fields(pid)
     try:
-        return int(rest[19])
+        return int(rest[19]) if rest is not None else None
     except (IndexError, ValueError):
         return None
+
+
+def has_live_member(pgid: int) -> bool:
+    """Whether any process that is not a zombie belongs to process group `pgid` (one pass over /proc)."""
+    key = str(pgid).encode()
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            rest = _stat_fields(entry.name)
+            if rest is not None and len(rest) > 2 and rest[2] == key and rest[0] != b"Z":
+                return True
+    return False
 
 
 def is_same_process(pid: int, expected_starttime: int | None) -> bool:
@@ -30,19 +49,58 @@ def is_same_process(pid: int, expected_starttime: int | None) -> bool:
     return expected_starttime is None or actual == expected_starttime
 
 
-def signal_group(pgid: int, expected_starttime: int | None, sig: int) -> bool:
-    """Signal a job's process group if its leader is still the process we launched."""
-    if not is_same_process(pgid, expected_starttime):
-        # The leader may have exited while descendants live on in its group; signal the group
-        # only if something still belongs to it.
+class GroupState(StrEnum):
+    """What became of a job's process group (pgid = the job's pid), judged by pid + start time."""
+
+    LEADER = "leader"  #: the job's own process is alive, with the recorded start time
+    LEADERLESS = "leaderless"  #: the job's process is gone but members of its group live on
+    GONE = "gone"  #: nothing of the group is left
+    REUSED = "reused"  #: the pid now belongs to another process: the job's group is gone
+    UNVERIFIED = "unverified"  #: a process has the pid but no start time was recorded to compare
+
+
+def group_state(pgid: int, expected_starttime: int | None) -> GroupState:
+    if pgid <= 1:
+        return GroupState.GONE
+    rest = _stat_fields(pgid)
+    try:
+        actual = int(rest[19]) if rest is not None else None
+    except (IndexError, ValueError):
+        actual = None
+    if actual is not None:
+        if expected_starttime is None:
+            return GroupState.UNVERIFIED
+        if actual != expected_starttime:
+            return GroupState.REUSED
+        if rest is not None and rest[0] != b"Z":
+            return GroupState.LEADER
+        # The job has exited and waits to be reaped (its shim is gone): only its group may live on.
+    else:
+        # No process has the pid. A pid still in use as a process group id is never handed to a
+        # new process, so a group that exists under it is still the job's own.
         try:
             os.killpg(pgid, 0)
-        except OSError:
-            return False
+        except ProcessLookupError:
+            return GroupState.GONE
+        except PermissionError:
+            pass  # it exists, though it is not ours to signal
+    # Zombies count as members for kill(2); a group of zombies only is gone for us.
+    return GroupState.LEADERLESS if has_live_member(pgid) else GroupState.GONE
+
+
+def signal_group(pgid: int, expected_starttime: int | None, sig: int) -> bool:
+    """Signal a job's process group only if it is still the group we launched (pid + start time).
+
+    A group whose leader has exited is still ours while any member lives (its id cannot be reused
+    meanwhile); a live process under the pid with another start time, or with none recorded to
+    compare, is never signalled: after pid reuse it may lead a stranger's group.
+    """
+    if group_state(pgid, expected_starttime) not in (GroupState.LEADER, GroupState.LEADERLESS):
+        return False
     try:
         os.killpg(pgid, sig)
         return True
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
 
 

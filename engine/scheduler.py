@@ -24,7 +24,15 @@ from typing import Any
 from . import schedule
 from .clock import Clock, SystemClock
 from .db import StatePaths, as_row_id, iso, parse_iso
-from .errors import FencedError, NotFoundError, StoreError, StoreFatalError, StoreRetryableError, VigilError
+from .errors import (
+    FencedError,
+    LaunchError,
+    NotFoundError,
+    StoreError,
+    StoreFatalError,
+    StoreRetryableError,
+    VigilError,
+)
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .ids import HighWaterFile
 from .jobfile import JobFolder, ScanResult
@@ -504,7 +512,12 @@ class Scheduler:
                 else:
                     self.queued[info.job].append(info.id)
                 continue
-            decision = decide(gather_evidence(self.paths.run_dir(info.id)))
+            run_dir = self.paths.run_dir(info.id)
+            decision = decide(gather_evidence(run_dir))
+            adopted = decision.action is Action.ADOPT and self.executor.adopt(info.id)
+            if decision.action is Action.ADOPT and not adopted:
+                # The shim ended between the evidence and the pidfd: decide again on what it left.
+                decision = decide(gather_evidence(run_dir))
             self._track(info)
             if decision.action is Action.LAUNCH and self.restored:
                 # Open in the backup, so a later scheduler handled it; its directory is gone
@@ -514,7 +527,10 @@ class Scheduler:
             elif decision.action is Action.LAUNCH:
                 log.info("run %d never started; launching it now", info.id)
                 batch.launches.append(info.id)
-            elif decision.action is Action.ADOPT and self.executor.adopt(info.id):
+            elif decision.action is Action.TERMINATE:
+                log.warning("run %d: %s; ending its job process group", info.id, decision.reason)
+                self.executor.end_orphan(info.id, decision.reason or "the run's shim is gone")
+            elif adopted:
                 log.info("adopted run %d", info.id)
                 if info.state is RunState.LAUNCHING:
                     # Its start (and deadline) were never recorded: the deferred write died with
@@ -805,7 +821,10 @@ class Scheduler:
         )
         try:
             self.executor.launch(info.id, job.command, env, job.workdir)
-        except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL in an argument or the environment
+        except LaunchError as exc:  # e.g. a missing workdir: the message is the reason
+            self._finish_later(info, RunState.FAILED, str(exc), now)
+            return
+        except (OSError, ValueError) as exc:
             self._finish_later(info, RunState.FAILED, f"could not start the run's shim: {exc}", now)
             return
         info.state = RunState.RUNNING

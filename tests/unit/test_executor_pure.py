@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from engine import executor
+from engine.errors import VigilError
 from engine.reconcile import Action, ShimEvidence, decide
 
 
@@ -56,3 +59,79 @@ def test_reconciliation_decisions(evidence: ShimEvidence, action: Action) -> Non
     assert decision.action is action
     if action is Action.UNKNOWN:
         assert decision.reason and "shim 10" in decision.reason
+
+
+def test_a_shim_gone_while_its_job_group_lives_ends_the_group() -> None:
+    decision = decide(ShimEvidence(True, False, 10, 11, None, job_group_alive=True))
+    assert decision.action is Action.TERMINATE
+    assert decision.reason == "the run's shim (pid 10) ended without recording the exit of job pid 11"
+    # Without a live group the outcome stays unknown; with a live shim it is adopted.
+    assert decide(ShimEvidence(True, False, 10, 11, None, job_group_alive=False)).action is Action.UNKNOWN
+    assert decide(ShimEvidence(True, True, 10, 11, None, job_group_alive=True)).action is Action.ADOPT
+
+
+def test_a_record_that_the_job_could_not_start_is_ingested_not_unknown() -> None:
+    evidence = ShimEvidence(True, False, 10, None, None, start_failure="could not start: x: command not found")
+    assert decide(evidence).action is Action.INGEST
+
+
+def test_the_job_environment_is_quoted_for_the_shell_and_nul_is_refused(tmp_path: Path) -> None:
+    script, words = executor.job_environment_script(
+        {"A": "it's $HOME\n`x`", "MY-VAR": "v", "E": ""}, tmp_path / "run dir"
+    )
+    lines = script.splitlines(keepends=True)
+    assert lines[0] == "export A='it'\"'\"'s $HOME\n"
+    assert lines[1] == "`x`'\n"
+    assert lines[2] == "export E=''\n"
+    assert lines[-1].startswith("trap ") and "start-error" in lines[-1] and lines[-1].endswith(" EXIT\n")
+    assert words == ["MY-VAR=v"]  # not a shell name: passed through env(1)
+    with pytest.raises(VigilError, match=r"environment variable B: the value contains a NUL byte"):
+        executor.job_environment_script({"B": "a\0b"}, tmp_path)
+    with pytest.raises(VigilError, match="not a valid name"):
+        executor.job_environment_script({"C=D": "x"}, tmp_path)
+
+
+def test_start_failures_read_from_a_complete_record_only(tmp_path: Path) -> None:
+    (tmp_path / "start-error").write_text("exec 127 python4")
+    assert executor.read_start_failure(tmp_path) is None  # the shim has not written its record yet
+    (tmp_path / "exit").write_text("notstarted end\n")
+    assert executor.read_start_failure(tmp_path) == "could not start: python4: command not found"
+    (tmp_path / "start-error").write_text("exec 126 ./data.csv")
+    assert executor.read_start_failure(tmp_path) == "could not start: ./data.csv: cannot be executed (exec status 126)"
+    (tmp_path / "start-error").write_text(f"workdir {tmp_path / 'gone'}")
+    assert executor.read_start_failure(tmp_path) == (
+        f"could not start: workdir {tmp_path / 'gone'}: No such file or directory"
+    )
+    (tmp_path / "exit").write_text("exit=127 end\n")
+    assert executor.read_start_failure(tmp_path) is None  # the job's own 127
+
+
+def test_how_a_shim_ended_is_named_from_its_wait_status() -> None:
+    assert executor.shim_end_cause(5, signal.SIGKILL) == (
+        "the run's shim (pid 5) was killed (signal 9, SIGKILL) without recording the job's exit"
+    )
+    assert executor.shim_end_cause(5, 2 << 8) == "the run's shim (pid 5) exited with status 2 without recording the job's exit"
+    assert executor.shim_end_cause(5, None) == "the run's shim (pid 5) ended without recording the job's exit"
+
+
+def test_the_shim_gets_a_fixed_environment_and_absolute_tools() -> None:
+    env = executor.shim_environment({"PATH": "/nonexistent", "LD_PRELOAD": "x.so", "XDG_RUNTIME_DIR": "/run/user/1"})
+    assert env == {"PATH": executor.SHIM_PATH, "XDG_RUNTIME_DIR": "/run/user/1"}
+    tools = executor.find_tools()
+    assert os.path.isabs(tools.setsid) and os.path.isabs(tools.env)
+    with pytest.raises(VigilError, match=r"could not start: setsid: not found in /nonexistent"):
+        executor.find_tools("/nonexistent")
+
+
+def test_the_reason_after_ending_a_dead_shims_group_says_what_was_done() -> None:
+    cause = "the run's shim (pid 5) was killed (signal 9, SIGKILL) without recording the job's exit"
+    assert executor.ending_reason(cause, 42, executor.ending_outcome(False, 5), leader_alive=True) == (
+        "failed",
+        f"{cause}; job process group 42 terminated (SIGTERM)",
+    )
+    state, reason = executor.ending_reason(cause, 42, executor.ending_outcome(True, 1.5), leader_alive=False)
+    assert state == "unknown"  # the job itself had ended: its exit status went with the shim
+    assert reason == (
+        f"{cause}; job pid 42 had already ended (its exit status is lost); the rest of its process group "
+        "killed with SIGKILL after 1.5s (it outlived SIGTERM)"
+    )
