@@ -13,7 +13,7 @@ service manager would) and waits for an active to answer again:
     shim      SIGKILL a live shim (from runs/N/shim; the `long` job's when one runs)
     lockfile  unlink state/leader.lock
 
-Ten seconds after the storm (`--settle`), read-only from the ledger and the jobs' own launch
+Ten seconds after the storm (`--settle`, plus the clock offset), read-only from the ledger and the jobs' own launch
 journal: duplicates, lost fires (missed/skipped rows counted apart, reasons tallied), runs still
 open, job processes left without a live shim or open run (orphans), unknown outcomes, instances
 that exited by themselves, takeovers slower than 10 s, the longest silence of the 1 s `tick` job,
@@ -168,6 +168,8 @@ class Storm:
         self.lock_conn: sqlite3.Connection | None = None
         self.filler = self.state / "chaos-filler"
         self.journal_offset = 0
+        # A run launched by a forward-shifted active carries a deadline up to the offset late.
+        self.settle = args.settle + (args.clock_offset if "clock" in args.faults else 0)
         self.boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)  #: wall time of uptime 0
         self.tick_times: list[float] = []  #: real launch times of `tick`, from the journal
 
@@ -606,7 +608,7 @@ class Storm:
             conn.close()
         except sqlite3.Error:
             self.max_id_at_end = 1 << 62
-        self.hold(self.args.settle)
+        self.hold(self.settle)
         return self.measure()
 
     # ------------------------------------------------------------------ the figures
@@ -816,7 +818,7 @@ def report(storm: Storm, figures: dict[str, Any], kinds: list[str], duration: fl
     print(
         f"{total.faults} faults ({','.join(kinds)}, seed {storm.args.seed}) over {duration:.0f} s, "
         f"{INSTANCES} instances kept running, {len(storm.cluster.procs)} started; "
-        f"figures {storm.args.settle:g} s after the storm"
+        f"figures {storm.settle:g} s after the storm"
     )
     print(f"{'fault':<9}" + "".join(f"{short:>9}" for _, short in columns))
     for name, b in [*buckets.items(), ("total", total)]:
