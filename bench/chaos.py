@@ -928,6 +928,8 @@ def main() -> int:
         print("chaos: interrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         storm.teardown()
     report(storm, figures, kinds, storm.t_end - storm.t_start)
     return 0
