@@ -13,7 +13,7 @@ service manager would) and waits for an active to answer again:
     shim      SIGKILL a live shim (from runs/N/shim; the `long` job's when one runs)
     lockfile  unlink state/leader.lock
 
-Ten seconds after the storm (`--settle`, plus the clock offset), read-only from the ledger and the jobs' own launch
+Ten seconds after the storm (`--settle`; longer after a late forward clock jump), read-only from the ledger and the jobs' own launch
 journal: duplicates, lost fires (missed/skipped rows counted apart, reasons tallied), runs still
 open, job processes left without a live shim or open run (orphans), unknown outcomes, instances
 that exited by themselves, takeovers slower than 10 s, the longest silence of the 1 s `tick` job,
@@ -102,6 +102,7 @@ class Fault:
     resume_s: float | None = None  #: from lifting it until the 1 s `tick` job launched again; None = stall
     run_id: int | None = None  #: the run it hit (shim)
     shifted_wait_s: float | None = None  #: clock: from the shifted active's takeover to its first `tick`
+    offset: int = 0  #: clock: the shifted instance's offset (s)
 
 
 @dataclass
@@ -168,8 +169,7 @@ class Storm:
         self.lock_conn: sqlite3.Connection | None = None
         self.filler = self.state / "chaos-filler"
         self.journal_offset = 0
-        # A run launched by a forward-shifted active carries a deadline up to the offset late.
-        self.settle = args.settle + (args.clock_offset if "clock" in args.faults else 0)
+        self.settle = args.settle
         self.boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)  #: wall time of uptime 0
         self.tick_times: list[float] = []  #: real launch times of `tick`, from the journal
 
@@ -491,6 +491,7 @@ class Storm:
 
     def fault_clock(self, active: int, fault: Fault) -> set[int]:
         offset = self.rng.choice((-1, 1)) * self.args.clock_offset
+        fault.offset = offset
         shifted = self.start(offset)
         # Wait for it to be a standby, so that it is queued on the lock when the active goes.
         t = time.monotonic()
@@ -608,6 +609,9 @@ class Storm:
             conn.close()
         except sqlite3.Error:
             self.max_id_at_end = 1 << 62
+        # A run launched by a forward-shifted active carries its deadline up to the offset late.
+        late = [f.t1 + f.offset for f in self.faults if f.offset > 0 and f.injected]
+        self.settle = self.args.settle + max(0.0, max(late, default=0.0) - self.t_end)
         self.hold(self.settle)
         return self.measure()
 
@@ -631,7 +635,7 @@ class Storm:
             b = buckets[f.kind]
             b.faults += 1
             b.injected += f.injected
-            if f.recover_s is None or f.resume_s is None:
+            if f.injected and (f.recover_s is None or f.resume_s is None):
                 b.stalls += 1
             if f.recover_s is not None:
                 b.recover_max_s = max(b.recover_max_s, round(f.recover_s, 2))
@@ -703,7 +707,11 @@ class Storm:
                         b.missed += 1
                     else:
                         b.skipped += 1
-                    reasons[f"{r[4]}: {re.sub(r'[0-9]+', 'N', r[5] or '(no reason)')}"] += 1
+        lo, hi = window.start - 0.5, window.stop - 0.5
+        for r in rows:
+            if r[4] in ("missed", "skipped") and lo <= datetime.fromisoformat(r[2]).timestamp() < hi:
+                reason = re.sub(r"[0-9]{4}-[0-9-]+T[0-9:.+]+", "<time>", r[5] or "(no reason)")
+                reasons[f"{r[4]}: {re.sub(r'[0-9]+', 'N', reason)}"] += 1
 
         for r in rows:
             if r[0] <= self.max_id_at_end and r[4] in OPEN_STATES:
@@ -818,7 +826,7 @@ def report(storm: Storm, figures: dict[str, Any], kinds: list[str], duration: fl
     print(
         f"{total.faults} faults ({','.join(kinds)}, seed {storm.args.seed}) over {duration:.0f} s, "
         f"{INSTANCES} instances kept running, {len(storm.cluster.procs)} started; "
-        f"figures {storm.settle:g} s after the storm"
+        f"figures {storm.settle:.0f} s after the storm"
     )
     print(f"{'fault':<9}" + "".join(f"{short:>9}" for _, short in columns))
     for name, b in [*buckets.items(), ("total", total)]:
@@ -827,7 +835,7 @@ def report(storm: Storm, figures: dict[str, Any], kinds: list[str], duration: fl
         print(f"{name:<9}" + "".join(f"{getattr(b, key):>9}" for key, _ in columns))
     print("(a figure is counted under the fault that last began before it; 'none' is before the first)")
     if figures["reasons"]:
-        print("missed/skipped rows of tick+work in the window, by reason:")
+        print("missed/skipped rows of all jobs in the window, by reason:")
         for reason, n in figures["reasons"].most_common(10):
             print(f"  {n:>5}  {reason[:150]}")
     if figures["exits"]:
