@@ -770,7 +770,9 @@ class Storm:
             for proc, env in self.bench_processes():
                 try:
                     run_id = int(env.get("VIGIL_RUN_ID", ""))
-                    if proc.status() == psutil.STATUS_ZOMBIE or "shim.sh" in " ".join(proc.cmdline()):
+                    run_dir = str(self.state / "runs" / str(run_id))
+                    # A shim is started with its run directory as an argument; a job is not.
+                    if proc.status() == psutil.STATUS_ZOMBIE or run_dir in " ".join(proc.cmdline()):
                         continue
                     started = proc.create_time()
                 except (ValueError, psutil.Error):
@@ -781,7 +783,7 @@ class Storm:
                 shim_ok = False
                 try:
                     shim = psutil.Process(int((self.state / "runs" / str(run_id) / "shim").read_text()))
-                    shim_ok = shim.is_running() and "shim.sh" in " ".join(shim.cmdline())
+                    shim_ok = shim.is_running() and run_dir in " ".join(shim.cmdline())
                 except (OSError, ValueError, psutil.Error):
                     pass
                 if row is None or row[4] not in OPEN_STATES or not shim_ok:
