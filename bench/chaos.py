@@ -306,6 +306,13 @@ class Storm:
             lines = [ln for ln in self.logs[pid].read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
             return ""
+        # Shims write their own complaints to the same log (they inherit its stderr): prefer ours.
+        # The CLI's one-line error, else the first logged error (the cause, before its fallout),
+        # else the last exception.
+        for pattern, pick in ((r"^vigil: ", -1), (r" vigil\[[0-9]+\] (ERROR|CRITICAL) ", 0), (r"Error|Exception", -1)):
+            ours = [ln for ln in lines if re.search(pattern, ln)]
+            if ours:
+                return ours[pick][:200]
         return lines[-1][:200] if lines else ""
 
     def hold(self, seconds: float, during: Any = None) -> None:
@@ -841,10 +848,10 @@ def report(storm: Storm, figures: dict[str, Any], kinds: list[str], duration: fl
         for reason, n in figures["reasons"].most_common(10):
             print(f"  {n:>5}  {reason[:150]}")
     if figures["exits"]:
-        print("instances that ended by themselves (last line of their log):")
+        print("instances that ended by themselves (the cause, from their log):")
         seen: Counter[tuple[str, str]] = Counter()
         for kind, e in figures["exits"]:
-            message = re.sub(r"^[0-9-]+ [0-9:,]+ vigil\[[0-9]+\] ", "", e.message)
+            message = re.sub(r"^[0-9-]+ [0-9:,]+ vigil\[[0-9]+\] ", "", e.message).replace(str(storm.root), "<tmp>")
             seen[(kind, f"rc {e.code}: {re.sub(r'[0-9]{2,}', 'N', message)}")] += 1
         for (kind, text), n in seen.most_common(12):
             print(f"  [{kind}] {n}x {text[:170]}")
