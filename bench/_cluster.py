@@ -75,13 +75,15 @@ class Cluster:
             (self.jobs / f"{name}.toml").write_text(body)
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"up-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen(
-            [*VIGIL, "up", "--quiet", "--state", str(self.state), "--jobs", str(self.jobs)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """One more `vigil up` on the state; `env` replaces the environment (None: this one's)."""
+        with open(self.root / f"up-{len(self.procs)}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [*VIGIL, "up", "--quiet", "--state", str(self.state), "--jobs", str(self.jobs)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         self.procs.append(proc)
         return proc
 
