@@ -9,9 +9,11 @@ edit that breaks a job leaves its last valid version active.
 from __future__ import annotations
 
 import difflib
+import errno
 import math
 import os
 import re
+import stat
 import time
 import tomllib
 import weakref
@@ -353,12 +355,95 @@ def _syntax_error(path: Path, text: str, message: str) -> ConfigError:
     return ConfigError(path, "syntax", f"invalid TOML: {message}")
 
 
-def _read(abs_path: str) -> bytes | OSError:
+#: A job file or vigil.toml larger than this is refused (bigger than any real one, by far; it also
+#: bounds what is read from a file that never ends, such as one under /proc).
+MAX_FILE_BYTES = 1024 * 1024
+_FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe, FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFLNK: "a symlink",
+}
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this mode is not read (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    return f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'unknown type')}): only regular files are read"
+
+
+@lru_cache(maxsize=1)
+def _pseudo_devices() -> frozenset[int]:
+    devices = set()
+    for mount in ("/proc", "/sys"):
+        try:
+            devices.add(os.stat(mount).st_dev)
+        except OSError:
+            pass
+    return frozenset(devices)
+
+
+def _pseudo_file(device: int) -> str | None:
+    """Kernel files look regular but may block, never end, or be consumed by a read (/proc/kmsg)."""
+    if device in _pseudo_devices():
+        return "a kernel pseudo-file (under /proc or /sys): only ordinary files are read"
+    return None
+
+
+def _link_problem(path: str, exc: OSError) -> str:
+    """Why a `*.toml` symlink cannot be read, for its error line."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop: following the link leads back to a link (too many levels)"
+    if isinstance(exc, FileNotFoundError):
+        try:
+            target = quote(os.readlink(path), whole=True)
+        except OSError:
+            target = "its target"
+        return f"dangling symlink: {target} does not exist"
+    return f"cannot follow symlink: {exc.strerror or exc}"
+
+
+def _read(abs_path: str, *, follow: bool = True) -> bytes | OSError:
+    """A file's bytes, refusing anything but a regular file before a single byte is read.
+
+    It is stat()ed before it is opened (opening a device can have effects, a FIFO can block forever),
+    opened non-blocking (a procfs file such as /proc/kmsg is "regular" but would block a read) and,
+    unless it is a symlink the folder walk already resolved, without following symlinks, then
+    checked again on the open descriptor in case it was replaced in between.
+    """
     try:
-        with open(abs_path, "rb") as handle:
-            return handle.read()
+        st = os.stat(abs_path, follow_symlinks=follow)
+        problem = _not_regular(st.st_mode) or _pseudo_file(st.st_dev)
+        if problem:
+            return OSError(errno.EINVAL, problem)
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        fd = os.open(abs_path, flags)
+        try:
+            problem = _not_regular(os.fstat(fd).st_mode)
+            if problem:
+                return OSError(errno.EINVAL, problem)
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_FILE_BYTES:
+                chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except BlockingIOError:
+        return OSError(errno.EAGAIN, "the file blocks when read (not an ordinary file)")
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            return OSError(errno.ELOOP, "it became a symlink while being read")
         return exc
+    if size > MAX_FILE_BYTES:
+        return OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // 1024} KiB: not a job file")
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1181,12 +1266,28 @@ class JobFolder:
                         continue
                     try:
                         if name.endswith(".toml"):
-                            if not entry.is_file():
-                                continue
-                            st = entry.stat()
                             rel = prefix + name
+                            link = entry.is_symlink()
+                            if link:
+                                try:
+                                    st = os.stat(entry.path)
+                                except OSError as exc:
+                                    walk.errors.append(
+                                        ConfigError(self.root / rel, "file", _link_problem(entry.path, exc))
+                                    )
+                                    continue
+                            else:
+                                st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISDIR(st.st_mode):
+                                if not link:  # a folder named *.toml is a folder; symlinked ones are not followed
+                                    stack.append((entry.path, rel + "/"))
+                                continue
+                            problem = _not_regular(st.st_mode)
+                            if problem:  # a FIFO or a device is never opened: it could block or have effects
+                                walk.errors.append(ConfigError(self.root / rel, "file", problem))
+                                continue
                             seen.append(rel)
-                            if entry.is_symlink():
+                            if link:
                                 walk.links.append((rel, entry.path))
                             stat_key = (st.st_mtime_ns, st.st_size, st.st_ino)
                             old = known.get(rel)
@@ -1208,9 +1309,10 @@ class JobFolder:
                 del files[rel]
                 dirty = True
         now = time.time_ns()
+        linked = {rel for rel, _path in walk.links}
         for rel, abs_path, stat_key in walk.stale:
             old = files.get(rel)
-            raw = _read(abs_path)
+            raw = _read(abs_path, follow=rel in linked)
             read_error = None
             if isinstance(raw, FileNotFoundError):
                 if files.pop(rel, None) is not None:

@@ -39,10 +39,11 @@ def escape(text: str) -> str:
     return "".join(char if char.isprintable() else _escape_char(char) for char in text)
 
 
-def quote(text: str) -> str:
-    """A user string in single quotes, escaped, and elided past `_MAX_SHOWN` characters."""
+def quote(text: str, *, whole: bool = False) -> str:
+    """A user string in single quotes, escaped, and elided past `_MAX_SHOWN` characters unless
+    `whole` (file paths, which are useless cut short)."""
     shown = escape(text)
-    if len(shown) > _MAX_SHOWN:
+    if len(shown) > _MAX_SHOWN and not whole:
         shown = shown[: _MAX_SHOWN - 1] + "…"
     return f"'{shown}'"
 

@@ -963,13 +963,14 @@ def test_36500d_is_the_longest_duration_accepted_as_docs_say(tmp_path: Path) -> 
 
 def test_a_command_too_long_to_exec_is_rejected_at_load_time(tmp_path: Path) -> None:
     """10 MB would fail only at launch, with E2BIG; 64 KiB is the documented cap (string or array)."""
-    big = "x" * (10 * 1024 * 1024)
-    path_s = write(tmp_path, "s.toml", f'command = "echo {big}"\n')
+    huge = write(tmp_path, "huge.toml", f'command = "echo {"x" * (10 * 1024 * 1024)}"\n')
+    path_s = write(tmp_path, "s.toml", f'command = "echo {"x" * (500 * 1024)}"\n')
     path_a = write(tmp_path, "a.toml", f'command = ["echo", "{"y" * 40000}", "{"y" * 40000}"]\n')
     write(tmp_path, "ok.toml", f'command = "echo {"z" * 60000}"\n')
     result = load_folder(tmp_path)
     assert "at most 64 KiB" in only_error(result.errors, path_s).reason
-    assert "10240 KiB" in only_error(result.errors, path_s).reason
+    assert "500 KiB" in only_error(result.errors, path_s).reason
+    assert "larger than 1024 KiB" in only_error(result.errors, huge).reason
     assert only_error(result.errors, path_a).key == "command"
     assert list(result.jobs) == ["ok"]
 
@@ -1055,3 +1056,93 @@ def test_messages_show_values_as_toml_writes_them_not_python_reprs(tmp_path: Pat
     assert "got a boolean (true)" in text
     assert "got an array (2 items)" in text
     assert "got an integer (5)" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# The folder walk: every `*.toml` that cannot be read is an error of its own, and nothing that is
+# not a regular file is opened (issue 9, item 14)
+
+
+def test_unreadable_toml_entries_each_get_an_error_and_nothing_blocks(tmp_path: Path) -> None:
+    import socket
+    import stat
+    import time
+
+    write(tmp_path, "ok.toml", 'command = "true"\n')
+    os.mkfifo(tmp_path / "fifo.toml")
+    os.symlink(tmp_path / "fifo.toml", tmp_path / "to_fifo.toml")
+    os.symlink(tmp_path / "missing", tmp_path / "dangling.toml")
+    os.symlink(tmp_path / "loop_b.toml", tmp_path / "loop_a.toml")
+    os.symlink(tmp_path / "loop_a.toml", tmp_path / "loop_b.toml")
+    os.symlink("/proc/self/status", tmp_path / "proc.toml")  # "regular" per stat, yet a kernel file
+    if os.path.exists("/proc/kmsg"):
+        os.symlink("/proc/kmsg", tmp_path / "kmsg.toml")  # a read blocks until the kernel logs
+    if os.geteuid() == 0:
+        os.mknod(tmp_path / "null.toml", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock.toml"))
+    started = time.monotonic()
+    try:
+        result = load_folder(tmp_path)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 2
+    reasons = {Path(e.path).name: e.reason for e in result.errors}
+    expected = {"fifo.toml", "to_fifo.toml", "dangling.toml", "loop_a.toml", "loop_b.toml", "proc.toml", "sock.toml"}
+    expected |= {"kmsg.toml"} if os.path.exists("/proc/kmsg") else set()
+    expected |= {"null.toml"} if os.geteuid() == 0 else set()
+    assert set(reasons) == expected, format_errors(result.errors)
+    assert all(e.key == "file" for e in result.errors)
+    assert "named pipe" in reasons["fifo.toml"] and "named pipe" in reasons["to_fifo.toml"]
+    assert "dangling symlink" in reasons["dangling.toml"] and "missing" in reasons["dangling.toml"]
+    assert "symlink loop" in reasons["loop_a.toml"]
+    assert "kernel pseudo-file" in reasons["proc.toml"]
+    assert "socket" in reasons["sock.toml"]
+    assert list(result.jobs) == ["ok"]
+
+
+def test_a_fifo_job_file_is_never_opened(tmp_path: Path) -> None:
+    """A writer blocked on the FIFO would be released by any open for reading: it must stay blocked."""
+    import threading
+
+    fifo = tmp_path / "job.toml"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY)  # blocks until someone opens the FIFO for reading
+        except OSError:
+            return
+        opened.set()
+        os.close(fd)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    folder = JobFolder(tmp_path)
+    for _ in range(3):
+        result = folder.scan()
+    assert [e.key for e in result.errors] == ["file"]
+    assert not opened.wait(0.2)
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # release the writer
+    thread.join(2)
+
+
+def test_symlinked_job_files_inside_and_outside_the_folder_are_read(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere" / "real.toml"
+    outside.parent.mkdir()
+    outside.write_text('command = "true"\n')
+    root = tmp_path / "jobs"
+    write(root, "inside.toml", 'command = "true"\n')
+    os.symlink(root / "inside.toml", root / "alias.toml")
+    os.symlink(outside, root / "out.toml")
+    os.symlink(outside.parent, root / "linked_folder")  # symlinked folders are not followed
+    result = load_folder(root)
+    assert result.errors == []
+    assert sorted(result.jobs) == ["alias", "inside", "out"]
+
+
+def test_a_file_larger_than_any_job_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.toml", "# " + "x" * (2 * 1024 * 1024) + '\ncommand = "true"\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert error.key == "file" and "larger than 1024 KiB" in error.reason
