@@ -117,11 +117,15 @@ class StateReader:
         }
 
     def jobs(self) -> list[dict[str, Any]]:
-        """The active's catalog of loaded jobs with pause flag and latest run."""
+        """The active's catalog of loaded jobs with pause flag and latest run.
+
+        A row with an `error` is either a file that never loaded (`loaded` 0: no schedule) or a file
+        that broke while its last valid version stays scheduled (`loaded` 1: schedule, next fire).
+        """
         return self._all(
             "SELECT j.name, j.path, j.schedule, j.enabled, j.agent, j.description, j.tags, j.next_fire, "
-            "j.error, COALESCE(s.paused, 0) AS paused FROM jobs j LEFT JOIN job_state s ON s.job = j.name "
-            "ORDER BY j.name"
+            "j.error, COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded "
+            "FROM jobs j LEFT JOIN job_state s ON s.job = j.name ORDER BY j.name"
         )
 
     def paused_jobs(self) -> set[str]:
