@@ -277,6 +277,7 @@ def cmd_next(args: argparse.Namespace) -> int:
     from . import schedule
     from .errors import NotFoundError
     from .jobfile import load_folder
+    from .text import quote
 
     result = load_folder(Path(args.jobs))
     job = result.jobs.get(args.name)
@@ -284,7 +285,7 @@ def cmd_next(args: argparse.Namespace) -> int:
         job_file = str(Path(args.jobs) / f"{args.name}.toml")
         problems = [e.format() for e in result.errors if e.path == job_file]
         raise NotFoundError(
-            f"no valid job named {args.name!r}" + (": " + "; ".join(problems) if problems else "")
+            f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else "")
         )
     fires = schedule.preview(job, datetime.now(UTC), args.n)
     if args.json:

@@ -30,6 +30,7 @@ from .jobfile import JobFolder, ScanResult
 from .ledger import Ledger
 from .model import JobSpec, Overlap, RunState, Settings
 from .reconcile import Action, decide
+from .text import show
 
 log = logging.getLogger("vigil.scheduler")
 
@@ -921,7 +922,7 @@ class Scheduler:
             name = str(args.get("job"))
             job = self.jobs.get(name)
             if job is None:
-                raise NotFoundError(f"no job named {name!r}")
+                raise NotFoundError(f"no job named {show(name)}")
             if op == "run":
                 info = self._fire(
                     batch,
@@ -958,13 +959,13 @@ class Scheduler:
             return {"run_id": run_id}
         if op == "status":
             return {"status": self.status()}
-        raise VigilError(f"unknown command {op!r}")
+        raise VigilError(f"unknown command {show(op)}")
 
     def _rerun(self, run_id: int, args: dict[str, Any], now: datetime, batch: Batch) -> dict[str, Any]:
         job_name = args.get("job")
         job = self.jobs.get(str(job_name)) if job_name else None
         if job is None:
-            raise NotFoundError(f"run {run_id}'s job {job_name!r} is not loaded")
+            raise NotFoundError(f"run {run_id}'s job {show(job_name)} is not loaded")
         info = self._fire(
             batch,
             job,
@@ -991,7 +992,7 @@ def _run_id(args: dict[str, Any]) -> int:
     try:
         return int(args.get("run_id", 0))
     except (TypeError, ValueError):
-        raise NotFoundError(f"no run with id {args.get('run_id')!r}") from None
+        raise NotFoundError(f"no run with id {show(args.get('run_id'))}") from None
 
 
 def _job_name_for(path: str, root: str) -> str:

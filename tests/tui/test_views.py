@@ -587,3 +587,21 @@ async def test_runs_header_with_a_state_filter_follows_runs_that_change_state(
         await app.refresh_now()
         await until(pilot, lambda: len(runs.runs) == before[1] + opened, what="the finished runs listed")
         assert _range_and_total(runs.query_one(ViewBar).summary) == (1, before[1] + opened, before[2] + opened)
+
+
+async def test_control_characters_in_catalogued_names_are_shown_escaped(make_app, fixed_paths: StatePaths) -> None:
+    """A file named with an escape sequence is an invalid job: its catalog row must not reach the terminal raw."""
+    from tests.tui.fixture_state import EPOCH
+
+    conn = connect(fixed_paths)
+    conn.execute(
+        "INSERT INTO jobs (name, path, schedule, enabled, error, writer_epoch) VALUES (?, '', 'invalid', 0, ?, ?)",
+        ("aaa\x1b[2Jbad", "/srv/jobs/aaa\\x1b[2Jbad.toml: name: not allowed", EPOCH),
+    )
+    conn.close()
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        text = screen_text(app)
+        assert "\x1b" not in text
+        assert "aaa\\x1b[2Jbad" in text
