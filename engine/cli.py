@@ -550,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except VigilError as exc:
-        print(f"vigil: {exc}", file=sys.stderr)
+        from .text import escape
+
+        print(f"vigil: {escape(str(exc))}", file=sys.stderr)  # one line, whatever user text it carries
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -1146,3 +1146,17 @@ def test_a_file_larger_than_any_job_file_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "big.toml", "# " + "x" * (2 * 1024 * 1024) + '\ncommand = "true"\n')
     error = only_error(load_folder(tmp_path).errors, path)
     assert error.key == "file" and "larger than 1024 KiB" in error.reason
+
+
+def test_cli_errors_carrying_user_text_stay_one_escaped_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    write(tmp_path, "a.toml", 'command = "true"\n')
+    code = main(["next", "evil\x1b[2J\nforged", "--jobs", str(tmp_path), "--state", str(tmp_path / "state")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err == "vigil: no valid job named 'evil\\x1b[2J\\nforged'\n"
+    code = main(["validate", str(tmp_path / "gone\x1b]0;title\x07\nvigil: forged")])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "\x1b" not in err and "\x07" not in err
+    assert "gone\\x1b]0;title\\x07\\nvigil: forged: not a directory" in err
