@@ -423,7 +423,9 @@ def test_jobs_lists_a_broken_job_whose_last_valid_version_still_runs(start_up, s
     """`vigil jobs` read only the files: a broken file's job vanished from it while it kept firing."""
     write_job(jobs_dir, "steady", 'cron = "0 0 1 1 *"\ncommand = "true"\n')
     write_job(jobs_dir, "never", 'command = "true"\nevery = "fast"\n')
-    start_up().wait_active()
+    write_job(jobs_dir, "evil", 'command = "true"\n"k\\u001b[2J" = 1\n')  # an ESC in a key name
+    up = start_up()
+    up.wait_active()
     wait_for(lambda: "steady" in {j["name"] for j in vigil_json(state_dir, "jobs", jobs=jobs_dir)}, 5)
     write_job(jobs_dir, "steady", 'cron = "0 0 1 1 *"\ncommand = "true"\nbogus = 1\n')
 
@@ -442,3 +444,6 @@ def test_jobs_lists_a_broken_job_whose_last_valid_version_still_runs(start_up, s
     table = vigil(state_dir, "jobs", jobs=jobs_dir).stdout
     line = next(line for line in table.splitlines() if line.startswith("steady"))
     assert "error: using last valid version" in line and "0 0 1 1 *" in line
+    # the scheduler's log names the bad key with the control character escaped, never raw
+    wait_for(lambda: "k\\x1b[2J: unknown key" in up.output(), 5, what="the escaped key in the log")
+    assert "\x1b" not in up.output()
