@@ -514,10 +514,10 @@ def _as_duration(value: object, *, positive: bool, floor: tuple[float, str, str]
         raise _Bad(f"duration must be finite, got {show(value)}")
     if positive and seconds <= 0:
         raise _Bad(f"must be greater than zero, got {show(value)}")
-    if positive and seconds < 1e-6:  # `every` fires on whole microseconds
-        raise _Bad(f"must be at least 1 microsecond, got {show(value)}")
     if floor is not None and seconds < floor[0]:
         raise _Bad(f"must be at least {floor[1]} ({floor[2]}), got {show(value)}")
+    if positive and seconds < 1e-6:  # fire times and deadlines are whole microseconds
+        raise _Bad(f"must be at least 1 microsecond, got {show(value)}")
     if seconds > _MAX_DURATION:  # past this, fire times and deadlines overflow datetime
         raise _Bad(f"must be at most 100 years (36500d), got {show(value)}")
     return seconds

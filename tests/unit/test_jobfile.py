@@ -229,7 +229,8 @@ def test_unknown_key_is_reported_with_line_and_suggestion(tmp_path: Path) -> Non
         ('tags = ["ok", 1]', "tags", "item 2"),
         ('every = "5 minutes"', "every", "bad duration"),
         ("every = inf", "every", "finite"),
-        ('every = "0.0000001s"', "every", "at least 1 microsecond"),
+        ('every = "0.0000001s"', "every", "at least 1s"),
+        ('timeout = "0.0000001s"', "timeout", "at least 1 microsecond"),
         # A NUL byte makes posix_spawn raise ValueError at launch, which stopped the scheduler.
         ('command = "echo a\\u0000b"', "command", "NUL"),
         ('command = ["echo", "a\\u0000b"]', "command", "item 2: must not contain a NUL"),
