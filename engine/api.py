@@ -15,8 +15,9 @@ from typing import Any
 from .control import ControlClient
 from .db import StatePaths, connect
 from .errors import ControlError, NotFoundError
+from .text import escape  # for readers that show user text (names, reasons) in a terminal
 
-__all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "RunsWindow", "StateReader", "cluster_status"]
+__all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "RunsWindow", "StateReader", "cluster_status", "escape"]
 
 RUN_FIELDS = (
     "id",

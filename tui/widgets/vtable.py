@@ -28,7 +28,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from engine.text import escape
+from engine.api import escape
 from tui.format import TONES
 
 Segment = tuple[str, str]
