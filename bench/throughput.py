@@ -4,8 +4,9 @@ Phases, each against a fresh state directory and job folder in a temp dir:
 
 1. baseline   raw `os.posix_spawn` + reap of /bin/true, 16 in flight (what the machine can do at all);
               median of three trials.
-2. sustained  600 trivial jobs (`command = "true"`), each with its own period (900 ms, 901 ms, ...,
-              1499 ms) so their fires drift apart as in a real folder: about 510 fires/s offered,
+2. sustained  600 trivial jobs (`command = "true"`), each with its own period (1000 ms, 1001 ms, ...,
+              1599 ms: `every` is at least 1 s) so their fires drift apart as in a real folder: about
+              470 fires/s offered,
               above the target, so the figure is Vigil's capacity. `runs_per_s` = runs that reached a
               terminal state per second (ledger `ended_at` in the 20 s window), with the ledger, the
               shims and the per-run logs all on. CPU per run is split into the scheduler process and
@@ -19,8 +20,8 @@ Phases, each against a fresh state directory and job folder in a temp dir:
               decided to launch) is reported beside it.
 5. burst      100 jobs all due on the same whole second (`every = "1s"`): the same latency when 100
               fires arrive at once.
-6. overload   10 jobs, each due every 100 ms (100 fires/s) running `sleep 0.3`, with overlap skip (4),
-              queue (3) and allow (3). Every fire due in a 20 s window must be exactly one ledger row
+6. overload   100 jobs, each due every second (100 fires/s) running `sleep 3`, with overlap skip (40),
+              queue (30) and allow (30). Every fire due in a 20 s window must be exactly one ledger row
               (a run, or a `skipped`/`missed`/`pending` row); `overload_unaccounted` counts those that
               are not, `overload_duplicates` those with two.
 
@@ -369,9 +370,9 @@ def phase_burst(root: Path, jobs: int, window: float) -> dict[str, float]:
 
 
 def phase_overload(root: Path, window: float) -> dict[str, float]:
-    policies = ["skip"] * 4 + ["queue"] * 3 + ["allow"] * 3
+    policies = ["skip"] * 40 + ["queue"] * 30 + ["allow"] * 30
     jobs = {
-        f"o/{i:02d}_{policy}": f'command = "sleep 0.3"\nevery = "100ms"\noverlap = "{policy}"\n'
+        f"o/{i:03d}_{policy}": f'command = "sleep 3"\nevery = "1s"\noverlap = "{policy}"\n'
         for i, policy in enumerate(policies)
     }
     v = Vigil(root, "overload", jobs)
@@ -383,7 +384,7 @@ def phase_overload(root: Path, window: float) -> dict[str, float]:
         sleep_until(t1 + 1.0)
         lo, hi = iso(datetime.fromtimestamp(t0, UTC)), iso(datetime.fromtimestamp(t1, UTC))
         # Give a slow scheduler a few seconds to write the rows of the last fires in the window.
-        due = len(jobs) * round(window / 0.1)
+        due = len(jobs) * round(window / 1.0)
         deadline = time.time() + 5
         while time.time() < deadline:
             (n,) = v.query(
@@ -418,7 +419,7 @@ def phase_overload(root: Path, window: float) -> dict[str, float]:
         v.stop()
     unaccounted = max(0, due - int(distinct))
     print(
-        f"overload: 10 jobs `sleep 0.3` every 100 ms (100 fires/s; overlap skip×4, queue×3, allow×3) for "
+        f"overload: 100 jobs `sleep 3` every 1 s (100 fires/s; overlap skip×40, queue×30, allow×30) for "
         f"{window:.0f} s: fires due {due}, rows {rows} (distinct fires {distinct}, duplicates "
         f"{int(rows) - int(distinct)}), unaccounted {unaccounted}; by state {counts}; "
         f"per policy {by_policy}; summarised missed rows {len(summarised)}"
@@ -455,8 +456,8 @@ def main() -> int:
         if "baseline" in phases:
             figures["baseline_spawn_per_s"] = round(baseline(3, 1.0 if args.quick else 2.0))
         if "sustained" in phases:
-            # One period per job (900 ms, 901 ms, ...): the fires drift apart, as in a real folder.
-            spread = phase_sustained(root, "sustained", [900 + i for i in range(args.jobs)], window)
+            # One period per job (1000 ms, 1001 ms, ...): the fires drift apart, as in a real folder.
+            spread = phase_sustained(root, "sustained", [1000 + i for i in range(args.jobs)], window)
             figures["runs_per_s"] = spread.pop("runs_per_s")
             figures.update({f"sustained_{k}": v for k, v in spread.items()})
             if "baseline_spawn_per_s" in figures:

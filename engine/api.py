@@ -15,8 +15,9 @@ from typing import Any
 from .control import ControlClient
 from .db import StatePaths, as_row_id, connect, store_error
 from .errors import ControlError, NotFoundError, StoreError
+from .text import escape  # for readers that show user text (names, reasons) in a terminal
 
-__all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "StateReader", "cluster_status"]
+__all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "RunsWindow", "StateReader", "cluster_status", "escape"]
 
 RUN_FIELDS = (
     "id",
@@ -44,6 +45,16 @@ class LogChunk:
     text: str
     offset: int  #: where the next read should start
     size: int  #: file size when read
+
+
+@dataclass(frozen=True)
+class RunsWindow:
+    """One page of runs and where it sits among all matching runs, read at one instant."""
+
+    runs: list[dict[str, Any]]  #: newest first
+    newer: int  #: matching runs newer than the page: its first row is number `newer + 1`
+    total: int  #: matching runs in all (never fewer than the page and those before it)
+    count_base: tuple[int, int]  #: (anchor id, matching runs up to it): pass back to skip a full count
 
 
 class StateReader:
@@ -125,6 +136,60 @@ class StateReader:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return int(self._scalar(f"SELECT COUNT(*) FROM runs {clause}", params))
 
+    def runs_window(
+        self,
+        *,
+        job: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        count_base: tuple[int, int] | None = None,
+    ) -> RunsWindow:
+        """A keyset page with its position and the total, all from one read transaction.
+
+        Counting every matching run costs up to ~50 ms per million rows, too much for every refresh.
+        A full count is taken only without `count_base`: up to an anchor id below every open run, so
+        the rows it counted are finished and stay as they are; later calls recount only above it
+        (new runs and runs still open: a short index range). Position and total thus always agree
+        with the page shown (a "1–22 of 21" cannot happen), even while runs arrive and change state.
+        """
+        where, params = [], []
+        if job:
+            where.append("job = ?")
+            params.append(job)
+        if state:
+            where.append("state = ?")
+            params.append(state)
+
+        def count(extra: str, value: int) -> int:
+            clause = " AND ".join([*where, extra])
+            row = self.conn.execute(f"SELECT COUNT(*) FROM runs WHERE {clause}", (*params, value)).fetchone()
+            return int(row[0])
+
+        self.conn.execute("BEGIN")
+        try:
+            page_where = [*where, "id < ?"] if before_id is not None else where
+            page_params = [*params, before_id] if before_id is not None else params
+            clause = f"WHERE {' AND '.join(page_where)}" if page_where else ""
+            rows = self._all(
+                f"SELECT {', '.join(RUN_FIELDS)} FROM runs {clause} ORDER BY id DESC LIMIT ?", (*page_params, limit)
+            )
+            newer = count("id >= ?", before_id) if before_id is not None else 0
+            if count_base is None:
+                open_states = ",".join(f"'{s}'" for s in ("pending", "waiting", "launching", "running"))
+                anchor = int(
+                    self.conn.execute(
+                        f"SELECT COALESCE((SELECT MIN(id) - 1 FROM runs WHERE state IN ({open_states})), "
+                        "(SELECT MAX(id) FROM runs), 0)"
+                    ).fetchone()[0]
+                )
+                count_base = (anchor, count("id <= ?", anchor))
+            total = count_base[1] + count("id > ?", count_base[0])
+        finally:
+            self.conn.execute("COMMIT")
+        # Runs pruned since the full count leave `total` a little high until the next one, never low.
+        return RunsWindow(rows, newer, max(total, newer + len(rows)), count_base)
+
     def counts_by_state(self) -> dict[str, int]:
         return {
             row["state"]: row["n"]
@@ -132,11 +197,15 @@ class StateReader:
         }
 
     def jobs(self) -> list[dict[str, Any]]:
-        """The active's catalog of loaded jobs with pause flag and latest run."""
+        """The active's catalog of loaded jobs with pause flag and latest run.
+
+        A row with an `error` is either a file that never loaded (`loaded` 0: no schedule) or a file
+        that broke while its last valid version stays scheduled (`loaded` 1: schedule, next fire).
+        """
         return self._all(
             "SELECT j.name, j.path, j.schedule, j.enabled, j.agent, j.description, j.tags, j.next_fire, "
-            "j.error, COALESCE(s.paused, 0) AS paused FROM jobs j LEFT JOIN job_state s ON s.job = j.name "
-            "ORDER BY j.name"
+            "j.error, COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded "
+            "FROM jobs j LEFT JOIN job_state s ON s.job = j.name ORDER BY j.name"
         )
 
     def paused_jobs(self) -> set[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .db import StatePaths
-from .errors import VigilError
+from .errors import ControlError, VigilError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
@@ -124,46 +124,84 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     from . import schedule
     from .db import iso
-    from .jobfile import load_folder
+    from .jobfile import FOLDER_FILE, SETTINGS_FILE, load_folder
+    from .scheduler import _job_name_for
+    from .text import escape
 
-    result = load_folder(Path(args.jobs))
+    jobs_dir = Path(args.jobs)
+    result = load_folder(jobs_dir)
     paused: set[str] = set()
     latest: dict[str, dict[str, Any]] = {}
+    catalog: dict[str, dict[str, Any]] = {}
     paths = _state(args)
     if paths.db.exists():
         reader = _reader(args)
         paused = reader.paused_jobs()
         latest = reader.latest_run_per_job()
+        if _active_answers(paths):  # only a running active keeps a last valid version scheduled
+            catalog = {row["name"]: row for row in reader.jobs()}
         reader.close()
+    # A job file that is broken now: its first error, and what the active still runs in its place.
+    broken: dict[str, str] = {}
+    for err in result.errors:
+        name = _job_name_for(err.path, str(jobs_dir))
+        settings_or_defaults = name == SETTINGS_FILE[:-5] or name.rpartition("/")[2] == FOLDER_FILE[:-5]
+        if name not in result.jobs and err.path.endswith(".toml") and not settings_or_defaults:
+            broken.setdefault(name, err.format())
+    for name, row in catalog.items():  # e.g. below a broken _folder.toml: its own file has no error
+        if row["loaded"] and name not in result.jobs and (jobs_dir / f"{name}.toml").exists():
+            broken.setdefault(name, row["error"] or "not valid now: see the errors below")
     now = datetime.now(UTC)
     docs = []
-    for name, job in sorted(result.jobs.items()):
-        trigger = schedule.trigger_for(job)
-        nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
+    for name in sorted(set(result.jobs) | set(broken)):
+        job = result.jobs.get(name)
         last = latest.get(name)
-        docs.append(
-            {
-                "name": name,
-                "schedule": job.schedule_text,
-                "status": "disabled" if not job.enabled else "paused" if name in paused else "enabled",
-                "next_fire": iso(nxt),
-                "last_state": last["state"] if last else None,
-                "last_run_id": last["id"] if last else None,
-                "agent": job.agent,
-                "description": job.description,
-            }
-        )
+        doc: dict[str, Any] = {"name": name, "last_state": last["state"] if last else None}
+        doc["last_run_id"] = last["id"] if last else None
+        if job is not None:
+            trigger = schedule.trigger_for(job)
+            nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
+            status = "disabled" if not job.enabled else "paused" if name in paused else "enabled"
+            doc |= {"schedule": job.schedule_text, "status": status, "next_fire": iso(nxt)}
+            doc |= {"agent": job.agent, "description": job.description, "error": None}
+        else:
+            row = catalog.get(name)
+            if row is not None and row["loaded"]:
+                status = "error: using last valid version"
+                doc |= {"schedule": row["schedule"], "status": status, "next_fire": row["next_fire"]}
+                doc |= {"agent": row["agent"], "description": row["description"]}
+            else:
+                doc |= {"schedule": None, "status": "error: not loaded", "next_fire": None}
+                doc |= {"agent": None, "description": ""}
+            doc["error"] = broken[name]
+        docs.append(doc)
     if args.json:
         _print_json(docs)
     else:
         rows = [
-            [d["name"], d["schedule"], d["status"], _short_time(d["next_fire"]), d["last_state"] or "-"]
+            [
+                escape(d["name"]),
+                escape(d["schedule"] or "-"),
+                d["status"],
+                _short_time(d["next_fire"]),
+                d["last_state"] or "-",
+            ]
             for d in docs
         ]
         print(_table(rows, ["JOB", "SCHEDULE", "STATUS", "NEXT FIRE (UTC)", "LAST"]))
     for err in result.errors:
         print(f"warning: {err.format()}", file=sys.stderr)
     return EXIT_OK
+
+
+def _active_answers(paths: StatePaths) -> bool:
+    from .control import ControlClient
+
+    try:
+        ControlClient(paths, timeout=2.0).request("status")
+    except (ControlError, OSError, ValueError):
+        return False
+    return True
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -271,6 +309,7 @@ def cmd_next(args: argparse.Namespace) -> int:
     from . import schedule
     from .errors import NotFoundError
     from .jobfile import load_folder
+    from .text import quote
 
     result = load_folder(Path(args.jobs))
     job = result.jobs.get(args.name)
@@ -278,7 +317,7 @@ def cmd_next(args: argparse.Namespace) -> int:
         job_file = str(Path(args.jobs) / f"{args.name}.toml")
         problems = [e.format() for e in result.errors if e.path == job_file]
         raise NotFoundError(
-            f"no valid job named {args.name!r}" + (": " + "; ".join(problems) if problems else "")
+            f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else "")
         )
     fires = schedule.preview(job, datetime.now(UTC), args.n)
     if args.json:
@@ -622,7 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except VigilError as exc:
-        print(f"vigil: {exc}", file=sys.stderr)
+        from .text import escape
+
+        print(f"vigil: {escape(str(exc))}", file=sys.stderr)  # one line, whatever user text it carries
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from engine.text import describe, quote
+
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -14,13 +16,13 @@ def parse_duration(value: object) -> float:
     Raises ValueError with a reason fit for an operator.
     """
     if isinstance(value, bool):
-        raise ValueError(f'expected a duration such as "30s" or "5m", got {value!r}')
+        raise ValueError(f'expected a duration such as "30s" or "5m", got {describe(value)}')
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value}")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f'expected a duration such as "30s" or "5m", got {value!r}')
+        raise ValueError(f'expected a duration such as "30s" or "5m", got {describe(value)}')
     text = value.strip().lower().replace(" ", "")
     if not text:
         raise ValueError("empty duration")
@@ -33,6 +35,6 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if pos != len(text):
         raise ValueError(
-            f'bad duration {value!r}: use a number with a unit ms, s, m, h, d or w, e.g. "90s" or "1h30m"'
+            f'bad duration {quote(value)}: use a number with a unit ms, s, m, h, d or w, e.g. "90s" or "1h30m"'
         )
     return total

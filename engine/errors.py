@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.text import escape
+
 
 class VigilError(Exception):
     """Root of every error Vigil raises on purpose."""
@@ -35,8 +37,9 @@ class ConfigError(VigilError):
         super().__init__(self.format())
 
     def format(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line is not None else self.path
-        return f"{where}: {self.key}: {self.reason}"
+        """`PATH:LINE: KEY: reason`, every part escaped: each may carry text from a job file."""
+        where = f"{escape(self.path)}:{self.line}" if self.line is not None else escape(self.path)
+        return f"{where}: {escape(self.key)}: {escape(self.reason)}"
 
 
 class StoreError(VigilError):

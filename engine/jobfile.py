@@ -9,16 +9,17 @@ edit that breaks a job leaves its last valid version active.
 from __future__ import annotations
 
 import difflib
+import errno
 import math
 import os
 import re
+import stat
 import time
 import tomllib
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from datetime import time as dt_time
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from engine.durations import parse_duration
 from engine.errors import ConfigError
 from engine.model import AgentSpec, Catchup, JobSpec, Overlap, PoolSpec, Settings
 from engine.schedule import validate_cron
+from engine.text import describe, quote, show
 
 __all__ = [
     "FOLDER_FILE",
@@ -98,7 +100,22 @@ _CRON_RANGES = {
     "month": "1-12 or JAN-DEC",
     "day-of-week": "0-7 or SUN-SAT",
 }
-_MAX_DURATION = 36500 * 86400.0
+_MAX_DURATION = 36500 * 86400.0  #: 100 years, inclusive: `36500d` is the longest duration accepted
+#: `at` is kept in a range where adding any duration (at most 100 years) stays a valid datetime
+_AT_FIRST_YEAR, _AT_LAST_YEAR = 1970, 9899
+_SQLITE_INT_MAX = 2**63 - 1  #: the largest integer a SQLite column holds
+#: `every` below this starts a process many times a second: far more than a scheduler with a ledger
+#: row and a shim per run is for (a cron field has a resolution of 1 s, too).
+EVERY_FLOOR = (1.0, "1s", "an interval shorter than a second is not supported")
+MAX_RETRIES = 100
+#: A command and a job's environment are each capped well below the kernel's limits (a single
+#: argument or variable may be at most 128 KiB, all of them together about 2 MiB: beyond, exec fails
+#: with E2BIG at run time); these caps make the failure a validation error instead.
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ENV_BYTES = 64 * 1024
+_MAX_LOG_CAP = 1024**4  #: 1 TB
+_HEARTBEAT_FLOOR = (0.01, "10ms", "a shorter interval would keep a core busy with heartbeats")
+_AGENT_POLL_FLOOR = (0.1, "100ms", "a shorter interval would flood the agents with polls")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -312,6 +329,10 @@ class _SourceFile:
             self.data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             self.syntax_error = _syntax_error(self.path, text, str(exc))
+        except ValueError:  # tomllib's int() of a number with thousands of digits
+            self.syntax_error = ConfigError(self.path, "syntax", "invalid TOML: a number has too many digits")
+        except RecursionError:
+            self.syntax_error = ConfigError(self.path, "syntax", "invalid TOML: arrays or tables nested too deeply")
 
     def line(self, path: tuple[str, ...]) -> int | None:
         """Line of a key path in this file; the index is built only when an error needs it."""
@@ -336,12 +357,95 @@ def _syntax_error(path: Path, text: str, message: str) -> ConfigError:
     return ConfigError(path, "syntax", f"invalid TOML: {message}")
 
 
-def _read(abs_path: str) -> bytes | OSError:
+#: A job file or vigil.toml larger than this is refused (bigger than any real one, by far; it also
+#: bounds what is read from a file that never ends, such as one under /proc).
+MAX_FILE_BYTES = 1024 * 1024
+_FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe, FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFLNK: "a symlink",
+}
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this mode is not read (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    return f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'unknown type')}): only regular files are read"
+
+
+@lru_cache(maxsize=1)
+def _pseudo_devices() -> frozenset[int]:
+    devices = set()
+    for mount in ("/proc", "/sys"):
+        try:
+            devices.add(os.stat(mount).st_dev)
+        except OSError:
+            pass
+    return frozenset(devices)
+
+
+def _pseudo_file(device: int) -> str | None:
+    """Kernel files look regular but may block, never end, or be consumed by a read (/proc/kmsg)."""
+    if device in _pseudo_devices():
+        return "a kernel pseudo-file (under /proc or /sys): only ordinary files are read"
+    return None
+
+
+def _link_problem(path: str, exc: OSError) -> str:
+    """Why a `*.toml` symlink cannot be read, for its error line."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop: following the link leads back to a link (too many levels)"
+    if isinstance(exc, FileNotFoundError):
+        try:
+            target = quote(os.readlink(path), whole=True)
+        except OSError:
+            target = "its target"
+        return f"dangling symlink: {target} does not exist"
+    return f"cannot follow symlink: {exc.strerror or exc}"
+
+
+def _read(abs_path: str, *, follow: bool = True) -> bytes | OSError:
+    """A file's bytes, refusing anything but a regular file before a single byte is read.
+
+    It is stat()ed before it is opened (opening a device can have effects, a FIFO can block forever),
+    opened non-blocking (a procfs file such as /proc/kmsg is "regular" but would block a read) and,
+    unless it is a symlink the folder walk already resolved, without following symlinks, then
+    checked again on the open descriptor in case it was replaced in between.
+    """
     try:
-        with open(abs_path, "rb") as handle:
-            return handle.read()
+        st = os.stat(abs_path, follow_symlinks=follow)
+        problem = _not_regular(st.st_mode) or _pseudo_file(st.st_dev)
+        if problem:
+            return OSError(errno.EINVAL, problem)
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        fd = os.open(abs_path, flags)
+        try:
+            problem = _not_regular(os.fstat(fd).st_mode)
+            if problem:
+                return OSError(errno.EINVAL, problem)
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_FILE_BYTES:
+                chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except BlockingIOError:
+        return OSError(errno.EAGAIN, "the file blocks when read (not an ordinary file)")
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            return OSError(errno.ELOOP, "it became a symlink while being read")
         return exc
+    if size > MAX_FILE_BYTES:
+        return OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // 1024} KiB: not a job file")
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -370,30 +474,8 @@ class _Value:
     source: _SourceFile
 
 
-def _type_name(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, datetime):
-        return "datetime"
-    if isinstance(value, date):
-        return "date"
-    if isinstance(value, dt_time):
-        return "time"
-    return type(value).__name__
-
-
 def _expected(what: str, value: object) -> _Bad:
-    return _Bad(f"expected {what}, got {_type_name(value)} {value!r}")
+    return _Bad(f"expected {what}, got {describe(value)}")
 
 
 def _as_string(value: object, *, allow_empty: bool = True) -> str:
@@ -410,16 +492,20 @@ def _as_bool(value: object) -> bool:
     return value
 
 
-def _as_int(value: object, minimum: int) -> int:
+def _as_int(value: object, minimum: int, maximum: int = _SQLITE_INT_MAX) -> int:
+    """An integer within bounds; by default it must at least fit the database (a 64-bit integer)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise _expected("an integer", value)
     if value < minimum:
-        raise _Bad(f"must be at least {minimum}, got {value}")
+        raise _Bad(f"must be at least {minimum}, got {show(value)}")
+    if value > maximum:
+        raise _Bad(f"must be at most {maximum}, got {show(value)}")
     return value
 
 
-def _as_duration(value: object, *, positive: bool) -> float:
-    """Seconds; `positive` rejects zero where a zero would make no sense (intervals, timeouts)."""
+def _as_duration(value: object, *, positive: bool, floor: tuple[float, str, str] | None = None) -> float:
+    """Seconds; `positive` rejects zero where a zero would make no sense (intervals, timeouts);
+    `floor` is (seconds, as written, why) for keys where a tiny value would spin a loop."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise _expected('a duration such as "30s" or "5m" (or a number of seconds)', value)
     try:
@@ -427,13 +513,15 @@ def _as_duration(value: object, *, positive: bool) -> float:
     except ValueError as exc:
         raise _Bad(str(exc)) from None
     if not math.isfinite(seconds):
-        raise _Bad(f"duration must be finite, got {value!r}")
+        raise _Bad(f"duration must be finite, got {show(value)}")
     if positive and seconds <= 0:
-        raise _Bad(f"must be greater than zero, got {value!r}")
-    if positive and seconds < 1e-6:  # `every` fires on whole microseconds
-        raise _Bad(f"must be at least 1 microsecond, got {value!r}")
+        raise _Bad(f"must be greater than zero, got {show(value)}")
+    if floor is not None and seconds < floor[0]:
+        raise _Bad(f"must be at least {floor[1]} ({floor[2]}), got {show(value)}")
+    if positive and seconds < 1e-6:  # fire times and deadlines are whole microseconds
+        raise _Bad(f"must be at least 1 microsecond, got {show(value)}")
     if seconds > _MAX_DURATION:  # past this, fire times and deadlines overflow datetime
-        raise _Bad(f"must be at most 100 years (36500d), got {value!r}")
+        raise _Bad(f"must be at most 100 years (36500d), got {show(value)}")
     return seconds
 
 
@@ -441,7 +529,7 @@ def _as_choice(value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str):
         raise _expected("a string, one of " + ", ".join(choices), value)
     if value not in choices:
-        raise _Bad(f"expected one of {', '.join(choices)}, got {value!r}")
+        raise _Bad(f"expected one of {', '.join(choices)}, got {show(value)}")
     return value
 
 
@@ -451,7 +539,7 @@ def _as_string_list(value: object, what: str) -> list[str]:
     problems: list[tuple[tuple[str, ...], str]] = []
     for number, item in enumerate(value, start=1):
         if not isinstance(item, str):
-            problems.append(((), f"item {number}: expected a string, got {_type_name(item)} {item!r}"))
+            problems.append(((), f"item {number}: expected a string, got {describe(item)}"))
         elif not item.strip():
             problems.append(((), f"item {number}: must not be empty"))
     if problems:
@@ -466,7 +554,7 @@ def _cron_problem(expr: str) -> str | None:
     if len(fields) not in (5, 6):
         return (
             f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, "
-            f"got {len(fields)} in {expr!r}"
+            f"got {len(fields)} in {quote(expr)}"
         )
     try:
         # The scheduler's own parser decides (it is what fires the job, and it is fast); croniter
@@ -474,7 +562,7 @@ def _cron_problem(expr: str) -> str | None:
         validate_cron(expr)
         return None
     except ValueError as exc:
-        reason = str(exc).removeprefix(f"cron {expr!r}: ")
+        reason = str(exc).removeprefix(f"cron {quote(expr)}: ")
     seconds_first = len(fields) == 6
     names = _CRON_FIELDS_6 if seconds_first else _CRON_FIELDS_5
     for index, (name, text) in enumerate(zip(names, fields, strict=True)):
@@ -484,12 +572,12 @@ def _cron_problem(expr: str) -> str | None:
             croniter(" ".join(probe), second_at_beginning=seconds_first)
         except Exception as exc:  # croniter raises several unrelated types for bad input
             detail = str(exc).split("]")[-1].replace("is not acceptable", "").strip(" ,") or "not understood"
-            return f"{name} field {text!r} is invalid ({detail}; allowed {_CRON_RANGES[name]})"
+            return f"{name} field {quote(text)} is invalid ({detail}; allowed {_CRON_RANGES[name]})"
     try:
         croniter(" ".join(fields), datetime(2000, 1, 1), second_at_beginning=seconds_first).get_next(datetime)
     except Exception as exc:
         if "find next date" in str(exc):
-            return f"{expr!r} never fires (no date matches its day and month fields)"
+            return f"{quote(expr)} never fires (no date matches its day and month fields)"
     return reason  # e.g. `R`, `15W`, `5-1`: croniter accepts them, the scheduler does not
 
 
@@ -512,7 +600,7 @@ def _zone(name: str) -> ZoneInfo | None:
 def _as_timezone(value: object) -> str:
     name = _as_string(value, allow_empty=False).strip()
     if _zone(name) is None:
-        raise _Bad(f'unknown time zone {name!r}: use an IANA name such as "Europe/Berlin" or "UTC"')
+        raise _Bad(f'unknown time zone {quote(name)}: use an IANA name such as "Europe/Berlin" or "UTC"')
     return name
 
 
@@ -524,15 +612,33 @@ def _as_at(value: object) -> datetime:
     if isinstance(value, str):
         text = value.strip()
         if "T" not in text.upper() and " " not in text:
-            raise _Bad(f"expected {hint}, got {value!r} (a time of day is required)")
+            raise _Bad(f"expected {hint}, got {show(value)} (a time of day is required)")
         try:
             return datetime.fromisoformat(text)
         except ValueError:
-            raise _Bad(f"expected {hint}, got {value!r}") from None
+            raise _Bad(f"expected {hint}, got {show(value)}") from None
     raise _expected(hint, value)
 
 
 _NUL = "must not contain a NUL character (\\u0000): a process cannot be started with one"
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1024:.0f} KiB" if size >= 10240 else f"{size} bytes"
+
+
+def _command_bytes(command: str | list[str]) -> int:
+    """Bytes the command takes in the argument list: /bin/sh -c's one string, or each item + NUL."""
+    if isinstance(command, str):
+        return len(command.encode("utf-8", "surrogatepass"))
+    return sum(len(item.encode("utf-8", "surrogatepass")) + 1 for item in command)
+
+
+def _too_long_command(size: int) -> _Bad:
+    return _Bad(
+        f"is {_size_text(size)} long; at most {MAX_COMMAND_BYTES // 1024} KiB is allowed "
+        "(put a long script in a file and run that)"
+    )
 
 
 def _as_command(value: object) -> str | tuple[str, ...]:
@@ -541,6 +647,8 @@ def _as_command(value: object) -> str | tuple[str, ...]:
             raise _Bad("must not be empty")
         if "\0" in value:
             raise _Bad(_NUL)
+        if (size := _command_bytes(value)) > MAX_COMMAND_BYTES:
+            raise _too_long_command(size)
         return value
     if isinstance(value, list):
         if not value:
@@ -548,13 +656,15 @@ def _as_command(value: object) -> str | tuple[str, ...]:
         problems: list[tuple[tuple[str, ...], str]] = []
         for number, item in enumerate(value, start=1):
             if not isinstance(item, str):
-                problems.append(((), f"item {number}: expected a string, got {_type_name(item)} {item!r}"))
+                problems.append(((), f"item {number}: expected a string, got {describe(item)}"))
             elif "\0" in item:
                 problems.append(((), f"item {number}: {_NUL}"))
         if problems:
             raise _Bad.many(problems)
         if not value[0].strip():
             raise _Bad("item 1 (the program to run) must not be empty")
+        if (size := _command_bytes(value)) > MAX_COMMAND_BYTES:
+            raise _too_long_command(size)
         return tuple(value)
     raise _expected("a string (run by /bin/sh -c) or an array of strings (exec'd directly)", value)
 
@@ -564,7 +674,7 @@ def _as_after(value: object) -> tuple[str, ...]:
     problems: list[tuple[tuple[str, ...], str]] = []
     for name in names:
         if name.startswith(("/", "./", "../")) or name.endswith(".toml"):
-            problems.append(((), f'{name!r}: use the job\'s full name under the folder, e.g. "etl/extract"'))
+            problems.append(((), f'{quote(name)}: use the job\'s full name under the folder, e.g. "etl/extract"'))
     if problems:
         raise _Bad.many(problems)
     return tuple(names)
@@ -578,12 +688,23 @@ def _as_env(value: object) -> dict[str, str]:
         if not name or "=" in name or "\0" in name:
             problems.append(((name,), "not a valid environment variable name"))
         elif not isinstance(item, str):
-            problems.append(((name,), f"expected a string, got {_type_name(item)} {item!r}"))
+            problems.append(((name,), f"expected a string, got {describe(item)}"))
         elif "\0" in item:
             problems.append(((name,), _NUL))
     if problems:
         raise _Bad.many(problems)
+    if (size := _env_bytes(value)) > MAX_ENV_BYTES:
+        raise _too_large_env(size)
     return dict(value)
+
+
+def _env_bytes(env: Mapping[str, str]) -> int:
+    """Bytes the variables take in the environment block: `NAME=value` and a NUL each."""
+    return sum(len(f"{name}={item}".encode("utf-8", "surrogatepass")) + 1 for name, item in env.items())
+
+
+def _too_large_env(size: int, where: str = "") -> _Bad:
+    return _Bad(f"is {_size_text(size)} in total{where}; at most {MAX_ENV_BYTES // 1024} KiB is allowed")
 
 
 def _resolve_path(value: str, base: str) -> str:
@@ -602,7 +723,9 @@ def _validate_keys(
                 value: Any = _as_command(raw)
             elif key == "cron":
                 value = _as_cron(raw)
-            elif key in ("every", "timeout"):
+            elif key == "every":
+                value = _as_duration(raw, positive=True, floor=EVERY_FLOOR)
+            elif key == "timeout":
                 value = _as_duration(raw, positive=True)
             elif key in ("retry_delay", "catchup_window"):
                 value = _as_duration(raw, positive=False)
@@ -613,7 +736,7 @@ def _validate_keys(
             elif key == "after":
                 value = _as_after(raw)
             elif key == "retries":
-                value = _as_int(raw, 0)
+                value = _as_int(raw, 0, MAX_RETRIES)
             elif key == "overlap":
                 value = Overlap(_as_choice(raw, tuple(Overlap)))
             elif key == "max_queued":
@@ -648,7 +771,7 @@ def _validate_keys(
 
 def _unknown_key_reason(key: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
-    return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return "unknown key" + (f" (did you mean {quote(close[0])}?)" if close else "")
 
 
 def _merge(layers: Iterable[dict[str, _Value]]) -> dict[str, _Value]:
@@ -675,6 +798,13 @@ def _build_spec(
         problem = targets.problem(agent.value)
         if problem:
             errors.append(source.error(("agent",), problem))
+    env = merged.get("env")
+    if env is not None and (size := _env_bytes(env.value)) > MAX_ENV_BYTES:
+        # Each file's own table is within the cap; only their merge is too large.
+        reason = str(_too_large_env(size, " with the env of the _folder.toml files above"))
+        errors.append(
+            source.error(("env",), reason) if "env" in (source.data or {}) else ConfigError(source.path, "env", reason)
+        )
     if errors:
         return None, errors
     values = {key: value.value for key, value in merged.items()}
@@ -682,6 +812,15 @@ def _build_spec(
     at = values.get("at")
     if at is not None and at.tzinfo is None:
         at = at.replace(tzinfo=_zone(zone_name))
+    if at is not None:
+        try:
+            year = at.astimezone(UTC).year
+        except OverflowError:  # 9999-12-31T23:00 in New York is past datetime's last year in UTC
+            year = 0
+        if not _AT_FIRST_YEAR <= year <= _AT_LAST_YEAR:
+            where = merged["at"].source
+            error = where.error(("at",), f"must be between the years {_AT_FIRST_YEAR} and {_AT_LAST_YEAR} (UTC)")
+            return None, [error]
     spec = JobSpec(
         name=name,
         path=str(source.path),
@@ -723,10 +862,10 @@ class _AgentTargets:
         if name in self.valid:
             return None
         if name in self.invalid:
-            return f"agent or pool {name!r} is declared in {SETTINGS_FILE} but its definition is invalid"
+            return f"agent or pool {quote(name)} is declared in {SETTINGS_FILE} but its definition is invalid"
         known = ", ".join(sorted(self.valid)) or "none declared"
         return (
-            f"unknown agent or pool {name!r} (declare [agents.{name}] or [pools.{name}] in {SETTINGS_FILE};"
+            f"unknown agent or pool {quote(name)} (declare [agents.{name}] or [pools.{name}] in {SETTINGS_FILE};"
             f" known: {known})"
         )
 
@@ -742,11 +881,14 @@ def _as_size(value: object) -> int:
     else:
         match = _SIZE.fullmatch(value.strip())
         if match is None:
-            raise _Bad(f'bad size {value!r}: use bytes or a number with KB, MB or GB, e.g. "512KB" or "1MB"')
+            raise _Bad(f'bad size {show(value)}: use bytes or a number with KB, MB or GB, e.g. "512KB" or "1MB"')
         unit = (match.group(2) or "b").lower()[0]
-        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        scaled = float(match.group(1)) * _SIZE_UNITS[unit]
+        size = int(scaled) if scaled <= _MAX_LOG_CAP else _MAX_LOG_CAP + 1  # also inf, from many digits
     if size < 1:
-        raise _Bad(f"must be at least 1 byte, got {value!r}")
+        raise _Bad(f"must be at least 1 byte, got {show(value)}")
+    if size > _MAX_LOG_CAP:
+        raise _Bad(f"must be at most 1024GB, got {show(value)}")
     return size
 
 
@@ -774,21 +916,25 @@ def _parse_settings(
         elif not isinstance(raw, dict):
             bad(
                 (key,),
-                f"expected a table [{key}{'' if key == 'scheduler' else '.NAME'}], got {_type_name(raw)}",
+                f"expected a table [{key}{'' if key == 'scheduler' else '.NAME'}], got {describe(raw)}",
             )
 
     section = data.get("scheduler")
     if isinstance(section, dict):
         for key, raw in section.items():
             try:
-                if key in ("retention", "heartbeat_interval", "heartbeat_timeout", "agent_poll_interval"):
+                if key in ("retention", "heartbeat_timeout"):
                     scheduler[key] = _as_duration(raw, positive=True)
+                elif key == "heartbeat_interval":
+                    scheduler[key] = _as_duration(raw, positive=True, floor=_HEARTBEAT_FLOOR)
+                elif key == "agent_poll_interval":
+                    scheduler[key] = _as_duration(raw, positive=True, floor=_AGENT_POLL_FLOOR)
                 elif key in ("kill_grace", "agent_wait_limit"):
                     scheduler[key] = _as_duration(raw, positive=False)
                 elif key == "log_cap":
                     scheduler[key] = _as_size(raw)
                 elif key == "max_missed_rows":
-                    scheduler[key] = _as_int(raw, 1)
+                    scheduler[key] = _as_int(raw, 1, 1_000_000)
                 else:
                     bad(("scheduler", key), _unknown_key_reason(key, SCHEDULER_KEYS))
             except _Bad as problem:
@@ -824,7 +970,7 @@ def _parse_settings(
     for name in sorted(set(pools) & set(agents)):
         bad(
             ("pools", name),
-            f"a pool cannot have the same name as agent {name!r} (`agent =` would be ambiguous)",
+            f"a pool cannot have the same name as agent {quote(name)} (`agent =` would be ambiguous)",
         )
         del pools[name]
         invalid.add(name)
@@ -840,7 +986,7 @@ def _parse_settings(
 def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> AgentSpec | None:
     where = ("agents", name)
     if not isinstance(table, dict):
-        bad(where, f"expected a table [agents.{name}] with a url, got {_type_name(table)}")
+        bad(where, f"expected a table [agents.{name}] with a url, got {describe(table)}")
         return None
     ok = True
     if not _NAME_SEGMENT.fullmatch(name):
@@ -852,7 +998,7 @@ def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> Agent
             bad((*where, key), _unknown_key_reason(key, AGENT_KEYS))
             ok = False
         elif not isinstance(raw, str) or not raw.strip():
-            bad((*where, key), f"expected a non-empty string, got {_type_name(raw)} {raw!r}")
+            bad((*where, key), f"expected a non-empty string, got {describe(raw)}")
             ok = False
         else:
             fields[key] = raw.strip()
@@ -863,7 +1009,7 @@ def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> Agent
     elif url is not None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            bad((*where, "url"), f"expected an http:// or https:// URL with a host, got {url!r}")
+            bad((*where, "url"), f"expected an http:// or https:// URL with a host, got {quote(url)}")
             ok = False
         elif parts.scheme == "http":
             for key in ("tls_ca", "tls_cert", "tls_key"):
@@ -884,7 +1030,7 @@ def _parse_pool(
 ) -> PoolSpec | None:
     where = ("pools", name)
     if not isinstance(table, dict):
-        bad(where, f"expected a table [pools.{name}] with agents = [...], got {_type_name(table)}")
+        bad(where, f"expected a table [pools.{name}] with agents = [...], got {describe(table)}")
         return None
     ok = True
     for key in table:
@@ -913,7 +1059,7 @@ def _parse_pool(
             return None
         for member in members:
             if member not in declared:
-                bad((*where, "agents"), f"unknown agent {member!r} (declare it as [agents.{member}])")
+                bad((*where, "agents"), f"unknown agent {quote(member)} (declare it as [agents.{member}])")
                 ok = False
             elif member not in agents:
                 ok = False  # declared but invalid: already reported there
@@ -1127,12 +1273,28 @@ class JobFolder:
                         continue
                     try:
                         if name.endswith(".toml"):
-                            if not entry.is_file():
-                                continue
-                            st = entry.stat()
                             rel = prefix + name
+                            link = entry.is_symlink()
+                            if link:
+                                try:
+                                    st = os.stat(entry.path)
+                                except OSError as exc:
+                                    walk.errors.append(
+                                        ConfigError(self.root / rel, "file", _link_problem(entry.path, exc))
+                                    )
+                                    continue
+                            else:
+                                st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISDIR(st.st_mode):
+                                if not link:  # a folder named *.toml is a folder; symlinked ones are not followed
+                                    stack.append((entry.path, rel + "/"))
+                                continue
+                            problem = _not_regular(st.st_mode)
+                            if problem:  # a FIFO or a device is never opened: it could block or have effects
+                                walk.errors.append(ConfigError(self.root / rel, "file", problem))
+                                continue
                             seen.append(rel)
-                            if entry.is_symlink():
+                            if link:
                                 walk.links.append((rel, entry.path))
                             stat_key = (st.st_mtime_ns, st.st_size, st.st_ino)
                             old = known.get(rel)
@@ -1154,9 +1316,10 @@ class JobFolder:
                 del files[rel]
                 dirty = True
         now = time.time_ns()
+        linked = {rel for rel, _path in walk.links}
         for rel, abs_path, stat_key in walk.stale:
             old = files.get(rel)
-            raw = _read(abs_path)
+            raw = _read(abs_path, follow=rel in linked)
             read_error = None
             if isinstance(raw, FileNotFoundError):
                 if files.pop(rel, None) is not None:
@@ -1241,7 +1404,7 @@ class JobFolder:
             missing = [up for up in spec.after if up not in job_sources]
             if missing and after_source is job_sources[name]:
                 for up in missing:
-                    report(after_source.error(("after",), f"job {up!r} does not exist"))
+                    report(after_source.error(("after",), f"job {quote(up)} does not exist"))
                 del candidates[name]
 
         # cycles, on the graph the scheduler would actually use (candidates, else last valid versions)
@@ -1303,7 +1466,7 @@ class JobFolder:
         after = values.get("after")
         if after is not None:
             errors.extend(
-                source.error(("after",), f"job {up!r} does not exist") for up in after.value if up not in jobs
+                source.error(("after",), f"job {quote(up)} does not exist") for up in after.value if up not in jobs
             )
         return errors
 
@@ -1334,7 +1497,7 @@ class JobFolder:
                 ConfigError(
                     source.path,
                     "name",
-                    f"{name!r}: file and folder names {_NAME_RULE}",
+                    f"{quote(name)}: file and folder names {_NAME_RULE}",
                 )
             )
         layers = [self._own_values(folder)[0] for folder in chain if folder.syntax_error is None]

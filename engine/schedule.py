@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.errors import ScheduleError
 from engine.model import Catchup, JobSpec, Overlap, format_duration
+from engine.text import describe, quote
 
 __all__ = [
     "AtTrigger",
@@ -98,13 +99,13 @@ def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
-        raise ValueError(f"unknown time zone {name!r}") from None
+        raise ValueError(f"unknown time zone {quote(name)}") from None
 
 
 def validate_timezone(name: str) -> None:
     """Reject a zone name zoneinfo cannot load, with a message fit for an operator."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"unknown time zone {name!r}")
+        raise ValueError(f"unknown time zone {quote(str(name))}")
     _zone(name)
 
 
@@ -221,9 +222,9 @@ def _field_value(index: int, token: str, text: str) -> int:
     elif token in names:
         value = names[token]
     else:
-        raise ValueError(f"{name} field {text!r}: unknown value {token!r}")
+        raise ValueError(f"{name} field {quote(text)}: unknown value {quote(token)}")
     if not lo <= value <= hi:
-        raise ValueError(f"{name} field {text!r}: {value} is out of range {lo}-{hi}")
+        raise ValueError(f"{name} field {quote(text)}: {value} is out of range {lo}-{hi}")
     return value
 
 
@@ -239,10 +240,10 @@ def _parse_field(index: int, text: str) -> _ParsedField:
     nth: list[tuple[int, int]] = []
     for item in low.split(","):
         if not item:
-            raise ValueError(f"{name} field {text!r}: empty list item")
+            raise ValueError(f"{name} field {quote(text)}: empty list item")
         if _UNSUPPORTED.match(item):
             raise ValueError(
-                f"{name} field {text!r}: hashed (H), random (R) and nearest-weekday (W) values "
+                f"{name} field {quote(text)}: hashed (H), random (R) and nearest-weekday (W) values "
                 "are not supported"
             )
         if index == _DOM and item == "l":
@@ -253,7 +254,7 @@ def _parse_field(index: int, text: str) -> _ParsedField:
             if m.re is _NTH:
                 k = int(m.group(2))
                 if not 1 <= k <= 5:
-                    raise ValueError(f"{name} field {text!r}: the week number after '#' must be 1-5")
+                    raise ValueError(f"{name} field {quote(text)}: the week number after '#' must be 1-5")
             else:
                 k = -1
             nth.append((weekday, k))
@@ -262,15 +263,22 @@ def _parse_field(index: int, text: str) -> _ParsedField:
         step = 1
         if slash:
             if not step_text.isdigit() or int(step_text) < 1:
-                raise ValueError(f"{name} field {text!r}: step {step_text!r} must be a whole number >= 1")
+                raise ValueError(f"{name} field {quote(text)}: step {quote(step_text)} must be a whole number >= 1")
             step = int(step_text)
+            span = 7 if index == _DOW else hi - lo + 1  # 0 and 7 are both Sunday
+            if step > span:
+                # `*/61` would silently mean "at minute 0", i.e. hourly: never what was written.
+                raise ValueError(
+                    f"{name} field {quote(text)}: step {step} is larger than the field's range "
+                    f"({lo}-{hi if index != _DOW else 6}: at most /{span})"
+                )
         if base == "*":
             first, last = lo, hi
         elif "-" in base:
             a, _, b = base.partition("-")
             first, last = _field_value(index, a, text), _field_value(index, b, text)
             if first > last:
-                raise ValueError(f"{name} field {text!r}: range {base!r} runs backwards")
+                raise ValueError(f"{name} field {quote(text)}: range {quote(base)} runs backwards")
         else:
             first = _field_value(index, base, text)
             last = hi if slash else first
@@ -355,7 +363,7 @@ class _CronSpec:
 def _parse_cron(expr: str) -> _CronSpec:
     """Parse once per distinct expression; fields are cached separately, so staggered times stay cheap."""
     if not isinstance(expr, str):
-        raise ValueError(f"cron expression must be a string, got {expr!r}")
+        raise ValueError(f"cron expression must be a string, got {describe(expr)}")
     text = expr.strip()
     if not text:
         raise ValueError("empty cron expression")
@@ -394,7 +402,7 @@ def validate_cron(expr: str, timezone: str = "UTC") -> None:
     try:
         _parse_cron(expr)
     except ValueError as exc:
-        raise ValueError(f"cron {expr!r}: {exc}") from None
+        raise ValueError(f"cron {quote(expr)}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------- triggers
@@ -551,7 +559,7 @@ def trigger_for(job: JobSpec) -> Trigger | None:
             triggers.append(AtTrigger(job.at))
     except ValueError as exc:
         # The loader validates job files, so reaching here means a spec was built around it.
-        raise ScheduleError(f"job {job.name!r}: {exc}") from exc
+        raise ScheduleError(f"job {quote(job.name)}: {exc}") from exc
     if not triggers:
         return None
     return triggers[0] if len(triggers) == 1 else CombinedTrigger(triggers)

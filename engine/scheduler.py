@@ -39,6 +39,7 @@ from .jobfile import JobFolder, ScanResult
 from .ledger import Ledger
 from .model import JobSpec, Overlap, RunState, Settings
 from .reconcile import Action, decide
+from .text import show
 
 log = logging.getLogger("vigil.scheduler")
 
@@ -1287,7 +1288,7 @@ class Scheduler:
             name = str(args.get("job"))
             job = self.jobs.get(name)
             if job is None:
-                raise NotFoundError(f"no job named {name!r}")
+                raise NotFoundError(f"no job named {show(name)}")
             if op == "run":
                 info = self._fire(
                     batch,
@@ -1325,13 +1326,13 @@ class Scheduler:
             return {"run_id": run_id}
         if op == "status":
             return {"status": self.status()}
-        raise VigilError(f"unknown command {op!r}")
+        raise VigilError(f"unknown command {show(op)}")
 
     def _rerun(self, run_id: int, args: dict[str, Any], now: datetime, batch: Batch) -> dict[str, Any]:
         job_name = args.get("job")
         job = self.jobs.get(str(job_name)) if job_name else None
         if job is None:
-            raise NotFoundError(f"run {run_id}'s job {job_name!r} is not loaded")
+            raise NotFoundError(f"run {run_id}'s job {show(job_name)} is not loaded")
         info = self._fire(
             batch,
             job,
@@ -1358,7 +1359,7 @@ def _run_id(args: dict[str, Any]) -> int:
     # one beyond SQLite's integers would fail in the ledger.
     run_id = as_row_id(args.get("run_id"))
     if run_id is None:
-        raise NotFoundError(f"no run with id {args.get('run_id')!r}")
+        raise NotFoundError(f"no run with id {show(args.get('run_id'))}")
     return run_id
 
 

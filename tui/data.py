@@ -206,6 +206,7 @@ class Snapshot:
     audit: tuple[AuditRecord, ...] = ()
     read_ms: float = 0.0
     error: str | None = None  #: a read failed; the rest of the snapshot is the last good data
+    ever_read: bool = True  #: False until one read of the state has succeeded: there is no good data
 
 
 # ---------------------------------------------------------------- per-job history cache
@@ -421,6 +422,7 @@ class StateSource:
                     failovers=previous.failovers if previous else (),
                     audit=previous.audit if previous else (),
                     error=f"read failed: {exc}",
+                    ever_read=previous.ever_read if previous else False,
                 )
                 self._last = snap
                 return snap
@@ -542,6 +544,27 @@ class StateSource:
                 return []
             rows = self._reader().runs(job=job, state=state, limit=limit, before_id=before_id)
             return [RunRecord.from_row(r) for r in rows]
+
+        return await self._in_pool(read)
+
+    async def runs_window(
+        self,
+        *,
+        job: str | None = None,
+        state: str | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+        count_base: tuple[int, int] | None = None,
+    ) -> tuple[list[RunRecord], int, int, tuple[int, int] | None]:
+        """(page, runs newer than it, total, count base): page and numbers from one instant."""
+
+        def read() -> tuple[list[RunRecord], int, int, tuple[int, int] | None]:
+            if not self.paths.db.exists():
+                return [], 0, 0, None
+            window = self._reader().runs_window(
+                job=job, state=state, limit=limit, before_id=before_id, count_base=count_base
+            )
+            return [RunRecord.from_row(r) for r in window.runs], window.newer, window.total, window.count_base
 
         return await self._in_pool(read)
 

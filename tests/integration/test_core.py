@@ -420,3 +420,33 @@ async def test_a_job_added_while_the_loop_fires_it_reaches_the_catalog(state_dir
     finally:
         await scheduler.ledger.close()
     assert [(r["name"], r["next_fire"]) for r in catalog] == [("new", "2026-11-29T03:00:03.000000+00:00")]
+
+
+def test_jobs_lists_a_broken_job_whose_last_valid_version_still_runs(start_up, state_dir: Path, jobs_dir: Path) -> None:
+    """`vigil jobs` read only the files: a broken file's job vanished from it while it kept firing."""
+    write_job(jobs_dir, "steady", 'cron = "0 0 1 1 *"\ncommand = "true"\n')
+    write_job(jobs_dir, "never", 'command = "true"\nevery = "fast"\n')
+    write_job(jobs_dir, "evil", 'command = "true"\n"k\\u001b[2J" = 1\n')  # an ESC in a key name
+    up = start_up()
+    up.wait_active()
+    wait_for(lambda: "steady" in {j["name"] for j in vigil_json(state_dir, "jobs", jobs=jobs_dir)}, 5)
+    write_job(jobs_dir, "steady", 'cron = "0 0 1 1 *"\ncommand = "true"\nbogus = 1\n')
+
+    def broken_row() -> dict | None:
+        found = {j["name"]: j for j in vigil_json(state_dir, "jobs", jobs=jobs_dir)}
+        row = found.get("steady")
+        return row if row and row["status"].startswith("error") else None
+
+    row = wait_for(broken_row, 5, what="the broken job in `vigil jobs --json`")
+    assert row["status"] == "error: using last valid version"
+    assert "0 0 1 1 *" in row["schedule"]
+    assert row["next_fire"] is not None and row["next_fire"].startswith(f"{time.gmtime().tm_year + 1}-01-01")
+    assert "bogus: unknown key" in row["error"]
+    never = {j["name"]: j for j in vigil_json(state_dir, "jobs", jobs=jobs_dir)}["never"]
+    assert never["status"] == "error: not loaded" and never["next_fire"] is None and "every" in never["error"]
+    table = vigil(state_dir, "jobs", jobs=jobs_dir).stdout
+    line = next(line for line in table.splitlines() if line.startswith("steady"))
+    assert "error: using last valid version" in line and "0 0 1 1 *" in line
+    # the scheduler's log names the bad key with the control character escaped, never raw
+    wait_for(lambda: "k\\x1b[2J: unknown key" in up.output(), 5, what="the escaped key in the log")
+    assert "\x1b" not in up.output()

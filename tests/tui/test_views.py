@@ -18,6 +18,7 @@ from tui.screens.jobs import JobsScreen
 from tui.screens.modals import HelpScreen
 from tui.screens.run import LOG_MAX_LINES, LogView, RunScreen
 from tui.screens.runs import RunsScreen
+from tui.widgets.header import ViewBar
 
 
 async def open_runs(pilot: Pilot[Any], loaded: Callable[[RunsScreen], object], what: str) -> RunsScreen:
@@ -474,3 +475,133 @@ async def test_a_failed_read_does_not_leave_rows_stale(make_app, fixed_paths: St
         keys = list(screen.table.keys)
         assert keys.index("demo/overlap_skip") > keys.index("health/ping")  # re-sorted among the idle
         assert "· IDLE" in next(line for line in screen_text(app).splitlines() if "demo/overlap_skip" in line)
+
+
+async def test_a_dashboard_that_never_read_the_state_does_not_claim_a_good_read(
+    make_app, monkeypatch
+) -> None:
+    """Every read failing from the start once showed "last good read 0.0s ago"."""
+    import sqlite3
+
+    from engine.api import StateReader
+
+    def locked(self: StateReader) -> list[dict[str, object]]:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(StateReader, "jobs", locked)
+    app = make_app()
+    async with app.run_test(size=(120, 24)) as pilot:
+        await ready(pilot)
+        await app.refresh_now()
+        app.screen.show_header()
+        await pilot.pause()
+        text = screen_text(app)
+        assert "No successful read of the state yet" in text, text
+        assert "NO DATA yet" in text
+        assert "last good read" not in text and "0.0s ago" not in text and "updated" not in text
+        monkeypatch.undo()  # the state becomes readable: the usual freshness line comes back
+        await app.refresh_now()
+        app.screen.show_header()
+        await pilot.pause()
+        text = screen_text(app)
+        assert "No successful read" not in text and "updated" in text
+
+
+def _add_runs(paths: StatePaths, count: int, state: str = "succeeded") -> None:
+    from tests.tui.fixture_state import EPOCH
+
+    conn = connect(paths)
+    start = conn.execute("SELECT MAX(id) FROM runs").fetchone()[0]
+    for n in range(count):
+        conn.execute(
+            "INSERT INTO runs (id, job, scheduled_for, state, trigger, epoch, writer_epoch, created_at) "
+            "VALUES (?, 'health/ping', ?, ?, 'schedule', ?, ?, '2030-01-02T12:00:00+00:00')",
+            (start + n + 1, f"2030-01-02T12:00:{n:02d}.{start:06d}+00:00", state, EPOCH, EPOCH),
+        )
+    conn.close()
+
+
+def _run_count(paths: StatePaths) -> int:
+    conn = connect(paths)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _range_and_total(summary: str) -> tuple[int, int, int]:
+    import re
+
+    match = re.search(r"(\d[\d,]*)–(\d[\d,]*) of (\d[\d,]*)", summary)
+    assert match, summary
+    first, last, total = (int(group.replace(",", "")) for group in match.groups())
+    return first, last, total
+
+
+async def test_runs_header_range_and_total_agree_while_runs_arrive(make_app, fixed_paths: StatePaths) -> None:
+    """New runs between two full counts once showed "1–22 of 21"."""
+    app = make_app()
+    n = _run_count(fixed_paths)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        runs = await open_runs(pilot, lambda view: view.total == n, "the first count")
+        assert _range_and_total(runs.query_one(ViewBar).summary) == (1, n, n)
+        _add_runs(fixed_paths, 1)
+        await app.refresh_now()  # a refresh within 5 s of the full count
+        await until(pilot, lambda: len(runs.runs) == n + 1, what="the new run on screen")
+        assert _range_and_total(runs.query_one(ViewBar).summary) == (1, n + 1, n + 1)
+
+
+async def test_runs_header_on_an_older_page_counts_the_runs_that_arrived_since(
+    make_app, fixed_paths: StatePaths
+) -> None:
+    _add_runs(fixed_paths, 130 - _run_count(fixed_paths))  # 130 runs: two pages of 100
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        runs = await open_runs(pilot, lambda view: view.total == 130, "the first count")
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: len(runs.pages) == 2 and len(runs.runs) == 30, what="page 2")
+        assert _range_and_total(runs.query_one(ViewBar).summary) == (101, 130, 130)
+        _add_runs(fixed_paths, 5)  # the rows of page 2 stay; five newer ones now come before them
+        await app.refresh_now()
+        await until(pilot, lambda: runs.total == 135, what="the new total")
+        assert _range_and_total(runs.query_one(ViewBar).summary) == (106, 135, 135)
+
+
+async def test_runs_header_with_a_state_filter_follows_runs_that_change_state(
+    make_app, fixed_paths: StatePaths
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        runs = await open_runs(pilot, lambda view: view.total is not None, "the first count")
+        runs.set_filters(job=None, state="succeeded")
+        await until(pilot, lambda: runs.state == "succeeded" and runs.total is not None and runs.runs, what="filter")
+        before = _range_and_total(runs.query_one(ViewBar).summary)
+        conn = connect(fixed_paths)
+        opened = conn.execute("SELECT COUNT(*) FROM runs WHERE state = 'running'").fetchone()[0]
+        assert opened >= 1
+        conn.execute("UPDATE runs SET state = 'succeeded', exit_code = 0 WHERE state = 'running'")
+        conn.close()
+        await app.refresh_now()
+        await until(pilot, lambda: len(runs.runs) == before[1] + opened, what="the finished runs listed")
+        assert _range_and_total(runs.query_one(ViewBar).summary) == (1, before[1] + opened, before[2] + opened)
+
+
+async def test_control_characters_in_catalogued_names_are_shown_escaped(make_app, fixed_paths: StatePaths) -> None:
+    """A file named with an escape sequence is an invalid job: its catalog row must not reach the terminal raw."""
+    from tests.tui.fixture_state import EPOCH
+
+    conn = connect(fixed_paths)
+    conn.execute(
+        "INSERT INTO jobs (name, path, schedule, enabled, error, writer_epoch) VALUES (?, '', 'invalid', 0, ?, ?)",
+        ("aaa\x1b[2Jbad", "/srv/jobs/aaa\\x1b[2Jbad.toml: name: not allowed", EPOCH),
+    )
+    conn.close()
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        text = screen_text(app)
+        assert "\x1b" not in text
+        assert "aaa\\x1b[2Jbad" in text

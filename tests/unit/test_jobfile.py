@@ -193,43 +193,44 @@ def test_unknown_key_is_reported_with_line_and_suggestion(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("line", "key", "expected"),
     [
-        ("command = 1", "command", "got integer"),
+        ("command = 1", "command", "got an integer"),
         ("command = []", "command", "empty array"),
-        ('command = ["ls", 2]', "command", "item 2: expected a string, got integer"),
+        ('command = ["ls", 2]', "command", "item 2: expected a string, got an integer"),
         ('command = "   "', "command", "must not be empty"),
-        ("cron = 5", "cron", "expected a string, got integer"),
-        ("every = true", "every", "got boolean"),
+        ("cron = 5", "cron", "expected a string, got an integer"),
+        ("every = true", "every", "got a boolean"),
         ('every = "0s"', "every", "greater than zero"),
         ("timeout = -5", "timeout", "negative"),
-        ("at = 5", "at", "got integer"),
+        ("at = 5", "at", "got an integer"),
         ('at = "tomorrow"', "at", "expected a date and time"),
-        ("at = 2030-01-01", "at", "got date"),
+        ("at = 2030-01-01", "at", "got a date (2030-01-01)"),
         ('at = "2030-01-01"', "at", "time of day is required"),
-        ('timezone = ["UTC"]', "timezone", "expected a string, got array"),
-        ('after = "up"', "after", "expected an array of job names, got string"),
-        ("after = [1]", "after", "item 1: expected a string, got integer"),
+        ('timezone = ["UTC"]', "timezone", "expected a string, got an array"),
+        ('after = "up"', "after", "expected an array of job names, got a string"),
+        ("after = [1]", "after", "item 1: expected a string, got an integer"),
         ('after = ["./up"]', "after", "full name"),
         ('after = ["up.toml"]', "after", "full name"),
         ("retries = -1", "retries", "at least 0"),
-        ('retries = "3"', "retries", "expected an integer, got string"),
-        ("retries = 1.5", "retries", "expected an integer, got float"),
+        ('retries = "3"', "retries", "expected an integer, got a string"),
+        ("retries = 1.5", "retries", "expected an integer, got a float"),
         ('retry_delay = "soon"', "retry_delay", "bad duration"),
         ('overlap = "never"', "overlap", "expected one of skip, queue, allow, got 'never'"),
-        ("catchup = 1", "catchup", "got integer"),
-        ("catchup_window = []", "catchup_window", "got array"),
+        ("catchup = 1", "catchup", "got an integer"),
+        ("catchup_window = []", "catchup_window", "got an array"),
         ('agent = ""', "agent", "must not be empty"),
-        ("agent = 1", "agent", "got integer"),
-        ('env = "A=1"', "env", "got string"),
-        ("env = { A = 1 }", "env.A", "expected a string, got integer"),
-        ("workdir = 1", "workdir", "got integer"),
-        ("enabled = 1", "enabled", "expected a boolean (true or false), got integer"),
-        ('enabled = "yes"', "enabled", "got string"),
-        ("description = 1", "description", "expected a string, got integer"),
-        ('tags = "x"', "tags", "expected an array of strings, got string"),
+        ("agent = 1", "agent", "got an integer"),
+        ('env = "A=1"', "env", "got a string"),
+        ("env = { A = 1 }", "env.A", "expected a string, got an integer"),
+        ("workdir = 1", "workdir", "got an integer"),
+        ("enabled = 1", "enabled", "expected a boolean (true or false), got an integer"),
+        ('enabled = "yes"', "enabled", "got a string"),
+        ("description = 1", "description", "expected a string, got an integer"),
+        ('tags = "x"', "tags", "expected an array of strings, got a string"),
         ('tags = ["ok", 1]', "tags", "item 2"),
         ('every = "5 minutes"', "every", "bad duration"),
         ("every = inf", "every", "finite"),
-        ('every = "0.0000001s"', "every", "at least 1 microsecond"),
+        ('every = "0.0000001s"', "every", "at least 1s"),
+        ('timeout = "0.0000001s"', "timeout", "at least 1 microsecond"),
         # A NUL byte makes posix_spawn raise ValueError at launch, which stopped the scheduler.
         ('command = "echo a\\u0000b"', "command", "NUL"),
         ('command = ["echo", "a\\u0000b"]', "command", "item 2: must not contain a NUL"),
@@ -637,7 +638,7 @@ def test_log_cap_sizes(tmp_path: Path, value: object, expected: int) -> None:
     [
         ('[scheduler]\nlog_cap = "1XB"\n', "scheduler.log_cap", 2, "bad size"),
         ("[scheduler]\nlog_cap = 0\n", "scheduler.log_cap", 2, "at least 1 byte"),
-        ("[scheduler]\nlog_cap = true\n", "scheduler.log_cap", 2, "got boolean"),
+        ("[scheduler]\nlog_cap = true\n", "scheduler.log_cap", 2, "got a boolean"),
         ('[scheduler]\nretention = "forever"\n', "scheduler.retention", 2, "bad duration"),
         ("[scheduler]\nmax_missed_rows = 0\n", "scheduler.max_missed_rows", 2, "at least 1"),
         (
@@ -652,7 +653,7 @@ def test_log_cap_sizes(tmp_path: Path, value: object, expected: int) -> None:
         ("[agents.a]\ntoken_file = 'x'\n", "agents.a", 1, "url is missing"),
         ("[agents.a]\nurl = 'ftp://a'\n", "agents.a.url", 2, "http:// or https://"),
         ("[agents.a]\nurl = 'https://'\n", "agents.a.url", 2, "with a host"),
-        ("[agents.a]\nurl = 5\n", "agents.a.url", 2, "got integer"),
+        ("[agents.a]\nurl = 5\n", "agents.a.url", 2, "got an integer"),
         ("[agents.a]\nurl = 'http://a'\ntls_ca = 'ca.pem'\n", "agents.a.tls_ca", 3, "https"),
         ("[agents.a]\nurl = 'https://a'\ntls_key = 'k'\n", "agents.a.tls_key", 3, "tls_cert"),
         ("[agents.a]\nurl = 'https://a'\nport = 1\n", "agents.a.port", 3, "unknown key"),
@@ -911,3 +912,252 @@ def test_validate_missing_folder_is_a_vigil_error(tmp_path: Path, capsys: pytest
 
     assert main(["validate", str(tmp_path / "nope")]) == 1
     assert capsys.readouterr().err == f"vigil: {tmp_path / 'nope'}: not a directory\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bounds (issue 9, item 14): values that load today but fail, spin or overflow later
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "expected"),
+    [
+        ('every = "1ms"', "every", "must be at least 1s"),
+        ('every = "999ms"', "every", "must be at least 1s"),
+        ("every = 0.5", "every", "must be at least 1s"),
+        ("retries = 99999999999999999999", "retries", "must be at most 100, got 99999999999999999999"),
+        ("retries = 101", "retries", "must be at most 100"),
+        ('every = "36501d"', "every", "at most 100 years"),
+        ('timeout = "36500d1s"', "timeout", "at most 100 years"),
+        ('retry_delay = "36501d"', "retry_delay", "at most 100 years"),
+        ('catchup_window = "5300w"', "catchup_window", "at most 100 years"),
+        ('cron = "*/61 * * * *"', "cron", "minute field '*/61': step 61 is larger than the field's range"),
+        ('cron = "0 */25 * * *"', "cron", "hour field '*/25'"),
+        ('cron = "*/61 * * * * *"', "cron", "second field '*/61'"),
+        ('cron = "0 0 */32 * *"', "cron", "day-of-month field '*/32'"),
+        ('cron = "0 0 1 */13 *"', "cron", "month field '*/13'"),
+        ('cron = "0 0 * * 1/8"', "cron", "day-of-week field '1/8'"),
+        ("at = 9999-12-31T23:00:00\ntimezone = 'America/New_York'", "at", "between the years 1970 and 9899"),
+        ("at = 0001-01-01T00:00:00+05:00", "at", "between the years"),
+    ],
+)
+def test_values_past_sensible_bounds_are_rejected(tmp_path: Path, line: str, key: str, expected: str) -> None:
+    path = write(tmp_path, "job.toml", f'command = "true"\n{line}\n')
+    write(tmp_path, "ok.toml", 'command = "true"\nevery = "1s"\nretries = 100\ncron = "*/60 * * * *"\n')
+    result = load_folder(tmp_path)
+    error = only_error(result.errors, path)
+    assert (error.key, error.line) == (key, 2)
+    assert expected in error.reason
+    assert list(result.jobs) == ["ok"]
+    for spec in result.jobs.values():
+        assert trigger_for(spec) is not None
+
+
+def test_36500d_is_the_longest_duration_accepted_as_docs_say(tmp_path: Path) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "jobs.md").read_text()
+    assert "`36500d` is the longest accepted" in docs
+    write(tmp_path, "a.toml", 'command = "true"\ntimeout = "36500d"\nretry_delay = "36500d"\n')
+    write(tmp_path, "b.toml", 'command = "true"\ntimeout = "36501d"\n')
+    result = load_folder(tmp_path)
+    assert list(result.jobs) == ["a"]
+    assert [(Path(e.path).name, e.key) for e in result.errors] == [("b.toml", "timeout")]
+
+
+def test_a_command_too_long_to_exec_is_rejected_at_load_time(tmp_path: Path) -> None:
+    """10 MB would fail only at launch, with E2BIG; 64 KiB is the documented cap (string or array)."""
+    huge = write(tmp_path, "huge.toml", f'command = "echo {"x" * (10 * 1024 * 1024)}"\n')
+    path_s = write(tmp_path, "s.toml", f'command = "echo {"x" * (500 * 1024)}"\n')
+    path_a = write(tmp_path, "a.toml", f'command = ["echo", "{"y" * 40000}", "{"y" * 40000}"]\n')
+    write(tmp_path, "ok.toml", f'command = "echo {"z" * 60000}"\n')
+    result = load_folder(tmp_path)
+    assert "at most 64 KiB" in only_error(result.errors, path_s).reason
+    assert "500 KiB" in only_error(result.errors, path_s).reason
+    assert "larger than 1024 KiB" in only_error(result.errors, huge).reason
+    assert only_error(result.errors, path_a).key == "command"
+    assert list(result.jobs) == ["ok"]
+
+
+def test_env_too_large_is_rejected_also_when_only_the_merge_is(tmp_path: Path) -> None:
+    write(tmp_path, "big/own.toml", f'command = "true"\n[env]\nA = "{"a" * 70000}"\n')
+    write(tmp_path, "merged/_folder.toml", f'[env]\nA = "{"a" * 40000}"\n')
+    job = write(tmp_path, "merged/job.toml", f'command = "true"\n[env]\nB = "{"b" * 40000}"\n')
+    write(tmp_path, "merged/fine.toml", 'command = "true"\n')
+    result = load_folder(tmp_path)
+    own = only_error(result.errors, tmp_path / "big/own.toml")
+    assert (own.key, own.line) == ("env", 2) and "at most 64 KiB" in own.reason
+    merged = only_error(result.errors, job)
+    assert merged.key == "env" and "_folder.toml" in merged.reason
+    assert sorted(result.jobs) == ["merged/fine"]
+
+
+def test_huge_integers_and_sizes_are_errors_not_crashes(tmp_path: Path) -> None:
+    digits = "1" + "0" * 5000  # tomllib itself refuses to convert this (Python's int-string limit)
+    path = write(tmp_path, "job.toml", f'command = "true"\nretries = {digits}\n')
+    write(tmp_path, "vigil.toml", f'[scheduler]\nlog_cap = "{"9" * 400}GB"\nmax_missed_rows = {2**70}\n')
+    result = load_folder(tmp_path)
+    assert only_error(result.errors, path).key == "syntax"
+    settings = {e.key: e.reason for e in errors_for(result.errors, tmp_path / "vigil.toml")}
+    assert "must be at most 1024GB" in settings["scheduler.log_cap"]
+    assert "must be at most 1000000" in settings["scheduler.max_missed_rows"]
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "expected"),
+    [
+        ('heartbeat_interval = "1ms"', "scheduler.heartbeat_interval", "must be at least 10ms"),
+        ('agent_poll_interval = "1ms"', "scheduler.agent_poll_interval", "must be at least 100ms"),
+    ],
+)
+def test_settings_that_would_spin_a_loop_are_rejected(tmp_path: Path, line: str, key: str, expected: str) -> None:
+    write(tmp_path, "vigil.toml", f"[scheduler]\n{line}\n")
+    settings, errors = load_settings(tmp_path)
+    assert [(e.key, e.line) for e in errors] == [(key, 2)]
+    assert expected in errors[0].reason
+    assert settings == Settings()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Messages: user text escaped, values shown as written (issue 9, item 14 and 16)
+
+
+def test_control_characters_in_keys_values_and_names_are_escaped_in_every_message(tmp_path: Path) -> None:
+    write(tmp_path, "a.toml", 'command = "true"\n"evil\\u001b[2J\\u0007" = 1\n')
+    write(tmp_path, "b.toml", 'command = "true"\novercap = "x"\nenv = { "K\\u001b]0;pwn\\u0007" = 1 }\n')
+    write(tmp_path, "c.toml", 'command = "true"\ntimezone = "Europe/\\u001b[31mBerlin"\n')
+    write(tmp_path, "d.toml", 'command = "true"\nafter = ["x\\u009bq", "\\u202egnp.exe"]\n')
+    write(tmp_path, "e.toml", 'command = "true"\nretries = "\\r\\nforged: line"\n')
+    (tmp_path / "bad\x1b[1mname.toml").write_text('command = "true"\n')
+    write(tmp_path, "vigil.toml", '[agents."a\\u001bb"]\nurl = "ftp://\\u001b"\n')
+    result = load_folder(tmp_path)
+    text = format_errors(result.errors)
+    assert len(result.errors) >= 8, text
+    for bad in ("\x1b", "\x07", "\x9b", "\u202e", "\r"):
+        assert bad not in text
+    assert text.count("\n") == len(result.errors) - 1  # one line per error, whatever the values hold
+    assert "evil\\x1b[2J\\x07: unknown key" in text
+    assert "Europe/\\x1b[31mBerlin" in text
+    assert "bad\\x1b[1mname.toml" in text
+    for error in result.errors:
+        assert str(error) == error.format()
+
+
+def test_messages_show_values_as_toml_writes_them_not_python_reprs(tmp_path: Path) -> None:
+    write(tmp_path, "a.toml", "command = 2024-01-01\n")
+    write(tmp_path, "b.toml", 'command = "true"\nenabled = 07:30:00\n')
+    write(tmp_path, "c.toml", 'command = "true"\ndescription = 2024-01-01T10:00:00Z\n')
+    write(tmp_path, "d.toml", 'command = "true"\nretries = true\n')
+    write(tmp_path, "e.toml", 'command = "true"\ntags = [[1, 2]]\n')
+    write(tmp_path, "f.toml", 'command = "true"\nevery = true\ntimeout = [1]\n')
+    write(tmp_path, "vigil.toml", "scheduler = 2024-01-01\n[agents.x]\nurl = 5\n")
+    text = format_errors(load_folder(tmp_path).errors)
+    for python in ("datetime.", "True", "False", "[[1, 2]]", "tzinfo", "<class", "(1,"):
+        assert python not in text, text
+    assert "got a date (2024-01-01)" in text
+    assert "got a time (07:30:00)" in text
+    assert "got a date-time (2024-01-01T10:00:00+00:00)" in text
+    assert "got a boolean (true)" in text
+    assert "got an array (2 items)" in text
+    assert "got an integer (5)" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# The folder walk: every `*.toml` that cannot be read is an error of its own, and nothing that is
+# not a regular file is opened (issue 9, item 14)
+
+
+def test_unreadable_toml_entries_each_get_an_error_and_nothing_blocks(tmp_path: Path) -> None:
+    import socket
+    import stat
+    import time
+
+    write(tmp_path, "ok.toml", 'command = "true"\n')
+    os.mkfifo(tmp_path / "fifo.toml")
+    os.symlink(tmp_path / "fifo.toml", tmp_path / "to_fifo.toml")
+    os.symlink(tmp_path / "missing", tmp_path / "dangling.toml")
+    os.symlink(tmp_path / "loop_b.toml", tmp_path / "loop_a.toml")
+    os.symlink(tmp_path / "loop_a.toml", tmp_path / "loop_b.toml")
+    os.symlink("/proc/self/status", tmp_path / "proc.toml")  # "regular" per stat, yet a kernel file
+    if os.path.exists("/proc/kmsg"):
+        os.symlink("/proc/kmsg", tmp_path / "kmsg.toml")  # a read blocks until the kernel logs
+    if os.geteuid() == 0:
+        os.mknod(tmp_path / "null.toml", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock.toml"))
+    started = time.monotonic()
+    try:
+        result = load_folder(tmp_path)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 2
+    reasons = {Path(e.path).name: e.reason for e in result.errors}
+    expected = {"fifo.toml", "to_fifo.toml", "dangling.toml", "loop_a.toml", "loop_b.toml", "proc.toml", "sock.toml"}
+    expected |= {"kmsg.toml"} if os.path.exists("/proc/kmsg") else set()
+    expected |= {"null.toml"} if os.geteuid() == 0 else set()
+    assert set(reasons) == expected, format_errors(result.errors)
+    assert all(e.key == "file" for e in result.errors)
+    assert "named pipe" in reasons["fifo.toml"] and "named pipe" in reasons["to_fifo.toml"]
+    assert "dangling symlink" in reasons["dangling.toml"] and "missing" in reasons["dangling.toml"]
+    assert "symlink loop" in reasons["loop_a.toml"]
+    assert "kernel pseudo-file" in reasons["proc.toml"]
+    assert "socket" in reasons["sock.toml"]
+    assert list(result.jobs) == ["ok"]
+
+
+def test_a_fifo_job_file_is_never_opened(tmp_path: Path) -> None:
+    """A writer blocked on the FIFO would be released by any open for reading: it must stay blocked."""
+    import threading
+
+    fifo = tmp_path / "job.toml"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY)  # blocks until someone opens the FIFO for reading
+        except OSError:
+            return
+        opened.set()
+        os.close(fd)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    folder = JobFolder(tmp_path)
+    for _ in range(3):
+        result = folder.scan()
+    assert [e.key for e in result.errors] == ["file"]
+    assert not opened.wait(0.2)
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # release the writer
+    thread.join(2)
+
+
+def test_symlinked_job_files_inside_and_outside_the_folder_are_read(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere" / "real.toml"
+    outside.parent.mkdir()
+    outside.write_text('command = "true"\n')
+    root = tmp_path / "jobs"
+    write(root, "inside.toml", 'command = "true"\n')
+    os.symlink(root / "inside.toml", root / "alias.toml")
+    os.symlink(outside, root / "out.toml")
+    os.symlink(outside.parent, root / "linked_folder")  # symlinked folders are not followed
+    result = load_folder(root)
+    assert result.errors == []
+    assert sorted(result.jobs) == ["alias", "inside", "out"]
+
+
+def test_a_file_larger_than_any_job_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.toml", "# " + "x" * (2 * 1024 * 1024) + '\ncommand = "true"\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert error.key == "file" and "larger than 1024 KiB" in error.reason
+
+
+def test_cli_errors_carrying_user_text_stay_one_escaped_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    write(tmp_path, "a.toml", 'command = "true"\n')
+    code = main(["next", "evil\x1b[2J\nforged", "--jobs", str(tmp_path), "--state", str(tmp_path / "state")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err == "vigil: no valid job named 'evil\\x1b[2J\\nforged'\n"
+    code = main(["validate", str(tmp_path / "gone\x1b]0;title\x07\nvigil: forged")])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "\x1b" not in err and "\x07" not in err
+    assert "gone\\x1b]0;title\\x07\\nvigil: forged: not a directory" in err

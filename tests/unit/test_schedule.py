@@ -713,3 +713,19 @@ def test_day_fields_combine_as_croniter_does(expr: str) -> None:
     for _ in range(40):
         expected.append(it.get_next(datetime))
     assert fires(CronTrigger(expr), start, 40) == expected
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["*/61 * * * *", "0 */25 * * *", "*/61 * * * * *", "0 0 */32 * *", "0 0 1 */13 *", "0 0 * * */8", "5/61 * * * *"],
+)
+def test_cron_step_beyond_the_fields_range_is_refused(expr: str) -> None:
+    """`*/61` once meant "minute 0 only" (hourly): a step must fit the field it steps through."""
+    with pytest.raises(ValueError, match="is larger than the field's range"):
+        CronTrigger(expr)
+
+
+def test_cron_largest_steps_still_fire_as_written() -> None:
+    assert fires(CronTrigger("*/60 * * * *"), utc(2026, 1, 1), 2) == [utc(2026, 1, 1, 1), utc(2026, 1, 1, 2)]
+    assert fires(CronTrigger("0 */24 * * *"), utc(2026, 1, 1), 2) == [utc(2026, 1, 2), utc(2026, 1, 3)]
+    assert len(fires(CronTrigger("0 0 * * */7"), utc(2026, 1, 1), 2)) == 2

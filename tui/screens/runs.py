@@ -91,6 +91,8 @@ class RunsScreen(ViewScreen):
         self.pages: list[int | None] = [None]  #: before_id of each page visited (None = newest)
         self.runs: dict[str, RunRecord] = {}
         self.total: int | None = None
+        self.newer = 0  #: matching runs newer than the page on screen
+        self._count_base: tuple[int, int] | None = None
         self.last_fetch_ms: float | None = None
         self._count_at = 0.0
         self._count_pending = False
@@ -120,6 +122,7 @@ class RunsScreen(ViewScreen):
         self.job, self.state = job, state
         self.pages = [None]
         self.total = None
+        self._count_base = None
         self.load_page(count=True, reset_cursor=True)
 
     def load_page(self, count: bool = False, reset_cursor: bool = False) -> None:
@@ -133,8 +136,24 @@ class RunsScreen(ViewScreen):
     async def _load_page(self) -> None:
         started = time.perf_counter()
         source = self.vigil.source
-        runs = await source.runs_page(job=self.job, state=self.state, before_id=self.pages[-1], limit=PAGE_SIZE)
+        full_count = self._count_pending or self._count_base is None
+        filters = (self.job, self.state)
+        # The page, its position and the total come from one read, so they always agree; the full
+        # count behind the total is redone at most every 5 s (see StateReader.runs_window).
+        runs, newer, total, base = await source.runs_window(
+            job=self.job,
+            state=self.state,
+            before_id=self.pages[-1],
+            limit=PAGE_SIZE,
+            count_base=None if full_count else self._count_base,
+        )
+        if filters != (self.job, self.state):
+            return  # the filters changed while reading: a newer load is on its way
         self.runs = {str(r.id): r for r in runs}
+        self.newer, self.total, self._count_base = newer, total, base
+        if full_count:
+            self._count_at = time.monotonic()
+            self._count_pending = False
         keys = [str(r.id) for r in runs]
         self.table.set_rows(keys, None)
         if self._reset_pending and keys:
@@ -143,16 +162,11 @@ class RunsScreen(ViewScreen):
         self.last_fetch_ms = (time.perf_counter() - started) * 1000
         self._update_summary()
         self.refresh_bindings()
-        if self._count_pending:
-            self._count_at = time.monotonic()
-            self.total = await source.count_runs(job=self.job, state=self.state)
-            self._count_pending = False
-            self._update_summary()
 
     def _update_summary(self) -> None:
         page = len(self.pages)
-        first = (page - 1) * PAGE_SIZE + 1 if self.runs else 0
-        last = first + len(self.runs) - 1 if self.runs else 0
+        first = self.newer + 1 if self.runs else 0
+        last = self.newer + len(self.runs) if self.runs else 0
         total = "?" if self.total is None else f"{self.total:,}"
         parts = [f"{first:,}–{last:,} of {total}"]
         if page > 1:

@@ -32,7 +32,8 @@ def stale_after(interval: float) -> float:
 
 
 def data_age(state: HeaderState) -> float | None:
-    if state.snapshot is None:
+    """Seconds since the last good read; None when there has been none."""
+    if state.snapshot is None or not state.snapshot.ever_read:
         return None
     return (state.now - state.snapshot.taken_at).total_seconds()
 
@@ -63,6 +64,9 @@ def header_markup(state: HeaderState) -> str:
     up = sum(1 for a in snap.agents if a.up)
     parts.append(f"agents {up}/{len(snap.agents)}")
     age = data_age(state)
+    if age is None:
+        parts.append("[$warning b]⚠ NO DATA yet[/]")
+        return " │ ".join(parts)
     tone = "$warning b" if is_stale(state) else "$text-muted"
     word = "⚠ STALE" if is_stale(state) else "updated"
     parts.append(f"[{tone}]{word} {fmt_age(age)} ago[/]")
@@ -91,8 +95,11 @@ def banner(state: HeaderState) -> tuple[str, str] | None:
     if snap.error:
         level = "error"
         messages.append(f"⚠ {escape(snap.error)}")
-    if is_stale(state):
-        messages.append(f"⚠ Data is stale: last good read {fmt_age(data_age(state))} ago.")
+    age = data_age(state)
+    if age is None:
+        messages.append("⚠ No successful read of the state yet: nothing shown is current.")
+    elif is_stale(state):
+        messages.append(f"⚠ Data is stale: last good read {fmt_age(age)} ago.")
     if not messages:
         return None
     return " ".join(messages), level

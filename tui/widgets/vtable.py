@@ -28,6 +28,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from engine.api import escape
 from tui.format import TONES
 
 Segment = tuple[str, str]
@@ -303,10 +304,12 @@ class VirtualTable(ScrollView, can_focus=True):
     def _line(self, cells: Sequence[Cell], widths: Sequence[int], tones: dict[str, Style], base: Style) -> Text:
         line = Text(" ", style=base, no_wrap=True, end="")
         for col, width, cell in zip(self.columns, widths, cells, strict=False):
+            # Cells carry user text (job names, schedules, reasons): control characters are shown
+            # escaped, never sent to the terminal.
             if isinstance(cell, str):
-                line.append(fit(cell, width, col.justify))
+                line.append(fit(escape(cell), width, col.justify))
             elif isinstance(cell, tuple):
-                line.append(fit(cell[0], width, col.justify), tones.get(cell[1]))
+                line.append(fit(escape(cell[0]), width, col.justify), tones.get(cell[1]))
             else:
                 used = 0
                 for text, tone in cell:
