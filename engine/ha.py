@@ -616,6 +616,9 @@ class _HeartbeatWatcher:
         self.signalled: set[Identity] = set()  #: a process is signalled once, never per tick
         self.said: set[str] = set()
         self.next_check = 0.0
+        self.last_tick = self.started
+        # A longer gap between two of our own checks means this standby was stopped or starved.
+        self.pause_limit = max(node.hb_timeout / 2, 2 * node.hb_interval, 2 * self.check_interval)
         self.stopped = False
 
     def takeover(self) -> Takeover:
@@ -659,6 +662,7 @@ class _HeartbeatWatcher:
                         except TimeoutError:
                             await self._check_hang()
                             continue
+                        self._tick()
                         if not line:
                             self.eof_wall = time.time()
                             break
@@ -688,7 +692,23 @@ class _HeartbeatWatcher:
             self.judged_from = now
             self.killed_pid = None  # a new active: an earlier kill is not how we will take over
 
+    def _tick(self) -> None:
+        """Note that the watcher ran. After a pause of our own, the active's silence is unknown:
+        count it afresh (a standby resumed from SIGSTOP must not kill a healthy active before it
+        has read the heartbeats that arrived meanwhile)."""
+        now = time.monotonic()
+        if now - self.last_tick > self.pause_limit:
+            self.last_seen = max(self.last_seen, now)
+        self.last_tick = now
+
     async def _check_hang(self) -> None:
+        self._tick()
+        try:
+            await self._judge()
+        finally:
+            self.last_tick = time.monotonic()  # reading the evidence is not a pause of ours
+
+    async def _judge(self) -> None:
         now = time.monotonic()
         if now < self.next_check:
             return

@@ -523,3 +523,18 @@ def test_a_subscriber_that_never_reads_is_dropped_and_the_others_keep_their_hear
     assert active_pid(state_dir) == first.pid
     assert second.pid in standby_pids(state_dir)
     assert vigil_json(state_dir, "status")["failovers"] == []
+
+
+def test_a_standby_resumed_from_sigstop_does_not_kill_a_healthy_active(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    setup_jobs(jobs_dir, tmp_path / "gate")  # heartbeat_timeout = 1s
+    first, second = active_and_standby(start_up, state_dir)
+    for _ in range(2):
+        os.kill(second.pid, signal.SIGSTOP)
+        time.sleep(1.5)  # longer than the timeout: the standby itself heard nothing meanwhile
+        os.kill(second.pid, signal.SIGCONT)
+        time.sleep(0.7)
+        assert first.proc.poll() is None, "the resumed standby killed a healthy active:\n" + second.output()
+    assert active_pid(state_dir) == first.pid
+    wait_for(lambda: second.pid in standby_pids(state_dir), 3)
