@@ -74,7 +74,7 @@ class LeaderLock:
     def path_key(self) -> FileKey | None:
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
+        except OSError:  # missing, or the directory became unreadable: the path names no file we can lock
             return None
         return st.st_dev, st.st_ino
 
@@ -609,6 +609,7 @@ class _HeartbeatWatcher:
         self.last_seen_wall: float | None = None
         self.eof_wall: float | None = None
         self.handover_wall: float | None = None
+        self.handover_from: int | None = None
         self.killed_pid: int | None = None
         self.killed_wall: float | None = None
         self.judged: Identity | None = None  #: the holder whose silence we count
@@ -632,8 +633,8 @@ class _HeartbeatWatcher:
         return Takeover("crash", from_pid, self.eof_wall or self.last_seen_wall)
 
     def _heartbeat_identity(self) -> Identity | None:
-        if self.last_hb is None:
-            return None
+        if self.last_hb is None or self.handover_wall is not None:
+            return None  # a sender that handed over says nothing about who holds the lock next
         pid, start = self.last_hb.get("pid"), self.last_hb.get("starttime")
         return (pid, start) if isinstance(pid, int) and isinstance(start, int) else None
 
@@ -667,11 +668,15 @@ class _HeartbeatWatcher:
                             self.eof_wall = time.time()
                             break
                         message = json.loads(line)
-                        if "hb" in message:
+                        if not isinstance(message, dict):
+                            continue
+                        if isinstance(message.get("hb"), dict):
                             heard = True
                             self._on_heartbeat(message["hb"])
                         elif "handover" in message:
                             self.handover_wall = time.time()
+                            handover = message["handover"]
+                            self.handover_from = handover.get("pid") if isinstance(handover, dict) else None
                 except (OSError, ValueError):
                     self.eof_wall = self.eof_wall or time.time()
                 finally:
@@ -682,6 +687,9 @@ class _HeartbeatWatcher:
 
     def _on_heartbeat(self, hb: dict[str, Any]) -> None:
         now = time.monotonic()
+        if self.handover_wall is not None and hb.get("pid") != self.handover_from:
+            # Another active took over after the hand-over we heard of; we have not taken over.
+            self.handover_wall = self.handover_from = None
         self.last_hb = hb
         self.last_seen = now
         self.last_seen_wall = time.time()

@@ -538,3 +538,25 @@ def test_a_standby_resumed_from_sigstop_does_not_kill_a_healthy_active(
         assert first.proc.poll() is None, "the resumed standby killed a healthy active:\n" + second.output()
     assert active_pid(state_dir) == first.pid
     wait_for(lambda: second.pid in standby_pids(state_dir), 3)
+
+
+def test_a_crash_after_a_switchover_is_recorded_as_a_crash(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    setup_jobs(jobs_dir, tmp_path / "gate")
+    ups = [start_up() for _ in range(3)]
+    wait_for(lambda: active_pid(state_dir) in {u.pid for u in ups} and len(standby_pids(state_dir)) == 2, 8)
+    old = next(u for u in ups if u.pid == active_pid(state_dir))
+    vigil(state_dir, "switchover")
+    wait_for(lambda: active_pid(state_dir) not in (None, old.pid), 3)
+    new = next(u for u in ups if u.pid == active_pid(state_dir))
+    witness = next(u for u in ups if u not in (old, new))  # heard the hand-over, then the new active
+    wait_for(lambda: standby_pids(state_dir) == {old.pid, witness.pid}, 5)
+    os.kill(old.pid, signal.SIGSTOP)  # so that the witness is the one to take over
+    try:
+        new.kill9()
+        wait_for(lambda: active_pid(state_dir) == witness.pid, 3)
+    finally:
+        os.kill(old.pid, signal.SIGCONT)
+    latest = max(vigil_json(state_dir, "status")["failovers"], key=lambda f: f["at"])
+    assert (latest["cause"], latest["from_pid"], latest["to_pid"]) == ("crash", new.pid, witness.pid)
