@@ -467,9 +467,9 @@ class Node:
                 continue
             try:
                 kept = self.lock.keep()
-            except VigilError as exc:
-                log.error("lock file %s was replaced or removed and %s; stopping", self.paths.lock, exc)
-                kept = False
+            except (VigilError, OSError) as exc:
+                log.error("lock file %s was replaced or removed and cannot be locked again (%s); stopping",
+                          self.paths.lock, exc)  # fmt: skip
             else:
                 if kept:
                     log.warning("lock file %s was replaced or removed: locked the new file", self.paths.lock)
