@@ -126,7 +126,11 @@ class LeaderLock:
     async def acquire(self) -> None:
         """Block (in a thread) until we hold the lock on the file the path names."""
         loop = asyncio.get_running_loop()
+        first = True
         while self.fd is None:
+            if not first:
+                await asyncio.sleep(0.02)  # a path replaced over and over is no reason to spin
+            first = False
             attempt = _LockAttempt(self._open(), loop)
             self.waiting_on = attempt.key
             try:
