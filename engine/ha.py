@@ -3,8 +3,10 @@
 Every `vigil up` on a state directory runs a Node. The node holding the exclusive flock on
 `leader.lock` is active; the others block on it in a thread, so a crash is replaced as soon as
 the kernel releases the dead process's lock. A hung active keeps its lock; the standby notices
-its heartbeats stop, checks it is still the same process (pid + start time), kills it, and the
-lock follows.
+its heartbeats stop, checks that the process holds the lock and is the one the leader row and the
+heartbeats name (pid + start time), kills it, and the lock follows. Only a lock on the file the
+path names counts: a removed or replaced `leader.lock` is locked again by the active, and waiters
+follow it.
 """
 
 from __future__ import annotations
