@@ -3,8 +3,10 @@
 Every `vigil up` on a state directory runs a Node. The node holding the exclusive flock on
 `leader.lock` is active; the others block on it in a thread, so a crash is replaced as soon as
 the kernel releases the dead process's lock. A hung active keeps its lock; the standby notices
-its heartbeats stop, checks it is still the same process (pid + start time), kills it, and the
-lock follows.
+its heartbeats stop, checks that the process holds the lock and is the one the leader row and the
+heartbeats name (pid + start time), kills it, and the lock follows. Only a lock on the file the
+path names counts: a removed or replaced `leader.lock` is locked again by the active, and waiters
+follow it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import struct
 import threading
 import time
@@ -25,13 +28,16 @@ from typing import Any
 
 from .clock import Clock, SystemClock
 from .control import encode, socket_address
-from .db import StatePaths, connect, iso, user_name
+from .db import StatePaths, connect, iso, parse_iso, user_name
 from .errors import VigilError
 from .jobfile import load_settings
-from .procs import kill_verified, starttime
+from .procs import flock_holders, holds_flock, kill_verified, starttime
 from .scheduler import Scheduler
 
 log = logging.getLogger("vigil.ha")
+
+#: A heartbeat subscriber with more unsent bytes than this has stopped reading: it is dropped.
+SUBSCRIBER_BUFFER_LIMIT = 64 * 1024
 
 
 @dataclass
@@ -41,51 +47,135 @@ class Takeover:
     gap_started: float | None  #: time.time() when the previous active was last known alive
 
 
+FileKey = tuple[int, int]  #: (st_dev, st_ino): which file a path or an fd is
+
+
 class LeaderLock:
-    """The exclusive flock on the dedicated lock file (never a database file, never deleted)."""
+    """The exclusive flock on the dedicated lock file (never a database file).
+
+    Only a lock on the file the path names *now* counts: if `leader.lock` is removed or replaced,
+    a lock on the old file is worthless, since a node opening the path locks another file. So an
+    acquired lock is checked against the path and dropped if stale; a waiting node moves to the new
+    file (after `relock_grace`, which gives the active the first chance); and the active re-locks
+    the new file (`keep`) or, if another node holds it, stops.
+    """
+
+    poll = 0.2  #: how often a waiting node looks at the path
+    relock_grace = 1.0  #: a waiting node moves to a replaced file only after this (the active polls faster)
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fd: int | None = None
+        self.fd: int | None = None  #: the open file holding the lock, when we hold it
+        self.waiting_on: FileKey | None = None  #: the file a blocked acquire() waits on
 
     def _open(self) -> int:
-        if self.fd is None:
+        try:
             # O_CLOEXEC (Python's default) keeps the lock out of every child we spawn.
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        return self.fd
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise VigilError(f"cannot open lock file {self.path}: {exc.strerror or exc}") from exc
+
+    def path_key(self) -> FileKey | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:  # missing, or the directory became unreadable: the path names no file we can lock
+            return None
+        return st.st_dev, st.st_ino
+
+    def key(self) -> FileKey | None:
+        """The file the election is about: the path's, or while the path is missing, the one we wait on."""
+        return self.path_key() or self.waiting_on
+
+    def _names(self, fd: int) -> bool:
+        st = os.fstat(fd)
+        return self.path_key() == (st.st_dev, st.st_ino)
+
+    def _try_lock_path(self) -> int | None:
+        """Open the path and take its lock without blocking; the fd if it is the current file's lock."""
+        for _ in range(3):  # the path changing between open and flock: retry, but never spin
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            if self._names(fd):
+                return fd
+            os.close(fd)  # we locked a removed or replaced file: worthless
+        return None
 
     def try_acquire(self) -> bool:
-        fd = self._open()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if self.fd is None:
+            self.fd = self._try_lock_path()
+        return self.fd is not None
+
+    def keep(self) -> bool:
+        """For the holder: make sure we hold the lock on the file the path names now.
+
+        True if we still do, or re-locked a replaced (or re-created a removed) file; False when
+        another process holds the current file: then that process is the active, not us.
+        """
+        if self.fd is None:
             return False
+        if self._names(self.fd):
+            return True
+        fd = self._try_lock_path()
+        if fd is None:
+            return False
+        # Hand the old file's lock to whoever waits on it: they will find it stale and move here.
+        old, self.fd = self.fd, fd
+        os.close(old)
         return True
 
     async def acquire(self) -> None:
-        """Block (in a thread) until the lock is ours."""
-        fd = self._open()
+        """Block (in a thread) until we hold the lock on the file the path names."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def wait() -> None:
+        first = True
+        while self.fd is None:
+            if not first:
+                await asyncio.sleep(0.02)  # a path replaced over and over is no reason to spin
+            first = False
+            attempt = _LockAttempt(self._open(), loop)
+            self.waiting_on = attempt.key
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                loop.call_soon_threadsafe(_set_result, done, None)
-            except OSError as exc:
-                loop.call_soon_threadsafe(_set_exception, done, exc)
+                await self._wait(attempt)
+            except BaseException:
+                fd = attempt.settle()
+                if fd is not None:
+                    os.close(fd)
+                raise
+            fd = attempt.settle()
+            if attempt.error is not None:
+                raise VigilError(f"cannot lock {self.path}: {attempt.error.strerror or attempt.error}")
+            if fd is not None and self._names(fd):
+                self.fd = fd
+            elif fd is not None:
+                os.close(fd)  # the previous holder's file, removed or replaced: move to the new one
+            # else: abandoned for a replaced file; its thread closes the fd if the flock ever returns
+        self.waiting_on = None
 
-        threading.Thread(target=wait, name="vigil-lock-wait", daemon=True).start()
-        await done
+    async def _wait(self, attempt: _LockAttempt) -> None:
+        """Until the attempt's flock returns, or the path has named another file for `relock_grace`."""
+        changed_at: float | None = None
+        while True:
+            done, _ = await asyncio.wait({attempt.future}, timeout=self.poll)
+            if done:
+                return
+            now_key = self.path_key()
+            if now_key is None or now_key == attempt.key:
+                # Removed: keep waiting on the old file; its holder re-creates the path or dies.
+                changed_at = None
+                continue
+            if changed_at is None:
+                changed_at = time.monotonic()
+            elif time.monotonic() - changed_at >= self.relock_grace:
+                return
 
     def still_ours(self) -> bool:
-        """False when someone replaced the lock file: a new file means a second active could exist."""
+        """False when the path no longer names the file we hold the lock on."""
         if self.fd is None:
             return False
-        try:
-            return os.fstat(self.fd).st_ino == os.stat(self.path).st_ino
-        except FileNotFoundError:
-            return False
+        return self._names(self.fd)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -93,14 +183,49 @@ class LeaderLock:
             self.fd = None
 
 
+class _LockAttempt:
+    """One blocking flock on one open file, in a daemon thread, that can be abandoned."""
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.fd = fd
+        st = os.fstat(fd)
+        self.key: FileKey = (st.st_dev, st.st_ino)
+        self.future: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        self._mutex = threading.Lock()
+        self._abandoned = False
+        self._acquired = False
+        self.error: OSError | None = None
+        threading.Thread(target=self._run, name="vigil-lock-wait", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            error: OSError | None = exc
+        else:
+            error = None
+        with self._mutex:
+            self.error = error
+            if self._abandoned or error is not None:
+                os.close(self.fd)  # nobody wants this lock any more (or the flock failed)
+            else:
+                self._acquired = True
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is exiting
+            self._loop.call_soon_threadsafe(_set_result, self.future, None)
+
+    def settle(self) -> int | None:
+        """The fd holding the lock if the flock has returned with it; otherwise abandon the attempt."""
+        with self._mutex:
+            if self._acquired:
+                return self.fd
+            self._abandoned = True
+            return None
+
+
 def _set_result(fut: asyncio.Future[None], value: None) -> None:
     if not fut.done():
         fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
 
 
 class Node:
@@ -173,7 +298,9 @@ class Node:
             # Never wait on the watcher for long: taking over must not depend on it.
             await asyncio.wait({watch_task}, timeout=0.2)
         if lock_task not in done:
-            return None  # stopping; the lock thread dies with the process
+            lock_task.cancel()  # stopping: abandon the wait; the lock thread dies with the process
+            return None
+        lock_task.result()  # a lock file we cannot open or lock ends the node with its reason
         return watcher.takeover()
 
     async def _after_handover(self) -> None:
@@ -360,18 +487,46 @@ class Node:
         data = encode(message)
         self.last_heartbeat_sent = time.time()
         for writer in list(self._subscribers):
+            # Never drain() here: one subscriber that stops reading must not delay the others.
             try:
                 writer.write(data)
             except (ConnectionError, RuntimeError):
                 self._subscribers.pop(writer, None)
+                continue
+            buffered = writer.transport.get_write_buffer_size()
+            if buffered > SUBSCRIBER_BUFFER_LIMIT:
+                info = self._subscribers.pop(writer, None) or {}
+                log.warning(
+                    "dropping %s subscriber (pid %s): it has not read its last %d bytes",
+                    info.get("role", "?"),
+                    info.get("pid", "?"),
+                    buffered,
+                )
+                writer.transport.abort()  # close() would keep the unsent bytes until they are read
 
     async def _watch_lock_file(self, scheduler: Scheduler) -> None:
+        """Keep holding the lock on the file `leader.lock` names; stop if another node holds it."""
         while True:
-            await asyncio.sleep(1.0)
-            if not self.lock.still_ours():
-                log.error("lock file %s was replaced or removed; stopping", self.paths.lock)
-                scheduler.request_stop("lock_lost")
-                return
+            await asyncio.sleep(self.lock.poll / 2)  # faster than a waiting node moves to a new file
+            if self.lock.still_ours():
+                continue
+            try:
+                kept = self.lock.keep()
+            except (VigilError, OSError) as exc:
+                log.error("lock file %s was replaced or removed and cannot be locked again (%s); stopping",
+                          self.paths.lock, exc)  # fmt: skip
+            else:
+                if kept:
+                    log.warning("lock file %s was replaced or removed: locked the new file", self.paths.lock)
+                    continue
+                holders = flock_holders(self.lock.path_key() or (0, 0))
+                log.error(
+                    "lock file %s was replaced or removed and %s holds the new one; stopping",
+                    self.paths.lock,
+                    f"pid {', '.join(map(str, sorted(holders)))}" if holders else "another process",
+                )
+            scheduler.request_stop("lock_lost")
+            return
 
     async def _status_command(self, args: dict[str, Any]) -> dict[str, Any]:
         standbys = [
@@ -419,19 +574,97 @@ class Node:
         return {"ok": True, "from_pid": self.pid, "standbys": [s["pid"] for s in standbys]}
 
 
+Identity = tuple[int, int]  #: (pid, /proc start time): one process, whatever pid reuse does
+
+
+@dataclass(frozen=True)
+class HolderEvidence:
+    """What a standby checks, at one moment, before it may kill a silent active."""
+
+    row: Identity | None  #: pid and start time the leader row names
+    row_since: float | None  #: when that leader took over (wall clock seconds), from the row
+    row_starttime_now: int | None  #: start time of the row's pid now; None: no such process
+    row_holds_lock: bool  #: the row's pid has the lock file open and holds its flock
+    lock_holders: frozenset[int]  #: pids /proc/locks shows holding the lock (for messages)
+    heartbeat_alive: bool  #: the process that sent the last heartbeat still runs
+
+
+def hang_target(evidence: HolderEvidence, heartbeat: Identity | None, own_pid: int) -> tuple[Identity | None, str]:
+    """The process a standby may kill for silence, or why none: every identity check must agree.
+
+    The target must hold the lock, be the process the leader row names (pid and start time), and
+    agree with the last heartbeat if its sender still runs. On any doubt nothing is killed.
+    """
+    holders = sorted(evidence.lock_holders)
+    held_by = f"held by pid {', '.join(map(str, holders))}" if holders else "not held by any process we can see"
+    if evidence.row is None:
+        return None, f"the leader row names no process; leader.lock is {held_by}"
+    pid, start = evidence.row
+    if pid == own_pid:
+        return None, "the leader row names this process"
+    if evidence.row_starttime_now is None:
+        return None, f"pid {pid}, named by the leader row, has exited; leader.lock is {held_by}"
+    if evidence.row_starttime_now != start:
+        return None, f"pid {pid}, named by the leader row, is now another process; leader.lock is {held_by}"
+    if not evidence.row_holds_lock:
+        return None, f"pid {pid}, named by the leader row, does not hold leader.lock ({held_by})"
+    if heartbeat is not None and heartbeat != evidence.row and evidence.heartbeat_alive:
+        return None, f"heartbeats came from pid {heartbeat[0]}, still running, but the leader row names pid {pid}"
+    return evidence.row, ""
+
+
+def gather_evidence(paths: StatePaths, lock_file: FileKey, heartbeat: Identity | None) -> HolderEvidence:
+    """Read the leader row and /proc (blocking: run it in a thread)."""
+    conn = connect(paths, create=False)
+    try:
+        row = conn.execute("SELECT pid, starttime, since FROM leader WHERE id = 1").fetchone()
+    finally:
+        conn.close()
+    identity: Identity | None = None
+    since: float | None = None
+    if row is not None and row["pid"] is not None and row["starttime"] is not None:
+        identity = (int(row["pid"]), int(row["starttime"]))
+        parsed = parse_iso(row["since"])
+        since = parsed.timestamp() if parsed is not None else None
+    return HolderEvidence(
+        row=identity,
+        row_since=since,
+        row_starttime_now=starttime(identity[0]) if identity else None,
+        row_holds_lock=holds_flock(identity[0], lock_file) if identity else False,
+        lock_holders=frozenset(flock_holders(lock_file)),
+        heartbeat_alive=heartbeat is not None and starttime(heartbeat[0]) == heartbeat[1],
+    )
+
+
 class _HeartbeatWatcher:
-    """A standby's view of the active: heartbeats over the control socket, and the hang verdict."""
+    """A standby's view of the active: heartbeats over the control socket, and the hang verdict.
+
+    Silence is counted from the last heartbeat, or from the watcher's own start (so a standby that
+    never got to subscribe still judges from its first second), or from when the holder took over.
+    Every loop here is paced (at most one check per `check_interval`), and each reason not to kill
+    is logged once.
+    """
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.check_interval = max(0.05, min(node.hb_interval, 0.5))
         self.last_hb: dict[str, Any] | None = None
-        self.last_seen = time.monotonic()
+        self.started = time.monotonic()
+        self.last_seen = self.started  #: monotonic time of the last heartbeat (or of our start)
         self.last_seen_wall: float | None = None
         self.eof_wall: float | None = None
         self.handover_wall: float | None = None
+        self.handover_from: int | None = None
         self.killed_pid: int | None = None
         self.killed_wall: float | None = None
-        self.last_holder: tuple[int, int] | None = None
+        self.judged: Identity | None = None  #: the holder whose silence we count
+        self.judged_from = self.started  #: monotonic: its silence counts from here at the earliest
+        self.signalled: set[Identity] = set()  #: a process is signalled once, never per tick
+        self.said: set[str] = set()
+        self.next_check = 0.0
+        self.last_tick = self.started
+        # A longer gap between two of our own checks means this standby was stopped or starved.
+        self.pause_limit = max(node.hb_timeout / 2, 2 * node.hb_interval, 2 * self.check_interval)
         self.stopped = False
 
     def takeover(self) -> Takeover:
@@ -444,82 +677,134 @@ class _HeartbeatWatcher:
             return Takeover("crash", None, None)
         return Takeover("crash", from_pid, self.eof_wall or self.last_seen_wall)
 
+    def _heartbeat_identity(self) -> Identity | None:
+        if self.last_hb is None or self.handover_wall is not None:
+            return None  # a sender that handed over says nothing about who holds the lock next
+        pid, start = self.last_hb.get("pid"), self.last_hb.get("starttime")
+        return (pid, start) if isinstance(pid, int) and isinstance(start, int) else None
+
+    def _say(self, message: str) -> None:
+        if message not in self.said:
+            self.said.add(message)
+            log.warning("%s", message)
+
     async def run(self) -> None:
         node = self.node
+        retry = 0.05
         while not self.stopped:
+            heard = False
             try:
                 reader, writer = await asyncio.open_unix_connection(socket_address(node.paths.control))
             except OSError:
-                await self._check_hang(None)
-                await asyncio.sleep(0.05)
-                continue
-            try:
-                writer.write(encode({"op": "subscribe", "role": "standby", "pid": node.pid}))
-                await writer.drain()
-                while not self.stopped:
-                    try:
-                        async with asyncio.timeout(node.hb_interval):
-                            line = await reader.readline()
-                    except TimeoutError:
-                        await self._check_hang(writer)
-                        continue
-                    if not line:
-                        self.eof_wall = time.time()
-                        break
-                    message = json.loads(line)
-                    if "hb" in message:
-                        self.last_hb = message["hb"]
-                        self.last_holder = (self.last_hb.get("pid"), self.last_hb.get("starttime"))
-                        self.last_seen = time.monotonic()
-                        self.last_seen_wall = time.time()
-                        self.eof_wall = None
-                    elif "handover" in message:
-                        self.handover_wall = time.time()
-            except (OSError, ValueError):
-                self.eof_wall = self.eof_wall or time.time()
-            finally:
-                writer.close()
-            await asyncio.sleep(0.01)
+                await self._check_hang()
+            else:
+                try:
+                    writer.write(encode({"op": "subscribe", "role": "standby", "pid": node.pid}))
+                    await writer.drain()
+                    while not self.stopped:
+                        try:
+                            async with asyncio.timeout(node.hb_interval):
+                                line = await reader.readline()
+                        except TimeoutError:
+                            await self._check_hang()
+                            continue
+                        self._tick()
+                        if not line:
+                            self.eof_wall = time.time()
+                            break
+                        message = json.loads(line)
+                        if not isinstance(message, dict):
+                            continue
+                        if isinstance(message.get("hb"), dict):
+                            heard = True
+                            self._on_heartbeat(message["hb"])
+                        elif "handover" in message:
+                            self.handover_wall = time.time()
+                            handover = message["handover"]
+                            self.handover_from = handover.get("pid") if isinstance(handover, dict) else None
+                except (OSError, ValueError):
+                    self.eof_wall = self.eof_wall or time.time()
+                finally:
+                    writer.close()
+            # Paced: an active that accepts and hangs up at once, or no socket at all, is no reason to spin.
+            retry = 0.05 if heard else min(retry * 2, self.check_interval)
+            await asyncio.sleep(retry)
 
-    async def _check_hang(self, writer: asyncio.StreamWriter | None) -> None:
-        silent = time.monotonic() - self.last_seen
-        if silent < self.node.hb_timeout or self.killed_pid is not None:
+    def _on_heartbeat(self, hb: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self.handover_wall is not None and hb.get("pid") != self.handover_from:
+            # Another active took over after the hand-over we heard of; we have not taken over.
+            self.handover_wall = self.handover_from = None
+        self.last_hb = hb
+        self.last_seen = now
+        self.last_seen_wall = time.time()
+        self.eof_wall = None
+        identity = self._heartbeat_identity()
+        if identity != self.judged:
+            self.judged = identity
+            self.judged_from = now
+            self.killed_pid = None  # a new active: an earlier kill is not how we will take over
+
+    def _tick(self) -> None:
+        """Note that the watcher ran. After a pause of our own, the active's silence is unknown:
+        count it afresh (a standby resumed from SIGSTOP must not kill a healthy active before it
+        has read the heartbeats that arrived meanwhile)."""
+        now = time.monotonic()
+        if now - self.last_tick > self.pause_limit:
+            self.last_seen = max(self.last_seen, now)
+        self.last_tick = now
+
+    async def _check_hang(self) -> None:
+        self._tick()
+        try:
+            await self._judge()
+        finally:
+            self.last_tick = time.monotonic()  # reading the evidence is not a pause of ours
+
+    async def _judge(self) -> None:
+        now = time.monotonic()
+        if now < self.next_check:
             return
-        holder = self._holder()
-        if holder is None:
+        self.next_check = now + self.check_interval
+        timeout = self.node.hb_timeout
+        if now - max(self.last_seen, self.judged_from) < timeout:
             return
-        if holder != self.last_holder:
-            # A new holder (e.g. one that just took over and is starting up) gets a full timeout.
-            self.last_holder = holder
-            self.last_seen = time.monotonic()
+        lock_file = self.node.lock.key()
+        if lock_file is None:
+            return  # no lock file: whoever creates it first gets its lock
+        heartbeat = self._heartbeat_identity()
+        try:
+            evidence = await asyncio.to_thread(gather_evidence, self.node.paths, lock_file, heartbeat)
+        except (VigilError, sqlite3.Error, OSError) as exc:
+            self._say(f"cannot read the leader row ({exc}); a silent active is not killed")
             return
-        pid, start = holder
-        if pid == self.node.pid:
+        target, why = hang_target(evidence, heartbeat, self.node.pid)
+        if target is None:
+            self._say(f"the active is silent but nothing is killed: {why}")
             return
-        log.warning("active pid %d silent for %.1fs while holding the lock: killing it", pid, silent)
-        if kill_verified(pid, start):
+        now = time.monotonic()
+        if target != self.judged:
+            if self.judged is None and evidence.row_since is not None:
+                # Never heard from: silent since it took over (as the leader row says) or our start.
+                taken_over = now - max(0.0, time.time() - evidence.row_since)
+                self.judged_from = max(self.started, taken_over)
+            elif self.judged is not None:
+                self.judged_from = now  # a new holder since the one we knew: a full timeout for it
+            self.judged = target
+        silent = now - max(self.last_seen, self.judged_from)
+        if silent < timeout:
+            return
+        pid, start = target
+        if target in self.signalled:
+            self._say(f"pid {pid} still holds leader.lock after SIGKILL (stuck in the kernel?); waiting")
+            return
+        self.signalled.add(target)
+        if kill_verified(pid, start, still_valid=lambda p: holds_flock(p, lock_file)):
+            log.warning("active pid %d silent for %.1fs while holding the lock: killed it", pid, silent)
             self.killed_pid = pid
             self.killed_wall = time.time()
-
-    def _holder(self) -> tuple[int, int] | None:
-        """The lock holder's identity: its heartbeat if any, cross-checked with the leader row."""
-        try:
-            conn = connect(self.node.paths, create=False)
-            try:
-                row = conn.execute("SELECT pid, starttime FROM leader WHERE id = 1").fetchone()
-            finally:
-                conn.close()
-        except VigilError:
-            return None
-        if row is None or row["pid"] is None or row["starttime"] is None:
-            return None
-        pid, start = int(row["pid"]), int(row["starttime"])
-        if self.last_hb is not None and (self.last_hb.get("pid"), self.last_hb.get("starttime")) != (
-            pid,
-            start,
-        ):
-            return None  # the row and the heartbeats disagree: do not kill on doubt
-        return pid, start
+        else:
+            log.warning("active pid %d silent for %.1fs: not killed, it exited or let go of the lock", pid, silent)
 
 
 def _peer_identity(writer: asyncio.StreamWriter) -> tuple[str, str | None]:

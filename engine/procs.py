@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from enum import StrEnum
 
 
@@ -104,8 +105,18 @@ def signal_group(pgid: int, expected_starttime: int | None, sig: int) -> bool:
         return False
 
 
-def kill_verified(pid: int, expected_starttime: int, sig: int = signal.SIGKILL) -> bool:
-    """Kill a process only after checking it is still the one we mean (pid + start time)."""
+def kill_verified(
+    pid: int,
+    expected_starttime: int,
+    sig: int = signal.SIGKILL,
+    *,
+    still_valid: Callable[[int], bool] | None = None,
+) -> bool:
+    """Kill a process only after checking it is still the one we mean (pid + start time).
+
+    `still_valid(pid)` is a further check (e.g. "it still holds the leader lock") made after the
+    pidfd is open: the pidfd pins the process, so a pid reused in between is never signalled.
+    """
     try:
         fd = os.pidfd_open(pid)
     except OSError:
@@ -113,9 +124,80 @@ def kill_verified(pid: int, expected_starttime: int, sig: int = signal.SIGKILL) 
     try:
         if starttime(pid) != expected_starttime:
             return False
+        if still_valid is not None and not still_valid(pid):
+            return False
         signal.pidfd_send_signal(fd, sig)
         return True
     except OSError:
         return False
     finally:
         os.close(fd)
+
+
+def fdinfo_holds_exclusive_flock(fdinfo: str) -> bool:
+    """Whether a /proc/PID/fdinfo/FD text shows that open file holding an exclusive flock.
+
+    The kernel lists there only the locks this open file holds ("lock:\t1: FLOCK  ADVISORY  WRITE
+    ..."); a request still waiting for the lock is not listed.
+    """
+    for line in fdinfo.splitlines():
+        if not line.startswith("lock:"):
+            continue
+        fields = line[len("lock:") :].split()
+        if len(fields) >= 4 and fields[1] == "FLOCK" and fields[3] == "WRITE":
+            return True
+    return False
+
+
+def holds_flock(pid: int, file_key: tuple[int, int]) -> bool:
+    """True when process `pid` has the file `file_key` (st_dev, st_ino) open with an exclusive flock.
+
+    Read from /proc/PID/fd and /proc/PID/fdinfo: a process we may not inspect counts as not holding.
+    """
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for name in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) != file_key:
+            continue
+        try:
+            with open(f"/proc/{pid}/fdinfo/{name}") as fh:
+                info = fh.read()
+        except OSError:
+            continue
+        if fdinfo_holds_exclusive_flock(info):
+            return True
+    return False
+
+
+def parse_flock_holders(proc_locks: str, major: int, minor: int, inode: int) -> set[int]:
+    """Pids shown in a /proc/locks text as holding an exclusive flock on one file (waiters excluded)."""
+    holders: set[int] = set()
+    for line in proc_locks.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 8481 fe:00:2146335 0 EOF"; a waiter has "->" after the number.
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[3] != "WRITE":
+            continue
+        try:
+            maj, mnr, ino = fields[5].split(":")
+            if (int(maj, 16), int(mnr, 16), int(ino)) == (major, minor, inode):
+                holders.add(int(fields[4]))
+        except ValueError:
+            continue
+    return holders
+
+
+def flock_holders(file_key: tuple[int, int]) -> set[int]:
+    """Pids holding an exclusive flock on the file `file_key` (st_dev, st_ino), from /proc/locks."""
+    try:
+        with open("/proc/locks") as fh:
+            text = fh.read()
+    except OSError:
+        return set()
+    dev, ino = file_key
+    return parse_flock_holders(text, os.major(dev), os.minor(dev), ino)

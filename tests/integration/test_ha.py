@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -17,6 +20,7 @@ import pytest
 from engine.db import StatePaths, connect
 from engine.errors import FencedError
 from engine.ledger import Ledger
+from engine.procs import flock_holders, starttime
 from tests.helpers import Up, runs, vigil, vigil_json, wait_for, write_job
 
 FAST_HA = '[scheduler]\nheartbeat_interval = "100ms"\nheartbeat_timeout = "1s"\n'
@@ -218,21 +222,6 @@ def test_three_instances_one_active(start_up, state_dir: Path, jobs_dir: Path, t
     assert len(vigil_json(state_dir, "status")["failovers"]) == 2
 
 
-def test_lock_file_replaced_stops_the_active(
-    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
-) -> None:
-    setup_jobs(jobs_dir, tmp_path / "gate")
-    up = start_up()
-    up.wait_active()
-    lock = state_dir / "leader.lock"
-    lock.unlink()
-    lock.touch()
-    wait_for(
-        lambda: up.proc.poll() is not None, 5, what="the active to stop after its lock file was replaced"
-    )
-    assert "lock file" in up.output()
-
-
 def test_chaos_random_kills(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
     """A handful of SIGKILLs at random moments across three instances, then the invariants."""
     (jobs_dir / "vigil.toml").write_text(FAST_HA)
@@ -325,3 +314,249 @@ def test_an_active_whose_start_fails_exits_instead_of_hanging(state_dir: Path, j
     assert done.returncode != 0
     assert "injected start failure" in done.stderr
     assert not (state_dir / "control.sock").exists()
+
+
+# ---------------------------------------------------------------- identity of the process a standby kills
+
+HOLD_LOCK = (
+    "import fcntl, os, sys, time\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def hold_lock(path: Path) -> subprocess.Popen[str]:
+    """A process that is not Vigil holding the flock on `path`."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def set_leader_row(state: Path, pid: int, start: int | None) -> None:
+    conn = connect(StatePaths(state))
+    conn.execute(
+        "UPDATE leader SET pid = ?, starttime = ?, since = ?, clean_stop = 0 WHERE id = 1",
+        (pid, start, datetime.now(UTC).isoformat()),
+    )
+    conn.close()
+
+
+@pytest.mark.parametrize("row_names", ["a dead process", "a live unrelated process", "the holder's reused pid"])
+def test_a_standby_never_signals_a_process_that_is_not_the_lock_holder(
+    start_up, state_dir: Path, jobs_dir: Path, row_names: str
+) -> None:
+    (jobs_dir / "vigil.toml").write_text(FAST_HA)
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    connect(StatePaths(state_dir)).close()  # a state directory whose last active is gone
+    bystander = subprocess.Popen(["sleep", "60"])
+    holder = hold_lock(state_dir / "leader.lock")
+    try:
+        bystander_start = starttime(bystander.pid)
+        assert bystander_start is not None
+        if row_names == "a dead process":
+            bystander.kill()
+            bystander.wait()
+            set_leader_row(state_dir, bystander.pid, bystander_start)
+        elif row_names == "a live unrelated process":
+            set_leader_row(state_dir, bystander.pid, bystander_start)
+        else:
+            set_leader_row(state_dir, holder.pid, (starttime(holder.pid) or 0) + 1)
+        standby = start_up()
+        wait_for(lambda: "standby (pid" in standby.output(), 10, what="the standby to start")
+        lines_before = len(standby.output().splitlines())
+        time.sleep(3.0)  # three heartbeat timeouts of silence
+        lines = standby.output().splitlines()[lines_before:]
+        assert len(lines) <= 3, "the standby logs per tick:\n" + "\n".join(lines[:20])
+        assert not any("killed it" in line for line in lines), lines
+        assert holder.poll() is None, "the standby killed a lock holder that the leader row does not name"
+        if row_names == "a live unrelated process":
+            assert bystander.poll() is None, "the standby killed a process that does not hold the lock"
+        assert standby.proc.poll() is None
+        holder.kill()
+        holder.wait()
+        standby.wait_active(5)  # the lock is free: the standby takes over at once
+        assert bystander.poll() is None or row_names == "a dead process"
+    finally:
+        for proc in (holder, bystander):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+# ---------------------------------------------------------------- hang detection from a standby's first second
+
+
+@pytest.mark.parametrize("when", ["before the standby starts", "as the standby starts"])
+def test_an_active_stopped_before_its_standby_subscribed_is_taken_over(
+    start_up, state_dir: Path, jobs_dir: Path, when: str
+) -> None:
+    (jobs_dir / "vigil.toml").write_text('[scheduler]\nheartbeat_interval = "100ms"\nheartbeat_timeout = "2s"\n')
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    first = start_up()
+    first.wait_active()
+    try:
+        if when == "before the standby starts":
+            os.kill(first.pid, signal.SIGSTOP)
+        second = start_up()
+        if when == "as the standby starts":
+            os.kill(first.pid, signal.SIGSTOP)
+        wait_for(lambda: "standby (pid" in second.output(), 10, what="the standby to start")
+        watching = time.monotonic()
+        # heartbeat_timeout (2 s) from the standby's first second, plus a margin; not twice the timeout.
+        wait_for(lambda: first.proc.poll() is not None, 3.5, interval=0.02, what="the stopped active to be killed")
+        assert time.monotonic() - watching < 3.5
+    finally:
+        if first.proc.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+    assert first.proc.returncode == -signal.SIGKILL
+    second.wait_active(5)
+    failover = vigil_json(state_dir, "status")["failovers"][0]
+    assert failover["cause"] == "hang" and failover["from_pid"] == first.pid
+
+
+# ---------------------------------------------------------------- leader.lock removed or replaced
+
+
+def lock_holders(state: Path) -> set[int]:
+    try:
+        st = os.stat(state / "leader.lock")
+    except FileNotFoundError:
+        return set()
+    return flock_holders((st.st_dev, st.st_ino))
+
+
+@pytest.mark.parametrize("fault", ["removed", "replaced", "removed, then the active killed"])
+def test_a_removed_lock_file_leaves_exactly_one_active(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path, fault: str
+) -> None:
+    setup_jobs(jobs_dir, tmp_path / "gate")
+    first, second = active_and_standby(start_up, state_dir)
+    t_start = datetime.now(UTC)
+    lock = state_dir / "leader.lock"
+    lock.unlink()
+    if fault == "replaced":
+        lock.touch()
+    elif fault == "removed, then the active killed":
+        first.kill9()
+    ups = (first, second)
+
+    def one_active() -> int | None:
+        alive = {u.pid for u in ups if u.proc.poll() is None}
+        pid = active_pid(state_dir)
+        return pid if pid in alive and lock_holders(state_dir) == {pid} else None
+
+    survivor = wait_for(one_active, 5, what="exactly one active holding the current lock file")
+    stable_until = time.monotonic() + 3.0
+    while time.monotonic() < stable_until:  # and it stays so: nobody stops later, nobody else takes it
+        assert one_active() == survivor, (first.output(), second.output())
+        time.sleep(0.1)
+    other = second if survivor == first.pid else first
+    if other.proc.poll() is None:
+        assert other.pid in standby_pids(state_dir)
+    time.sleep(1.0)
+    no_duplicates(state_dir)
+    every_fire_accounted(state_dir, "tick", t_start, datetime.now(UTC) - timedelta(seconds=1))
+
+
+def test_lock_file_replaced_and_held_by_another_process_stops_the_active(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    setup_jobs(jobs_dir, tmp_path / "gate")
+    up = start_up()
+    up.wait_active()
+    replacement = state_dir / "leader.lock.new"
+    holder = hold_lock(replacement)
+    replacement.rename(state_dir / "leader.lock")  # atomically: a file someone else already holds
+    try:
+        wait_for(lambda: up.proc.poll() is not None, 5, what="the active to stop: another process holds the new lock file")
+        assert f"pid {holder.pid} holds the new one" in up.output()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_file_replaced_under_a_lone_active_is_locked_again(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    setup_jobs(jobs_dir, tmp_path / "gate")
+    up = start_up()
+    up.wait_active()
+    lock = state_dir / "leader.lock"
+    lock.unlink()
+    lock.touch()
+    wait_for(lambda: lock_holders(state_dir) == {up.pid}, 3, what="the active to lock the new file")
+    assert "locked the new file" in up.output()
+    assert up.is_active()
+    # A node started now finds the lock taken and waits as a standby.
+    second = start_up()
+    wait_for(lambda: second.pid in standby_pids(state_dir), 5)
+
+
+# ---------------------------------------------------------------- a heartbeat subscriber that never reads
+
+
+def test_a_subscriber_that_never_reads_is_dropped_and_the_others_keep_their_heartbeats(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    setup_jobs(jobs_dir, tmp_path / "gate")
+    first, second = active_and_standby(start_up, state_dir)
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.connect(str(state_dir / "control.sock"))
+    try:
+        # Subscribe, then ask for far more than the socket holds and never read: only heartbeats
+        # and these replies pile up in the active's buffer for this client.
+        stalled.sendall(b'{"op": "subscribe", "role": "monitor"}\n' + b'{"op": "status"}\n' * 3000)
+        wait_for(lambda: "dropping monitor subscriber" in first.output(), 10, what="the stalled subscriber to be dropped")
+        stalled.settimeout(5)
+        received = 0
+        while chunk := stalled.recv(1 << 20):  # what the kernel had, then the end: the active hung up
+            received += len(chunk)
+        assert received < 4 << 20
+    except ConnectionResetError:
+        pass
+    finally:
+        stalled.close()
+    # The standby heard heartbeats all along: no takeover, the same active answers.
+    time.sleep(1.5)
+    assert active_pid(state_dir) == first.pid
+    assert second.pid in standby_pids(state_dir)
+    assert vigil_json(state_dir, "status")["failovers"] == []
+
+
+def test_a_standby_resumed_from_sigstop_does_not_kill_a_healthy_active(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    setup_jobs(jobs_dir, tmp_path / "gate")  # heartbeat_timeout = 1s
+    first, second = active_and_standby(start_up, state_dir)
+    for _ in range(2):
+        os.kill(second.pid, signal.SIGSTOP)
+        time.sleep(1.5)  # longer than the timeout: the standby itself heard nothing meanwhile
+        os.kill(second.pid, signal.SIGCONT)
+        time.sleep(0.7)
+        assert first.proc.poll() is None, "the resumed standby killed a healthy active:\n" + second.output()
+    assert active_pid(state_dir) == first.pid
+    wait_for(lambda: second.pid in standby_pids(state_dir), 3)
+
+
+def test_a_crash_after_a_switchover_is_recorded_as_a_crash(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    setup_jobs(jobs_dir, tmp_path / "gate")
+    ups = [start_up() for _ in range(3)]
+    wait_for(lambda: active_pid(state_dir) in {u.pid for u in ups} and len(standby_pids(state_dir)) == 2, 8)
+    old = next(u for u in ups if u.pid == active_pid(state_dir))
+    vigil(state_dir, "switchover")
+    wait_for(lambda: active_pid(state_dir) not in (None, old.pid), 3)
+    new = next(u for u in ups if u.pid == active_pid(state_dir))
+    witness = next(u for u in ups if u not in (old, new))  # heard the hand-over, then the new active
+    wait_for(lambda: standby_pids(state_dir) == {old.pid, witness.pid}, 5)
+    os.kill(old.pid, signal.SIGSTOP)  # so that the witness is the one to take over
+    try:
+        new.kill9()
+        wait_for(lambda: active_pid(state_dir) == witness.pid, 3)
+    finally:
+        os.kill(old.pid, signal.SIGCONT)
+    latest = max(vigil_json(state_dir, "status")["failovers"], key=lambda f: f["at"])
+    assert (latest["cause"], latest["from_pid"], latest["to_pid"]) == ("crash", new.pid, witness.pid)
