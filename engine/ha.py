@@ -29,12 +29,16 @@ from typing import Any
 from .clock import Clock, SystemClock
 from .control import encode, socket_address
 from .db import StatePaths, connect, iso, parse_iso, user_name
-from .errors import VigilError
+from .errors import StoreRetryableError, VigilError
 from .jobfile import load_settings
 from .procs import flock_holders, holds_flock, kill_verified, starttime
 from .scheduler import Scheduler
 
 log = logging.getLogger("vigil.ha")
+
+#: Pauses between attempts to become active while the store refuses writes (disk full, locked).
+START_RETRY_FIRST_S = 0.5
+START_RETRY_MAX_S = 10.0
 
 #: A heartbeat subscriber with more unsent bytes than this has stopped reading: it is dropped.
 SUBSCRIBER_BUFFER_LIMIT = 64 * 1024
@@ -263,22 +267,52 @@ class Node:
 
     async def run(self) -> None:
         self.paths.ensure()
-        connect(self.paths).close()
+        while True:
+            try:
+                connect(self.paths).close()
+                break
+            except StoreRetryableError as exc:
+                if not await self._back_off(exc):
+                    return
+        unfinished: Takeover | None = None  #: a takeover whose start failed on a passing store fault
         while not self._stop.is_set():
             if self.lock.try_acquire():
-                takeover = Takeover("start", None, None)
+                takeover = unfinished or Takeover("start", None, None)
             else:
                 takeover = await self._standby()
                 if takeover is None:
                     return
-            reason = await self._active(takeover)
-            while reason == "epoch" and not self._stop.is_set() and self.lock.still_ours():
-                # An agent has seen a higher epoch (restored database): take the leadership again,
-                # under the lock we still hold, above it. At most once per minute (see agents.py).
-                reason = await self._active(Takeover("epoch", self.pid, None))
+            try:
+                reason = await self._active(takeover)
+                while reason == "epoch" and not self._stop.is_set() and self.lock.still_ours():
+                    # An agent has seen a higher epoch (restored database): take the leadership again,
+                    # under the lock we still hold, above it. At most once per minute (see agents.py).
+                    reason = await self._active(Takeover("epoch", self.pid, None))
+            except StoreRetryableError as exc:
+                # Becoming active needs writes (the epoch first). A full disk or another writer's
+                # lock may pass: _active let go of the lock, so a standby may try meanwhile; we try
+                # again after a growing pause instead of leaving no scheduler at all.
+                unfinished = takeover
+                if not await self._back_off(exc):
+                    return
+                continue
             if reason != "switchover":
                 return
+            self._start_failures = 0
+            unfinished = None
             await self._after_handover()
+
+    _start_failures = 0
+
+    async def _back_off(self, exc: StoreRetryableError) -> bool:
+        """Wait before trying to become active again; False if asked to stop meanwhile."""
+        self._start_failures += 1
+        delay = min(START_RETRY_MAX_S, START_RETRY_FIRST_S * 2 ** (self._start_failures - 1))
+        level = logging.WARNING if self._start_failures == 1 else logging.DEBUG
+        log.log(level, "cannot become active: %s; trying again in up to %gs", exc, START_RETRY_MAX_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        return not self._stop.is_set()
 
     # ---------------------------------------------------------------- standby
 

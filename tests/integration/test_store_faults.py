@@ -135,6 +135,40 @@ def test_an_external_write_lock_is_waited_out(
         up.stop()
 
 
+def test_a_takeover_during_an_external_write_lock_waits_instead_of_exiting(
+    state_dir: Path, jobs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The active dies while the database is locked (or the disk full): the standby cannot bump the
+    # epoch yet. It must keep trying with a pause, not exit and leave no scheduler at all.
+    monkeypatch.setenv("VIGIL_DB_BUSY_TIMEOUT_MS", "200")
+    (jobs_dir / "vigil.toml").write_text(FAST)
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    active = Up(state_dir, jobs_dir, log=tmp_path / "active.log")
+    standby = Up(state_dir, jobs_dir, log=tmp_path / "standby.log")
+    try:
+        active.wait_active()
+        wait_for(lambda: "standby" in standby.output(), 10, what="the standby")
+        holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            os.kill(active.pid, 9)
+            active.proc.wait(5)
+            wait_for(lambda: "cannot become active" in standby.output(), 10, what=f"a refused start\n{standby.output()}")
+            time.sleep(2.0)  # several attempts' worth
+            assert standby.proc.poll() is None, f"the standby gave up:\n{standby.output()}"
+            newest = max((r["id"] for r in runs(state_dir)), default=0)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        wait_for(lambda: succeeded_after(state_dir, "tick", newest), 20, what=f"ticks after release\n{standby.output()}")
+        out = standby.output()
+        assert out.count("cannot become active") == 1, out  # logged once, not per attempt
+        assert "Traceback" not in out, out
+    finally:
+        active.stop()
+        standby.stop()
+
+
 def test_a_failing_take_leadership_exits_and_releases_the_lock(state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
     (jobs_dir / "vigil.toml").write_text(FAST)
     write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
