@@ -144,9 +144,9 @@ def test_a_takeover_during_an_external_write_lock_waits_instead_of_exiting(
     (jobs_dir / "vigil.toml").write_text(FAST)
     write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
     active = Up(state_dir, jobs_dir, log=tmp_path / "active.log")
+    active.wait_active()  # before the second starts: which of two at once wins is a race
     standby = Up(state_dir, jobs_dir, log=tmp_path / "standby.log")
     try:
-        active.wait_active()
         wait_for(lambda: "standby" in standby.output(), 10, what="the standby")
         holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
