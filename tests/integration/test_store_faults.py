@@ -144,9 +144,10 @@ def test_a_takeover_during_an_external_write_lock_waits_instead_of_exiting(
     (jobs_dir / "vigil.toml").write_text(FAST)
     write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
     active = Up(state_dir, jobs_dir, log=tmp_path / "active.log")
-    active.wait_active()  # before the second starts: which of two at once wins is a race
-    standby = Up(state_dir, jobs_dir, log=tmp_path / "standby.log")
+    standby: Up | None = None
     try:
+        active.wait_active()  # before the second starts: which of two at once wins is a race
+        standby = Up(state_dir, jobs_dir, log=tmp_path / "standby.log")
         wait_for(lambda: "standby" in standby.output(), 10, what="the standby")
         holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
@@ -166,7 +167,8 @@ def test_a_takeover_during_an_external_write_lock_waits_instead_of_exiting(
         assert "Traceback" not in out, out
     finally:
         active.stop()
-        standby.stop()
+        if standby is not None:
+            standby.stop()
 
 
 def test_a_failing_take_leadership_exits_and_releases_the_lock(state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
