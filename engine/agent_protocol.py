@@ -124,9 +124,12 @@ class RunStatus:
         cpu = doc.get("cpu_s")
         if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, int | float) or not math.isfinite(cpu)):
             raise ValueError("cpu_s is not a number")
-        if doc.get("run_id") is None:
-            raise ValueError("a run status without run_id")
-        return cls(**{k: doc.get(k) for k in cls.__dataclass_fields__})
+        required = ("run_id", "job", "scheduled_for", "attempt", "state")  # NOT NULL in every agent's journal
+        for key in required:
+            if doc.get(key) is None:
+                raise ValueError(f"a run status without {key}")
+        optional = {k: doc.get(k) for k in cls.__dataclass_fields__ if k not in required}
+        return cls(doc["run_id"], doc["job"], doc["scheduled_for"], doc["attempt"], doc["state"], **optional)
 
     @property
     def done(self) -> bool:
@@ -151,7 +154,10 @@ def is_loopback_host(host: str) -> bool:
     except OSError:
         return False
     addresses = {info[4][0] for info in infos}
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+    # an address that is not a string (typeshed allows an int for families other than IPv4/IPv6) is not loopback
+    return bool(addresses) and all(
+        isinstance(a, str) and ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
+    )
 
 
 def split_host_port(listen: str) -> tuple[str, int]:

@@ -608,6 +608,13 @@ def _text_id(value: bytes | str | None, what: str) -> int | None:
     return number
 
 
+def _captured(run_id: int | None) -> int:
+    """The run id of a route whose pattern captures one (run, kill, log), where it is never None."""
+    if run_id is None:
+        raise VigilError("this route has no run id")  # a routing bug, answered with a 500
+    return run_id
+
+
 def _clamped(text: str | None) -> int:
     try:
         return min(max(0, int(text or 0)), MAX_ROW_ID)
@@ -732,10 +739,10 @@ class AgentApp:
             code, doc = service.dispatch(body)
             await _send_json(send, code, doc)
         elif name == "run":
-            await _send_json(send, 200, service.run_status(run_id))
+            await _send_json(send, 200, service.run_status(_captured(run_id)))
         elif name == "kill":
             reason = str(body.get("reason", "kill")) if isinstance(body, dict) else "kill"
-            await _send_json(send, 200, service.kill(run_id, reason, epoch))
+            await _send_json(send, 200, service.kill(_captured(run_id), reason, epoch))
         elif name == "ack":
             ids = body.get("run_ids") if isinstance(body, dict) else None
             if not isinstance(ids, list):
@@ -745,7 +752,7 @@ class AgentApp:
             await _send_json(send, 200, await service.results(after, max(0.0, wait)))
         elif name == "log":
             max_bytes = min(asked if asked > 0 else 1 << 20, 8 << 20)  # read(-1) would read it all
-            data, nxt, size, state = service.read_log(run_id, offset, max_bytes)
+            data, nxt, size, state = service.read_log(_captured(run_id), offset, max_bytes)
             await send(
                 {
                     "type": "http.response.start",

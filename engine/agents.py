@@ -390,8 +390,7 @@ class AgentDispatcher:
                         (name, self.s.epoch),
                     )
         for name, spec in declared.items():
-            link = self.links.get(name)
-            if link is None:
+            if name not in self.links:
                 link = AgentLink(spec=spec)
                 self.links[name] = link
                 link.tasks = [

@@ -99,7 +99,8 @@ class StateReader:
         before_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """Newest first, keyset-paged by id so a page costs the same at any depth."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if job:
             where.append("job = ?")
             params.append(job)

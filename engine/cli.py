@@ -148,9 +148,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         settings_or_defaults = name == SETTINGS_FILE[:-5] or name.rpartition("/")[2] == FOLDER_FILE[:-5]
         if name not in result.jobs and err.path.endswith(".toml") and not settings_or_defaults:
             broken.setdefault(name, err.format())
-    for name, row in catalog.items():  # e.g. below a broken _folder.toml: its own file has no error
-        if row["loaded"] and name not in result.jobs and (jobs_dir / f"{name}.toml").exists():
-            broken.setdefault(name, row["error"] or "not valid now: see the errors below")
+    for name, entry in catalog.items():  # e.g. below a broken _folder.toml: its own file has no error
+        if entry["loaded"] and name not in result.jobs and (jobs_dir / f"{name}.toml").exists():
+            broken.setdefault(name, entry["error"] or "not valid now: see the errors below")
     now = datetime.now(UTC)
     docs = []
     for name in sorted(set(result.jobs) | set(broken)):

@@ -525,6 +525,8 @@ class LocalExecutor:
             )
             return
         cause = shim_end_cause(shim_pid, wait_status)
+        job_pid: int | None
+        job_start: int | None
         if watched is not None and watched.job_pid is not None:
             job_pid, job_start = watched.job_pid, watched.job_starttime
         else:

@@ -275,6 +275,7 @@ class Node:
                 if not await self._back_off(exc):
                     return
         unfinished: Takeover | None = None  #: a takeover whose start failed on a passing store fault
+        takeover: Takeover | None
         while not self._stop.is_set():
             if self.lock.try_acquire():
                 takeover = unfinished or Takeover("start", None, None)

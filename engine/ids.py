@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeGuard
 
 from .db import StatePaths
 
@@ -49,7 +50,7 @@ class HighWater:
     from_run_dirs: bool = False  #: the file was missing: these come from scanning `runs/`
 
 
-def valid_id(value: object) -> bool:
+def valid_id(value: object) -> TypeGuard[int]:
     """A well-formed epoch or run id reported by someone else (an agent, a file)."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < ID_LIMIT
 

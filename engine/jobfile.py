@@ -1326,7 +1326,8 @@ class JobFolder:
                     dirty = True
                 continue  # deleted since the walk: the next scan agrees
             if isinstance(raw, OSError):
-                raw, read_error = b"", str(raw.strerror or raw)
+                read_error = str(raw.strerror or raw)
+                raw = b""
             if old is not None and read_error is None and not old.unreadable and old.raw == raw:
                 old.stat_key = stat_key
                 old.racy = now - stat_key[0] < _RACY_WINDOW_NS
@@ -1411,9 +1412,9 @@ class JobFolder:
         last_valid = {name: spec for name, spec in self._last_valid.items() if name in job_sources}
         effective: dict[str, JobSpec] = {}
         for name in job_sources:
-            spec = candidates.get(name) or last_valid.get(name)
-            if spec is not None:
-                effective[name] = spec
+            chosen = candidates.get(name) or last_valid.get(name)
+            if chosen is not None:
+                effective[name] = chosen
         while True:
             cycles = _cycles(effective)
             if not cycles:

@@ -1290,7 +1290,7 @@ class Scheduler:
             if job is None:
                 raise NotFoundError(f"no job named {show(name)}")
             if op == "run":
-                info = self._fire(
+                fired = self._fire(
                     batch,
                     job,
                     now,
@@ -1299,7 +1299,7 @@ class Scheduler:
                     overlap=Overlap.ALLOW,
                     reason=f"run now by {args.get('user', '?')}",
                 )
-                return {"run_id": info.id, "audit": f"run {info.id}"}
+                return {"run_id": fired.id, "audit": f"run {fired.id}"}
             paused = op == "pause"
             batch.paused_before.setdefault(name, name in self.paused)
             if paused:

@@ -46,8 +46,8 @@ def cluster_markup(snap: Snapshot, now_text: str) -> str:
             f"heartbeat {fmt_age(active.heartbeat_age_s)} · lag {lag}"
         )
     if cluster.standbys:
-        for pid, since in cluster.standbys:
-            lines.append(f"[$accent]◌ Standby[/] pid {pid} · waiting since {fmt_time(since, snap.taken_at)}")
+        for pid, waiting_since in cluster.standbys:
+            lines.append(f"[$accent]◌ Standby[/] pid {pid} · waiting since {fmt_time(waiting_since, snap.taken_at)}")
     else:
         lines.append("[$text-muted]No standby connected (start another `vigil up` on this state for failover).[/]")
     return "\n".join(lines)

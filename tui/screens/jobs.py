@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 from textual.app import ComposeResult
@@ -182,7 +183,7 @@ class JobsScreen(ViewScreen):
 
     # ------------------------------------------------------------ rendering
 
-    _now = None
+    _now: datetime | None = None
 
     def render_job(self, name: str) -> Sequence[Cell]:
         job = self.jobs.get(name)

@@ -265,7 +265,7 @@ class VirtualTable(ScrollView, can_focus=True):
         if self._cursor_key is not None:
             self.post_message(self.Selected(self, self._cursor_key))
 
-    def _on_click(self, event: events.Click) -> None:
+    async def _on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
         if offset is None or offset.y == 0:
             return
