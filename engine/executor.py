@@ -239,6 +239,19 @@ def read_int_file(path: Path) -> int | None:
         return None
 
 
+#: Written before the shim starts; the shim overwrites it in place (`1<>`), so recording a run's end
+#: needs no new space on the disk: a job that ends while the disk is full keeps its exit code.
+EXIT_RESERVED = b" " * 64
+
+
+def _reserve_exit_record(run_dir: Path) -> None:
+    fd = os.open(run_dir / "exit", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, EXIT_RESERVED)
+    finally:
+        os.close(fd)
+
+
 def read_exit_record(run_dir: Path) -> int | None:
     """The exit code from a complete record; a partial or missing record reads as None."""
     try:
@@ -404,6 +417,7 @@ class LocalExecutor:
         if any("\0" in arg for arg in argv):
             raise LaunchError("could not start: the command contains a NUL byte")
         claim_run_dir(run_dir, run_identity(env))  # never another run's directory (engine/ids.py)
+        _reserve_exit_record(run_dir)
         # In memory, not on disk or in any argv: other users can read a process's argv, never its
         # environment or fds.
         env_fd = _above_shim_fds(os.memfd_create("vigil-job-env", os.MFD_CLOEXEC))

@@ -38,7 +38,7 @@ if [ -n "$w" ]; then
     cd "$w" 2>/dev/null || {
         printf 'workdir %s' "$w" >"$d/start-error"
         echo "vigil: could not start: cannot enter workdir $w" >>"$d/log"
-        echo "notstarted end" >"$d/exit"
+        echo "notstarted end" 1<>"$d/exit"
         exit 0
     }
 fi
@@ -51,9 +51,10 @@ echo "$pid" >"$d/started"
 wait "$pid"
 code=$?
 times >"$d/times"
-# One short write of a self-checking record: a reader ignores anything without the trailing "end".
+# One short write of a self-checking record, in place over the space the executor reserved (1<>:
+# no truncation, so no new block is needed on a full disk); a reader ignores anything without "end".
 if [ -e "$d/start-error" ]; then
-    echo "notstarted end" >"$d/exit"
+    echo "notstarted end" 1<>"$d/exit"
 else
-    echo "exit=$code end" >"$d/exit"
+    echo "exit=$code end" 1<>"$d/exit"
 fi

@@ -102,3 +102,11 @@ class Up:
 
 def runs(state: Path, *args: str) -> list[dict[str, Any]]:
     return vigil_json(state, "runs", "--limit", "100000", *args)
+
+
+def exit_recorded(run_dir: Path) -> bool:
+    """The run's shim has written its end record (the file exists, reserved, from the launch on)."""
+    try:
+        return (run_dir / "exit").read_text().rstrip().endswith(" end")
+    except OSError:
+        return False

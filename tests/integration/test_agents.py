@@ -26,7 +26,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import VIGIL, vigil, vigil_json, wait_for, write_job
+from tests.helpers import VIGIL, exit_recorded, vigil, vigil_json, wait_for, write_job
 
 TOKEN = "t0ken-" + "x" * 26
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -594,7 +594,7 @@ def test_agent_killed_mid_run_and_restarted(start_up, agents, state_dir: Path, j
     wait_for(lambda: agent_row(state_dir, "a1").get("up") == 0, 5, what="the agent to show as down")
     # A ends while its agent is dead: the shim records it; nobody can tell the scheduler yet
     gate_a.touch()
-    wait_for(lambda: (agent.state / "runs" / str(ra["id"]) / "exit").exists(), 5)
+    wait_for(lambda: exit_recorded(agent.state / "runs" / str(ra["id"])), 5)
     settle(0.3)
     assert run_rows(state_dir, "ja")[-1]["state"] == "running"
     agent.start()  # same port, same journal: it ingests A's end and adopts B's live shim
@@ -691,7 +691,7 @@ def test_agent_back_without_knowledge_of_a_run_means_unknown(
     agent.kill9()
     agent.kill_jobs()
     # the shim outlives its job by an instant (it writes the exit record): wipe after that
-    wait_for(lambda: (agent.state / "runs" / str(running["id"]) / "exit").exists(), 5, what="the shim to end")
+    wait_for(lambda: exit_recorded(agent.state / "runs" / str(running["id"])), 5, what="the shim to end")
     shutil.rmtree(agent.state)  # the host was rebuilt: journal and run directories are gone
     agent.state.mkdir()
     agent.start()

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import VIGIL, vigil, wait_for, write_job
+from tests.helpers import VIGIL, exit_recorded, vigil, wait_for, write_job
 
 HUGE = 10**30
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -325,7 +325,7 @@ def test_an_agent_without_a_token_file_makes_one_and_requires_it(procs, tmp_path
     auth = {"Authorization": f"Bearer {token}"}
     assert httpx.post(url + "/runs", json=body, headers=auth).status_code == 201
     wait_for(marker.exists, 10, what="the authenticated dispatch to run")
-    wait_for(lambda: (state / "runs" / "1" / "exit").exists(), 10, what="the run to end")
+    wait_for(lambda: exit_recorded(state / "runs" / "1"), 10, what="the run to end")
     assert mode(marker) == 0o666  # the job keeps the operator's umask (000 here)
     found = {state, *state.rglob("*")}
     loose = {str(p): oct(mode(p)) for p in found if mode(p) != (0o700 if p.is_dir() else 0o600)}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Up, runs, vigil, vigil_json, wait_for, write_job
+from tests.helpers import Up, exit_recorded, runs, vigil, vigil_json, wait_for, write_job
 
 FAST = '[scheduler]\nheartbeat_interval = "100ms"\nheartbeat_timeout = "1s"\nlog_cap = "10MB"\n'
 
@@ -100,6 +100,35 @@ def test_a_full_disk_is_waited_out_and_named_then_the_active_carries_on(
         assert "Traceback" not in up.output()
     finally:
         stop.touch()
+        up.stop()
+
+
+def test_a_run_that_ends_while_the_disk_is_full_keeps_its_exit_code(
+    small_fs: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    # The shim's end record goes into space reserved at launch: a full disk cannot turn a real exit
+    # code into "unknown".
+    state = small_fs / "state"
+    gate = tmp_path / "gate"
+    (jobs_dir / "vigil.toml").write_text(FAST)
+    write_job(jobs_dir, "late", f'command = "while [ ! -e {gate} ]; do sleep 0.05; done; exit 3"\n')
+    up = Up(state, jobs_dir, log=tmp_path / "up.log")
+    try:
+        up.wait_active()
+        run_id = int(vigil(state, "run", "late").stdout.split()[2])
+        wait_for(lambda: vigil_json(state, "runs", "--job", "late")[0]["state"] == "running", 10, what="the run")
+        fill(small_fs / "ballast")
+        gate.touch()  # the job ends now, on a full disk
+        wait_for(lambda: exit_recorded(state / "runs" / str(run_id)), 10, what="the shim's end record")
+        (small_fs / "ballast").unlink()
+        run = wait_for(
+            lambda: next((r for r in vigil_json(state, "runs", "--job", "late") if r["state"] != "running"), None),
+            15,
+            what=f"the run's end\n{up.output()}",
+        )
+        assert run["state"] == "failed" and run["exit_code"] == 3, run
+    finally:
+        gate.touch()
         up.stop()
 
 
