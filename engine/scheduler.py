@@ -1390,7 +1390,8 @@ def _describe_busy(active: list[int], queued: list[int], job: JobSpec) -> str:
     if len(active) == 1:
         running = f"run {active[0]}"
     elif active:
-        running = f"runs {', '.join(map(str, active))}"
+        more = f" and {len(active) - 3} more" if len(active) > 3 else ""
+        running = f"runs {', '.join(map(str, active[:3]))}{more}"
     else:
         running = ""
     if not queued:

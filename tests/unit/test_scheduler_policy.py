@@ -7,6 +7,7 @@ lets time pass; `clock.set` steps the wall clock alone, as NTP or an operator wo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -442,6 +443,23 @@ async def test_a_fire_skipped_behind_a_catch_up_names_the_running_run_and_the_ba
     assert rows[-1]["reason"] == f"overlap=skip: run {third} running, 2 caught-up fires queued"
     assert s.active_by_job["j"] == {third}
     assert list(s.queued["j"]) == [r["id"] for r in rows if r["state"] == "pending"]
+
+
+async def test_a_skip_behind_several_runs_names_each_and_an_ended_one_none(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1m"\ncommand = "sleep 100"\n')
+    s = await h.start()
+    await h.tick(0.5)  # 03:00 runs
+    manual = asyncio.create_task(s.command("run", {"job": "j", "user": "op"}))  # alongside it
+    await asyncio.sleep(0)
+    await h.tick(1)
+    scheduled, by_hand = h.executor.launched
+    assert (await manual)["run_id"] == by_hand
+    await h.tick(60)  # 03:01
+    assert (await h.runs())[-1]["reason"] == f"overlap=skip: runs {scheduled}, {by_hand} still running"
+    h.finish(scheduled)
+    await h.tick(60)  # 03:02: only the manual run is left
+    assert (await h.runs())[-1]["reason"] == f"overlap=skip: run {by_hand} still running"
 
 
 async def test_with_overlap_queue_caught_up_fires_count_against_max_queued(harness) -> None:
