@@ -24,7 +24,7 @@ import bisect
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -631,33 +631,45 @@ def plan_missed_fires(
     catchup: Catchup,
     window_s: float,
     *,
-    cause: str = "downtime",
+    cause: str | Callable[[datetime], str] = "downtime",
+    on_time_s: float | None = None,
 ) -> list[FirePlan]:
     """Decide, per the job's catchup policy, which fires that fell due during a gap still run.
 
-    Every skipped fire gets a reason naming the gap's `cause`, so an operator sees why it did not run.
-    The result is in ascending order of `scheduled_for`.
+    Every skipped fire gets a reason naming the gap's `cause` (one for all, or a function giving each
+    fire's), so an operator sees why it did not run. With `on_time_s`, the newest fire, if it is at
+    most that old, is on time: it runs whatever `catchup` and the window say, and only the older
+    fires follow the policy (with `latest` it is the one that supersedes them). The result is in
+    ascending order of `scheduled_for`.
     """
     if window_s < 0:
         raise ValueError(f"catchup window must not be negative, got {window_s}")
     _require_aware(now, "now")
+    cause_of = cause if callable(cause) else (lambda _fire, text=cause: text)
     ordered = sorted(fires)
+    on_time: datetime | None = None
+    if ordered and on_time_s is not None and (now - ordered[-1]).total_seconds() <= on_time_s:
+        on_time = ordered.pop()
     cutoff = now - timedelta(seconds=window_s)
     outside = [f for f in ordered if f < cutoff]
     inside = [f for f in ordered if f >= cutoff]
-    too_old = f"{cause}: outside catchup window ({format_duration(window_s)})"
-    plans = [FirePlan(f, "missed", too_old) for f in outside]
+    too_old = f"outside catchup window ({format_duration(window_s)})"
+    plans = [FirePlan(f, "missed", f"{cause_of(f)}: {too_old}") for f in outside]
     catchup = Catchup(catchup)
     if catchup is Catchup.ALL:
         plans += [FirePlan(f, "run", None) for f in inside]
     elif catchup is Catchup.LATEST:
-        if inside:
-            newest = inside[-1]
-            superseded = f"{cause}: catchup=latest: superseded by {newest.isoformat()}"
-            plans += [FirePlan(f, "missed", superseded) for f in inside[:-1]]
-            plans.append(FirePlan(newest, "run", None))
+        newest = on_time or (inside[-1] if inside else None)
+        if newest is not None:
+            late = inside if on_time is not None else inside[:-1]
+            superseded = f"catchup=latest: superseded by {newest.isoformat()}"
+            plans += [FirePlan(f, "missed", f"{cause_of(f)}: {superseded}") for f in late]
+            if on_time is None:
+                plans.append(FirePlan(newest, "run", None))
     else:
-        plans += [FirePlan(f, "missed", f"{cause}: catchup=none") for f in inside]
+        plans += [FirePlan(f, "missed", f"{cause_of(f)}: catchup=none") for f in inside]
+    if on_time is not None:
+        plans.append(FirePlan(on_time, "run", None))
     return plans
 
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import schedule
 from .clock import Clock, SystemClock
@@ -37,7 +37,7 @@ from .executor import LocalExecutor, ShimExit, gather_evidence
 from .ids import HighWaterFile
 from .jobfile import JobFolder, ScanResult
 from .ledger import Ledger
-from .model import JobSpec, Overlap, RunState, Settings
+from .model import Catchup, JobSpec, Overlap, RunState, Settings
 from .reconcile import Action, decide
 from .text import show
 
@@ -85,6 +85,15 @@ SQL_JOB_UPSERT = (
 )
 SQL_NEXT_FIRE = "UPDATE jobs SET next_fire = ?, writer_epoch = ? WHERE name = ?"
 SQL_AUDIT = "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+class ForwardJump(NamedTuple):
+    """A forward step of the wall clock, seen between two looks at the clock."""
+
+    seen_from: datetime  #: the wall time of the look before it: the step came after this
+    to: datetime  #: the wall time of the look that saw it
+    seconds: float  #: how far the wall clock stepped
+    cause: str  #: "clock jumped forward 1h 0m", for the reasons of the fires it passed over
 
 
 @dataclass
@@ -168,7 +177,7 @@ class Scheduler:
         self._retry_heap: list[tuple[float, int]] = []  # monotonic times
         self._deadline_heap: list[tuple[float, int]] = []  # monotonic times
         self._clock_mark: tuple[datetime, float] | None = None  # (wall, monotonic) at the last look
-        self._forward_jumps: deque[tuple[datetime, datetime, str]] = deque(maxlen=8)  # (from, to], cause
+        self._forward_jumps: deque[ForwardJump] = deque(maxlen=8)
         self._collisions_noted: set[str] = set()  # jobs whose repeated fire times were logged
         self._finished: list[ShimExit] = []
         self._carry = Batch()  # ends decided mid-commit (failed launches), committed next iteration
@@ -379,7 +388,7 @@ class Scheduler:
             log.warning(
                 "wall clock jumped forward %s; the fires it passed follow each job's catchup", _format_jump(skew)
             )
-            self._forward_jumps.append((now - timedelta(seconds=skew), now, cause))
+            self._forward_jumps.append(ForwardJump(mark[0], now, skew, cause))
         return now, mono
 
     def _restate_starts(self, now: datetime, mono: float) -> None:
@@ -932,14 +941,18 @@ class Scheduler:
             batch.statements.append((SQL_LAST_FIRE, (name, iso(fires[-1]), self.epoch)))
             batch.statements.append((SQL_NEXT_FIRE, (iso(trigger.next_fire(now)), self.epoch, name)))
             self._push_fire(name, trigger.next_fire(now))
-            late = len(fires) > 1 or (now - fires[-1]).total_seconds() > ON_TIME_TOLERANCE_S
-            if not late:
-                plans = [schedule.FirePlan(fires[0], "run", None)]
-            else:
-                cause = self._gap_cause(fires[0])
-                plans = schedule.plan_missed_fires(fires, now, job.catchup, job.catchup_window, cause=cause)
-                if dropped:
-                    self._note_dropped(batch, name, fires[0], dropped, cause, now)
+            # The newest fire, if on time, runs whatever `catchup` says; older ones are late and
+            # follow the policy, each missed one naming why it was late.
+            plans = schedule.plan_missed_fires(
+                fires,
+                now,
+                job.catchup,
+                job.catchup_window,
+                cause=lambda fire: self._gap_cause(fire, now),
+                on_time_s=ON_TIME_TOLERANCE_S,
+            )
+            if dropped:
+                self._note_dropped(batch, name, fires[0], dropped, self._gap_cause(fires[0], now), now)
             if not job.enabled:
                 continue
             # Fires caught up together run one after another, oldest first, whatever `overlap` says:
@@ -957,11 +970,17 @@ class Scheduler:
                 else:
                     self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire)
 
-    def _gap_cause(self, first_fire: datetime) -> str:
-        for jumped_from, jumped_to, cause in reversed(self._forward_jumps):
-            if jumped_from < first_fire <= jumped_to:
-                return cause
-        if first_fire <= self.started_at:
+    def _gap_cause(self, fire: datetime, now: datetime) -> str:
+        """Why `fire`, handled at `now`, was not handled on time."""
+        for jump in reversed(self._forward_jumps):
+            # The step came somewhere between the look before it and the look that saw it. It passed
+            # over the fires due in that span (not those already late at the look before), and it
+            # is their cause if it is most of the span; otherwise the loop was mostly just not looking.
+            if not jump.seen_from - timedelta(seconds=ON_TIME_TOLERANCE_S) < fire <= jump.to:
+                continue
+            if 2 * jump.seconds >= (jump.to - jump.seen_from).total_seconds():
+                return jump.cause
+        if fire <= self.started_at:
             return self.takeover_cause
         if self._outage_cause is not None:
             return self._outage_cause
@@ -1010,18 +1029,21 @@ class Scheduler:
             ok, unmet = schedule.upstream_satisfied(job.after, self.last_success, since)
             if not ok:
                 return skipped("after: not yet succeeded since the previous run: " + ", ".join(unmet))
-        active = self.active_by_job[name]
-        queued = self.queued[name]
+        # Only runs that are still open count (and are named in a reason); the run ends of this
+        # iteration were handled before its fires, so these are the job's runs as of now.
+        active = sorted(run_id for run_id in self.active_by_job[name] if run_id in self.runs)
+        queued = [run_id for run_id in self.queued[name] if run_id in self.runs]
         policy = Overlap.QUEUE if catchup_queue else overlap or job.overlap
         decision = schedule.overlap_decision(policy, len(active) + len(queued))
         if decision == "skip":
-            blocking = min(active) if active else (queued[0] if queued else None)
-            return skipped(f"overlap=skip: run {blocking} still running")
+            return skipped(f"overlap=skip: {_describe_busy(active, queued, job)}")
         if decision == "queue":
-            blocking = queued[-1] if queued else min(active)
+            blocking = queued[-1] if queued else active[0]
             if not catchup_queue and len(queued) >= job.max_queued:
+                # Caught-up fires are not held to the cap, so a longer queue holds some of them.
+                included = ", caught-up fires included" if len(queued) > job.max_queued else ""
                 return skipped(
-                    f"overlap=queue: queue full ({len(queued)} waiting, max_queued = {job.max_queued})"
+                    f"overlap=queue: queue full ({len(queued)} waiting{included}, max_queued = {job.max_queued})"
                 )
             why = "catchup=all" if catchup_queue else "overlap=queue"
             info = self._new_row(
@@ -1361,6 +1383,22 @@ def _run_id(args: dict[str, Any]) -> int:
     if run_id is None:
         raise NotFoundError(f"no run with id {show(args.get('run_id'))}")
     return run_id
+
+
+def _describe_busy(active: list[int], queued: list[int], job: JobSpec) -> str:
+    """What a skipped fire waited on: "run 7 still running", "run 7 running, 3 caught-up fires queued"."""
+    if len(active) == 1:
+        running = f"run {active[0]}"
+    elif active:
+        more = f" and {len(active) - 3} more" if len(active) > 3 else ""
+        running = f"runs {', '.join(map(str, active[:3]))}{more}"
+    else:
+        running = ""
+    if not queued:
+        return f"{running} still running"
+    kind = "caught-up fire" if job.catchup is Catchup.ALL else "run"
+    backlog = f"{len(queued)} {kind}{'s' if len(queued) > 1 else ''} queued"
+    return f"{running} running, {backlog}" if running else f"{backlog} (next: run {queued[0]})"
 
 
 def _schedule_of(job: JobSpec) -> tuple[Any, ...]:

@@ -729,3 +729,29 @@ def test_cron_largest_steps_still_fire_as_written() -> None:
     assert fires(CronTrigger("*/60 * * * *"), utc(2026, 1, 1), 2) == [utc(2026, 1, 1, 1), utc(2026, 1, 1, 2)]
     assert fires(CronTrigger("0 */24 * * *"), utc(2026, 1, 1), 2) == [utc(2026, 1, 2), utc(2026, 1, 3)]
     assert len(fires(CronTrigger("0 0 * * */7"), utc(2026, 1, 1), 2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("catchup", "actions"),
+    [
+        (Catchup.NONE, ["missed", "missed", "missed", "run"]),
+        (Catchup.LATEST, ["missed", "missed", "missed", "run"]),
+        (Catchup.ALL, ["run", "run", "run", "run"]),
+    ],
+)
+def test_plan_missed_an_on_time_newest_fire_runs_whatever_the_policy(catchup: Catchup, actions: list[str]) -> None:
+    now = NOW + timedelta(seconds=0.4)  # 12:00 is 0.4 s old: on time
+    plans = plan_missed_fires(GAP, now, catchup, 3 * 3600, on_time_s=1.0)
+    assert [p.action for p in plans] == actions
+    assert plans[-1] == FirePlan(NOW, "run", None)
+    if catchup is Catchup.LATEST:
+        assert plans[0].reason == "downtime: catchup=latest: superseded by 2026-01-01T12:00:00+00:00"
+    # The window does not apply to the on-time fire, and a fire 1.5 s old is late.
+    assert [p.action for p in plan_missed_fires(GAP, now, catchup, 0, on_time_s=1.0)] == ["missed"] * 3 + ["run"]
+    late = plan_missed_fires(GAP[-1:], NOW + timedelta(seconds=1.5), Catchup.NONE, 3600, on_time_s=1.0)
+    assert [p.action for p in late] == ["missed"]
+
+
+def test_plan_missed_names_each_fire_for_its_own_cause() -> None:
+    plans = plan_missed_fires(GAP, NOW, Catchup.NONE, 86400, cause=lambda f: "early" if f.hour < 11 else "late")
+    assert [p.reason for p in plans] == ["early: catchup=none"] + ["late: catchup=none"] * 3

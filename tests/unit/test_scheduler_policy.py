@@ -7,6 +7,7 @@ lets time pass; `clock.set` steps the wall clock alone, as NTP or an operator wo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -304,6 +305,172 @@ async def test_catchup_all_runs_every_missed_fire_one_after_another(harness) -> 
     assert order == [r["id"] for r in rows], "caught-up fires start oldest first"
     assert [r["state"] for r in rows] == ["succeeded"] * 4 + ["running"]
     assert rows[4]["reason"] == f"started after run {rows[3]['id']} ended"
+
+
+# The on-time fire after downtime: the newest fire, within the 1 s tolerance, runs whatever `catchup`
+# says; only the older ones follow the policy (and the window).
+@pytest.mark.parametrize(
+    ("settings", "expect"),
+    [
+        ('catchup = "none"', [("missed", "catchup=none"), ("running", None)]),
+        (
+            'catchup = "latest"',
+            [("missed", f"catchup=latest: superseded by {at(3, 0, 10)[:19]}+00:00"), ("running", None)],
+        ),
+        ('catchup = "all"', [("running", None), ("pending", "catchup=all: waiting for run 2")]),
+        ('catchup = "none"\ncatchup_window = "0s"', [("missed", "outside catchup window (0ms)"), ("running", None)]),
+        ('catchup = "latest"\ncatchup_window = "0s"', [("missed", "outside catchup window (0ms)"), ("running", None)]),
+        ('catchup = "all"\ncatchup_window = "0s"', [("missed", "outside catchup window (0ms)"), ("running", None)]),
+    ],
+)
+async def test_after_downtime_the_on_time_fire_runs_and_only_older_fires_follow_catchup(
+    harness, settings: str, expect: list[tuple[str, str | None]]
+) -> None:
+    first = harness()
+    write_job(first.jobs, "j", f'every = "5s"\n{settings}\ncommand = "true"\n')
+    await first.start()
+    await first.tick(0.5)  # 03:00:00 runs
+    first.finish(first.executor.launched[-1])
+    await first.tick()
+    await first.stop()
+    second = harness(first.clock.now() + timedelta(seconds=10.3))  # down 8 s; back 0.3 s after 03:00:10
+    s = await second.start()
+    await second.tick()
+    rows = (await second.runs())[1:]
+    assert [r["scheduled_for"] for r in rows] == [at(3, 0, 5), at(3, 0, 10)]
+    missed_as = f"{s.takeover_cause}: "  # the late fire's cause: the scheduler was not running
+    want = [(state, f"{missed_as}{reason}" if state == "missed" else reason) for state, reason in expect]
+    assert [(r["state"], r["reason"]) for r in rows] == want
+    assert second.executor.launched == [rows[0]["id"] if expect[0][0] == "running" else rows[1]["id"]]
+
+
+async def test_after_a_stall_the_on_time_fire_runs_under_catchup_none(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "5s"\ncatchup = "none"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5)  # 03:00:00 runs
+    h.finish(h.executor.launched[-1])
+    await h.tick(10.3)  # the loop stalled: 03:00:05 is late, 03:00:10 is 0.3 s old
+    rows = await h.runs()
+    assert states(rows) == [(at(3, 0, 0), "succeeded"), (at(3, 0, 5), "missed"), (at(3, 0, 10), "running")]
+    assert rows[1]["reason"] == "scheduler overloaded: catchup=none"
+    assert h.executor.launched == [rows[0]["id"], rows[2]["id"]]
+
+
+# ------------------------------------------------------------------------ what a late fire is blamed on
+
+
+async def test_every_fire_a_forward_jump_passed_over_is_named_for_it_even_the_first(harness, caplog) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "10s"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5)  # 03:00:00 runs: the last look before the jump
+    h.finish(h.executor.launched[-1])
+    await h.tick()
+    caplog.set_level(logging.WARNING, "vigil.scheduler")
+    # While the loop sleeps towards 03:00:10, the wall clock is stepped 10 minutes ahead: the first
+    # fire passed over (03:00:10) sits exactly at "now - step".
+    h.clock.advance(10)
+    h.clock.jump(600)
+    await h.tick()
+    assert "wall clock jumped forward 10m 0s" in caplog.text
+    rows = (await h.runs())[1:]
+    assert rows[0]["scheduled_for"] == at(3, 0, 10) and rows[-1]["scheduled_for"] == at(3, 10, 10)
+    assert [r["state"] for r in rows] == ["missed"] * 60 + ["running"]
+    superseded = f"clock jumped forward 10m 0s: catchup=latest: superseded by {at(3, 10, 10)[:19]}+00:00"
+    assert {r["reason"] for r in rows[:-1]} == {superseded}
+
+
+async def test_downtime_then_a_jump_each_fire_is_named_for_its_own_cause(harness) -> None:
+    first = harness()
+    write_job(first.jobs, "j", 'every = "10m"\ncatchup_window = "6h"\ncommand = "true"\n')
+    await first.start()
+    await first.tick(0.5)  # 03:00 runs
+    first.finish(first.executor.launched[-1])
+    await first.tick()
+    await first.stop()
+    second = harness(START + timedelta(minutes=35, seconds=0.5))  # down until 03:35
+    s = await second.start()
+    second.clock.jump(3600)  # and the clock steps an hour ahead right after the start: 04:35
+    await second.tick()
+    rows = (await second.runs())[1:]
+    fire_times = [(3, 10), (3, 20), (3, 30), (3, 40), (3, 50), (4, 0), (4, 10), (4, 20), (4, 30)]
+    assert [r["scheduled_for"] for r in rows] == [at(hour, minute) for hour, minute in fire_times]
+    superseded = "catchup=latest: superseded by 2026-11-29T04:30:00+00:00"
+    assert [r["reason"] for r in rows] == [f"{s.takeover_cause}: {superseded}"] * 3 + [
+        f"clock jumped forward 1h 0m: {superseded}"
+    ] * 5 + [None]
+
+
+async def test_a_long_stall_with_a_small_step_in_it_is_an_overload(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1m"\ncatchup = "none"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5)  # 03:00 runs
+    h.finish(h.executor.launched[-1])
+    await h.tick()
+    h.clock.advance(600)  # ten minutes without a look, with a 5 s step somewhere in them
+    h.clock.jump(5)
+    await h.tick()
+    rows = (await h.runs())[1:]
+    assert len(rows) == 10
+    assert {r["reason"] for r in rows} == {"scheduler overloaded: catchup=none"}
+
+
+# ------------------------------------------------------------------- regular fires behind a catch-up
+
+
+async def test_a_fire_skipped_behind_a_catch_up_names_the_running_run_and_the_backlog(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1m"\ncatchup = "all"\ncommand = "true"\n')
+    s = await h.start()
+    await h.tick(0.5 + 4 * 60 + 30)  # 03:00 … 03:04 caught up at 03:04:30: one runs, four queue
+    first = h.executor.launched[-1]
+    await h.tick(30)  # 03:05, a regular fire, while the backlog runs
+    rows = await h.runs()
+    assert rows[-1]["scheduled_for"] == at(3, 5) and rows[-1]["state"] == "skipped"
+    assert rows[-1]["reason"] == f"overlap=skip: run {first} running, 4 caught-up fires queued"
+    assert next(r for r in rows if r["id"] == first)["state"] == "running"
+    h.finish(first)
+    await h.tick()
+    second = h.executor.launched[-1]
+    assert s.active_by_job["j"] == {second}, "an ended run leaves the job's active runs"
+    h.finish(second)  # ends in the same iteration as the next regular fire: the end counts first
+    await h.tick(60)  # 03:06
+    third = h.executor.launched[-1]
+    rows = await h.runs()
+    assert states(rows)[-1] == (at(3, 6), "skipped")
+    assert rows[-1]["reason"] == f"overlap=skip: run {third} running, 2 caught-up fires queued"
+    assert s.active_by_job["j"] == {third}
+    assert list(s.queued["j"]) == [r["id"] for r in rows if r["state"] == "pending"]
+
+
+async def test_a_skip_behind_several_runs_names_each_and_an_ended_one_none(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1m"\ncommand = "sleep 100"\n')
+    s = await h.start()
+    await h.tick(0.5)  # 03:00 runs
+    manual = asyncio.create_task(s.command("run", {"job": "j", "user": "op"}))  # alongside it
+    await asyncio.sleep(0)
+    await h.tick(1)
+    scheduled, by_hand = h.executor.launched
+    assert (await manual)["run_id"] == by_hand
+    await h.tick(60)  # 03:01
+    assert (await h.runs())[-1]["reason"] == f"overlap=skip: runs {scheduled}, {by_hand} still running"
+    h.finish(scheduled)
+    await h.tick(60)  # 03:02: only the manual run is left
+    assert (await h.runs())[-1]["reason"] == f"overlap=skip: run {by_hand} still running"
+
+
+async def test_with_overlap_queue_caught_up_fires_count_against_max_queued(harness) -> None:
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1m"\ncatchup = "all"\noverlap = "queue"\nmax_queued = 2\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5 + 4 * 60 + 30)  # 03:00 … 03:04: one runs, four queue (beyond max_queued)
+    await h.tick(30)  # 03:05
+    rows = await h.runs()
+    assert states(rows)[-1] == (at(3, 5), "skipped")
+    assert rows[-1]["reason"] == "overlap=queue: queue full (4 waiting, caught-up fires included, max_queued = 2)"
 
 
 # ------------------------------------------------------------------------------- jobs that come and go
