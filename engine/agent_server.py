@@ -47,6 +47,7 @@ import psutil
 
 from . import __version__
 from .agent_protocol import (
+    END_FAILED,
     EPOCH_HEADER,
     FINISHED,
     LOG_OFFSET_HEADER,
@@ -83,6 +84,7 @@ CREATE TABLE IF NOT EXISTS runs (
     peak_rss INTEGER,
     killed TEXT,
     reason TEXT,
+    end_state TEXT,
     seq INTEGER,
     acked_at TEXT
 );
@@ -103,6 +105,7 @@ STATUS_FIELDS = (
     "ended_at",
     "killed",
     "reason",
+    "end_state",
     "seq",
 )
 MAX_BODY = 4 << 20
@@ -129,6 +132,9 @@ class Journal:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(JOURNAL_SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
+        if "end_state" not in columns:  # a journal from an agent before end_state
+            self.conn.execute("ALTER TABLE runs ADD COLUMN end_state TEXT")
         self.instance = self._meta("instance") or self._set_meta("instance", uuid.uuid4().hex)
         self.max_epoch = self._load_max_epoch()
         # The highest run id ever dispatched here, kept after the run is pruned: a scheduler whose
@@ -192,14 +198,17 @@ class Journal:
             self._set_meta("max_run_id", str(req["run_id"]))
             self.max_run_id = req["run_id"]
 
-    def finish(self, run_id: int, state: str, result: ShimExit | None, reason: str | None) -> None:
+    def finish(
+        self, run_id: int, state: str, result: ShimExit | None, reason: str | None, end_state: str | None = None
+    ) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             seq = int(self._meta("next_seq") or 1)
             self._set_meta("next_seq", str(seq + 1))
             self.conn.execute(
                 "UPDATE runs SET state = ?, ended_at = ?, exit_code = ?, job_pid = COALESCE(?, job_pid), "
-                "cpu_s = ?, peak_rss = ?, reason = COALESCE(?, reason), seq = ? WHERE run_id = ? AND state = ?",
+                "cpu_s = ?, peak_rss = ?, reason = COALESCE(?, reason), end_state = ?, seq = ? "
+                "WHERE run_id = ? AND state = ?",
                 (
                     state,
                     iso(_now()),
@@ -208,6 +217,7 @@ class Journal:
                     result.cpu_s if result else None,
                     result.peak_rss if result else None,
                     reason,
+                    end_state,
                     seq,
                     run_id,
                     RUNNING,
@@ -411,11 +421,11 @@ class AgentService:
             self.executor.launch(
                 run_id, command if isinstance(command, str) else tuple(command), env, spec.get("workdir")
             )
-        except LaunchError as exc:
-            self._finish(run_id, UNKNOWN, None, str(exc))
+        except LaunchError as exc:  # the message is the reason, "could not start: ..."
+            self._finish(run_id, UNKNOWN, None, str(exc), END_FAILED)
             return
-        except OSError as exc:
-            self._finish(run_id, FINISHED, ShimExit(run_id, 127, None, None, None), f"could not start: {exc}")
+        except (OSError, ValueError) as exc:  # as the scheduler words it for a local run
+            self._finish(run_id, UNKNOWN, None, f"could not start the run's shim: {exc}", END_FAILED)
             return
         self._arm_timeout(run_id, row["started_at"], spec.get("timeout"))
 
@@ -450,17 +460,21 @@ class AgentService:
 
     def _on_exit(self, result: ShimExit) -> None:
         if result.exit_code is None:
-            # The agent protocol has no exit-less `failed`: a start failure is `unknown` with its reason.
-            self._finish(result.run_id, UNKNOWN, result, result.reason or "the shim left no exit record")
+            # No exit code: `unknown` on the wire (what older schedulers understand), with end_state
+            # `failed` when the executor knows the run failed (it could not start the job, ...).
+            end_state = END_FAILED if result.state == END_FAILED else None
+            self._finish(result.run_id, UNKNOWN, result, result.reason or "the shim left no exit record", end_state)
         else:
             self._finish(result.run_id, FINISHED, result, None)
 
-    def _finish(self, run_id: int, state: str, result: ShimExit | None, reason: str | None) -> None:
+    def _finish(
+        self, run_id: int, state: str, result: ShimExit | None, reason: str | None, end_state: str | None = None
+    ) -> None:
         timer = self._timers.pop(run_id, None)
         if timer is not None:
             timer.cancel()
         self._specs.pop(run_id, None)
-        self.journal.finish(run_id, state, result, reason)
+        self.journal.finish(run_id, state, result, reason, end_state)
         log.info(
             "run %d %s%s", run_id, state, f" exit {result.exit_code}" if result and result.exit_code is not None else ""
         )

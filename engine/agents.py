@@ -567,6 +567,9 @@ class AgentDispatcher:
             status.cpu_s,
             status.peak_rss,
             reason=None if exit_code is not None else f"agent {link.name}: {status.reason or 'outcome unknown'}",
+            # Only `failed` is taken from the agent (e.g. "could not start"), as a local run would end;
+            # anything else, or an older agent without end_state, stays `unknown`.
+            state=RunState.FAILED.value if exit_code is None and status.failed_without_exit else None,
         )
         flight.phase = "reported"
         link.ack_pending.add(info.id)

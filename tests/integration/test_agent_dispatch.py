@@ -264,3 +264,56 @@ async def test_a_deposed_schedulers_collector_cannot_finish_or_ack_a_run(cluster
     assert row["state"] == "running" and row["writer_epoch"] == 1
     assert cluster.agent.journal.get(run_id)["acked_at"] is None  # still there for the new active
     await newer.ledger.close()
+
+
+# ------------------------------------------------------------------------------------ review 9, #8
+
+
+@pytest.mark.parametrize(
+    ("job_lines", "why"),
+    [
+        ('command = ["/nonexistent/bin"]\n', "could not start: /nonexistent/bin: command not found"),
+        ('command = "true"\nworkdir = "/nonexistent/d"\n', "could not start: workdir /nonexistent/d"),
+    ],
+)
+async def test_a_job_that_cannot_start_on_an_agent_fails_like_a_local_one(
+    cluster: Cluster, job_lines: str, why: str
+) -> None:
+    write_jobs(cluster.jobs)
+    (cluster.jobs / "remote.toml").write_text(f'agent = "a1"\n{job_lines}')
+    scheduler = await cluster.start()
+    run_id = await run_now(scheduler)
+    ended = await until(
+        lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] not in ("launching", "running")],
+        10,
+        "the run to end",
+    )
+    row = ended[0]
+    assert row["state"] == "failed", row
+    assert row["exit_code"] is None, row
+    assert row["reason"].startswith(f"agent a1: {why}"), row
+
+
+async def test_an_older_agents_exit_less_end_still_maps_to_unknown(cluster: Cluster) -> None:
+    # An agent of the previous version has no end_state field: its exit-less end stays `unknown`.
+    write_jobs(cluster.jobs)
+    (cluster.jobs / "remote.toml").write_text('agent = "a1"\ncommand = ["/nonexistent/bin"]\n')
+
+    async def older_agent(request: httpx.Request, forward: Any) -> httpx.Response:
+        response = await forward()
+        if request.url.path.startswith(("/runs", "/results")) and response.status_code < 300:
+            doc = response.json()
+            for status in doc.get("results", [doc]):
+                status.pop("end_state", None)
+            return httpx.Response(response.status_code, json=doc)
+        return response
+
+    cluster.wire.rule = older_agent
+    scheduler = await cluster.start()
+    run_id = await run_now(scheduler)
+    ended = await until(
+        lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] not in ("launching", "running")],
+        10,
+        "the run to end",
+    )
+    assert ended[0]["state"] == "unknown" and "could not start" in ended[0]["reason"], ended
