@@ -168,6 +168,18 @@ class Journal:
         )
         return value
 
+    def reset_max_epoch(self, epoch: int) -> None:
+        """`vigil agent --reset-epoch`: forget a bogus highest epoch (one no scheduler really has)."""
+        if as_row_id(epoch) is None:
+            raise VigilError(f"--reset-epoch {epoch!r}: expected a whole number from 0 to {MAX_ROW_ID}")
+        log.warning(
+            "highest epoch seen reset from %d to %d (--reset-epoch); the first scheduler request raises it again",
+            self.max_epoch,
+            epoch,
+        )
+        self._set_meta("max_epoch", str(epoch))
+        self.max_epoch = epoch
+
     def raise_epoch(self, epoch: int) -> None:
         if as_row_id(epoch) is None:
             raise BadRequest(f"epoch {epoch!r} is not a whole number from 0 to {MAX_ROW_ID}")
@@ -287,12 +299,14 @@ class BadRequest(AgentError):
 class AgentService:
     """The agent's behaviour, independent of HTTP: journal, shims, timeouts, kills, results."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, reset_epoch: int | None = None) -> None:
         self.state_dir = state_dir
         self.paths = StatePaths(state_dir)
         ensure_private_dir(state_dir)
         ensure_private_dir(self.paths.runs)
         self.journal = Journal(state_dir / "journal.db")
+        if reset_epoch is not None:
+            self.journal.reset_max_epoch(reset_epoch)
         self.executor = LocalExecutor(self.paths, self._on_exit, log_cap=DEFAULT_LOG_CAP, kill_grace=DEFAULT_KILL_GRACE)
         self._loop = asyncio.get_running_loop()
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -839,6 +853,13 @@ def serve_agent(args: Any) -> int:
         raise VigilError("--tls-key and --tls-client-ca need --tls-cert")
     if not args.token_file and not is_loopback_host(host):
         raise VigilError(f"refusing to listen on non-loopback address {host} without a token: pass --token-file FILE")
+    reset_epoch: int | None = None
+    if getattr(args, "reset_epoch", None) is not None:
+        reset_epoch = as_row_id(args.reset_epoch)
+        if reset_epoch is None:
+            raise VigilError(
+                f"--reset-epoch {_short(args.reset_epoch)}: expected a whole number from 0 to {MAX_ROW_ID}"
+            )
     state_dir = Path(args.state).resolve()
     if (state_dir / "vigil.db").exists() or (state_dir / "leader.lock").exists():
         # Run directories are named by run id: sharing them with a scheduler would mix two runs.
@@ -852,7 +873,7 @@ def serve_agent(args: Any) -> int:
             log.warning("token file %s is readable by group or others (mode %o)", args.token_file, mode & 0o777)
     else:
         token = _own_token(state_dir / TOKEN_FILE)
-    return asyncio.run(_serve(host, port, state_dir, token, args))
+    return asyncio.run(_serve(host, port, state_dir, token, args, reset_epoch))
 
 
 def _own_token(path: Path) -> str:
@@ -881,10 +902,12 @@ def _own_token(path: Path) -> str:
     return token
 
 
-async def _serve(host: str, port: int, state_dir: Path, token: str | None, args: Any) -> int:
+async def _serve(
+    host: str, port: int, state_dir: Path, token: str | None, args: Any, reset_epoch: int | None = None
+) -> int:
     import uvicorn
 
-    service = AgentService(state_dir)
+    service = AgentService(state_dir, reset_epoch=reset_epoch)
     service.recover()
     service.start_background()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

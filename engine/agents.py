@@ -45,7 +45,7 @@ from .agent_protocol import (
     RunStatus,
     load_httpx,
 )
-from .db import iso, parse_iso
+from .db import MAX_ROW_ID, iso, parse_iso
 from .errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError, VigilError
 from .executor import ShimExit
 from .ids import valid_id
@@ -65,7 +65,7 @@ SQL_RUN_WAITING = (
     "UPDATE runs SET state = 'waiting', reason = ?, writer_epoch = ? WHERE id = ? AND state IN ('launching', 'waiting')"
 )
 SQL_RUN_STARTED = (
-    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, writer_epoch = ? "
+    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, reason = NULL, writer_epoch = ? "
     "WHERE id = ? AND state IN ('pending', 'launching', 'waiting')"
 )
 SQL_AGENT_UPSERT = (
@@ -76,6 +76,14 @@ SQL_AGENT_UPSERT = (
     "memory_percent = excluded.memory_percent, load1 = excluded.load1, running = excluded.running, "
     "error = excluded.error, writer_epoch = excluded.writer_epoch"
 )
+#: How an operator clears an agent's bogus highest epoch (docs/agents.md, "An agent that refuses every scheduler").
+RESET_EPOCH_HINT = (
+    "if no scheduler really has that epoch, restart the agent once with `vigil agent --reset-epoch EPOCH`"
+)
+#: The furthest above its own epoch a scheduler follows an agent's. Epochs grow by one per takeover, so a
+#: restored database is a few behind, never 2**32; following a bogus epoch far up would move the whole
+#: installation towards the top of the range, where no takeover is left (docs/agents.md).
+MAX_EPOCH_JUMP = 1 << 32
 RESULTS_WAIT = 10.0  #: seconds a results long-poll may wait on the agent
 MAX_AMBIGUOUS_DISPATCHES = 8  #: re-sends of a dispatch without a clear answer before asking, then giving up
 
@@ -437,7 +445,7 @@ class AgentDispatcher:
             log.warning("agent %s restarted with a new journal (instance %s)", link.name, instance)
         link.instance = instance
         max_run_id = status.get("max_run_id")
-        if valid_id(max_run_id):
+        if valid_id(max_run_id) and max_run_id < MAX_ROW_ID:  # the top one leaves no run id above it
             self.s.skip_run_ids(max_run_id)
         seen = status.get("max_epoch", 0)
         if not isinstance(seen, int) or seen > self.s.epoch:
@@ -469,7 +477,21 @@ class AgentDispatcher:
         """
         link.up = False
         if not valid_id(seen):
-            link.error = f"stale epoch: agent {link.name} reports epoch {seen!r}, outside the valid range; not followed"
+            link.error = (
+                f"stale epoch: agent {link.name} reports epoch {seen!r}, outside the valid range; not followed "
+                f"({RESET_EPOCH_HINT})"
+            )
+        elif seen >= MAX_ROW_ID:
+            # A token holder can push an agent to the top epoch; no scheduler can ever go above it.
+            link.error = (
+                f"stale epoch: agent {link.name} has seen epoch {seen}, the highest there is: no scheduler "
+                f"can take an epoch above it ({RESET_EPOCH_HINT})"
+            )
+        elif seen - self.s.epoch > MAX_EPOCH_JUMP:
+            link.error = (
+                f"stale epoch: agent {link.name} has seen epoch {seen}, far above this scheduler's "
+                f"{self.s.epoch} (more than {MAX_EPOCH_JUMP} takeovers ahead): not followed ({RESET_EPOCH_HINT})"
+            )
         elif self._retaking:
             link.error = f"stale epoch: agent {link.name} has seen epoch {seen}; taking the leadership again above it"
         elif self.s.epoch_retake_allowed:
@@ -486,7 +508,7 @@ class AgentDispatcher:
         else:
             link.error = (
                 f"stale epoch: agent {link.name} has seen epoch {seen}, above this scheduler's {self.s.epoch} "
-                "(does another Vigil installation use this agent?)"
+                f"(does another Vigil installation use this agent? {RESET_EPOCH_HINT})"
             )
 
     async def _collect(self, link: AgentLink) -> None:
