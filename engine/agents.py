@@ -80,10 +80,10 @@ SQL_AGENT_UPSERT = (
 RESET_EPOCH_HINT = (
     "if no scheduler really has that epoch, restart the agent once with `vigil agent --reset-epoch EPOCH`"
 )
-#: The furthest above its own epoch a scheduler follows an agent's. Epochs grow by one per takeover, so a
-#: restored database is a few behind, never 2**32; following a bogus epoch far up would move the whole
-#: installation towards the top of the range, where no takeover is left (docs/agents.md).
-MAX_EPOCH_JUMP = 1 << 32
+#: The furthest above its own epoch (run id) a scheduler follows an agent's. Epochs grow by one per
+#: takeover and run ids by one per run, so a restored database is a few behind, never 2**32; following
+#: a bogus one far up would move the whole installation towards the top of the range (docs/agents.md).
+MAX_EPOCH_JUMP = MAX_RUN_ID_JUMP = 1 << 32
 RESULTS_WAIT = 10.0  #: seconds a results long-poll may wait on the agent
 MAX_AMBIGUOUS_DISPATCHES = 8  #: re-sends of a dispatch without a clear answer before asking, then giving up
 
@@ -143,6 +143,7 @@ class AgentLink:
     ack_pending: set[int] = field(default_factory=set)
     acking: bool = False
     rebuild: bool = False
+    ignored_run_id: int | None = None  #: a bogus max_run_id already warned about
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -445,8 +446,18 @@ class AgentDispatcher:
             log.warning("agent %s restarted with a new journal (instance %s)", link.name, instance)
         link.instance = instance
         max_run_id = status.get("max_run_id")
-        if valid_id(max_run_id) and max_run_id < MAX_ROW_ID:  # the top one leaves no run id above it
-            self.s.skip_run_ids(max_run_id)
+        if valid_id(max_run_id):
+            if max_run_id < MAX_ROW_ID and max_run_id - self.s.next_id <= MAX_RUN_ID_JUMP:
+                self.s.skip_run_ids(max_run_id)
+            elif link.ignored_run_id != max_run_id:
+                link.ignored_run_id = max_run_id
+                log.warning(
+                    "agent %s reports run id %d, far above this scheduler's next (%d): not followed "
+                    "(a run id it already holds is refused by it, and that run fails with the reason)",
+                    link.name,
+                    max_run_id,
+                    self.s.next_id,
+                )
         seen = status.get("max_epoch", 0)
         if not isinstance(seen, int) or seen > self.s.epoch:
             self._epoch_behind(link, seen)

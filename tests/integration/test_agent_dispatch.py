@@ -422,3 +422,23 @@ async def test_a_run_that_waited_for_its_agent_does_not_keep_the_waiting_reason_
     assert running[0]["reason"] is None, running
     (tmp_path / "gate").touch()
     await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "done")
+
+
+@pytest.mark.parametrize("pushed", ["top", "far"])
+async def test_a_bogus_max_run_id_on_an_agent_does_not_move_the_schedulers_run_ids(
+    cluster: Cluster, pushed: str
+) -> None:
+    from engine.db import MAX_ROW_ID
+
+    write_jobs(cluster.jobs)
+    scheduler = await cluster.start()
+    # A token holder dispatches a run under an id near the top: following it would leave the
+    # scheduler run ids that agents refuse and `vigil logs` cannot name.
+    bogus = MAX_ROW_ID if pushed == "top" else MAX_ROW_ID - 5
+    body = {"run_id": bogus, "epoch": 1, "job": "x", "scheduled_for": "2030-01-01T00:00:00+00:00"}
+    assert (await agent_post(cluster, "/runs", {**body, "command": "true"})).status_code == 201
+    await until(lambda: cluster.agent.journal.max_run_id == bogus, 5, "the agent to record it")
+    await asyncio.sleep(0.3)  # a few status polls
+    run_id = await run_now(scheduler)
+    assert run_id < 1000, run_id
+    await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "run")
