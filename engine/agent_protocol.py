@@ -44,6 +44,10 @@ LOG_STATE_HEADER = "X-Vigil-Run-State"
 
 #: Agent-side run states. `finished` carries an exit code; `unknown` a reason.
 RUNNING, FINISHED, UNKNOWN = "running", "finished", "unknown"
+#: `end_state` of an `unknown` run that did end, without an exit code, in a known way: the job could
+#: not start, or the agent ended the group of a job whose shim died (the local run ends `failed` too).
+#: Older agents never send the field, and older schedulers ignore it: their runs stay `unknown`.
+END_FAILED = "failed"
 
 DISPATCH_FIELDS = (
     "run_id",
@@ -104,6 +108,7 @@ class RunStatus:
     ended_at: str | None = None
     killed: str | None = None  #: "timeout" | "kill" when the agent ended it on purpose
     reason: str | None = None
+    end_state: str | None = None  #: with state `unknown`: END_FAILED when the run is known to have failed
     seq: int | None = None  #: order of finishing; results are paged by it
     log_b64: str | None = None  #: the whole log, in /results answers, when it is small
 
@@ -118,7 +123,17 @@ class RunStatus:
             raise ValueError("a run status is not a JSON object")
         for key in ("run_id", "attempt", "exit_code", "job_pid", "peak_rss", "seq"):
             _check_int(doc, key)
-        for key in ("job", "scheduled_for", "state", "started_at", "ended_at", "killed", "reason", "log_b64"):
+        for key in (
+            "job",
+            "scheduled_for",
+            "state",
+            "started_at",
+            "ended_at",
+            "killed",
+            "reason",
+            "end_state",
+            "log_b64",
+        ):
             if doc.get(key) is not None and not isinstance(doc[key], str):
                 raise ValueError(f"{key} is not a string")
         cpu = doc.get("cpu_s")
@@ -134,6 +149,11 @@ class RunStatus:
     @property
     def done(self) -> bool:
         return self.state in (FINISHED, UNKNOWN)
+
+    @property
+    def failed_without_exit(self) -> bool:
+        """The run ended without an exit code and the agent knows it failed (e.g. could not start)."""
+        return self.state == UNKNOWN and self.end_state == END_FAILED
 
 
 def _check_int(doc: dict[str, Any], key: str) -> None:

@@ -47,6 +47,7 @@ import psutil
 
 from . import __version__
 from .agent_protocol import (
+    END_FAILED,
     EPOCH_HEADER,
     FINISHED,
     LOG_OFFSET_HEADER,
@@ -83,6 +84,7 @@ CREATE TABLE IF NOT EXISTS runs (
     peak_rss INTEGER,
     killed TEXT,
     reason TEXT,
+    end_state TEXT,
     seq INTEGER,
     acked_at TEXT
 );
@@ -103,6 +105,7 @@ STATUS_FIELDS = (
     "ended_at",
     "killed",
     "reason",
+    "end_state",
     "seq",
 )
 MAX_BODY = 4 << 20
@@ -129,6 +132,9 @@ class Journal:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(JOURNAL_SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
+        if "end_state" not in columns:  # a journal from an agent before end_state
+            self.conn.execute("ALTER TABLE runs ADD COLUMN end_state TEXT")
         self.instance = self._meta("instance") or self._set_meta("instance", uuid.uuid4().hex)
         self.max_epoch = self._load_max_epoch()
         # The highest run id ever dispatched here, kept after the run is pruned: a scheduler whose
@@ -162,6 +168,18 @@ class Journal:
         )
         return value
 
+    def reset_max_epoch(self, epoch: int) -> None:
+        """`vigil agent --reset-epoch`: forget a bogus highest epoch (one no scheduler really has)."""
+        if as_row_id(epoch) is None:
+            raise VigilError(f"--reset-epoch {epoch!r}: expected a whole number from 0 to {MAX_ROW_ID}")
+        log.warning(
+            "highest epoch seen reset from %d to %d (--reset-epoch); the first scheduler request raises it again",
+            self.max_epoch,
+            epoch,
+        )
+        self._set_meta("max_epoch", str(epoch))
+        self.max_epoch = epoch
+
     def raise_epoch(self, epoch: int) -> None:
         if as_row_id(epoch) is None:
             raise BadRequest(f"epoch {epoch!r} is not a whole number from 0 to {MAX_ROW_ID}")
@@ -192,14 +210,17 @@ class Journal:
             self._set_meta("max_run_id", str(req["run_id"]))
             self.max_run_id = req["run_id"]
 
-    def finish(self, run_id: int, state: str, result: ShimExit | None, reason: str | None) -> None:
+    def finish(
+        self, run_id: int, state: str, result: ShimExit | None, reason: str | None, end_state: str | None = None
+    ) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             seq = int(self._meta("next_seq") or 1)
             self._set_meta("next_seq", str(seq + 1))
             self.conn.execute(
                 "UPDATE runs SET state = ?, ended_at = ?, exit_code = ?, job_pid = COALESCE(?, job_pid), "
-                "cpu_s = ?, peak_rss = ?, reason = COALESCE(?, reason), seq = ? WHERE run_id = ? AND state = ?",
+                "cpu_s = ?, peak_rss = ?, reason = COALESCE(?, reason), end_state = ?, seq = ? "
+                "WHERE run_id = ? AND state = ?",
                 (
                     state,
                     iso(_now()),
@@ -208,6 +229,7 @@ class Journal:
                     result.cpu_s if result else None,
                     result.peak_rss if result else None,
                     reason,
+                    end_state,
                     seq,
                     run_id,
                     RUNNING,
@@ -277,12 +299,14 @@ class BadRequest(AgentError):
 class AgentService:
     """The agent's behaviour, independent of HTTP: journal, shims, timeouts, kills, results."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, reset_epoch: int | None = None) -> None:
         self.state_dir = state_dir
         self.paths = StatePaths(state_dir)
         ensure_private_dir(state_dir)
         ensure_private_dir(self.paths.runs)
         self.journal = Journal(state_dir / "journal.db")
+        if reset_epoch is not None:
+            self.journal.reset_max_epoch(reset_epoch)
         self.executor = LocalExecutor(self.paths, self._on_exit, log_cap=DEFAULT_LOG_CAP, kill_grace=DEFAULT_KILL_GRACE)
         self._loop = asyncio.get_running_loop()
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -411,11 +435,11 @@ class AgentService:
             self.executor.launch(
                 run_id, command if isinstance(command, str) else tuple(command), env, spec.get("workdir")
             )
-        except LaunchError as exc:
-            self._finish(run_id, UNKNOWN, None, str(exc))
+        except LaunchError as exc:  # the message is the reason, "could not start: ..."
+            self._finish(run_id, UNKNOWN, None, str(exc), END_FAILED)
             return
-        except OSError as exc:
-            self._finish(run_id, FINISHED, ShimExit(run_id, 127, None, None, None), f"could not start: {exc}")
+        except (OSError, ValueError) as exc:  # as the scheduler words it for a local run
+            self._finish(run_id, UNKNOWN, None, f"could not start the run's shim: {exc}", END_FAILED)
             return
         self._arm_timeout(run_id, row["started_at"], spec.get("timeout"))
 
@@ -450,17 +474,21 @@ class AgentService:
 
     def _on_exit(self, result: ShimExit) -> None:
         if result.exit_code is None:
-            # The agent protocol has no exit-less `failed`: a start failure is `unknown` with its reason.
-            self._finish(result.run_id, UNKNOWN, result, result.reason or "the shim left no exit record")
+            # No exit code: `unknown` on the wire (what older schedulers understand), with end_state
+            # `failed` when the executor knows the run failed (it could not start the job, ...).
+            end_state = END_FAILED if result.state == END_FAILED else None
+            self._finish(result.run_id, UNKNOWN, result, result.reason or "the shim left no exit record", end_state)
         else:
             self._finish(result.run_id, FINISHED, result, None)
 
-    def _finish(self, run_id: int, state: str, result: ShimExit | None, reason: str | None) -> None:
+    def _finish(
+        self, run_id: int, state: str, result: ShimExit | None, reason: str | None, end_state: str | None = None
+    ) -> None:
         timer = self._timers.pop(run_id, None)
         if timer is not None:
             timer.cancel()
         self._specs.pop(run_id, None)
-        self.journal.finish(run_id, state, result, reason)
+        self.journal.finish(run_id, state, result, reason, end_state)
         log.info(
             "run %d %s%s", run_id, state, f" exit {result.exit_code}" if result and result.exit_code is not None else ""
         )
@@ -825,6 +853,13 @@ def serve_agent(args: Any) -> int:
         raise VigilError("--tls-key and --tls-client-ca need --tls-cert")
     if not args.token_file and not is_loopback_host(host):
         raise VigilError(f"refusing to listen on non-loopback address {host} without a token: pass --token-file FILE")
+    reset_epoch: int | None = None
+    if getattr(args, "reset_epoch", None) is not None:
+        reset_epoch = as_row_id(args.reset_epoch)
+        if reset_epoch is None:
+            raise VigilError(
+                f"--reset-epoch {_short(args.reset_epoch)}: expected a whole number from 0 to {MAX_ROW_ID}"
+            )
     state_dir = Path(args.state).resolve()
     if (state_dir / "vigil.db").exists() or (state_dir / "leader.lock").exists():
         # Run directories are named by run id: sharing them with a scheduler would mix two runs.
@@ -838,7 +873,7 @@ def serve_agent(args: Any) -> int:
             log.warning("token file %s is readable by group or others (mode %o)", args.token_file, mode & 0o777)
     else:
         token = _own_token(state_dir / TOKEN_FILE)
-    return asyncio.run(_serve(host, port, state_dir, token, args))
+    return asyncio.run(_serve(host, port, state_dir, token, args, reset_epoch))
 
 
 def _own_token(path: Path) -> str:
@@ -867,10 +902,12 @@ def _own_token(path: Path) -> str:
     return token
 
 
-async def _serve(host: str, port: int, state_dir: Path, token: str | None, args: Any) -> int:
+async def _serve(
+    host: str, port: int, state_dir: Path, token: str | None, args: Any, reset_epoch: int | None = None
+) -> int:
     import uvicorn
 
-    service = AgentService(state_dir)
+    service = AgentService(state_dir, reset_epoch=reset_epoch)
     service.recover()
     service.start_background()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

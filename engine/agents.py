@@ -45,7 +45,7 @@ from .agent_protocol import (
     RunStatus,
     load_httpx,
 )
-from .db import iso, parse_iso
+from .db import MAX_ROW_ID, iso, parse_iso
 from .errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError, VigilError
 from .executor import ShimExit
 from .ids import valid_id
@@ -65,7 +65,7 @@ SQL_RUN_WAITING = (
     "UPDATE runs SET state = 'waiting', reason = ?, writer_epoch = ? WHERE id = ? AND state IN ('launching', 'waiting')"
 )
 SQL_RUN_STARTED = (
-    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, writer_epoch = ? "
+    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, reason = NULL, writer_epoch = ? "
     "WHERE id = ? AND state IN ('pending', 'launching', 'waiting')"
 )
 SQL_AGENT_UPSERT = (
@@ -76,6 +76,14 @@ SQL_AGENT_UPSERT = (
     "memory_percent = excluded.memory_percent, load1 = excluded.load1, running = excluded.running, "
     "error = excluded.error, writer_epoch = excluded.writer_epoch"
 )
+#: How an operator clears an agent's bogus highest epoch (docs/agents.md, "An agent that refuses every scheduler").
+RESET_EPOCH_HINT = (
+    "if no scheduler really has that epoch, restart the agent once with `vigil agent --reset-epoch EPOCH`"
+)
+#: The furthest above its own epoch (run id) a scheduler follows an agent's. Epochs grow by one per
+#: takeover and run ids by one per run, so a restored database is a few behind, never 2**32; following
+#: a bogus one far up would move the whole installation towards the top of the range (docs/agents.md).
+MAX_EPOCH_JUMP = MAX_RUN_ID_JUMP = 1 << 32
 RESULTS_WAIT = 10.0  #: seconds a results long-poll may wait on the agent
 MAX_AMBIGUOUS_DISPATCHES = 8  #: re-sends of a dispatch without a clear answer before asking, then giving up
 
@@ -135,6 +143,7 @@ class AgentLink:
     ack_pending: set[int] = field(default_factory=set)
     acking: bool = False
     rebuild: bool = False
+    ignored_run_id: int | None = None  #: a bogus max_run_id already warned about
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -438,7 +447,17 @@ class AgentDispatcher:
         link.instance = instance
         max_run_id = status.get("max_run_id")
         if valid_id(max_run_id):
-            self.s.skip_run_ids(max_run_id)
+            if max_run_id < MAX_ROW_ID and max_run_id - self.s.next_id <= MAX_RUN_ID_JUMP:
+                self.s.skip_run_ids(max_run_id)
+            elif link.ignored_run_id != max_run_id:
+                link.ignored_run_id = max_run_id
+                log.warning(
+                    "agent %s reports run id %d, far above this scheduler's next (%d): not followed "
+                    "(a run id it already holds is refused by it, and that run fails with the reason)",
+                    link.name,
+                    max_run_id,
+                    self.s.next_id,
+                )
         seen = status.get("max_epoch", 0)
         if not isinstance(seen, int) or seen > self.s.epoch:
             self._epoch_behind(link, seen)
@@ -469,7 +488,21 @@ class AgentDispatcher:
         """
         link.up = False
         if not valid_id(seen):
-            link.error = f"stale epoch: agent {link.name} reports epoch {seen!r}, outside the valid range; not followed"
+            link.error = (
+                f"stale epoch: agent {link.name} reports epoch {seen!r}, outside the valid range; not followed "
+                f"({RESET_EPOCH_HINT})"
+            )
+        elif seen >= MAX_ROW_ID:
+            # A token holder can push an agent to the top epoch; no scheduler can ever go above it.
+            link.error = (
+                f"stale epoch: agent {link.name} has seen epoch {seen}, the highest there is: no scheduler "
+                f"can take an epoch above it ({RESET_EPOCH_HINT})"
+            )
+        elif seen - self.s.epoch > MAX_EPOCH_JUMP:
+            link.error = (
+                f"stale epoch: agent {link.name} has seen epoch {seen}, far above this scheduler's "
+                f"{self.s.epoch} (more than {MAX_EPOCH_JUMP} takeovers ahead): not followed ({RESET_EPOCH_HINT})"
+            )
         elif self._retaking:
             link.error = f"stale epoch: agent {link.name} has seen epoch {seen}; taking the leadership again above it"
         elif self.s.epoch_retake_allowed:
@@ -486,7 +519,7 @@ class AgentDispatcher:
         else:
             link.error = (
                 f"stale epoch: agent {link.name} has seen epoch {seen}, above this scheduler's {self.s.epoch} "
-                "(does another Vigil installation use this agent?)"
+                f"(does another Vigil installation use this agent? {RESET_EPOCH_HINT})"
             )
 
     async def _collect(self, link: AgentLink) -> None:
@@ -567,6 +600,9 @@ class AgentDispatcher:
             status.cpu_s,
             status.peak_rss,
             reason=None if exit_code is not None else f"agent {link.name}: {status.reason or 'outcome unknown'}",
+            # Only `failed` is taken from the agent (e.g. "could not start"), as a local run would end;
+            # anything else, or an older agent without end_state, stays `unknown`.
+            state=RunState.FAILED.value if exit_code is None and status.failed_without_exit else None,
         )
         flight.phase = "reported"
         link.ack_pending.add(info.id)

@@ -649,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--reset-epoch", metavar="EPOCH", help="first set the highest epoch seen to EPOCH (the active's, from `vigil status`): the way back from a bogus one, docs/agents.md")  # noqa: E501
     p.set_defaults(func=cmd_agent)
     return parser
 

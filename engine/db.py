@@ -40,7 +40,12 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA journal_size_limit=67108864",
 )
-MAX_ROW_ID = (1 << 63) - 1  #: the largest integer SQLite stores: run ids and epochs stay at or below it
+#: Run ids and epochs are whole numbers below ID_LIMIT, on every side: the scheduler, its agents, the
+#: run directories and the CLI all check them with `as_row_id` (engine/ids.py `valid_id` too). The
+#: limit sits well below SQLite's largest integer (2**63-1) so that the next epoch or run id above any
+#: valid one still fits: a value the agent accepts is always one the scheduler can follow.
+ID_LIMIT = 1 << 62
+MAX_ROW_ID = ID_LIMIT - 1  #: the largest valid run id or epoch
 #: Files only an agent's state directory holds: a scheduler refuses such a directory.
 AGENT_STATE_MARKERS = ("journal.db", "agent.token", "agent.addr")
 _DECIMAL = re.compile(r"[0-9]{1,19}")
@@ -225,7 +230,7 @@ def _current_umask() -> int:
 
 
 def as_row_id(value: object) -> int | None:
-    """`value` as an id or epoch SQLite can hold (0..2**63-1), or None.
+    """`value` as a valid run id or epoch (0..MAX_ROW_ID, i.e. 0..2**62-1), or None.
 
     Takes a JSON integer (never a bool or a float) or plain decimal digits (a path, a header,
     a command-line argument).

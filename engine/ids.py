@@ -28,14 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeGuard
 
-from .db import StatePaths
+from .db import ID_LIMIT, StatePaths, as_row_id
 
 log = logging.getLogger("vigil.ids")
 
 HIGH_WATER_FILE = "high-water"
 RUN_IDENTITY_FILE = "run.json"
 STALE_DIR = ".stale"
-ID_LIMIT = 2**62  #: epochs and run ids at or above this are refused (headroom below SQLite's 2**63)
 _RECORD = "vigil high-water epoch={epoch:020d} run_id={run_id:020d}\n"
 _PATTERN = re.compile(r"^vigil high-water epoch=(\d{20}) run_id=(\d{20})\n$")
 _STALE_NAME = re.compile(r"^(\d+)\.")
@@ -51,8 +50,8 @@ class HighWater:
 
 
 def valid_id(value: object) -> TypeGuard[int]:
-    """A well-formed epoch or run id reported by someone else (an agent, a file)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < ID_LIMIT
+    """A well-formed epoch or run id reported by someone else (an agent, a file): the range is db.ID_LIMIT's."""
+    return isinstance(value, int) and as_row_id(value) is not None
 
 
 class HighWaterFile:

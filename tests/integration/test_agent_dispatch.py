@@ -264,3 +264,181 @@ async def test_a_deposed_schedulers_collector_cannot_finish_or_ack_a_run(cluster
     assert row["state"] == "running" and row["writer_epoch"] == 1
     assert cluster.agent.journal.get(run_id)["acked_at"] is None  # still there for the new active
     await newer.ledger.close()
+
+
+# ------------------------------------------------------------------------------------ review 9, #8
+
+
+@pytest.mark.parametrize(
+    ("job_lines", "why"),
+    [
+        ('command = ["/nonexistent/bin"]\n', "could not start: /nonexistent/bin: command not found"),
+        ('command = "true"\nworkdir = "/nonexistent/d"\n', "could not start: workdir /nonexistent/d"),
+    ],
+)
+async def test_a_job_that_cannot_start_on_an_agent_fails_like_a_local_one(
+    cluster: Cluster, job_lines: str, why: str
+) -> None:
+    write_jobs(cluster.jobs)
+    (cluster.jobs / "remote.toml").write_text(f'agent = "a1"\n{job_lines}')
+    scheduler = await cluster.start()
+    run_id = await run_now(scheduler)
+    ended = await until(
+        lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] not in ("launching", "running")],
+        10,
+        "the run to end",
+    )
+    row = ended[0]
+    assert row["state"] == "failed", row
+    assert row["exit_code"] is None, row
+    assert row["reason"].startswith(f"agent a1: {why}"), row
+
+
+async def test_an_older_agents_exit_less_end_still_maps_to_unknown(cluster: Cluster) -> None:
+    # An agent of the previous version has no end_state field: its exit-less end stays `unknown`.
+    write_jobs(cluster.jobs)
+    (cluster.jobs / "remote.toml").write_text('agent = "a1"\ncommand = ["/nonexistent/bin"]\n')
+
+    async def older_agent(request: httpx.Request, forward: Any) -> httpx.Response:
+        response = await forward()
+        if request.url.path.startswith(("/runs", "/results")) and response.status_code < 300:
+            doc = response.json()
+            for status in doc.get("results", [doc]):
+                status.pop("end_state", None)
+            return httpx.Response(response.status_code, json=doc)
+        return response
+
+    cluster.wire.rule = older_agent
+    scheduler = await cluster.start()
+    run_id = await run_now(scheduler)
+    ended = await until(
+        lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] not in ("launching", "running")],
+        10,
+        "the run to end",
+    )
+    assert ended[0]["state"] == "unknown" and "could not start" in ended[0]["reason"], ended
+
+
+# ------------------------------------------------------------------------------------ review 9, #11
+
+
+async def agent_post(cluster: Cluster, path: str, body: dict[str, Any]) -> httpx.Response:
+    """An authenticated request straight to the agent, as any holder of the token could send."""
+    async with httpx.AsyncClient(transport=cluster.wire, base_url="http://agent.test") as client:
+        return await client.post(path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def test_scheduler_and_agent_agree_on_one_id_range() -> None:
+    from engine.agent_server import BadRequest, _body_id
+    from engine.db import MAX_ROW_ID, as_row_id
+    from engine.ids import valid_id
+
+    for value in (0, 1, MAX_ROW_ID - 1, MAX_ROW_ID, MAX_ROW_ID + 1, 2**62, 2**63 - 1, 2**63, -1):
+        try:
+            agent_takes = _body_id(value, "epoch") == value
+        except BadRequest:
+            agent_takes = False
+        assert agent_takes == valid_id(value) == (as_row_id(value) == value), value
+        assert as_row_id(str(value)) == (value if agent_takes else None), value
+
+
+async def test_an_epoch_the_scheduler_would_refuse_is_refused_by_the_agent(cluster: Cluster) -> None:
+    write_jobs(cluster.jobs)
+    scheduler = await cluster.start()
+    before = cluster.agent.journal.max_epoch
+    answer = await agent_post(cluster, "/ack", {"epoch": 9223372036854775807, "run_ids": []})
+    assert answer.status_code == 400, answer.text
+    assert cluster.agent.journal.max_epoch == before
+    run_id = await run_now(scheduler)
+    done = await until(
+        lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "the run"
+    )
+    assert done and scheduler.epoch == 1
+
+
+@pytest.mark.parametrize("pushed", ["top", "far"])
+async def test_an_agent_pushed_to_a_bogus_epoch_names_the_way_back_and_reset_epoch_restores_it(
+    cluster: Cluster, tmp_path: Path, pushed: str
+) -> None:
+    from engine.db import MAX_ROW_ID
+
+    write_jobs(cluster.jobs)
+    scheduler = await cluster.start()
+    # A token holder pushes the agent's epoch to the top of the range (no scheduler can go above it),
+    # or far up (following it would leave the installation no takeovers): neither is followed.
+    epoch = MAX_ROW_ID if pushed == "top" else MAX_ROW_ID // 2
+    answer = await agent_post(cluster, "/ack", {"epoch": epoch, "run_ids": []})
+    assert answer.status_code == 200, answer.text
+
+    def agent_row() -> dict[str, Any]:
+        conn = sqlite3.connect(f"file:{cluster.paths.db}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        try:
+            found = conn.execute("SELECT * FROM agents WHERE name = 'a1'").fetchone()
+            return dict(found) if found else {}
+        finally:
+            conn.close()
+
+    down = await until(lambda: (agent_row().get("up") == 0 and agent_row()) or None, 5, "the agent marked down")
+    assert "--reset-epoch" in down["error"] and str(epoch) in down["error"], down
+    await asyncio.sleep(0.3)  # a few polls: still not followed
+    assert scheduler.epoch == 1 and not cluster.task.done(), cluster.task  # type: ignore[union-attr]
+    # The way back: restart the agent once with `vigil agent --reset-epoch EPOCH` (the active's epoch).
+    cluster.agent.closing()  # as on SIGTERM: answers the collector's long-poll
+    cluster.agent.close()
+    cluster.agent = AgentService(tmp_path / "agent", reset_epoch=scheduler.epoch)
+    cluster.wire.inner = httpx.ASGITransport(app=AgentApp(cluster.agent, TOKEN))
+    assert cluster.agent.journal.max_epoch == scheduler.epoch
+    run_id = await run_now(scheduler)
+    done = await until(
+        lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "the run"
+    )
+    assert done[0]["reason"] is None, done  # not the stale "waiting for a healthy agent ..."
+    assert (await agent_post(cluster, "/ack", {"epoch": scheduler.epoch - 1, "run_ids": []})).status_code == 409
+
+
+async def test_a_run_that_waited_for_its_agent_does_not_keep_the_waiting_reason_once_running(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    write_jobs(cluster.jobs)
+    (cluster.jobs / "remote.toml").write_text(
+        f'agent = "a1"\ncommand = "while [ ! -e {tmp_path}/gate ]; do sleep 0.02; done"\n'
+    )
+    reachable = False
+
+    async def down_until_reachable(request: httpx.Request, forward: Any) -> httpx.Response:
+        if not reachable:
+            raise httpx.ConnectError("connection refused", request=request)
+        return await forward()
+
+    cluster.wire.rule = down_until_reachable
+    scheduler = await cluster.start()
+    run_id = await run_now(scheduler)
+    await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "waiting"], 5, "waiting")
+    reachable = True
+    running = await until(
+        lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "running"], 5, "running"
+    )
+    assert running[0]["reason"] is None, running
+    (tmp_path / "gate").touch()
+    await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "done")
+
+
+@pytest.mark.parametrize("pushed", ["top", "far"])
+async def test_a_bogus_max_run_id_on_an_agent_does_not_move_the_schedulers_run_ids(
+    cluster: Cluster, pushed: str
+) -> None:
+    from engine.db import MAX_ROW_ID
+
+    write_jobs(cluster.jobs)
+    scheduler = await cluster.start()
+    # A token holder dispatches a run under an id near the top: following it would leave the
+    # scheduler run ids that agents refuse and `vigil logs` cannot name.
+    bogus = MAX_ROW_ID if pushed == "top" else MAX_ROW_ID - 5
+    body = {"run_id": bogus, "epoch": 1, "job": "x", "scheduled_for": "2030-01-01T00:00:00+00:00"}
+    assert (await agent_post(cluster, "/runs", {**body, "command": "true"})).status_code == 201
+    await until(lambda: cluster.agent.journal.max_run_id == bogus, 5, "the agent to record it")
+    await asyncio.sleep(0.3)  # a few status polls
+    run_id = await run_now(scheduler)
+    assert run_id < 1000, run_id
+    await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "run")

@@ -797,3 +797,27 @@ def test_kill_of_a_run_whose_dispatch_may_have_arrived_reaches_the_agent(
     gate.touch()
     settle(0.3)
     assert not out.exists()
+
+
+def test_jobs_that_cannot_start_fail_on_an_agent_as_they_do_locally(
+    start_up, agents, state_dir: Path, jobs_dir: Path
+) -> None:
+    # Review 9, #8: the same job, run locally and on a real `vigil agent`, ends the same way.
+    agent = agents("a2", token=TOKEN).start()
+    write_settings(jobs_dir, {"a2": {"url": agent.url, "token_file": str(agent.token_file)}})
+    cases = {"nobin": 'command = ["/nonexistent/bin"]\n', "nodir": 'command = "true"\nworkdir = "/nonexistent/d"\n'}
+    for name, lines in cases.items():
+        write_job(jobs_dir, f"{name}-remote", 'agent = "a2"\n' + lines)
+        write_job(jobs_dir, f"{name}-local", lines)
+    up = start_up()
+    up.wait_active()
+    for name in cases:
+        for where in ("remote", "local"):
+            vigil(state_dir, "run", f"{name}-{where}")
+    for name in cases:
+        local = wait_state(state_dir, f"{name}-local", {"failed", "unknown"})
+        remote = wait_state(state_dir, f"{name}-remote", {"failed", "unknown"})
+        assert local["state"] == remote["state"] == "failed", (local, remote)
+        assert local["exit_code"] is None and remote["exit_code"] is None, (local, remote)
+        assert local["reason"].startswith("could not start: "), local
+        assert remote["reason"] == f"agent a2: {local['reason']}", (local, remote)

@@ -219,3 +219,36 @@ async def test_a_hostile_agents_numbers_never_reach_the_scheduler() -> None:
     answers["/status"] = {"instance": "i", "max_epoch": 7, "open": [1, 2]}
     assert (await client.status())["max_epoch"] == 7
     await client.aclose()
+
+
+async def test_a_journal_from_before_end_state_is_upgraded_and_reports_start_failures(tmp_path: Path) -> None:
+    import sqlite3
+
+    from engine.agent_server import JOURNAL_SCHEMA
+
+    state = tmp_path / "agent"
+    state.mkdir(mode=0o700)
+    old = sqlite3.connect(state / "journal.db")
+    old.executescript(JOURNAL_SCHEMA.replace("    end_state TEXT,\n", ""))
+    old.execute(
+        "INSERT INTO runs (run_id, job, scheduled_for, attempt, epoch, spec, state, reason, seq) "
+        "VALUES (1, 'j', '2030-01-01T00:00:00+00:00', 1, 1, '{}', 'unknown', 'older', 1)"
+    )
+    old.commit()
+    old.close()
+    service = AgentService(state)
+    try:
+        client = client_for(service, epoch=1)
+        assert (await client.run(1)).end_state is None  # an old row stays plain `unknown`
+        status = await client.dispatch({**body(2), "command": ["/nonexistent/bin"]})
+        if not status.done:
+            for _ in range(250):
+                await asyncio.sleep(0.02)
+                status = await client.run(2)
+                if status.done:
+                    break
+        assert status.state == "unknown" and status.end_state == "failed" and status.failed_without_exit, status
+        assert status.reason is not None and status.reason.startswith("could not start: /nonexistent/bin")
+        await client.aclose()
+    finally:
+        service.close()

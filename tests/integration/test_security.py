@@ -421,6 +421,38 @@ def test_a_journal_poisoned_by_an_older_agent_heals_on_start(procs, tmp_path: Pa
     assert httpx.post(url + "/runs", json=dispatch_body(3, 6), headers=auth).status_code == 409
 
 
+def test_an_agent_locked_out_by_a_top_epoch_gets_back_with_reset_epoch(procs, tmp_path: Path, token_file: Path) -> None:
+    # Review 9, #11: a token holder pushed the agent's highest epoch to the top of the valid range
+    # (no scheduler can go above it); `vigil agent --reset-epoch EPOCH` is the documented way back.
+    from engine.db import MAX_ROW_ID
+
+    state = tmp_path / "agent"
+    auth = {"Authorization": "Bearer " + token_file.read_text().strip()}
+    agent, url = start_agent(procs, state, "agent1", "--token-file", str(token_file))
+    assert httpx.post(url + "/runs", json=dispatch_body(1, 7), headers=auth).status_code == 201
+    assert httpx.post(url + "/ack", json={"epoch": MAX_ROW_ID, "run_ids": []}, headers=auth).status_code == 200
+    # what the previous agent version accepted, and every scheduler refuses, is a 400 that moves nothing
+    assert httpx.post(url + "/ack", json={"epoch": 2**63 - 1, "run_ids": []}, headers=auth).status_code == 400
+    assert httpx.post(url + "/runs", json=dispatch_body(2, 7), headers=auth).status_code == 409
+    agent.stop()
+    bad = vigil(state, "agent", "--token-file", str(token_file), "--reset-epoch", "2**70", check=False)
+    assert bad.returncode != 0 and bad.stderr.startswith("vigil: --reset-epoch") and "Traceback" not in bad.stderr
+    agent, url = start_agent(procs, state, "agent2", "--token-file", str(token_file), "--reset-epoch", "7")
+    assert "reset from" in agent.output()
+    assert httpx.get(url + "/status", headers=auth).json()["max_epoch"] == 7
+    assert httpx.post(url + "/runs", json=dispatch_body(2, 7), headers=auth).status_code == 201
+    assert httpx.post(url + "/runs", json=dispatch_body(3, 6), headers=auth).status_code == 409  # still fenced
+    agent.stop()
+    # A journal the previous version let reach 2**63-1 heals on start, as any out-of-range maximum does.
+    conn = sqlite3.connect(state / "journal.db")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'max_epoch'", (str(2**63 - 1),))
+    conn.commit()
+    conn.close()
+    agent, url = start_agent(procs, state, "agent3", "--token-file", str(token_file))
+    assert httpx.get(url + "/status", headers=auth).json()["max_epoch"] == 7
+    agent.stop()
+
+
 def test_cli_run_ids_beyond_sqlite_are_a_vigil_error(procs, tmp_path: Path) -> None:
     state, jobs = tmp_path / "state", tmp_path / "jobs"
     jobs.mkdir()
