@@ -625,12 +625,12 @@ def test_upstream_satisfied() -> None:
         ),
         ("0 0 0 * * * *", "got 7"),
         ("", "empty cron expression"),
-        ("61 * * * *", "minute field '61': 61 is out of range 0-59"),
-        ("* 24 * * *", "hour field '24': 24 is out of range 0-23"),
-        ("60 * * * * *", "second field '60': 60 is out of range 0-59"),
-        ("0 0 0 * *", "day-of-month field '0': 0 is out of range 1-31"),
-        ("0 0 * 13 *", "month field '13': 13 is out of range 1-12"),
-        ("0 0 * * 8", "day-of-week field '8': 8 is out of range 0-7"),
+        ("61 * * * *", "minute field '61': 61 is out of range (allowed 0-59"),
+        ("* 24 * * *", "hour field '24': 24 is out of range (allowed 0-23"),
+        ("60 * * * * *", "second field '60': 60 is out of range (allowed 0-59"),
+        ("0 0 0 * *", "day-of-month field '0': 0 is out of range (allowed 1-31"),
+        ("0 0 * 13 *", "month field '13': 13 is out of range (allowed 1-12"),
+        ("0 0 * * 8", "day-of-week field '8': 8 is out of range (allowed 0-7"),
         ("0 0 * * funday", "day-of-week field 'funday': unknown value 'funday'"),
         ("0 0 * mon *", "month field 'mon': unknown value 'mon'"),
         ("*/0 * * * *", "minute field '*/0': step '0' must be a whole number >= 1"),
@@ -729,3 +729,18 @@ def test_cron_largest_steps_still_fire_as_written() -> None:
     assert fires(CronTrigger("*/60 * * * *"), utc(2026, 1, 1), 2) == [utc(2026, 1, 1, 1), utc(2026, 1, 1, 2)]
     assert fires(CronTrigger("0 */24 * * *"), utc(2026, 1, 1), 2) == [utc(2026, 1, 2), utc(2026, 1, 3)]
     assert len(fires(CronTrigger("0 0 * * */7"), utc(2026, 1, 1), 2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("1-100/2 * * * *", "cron '1-100/2 * * * *': minute field '1-100/2': 100 is out of range (allowed 0-59)"),
+        ("0 25-30/2 * * *", "hour field '25-30/2': 25 is out of range (allowed 0-23)"),
+        ("0 0 * * sun-mon/9", "day-of-week field 'sun-mon/9': step 9 is larger than the field's range"),
+        ("0 0 * * 8/2", "day-of-week field '8/2': 8 is out of range (allowed 0-7 or SUN-SAT)"),
+    ],
+)
+def test_cron_range_with_a_step_names_the_field_and_its_range(expr: str, expected: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        validate_cron(expr)
+    assert expected in str(excinfo.value)
