@@ -40,6 +40,7 @@ __all__ = [
     "LoadResult",
     "ScanResult",
     "format_errors",
+    "job_name_problem",
     "load_folder",
     "load_settings",
 ]
@@ -750,6 +751,14 @@ def _validate_keys(
             continue
         values[key] = _Value(value, source)
     return values, errors
+
+
+def job_name_problem(name: str) -> str | None:
+    """Why no job can have this name (e.g. for `vigil runs --job`), or None: a job's name is its
+    file's path under the folder, and every part of it follows the naming rule."""
+    if all(_NAME_SEGMENT.fullmatch(part) for part in name.split("/")):
+        return None
+    return f"job file and folder names {_NAME_RULE}"
 
 
 def _unknown_key_reason(key: str, known: Iterable[str], *, where: str = "job") -> str:
@@ -1497,8 +1506,7 @@ class JobFolder:
             return _JobState(signature, None, [source.syntax_error], source)
         values, errors = self._own_values(source)
         errors = list(errors)
-        bad_segments = [part for part in name.split("/") if not _NAME_SEGMENT.fullmatch(part)]
-        if bad_segments:
+        if job_name_problem(name):
             errors.append(
                 ConfigError(
                     source.path,
