@@ -168,3 +168,17 @@ def test_exit_codes_are_the_documented_ones(tmp_path: Path) -> None:
     assert vigil(state, "runs", "--limit", "0", check=False).returncode == 1
     usage = vigil(state, "runs", "--limit", "many", check=False)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_cli_reference_says_each_thing_once() -> None:
+    """Merge leftovers (the same clause pasted twice) make the reference contradict itself."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    words = re.findall(r"[\w'`]+", re.sub(r"```.*?```", "", text, flags=re.S).lower())
+    first: dict[tuple[str, ...], int] = {}
+    repeated = set()
+    for i in range(len(words) - 7):
+        phrase = tuple(words[i : i + 8])
+        if i - first.setdefault(phrase, i) >= 8:
+            repeated.add(" ".join(phrase))
+    assert not repeated, sorted(repeated)
+    assert text.count("overwrite an existing file") == 1
