@@ -229,9 +229,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.job is not None:
         from .jobfile import job_name_problem
 
-        problem = job_name_problem(args.job)
-    if args.job is not None and problem:
-        raise VigilError(f"--job {quote(args.job, whole=True)}: no job can have this name ({problem})")
+        if problem := job_name_problem(args.job):  # names come from file paths: this one cannot
+            raise VigilError(f"--job {quote(args.job, whole=True)}: no job can have this name ({problem})")
     reader = _reader(args)
     runs = reader.runs(job=args.job, state=args.status, limit=args.limit)
     if args.json:
