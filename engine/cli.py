@@ -12,8 +12,13 @@ from typing import Any
 
 from .db import StatePaths
 from .errors import ControlError, VigilError
+from .text import escape, quote
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+#: Exit statuses (docs/cli.md lists them): 0 done; 1 a `vigil:` error (bad value, missing path,
+#: refused command, database fault); 2 a malformed command line (argparse's usage message);
+#: 130 interrupted with Ctrl-C.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_PREVIEW = 1000  #: `vigil next -n`: more is never useful on a terminal, and each fire costs time
 TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
 
 
@@ -34,11 +39,23 @@ def _state(args: argparse.Namespace) -> StatePaths:
     return paths
 
 
+def _job_folder(args: argparse.Namespace) -> Path:
+    """`--jobs`, which must be a folder: a missing one is an error, not an empty listing."""
+    folder = Path(args.jobs).resolve()
+    if not folder.exists():
+        raise VigilError(f"job folder {folder} does not exist")
+    if not folder.is_dir():
+        raise VigilError(f"job folder {folder} is not a directory")
+    return folder
+
+
 def _print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
+    # Cells carry text from job files, agents and reasons: escaped so none can drive the terminal.
+    rows = [[escape(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -89,10 +106,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         format="%(asctime)s vigil[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    jobs_dir = Path(args.jobs).resolve()
-    if not jobs_dir.is_dir():
-        raise VigilError(f"job folder {jobs_dir} does not exist")
-    node = Node(_state(args), jobs_dir)
+    node = Node(_state(args), _job_folder(args))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -115,7 +129,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(format_errors(result.errors))
         print(f"{len(result.errors)} error(s); {len(result.jobs)} valid job(s)", file=sys.stderr)
         return EXIT_ERROR
-    print(f"{len(result.jobs)} job(s) valid in {folder}")
+    print(f"{len(result.jobs)} job(s) valid in {escape(str(folder))}")
     return EXIT_OK
 
 
@@ -126,9 +140,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from .db import iso
     from .jobfile import FOLDER_FILE, SETTINGS_FILE, load_folder
     from .scheduler import _job_name_for
-    from .text import escape
 
-    jobs_dir = Path(args.jobs)
+    jobs_dir = _job_folder(args)
     result = load_folder(jobs_dir)
     paused: set[str] = set()
     latest: dict[str, dict[str, Any]] = {}
@@ -180,8 +193,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     else:
         rows = [
             [
-                escape(d["name"]),
-                escape(d["schedule"] or "-"),
+                d["name"],
+                d["schedule"] or "-",
                 d["status"],
                 _short_time(d["next_fire"]),
                 d["last_state"] or "-",
@@ -206,9 +219,18 @@ def _active_answers(paths: StatePaths) -> bool:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from .db import MAX_ROW_ID
+    from .model import RunState
 
     if not 0 < args.limit <= MAX_ROW_ID:
         raise VigilError(f"--limit {args.limit}: expected a whole number from 1 to {MAX_ROW_ID}")
+    if args.status is not None and args.status not in set(RunState):
+        states = ", ".join(state.value for state in RunState)
+        raise VigilError(f"--status {quote(args.status)}: not a run state; use one of {states}")
+    if args.job is not None:
+        from .jobfile import job_name_problem
+
+        if problem := job_name_problem(args.job):  # names come from file paths: this one cannot
+            raise VigilError(f"--job {quote(args.job, whole=True)}: no job can have this name ({problem})")
     reader = _reader(args)
     runs = reader.runs(job=args.job, state=args.status, limit=args.limit)
     if args.json:
@@ -273,13 +295,13 @@ def _control(args: argparse.Namespace, op: str, **kw: Any) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     reply = _control(args, "run", job=args.name)
-    print(f"started run {reply['run_id']} of {args.name}")
+    print(f"started run {reply['run_id']} of {escape(args.name)}")
     return EXIT_OK
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
     _control(args, args.command, job=args.name)
-    print(f"{args.name} {'paused' if args.command == 'pause' else 'resumed'}")
+    print(f"{escape(args.name)} {'paused' if args.command == 'pause' else 'resumed'}")
     return EXIT_OK
 
 
@@ -309,12 +331,14 @@ def cmd_next(args: argparse.Namespace) -> int:
     from . import schedule
     from .errors import NotFoundError
     from .jobfile import load_folder
-    from .text import quote
 
-    result = load_folder(Path(args.jobs))
+    if not 1 <= args.n <= MAX_PREVIEW:  # a huge N would run for ever and fill memory
+        raise VigilError(f"-n {args.n}: expected a whole number from 1 to {MAX_PREVIEW}")
+    jobs_dir = _job_folder(args)
+    result = load_folder(jobs_dir)
     job = result.jobs.get(args.name)
     if job is None:
-        job_file = str(Path(args.jobs) / f"{args.name}.toml")
+        job_file = str(jobs_dir / f"{args.name}.toml")
         problems = [e.format() for e in result.errors if e.path == job_file]
         raise NotFoundError(
             f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else "")
@@ -323,7 +347,7 @@ def cmd_next(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([f.isoformat() for f in fires])
     elif not fires:
-        print(f"{args.name} has no upcoming scheduled fires ({job.schedule_text})")
+        print(f"{escape(args.name)} has no upcoming scheduled fires ({escape(job.schedule_text)})")
     else:
         for fire in fires:
             print(fire.isoformat())
@@ -334,6 +358,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .api import cluster_status
 
     paths = _state(args)
+    if not paths.db.exists():  # like `runs`: no state is an error, not "active: none"
+        raise VigilError(f"no Vigil state at {paths.root}; start a scheduler there with `vigil up`")
     doc = cluster_status(paths)
     doc["jobs"] = 0
     doc["runs"] = {}
@@ -365,7 +391,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for ag in doc["agents"]:
         load = "" if not ag["up"] else f" cpu {ag['cpu_percent']}% mem {ag['memory_percent']}% load {ag['load1']}"
         print(
-            f"agent: {ag['name']} {'up' if ag['up'] else 'DOWN'}{load} running {ag['running'] or 0} "
+            f"agent: {escape(ag['name'])} {'up' if ag['up'] else 'DOWN'}{load} running {ag['running'] or 0} "
             f"last contact {_short_time(ag['last_contact'])}"
         )
     for fo in doc["failovers"][:5]:
@@ -384,11 +410,11 @@ def cmd_db(args: argparse.Namespace) -> int:
         return _db_backup(paths, Path(args.path))
     # prune
     from .control import ControlClient
-    from .durations import parse_duration
+    from .durations import parse_bounded_duration
     from .errors import NoActiveSchedulerError
 
     try:
-        seconds = parse_duration(args.older_than)
+        seconds = parse_bounded_duration(args.older_than)
     except ValueError as exc:
         raise VigilError(f"--older-than: {exc}") from None
     try:
@@ -396,7 +422,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         deleted = reply["deleted"]
     except NoActiveSchedulerError:
         deleted = _prune_offline(paths, seconds)
-    print(f"pruned {deleted} run(s) that ended more than {args.older_than} ago")
+    print(f"pruned {deleted} run(s) that ended more than {escape(args.older_than)} ago")
     return EXIT_OK
 
 
@@ -469,7 +495,7 @@ def _db_backup(paths: StatePaths, target: Path) -> int:
         raise
     finally:
         source.close()
-    print(f"backed up {paths.db} to {target}")
+    print(escape(f"backed up {paths.db} to {target}"))
     return EXIT_OK
 
 
@@ -580,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", parents=[common, as_json], help="list runs, newest first")
     p.add_argument("--job", help="only this job")
-    p.add_argument("--status", help="only runs in this state (e.g. failed, running)")
+    p.add_argument("--status", metavar="STATE", help="only runs in this state (e.g. failed, running)")
     p.add_argument("--limit", type=int, default=50, help="at most N runs (default 50)")
     p.set_defaults(func=cmd_runs)
 
@@ -605,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("next", parents=[common, jobs, as_json], help="preview a job's next fire times")
     p.add_argument("name")
-    p.add_argument("-n", type=int, default=5, help="how many (default 5)")
+    p.add_argument("-n", type=int, default=5, help=f"how many, 1 to {MAX_PREVIEW} (default 5)")
     p.set_defaults(func=cmd_next)
 
     p = sub.add_parser(
@@ -662,21 +688,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except VigilError as exc:
-        from .text import escape
-
         print(f"vigil: {escape(str(exc))}", file=sys.stderr)  # one line, whatever user text it carries
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     # The last resort: each path gives its own message; nothing reaches the user as a traceback.
     except sqlite3.Error as exc:
-        print(f"vigil: state database {_state(args).db}: {exc}", file=sys.stderr)
+        print(escape(f"vigil: state database {_state(args).db}: {exc}"), file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"vigil: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(escape(f"vigil: {where}{exc.strerror or exc}"), file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 
-from engine.text import describe, quote
+from engine.text import describe, quote, show
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+#: The longest duration anywhere in Vigil (job files, vigil.toml, `db prune --older-than`): 100 years,
+#: inclusive. Past it, fire times, deadlines and cut-offs overflow a datetime.
+MAX_DURATION_S = 36500 * 86400.0
+MAX_DURATION_TEXT = "36500d"
+OUT_OF_RANGE = f"at most 100 years ({MAX_DURATION_TEXT}) is accepted"
 
 
 def parse_duration(value: object) -> float:
@@ -38,3 +43,11 @@ def parse_duration(value: object) -> float:
             f'bad duration {quote(value)}: use a number with a unit ms, s, m, h, d or w, e.g. "90s" or "1h30m"'
         )
     return total
+
+
+def parse_bounded_duration(value: object) -> float:
+    """`parse_duration`, also refusing a duration over `MAX_DURATION_S` (e.g. `1000000d`)."""
+    seconds = parse_duration(value)
+    if not seconds <= MAX_DURATION_S:  # also NaN
+        raise ValueError(f"duration {show(value)} is out of range: {OUT_OF_RANGE}")
+    return seconds

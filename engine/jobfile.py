@@ -26,9 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
-from engine.durations import parse_duration
+from engine.durations import MAX_DURATION_S, MAX_DURATION_TEXT, parse_duration
 from engine.errors import ConfigError
 from engine.model import AgentSpec, Catchup, JobSpec, Overlap, PoolSpec, Settings
 from engine.schedule import validate_cron
@@ -42,6 +40,7 @@ __all__ = [
     "LoadResult",
     "ScanResult",
     "format_errors",
+    "job_name_problem",
     "load_folder",
     "load_settings",
 ]
@@ -100,7 +99,6 @@ _CRON_RANGES = {
     "month": "1-12 or JAN-DEC",
     "day-of-week": "0-7 or SUN-SAT",
 }
-_MAX_DURATION = 36500 * 86400.0  #: 100 years, inclusive: `36500d` is the longest duration accepted
 #: `at` is kept in a range where adding any duration (at most 100 years) stays a valid datetime
 _AT_FIRST_YEAR, _AT_LAST_YEAR = 1970, 9899
 _SQLITE_INT_MAX = 2**63 - 1  #: the largest integer a SQLite column holds
@@ -444,7 +442,9 @@ def _read(abs_path: str, *, follow: bool = True) -> bytes | OSError:
             return OSError(errno.ELOOP, "it became a symlink while being read")
         return exc
     if size > MAX_FILE_BYTES:
-        return OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // 1024} KiB: not a job file")
+        return OSError(
+            errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes ({MAX_FILE_BYTES // 1024**2} MiB): not a job file"
+        )
     return b"".join(chunks)
 
 
@@ -520,8 +520,8 @@ def _as_duration(value: object, *, positive: bool, floor: tuple[float, str, str]
         raise _Bad(f"must be at least {floor[1]} ({floor[2]}), got {show(value)}")
     if positive and seconds < 1e-6:  # fire times and deadlines are whole microseconds
         raise _Bad(f"must be at least 1 microsecond, got {show(value)}")
-    if seconds > _MAX_DURATION:  # past this, fire times and deadlines overflow datetime
-        raise _Bad(f"must be at most 100 years (36500d), got {show(value)}")
+    if seconds > MAX_DURATION_S:  # past this, fire times and deadlines overflow datetime
+        raise _Bad(f"must be at most 100 years ({MAX_DURATION_TEXT}), got {show(value)}")
     return seconds
 
 
@@ -549,7 +549,7 @@ def _as_string_list(value: object, what: str) -> list[str]:
 
 @lru_cache(maxsize=4096)
 def _cron_problem(expr: str) -> str | None:
-    """Why a cron expression is invalid (naming the field when one field is at fault), or None."""
+    """Why a cron expression is invalid (naming the field at fault and its range), or None."""
     fields = expr.split()
     if len(fields) not in (5, 6):
         return (
@@ -557,28 +557,12 @@ def _cron_problem(expr: str) -> str | None:
             f"got {len(fields)} in {quote(expr)}"
         )
     try:
-        # The scheduler's own parser decides (it is what fires the job, and it is fast); croniter
-        # only helps to name the field at fault in the message.
+        # The scheduler's own parser decides (it is what fires the job) and says what is wrong in
+        # Vigil's words: the field, what is wrong with it and the values it takes.
         validate_cron(expr)
-        return None
     except ValueError as exc:
-        reason = str(exc).removeprefix(f"cron {quote(expr)}: ")
-    seconds_first = len(fields) == 6
-    names = _CRON_FIELDS_6 if seconds_first else _CRON_FIELDS_5
-    for index, (name, text) in enumerate(zip(names, fields, strict=True)):
-        probe = ["*"] * len(fields)
-        probe[index] = text
-        try:
-            croniter(" ".join(probe), second_at_beginning=seconds_first)
-        except Exception as exc:  # croniter raises several unrelated types for bad input
-            detail = str(exc).split("]")[-1].replace("is not acceptable", "").strip(" ,") or "not understood"
-            return f"{name} field {quote(text)} is invalid ({detail}; allowed {_CRON_RANGES[name]})"
-    try:
-        croniter(" ".join(fields), datetime(2000, 1, 1), second_at_beginning=seconds_first).get_next(datetime)
-    except Exception as exc:
-        if "find next date" in str(exc):
-            return f"{quote(expr)} never fires (no date matches its day and month fields)"
-    return reason  # e.g. `R`, `15W`, `5-1`: croniter accepts them, the scheduler does not
+        return str(exc).removeprefix(f"cron {quote(expr)}: ")
+    return None
 
 
 def _as_cron(value: object) -> str:
@@ -623,8 +607,9 @@ def _as_at(value: object) -> datetime:
 _NUL = "must not contain a NUL character (\\u0000): a process cannot be started with one"
 
 
-def _size_text(size: int) -> str:
-    return f"{size / 1024:.0f} KiB" if size >= 10240 else f"{size} bytes"
+def _byte_limit(size: int, limit: int, what: str = "") -> str:
+    """`is 65537 bytes; at most 65536 bytes (64 KiB) are allowed`: both numbers exact, never rounded."""
+    return f"is {size} bytes{what}; at most {limit} bytes ({limit // 1024} KiB) are allowed"
 
 
 def _command_bytes(command: str | list[str]) -> int:
@@ -636,8 +621,7 @@ def _command_bytes(command: str | list[str]) -> int:
 
 def _too_long_command(size: int) -> _Bad:
     return _Bad(
-        f"is {_size_text(size)} long; at most {MAX_COMMAND_BYTES // 1024} KiB is allowed "
-        "(put a long script in a file and run that)"
+        f"{_byte_limit(size, MAX_COMMAND_BYTES)} (put a long script in a file and run that)"
     )
 
 
@@ -704,7 +688,7 @@ def _env_bytes(env: Mapping[str, str]) -> int:
 
 
 def _too_large_env(size: int, where: str = "") -> _Bad:
-    return _Bad(f"is {_size_text(size)} in total{where}; at most {MAX_ENV_BYTES // 1024} KiB is allowed")
+    return _Bad(_byte_limit(size, MAX_ENV_BYTES, f" in total{where}"))
 
 
 def _resolve_path(value: str, base: str) -> str:
@@ -769,9 +753,39 @@ def _validate_keys(
     return values, errors
 
 
-def _unknown_key_reason(key: str, known: Iterable[str]) -> str:
+def job_name_problem(name: str) -> str | None:
+    """Why no job can have this name (e.g. for `vigil runs --job`), or None: a job's name is its
+    file's path under the folder, and every part of it follows the naming rule."""
+    if all(_NAME_SEGMENT.fullmatch(part) for part in name.split("/")):
+        return None
+    return f"job file and folder names {_NAME_RULE}"
+
+
+def _unknown_key_reason(key: str, known: Iterable[str], *, where: str = "job") -> str:
+    """`unknown key`, with where the key does belong when it is another file's or table's setting
+    (`where` is the place it was found: "job", "top" of vigil.toml, "scheduler", "agent", "pool"),
+    else the closest known key."""
+    home = _key_home(key, where)
+    if home:
+        return f"unknown key; {home}"
     close = difflib.get_close_matches(key, list(known), n=1)
     return "unknown key" + (f" (did you mean {quote(close[0])}?)" if close else "")
+
+
+def _key_home(key: str, where: str) -> str | None:
+    """Where a key belongs, said from the file it was found in; None when it is nobody's key."""
+    in_settings = where != "job"  # found in vigil.toml: the place is a table of the same file
+    if key in JOB_KEYS and where != "job":
+        return f"`{key}` is a job setting (a job file or _folder.toml)"
+    if key in SCHEDULER_KEYS and where != "scheduler":
+        return f"`{key}` is a [scheduler] setting" + (": put it under [scheduler]" if in_settings else " in vigil.toml")
+    if key in AGENT_KEYS and where != "agent":
+        return f"`{key}` is an [agents.NAME] setting" + ("" if in_settings else " in vigil.toml")
+    if key == "mode" and where != "pool":
+        return f"`{key}` is a [pools.NAME] setting" + ("" if in_settings else " in vigil.toml")
+    if key in ("scheduler", "pools") and where == "job":
+        return f"[{key}{'' if key == 'scheduler' else '.NAME'}] is a table of vigil.toml"
+    return None
 
 
 def _merge(layers: Iterable[dict[str, _Value]]) -> dict[str, _Value]:
@@ -912,7 +926,7 @@ def _parse_settings(
 
     for key, raw in data.items():
         if key not in ("scheduler", "agents", "pools"):
-            bad((key,), _unknown_key_reason(key, ("scheduler", "agents", "pools")))
+            bad((key,), _unknown_key_reason(key, ("scheduler", "agents", "pools"), where="top"))
         elif not isinstance(raw, dict):
             bad(
                 (key,),
@@ -936,7 +950,7 @@ def _parse_settings(
                 elif key == "max_missed_rows":
                     scheduler[key] = _as_int(raw, 1, 1_000_000)
                 else:
-                    bad(("scheduler", key), _unknown_key_reason(key, SCHEDULER_KEYS))
+                    bad(("scheduler", key), _unknown_key_reason(key, SCHEDULER_KEYS, where="scheduler"))
             except _Bad as problem:
                 for sub, reason in problem.problems:
                     bad(("scheduler", key, *sub), reason)
@@ -995,7 +1009,7 @@ def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> Agent
     fields: dict[str, str] = {}
     for key, raw in table.items():
         if key not in AGENT_KEYS:
-            bad((*where, key), _unknown_key_reason(key, AGENT_KEYS))
+            bad((*where, key), _unknown_key_reason(key, AGENT_KEYS, where="agent"))
             ok = False
         elif not isinstance(raw, str) or not raw.strip():
             bad((*where, key), f"expected a non-empty string, got {describe(raw)}")
@@ -1035,7 +1049,7 @@ def _parse_pool(
     ok = True
     for key in table:
         if key not in POOL_KEYS:
-            bad((*where, key), _unknown_key_reason(key, POOL_KEYS))
+            bad((*where, key), _unknown_key_reason(key, POOL_KEYS, where="pool"))
             ok = False
     mode = "fixed-priority"
     if "mode" in table:
@@ -1492,8 +1506,7 @@ class JobFolder:
             return _JobState(signature, None, [source.syntax_error], source)
         values, errors = self._own_values(source)
         errors = list(errors)
-        bad_segments = [part for part in name.split("/") if not _NAME_SEGMENT.fullmatch(part)]
-        if bad_segments:
+        if job_name_problem(name):
             errors.append(
                 ConfigError(
                     source.path,

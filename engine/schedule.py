@@ -215,16 +215,30 @@ class _ParsedField:
     unrestricted: bool = False  # written `*` or `?`
 
 
+def _allowed(index: int) -> str:
+    """The values a field takes, as an operator writes them: `0-59`, `1-12 or JAN-DEC`."""
+    _, lo, hi, names = _FIELDS[index]
+    if not names:
+        return f"{lo}-{hi}"
+    first, last = min(names, key=names.__getitem__), max(names, key=names.__getitem__)
+    return f"{lo}-{hi} or {first.upper()}-{last.upper()}"
+
+
+def _field_error(index: int, text: str, problem: str) -> ValueError:
+    """`<field> field '<text>': <problem> (allowed <values>)`: the field, what is wrong, what is right."""
+    return ValueError(f"{_FIELDS[index][0]} field {quote(text)}: {problem} (allowed {_allowed(index)})")
+
+
 def _field_value(index: int, token: str, text: str) -> int:
-    name, lo, hi, names = _FIELDS[index]
+    _, lo, hi, names = _FIELDS[index]
     if token.isdigit():
         value = int(token)
     elif token in names:
         value = names[token]
     else:
-        raise ValueError(f"{name} field {quote(text)}: unknown value {quote(token)}")
+        raise _field_error(index, text, f"unknown value {quote(token)}")
     if not lo <= value <= hi:
-        raise ValueError(f"{name} field {quote(text)}: {value} is out of range {lo}-{hi}")
+        raise _field_error(index, text, f"{value} is out of range")
     return value
 
 
@@ -240,7 +254,7 @@ def _parse_field(index: int, text: str) -> _ParsedField:
     nth: list[tuple[int, int]] = []
     for item in low.split(","):
         if not item:
-            raise ValueError(f"{name} field {quote(text)}: empty list item")
+            raise _field_error(index, text, "empty list item")
         if _UNSUPPORTED.match(item):
             raise ValueError(
                 f"{name} field {quote(text)}: hashed (H), random (R) and nearest-weekday (W) values "
@@ -263,7 +277,7 @@ def _parse_field(index: int, text: str) -> _ParsedField:
         step = 1
         if slash:
             if not step_text.isdigit() or int(step_text) < 1:
-                raise ValueError(f"{name} field {quote(text)}: step {quote(step_text)} must be a whole number >= 1")
+                raise _field_error(index, text, f"step {quote(step_text)} must be a whole number >= 1")
             step = int(step_text)
             span = 7 if index == _DOW else hi - lo + 1  # 0 and 7 are both Sunday
             if step > span:

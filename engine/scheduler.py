@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from . import schedule
 from .clock import Clock, SystemClock
 from .db import StatePaths, as_row_id, iso, parse_iso
+from .durations import MAX_DURATION_S, MAX_DURATION_TEXT
 from .errors import (
     FencedError,
     LaunchError,
@@ -1252,12 +1253,7 @@ class Scheduler:
             return await self.extra_handlers[op](args)
         if op == "prune":
             user = str(args.get("user", "?"))
-            try:
-                cutoff = self.clock.now() - timedelta(seconds=float(args["older_than_s"]))
-            except (KeyError, TypeError, ValueError, OverflowError):
-                # From a hand-made client; raised here it would end the connection without an answer.
-                given = args.get("older_than_s")
-                raise VigilError(f"prune needs older_than_s, a number of seconds, got {given!r}") from None
+            cutoff = self.clock.now() - timedelta(seconds=_prune_age(args.get("older_than_s")))
             count = await self.prune(cutoff)
             await self.ledger.write(
                 [
@@ -1431,3 +1427,20 @@ def _remove_tree(path: os.PathLike[str]) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _prune_age(given: object) -> float:
+    """`older_than_s` of a prune request, checked: raised later, a bad one would end the connection
+    without an answer (`vigil db prune` checks it first; this is for hand-made clients)."""
+    if isinstance(given, bool) or not isinstance(given, int | float | str):
+        raise VigilError(f"prune needs older_than_s, a number of seconds, got {json.dumps(given, default=str)[:60]}")
+    try:
+        seconds = float(given)
+    except (ValueError, OverflowError):
+        raise VigilError(f"prune needs older_than_s, a number of seconds, got {json.dumps(given)[:60]}") from None
+    if not 0 <= seconds <= MAX_DURATION_S:  # also NaN; past 100 years the cut-off is no datetime
+        raise VigilError(
+            f"prune: older_than_s {seconds:g} is out of range: from 0 to {MAX_DURATION_S:.0f} seconds "
+            f"({MAX_DURATION_TEXT}) is accepted"
+        )
+    return seconds

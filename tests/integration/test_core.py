@@ -182,8 +182,8 @@ def test_commands_without_an_active_scheduler_fail_clearly(state_dir: Path, jobs
     result = vigil(state_dir, "run", "a", check=False)
     assert result.returncode == 1
     assert "no active scheduler" in result.stderr
-    status = vigil_json(state_dir, "status")
-    assert status["active"] is None
+    status = vigil(state_dir, "status", check=False)  # nothing was ever started here: no state
+    assert status.returncode == 1 and status.stderr.startswith("vigil: no Vigil state at")
 
 
 def test_live_reload_picks_up_new_and_broken_files(start_up, state_dir: Path, jobs_dir: Path) -> None:

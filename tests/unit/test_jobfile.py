@@ -969,9 +969,9 @@ def test_a_command_too_long_to_exec_is_rejected_at_load_time(tmp_path: Path) -> 
     path_a = write(tmp_path, "a.toml", f'command = ["echo", "{"y" * 40000}", "{"y" * 40000}"]\n')
     write(tmp_path, "ok.toml", f'command = "echo {"z" * 60000}"\n')
     result = load_folder(tmp_path)
-    assert "at most 64 KiB" in only_error(result.errors, path_s).reason
-    assert "500 KiB" in only_error(result.errors, path_s).reason
-    assert "larger than 1024 KiB" in only_error(result.errors, huge).reason
+    assert "at most 65536 bytes (64 KiB) are allowed" in only_error(result.errors, path_s).reason
+    assert f"is {500 * 1024 + 5} bytes;" in only_error(result.errors, path_s).reason
+    assert "larger than 1048576 bytes (1 MiB)" in only_error(result.errors, huge).reason
     assert only_error(result.errors, path_a).key == "command"
     assert list(result.jobs) == ["ok"]
 
@@ -983,7 +983,7 @@ def test_env_too_large_is_rejected_also_when_only_the_merge_is(tmp_path: Path) -
     write(tmp_path, "merged/fine.toml", 'command = "true"\n')
     result = load_folder(tmp_path)
     own = only_error(result.errors, tmp_path / "big/own.toml")
-    assert (own.key, own.line) == ("env", 2) and "at most 64 KiB" in own.reason
+    assert (own.key, own.line) == ("env", 2) and "at most 65536 bytes (64 KiB)" in own.reason
     merged = only_error(result.errors, job)
     assert merged.key == "env" and "_folder.toml" in merged.reason
     assert sorted(result.jobs) == ["merged/fine"]
@@ -1146,7 +1146,7 @@ def test_symlinked_job_files_inside_and_outside_the_folder_are_read(tmp_path: Pa
 def test_a_file_larger_than_any_job_file_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "big.toml", "# " + "x" * (2 * 1024 * 1024) + '\ncommand = "true"\n')
     error = only_error(load_folder(tmp_path).errors, path)
-    assert error.key == "file" and "larger than 1024 KiB" in error.reason
+    assert error.key == "file" and "larger than 1048576 bytes (1 MiB)" in error.reason
 
 
 def test_cli_errors_carrying_user_text_stay_one_escaped_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1161,3 +1161,88 @@ def test_cli_errors_carrying_user_text_stay_one_escaped_line(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and "\x1b" not in err and "\x07" not in err
     assert "gone\\x1b]0;title\\x07\\nvigil: forged: not a directory" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Messages that name the real numbers and the real place of a key (issue 9 review, #17 and D5)
+
+
+def test_length_limits_say_the_actual_length_and_the_limit_in_bytes(tmp_path: Path) -> None:
+    over = write(tmp_path, "over.toml", f'command = "{"x" * 65537}"\n')
+    items = write(tmp_path, "items.toml", f'command = ["echo", "{"y" * 40000}", "{"y" * 40000}"]\n')
+    env = write(tmp_path, "env.toml", f'command = "true"\n[env]\nA = "{"a" * 65534}"\n')
+    write(tmp_path, "exact.toml", f'command = "{"z" * 65536}"\n')
+    result = load_folder(tmp_path)
+    assert only_error(result.errors, over).reason == (
+        "is 65537 bytes; at most 65536 bytes (64 KiB) are allowed (put a long script in a file and run that)"
+    )
+    assert only_error(result.errors, items).reason.startswith(
+        "is 80007 bytes; at most 65536 bytes (64 KiB) are allowed"
+    )
+    assert only_error(result.errors, env).reason == "is 65537 bytes in total; at most 65536 bytes (64 KiB) are allowed"
+    assert list(result.jobs) == ["exact"]
+
+
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        ("1-100/2 * * * *", "minute field '1-100/2': 100 is out of range (allowed 0-59)"),
+        ("0 0 32/2 * *", "day-of-month field '32/2': 32 is out of range (allowed 1-31)"),
+        ("0 0 * * 1-9", "day-of-week field '1-9': 9 is out of range (allowed 0-7 or SUN-SAT)"),
+        ("0 0 * 1-13/3 *", "month field '1-13/3': 13 is out of range (allowed 1-12 or JAN-DEC)"),
+        ("1-70/5 * * * * *", "second field '1-70/5': 70 is out of range (allowed 0-59)"),
+        ("*/0 * * * *", "minute field '*/0': step '0' must be a whole number >= 1 (allowed 0-59)"),
+        ("0 0 * * MON#6", "day-of-week field 'MON#6': the week number after '#' must be 1-5"),
+        ("? * * * *", "minute field '?': unknown value '?' (allowed 0-59)"),
+        ("0 0 ? JAN-FOO *", "month field 'JAN-FOO': unknown value 'foo' (allowed 1-12 or JAN-DEC)"),
+    ],
+)
+def test_cron_field_errors_are_in_the_projects_own_words(tmp_path: Path, cron: str, expected: str) -> None:
+    path = write(tmp_path, "job.toml", f'command = "true"\ncron = "{cron}"\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert (error.key, error.line) == ("cron", 2)
+    assert error.reason == expected
+    assert "bands" not in error.reason and "acceptable" not in error.reason
+
+
+@pytest.mark.parametrize("key", ["log_cap", "kill_grace", "heartbeat_interval", "retention", "agent_wait_limit"])
+@pytest.mark.parametrize("file", ["job.toml", "_folder.toml", "team/_folder.toml"])
+def test_a_scheduler_setting_in_a_job_file_says_where_it_belongs(tmp_path: Path, key: str, file: str) -> None:
+    path = write(tmp_path, file, f'command = "true"\n{key} = "5s"\n')
+    write(tmp_path, "team/ok.toml", 'command = "true"\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert (error.key, error.line) == (key, 2)
+    assert error.reason == f"unknown key; `{key}` is a [scheduler] setting in vigil.toml"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('[scheduler]\ntimeout = "1s"\n', "scheduler.timeout", "`timeout` is a job setting (a job file or _folder.toml)"),
+        ('[scheduler]\nretries = 3\n', "scheduler.retries", "`retries` is a job setting (a job file or _folder.toml)"),
+        ('log_cap = "1MB"\n', "log_cap", "`log_cap` is a [scheduler] setting: put it under [scheduler]"),
+        ('every = "1m"\n', "every", "`every` is a job setting (a job file or _folder.toml)"),
+        ("[agents.a]\nurl = 'https://a'\nlog_cap = 5\n", "agents.a.log_cap", "[scheduler] setting"),
+    ],
+)
+def test_a_key_of_another_file_in_vigil_toml_says_where_it_belongs(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    path = write(tmp_path, "vigil.toml", text)
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert error.key == key
+    assert error.reason.startswith("unknown key; ") and expected in error.reason
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "expected"),
+    [
+        ("url = 'https://a'", "url", "`url` is an [agents.NAME] setting in vigil.toml"),
+        ("[scheduler]\nlog_cap = 5", "scheduler", "[scheduler] is a table of vigil.toml"),
+        ("retires = 3", "retires", "unknown key (did you mean 'retries'?)"),
+    ],
+)
+def test_other_misplaced_keys_in_a_job_file(tmp_path: Path, line: str, key: str, expected: str) -> None:
+    path = write(tmp_path, "job.toml", f'command = "true"\n{line}\n')
+    error = only_error(load_folder(tmp_path).errors, path)
+    assert error.key == key and expected in error.reason

@@ -625,12 +625,12 @@ def test_upstream_satisfied() -> None:
         ),
         ("0 0 0 * * * *", "got 7"),
         ("", "empty cron expression"),
-        ("61 * * * *", "minute field '61': 61 is out of range 0-59"),
-        ("* 24 * * *", "hour field '24': 24 is out of range 0-23"),
-        ("60 * * * * *", "second field '60': 60 is out of range 0-59"),
-        ("0 0 0 * *", "day-of-month field '0': 0 is out of range 1-31"),
-        ("0 0 * 13 *", "month field '13': 13 is out of range 1-12"),
-        ("0 0 * * 8", "day-of-week field '8': 8 is out of range 0-7"),
+        ("61 * * * *", "minute field '61': 61 is out of range (allowed 0-59"),
+        ("* 24 * * *", "hour field '24': 24 is out of range (allowed 0-23"),
+        ("60 * * * * *", "second field '60': 60 is out of range (allowed 0-59"),
+        ("0 0 0 * *", "day-of-month field '0': 0 is out of range (allowed 1-31"),
+        ("0 0 * 13 *", "month field '13': 13 is out of range (allowed 1-12"),
+        ("0 0 * * 8", "day-of-week field '8': 8 is out of range (allowed 0-7"),
         ("0 0 * * funday", "day-of-week field 'funday': unknown value 'funday'"),
         ("0 0 * mon *", "month field 'mon': unknown value 'mon'"),
         ("*/0 * * * *", "minute field '*/0': step '0' must be a whole number >= 1"),
@@ -755,3 +755,18 @@ def test_plan_missed_an_on_time_newest_fire_runs_whatever_the_policy(catchup: Ca
 def test_plan_missed_names_each_fire_for_its_own_cause() -> None:
     plans = plan_missed_fires(GAP, NOW, Catchup.NONE, 86400, cause=lambda f: "early" if f.hour < 11 else "late")
     assert [p.reason for p in plans] == ["early: catchup=none"] + ["late: catchup=none"] * 3
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("1-100/2 * * * *", "cron '1-100/2 * * * *': minute field '1-100/2': 100 is out of range (allowed 0-59)"),
+        ("0 25-30/2 * * *", "hour field '25-30/2': 25 is out of range (allowed 0-23)"),
+        ("0 0 * * sun-mon/9", "day-of-week field 'sun-mon/9': step 9 is larger than the field's range"),
+        ("0 0 * * 8/2", "day-of-week field '8/2': 8 is out of range (allowed 0-7 or SUN-SAT)"),
+    ],
+)
+def test_cron_range_with_a_step_names_the_field_and_its_range(expr: str, expected: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        validate_cron(expr)
+    assert expected in str(excinfo.value)
