@@ -425,11 +425,12 @@ class Scheduler:
         marks = await self.ledger.query(SQL_RUN_ID_MARK)
         in_db = max(int(rows[0][0]), int(marks[0][0]))  # the mark keeps pruned ids
         seen = self.high_water.mark
+        in_dirs = max(run_dir_ids(self.paths), default=0)  # high-water may lag (a failed write)
         # Run ids continue above every id used before, whatever the database remembers.
-        self.next_id = max(in_db, seen.run_id) + 1
-        if in_db < seen.run_id:
-            # Ids this state directory used (high-water, or run directories when it is lost) that
-            # the database never recorded: restored or replaced, also with an unchanged epoch.
+        self.next_id = max(in_db, seen.run_id, in_dirs) + 1
+        if in_db < max(seen.run_id, in_dirs):
+            # Ids this state directory used (high-water, run directories) that the database never
+            # recorded: restored or replaced, also with an unchanged epoch.
             self.restored = True
         self.high_water.raise_to(run_id=in_db)
         if self.restored:
@@ -572,11 +573,10 @@ class Scheduler:
         """
         assert self.executor is not None
         dirs = run_dir_ids(self.paths)
-        known: set[int] = set()
-        for start in range(0, len(dirs), 500):
-            chunk = dirs[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            known |= {int(r[0]) for r in await self.ledger.query(f"SELECT id FROM runs WHERE id IN ({marks})", chunk)}
+        found_rows = await self.ledger.query(
+            "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(dirs),)
+        )
+        known = {int(r[0]) for r in found_rows}
         for run_id in (i for i in dirs if i not in known):
             run_dir = self.paths.run_dir(run_id)
             decision = decide(gather_evidence(run_dir))

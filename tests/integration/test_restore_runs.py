@@ -11,6 +11,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from engine.executor import lock_is_held as _lock_held
 from engine.procs import GroupState, group_state
 from tests.helpers import Up, runs, vigil, wait_for, write_job
@@ -26,8 +28,9 @@ def _pid(path: Path) -> int | None:
         return None
 
 
+@pytest.mark.parametrize("high_water", ["kept", "lagging"])
 def test_a_backup_of_the_same_leadership_is_detected_and_its_gap_is_not_missed(
-    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path, high_water: str
 ) -> None:
     write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "echo tick-$VIGIL_RUN_ID"\n')
     up = start_up()
@@ -42,12 +45,16 @@ def test_a_backup_of_the_same_leadership_is_detected_and_its_gap_is_not_missed(
     up.stop()
     after_backup = {r["id"] for r in runs(state_dir)} - in_backup
     replace_db(state_dir, backup)
+    if high_water == "lagging":  # its last update failed (say, a full disk): the run directories tell
+        record = (state_dir / "high-water").read_text()
+        (state_dir / "high-water").write_text(record[: record.index("run_id=") + 7] + f"{max(in_backup):020d}\n")
     up = start_up()
     up.wait_active()
     wait_for(lambda: "older than this state directory (restored or replaced)" in up.output(), 5, what=up.output)
     wait_for(lambda: [r for r in runs(state_dir, "--job", "tick") if r["id"] > max(after_backup)], 10)
     # The fires between the backup and the stop ran: none of them is recorded `missed` (nor run again).
     assert not [r for r in runs(state_dir) if r["state"] == "missed"], runs(state_dir)
+    assert min(r["id"] for r in runs(state_dir) if r["id"] not in in_backup) > max(after_backup)
     for run_id in after_backup:  # and their run directories keep their own output
         assert (state_dir / "runs" / str(run_id) / "log").read_text() == f"tick-{run_id}\n"
 
