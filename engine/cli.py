@@ -512,7 +512,8 @@ def _prune_offline(paths: StatePaths, seconds: float) -> int:
     import sqlite3
     from datetime import UTC, datetime, timedelta
 
-    from .db import connect, iso, rollback_quietly, store_error
+    from .db import connect, iso, rollback_quietly, store_error, tables_of
+    from .ids import SQL_RAISE_RUN_ID_MARK_OFFLINE
 
     conn = connect(paths, create=False)
     cutoff = iso(datetime.now(UTC) - timedelta(seconds=seconds))
@@ -527,6 +528,8 @@ def _prune_offline(paths: StatePaths, seconds: float) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+            if ids and "run_id_mark" in tables_of(conn):  # pruned ids stay used (engine/ids.py)
+                conn.execute(SQL_RAISE_RUN_ID_MARK_OFFLINE, (max(ids),))
             conn.execute("COMMIT")
         except BaseException:
             rollback_quietly(conn)

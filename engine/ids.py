@@ -10,6 +10,13 @@ has already seen, or a run id that names another run's directory or another run 
   fixed-size record rewritten in place (a few microseconds per launch batch).
 - If it is missing or unreadable, the run directories are the evidence: every run directory is
   named by its run id and records the epoch that created it (`run.json`).
+- The database keeps its own mark (`run_id_mark`: the highest run id it has handed out, kept
+  when those runs are pruned). `high-water` above it means the database is older than the state
+  directory — restored or replaced — even when its epoch is the same (a backup taken during the
+  last leadership). `high-water` is raised only after the rows are committed, so a failed write
+  never looks like a restore.
+- Run directories the database has no row for whose shim (or job) still runs are adopted at
+  start-up (engine/scheduler.py, `_settle_unrecorded_runs`): never left running unmanaged.
 - Agents report the highest epoch and run id they have seen (`max_epoch`, `max_run_id` in
   `GET /status`); the scheduler moves above them (engine/agents.py).
 - A run directory that already exists when a run is launched, with another run's files in it, is
@@ -38,6 +45,16 @@ STALE_DIR = ".stale"
 _RECORD = "vigil high-water epoch={epoch:020d} run_id={run_id:020d}\n"
 _PATTERN = re.compile(r"^vigil high-water epoch=(\d{20}) run_id=(\d{20})\n$")
 _STALE_NAME = re.compile(r"^(\d+)\.")
+SQL_RUN_ID_MARK = "SELECT COALESCE(MAX(run_id), 0) FROM run_id_mark"
+SQL_RAISE_RUN_ID_MARK = (
+    "INSERT INTO run_id_mark (id, run_id, writer_epoch) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "run_id = MAX(run_id, excluded.run_id), writer_epoch = excluded.writer_epoch"
+)
+#: The same, by `vigil db prune` with no scheduler running: written under the database's epoch.
+SQL_RAISE_RUN_ID_MARK_OFFLINE = (
+    "INSERT INTO run_id_mark (id, run_id, writer_epoch) VALUES (1, ?, (SELECT epoch FROM leader WHERE id = 1)) "
+    "ON CONFLICT (id) DO UPDATE SET run_id = MAX(run_id, excluded.run_id), writer_epoch = excluded.writer_epoch"
+)
 
 
 @dataclass
@@ -129,6 +146,36 @@ def scan_run_dirs(paths: StatePaths) -> HighWater:
             if epoch is not None:
                 mark.epoch = max(mark.epoch, epoch)
     return mark
+
+
+def run_dir_ids(paths: StatePaths) -> list[int]:
+    """The run ids that have a directory in `runs/` (not `.stale/`), ascending."""
+    try:
+        names = os.listdir(paths.runs)
+    except OSError:
+        return []
+    return sorted(int(name) for name in names if name.isdigit() and valid_id(int(name)))
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """Which run a run directory belongs to, from its `run.json` (written before its shim starts)."""
+
+    job: str
+    scheduled_for: datetime
+    attempt: int
+
+
+def recorded_run(run_dir: Path) -> RecordedRun | None:
+    """The run a directory's `run.json` names, or None if it is missing or incomplete."""
+    try:
+        data = json.loads((run_dir / RUN_IDENTITY_FILE).read_text())
+        job, when, attempt = data["job"], data["scheduled_for"], int(data["attempt"])
+        if not isinstance(job, str) or not job or not isinstance(when, str) or attempt < 1:
+            return None
+        return RecordedRun(job, datetime.fromisoformat(when), attempt)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def _recorded_epoch(run_dir: Path) -> int | None:

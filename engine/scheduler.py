@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import json
 import logging
@@ -35,7 +36,7 @@ from .errors import (
     VigilError,
 )
 from .executor import LocalExecutor, ShimExit, gather_evidence
-from .ids import HighWaterFile
+from .ids import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK, HighWaterFile, recorded_run, run_dir_ids
 from .jobfile import JobFolder, ScanResult
 from .ledger import Ledger
 from .model import Catchup, JobSpec, Overlap, RunState, Settings
@@ -233,9 +234,9 @@ class Scheduler:
         self.executors["agent"] = dispatcher
         statements = self._settle_stored_fires(result, now)
         statements += self._apply_scan(result, now, initial=True)
-        if self.high_water.mark.from_run_dirs and self.settings.agents:
-            # No high-water record here: before numbering a run, learn the epochs and run ids the
-            # agents have seen (a lost or replaced state directory must not reuse them).
+        if (self.high_water.mark.from_run_dirs or self.restored) and self.settings.agents:
+            # No high-water record here, or a database older than the state directory: before
+            # numbering a run, learn the epochs and run ids the agents have seen (docs/agents.md).
             await dispatcher.first_contact(within=3.0)
         await self._reconcile(now)
         dispatcher.ready()  # only now may results be matched to runs (each open run has its flight)
@@ -431,13 +432,19 @@ class Scheduler:
 
     async def _load_state(self) -> None:
         rows = await self.ledger.query("SELECT COALESCE(MAX(id), 0) FROM runs")
-        in_db = int(rows[0][0])
+        marks = await self.ledger.query(SQL_RUN_ID_MARK)
+        in_db = max(int(rows[0][0]), int(marks[0][0]))  # the mark keeps pruned ids
         seen = self.high_water.mark
+        in_dirs = max(run_dir_ids(self.paths), default=0)  # high-water may lag (a failed write)
         # Run ids continue above every id used before, whatever the database remembers.
-        self.next_id = max(in_db, seen.run_id) + 1
-        if seen.from_run_dirs and in_db < seen.run_id:
-            self.restored = True  # run directories the database does not know
+        self.next_id = max(in_db, seen.run_id, in_dirs) + 1
+        if in_db < max(seen.run_id, in_dirs):
+            # Ids this state directory used (high-water, run directories) that the database never
+            # recorded: restored or replaced, also with an unchanged epoch.
+            self.restored = True
+        self.high_water.raise_to(run_id=in_db)
         if self.restored:
+            self.ledger.defer(SQL_RAISE_RUN_ID_MARK, (self.next_id - 1, self.epoch))  # said once
             log.warning(
                 "the state database is older than this state directory (restored or replaced): epoch "
                 "continues at %d, run ids at %d; the schedule restarts from now (fires since the backup "
@@ -561,10 +568,81 @@ class Scheduler:
                 self._finished.append(self.executor.collect(info.id))
             else:
                 self._finish_run(info, RunState.UNKNOWN, decision.reason, None, now, batch)
+        await self._settle_unrecorded_runs(now, batch)
         for name in list(self.queued):
             # A queued run whose predecessor ended while no scheduler was active.
             self._start_queued(name, batch)
         await self._commit(batch, now)
+
+    async def _settle_unrecorded_runs(self, now: datetime, batch: Batch) -> None:
+        """Runs still going in `runs/` that the database has no row for: never left unmanaged.
+
+        The database was restored, emptied or replaced while they ran. A live shim is adopted into
+        a row from its `run.json` (its job's timeout counts from the shim's start); a job whose
+        shim died is ended like any orphan. Finished ones are left as they are (docs/ha.md).
+        """
+        assert self.executor is not None
+        dirs = run_dir_ids(self.paths)
+        found_rows = await self.ledger.query(
+            "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(dirs),)
+        )
+        known = {int(r[0]) for r in found_rows}
+        for run_id in (i for i in dirs if i not in known):
+            run_dir = self.paths.run_dir(run_id)
+            decision = decide(gather_evidence(run_dir))
+            if decision.action not in (Action.ADOPT, Action.TERMINATE):
+                continue
+            found = recorded_run(run_dir)
+            why = "found running after the state database was restored or replaced (it had no row for it)"
+            if found is None:
+                log.warning(
+                    "run directory %s: %s, and its run.json names no job; ending its job process group", run_dir, why
+                )
+                if decision.action is Action.TERMINATE:
+                    self.executor.end_orphan(run_id, why)
+                elif self.executor.adopt(run_id):
+                    self.executor.kill(run_id)
+                continue
+            self.next_id = max(self.next_id, run_id + 1)
+            info = self._new_row(
+                batch,
+                found.job,
+                found.scheduled_for,
+                RunState.RUNNING,
+                "adopted",
+                now,
+                attempt=found.attempt,
+                reason=why,
+                run_id=run_id,
+            )
+            started = _file_time(run_dir / "shim") or now
+            job = self.jobs.get(found.job)
+            if job is not None and job.timeout is not None:
+                info.deadline = started + timedelta(seconds=job.timeout)
+            batch.statements.append((SQL_RESTATE_START, (iso(started), iso(info.deadline), self.epoch, run_id)))
+            if decision.action is Action.TERMINATE:
+                cause = f"{why}; {decision.reason}"
+                log.warning("run %d (job %s): %s; ending its job process group", run_id, found.job, cause)
+                batch.after_commit.append(functools.partial(self._end_unrecorded, run_id, cause))
+            else:
+                log.warning("run %d (job %s): %s; adopted it", run_id, found.job, why)
+                batch.after_commit.append(functools.partial(self._adopt_unrecorded, run_id))
+
+    def _adopt_unrecorded(self, run_id: int, new_ids: set[int]) -> None:
+        assert self.executor is not None
+        info = self.runs.get(run_id)
+        if not self.executor.adopt(run_id):
+            self._finished.append(self.executor.collect(run_id))  # it ended meanwhile: its record tells
+        elif run_id not in new_ids or info is None:
+            # Its fire already has another row: it must not run on unrecorded.
+            log.warning("run %d: its fire is already recorded under another id; ending its job process group", run_id)
+            self.executor.kill(run_id)
+        else:
+            self._arm_deadline(info)
+
+    def _end_unrecorded(self, run_id: int, cause: str, new_ids: set[int]) -> None:
+        assert self.executor is not None
+        self.executor.end_orphan(run_id, cause)
 
     # ---------------------------------------------------------------- job folder
 
@@ -775,9 +853,10 @@ class Scheduler:
     async def _commit(self, batch: Batch, now: datetime) -> None:
         if not (batch.rows or batch.statements or batch.launches):
             return
-        if batch.rows:
-            self.high_water.raise_to(run_id=max(row["id"] for row in batch.rows))
         new_ids = await self.ledger.insert_runs(batch.rows, batch.statements)
+        if batch.rows:
+            # After the commit (a failed one must not look like a restore later), before any launch.
+            self.high_water.raise_to(run_id=max(row["id"] for row in batch.rows))
         for hook in batch.after_commit:
             hook(new_ids)
         for row in batch.rows:
@@ -857,6 +936,7 @@ class Scheduler:
             log.warning("run ids up to %d are already used (reported by an agent); continuing at %d", used, used + 1)
             self.next_id = used + 1
             self.high_water.raise_to(run_id=used)
+            self.ledger.defer(SQL_RAISE_RUN_ID_MARK, (used, self.epoch))
 
     def _arm_deadline(self, info: RunInfo) -> None:
         if info.deadline is None:
@@ -883,9 +963,11 @@ class Scheduler:
         attempt: int = 1,
         reason: str | None = None,
         not_before: datetime | None = None,
+        run_id: int | None = None,
     ) -> RunInfo:
-        run_id = self.next_id
-        self.next_id += 1
+        if run_id is None:  # otherwise an id already used (a run found in its directory)
+            run_id = self.next_id
+            self.next_id += 1
         spec = self.jobs.get(job)
         batch.rows.append(
             {
@@ -1234,7 +1316,8 @@ class Scheduler:
                     (
                         f"DELETE FROM runs WHERE id IN ({marks}) AND ? = (SELECT epoch FROM leader WHERE id = 1)",
                         (*chunk, self.epoch),
-                    )
+                    ),
+                    (SQL_RAISE_RUN_ID_MARK, (max(chunk), self.epoch)),  # pruned ids stay used
                 ]
             )
             for run_id in chunk:

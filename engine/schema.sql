@@ -134,3 +134,18 @@ BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
 CREATE TRIGGER IF NOT EXISTS fence_agents_update BEFORE UPDATE ON agents
 WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
 BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+
+-- The highest run id this database has handed out, kept when those runs are pruned. A run id in
+-- STATE/high-water above it means the database is older than its state directory (restored or
+-- replaced; engine/ids.py). It only ever rises, so no writer can make it lie.
+CREATE TABLE IF NOT EXISTS run_id_mark (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    run_id INTEGER NOT NULL,
+    writer_epoch INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS fence_run_id_mark_insert BEFORE INSERT ON run_id_mark
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_run_id_mark_update BEFORE UPDATE ON run_id_mark
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;

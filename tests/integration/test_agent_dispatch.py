@@ -442,3 +442,30 @@ async def test_a_bogus_max_run_id_on_an_agent_does_not_move_the_schedulers_run_i
     run_id = await run_now(scheduler)
     assert run_id < 1000, run_id
     await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "run")
+async def test_a_restore_found_with_high_water_present_asks_the_agents_before_numbering(cluster: Cluster) -> None:
+    # docs/agents.md: after a restore, run ids continue above the agent's max_run_id, from the
+    # first run numbered on (not only when STATE/high-water is missing).
+    write_jobs(cluster.jobs)
+    first = await cluster.start()
+    first.request_stop()
+    await asyncio.wait_for(cluster.task, 10)  # type: ignore[arg-type]
+    epoch = first.epoch
+    # The database is older than the state directory (same epoch, fewer run ids): a backup of the
+    # last leadership put back. The agent has seen run ids far above both.
+    (cluster.paths.root / "high-water").write_text(f"vigil high-water epoch={epoch:020d} run_id={7:020d}\n")
+    cluster.agent.journal.max_run_id = 500
+    scheduler = Scheduler(cluster.paths, cluster.jobs, rescan_interval=0.2)
+    scheduler.agent_transport_factory = lambda spec: cluster.wire
+    numbered_from: list[int] = []
+    original = scheduler._reconcile
+
+    async def reconcile(now: Any) -> None:  # where the first run ids can be handed out
+        numbered_from.append(scheduler.next_id)
+        await original(now)
+
+    scheduler._reconcile = reconcile  # type: ignore[method-assign]
+    await scheduler.take_leadership(pid=1, starttime=1, cause="start")
+    await scheduler.prepare()
+    cluster.scheduler, cluster.task = scheduler, asyncio.create_task(scheduler.run())
+    assert scheduler.restored
+    assert numbered_from == [501]
