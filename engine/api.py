@@ -14,14 +14,16 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .control import ControlClient
 from .db import StatePaths, as_row_id, connect, parse_iso, store_error
 from .errors import ConfigError, ControlError, NotFoundError, StoreError
-from .jobfile import FOLDER_FILE, SETTINGS_FILE, JobFolder
-from .model import JobSpec
 from .text import escape  # for readers that show user text (names, reasons) in a terminal
+
+if TYPE_CHECKING:  # engine.jobfile imports croniter: only readers of job files pay for it
+    from .jobfile import JobFolder
+    from .model import JobSpec
 
 __all__ = [
     "RUN_FIELDS",
@@ -364,6 +366,8 @@ def broken_job_files(
     `catalogued` job whose file exists but did not load although it has no error of its own (it
     sits below a broken _folder.toml, say) gets the first error of those files.
     """
+    from .jobfile import FOLDER_FILE, SETTINGS_FILE
+
     broken: dict[str, str] = {}
     shared: str | None = None
     for err in errors:
@@ -392,14 +396,16 @@ class JobFilesReader:
     """Re-reads one job folder; a re-read parses only the files that changed since the last one."""
 
     def __init__(self, folder: Path) -> None:
+        from .jobfile import JobFolder
+
         self.folder = Path(folder)
-        self._loader = JobFolder(self.folder, keep_last_valid=False)
+        self._loader: JobFolder = JobFolder(self.folder, keep_last_valid=False)
 
     def read(self, catalogued: Iterable[str] = ()) -> JobFilesView:
         result = self._loader.scan()
         unlisted = [e for e in result.errors if e.key == "folder" and not e.path.endswith(".toml")]
         broken = broken_job_files(self.folder, result.jobs, result.errors, catalogued)
-        problem = unlisted[0].format() if unlisted else None
+        problem = f"{escape(unlisted[0].path)}: {escape(unlisted[0].reason)}" if unlisted else None
         return JobFilesView(self.folder, dict(result.jobs), broken, problem)
 
 
