@@ -7,17 +7,38 @@ scheduler through ``ControlClient``.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from collections import Counter
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .control import ControlClient
-from .db import StatePaths, as_row_id, connect, store_error
-from .errors import ControlError, NotFoundError, StoreError
+from .db import StatePaths, as_row_id, connect, parse_iso, store_error
+from .errors import ConfigError, ControlError, NotFoundError, StoreError
 from .text import escape  # for readers that show user text (names, reasons) in a terminal
 
-__all__ = ["RUN_FIELDS", "ControlClient", "LogChunk", "RunsWindow", "StateReader", "cluster_status", "escape"]
+if TYPE_CHECKING:  # engine.jobfile imports croniter: only readers of job files pay for it
+    from .jobfile import JobFolder
+    from .model import JobSpec
+
+__all__ = [
+    "RUN_FIELDS",
+    "ControlClient",
+    "JobFilesReader",
+    "JobFilesView",
+    "LogChunk",
+    "RunsWindow",
+    "StateReader",
+    "broken_job_files",
+    "catalog_folder",
+    "catalog_without_active",
+    "cluster_status",
+    "escape",
+]
 
 RUN_FIELDS = (
     "id",
@@ -321,3 +342,137 @@ def cluster_status(paths: StatePaths, timeout: float = 2.0) -> dict[str, Any]:
         finally:
             reader.close()
     return {"active": active, "standbys": standbys, "failovers": failovers}
+
+
+# ---------------------------------------------------------------- the job files as they are now
+#
+# The `jobs` catalog is what the last active scheduler loaded. While one is active it is the truth
+# (the active keeps a broken file's last valid version scheduled and says so in `error`). With no
+# active nothing keeps that version running: what counts is what the job files say now, which is
+# what `vigil jobs` shows then and what the next `vigil up` would load.
+
+
+def _job_name(path: str, root: Path) -> str:
+    rel = os.path.relpath(path, root)
+    return rel[:-5] if rel.endswith(".toml") else rel
+
+
+def broken_job_files(
+    root: Path, valid: Collection[str], errors: Iterable[ConfigError], catalogued: Iterable[str] = ()
+) -> dict[str, str]:
+    """Job files that are invalid now, each with its first error (`PATH:LINE: KEY: reason`).
+
+    An error counts for the job whose own file it names, not for vigil.toml or a _folder.toml. A
+    `catalogued` job whose file exists but did not load although it has no error of its own (it
+    sits below a broken _folder.toml, say) gets the first error of those files.
+    """
+    from .jobfile import FOLDER_FILE, SETTINGS_FILE
+
+    broken: dict[str, str] = {}
+    shared: str | None = None
+    for err in errors:
+        name = _job_name(err.path, root)
+        if name == SETTINGS_FILE[:-5] or name.rpartition("/")[2] == FOLDER_FILE[:-5] or not err.path.endswith(".toml"):
+            shared = shared or err.format()
+        elif name not in valid:
+            broken.setdefault(name, err.format())
+    for name in catalogued:
+        if name not in valid and name not in broken and (root / f"{name}.toml").is_file():
+            broken[name] = f"not valid now: {shared}" if shared else "not valid now"
+    return broken
+
+
+@dataclass(frozen=True)
+class JobFilesView:
+    """One job folder as the next scheduler would load it."""
+
+    folder: Path
+    jobs: dict[str, JobSpec]  #: the job files valid now
+    broken: dict[str, str]  #: job files invalid now: their first error
+    problem: str | None = None  #: (part of) the folder could not be listed: a job missing above may still exist
+
+
+class JobFilesReader:
+    """Re-reads one job folder; a re-read parses only the files that changed since the last one."""
+
+    def __init__(self, folder: Path) -> None:
+        from .jobfile import JobFolder
+
+        self.folder = Path(folder)
+        self._loader: JobFolder = JobFolder(self.folder, keep_last_valid=False)
+
+    def read(self, catalogued: Iterable[str] = ()) -> JobFilesView:
+        result = self._loader.scan()
+        unlisted = [e for e in result.errors if e.key == "folder" and not e.path.endswith(".toml")]
+        broken = broken_job_files(self.folder, result.jobs, result.errors, catalogued)
+        problem = f"{escape(unlisted[0].path)}: {escape(unlisted[0].reason)}" if unlisted else None
+        return JobFilesView(self.folder, dict(result.jobs), broken, problem)
+
+
+def catalog_folder(rows: Iterable[dict[str, Any]]) -> Path | None:
+    """The job folder the catalog was loaded from, read off its files' paths (None: no loaded job)."""
+    found: Counter[str] = Counter()
+    for row in rows:
+        suffix = f"/{row['name']}.toml"
+        path = row.get("path") or ""
+        if path.endswith(suffix):
+            found[path[: -len(suffix)] or "/"] += 1
+    return Path(found.most_common(1)[0][0]) if found else None
+
+
+def catalog_without_active(
+    rows: Iterable[dict[str, Any]], files: JobFilesView | None, paused: Collection[str], now: datetime
+) -> list[dict[str, Any]]:
+    """The catalog rows (as `StateReader.jobs()` gives them) as they stand while no scheduler is active.
+
+    Nothing fires without a scheduler, so a next fire already past is dropped (None). With `files`,
+    each job is as its file is now: a valid file gives its schedule and settings (the recorded next
+    fire kept only for an unchanged schedule); an invalid one gives `error`, schedule "invalid" and
+    `loaded` 0, since no last valid version is running; a job whose file is gone is left out and a
+    new file is added. Rows come back sorted by name.
+    """
+    catalog = {row["name"]: row for row in rows}
+
+    def upcoming(text: str | None) -> str | None:
+        when = parse_iso(text)
+        return text if when is not None and when > now else None
+
+    if files is None:
+        return [{**row, "next_fire": upcoming(row["next_fire"])} for _, row in sorted(catalog.items())]
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in files.jobs.items():
+        row = catalog.get(name)
+        schedule = spec.schedule_text
+        same = row is not None and row["loaded"] and row["schedule"] == schedule
+        out[name] = {
+            "name": name,
+            "path": spec.path,
+            "schedule": schedule,
+            "enabled": int(spec.enabled),
+            "agent": spec.agent,
+            "description": spec.description,
+            "tags": ",".join(spec.tags),
+            "next_fire": upcoming(row["next_fire"]) if same and row is not None else None,
+            "error": None,
+            "paused": int(name in paused),
+            "loaded": 1,
+        }
+    for name, error in files.broken.items():
+        row = catalog.get(name) or {}
+        out[name] = {
+            "name": name,
+            "path": row.get("path") or "",
+            "schedule": "invalid",
+            "enabled": 0,
+            "agent": None,
+            "description": row.get("description") or "",
+            "tags": row.get("tags") or "",
+            "next_fire": None,
+            "error": error,
+            "paused": int(name in paused),
+            "loaded": 0,
+        }
+    if files.problem is not None:  # a folder that could not be listed: its jobs are not known to be gone
+        for name, row in catalog.items():
+            out.setdefault(name, {**row, "next_fire": upcoming(row["next_fire"])})
+    return [out[name] for name in sorted(out)]

@@ -137,9 +137,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from . import schedule
+    from .api import broken_job_files
     from .db import iso
-    from .jobfile import FOLDER_FILE, SETTINGS_FILE, load_folder
-    from .scheduler import _job_name_for
+    from .jobfile import load_folder
 
     jobs_dir = _job_folder(args)
     result = load_folder(jobs_dir)
@@ -155,12 +155,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             catalog = {row["name"]: row for row in reader.jobs()}
         reader.close()
     # A job file that is broken now: its first error, and what the active still runs in its place.
-    broken: dict[str, str] = {}
-    for err in result.errors:
-        name = _job_name_for(err.path, str(jobs_dir))
-        settings_or_defaults = name == SETTINGS_FILE[:-5] or name.rpartition("/")[2] == FOLDER_FILE[:-5]
-        if name not in result.jobs and err.path.endswith(".toml") and not settings_or_defaults:
-            broken.setdefault(name, err.format())
+    broken = broken_job_files(jobs_dir, result.jobs, result.errors)
     for name, entry in catalog.items():  # e.g. below a broken _folder.toml: its own file has no error
         if entry["loaded"] and name not in result.jobs and (jobs_dir / f"{name}.toml").exists():
             broken.setdefault(name, entry["error"] or "not valid now: see the errors below")

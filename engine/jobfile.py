@@ -1185,8 +1185,11 @@ class _DirWatch:
 class JobFolder:
     """A job folder kept loaded: `scan()` re-reads only what changed and keeps last valid versions."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, keep_last_valid: bool = True) -> None:
         self.root = Path(root)
+        #: The scheduler keeps running a broken file's last valid version; a reader that wants the
+        #: folder as the next scheduler would load it (`keep_last_valid=False`) gets only valid files.
+        self.keep_last_valid = keep_last_valid
         self._root_abs = os.path.abspath(self.root)
         self._files: dict[str, _SourceFile] = {}  #: by path relative to the root, `/`-separated
         self._version = 0
@@ -1424,6 +1427,8 @@ class JobFolder:
 
         # cycles, on the graph the scheduler would actually use (candidates, else last valid versions)
         last_valid = {name: spec for name, spec in self._last_valid.items() if name in job_sources}
+        if not self.keep_last_valid:
+            last_valid = {}
         effective: dict[str, JobSpec] = {}
         for name in job_sources:
             chosen = candidates.get(name) or last_valid.get(name)

@@ -63,6 +63,7 @@ class VigilApp(App[int]):
         self,
         paths: StatePaths,
         *,
+        jobs_dir: Path | None = None,
         read_only: bool = False,
         clock: Callable[[], datetime] | None = None,
         interval: float = DEFAULT_INTERVAL,
@@ -73,7 +74,7 @@ class VigilApp(App[int]):
         self.read_only = read_only
         self.clock = clock or utc_now
         self.interval = max(MIN_INTERVAL, interval)
-        self.source = source or StateSource(paths, clock=self.clock)
+        self.source = source or StateSource(paths, jobs_dir=jobs_dir, clock=self.clock)
         self.snapshot: Snapshot | None = None
         self.ticks = 0
         self.tick_ms: list[float] = []  #: main-thread time spent applying each snapshot
@@ -324,7 +325,8 @@ def run_monitor(paths: StatePaths, read_only: bool, jobs_dir: Path, start: bool)
                 print(f"vigil: the scheduler did not become active; see {log_path}\n{tail}", file=sys.stderr)
                 return 1
     try:
-        app = VigilApp(paths, read_only=read_only, interval=float(os.environ.get("VIGIL_MONITOR_INTERVAL", "1")))
+        interval = float(os.environ.get("VIGIL_MONITOR_INTERVAL", "1"))
+        app = VigilApp(paths, jobs_dir=Path(jobs_dir), read_only=read_only, interval=interval)
         app.run()
         return app.return_code or 0
     finally:

@@ -9,20 +9,33 @@ column are fetched lazily, the jobs on screen first.
 
 Commands go to the active scheduler through ``engine.control.ControlClient`` on a separate thread,
 so a slow reply never delays a refresh.
+
+While no scheduler is active the job catalog is only the last active's view: jobs are then shown
+as their files are now (``engine.api.catalog_without_active``), the folder being re-read on its
+own thread at most every FILES_EVERY seconds, and a next fire already past is not shown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.api import LogChunk, StateReader
+from engine.api import (
+    JobFilesReader,
+    JobFilesView,
+    LogChunk,
+    StateReader,
+    catalog_folder,
+    catalog_without_active,
+)
 from engine.control import ControlClient
 from engine.db import StatePaths, parse_iso
 from engine.errors import ControlError, NoActiveSchedulerError, VigilError
@@ -207,6 +220,9 @@ class Snapshot:
     read_ms: float = 0.0
     error: str | None = None  #: a read failed; the rest of the snapshot is the last good data
     ever_read: bool = True  #: False until one read of the state has succeeded: there is no good data
+    #: No active: the job folder the jobs were checked against (None: not read, the catalog as recorded)
+    job_files: str | None = None
+    job_files_problem: str | None = None  #: that folder (or part of it) could not be read
 
 
 # ---------------------------------------------------------------- per-job history cache
@@ -334,23 +350,40 @@ class StateSource:
     FILL_PER_TICK = 100
     #: Catalogs up to this size are re-read every tick (≈ 10 ms per 2,000 jobs).
     CATALOG_EVERY_TICK = 2000
+    #: With no active, the job folder is re-read at most this often (seconds), off the read thread.
+    FILES_EVERY = 3.0
+    #: How long the first read of the job folder may hold up a snapshot, so the first screen is right.
+    FILES_FIRST_WAIT = 2.0
 
     def __init__(
         self,
         paths: StatePaths,
         *,
+        jobs_dir: Path | None = None,
         clock: Clock = utc_now,
         trend_len: int = 8,
         control_timeout: float = 2.0,
         action_timeout: float = 5.0,
+        files_every: float | None = None,
     ) -> None:
         self.paths = paths
+        #: Where job files are looked for with no active when the catalog does not name its folder.
+        self.jobs_dir = jobs_dir
+        self.files_every = self.FILES_EVERY if files_every is None else files_every
         self.clock = clock
         self.trend_len = trend_len
         self.control_timeout = control_timeout
         self.action_timeout = action_timeout
         self._reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-tui-read")
         self._commands = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-tui-cmd")
+        self._files_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-tui-files")
+        self._files_reader: JobFilesReader | None = None
+        self._files_view: JobFilesView | None = None
+        self._files_future: Future[JobFilesView] | None = None
+        self._files_read_at = 0.0
+        self._without_active: bool | None = None  #: the catalog last shown was adjusted for no active
+        self._raw_rows: list[dict[str, Any]] | None = None  #: the catalog as recorded (no active only)
+        self._raw_folder: Path | None = None  #: the folder those rows' files are in
         self._local = threading.local()
         self._readers: list[StateReader] = []
         self._snapshot_lock = threading.Lock()
@@ -378,6 +411,7 @@ class StateSource:
     def close(self) -> None:
         self._reads.shutdown(wait=False, cancel_futures=True)
         self._commands.shutdown(wait=False, cancel_futures=True)
+        self._files_pool.shutdown(wait=False, cancel_futures=True)
         for reader in self._readers:
             try:
                 reader.close()
@@ -413,6 +447,7 @@ class StateSource:
                 # compare every job with the records on screen (the last good snapshot's).
                 self._records = dict(previous.jobs) if previous else {}
                 self._rows = {}
+                self._raw_rows = None
                 snap = Snapshot(
                     taken_at=previous.taken_at if previous else self.clock(),
                     state_exists=True,
@@ -423,6 +458,8 @@ class StateSource:
                     audit=previous.audit if previous else (),
                     error=f"read failed: {exc}",
                     ever_read=previous.ever_read if previous else False,
+                    job_files=previous.job_files if previous else None,
+                    job_files_problem=previous.job_files_problem if previous else None,
                 )
                 self._last = snap
                 return snap
@@ -462,10 +499,58 @@ class StateSource:
         every = max(1, -(-len(self._rows) // self.CATALOG_EVERY_TICK))
         return self._tick % every == 0
 
+    def _job_files(self, rows: list[dict[str, Any]]) -> tuple[JobFilesView | None, bool]:
+        """(the newest read of the job folder, whether it is newer than the last call's).
+
+        The folder is the one the catalog's files are in, else `jobs_dir`. A read runs on its own
+        thread, at most every `files_every` seconds; only the very first is waited for (a little).
+        """
+        folder = self._raw_folder or self.jobs_dir
+        if folder is None:
+            return None, False
+        if self._files_reader is None or self._files_reader.folder != Path(folder):
+            self._files_reader = JobFilesReader(Path(folder))
+            self._files_view, self._files_future = None, None
+        fresh = False
+        if self._files_future is None and (
+            self._files_view is None or time.monotonic() - self._files_read_at >= self.files_every
+        ):
+            self._files_read_at = time.monotonic()
+            self._files_future = self._files_pool.submit(self._files_reader.read, [row["name"] for row in rows])
+            if self._files_view is None:
+                with contextlib.suppress(Exception):  # a timeout or a failed read: taken up below
+                    self._files_future.result(timeout=self.FILES_FIRST_WAIT)
+        future = self._files_future
+        if future is not None and future.done():
+            self._files_future = None
+            try:
+                view = future.result()
+            except Exception as exc:  # e.g. an unreadable folder: say so, show the catalog as recorded
+                view = JobFilesView(self._files_reader.folder, {}, {}, f"{self._files_reader.folder}: {exc}")
+            fresh = view != self._files_view
+            self._files_view = view
+        return self._files_view, fresh
+
     def _read_state(self, cluster: ClusterInfo) -> Snapshot:
         reader = self._reader()
-        catalog = self._catalog_due()
-        rows = {row["name"]: row for row in reader.jobs()} if catalog else self._rows
+        without_active = cluster.active is None
+        files: JobFilesView | None = None
+        catalog = self._catalog_due() or without_active != self._without_active
+        self._without_active = without_active
+        if without_active:
+            if catalog or self._raw_rows is None:
+                self._raw_rows = reader.jobs()
+                self._raw_folder = catalog_folder(self._raw_rows)
+            files, fresh = self._job_files(self._raw_rows)
+            if catalog or fresh:  # a new read of the files changes what the catalog rows show
+                catalog = True
+                adjusted = catalog_without_active(self._raw_rows, files, reader.paused_jobs(), self.clock())
+                rows = {row["name"]: row for row in adjusted}
+            else:
+                rows = self._rows
+        else:
+            self._raw_rows = None
+            rows = {row["name"]: row for row in reader.jobs()} if catalog else self._rows
         dirty = self._history.update(reader, list(rows), self._wanted, self.FILL_PER_TICK)
         current = _current_runs(self._history.open.values())
         dirty |= set(current) ^ self._current_jobs
@@ -530,6 +615,8 @@ class StateSource:
             agents=agents,
             failovers=failovers,
             audit=audit,
+            job_files=str(files.folder) if files is not None else None,
+            job_files_problem=files.problem if files is not None else None,
         )
 
     # -- history, runs, logs

@@ -7,9 +7,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.widgets import Static
 
+from engine.api import escape
 from tui.data import JobRecord, RunRecord, Snapshot
 from tui.format import NONE_TEXT, fmt_duration, fmt_time, look, trend_cells
 from tui.screens.base import ViewScreen
@@ -86,6 +89,7 @@ class JobsScreen(ViewScreen):
         self._order_dirty = True
         self._sorted: list[tuple[Any, str]] = []
         self._keyof: dict[str, Any] = {}
+        self._note: str | None = None  #: the error shown under the table
 
     def compose_body(self) -> ComposeResult:
         yield VirtualTable(
@@ -94,6 +98,7 @@ class JobsScreen(ViewScreen):
             empty_text="No jobs loaded. A scheduler publishes its job catalog when it starts (`vigil up`).",
             id="jobs-table",
         )
+        yield Static(id="job-note")
 
     @property
     def table(self) -> VirtualTable:
@@ -126,6 +131,17 @@ class JobsScreen(ViewScreen):
             self.refresh_bindings()  # e.g. its run started or ended: K and R follow in the footer
         self._want_trends()
         self._update_summary()
+        self._show_note()
+
+    def _show_note(self) -> None:
+        """Under the table, the selected job's error: why it shows ERROR (a STATE cell has no room)."""
+        job = self.selected
+        note = self.query_one("#job-note", Static)
+        text = f"⚠ {escape(job.name)}: {escape(job.error)}" if job is not None and job.error else ""
+        if text != self._note:
+            self._note = text
+            note.update(Text(text))
+            note.set_class(bool(text), "-shown")
 
     # The shown jobs as an ascending list of (sort key, name): a tick re-places only the jobs that
     # changed (bisect), so a re-sorted 10,000-row table costs O(changes), not a full sort.
@@ -177,6 +193,7 @@ class JobsScreen(ViewScreen):
     def on_virtual_table_highlighted(self, event: VirtualTable.Highlighted) -> None:
         self.refresh_bindings()
         self._want_trends()
+        self._show_note()
 
     def on_virtual_table_selected(self, event: VirtualTable.Selected) -> None:
         self.vigil.show_runs(job=event.key)

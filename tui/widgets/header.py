@@ -90,6 +90,10 @@ def banner(state: HeaderState) -> tuple[str, str] | None:
         why = snap.cluster.problem or "no active scheduler"
         detail = "" if why == "no active scheduler" else f" ({escape(why)})"
         messages.append(f"⚠ No scheduler is active{detail}: showing the last recorded state, read-only.")
+        if snap.job_files_problem:
+            messages.append(f"⚠ Jobs as last recorded: {escape(snap.job_files_problem)}.")
+        elif snap.job_files:
+            messages.append(f"Jobs as their files in {escape(snap.job_files)} are now; nothing fires.")
     elif state.read_only:
         messages.append("READ-ONLY (--read-only): run, pause, kill and rerun are disabled.")
     if snap.error:
