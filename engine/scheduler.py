@@ -309,13 +309,7 @@ class Scheduler:
         self.request_stop("store_fatal")
 
     def _db_file_lost(self) -> StoreFatalError | None:
-        lost = self.ledger.file_lost()
-        if lost is None:
-            return None
-        return StoreFatalError(
-            f"state database {self.paths.db} was {lost} under the running scheduler; stopping "
-            "(restore a backup, or start `vigil up` again)"
-        )
+        return self.ledger.lost_error()
 
     async def _check_db_file(self) -> None:
         lost = self._db_file_lost()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -266,6 +267,69 @@ def test_an_active_stops_when_its_database_is_removed_or_replaced(
             up.stop()
         for name in ("vigil.db", "vigil.db-wal", "vigil.db-shm"):
             (state_dir / name).unlink(missing_ok=True)
+
+
+def test_a_node_that_finds_its_database_emptied_never_writes_to_it_again(
+    state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    # SQLite checkpoints the WAL into the database when its last connection closes: into an
+    # emptied file that makes a zeroed header and pages of the old database, "not a database"
+    # for every later `vigil up`, reader and standby. The operator's next step must still work.
+    (jobs_dir / "vigil.toml").write_text(FAST)
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    write_job(jobs_dir, "busy", 'every = "1s"\ncommand = "true"\n')  # a WAL with frames to checkpoint
+    db = state_dir / "vigil.db"
+    up = Up(state_dir, jobs_dir, log=tmp_path / "emptied.log")
+    try:
+        up.wait_active()
+        wait_for(lambda: len(succeeded_after(state_dir, "tick", 0)) >= 2, 10, what="a few ticks")
+        with open(db, "r+b") as fh:  # what `: > vigil.db` does
+            fh.truncate(0)
+        code = wait_for(up.proc.poll, 5, what=f"the active to stop\n{up.output()}")
+        assert code != 0
+        out = up.output()
+        assert "was emptied under the running scheduler" in out.strip().splitlines()[-1], out
+        assert "Traceback" not in out, out
+    finally:
+        up.stop()
+    assert db.stat().st_size == 0, f"the stopped node wrote {db.stat().st_size} bytes into the emptied file"
+    # The documented next step: start `vigil up` again. It starts on a fresh database and readers work.
+    again = Up(state_dir, jobs_dir, log=tmp_path / "again.log")
+    try:
+        again.wait_active()
+        wait_for(lambda: succeeded_after(state_dir, "tick", 0), 10, what=f"a tick after the restart\n{again.output()}")
+        assert vigil(state_dir, "db", "check", check=False).returncode == 0
+    finally:
+        again.stop()
+
+
+def test_a_fatal_stop_with_a_standby_and_clients_connected_is_one_line_without_traceback(
+    state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    (jobs_dir / "vigil.toml").write_text(FAST)
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    active = Up(state_dir, jobs_dir, log=tmp_path / "active.log")
+    standby: Up | None = None
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        active.wait_active()
+        standby = Up(state_dir, jobs_dir, log=tmp_path / "standby.log")
+        wait_for(lambda: len(vigil_json(state_dir, "status")["standbys"]) == 1, 10, what="the standby to subscribe")
+        idle.connect(str(state_dir / "control.sock"))  # a client that sent nothing yet
+        idle.sendall(b'{"op": "status"')  # half a request
+        (state_dir / "vigil.db").unlink()
+        code = wait_for(active.proc.poll, 5, what=f"the active to stop\n{active.output()}")
+        assert code != 0
+        out = active.output()
+        assert "Traceback" not in out and "CancelledError" not in out, out
+        assert out.strip().splitlines()[-1].startswith("vigil: state database"), out
+        wait_for(standby.is_active, 10, what=f"the standby to take over\n{standby.output()}")
+        assert "Traceback" not in standby.output(), standby.output()
+    finally:
+        idle.close()
+        active.stop()
+        if standby is not None:
+            standby.stop()
 
 
 # ---------------------------------------------------------------- lost, emptied, foreign, corrupt
