@@ -11,11 +11,15 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .db import StatePaths
+from .db import BUSY_TIMEOUT_MS, StatePaths
 from .errors import ControlError, NoActiveSchedulerError
 
 MAX_LINE = 1 << 20  #: the longest reply a client reads
 MAX_REQUEST = 1 << 16  #: the longest request line the scheduler reads (asyncio's stream limit)
+#: How long a client waits for an answer by default. A command that needs a write may wait one
+#: busy timeout for another writer's lock before the scheduler answers "try again when it is
+#: writable" (while such a fault lasts it answers at once), so a client waits longer than that.
+COMMAND_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000 + 5.0
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -25,7 +29,7 @@ def encode(message: dict[str, Any]) -> bytes:
 class ControlClient:
     """Synchronous client used by the CLI and the dashboard's action worker."""
 
-    def __init__(self, paths: StatePaths, timeout: float = 5.0) -> None:
+    def __init__(self, paths: StatePaths, timeout: float = COMMAND_TIMEOUT_S) -> None:
         self.paths = paths
         self.timeout = timeout
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from engine.api import LogChunk, StateReader
-from engine.control import ControlClient
+from engine.control import COMMAND_TIMEOUT_S, ControlClient
 from engine.db import StatePaths, parse_iso
 from engine.errors import ControlError, NoActiveSchedulerError, VigilError
 from engine.model import ACTIVE_STATES, RunState
@@ -342,7 +342,7 @@ class StateSource:
         clock: Clock = utc_now,
         trend_len: int = 8,
         control_timeout: float = 2.0,
-        action_timeout: float = 5.0,
+        action_timeout: float = COMMAND_TIMEOUT_S,
     ) -> None:
         self.paths = paths
         self.clock = clock

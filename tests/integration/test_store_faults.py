@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import sqlite3
@@ -163,6 +164,66 @@ def test_an_external_write_lock_is_waited_out(
         assert "Traceback" not in out
     finally:
         up.stop()
+
+
+def test_commands_during_an_external_write_lock_are_answered_try_again_not_timed_out(
+    state_dir: Path, jobs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI inherits the busy timeout too, as it would from the same service environment.
+    monkeypatch.setenv("VIGIL_DB_BUSY_TIMEOUT_MS", "2000")
+    (jobs_dir / "vigil.toml").write_text(FAST)
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    write_job(jobs_dir, "slow", 'command = "sleep 30"\n')
+    up = Up(state_dir, jobs_dir, log=tmp_path / "up.log")
+
+    def timed(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+        started = time.monotonic()
+        done = vigil(state_dir, *args, check=False, timeout=30)
+        return time.monotonic() - started, done
+
+    try:
+        up.wait_active()
+        slow = int(vigil(state_dir, "run", "slow").stdout.split()[2])
+        wait_for(lambda: vigil_json(state_dir, "runs", "--job", "slow")[0]["state"] == "running", 10, what="slow")
+        holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # a sqlite3 shell, a backup tool
+        try:
+            # The first command meets the lock itself: answered after one busy timeout, not timed out.
+            _, first = timed("run", "tick")
+            line = one_vigil_line(first, "locked by another writer", "try again when it is writable")
+            assert "did not answer" not in line
+            wait_for(lambda: "locked by another writer" in up.output(), 10, what=f"the fault logged\n{up.output()}")
+            # While the fault lasts, commands are answered at once, not after another busy timeout.
+            for request in ({"op": "run", "job": "tick"}, {"op": "pause", "job": "tick"}, {"op": "prune", "older_than_s": 1}):
+                started = time.monotonic()
+                reply = control_request(state_dir, request)
+                took = time.monotonic() - started
+                assert reply["ok"] is False and reply["error"].endswith("try again when it is writable"), reply
+                assert "locked by another writer" in reply["error"], reply
+                assert took < 1.0, f"{request} took {took:.1f}s"
+            took, killed = timed("kill", str(slow))
+            assert killed.returncode == 0, killed.stderr  # carried out now, recorded later
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        run = wait_for(
+            lambda: next((r for r in vigil_json(state_dir, "runs", "--job", "slow") if r["state"] == "killed"), None),
+            10,
+            what=f"the kill recorded after the lock\n{up.output()}",
+        )
+        assert run["id"] == slow
+        assert vigil(state_dir, "pause", "tick").returncode == 0  # writable again: commands work
+        assert "Traceback" not in up.output()
+    finally:
+        up.stop()
+
+
+def control_request(state: Path, request: dict) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(state / "control.sock"))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        return json.loads(sock.makefile("rb").readline())
 
 
 def test_a_takeover_during_an_external_write_lock_waits_instead_of_exiting(
