@@ -662,6 +662,9 @@ class Node:
         standbys = [info for info in self._subscribers.values() if info["role"] == "standby"]
         if not standbys:
             return {"ok": False, "error": "switch-over refused: no standby is connected to take over"}
+        if self.scheduler is not None and self.scheduler.ledger.health.failing:
+            fault = self.scheduler.ledger.health.fault
+            return {"ok": False, "error": f"{fault}; try again when it is writable"}
         if self.scheduler is not None:
             await self.scheduler.ledger.write(
                 [

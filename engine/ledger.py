@@ -36,6 +36,7 @@ class StoreHealth:
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.fault: StoreRetryableError | None = None
+        self.failures = 0  #: failed writes so far (a writer that waited for the lock compares it)
         self.since = 0.0
         self.retry_at = 0.0
         self._delay = 0.0
@@ -47,6 +48,7 @@ class StoreHealth:
     def failed(self, exc: StoreRetryableError, now: float) -> bool:
         """Note a failed write; True when it is news (a fault begins or changes kind): log it."""
         news = self.fault is None or self.fault.kind != exc.kind
+        self.failures += 1
         if self.fault is None:
             self.since = now
         self.fault = exc
@@ -302,7 +304,13 @@ class Ledger:
         self, statements: list[tuple[str, Params]], check: tuple[str, Params] | None = None
     ) -> list[sqlite3.Row]:
         """The deferred writes, then `statements`, in one transaction."""
+        failures = self.health.failures
         async with self._lock:
+            fault = self.health.fault
+            if fault is not None and self.health.failures != failures:
+                # The write in front of ours has just waited a whole busy timeout and failed: fail
+                # now too instead of waiting another one (a command's answer waits on this).
+                raise StoreRetryableError(fault.kind, str(fault))
             deferred, self._pending = self._pending, []
             self._flush_wanted.clear()
             batch = deferred + statements

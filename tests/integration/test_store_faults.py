@@ -602,3 +602,32 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
         if scheduler.executor is not None:
             scheduler.executor.close()
         await scheduler.ledger.close()
+
+
+async def test_writes_queued_behind_a_locked_write_do_not_each_wait_a_busy_timeout(state_dir: Path) -> None:
+    # A command's commit often waits behind another write (the flusher's): when that one has just
+    # waited the whole busy timeout and failed, the next fails at once, so a command is answered
+    # within one busy timeout, not two or more.
+    from engine.db import StatePaths
+    from engine.errors import StoreRetryableError
+    from engine.ledger import Ledger
+
+    ledger = Ledger(StatePaths(state_dir), busy_timeout_ms=1000)
+    await ledger.open()
+    holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
+    try:
+        await ledger.take_leadership(os.getpid(), None, "2026-11-29T03:00:00+00:00")
+        holder.execute("BEGIN IMMEDIATE")
+        sql = "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES ('t', 'u', 'a', '', '', 1)"
+        started = time.monotonic()
+        results = await asyncio.gather(*(ledger.write([(sql, ())]) for _ in range(3)), return_exceptions=True)
+        took = time.monotonic() - started
+        assert all(isinstance(r, StoreRetryableError) for r in results), results
+        assert took < 1.6, f"three queued writes took {took:.1f}s for one busy timeout of 1s"
+        holder.execute("ROLLBACK")
+        await ledger.write([(sql, ())])  # writable again: nothing sticks
+        (count,) = await ledger.query("SELECT COUNT(*) FROM audit")
+        assert count[0] == 1
+    finally:
+        holder.close()
+        await ledger.close()
