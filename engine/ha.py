@@ -443,6 +443,9 @@ class Node:
                 self.lock.release()  # the process ends (exit != 0): it holds nothing meanwhile
         if scheduler.fatal is not None:
             raise scheduler.fatal
+        lost = scheduler.ledger.lost_error() if scheduler.ledger.abandoned else None
+        if lost is not None:
+            raise lost  # found while stopping: this process still ends, it cannot serve again
         if reason in ("fenced", "lock_lost"):
             # Never keep running after being fenced: the process exits and holds nothing.
             self.lock.release()

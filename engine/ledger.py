@@ -234,7 +234,9 @@ class Ledger:
 
     @property
     def db(self) -> aiosqlite.Connection:
-        assert self._db is not None, "ledger not open"
+        if self._db is None:
+            # A control request (prune) still running while the scheduler stops gets an answer.
+            raise StoreError("the state database is closed: the scheduler is stopping")
         return self._db
 
     async def take_leadership(
