@@ -11,10 +11,15 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .db import StatePaths
+from .db import BUSY_TIMEOUT_MS, StatePaths
 from .errors import ControlError, NoActiveSchedulerError
 
-MAX_LINE = 1 << 20
+MAX_LINE = 1 << 20  #: the longest reply a client reads
+MAX_REQUEST = 1 << 16  #: the longest request line the scheduler reads (asyncio's stream limit)
+#: How long a client waits for an answer by default. A command that needs a write may wait one
+#: busy timeout for another writer's lock before the scheduler answers "try again when it is
+#: writable" (while such a fault lasts it answers at once), so a client waits longer than that.
+COMMAND_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000 + 5.0
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -24,7 +29,7 @@ def encode(message: dict[str, Any]) -> bytes:
 class ControlClient:
     """Synchronous client used by the CLI and the dashboard's action worker."""
 
-    def __init__(self, paths: StatePaths, timeout: float = 5.0) -> None:
+    def __init__(self, paths: StatePaths, timeout: float = COMMAND_TIMEOUT_S) -> None:
         self.paths = paths
         self.timeout = timeout
 
@@ -99,3 +104,50 @@ def _dir_fd(directory: Path) -> int:
     if directory not in _DIR_FDS:
         _DIR_FDS[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     return _DIR_FDS[directory]
+
+
+class RefusalAudit:
+    """How many refused control requests the audit records one by one: a bound, so that a local
+    user who may not control the scheduler cannot fill its disk by asking again and again.
+
+    At most `limit` rows per `window` seconds; the rest of the window's refusals are counted and
+    recorded in one summary row when it ends. Pure policy: callers pass the (monotonic) time.
+    """
+
+    def __init__(self, limit: int = 10, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self.started: float | None = None  #: when the current window began
+        self.recorded = 0
+        self.suppressed: dict[str, int] = {}  #: user -> refusals not recorded one by one
+
+    def note(self, now: float, user: str) -> bool:
+        """A refusal from `user`: True if it gets its own audit row."""
+        if self.started is None or now - self.started >= self.window:
+            # A new window; the caller writes summary() of the old one first.
+            self.started, self.recorded = now, 0
+        if self.recorded < self.limit:
+            self.recorded += 1
+            return True
+        self.suppressed[user] = self.suppressed.get(user, 0) + 1
+        return False
+
+    def due(self, now: float) -> float | None:
+        """Seconds until the window with suppressed refusals ends (0: now), or None if none."""
+        if not self.suppressed or self.started is None:
+            return None
+        return max(0.0, self.started + self.window - now)
+
+    def summary(self) -> tuple[str, str] | None:
+        """(user, result text) of the summary row for the suppressed refusals, then forgotten."""
+        if not self.suppressed:
+            return None
+        total = sum(self.suppressed.values())
+        users = ", ".join(f"{user} {count}" for user, count in sorted(self.suppressed.items()))
+        user = next(iter(self.suppressed)) if len(self.suppressed) == 1 else "?"
+        self.suppressed = {}
+        text = (
+            f"refused: permission denied: {total} more refused request(s) within {self.window:g}s, "
+            f"not recorded one by one (by user: {users})"
+        )
+        return user, text

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from .clock import Clock, SystemClock
-from .control import encode, socket_address
+from .control import MAX_REQUEST, RefusalAudit, encode, socket_address
 from .db import StatePaths, connect, iso, parse_iso, user_name
 from .errors import StoreRetryableError, VigilError
 from .jobfile import load_settings
 from .procs import flock_holders, holds_flock, kill_verified, starttime
-from .scheduler import Scheduler
+from .scheduler import SQL_AUDIT, Scheduler
+from .text import escape
 
 log = logging.getLogger("vigil.ha")
 
@@ -255,6 +256,9 @@ class Node:
         self.scheduler: Scheduler | None = None
         self._stop = asyncio.Event()
         self._subscribers: dict[asyncio.StreamWriter, dict[str, Any]] = {}
+        self._clients: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}  #: every connection's handler
+        self._refusals = RefusalAudit()
+        self._refusal_timer: asyncio.TimerHandle | None = None
         self.active_since: str | None = None
         self.last_heartbeat_sent: float | None = None
         self._epoch_floor = 0  #: an epoch an agent has seen, for the next take_leadership
@@ -419,8 +423,8 @@ class Node:
                     {"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}}
                 )
             server.close()
-            for writer in list(self._subscribers):
-                writer.close()
+            self._write_refusal_summary()  # only logged now: the ledger is closed
+            await self._close_clients()
             self._subscribers.clear()
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -430,10 +434,18 @@ class Node:
             self._epoch_floor = scheduler.epoch_floor
             self.scheduler = None
             self.role = "stopped"
-            if not started or scheduler.fatal is not None:
+            if scheduler.ledger.abandoned:
+                # The lost database's connection is left open (Ledger.close): SQLite keeps its locks
+                # on the -shm file at that path until the process exits, which it does now; a standby
+                # that opened the path before would trust a stale wal-index. Exit releases both.
+                pass
+            elif not started or scheduler.fatal is not None:
                 self.lock.release()  # the process ends (exit != 0): it holds nothing meanwhile
         if scheduler.fatal is not None:
             raise scheduler.fatal
+        lost = scheduler.ledger.lost_error() if scheduler.ledger.abandoned else None
+        if lost is not None:
+            raise lost  # found while stopping: this process still ends, it cannot serve again
         if reason in ("fenced", "lock_lost"):
             # Never keep running after being fenced: the process exits and holds nothing.
             self.lock.release()
@@ -455,19 +467,33 @@ class Node:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Who is calling comes from the kernel (SO_PEERCRED), never from the request.
         user, refusal = _peer_identity(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients[task] = writer
         try:
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except ValueError:
+                    # More than the stream limit without a newline: no request, and no way to find
+                    # where the next one starts. Answer and hang up.
+                    if refusal is not None:
+                        self._audit_refusal(user, refusal, b"")
+                    error = refusal or f"request too long: at most {MAX_REQUEST // 1024} KiB per line"
+                    writer.write(encode({"ok": False, "error": error}))
+                    await writer.drain()
+                    break
                 if not line:
                     break
                 if refusal is not None:
+                    self._audit_refusal(user, refusal, line)
                     writer.write(encode({"ok": False, "error": refusal}))
                     await writer.drain()
                     break
                 try:
                     request = json.loads(line)
                     op = str(request.pop("op"))
-                except (ValueError, KeyError, TypeError, AttributeError):
+                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                     writer.write(encode({"ok": False, "error": "malformed request"}))
                     continue
                 request["user"] = user
@@ -492,9 +518,60 @@ class Node:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The node is stopping with this client still connected. Python 3.11's stream server
+            # logs a cancelled handler as an error with a traceback: end like a hung-up client.
+            pass
         finally:
             self._subscribers.pop(writer, None)
+            if task is not None:
+                self._clients.pop(task, None)
             writer.close()
+
+    async def _close_clients(self) -> None:
+        """Hang up on every client (standbys, monitors, CLI requests) and let their handlers end."""
+        for writer in list(self._clients.values()):
+            writer.close()
+        tasks = set(self._clients)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=0.5)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=0.5)
+
+    def _audit_refusal(self, user: str, refusal: str, line: bytes) -> None:
+        """Record a caller refused for who they are, within RefusalAudit's bound."""
+        scheduler = self.scheduler
+        if scheduler is None or not scheduler.ledger.is_open or scheduler.ledger.file_lost() is not None:
+            return
+        now = time.monotonic()
+        if self._refusals.started is not None and self._refusals.due(now) == 0:
+            self._write_refusal_summary()
+        if not self._refusals.note(now, user):
+            if self._refusal_timer is None:
+                # The summary row is written when the window ends, even if the caller gives up.
+                delay = self._refusals.due(now) or 0.0
+                self._refusal_timer = asyncio.get_running_loop().call_later(delay, self._write_refusal_summary)
+            return
+        op, target = _request_summary(line)
+        log.warning("refused %s from %s: %s", op, user, refusal)
+        scheduler.ledger.defer(
+            SQL_AUDIT, (iso(self.clock.now()), user, op, target, f"refused: {refusal}", scheduler.epoch)
+        )
+
+    def _write_refusal_summary(self) -> None:
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+            self._refusal_timer = None
+        summary = self._refusals.summary()
+        scheduler = self.scheduler
+        if summary is None:
+            return
+        user, text = summary
+        log.warning("%s", text)
+        if scheduler is not None and scheduler.ledger.is_open and scheduler.ledger.file_lost() is None:
+            scheduler.ledger.defer(SQL_AUDIT, (iso(self.clock.now()), user, "?", "", text, scheduler.epoch))
 
     def _heartbeat(self) -> dict[str, Any]:
         return {
@@ -588,6 +665,9 @@ class Node:
         standbys = [info for info in self._subscribers.values() if info["role"] == "standby"]
         if not standbys:
             return {"ok": False, "error": "switch-over refused: no standby is connected to take over"}
+        if self.scheduler is not None and self.scheduler.ledger.health.failing:
+            fault = self.scheduler.ledger.health.fault
+            return {"ok": False, "error": f"{fault}; try again when it is writable"}
         if self.scheduler is not None:
             await self.scheduler.ledger.write(
                 [
@@ -857,11 +937,26 @@ def _peer_identity(writer: asyncio.StreamWriter) -> tuple[str, str | None]:
     name = user_name(uid)
     own = os.geteuid()
     if uid not in (own, 0):
-        return name, (
-            f"permission denied: user {name} (uid {uid}) may not control this scheduler; "
-            f"only {user_name(own)} and root may"
-        )
+        allowed = "root" if own == 0 else f"{user_name(own)} and root"
+        return name, f"permission denied: user {name} (uid {uid}) may not control this scheduler; only {allowed} may"
     return name, None
+
+
+def _request_summary(line: bytes) -> tuple[str, str]:
+    """(action, target) of a refused request for its audit row: short, escaped, never trusted."""
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: a line of 60,000 nested brackets
+        request = None
+    if not isinstance(request, dict):
+        return "?", ""
+    target = request.get("job", request.get("run_id", ""))
+    return _short(request.get("op", "?"), 40), _short(target, 80)
+
+
+def _short(value: object, limit: int) -> str:
+    text = escape(value if isinstance(value, str) else json.dumps(value, default=str)[:limit])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _someone_active(paths: StatePaths) -> bool:

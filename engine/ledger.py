@@ -11,11 +11,13 @@ writer holds the lock, the disk is full), which the scheduler retries with backo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -34,6 +36,7 @@ class StoreHealth:
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.fault: StoreRetryableError | None = None
+        self.failures = 0  #: failed writes so far (a writer that waited for the lock compares it)
         self.since = 0.0
         self.retry_at = 0.0
         self._delay = 0.0
@@ -45,6 +48,7 @@ class StoreHealth:
     def failed(self, exc: StoreRetryableError, now: float) -> bool:
         """Note a failed write; True when it is news (a fault begins or changes kind): log it."""
         news = self.fault is None or self.fault.kind != exc.kind
+        self.failures += 1
         if self.fault is None:
             self.since = now
         self.fault = exc
@@ -67,10 +71,22 @@ class StoreHealth:
         return max(0.0, self.retry_at - now) if self.fault is not None else 0.0
 
 
+#: The ledger checkpoints the WAL itself (autocheckpoint off) after this many commits, each time
+#: after checking that the database file is still the one it opened.
+CHECKPOINT_EVERY = 100
+
+#: SQLite connections of a lost database file, kept open until the process exits (see Ledger.close).
+_ABANDONED: list[sqlite3.Connection] = []
+
+
 def _transaction(
-    conn: sqlite3.Connection, groups: list[tuple[str, list[Params]]], check: tuple[str, Params] | None
+    conn: sqlite3.Connection,
+    groups: list[tuple[str, list[Params]]],
+    check: tuple[str, Params] | None,
+    guard: Callable[[], None],
 ) -> list[sqlite3.Row]:
     """One BEGIN IMMEDIATE … COMMIT, run in the connection's own thread; rolled back on any error."""
+    guard()  # in the thread, right before the write: the smallest window for a file lost meanwhile
     conn.execute("BEGIN IMMEDIATE")
     try:
         for sql, params_list in groups:
@@ -81,6 +97,14 @@ def _transaction(
         rollback_quietly(conn)
         raise
     return found
+
+
+def _checkpoint(conn: sqlite3.Connection, file_is_ours: Callable[[], bool]) -> None:
+    if not file_is_ours():
+        return  # the commit went through; the next write reports the lost file
+    # PASSIVE never waits for readers or writers; an error here (a full disk) shows on the next write.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _take_leadership(
@@ -113,6 +137,9 @@ class Ledger:
         self._flush_wanted = asyncio.Event()
         self.health = StoreHealth()
         self._file_id: tuple[int, int] | None = None
+        self._lost: str | None = None  #: how the database file was lost; from then on nothing is written
+        self._commits = 0  #: since the last checkpoint
+        self.abandoned = False  #: the connection was left open, not closed: the file was lost (see close)
 
     async def open(self) -> None:
         connect(self.paths).close()  # creates the schema synchronously, once
@@ -121,6 +148,8 @@ class Ledger:
             for pragma in PRAGMAS:
                 await db.execute(pragma)
             await db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            # No checkpoint behind our back: each one first checks the file is still ours (_checkpoint).
+            await db.execute("PRAGMA wal_autocheckpoint=0")
             st = os.stat(self.paths.db)
         except sqlite3.Error as exc:
             await db.close()  # its thread is not a daemon: left open, it would keep the process alive
@@ -136,25 +165,78 @@ class Ledger:
         """How the database file was lost since open, or None (like LeaderLock.still_ours).
 
         Writes would still go to the open file, unseen by every reader and the next active.
+        Once lost, always lost: this ledger writes nothing more.
         """
+        if self._lost is None:
+            self._lost = self._look_at_file()
+        return self._lost
+
+    def _look_at_file(self) -> str | None:
         try:
             st = os.stat(self.paths.db)
         except FileNotFoundError:
             return "removed"
+        except OSError:
+            return None  # cannot tell (the directory is unreadable): the writes themselves will say
         if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
             return "replaced"
         if st.st_size == 0:
             return "emptied"  # a WAL database always has its header in the main file
         return None
 
+    def lost_error(self) -> StoreFatalError | None:
+        lost = self.file_lost()
+        if lost is None:
+            return None
+        return StoreFatalError(
+            f"state database {self.paths.db} was {lost} under the running scheduler; stopping "
+            "(restore a backup, or start `vigil up` again)"
+        )
+
+    def _guard(self) -> None:
+        """Raise instead of writing to a database file that is no longer the one we opened."""
+        error = self.lost_error()
+        if error is not None:
+            raise error
+
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        """Close the connection, or, when the file was lost, leave it open until the process exits.
+
+        SQLite checkpoints the WAL into the database file when its last connection closes (for a
+        removed or renamed file it notices and skips this, not for a truncated one): into an
+        emptied file that writes a zeroed header and stray pages, which no `vigil up`, reader or
+        standby can use. Python 3.11's sqlite3 cannot set SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, so a
+        lost file's connection is never closed: its thread ends, the connection object is kept
+        alive for good (never finalised, so never closed), and the kernel drops its file
+        descriptors and locks when the process exits, which it does next (the node keeps
+        `leader.lock` until then, so that no standby opens the path while our locks remain).
+        """
+        if self._db is None:
+            return
+        db, self._db = self._db, None
+        if self.file_lost() is None:
+            await db.close()
+            return
+        conn = db._connection
+        db._connection = None  # aiosqlite's stop() then ends its thread without closing it
+        stopped = db.stop()
+        if stopped is not None:
+            await stopped  # after every call queued before it: nothing uses the connection after this
+        if conn is not None:
+            _ABANDONED.append(conn)
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))  # survives interpreter teardown too
+        self.abandoned = True
+        log.warning("state database %s was %s: left it untouched (no checkpoint, no close)", self.paths.db, self._lost)
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
 
     @property
     def db(self) -> aiosqlite.Connection:
-        assert self._db is not None, "ledger not open"
+        if self._db is None:
+            # A control request (prune) still running while the scheduler stops gets an answer.
+            raise StoreError("the state database is closed: the scheduler is stopping")
         return self._db
 
     async def take_leadership(
@@ -179,6 +261,8 @@ class Ledger:
         await self.write([("UPDATE leader SET clean_stop = 1 WHERE id = 1 AND epoch = ?", (self.epoch,))])
 
     async def query(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        if self._lost is not None:
+            self._guard()
         try:
             async with self.db.execute(sql, params) as cur:
                 return list(await cur.fetchall())
@@ -222,7 +306,13 @@ class Ledger:
         self, statements: list[tuple[str, Params]], check: tuple[str, Params] | None = None
     ) -> list[sqlite3.Row]:
         """The deferred writes, then `statements`, in one transaction."""
+        failures = self.health.failures
         async with self._lock:
+            fault = self.health.fault
+            if fault is not None and self.health.failures != failures:
+                # The write in front of ours has just waited a whole busy timeout and failed: fail
+                # now too instead of waiting another one (a command's answer waits on this).
+                raise StoreRetryableError(fault.kind, str(fault))
             deferred, self._pending = self._pending, []
             self._flush_wanted.clear()
             batch = deferred + statements
@@ -251,7 +341,7 @@ class Ledger:
             # The whole transaction in one hop to aiosqlite's thread. Each awaited statement is a
             # round trip between threads (about 0.1 ms idle, several ms when the cores are busy
             # with runs), and this commit stands between a fire and its launch.
-            found = await self.db._execute(_transaction, self.db._conn, groups, check)
+            found = await self.db._execute(_transaction, self.db._conn, groups, check, self._guard)
         except sqlite3.Error as exc:
             error = store_error(exc, self.paths.db)
             if isinstance(error, StoreRetryableError) and self.health.failed(error, time.monotonic()):
@@ -260,6 +350,10 @@ class Ledger:
         lasted = self.health.succeeded(time.monotonic())
         if lasted is not None:
             log.warning("state database: writable again after %.1fs; catching up", lasted)
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY:
+            self._commits = 0
+            await self.db._execute(_checkpoint, self.db._conn, lambda: self.file_lost() is None)
         return found
 
     async def wait_for_deferred(self) -> None:

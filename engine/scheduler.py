@@ -320,13 +320,7 @@ class Scheduler:
         self.request_stop("store_fatal")
 
     def _db_file_lost(self) -> StoreFatalError | None:
-        lost = self.ledger.file_lost()
-        if lost is None:
-            return None
-        return StoreFatalError(
-            f"state database {self.paths.db} was {lost} under the running scheduler; stopping "
-            "(restore a backup, or start `vigil up` again)"
-        )
+        return self.ledger.lost_error()
 
     async def _check_db_file(self) -> None:
         lost = self._db_file_lost()
@@ -774,6 +768,8 @@ class Scheduler:
 
     async def _iteration(self) -> None:
         now, mono = self._read_clock()
+        if self.ledger.health.failing and self._commands:
+            self._answer_commands_while_unwritable(now)
         if self.ledger.health.wait(time.monotonic()) > 0:
             # Backing off after a retryable store fault. Timeouts are still enforced: a kill needs
             # no write (its record is deferred).
@@ -825,6 +821,25 @@ class Scheduler:
                 continue
             if isinstance(reply, Exception):
                 cmd.reply.set_result({"ok": False, "error": str(reply)})
+            else:
+                cmd.reply.set_result({"ok": True, **reply})
+
+    def _answer_commands_while_unwritable(self, now: datetime) -> None:
+        """While a retryable store fault lasts, answer commands at once instead of after the backoff
+        and another busy timeout (the client would have given up): those that need a write are
+        refused, a kill is carried out and its record carried to the first write that succeeds."""
+        fault = self.ledger.health.fault
+        commands, self._commands = self._commands, []
+        for cmd in commands:
+            if cmd.reply.done():
+                continue
+            if cmd.op != "kill":
+                cmd.reply.set_result({"ok": False, "error": f"{fault}; try again when it is writable"})
+                continue
+            try:
+                reply = self._handle_command(cmd, now, self._carry)
+            except VigilError as exc:
+                cmd.reply.set_result({"ok": False, "error": str(exc)})
             else:
                 cmd.reply.set_result({"ok": True, **reply})
 
@@ -1337,22 +1352,14 @@ class Scheduler:
         if op == "prune":
             user = str(args.get("user", "?"))
             cutoff = self.clock.now() - timedelta(seconds=_prune_age(args.get("older_than_s")))
-            count = await self.prune(cutoff)
-            await self.ledger.write(
-                [
-                    (
-                        SQL_AUDIT,
-                        (
-                            iso(self.clock.now()),
-                            user,
-                            "prune",
-                            f"<{iso(cutoff)}",
-                            f"deleted {count} runs",
-                            self.epoch,
-                        ),
-                    )
-                ]
-            )
+            if self.ledger.health.failing:
+                raise VigilError(f"{self.ledger.health.fault}; try again when it is writable")
+            try:
+                count = await self.prune(cutoff)
+                audit = (iso(self.clock.now()), user, "prune", f"<{iso(cutoff)}", f"deleted {count} runs", self.epoch)
+                await self.ledger.write([(SQL_AUDIT, audit)])
+            except StoreRetryableError as exc:
+                raise VigilError(f"{exc}; try again when it is writable") from exc
             return {"ok": True, "deleted": count}
         if op == "rerun":
             rows = await self.ledger.query("SELECT job FROM runs WHERE id = ?", (_run_id(args),))
@@ -1362,6 +1369,10 @@ class Scheduler:
         if self._stop.is_set():
             # The loop has stopped or is about to: nothing would ever answer this command.
             return {"ok": False, "error": "scheduler is stopping"}
+        if self.ledger.health.failing and op != "kill":
+            # Refused now: the loop may be waiting a whole busy timeout on its next write attempt,
+            # and the client would give up first. A kill needs no write; the loop carries it out.
+            return {"ok": False, "error": f"{self.ledger.health.fault}; try again when it is writable"}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._commands.append(Command(op, args, future))
         self._wake.set()

@@ -36,7 +36,7 @@ from engine.api import (
     catalog_folder,
     catalog_without_active,
 )
-from engine.control import ControlClient
+from engine.control import COMMAND_TIMEOUT_S, ControlClient
 from engine.db import StatePaths, parse_iso
 from engine.errors import ControlError, NoActiveSchedulerError, VigilError
 from engine.model import ACTIVE_STATES, RunState
@@ -363,7 +363,7 @@ class StateSource:
         clock: Clock = utc_now,
         trend_len: int = 8,
         control_timeout: float = 2.0,
-        action_timeout: float = 5.0,
+        action_timeout: float = COMMAND_TIMEOUT_S,
         files_every: float | None = None,
     ) -> None:
         self.paths = paths

@@ -6,6 +6,7 @@ socket spoken to raw, another local user (`nobody`, through setpriv), HTTP again
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -260,8 +261,136 @@ def test_control_identity_comes_from_the_socket_and_other_users_are_refused(proc
         assert reply and reply["ok"] is False and reply["error"].startswith("permission denied: "), (request, reply)
         assert "nobody" in reply["error"]
     assert query(state / "vigil.db", "SELECT COUNT(*) FROM runs") == [(0,)]
-    assert query(state / "vigil.db", "SELECT * FROM audit") == audit_before
     assert control(sock, {"op": "status"})["ok"]  # its own user still may
+    # Refused requests are audited too, under the kernel's name for the caller.
+    refused = wait_for(
+        lambda: query(state / "vigil.db", "SELECT os_user, action, target, result FROM audit")[len(audit_before) :],
+        5,
+        what="the refusals in the audit",
+    )
+    assert [(user, action) for user, action, _, _ in refused] == [
+        ("nobody", op) for op in ("?", "resume", "run", "status", "subscribe", "switchover")
+    ], refused
+    assert all(result.startswith("refused: permission denied: user nobody") for *_, result in refused), refused
+
+
+def test_a_request_longer_than_the_limit_is_answered_not_a_traceback(procs, tmp_path: Path) -> None:
+    state, jobs = tmp_path / "state", tmp_path / "jobs"
+    jobs.mkdir()
+    write_job(jobs, "a", 'command = "true"\n')
+    up = start_up(procs, state, jobs)
+    sock_path = state / "control.sock"
+    for request in (b"x" * (70 * 1024), b'{"op": "pause", "job": "' + b"a" * (200 * 1024) + b'"}\n'):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(sock_path))
+            with contextlib.suppress(OSError):  # the scheduler may hang up before reading it all
+                sock.sendall(request)
+            reply = sock.makefile("rb").readline()
+        answer = json.loads(reply)
+        assert answer["ok"] is False and "request too long" in answer["error"], answer
+    # A nesting too deep for the JSON parser is a malformed request, not a dropped connection.
+    deep = b"[" * 50000 + b"]" * 10
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(sock_path))
+        sock.sendall(deep + b"\n")
+        assert json.loads(sock.makefile("rb").readline()) == {"ok": False, "error": "malformed request"}
+    assert control(sock_path, {"op": "status"})["ok"]  # it still serves
+    assert query(state / "vigil.db", "SELECT COUNT(*) FROM audit") == [(0,)]
+    out = up.output()
+    assert "Traceback" not in out and "Separator is not found" not in out, out
+
+
+@needs_root
+def test_refusals_are_audited_within_a_bound_and_name_who_may(procs, reachable_dir: Path) -> None:
+    state, jobs = reachable_dir / "state", reachable_dir / "jobs"
+    jobs.mkdir()
+    write_job(jobs, "a", 'command = "true"\n')
+    up = start_up(procs, state, jobs)
+    sock = state / "control.sock"
+    state.chmod(0o711)
+    sock.chmod(0o666)
+    # A hostile local user asking again and again must not fill the disk with audit rows.
+    flood = [{"op": "run", "job": "a"}] * 60
+    proc = subprocess.run(
+        [*AS_NOBODY_CMD, str(sock), json.dumps(flood)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    replies = json.loads(proc.stdout)
+    assert all(r and r["ok"] is False and r["error"].startswith("permission denied") for r in replies), replies
+    # The scheduler runs as root here: the message names root once.
+    assert "only root may" in replies[0]["error"] and "root and root" not in replies[0]["error"], replies[0]
+    from engine.control import RefusalAudit
+
+    limit = RefusalAudit().limit
+    rows = wait_for(
+        lambda: query(state / "vigil.db", "SELECT os_user, action, target, result FROM audit"), 5, what="audit rows"
+    )
+    assert len(rows) == limit, rows
+    assert set(rows) == {("nobody", "run", "a", f"refused: {replies[0]['error']}")}
+    assert query(state / "vigil.db", "SELECT COUNT(*) FROM runs") == [(0,)]
+    assert up.output().count("refused run from nobody") == limit, up.output()
+
+
+def test_refusal_audit_policy_is_bounded_and_summarised() -> None:
+    from engine.control import RefusalAudit
+
+    policy = RefusalAudit(limit=3, window=60.0)
+    assert [policy.note(100.0 + i, "nobody") for i in range(5)] == [True, True, True, False, False]
+    assert policy.note(110.0, "mallory") is False
+    assert policy.due(110.0) == 50.0
+    assert policy.due(170.0) == 0.0
+    user, text = policy.summary() or ("", "")
+    assert user == "?" and "3 more refused request(s) within 60s" in text and "mallory 1, nobody 2" in text
+    assert policy.summary() is None and policy.due(170.0) is None
+    assert policy.note(170.0, "nobody") is True  # a new window
+    assert [policy.note(171.0, "nobody") for _ in range(3)] == [True, True, False]
+    assert policy.summary() == ("nobody", policy_text(1))
+
+
+async def test_refusals_past_the_bound_are_summarised_in_one_audit_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from engine import ha
+    from engine.control import RefusalAudit
+    from engine.db import StatePaths
+
+    state, jobs = tmp_path / "state", tmp_path / "jobs"
+    jobs.mkdir()
+    write_job(jobs, "a", 'command = "true"\n')
+    # Everyone is a stranger here: the peer-credential check is the seam (the real one is tested above).
+    refusal = "permission denied: user mallory (uid 4242) may not control this scheduler; only root may"
+    monkeypatch.setattr(ha, "_peer_identity", lambda writer: ("mallory", refusal))
+    node = ha.Node(StatePaths(state), jobs)
+    node._refusals = RefusalAudit(limit=2, window=0.5)
+    running = asyncio.create_task(node.run())
+    try:
+        await asyncio.to_thread(wait_for, lambda: (state / "control.sock").exists(), 10)
+        for _ in range(5):
+            reader, writer = await asyncio.open_unix_connection(str(state / "control.sock"))
+            writer.write(b'{"op": "pause", "job": "a"}\n')
+            assert refusal in (await reader.readline()).decode()
+            writer.close()
+
+        def audit() -> list[tuple[Any, ...]]:
+            return query(state / "vigil.db", "SELECT os_user, action, target, result FROM audit")
+
+        rows = await asyncio.to_thread(wait_for, lambda: len(audit()) == 3 and audit(), 5)
+    finally:
+        node.request_stop()
+        await asyncio.wait_for(running, 10)
+    assert rows[:2] == [("mallory", "pause", "a", f"refused: {refusal}")] * 2
+    assert rows[2][0] == "mallory" and "3 more refused request(s) within 0.5s" in rows[2][3], rows
+
+
+def policy_text(count: int) -> str:
+    return (
+        f"refused: permission denied: {count} more refused request(s) within 60s, "
+        "not recorded one by one (by user: nobody 1)"
+    )
 
 
 @needs_root

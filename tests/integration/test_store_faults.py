@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -164,6 +166,66 @@ def test_an_external_write_lock_is_waited_out(
         up.stop()
 
 
+def test_commands_during_an_external_write_lock_are_answered_try_again_not_timed_out(
+    state_dir: Path, jobs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI inherits the busy timeout too, as it would from the same service environment.
+    monkeypatch.setenv("VIGIL_DB_BUSY_TIMEOUT_MS", "2000")
+    (jobs_dir / "vigil.toml").write_text(FAST)
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    write_job(jobs_dir, "slow", 'command = "sleep 30"\n')
+    up = Up(state_dir, jobs_dir, log=tmp_path / "up.log")
+
+    def timed(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+        started = time.monotonic()
+        done = vigil(state_dir, *args, check=False, timeout=30)
+        return time.monotonic() - started, done
+
+    try:
+        up.wait_active()
+        slow = int(vigil(state_dir, "run", "slow").stdout.split()[2])
+        wait_for(lambda: vigil_json(state_dir, "runs", "--job", "slow")[0]["state"] == "running", 10, what="slow")
+        holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # a sqlite3 shell, a backup tool
+        try:
+            # The first command meets the lock itself: answered after one busy timeout, not timed out.
+            _, first = timed("run", "tick")
+            line = one_vigil_line(first, "locked by another writer", "try again when it is writable")
+            assert "did not answer" not in line
+            wait_for(lambda: "locked by another writer" in up.output(), 10, what=f"the fault logged\n{up.output()}")
+            # While the fault lasts, commands are answered at once, not after another busy timeout.
+            for request in ({"op": "run", "job": "tick"}, {"op": "pause", "job": "tick"}, {"op": "prune", "older_than_s": 1}):
+                started = time.monotonic()
+                reply = control_request(state_dir, request)
+                took = time.monotonic() - started
+                assert reply["ok"] is False and reply["error"].endswith("try again when it is writable"), reply
+                assert "locked by another writer" in reply["error"], reply
+                assert took < 1.0, f"{request} took {took:.1f}s"
+            took, killed = timed("kill", str(slow))
+            assert killed.returncode == 0, killed.stderr  # carried out now, recorded later
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        run = wait_for(
+            lambda: next((r for r in vigil_json(state_dir, "runs", "--job", "slow") if r["state"] == "killed"), None),
+            10,
+            what=f"the kill recorded after the lock\n{up.output()}",
+        )
+        assert run["id"] == slow
+        assert vigil(state_dir, "pause", "tick").returncode == 0  # writable again: commands work
+        assert "Traceback" not in up.output()
+    finally:
+        up.stop()
+
+
+def control_request(state: Path, request: dict) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(state / "control.sock"))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        return json.loads(sock.makefile("rb").readline())
+
+
 def test_a_takeover_during_an_external_write_lock_waits_instead_of_exiting(
     state_dir: Path, jobs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,6 +328,69 @@ def test_an_active_stops_when_its_database_is_removed_or_replaced(
             up.stop()
         for name in ("vigil.db", "vigil.db-wal", "vigil.db-shm"):
             (state_dir / name).unlink(missing_ok=True)
+
+
+def test_a_node_that_finds_its_database_emptied_never_writes_to_it_again(
+    state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    # SQLite checkpoints the WAL into the database when its last connection closes: into an
+    # emptied file that makes a zeroed header and pages of the old database, "not a database"
+    # for every later `vigil up`, reader and standby. The operator's next step must still work.
+    (jobs_dir / "vigil.toml").write_text(FAST)
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    write_job(jobs_dir, "busy", 'every = "1s"\ncommand = "true"\n')  # a WAL with frames to checkpoint
+    db = state_dir / "vigil.db"
+    up = Up(state_dir, jobs_dir, log=tmp_path / "emptied.log")
+    try:
+        up.wait_active()
+        wait_for(lambda: len(succeeded_after(state_dir, "tick", 0)) >= 2, 10, what="a few ticks")
+        with open(db, "r+b") as fh:  # what `: > vigil.db` does
+            fh.truncate(0)
+        code = wait_for(up.proc.poll, 5, what=f"the active to stop\n{up.output()}")
+        assert code != 0
+        out = up.output()
+        assert "was emptied under the running scheduler" in out.strip().splitlines()[-1], out
+        assert "Traceback" not in out, out
+    finally:
+        up.stop()
+    assert db.stat().st_size == 0, f"the stopped node wrote {db.stat().st_size} bytes into the emptied file"
+    # The documented next step: start `vigil up` again. It starts on a fresh database and readers work.
+    again = Up(state_dir, jobs_dir, log=tmp_path / "again.log")
+    try:
+        again.wait_active()
+        wait_for(lambda: succeeded_after(state_dir, "tick", 0), 10, what=f"a tick after the restart\n{again.output()}")
+        assert vigil(state_dir, "db", "check", check=False).returncode == 0
+    finally:
+        again.stop()
+
+
+def test_a_fatal_stop_with_a_standby_and_clients_connected_is_one_line_without_traceback(
+    state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    (jobs_dir / "vigil.toml").write_text(FAST)
+    write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
+    active = Up(state_dir, jobs_dir, log=tmp_path / "active.log")
+    standby: Up | None = None
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        active.wait_active()
+        standby = Up(state_dir, jobs_dir, log=tmp_path / "standby.log")
+        wait_for(lambda: len(vigil_json(state_dir, "status")["standbys"]) == 1, 10, what="the standby to subscribe")
+        idle.connect(str(state_dir / "control.sock"))  # a client that sent nothing yet
+        idle.sendall(b'{"op": "status"')  # half a request
+        (state_dir / "vigil.db").unlink()
+        code = wait_for(active.proc.poll, 5, what=f"the active to stop\n{active.output()}")
+        assert code != 0
+        out = active.output()
+        assert "Traceback" not in out and "CancelledError" not in out, out
+        assert out.strip().splitlines()[-1].startswith("vigil: state database"), out
+        wait_for(standby.is_active, 10, what=f"the standby to take over\n{standby.output()}")
+        assert "Traceback" not in standby.output(), standby.output()
+    finally:
+        idle.close()
+        active.stop()
+        if standby is not None:
+            standby.stop()
 
 
 # ---------------------------------------------------------------- lost, emptied, foreign, corrupt
@@ -477,3 +602,32 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
         if scheduler.executor is not None:
             scheduler.executor.close()
         await scheduler.ledger.close()
+
+
+async def test_writes_queued_behind_a_locked_write_do_not_each_wait_a_busy_timeout(state_dir: Path) -> None:
+    # A command's commit often waits behind another write (the flusher's): when that one has just
+    # waited the whole busy timeout and failed, the next fails at once, so a command is answered
+    # within one busy timeout, not two or more.
+    from engine.db import StatePaths
+    from engine.errors import StoreRetryableError
+    from engine.ledger import Ledger
+
+    ledger = Ledger(StatePaths(state_dir), busy_timeout_ms=1000)
+    await ledger.open()
+    holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
+    try:
+        await ledger.take_leadership(os.getpid(), None, "2026-11-29T03:00:00+00:00")
+        holder.execute("BEGIN IMMEDIATE")
+        sql = "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES ('t', 'u', 'a', '', '', 1)"
+        started = time.monotonic()
+        results = await asyncio.gather(*(ledger.write([(sql, ())]) for _ in range(3)), return_exceptions=True)
+        took = time.monotonic() - started
+        assert all(isinstance(r, StoreRetryableError) for r in results), results
+        assert took < 1.6, f"three queued writes took {took:.1f}s for one busy timeout of 1s"
+        holder.execute("ROLLBACK")
+        await ledger.write([(sql, ())])  # writable again: nothing sticks
+        (count,) = await ledger.query("SELECT COUNT(*) FROM audit")
+        assert count[0] == 1
+    finally:
+        holder.close()
+        await ledger.close()
