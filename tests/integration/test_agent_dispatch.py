@@ -413,14 +413,16 @@ async def test_a_run_that_waited_for_its_agent_does_not_keep_the_waiting_reason_
 
     cluster.wire.rule = down_until_reachable
     scheduler = await cluster.start()
-    run_id = await run_now(scheduler)
-    await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "waiting"], 5, "waiting")
-    reachable = True
-    running = await until(
-        lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "running"], 5, "running"
-    )
-    assert running[0]["reason"] is None, running
-    (tmp_path / "gate").touch()
+    try:
+        run_id = await run_now(scheduler)
+        await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "waiting"], 5, "waiting")
+        reachable = True
+        running = await until(
+            lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "running"], 5, "running"
+        )
+        assert running[0]["reason"] is None, running
+    finally:
+        (tmp_path / "gate").touch()  # the job ends, also when an assertion failed
     await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "done")
 
 
