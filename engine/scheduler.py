@@ -869,9 +869,10 @@ class Scheduler:
         if not (batch.rows or batch.statements or batch.launches):
             return
         new_ids = await self.ledger.insert_runs(batch.rows, batch.statements)
-        if batch.rows:
-            # After the commit (a failed one must not look like a restore later), before any launch.
-            self.high_water.raise_to(run_id=max(row["id"] for row in batch.rows))
+        if new_ids:
+            # After the commit (a failed one must not look like a restore later), before any launch;
+            # only ids the ledger took: an ignored row's id (its fire time had a run) was never used.
+            self.high_water.raise_to(run_id=max(new_ids))
         for hook in batch.after_commit:
             hook(new_ids)
         for row in batch.rows:

@@ -171,6 +171,33 @@ async def test_a_fire_time_that_already_ran_is_not_run_again_after_the_clock_goe
     assert len(h.executor.launched) == 2
 
 
+async def test_a_fire_time_that_came_round_again_is_not_taken_for_a_restore_at_the_next_start(
+    harness, caplog
+) -> None:
+    # The id of a row the ledger ignored (its fire time already had a run) was never used: it must
+    # not reach STATE/high-water, or the next active takes its database for a restored backup and
+    # restarts every schedule from now (fires lost).
+    h = harness()
+    write_job(h.jobs, "j", 'every = "10s"\ncommand = "true"\n')
+    await h.start()
+    await h.tick(0.5)  # 03:00:00 runs
+    h.finish(h.executor.launched[0])
+    await h.tick()
+    caplog.set_level(logging.WARNING, "vigil.scheduler")
+    h.clock.set(h.clock.now() - timedelta(seconds=5))
+    await h.tick()
+    await h.tick(5)  # 03:00:00 comes round again: ignored by the ledger
+    assert len(h.executor.launched) == 1
+    assert "already has a run in the ledger" in caplog.text
+    assert h.s is not None and h.s.high_water.mark.run_id == 1  # the ignored row's id was never used
+    await h.stop()
+    caplog.clear()
+    again = harness(h.clock.now())
+    s = await again.start()
+    assert not s.restored, caplog.text
+    assert "restored or replaced" not in caplog.text
+
+
 async def test_a_restart_after_the_clock_went_back_fires_from_the_new_wall_time(harness, caplog) -> None:
     ahead = harness(START + timedelta(hours=2))  # e.g. a run under faketime +2h
     write_job(ahead.jobs, "j", 'every = "1s"\ncommand = "true"\n')
