@@ -875,6 +875,7 @@ class Scheduler:
             self.high_water.raise_to(run_id=max(new_ids))
         for hook in batch.after_commit:
             hook(new_ids)
+        collided: set[str] = set()
         for row in batch.rows:
             if row["id"] not in new_ids:
                 # Already in the ledger: that fire was handled before; never launch it twice.
@@ -883,11 +884,17 @@ class Scheduler:
                 with contextlib.suppress(ValueError):
                     self.queued[row["job"]].remove(row["id"])
                 self._note_collision(row)
+                collided.add(row["job"])
                 continue
             if row["state"] == RunState.LAUNCHING:
                 self._launch(row["id"], now)
         for run_id in batch.launches:
             self._launch(run_id, now)
+        for job in sorted(collided):
+            # An ignored row may have been the run its job's queue waited for (caught-up fires queue
+            # behind each other): the next one starts with the next commit, not never.
+            self._start_queued(job, self._carry)
+            self._wake.set()
 
     def _note_collision(self, row: dict[str, Any]) -> None:
         # After the wall clock went back, a fire time can come round again; the ledger keeps one run

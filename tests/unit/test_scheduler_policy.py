@@ -198,6 +198,39 @@ async def test_a_fire_time_that_came_round_again_is_not_taken_for_a_restore_at_t
     assert "restored or replaced" not in caplog.text
 
 
+async def test_caught_up_fires_queued_behind_a_fire_time_that_already_ran_still_run(harness) -> None:
+    # catchup = "all" queues caught-up fires behind each other. If the first of them is a fire time
+    # that already has a run (as after the wall clock went back), the ledger ignores it; the ones
+    # queued behind it must still start, not wait for a run that never comes.
+    h = harness()
+    write_job(h.jobs, "j", 'every = "1s"\ncatchup = "all"\ncommand = "true"\n')
+    s = await h.start()
+    await h.tick(0.5)  # 03:00:00 runs
+    h.finish(h.executor.launched[-1])
+    await h.tick()
+    # 03:00:01 already has a run (written by an active whose clock was ahead).
+    await s.ledger.write(
+        [
+            (
+                "INSERT INTO runs (id, job, scheduled_for, attempt, state, trigger, epoch, writer_epoch, created_at) "
+                "VALUES (100, 'j', ?, 1, 'succeeded', 'schedule', ?, ?, ?)",
+                (at(3, 0, 1), s.epoch, s.epoch, at(3, 0, 0)),
+            )
+        ]
+    )
+    h.clock.advance(3.0)  # a stall: 03:00:01 .. 03:00:03 fall due together
+    for _ in range(4):
+        await h.tick()
+        for run_id in h.executor.launched:
+            if run_id in s.runs:
+                h.finish(run_id)
+    await h.tick()
+    rows = await h.runs()
+    assert [r["scheduled_for"] for r in rows if r["state"] == "succeeded"].count(at(3, 0, 1)) == 1
+    assert {at(3, 0, 2), at(3, 0, 3)} <= {r["scheduled_for"] for r in rows if r["state"] == "succeeded"}, states(rows)
+    assert not [r for r in rows if r["state"] in ("pending", "launching")], states(rows)
+
+
 async def test_a_restart_after_the_clock_went_back_fires_from_the_new_wall_time(harness, caplog) -> None:
     ahead = harness(START + timedelta(hours=2))  # e.g. a run under faketime +2h
     write_job(ahead.jobs, "j", 'every = "1s"\ncommand = "true"\n')
