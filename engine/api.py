@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .control import ControlClient
 from .db import StatePaths, as_row_id, connect, parse_iso, store_error
 from .errors import ConfigError, ControlError, NotFoundError, StoreError
+from .model import OPEN_STATES
 from .text import escape  # for readers that show user text (names, reasons) in a terminal
 
 if TYPE_CHECKING:  # engine.jobfile imports croniter: only readers of job files pay for it
@@ -107,6 +108,12 @@ class StateReader:
         except sqlite3.Error as exc:
             raise store_error(exc, self.paths.db) from exc
 
+    def _execute(self, sql: str) -> None:
+        try:
+            self.conn.execute(sql)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.paths.db) from exc
+
     def _scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         rows = self._all(sql, params)
         return next(iter(rows[0].values())) if rows else None
@@ -185,10 +192,9 @@ class StateReader:
 
         def count(extra: str, value: int) -> int:
             clause = " AND ".join([*where, extra])
-            row = self.conn.execute(f"SELECT COUNT(*) FROM runs WHERE {clause}", (*params, value)).fetchone()
-            return int(row[0])
+            return int(self._scalar(f"SELECT COUNT(*) FROM runs WHERE {clause}", (*params, value)))
 
-        self.conn.execute("BEGIN")
+        self._execute("BEGIN")
         try:
             page_where = [*where, "id < ?"] if before_id is not None else where
             page_params = [*params, before_id] if before_id is not None else params
@@ -198,17 +204,18 @@ class StateReader:
             )
             newer = count("id >= ?", before_id) if before_id is not None else 0
             if count_base is None:
-                open_states = ",".join(f"'{s}'" for s in ("pending", "waiting", "launching", "running"))
+                marks = ",".join("?" * len(OPEN_STATES))
                 anchor = int(
-                    self.conn.execute(
-                        f"SELECT COALESCE((SELECT MIN(id) - 1 FROM runs WHERE state IN ({open_states})), "
-                        "(SELECT MAX(id) FROM runs), 0)"
-                    ).fetchone()[0]
+                    self._scalar(
+                        f"SELECT COALESCE((SELECT MIN(id) - 1 FROM runs WHERE state IN ({marks})), "
+                        "(SELECT MAX(id) FROM runs), 0)",
+                        OPEN_STATES,
+                    )
                 )
                 count_base = (anchor, count("id <= ?", anchor))
             total = count_base[1] + count("id > ?", count_base[0])
         finally:
-            self.conn.execute("COMMIT")
+            self._execute("COMMIT")
         # Runs pruned since the full count leave `total` a little high until the next one, never low.
         return RunsWindow(rows, newer, max(total, newer + len(rows)), count_base)
 

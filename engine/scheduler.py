@@ -39,13 +39,12 @@ from .executor import LocalExecutor, ShimExit, gather_evidence
 from .ids import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK, HighWaterFile, recorded_run, run_dir_ids
 from .jobfile import JobFolder, ScanResult
 from .ledger import Ledger
-from .model import Catchup, JobSpec, Overlap, RunState, Settings
+from .model import OPEN_STATES, Catchup, JobSpec, Overlap, RunState, Settings
 from .reconcile import Action, decide
 from .text import show
 
 log = logging.getLogger("vigil.scheduler")
 
-OPEN_STATES = ("pending", "waiting", "launching", "running")
 
 #: A fire handled within this many seconds of its time is on time; an older one is late and follows
 #: the job's `catchup` policy (a fixed tolerance, not a fraction of the interval).
