@@ -195,7 +195,7 @@ class Scheduler:
         self.high_water = HighWaterFile(paths)  #: used epochs and run ids, kept outside the database
         self.restored = False  #: the database is behind ids used before: restored or replaced
         self.epoch_floor = 0  #: an epoch seen elsewhere (an agent) that this leadership must exceed
-        self.epoch_retake_allowed = True  #: False right after a re-take (see AgentDispatcher)
+        self.epoch_retake_allowed = True  #: False after 3 re-takes within 60 s (see Node._active)
         self.agent_transport_factory: Callable[[Any], Any] | None = None  #: tests: in-process agents
         self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
         self._outage_cause: str | None = None  #: why fires were late: the store refused writes
