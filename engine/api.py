@@ -154,17 +154,6 @@ class StateReader:
             raise NotFoundError(f"no run with id {run_id}")
         return rows[0]
 
-    def count_runs(self, *, job: str | None = None, state: str | None = None) -> int:
-        where, params = [], []
-        if job:
-            where.append("job = ?")
-            params.append(job)
-        if state:
-            where.append("state = ?")
-            params.append(state)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return int(self._scalar(f"SELECT COUNT(*) FROM runs {clause}", params))
-
     def runs_window(
         self,
         *,
