@@ -7,7 +7,6 @@ scheduler through ``ControlClient``.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections import Counter
 from collections.abc import Collection, Iterable
@@ -348,11 +347,6 @@ def cluster_status(paths: StatePaths, timeout: float = 2.0) -> dict[str, Any]:
 # what `vigil jobs` shows then and what the next `vigil up` would load.
 
 
-def _job_name(path: str, root: Path) -> str:
-    rel = os.path.relpath(path, root)
-    return rel[:-5] if rel.endswith(".toml") else rel
-
-
 def broken_job_files(
     root: Path, valid: Collection[str], errors: Iterable[ConfigError], catalogued: Iterable[str] = ()
 ) -> dict[str, str]:
@@ -362,12 +356,12 @@ def broken_job_files(
     `catalogued` job whose file exists but did not load although it has no error of its own (it
     sits below a broken _folder.toml, say) gets the first error of those files.
     """
-    from .jobfile import FOLDER_FILE, SETTINGS_FILE
+    from .jobfile import FOLDER_FILE, SETTINGS_FILE, job_name_of
 
     broken: dict[str, str] = {}
     shared: str | None = None
     for err in errors:
-        name = _job_name(err.path, root)
+        name = job_name_of(err.path, root)
         if name == SETTINGS_FILE[:-5] or name.rpartition("/")[2] == FOLDER_FILE[:-5] or not err.path.endswith(".toml"):
             shared = shared or err.format()
         elif name not in valid:

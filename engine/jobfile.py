@@ -142,6 +142,12 @@ class ScanResult:
     settings: Settings
 
 
+def job_name_of(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """The job name a file under `root` gives (its relative path without `.toml`)."""
+    rel = os.path.relpath(path, root)
+    return rel[:-5] if rel.endswith(".toml") else rel
+
+
 def format_errors(errors: Iterable[ConfigError]) -> str:
     """One `PATH:LINE: KEY: reason` line per error, for the CLI and logs."""
     return "\n".join(error.format() for error in errors)

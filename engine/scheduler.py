@@ -37,7 +37,7 @@ from .errors import (
 )
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .ids import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK, HighWaterFile, recorded_run, run_dir_ids
-from .jobfile import JobFolder, ScanResult
+from .jobfile import JobFolder, ScanResult, job_name_of
 from .ledger import Ledger
 from .model import OPEN_STATES, Catchup, JobSpec, Overlap, RunState, Settings
 from .reconcile import Action, decide
@@ -648,7 +648,7 @@ class Scheduler:
             self.executor.kill_grace = self.settings.kill_grace
         errors: dict[str, str] = {}
         for err in result.errors:
-            errors.setdefault(_job_name_for(err.path, str(self.folder.root)), err.format())
+            errors.setdefault(job_name_of(err.path, self.folder.root), err.format())
         new_messages = set(errors.values()) - set(self.job_errors.values())
         for message in sorted(new_messages):
             log.warning("job file error: %s", message)
@@ -1502,11 +1502,6 @@ def _format_jump(seconds: float) -> str:
     if whole >= 60:
         return f"{whole // 60}m {whole % 60}s"
     return f"{seconds:.1f}s"
-
-
-def _job_name_for(path: str, root: str) -> str:
-    rel = os.path.relpath(path, root)
-    return rel[:-5] if rel.endswith(".toml") else rel
 
 
 def _file_time(path: Path) -> datetime | None:
