@@ -31,7 +31,6 @@ from .errors import (
     LaunchError,
     NotFoundError,
     StoreError,
-    StoreFatalError,
     StoreRetryableError,
     VigilError,
 )
@@ -315,14 +314,11 @@ class Scheduler:
         """A fault the ledger cannot outlive: stop; the node ends the process (exit != 0)."""
         if self.fatal is None:
             # A file removed or emptied under us often shows first as "corrupt": name the cause.
-            self.fatal = self._db_file_lost() or exc
+            self.fatal = self.ledger.lost_error() or exc
         self.request_stop("store_fatal")
 
-    def _db_file_lost(self) -> StoreFatalError | None:
-        return self.ledger.lost_error()
-
     async def _check_db_file(self) -> None:
-        lost = self._db_file_lost()
+        lost = self.ledger.lost_error()
         if lost is not None:
             raise lost
 
@@ -1045,11 +1041,11 @@ class Scheduler:
                 now,
                 job.catchup,
                 job.catchup_window,
-                cause=lambda fire: self._gap_cause(fire, now),
+                cause=self._gap_cause,
                 on_time_s=ON_TIME_TOLERANCE_S,
             )
             if dropped:
-                self._note_dropped(batch, name, fires[0], dropped, self._gap_cause(fires[0], now), now)
+                self._note_dropped(batch, name, fires[0], dropped, self._gap_cause(fires[0]), now)
             if not job.enabled:
                 continue
             # Fires caught up together run one after another, oldest first, whatever `overlap` says:
@@ -1067,8 +1063,8 @@ class Scheduler:
                 else:
                     self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire)
 
-    def _gap_cause(self, fire: datetime, now: datetime) -> str:
-        """Why `fire`, handled at `now`, was not handled on time."""
+    def _gap_cause(self, fire: datetime) -> str:
+        """Why `fire`, handled late, was not handled on time."""
         for jump in reversed(self._forward_jumps):
             # The step came somewhere between the look before it and the look that saw it. It passed
             # over the fires due in that span (not those already late at the look before), and it
