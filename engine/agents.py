@@ -458,7 +458,7 @@ class AgentDispatcher:
                     max_run_id,
                     self.s.next_id,
                 )
-        seen = status.get("max_epoch", 0)
+        seen = status.get("max_epoch") or 0  # an agent that has seen no epoch may send null
         if not isinstance(seen, int) or seen > self.s.epoch:
             self._epoch_behind(link, seen)
         self._write_link(link)
@@ -478,13 +478,14 @@ class AgentDispatcher:
                 self._spawn(self._verify(flight, link))
 
     def _epoch_behind(self, link: AgentLink, seen: Any) -> None:
-        """The agent has seen a higher epoch than ours: take the leadership again above it, once.
+        """The agent has seen a higher epoch than ours: take the leadership again above it.
 
         That happens after a restored or replaced database (or a lost high-water record). A
         deposed scheduler cannot get here and win: it no longer holds the leader lock, and the
-        database fences its writes. A second time soon after means someone else keeps raising the
-        agent's epoch (another installation using the same agent): the agent is then marked down
-        with that reason instead of racing it.
+        database fences its writes. This scheduler re-takes once; the node allows a re-take while
+        fewer than 3 were made in the last 60 s (Node._active). Past that, someone else keeps
+        raising the agent's epoch (another installation using the same agent): the agent is then
+        marked down with that reason instead of racing it.
         """
         link.up = False
         if not valid_id(seen):

@@ -7,7 +7,6 @@ scheduler through ``ControlClient``.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections import Counter
 from collections.abc import Collection, Iterable
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .control import ControlClient
 from .db import StatePaths, as_row_id, connect, parse_iso, store_error
 from .errors import ConfigError, ControlError, NotFoundError, StoreError
+from .model import OPEN_STATES
 from .text import escape  # for readers that show user text (names, reasons) in a terminal
 
 if TYPE_CHECKING:  # engine.jobfile imports croniter: only readers of job files pay for it
@@ -107,6 +107,12 @@ class StateReader:
         except sqlite3.Error as exc:
             raise store_error(exc, self.paths.db) from exc
 
+    def _execute(self, sql: str) -> None:
+        try:
+            self.conn.execute(sql)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.paths.db) from exc
+
     def _scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         rows = self._all(sql, params)
         return next(iter(rows[0].values())) if rows else None
@@ -147,17 +153,6 @@ class StateReader:
             raise NotFoundError(f"no run with id {run_id}")
         return rows[0]
 
-    def count_runs(self, *, job: str | None = None, state: str | None = None) -> int:
-        where, params = [], []
-        if job:
-            where.append("job = ?")
-            params.append(job)
-        if state:
-            where.append("state = ?")
-            params.append(state)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return int(self._scalar(f"SELECT COUNT(*) FROM runs {clause}", params))
-
     def runs_window(
         self,
         *,
@@ -185,10 +180,9 @@ class StateReader:
 
         def count(extra: str, value: int) -> int:
             clause = " AND ".join([*where, extra])
-            row = self.conn.execute(f"SELECT COUNT(*) FROM runs WHERE {clause}", (*params, value)).fetchone()
-            return int(row[0])
+            return int(self._scalar(f"SELECT COUNT(*) FROM runs WHERE {clause}", (*params, value)))
 
-        self.conn.execute("BEGIN")
+        self._execute("BEGIN")
         try:
             page_where = [*where, "id < ?"] if before_id is not None else where
             page_params = [*params, before_id] if before_id is not None else params
@@ -198,17 +192,18 @@ class StateReader:
             )
             newer = count("id >= ?", before_id) if before_id is not None else 0
             if count_base is None:
-                open_states = ",".join(f"'{s}'" for s in ("pending", "waiting", "launching", "running"))
+                marks = ",".join("?" * len(OPEN_STATES))
                 anchor = int(
-                    self.conn.execute(
-                        f"SELECT COALESCE((SELECT MIN(id) - 1 FROM runs WHERE state IN ({open_states})), "
-                        "(SELECT MAX(id) FROM runs), 0)"
-                    ).fetchone()[0]
+                    self._scalar(
+                        f"SELECT COALESCE((SELECT MIN(id) - 1 FROM runs WHERE state IN ({marks})), "
+                        "(SELECT MAX(id) FROM runs), 0)",
+                        OPEN_STATES,
+                    )
                 )
                 count_base = (anchor, count("id <= ?", anchor))
             total = count_base[1] + count("id > ?", count_base[0])
         finally:
-            self.conn.execute("COMMIT")
+            self._execute("COMMIT")
         # Runs pruned since the full count leave `total` a little high until the next one, never low.
         return RunsWindow(rows, newer, max(total, newer + len(rows)), count_base)
 
@@ -352,11 +347,6 @@ def cluster_status(paths: StatePaths, timeout: float = 2.0) -> dict[str, Any]:
 # what `vigil jobs` shows then and what the next `vigil up` would load.
 
 
-def _job_name(path: str, root: Path) -> str:
-    rel = os.path.relpath(path, root)
-    return rel[:-5] if rel.endswith(".toml") else rel
-
-
 def broken_job_files(
     root: Path, valid: Collection[str], errors: Iterable[ConfigError], catalogued: Iterable[str] = ()
 ) -> dict[str, str]:
@@ -366,12 +356,12 @@ def broken_job_files(
     `catalogued` job whose file exists but did not load although it has no error of its own (it
     sits below a broken _folder.toml, say) gets the first error of those files.
     """
-    from .jobfile import FOLDER_FILE, SETTINGS_FILE
+    from .jobfile import FOLDER_FILE, SETTINGS_FILE, job_name_of
 
     broken: dict[str, str] = {}
     shared: str | None = None
     for err in errors:
-        name = _job_name(err.path, root)
+        name = job_name_of(err.path, root)
         if name == SETTINGS_FILE[:-5] or name.rpartition("/")[2] == FOLDER_FILE[:-5] or not err.path.endswith(".toml"):
             shared = shared or err.format()
         elif name not in valid:

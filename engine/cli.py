@@ -155,10 +155,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             catalog = {row["name"]: row for row in reader.jobs()}
         reader.close()
     # A job file that is broken now: its first error, and what the active still runs in its place.
-    broken = broken_job_files(jobs_dir, result.jobs, result.errors)
-    for name, entry in catalog.items():  # e.g. below a broken _folder.toml: its own file has no error
-        if entry["loaded"] and name not in result.jobs and (jobs_dir / f"{name}.toml").exists():
-            broken.setdefault(name, entry["error"] or "not valid now: see the errors below")
+    still_run = [name for name, entry in catalog.items() if entry["loaded"]]
+    broken = broken_job_files(jobs_dir, result.jobs, result.errors, catalogued=still_run)
     now = datetime.now(UTC)
     docs = []
     for name in sorted(set(result.jobs) | set(broken)):

@@ -49,8 +49,9 @@ MAX_ROW_ID = ID_LIMIT - 1  #: the largest valid run id or epoch
 #: Files only an agent's state directory holds: a scheduler refuses such a directory.
 AGENT_STATE_MARKERS = ("journal.db", "agent.token", "agent.addr")
 _DECIMAL = re.compile(r"[0-9]{1,19}")
-# The tables of a Vigil state database (`vigil db check` wants them all); a reader refuses a file
-# without the core ones. A missing newer table is created by the next `vigil up`.
+# The tables `vigil db check` wants in a Vigil state database; a reader refuses a file without the
+# core ones. `run_id_mark` is left out on purpose: a database made by an older version lacks it
+# until the next `vigil up` creates it (as it creates any missing newer table), and is not foreign.
 VIGIL_TABLES = frozenset({"leader", "runs", "job_state", "jobs", "audit", "failovers", "agents"})
 CORE_TABLES = frozenset({"leader", "runs"})
 

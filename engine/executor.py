@@ -373,6 +373,7 @@ class LocalExecutor:
         self._watched: dict[int, _Watched] = {}
         self._starting: dict[int, asyncio.TimerHandle] = {}  #: adopted shims that have not written their pid
         self._ending: dict[int, _Ending] = {}  #: job groups being ended after their shim died
+        self._kill_retries: dict[int, asyncio.TimerHandle] = {}  #: kills waiting for the job's pid
         self._loop = asyncio.get_running_loop()
         self._shim_env = shim_environment()
         self._tools: ShimTools | LaunchError
@@ -651,7 +652,7 @@ class LocalExecutor:
         if run_id in self._ending:
             return True  # already being ended
         if run_id in self._starting:
-            self._loop.call_later(_ADOPT_POLL, self.kill, run_id)  # its pid is not known yet
+            self._retry_kill(run_id, _ADOPT_POLL)  # its pid is not known yet
             return True
         watched = self._watched.get(run_id)
         if watched is None:
@@ -659,12 +660,23 @@ class LocalExecutor:
         self._learn_job(watched)
         if watched.job_pid is None:
             # The shim has not started the job yet: try again shortly.
-            self._loop.call_later(0.02, self.kill, run_id)
+            self._retry_kill(run_id, 0.02)
             return True
         signal_group(watched.job_pid, watched.job_starttime, signal.SIGTERM)
         if watched.kill_timer is None:
             watched.kill_timer = self._loop.call_later(self.kill_grace, self._kill_hard, run_id)
         return True
+
+    def _retry_kill(self, run_id: int, delay: float) -> None:
+        # Tracked so that close() cancels it: a closed executor signals nothing.
+        pending = self._kill_retries.pop(run_id, None)
+        if pending is not None:
+            pending.cancel()
+        self._kill_retries[run_id] = self._loop.call_later(delay, self._kill_again, run_id)
+
+    def _kill_again(self, run_id: int) -> None:
+        self._kill_retries.pop(run_id, None)
+        self.kill(run_id)
 
     def _kill_hard(self, run_id: int) -> None:
         watched = self._watched.get(run_id)
@@ -710,6 +722,9 @@ class LocalExecutor:
         for handle in self._starting.values():
             handle.cancel()
         self._starting.clear()
+        for handle in self._kill_retries.values():
+            handle.cancel()
+        self._kill_retries.clear()
         for ending in self._ending.values():
             if ending.timer is not None:
                 ending.timer.cancel()

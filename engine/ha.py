@@ -291,7 +291,7 @@ class Node:
                 reason = await self._active(takeover)
                 while reason == "epoch" and not self._stop.is_set() and self.lock.still_ours():
                     # An agent has seen a higher epoch (restored database): take the leadership again,
-                    # under the lock we still hold, above it. At most once per minute (see agents.py).
+                    # under the lock we still hold, above it. At most 3 re-takes in any 60 s (see _active).
                     reason = await self._active(Takeover("epoch", self.pid, None))
             except StoreRetryableError as exc:
                 # Becoming active needs writes (the epoch first). A full disk or another writer's
@@ -361,11 +361,13 @@ class Node:
         )
         scheduler.epoch_floor = self._epoch_floor
         now_mono = time.monotonic()
+        self._retakes = [t for t in self._retakes if now_mono - t < 60.0]
         if takeover.cause == "epoch":
             self._retakes.append(now_mono)
-        # A few re-takes may be needed (agents answer one by one); more within a minute means
-        # someone else keeps raising an agent's epoch, which re-taking cannot settle.
-        scheduler.epoch_retake_allowed = sum(1 for t in self._retakes if now_mono - t < 60.0) < 3
+        # A few re-takes may be needed (agents answer one by one): one more is allowed while fewer
+        # than 3 were made in the last 60 s. More means someone else keeps raising an agent's
+        # epoch, which re-taking cannot settle.
+        scheduler.epoch_retake_allowed = len(self._retakes) < 3
         self.scheduler = scheduler
         if self._stop.is_set():
             return "stop"
@@ -434,12 +436,11 @@ class Node:
             self._epoch_floor = scheduler.epoch_floor
             self.scheduler = None
             self.role = "stopped"
-            if scheduler.ledger.abandoned:
-                # The lost database's connection is left open (Ledger.close): SQLite keeps its locks
-                # on the -shm file at that path until the process exits, which it does now; a standby
-                # that opened the path before would trust a stale wal-index. Exit releases both.
-                pass
-            elif not started or scheduler.fatal is not None:
+            # A lost database's connection is left open (Ledger.close): SQLite keeps its locks on
+            # the -shm file at that path until the process exits, which it does now; a standby that
+            # opened the path before would trust a stale wal-index. So the leader lock is kept too:
+            # exit releases both.
+            if not scheduler.ledger.abandoned and (not started or scheduler.fatal is not None):
                 self.lock.release()  # the process ends (exit != 0): it holds nothing meanwhile
         if scheduler.fatal is not None:
             raise scheduler.fatal
@@ -459,7 +460,9 @@ class Node:
         # Only the lock holder binds, so removing a stale socket file here is safe.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.paths.control)
-        server = await asyncio.start_unix_server(self._client, path=socket_address(self.paths.control))
+        server = await asyncio.start_unix_server(
+            self._client, path=socket_address(self.paths.control), limit=MAX_REQUEST
+        )
         # bind() applied the umask; the state directory is 0700 already, this is the second wall.
         os.chmod(self.paths.control, 0o600)
         return server

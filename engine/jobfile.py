@@ -142,6 +142,12 @@ class ScanResult:
     settings: Settings
 
 
+def job_name_of(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """The job name a file under `root` gives (its relative path without `.toml`)."""
+    rel = os.path.relpath(path, root)
+    return rel[:-5] if rel.endswith(".toml") else rel
+
+
 def format_errors(errors: Iterable[ConfigError]) -> str:
     """One `PATH:LINE: KEY: reason` line per error, for the CLI and logs."""
     return "\n".join(error.format() for error in errors)
@@ -724,9 +730,7 @@ def _validate_keys(
             elif key == "overlap":
                 value = Overlap(_as_choice(raw, tuple(Overlap)))
             elif key == "max_queued":
-                value = _as_int(raw, 1)
-                if value > MAX_QUEUED_LIMIT:
-                    raise _Bad(f"must be at most {MAX_QUEUED_LIMIT}, got {value}")
+                value = _as_int(raw, 1, MAX_QUEUED_LIMIT)
             elif key == "catchup":
                 value = Catchup(_as_choice(raw, tuple(Catchup)))
             elif key == "agent":
@@ -848,7 +852,7 @@ def _build_spec(
         retries=values.get("retries", 0),
         retry_delay=values.get("retry_delay", 10.0),
         overlap=values.get("overlap", Overlap.SKIP),
-        max_queued=values.get("max_queued", 10),
+        max_queued=values.get("max_queued", JobSpec.max_queued),  # the class attribute is the default
         catchup=values.get("catchup", Catchup.LATEST),
         catchup_window=values.get("catchup_window", 3600.0),
         agent=values.get("agent"),

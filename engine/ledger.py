@@ -75,9 +75,6 @@ class StoreHealth:
 #: after checking that the database file is still the one it opened.
 CHECKPOINT_EVERY = 100
 
-#: SQLite connections of a lost database file, kept open until the process exits (see Ledger.close).
-_ABANDONED: list[sqlite3.Connection] = []
-
 
 def _transaction(
     conn: sqlite3.Connection,
@@ -223,8 +220,9 @@ class Ledger:
         if stopped is not None:
             await stopped  # after every call queued before it: nothing uses the connection after this
         if conn is not None:
-            _ABANDONED.append(conn)
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))  # survives interpreter teardown too
+            # A reference no one drops: never finalised, so never closed, even when interpreter
+            # teardown clears module globals (a list held there would not be enough).
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
         self.abandoned = True
         log.warning("state database %s was %s: left it untouched (no checkpoint, no close)", self.paths.db, self._lost)
 

@@ -37,6 +37,8 @@ TERMINAL_STATES = frozenset(
     }
 )
 ACTIVE_STATES = frozenset({RunState.LAUNCHING, RunState.RUNNING})
+#: not yet finished, in lifecycle order (a tuple: it is bound as SQL parameters)
+OPEN_STATES = (RunState.PENDING, RunState.WAITING, RunState.LAUNCHING, RunState.RUNNING)
 
 
 class Overlap(StrEnum):

@@ -41,15 +41,6 @@ def has_live_member(pgid: int) -> bool:
     return False
 
 
-def is_same_process(pid: int, expected_starttime: int | None) -> bool:
-    if pid <= 0:
-        return False
-    actual = starttime(pid)
-    if actual is None:
-        return False
-    return expected_starttime is None or actual == expected_starttime
-
-
 class GroupState(StrEnum):
     """What became of a job's process group (pgid = the job's pid), judged by pid + start time."""
 

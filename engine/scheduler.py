@@ -31,21 +31,19 @@ from .errors import (
     LaunchError,
     NotFoundError,
     StoreError,
-    StoreFatalError,
     StoreRetryableError,
     VigilError,
 )
 from .executor import LocalExecutor, ShimExit, gather_evidence
 from .ids import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK, HighWaterFile, recorded_run, run_dir_ids
-from .jobfile import JobFolder, ScanResult
+from .jobfile import JobFolder, ScanResult, job_name_of
 from .ledger import Ledger
-from .model import Catchup, JobSpec, Overlap, RunState, Settings
+from .model import OPEN_STATES, Catchup, JobSpec, Overlap, RunState, Settings
 from .reconcile import Action, decide
 from .text import show
 
 log = logging.getLogger("vigil.scheduler")
 
-OPEN_STATES = ("pending", "waiting", "launching", "running")
 
 #: A fire handled within this many seconds of its time is on time; an older one is late and follows
 #: the job's `catchup` policy (a fixed tolerance, not a fraction of the interval).
@@ -196,7 +194,7 @@ class Scheduler:
         self.high_water = HighWaterFile(paths)  #: used epochs and run ids, kept outside the database
         self.restored = False  #: the database is behind ids used before: restored or replaced
         self.epoch_floor = 0  #: an epoch seen elsewhere (an agent) that this leadership must exceed
-        self.epoch_retake_allowed = True  #: False right after a re-take (see AgentDispatcher)
+        self.epoch_retake_allowed = True  #: False after 3 re-takes within 60 s (see Node._active)
         self.agent_transport_factory: Callable[[Any], Any] | None = None  #: tests: in-process agents
         self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
         self._outage_cause: str | None = None  #: why fires were late: the store refused writes
@@ -316,14 +314,11 @@ class Scheduler:
         """A fault the ledger cannot outlive: stop; the node ends the process (exit != 0)."""
         if self.fatal is None:
             # A file removed or emptied under us often shows first as "corrupt": name the cause.
-            self.fatal = self._db_file_lost() or exc
+            self.fatal = self.ledger.lost_error() or exc
         self.request_stop("store_fatal")
 
-    def _db_file_lost(self) -> StoreFatalError | None:
-        return self.ledger.lost_error()
-
     async def _check_db_file(self) -> None:
-        lost = self._db_file_lost()
+        lost = self.ledger.lost_error()
         if lost is not None:
             raise lost
 
@@ -649,7 +644,7 @@ class Scheduler:
             self.executor.kill_grace = self.settings.kill_grace
         errors: dict[str, str] = {}
         for err in result.errors:
-            errors.setdefault(_job_name_for(err.path, str(self.folder.root)), err.format())
+            errors.setdefault(job_name_of(err.path, self.folder.root), err.format())
         new_messages = set(errors.values()) - set(self.job_errors.values())
         for message in sorted(new_messages):
             log.warning("job file error: %s", message)
@@ -1054,11 +1049,11 @@ class Scheduler:
                 now,
                 job.catchup,
                 job.catchup_window,
-                cause=lambda fire: self._gap_cause(fire, now),
+                cause=self._gap_cause,
                 on_time_s=ON_TIME_TOLERANCE_S,
             )
             if dropped:
-                self._note_dropped(batch, name, fires[0], dropped, self._gap_cause(fires[0], now), now)
+                self._note_dropped(batch, name, fires[0], dropped, self._gap_cause(fires[0]), now)
             if not job.enabled:
                 continue
             # Fires caught up together run one after another, oldest first, whatever `overlap` says:
@@ -1076,8 +1071,8 @@ class Scheduler:
                 else:
                     self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire)
 
-    def _gap_cause(self, fire: datetime, now: datetime) -> str:
-        """Why `fire`, handled at `now`, was not handled on time."""
+    def _gap_cause(self, fire: datetime) -> str:
+        """Why `fire`, handled late, was not handled on time."""
         for jump in reversed(self._forward_jumps):
             # The step came somewhere between the look before it and the look that saw it. It passed
             # over the fires due in that span (not those already late at the look before), and it
@@ -1511,11 +1506,6 @@ def _format_jump(seconds: float) -> str:
     if whole >= 60:
         return f"{whole // 60}m {whole % 60}s"
     return f"{seconds:.1f}s"
-
-
-def _job_name_for(path: str, root: str) -> str:
-    rel = os.path.relpath(path, root)
-    return rel[:-5] if rel.endswith(".toml") else rel
 
 
 def _file_time(path: Path) -> datetime | None:

@@ -621,19 +621,6 @@ class StateSource:
 
     # -- history, runs, logs
 
-    async def runs_page(
-        self, *, job: str | None = None, state: str | None = None, before_id: int | None = None, limit: int = 100
-    ) -> list[RunRecord]:
-        """One keyset page, newest first: costs the same at any depth of a million-run history."""
-
-        def read() -> list[RunRecord]:
-            if not self.paths.db.exists():
-                return []
-            rows = self._reader().runs(job=job, state=state, limit=limit, before_id=before_id)
-            return [RunRecord.from_row(r) for r in rows]
-
-        return await self._in_pool(read)
-
     async def runs_window(
         self,
         *,
@@ -652,14 +639,6 @@ class StateSource:
                 job=job, state=state, limit=limit, before_id=before_id, count_base=count_base
             )
             return [RunRecord.from_row(r) for r in window.runs], window.newer, window.total, window.count_base
-
-        return await self._in_pool(read)
-
-    async def count_runs(self, *, job: str | None = None, state: str | None = None) -> int:
-        def read() -> int:
-            if not self.paths.db.exists():
-                return 0
-            return self._reader().count_runs(job=job, state=state)
 
         return await self._in_pool(read)
 

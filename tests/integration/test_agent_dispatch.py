@@ -471,3 +471,18 @@ async def test_a_restore_found_with_high_water_present_asks_the_agents_before_nu
     cluster.scheduler, cluster.task = scheduler, asyncio.create_task(scheduler.run())
     assert scheduler.restored
     assert numbered_from == [501]
+
+
+async def test_an_agent_that_reports_a_null_max_epoch_stays_usable(cluster: Cluster) -> None:
+    # A null max_epoch means no epoch seen: not an epoch "outside the valid range" that marks it down.
+    async def null_epoch(request: httpx.Request, forward: Any) -> httpx.Response:
+        response = await forward()
+        if request.url.path == "/status" and response.status_code == 200:
+            return httpx.Response(200, json={**response.json(), "max_epoch": None})
+        return response
+
+    cluster.wire.rule = null_epoch
+    write_jobs(cluster.jobs)
+    scheduler = await cluster.start()
+    run_id = await run_now(scheduler)
+    await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "run")
