@@ -605,3 +605,17 @@ async def test_control_characters_in_catalogued_names_are_shown_escaped(make_app
         text = screen_text(app)
         assert "\x1b" not in text
         assert "aaa\\x1b[2Jbad" in text
+
+
+async def test_a_refresh_that_reaches_a_screen_before_it_is_composed_is_left_for_later(make_app) -> None:
+    # On a busy machine a refresh tick can reach a screen that is pushed but not composed yet; it
+    # must not crash the dashboard (NoMatches on its header), and the screen shows the state later.
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        assert app.snapshot is not None
+        not_composed = RunsScreen()
+        not_composed.show_snapshot(app.snapshot)  # raised NoMatches before
+        await app.push_screen(not_composed)
+        await pilot.pause()
+        await until(pilot, lambda: "Runs" in screen_text(app), what="the runs view")

@@ -64,6 +64,10 @@ class ViewScreen(Screen[None]):
 
     def show_snapshot(self, snap: Snapshot) -> None:
         """Called by the app after every refresh tick while this screen is in the current stack."""
+        if not self.query(StatusHeader):
+            # Pushed but not composed yet (a tick can land in between, on a busy machine): it shows
+            # the snapshot when it resumes, or at the next tick.
+            return
         self.show_header()
         self.on_snapshot(snap)
 
