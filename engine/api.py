@@ -146,9 +146,7 @@ class StateReader:
     def run(self, run_id: int) -> dict[str, Any]:
         if as_row_id(run_id) is None:  # beyond SQLite's integers: no such run, not an OverflowError
             raise NotFoundError(f"no run with id {run_id}")
-        rows = self._all(
-            f"SELECT {', '.join(RUN_FIELDS)}, kill_requested, deadline FROM runs WHERE id = ?", (run_id,)
-        )
+        rows = self._all(f"SELECT {', '.join(RUN_FIELDS)}, kill_requested, deadline FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise NotFoundError(f"no run with id {run_id}")
         return rows[0]
@@ -208,10 +206,7 @@ class StateReader:
         return RunsWindow(rows, newer, max(total, newer + len(rows)), count_base)
 
     def counts_by_state(self) -> dict[str, int]:
-        return {
-            row["state"]: row["n"]
-            for row in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")
-        }
+        return {row["state"]: row["n"] for row in self._all("SELECT state, COUNT(*) AS n FROM runs GROUP BY state")}
 
     def jobs(self) -> list[dict[str, Any]]:
         """The active's catalog of loaded jobs with pause flag and latest run.
@@ -284,9 +279,7 @@ class StateReader:
         return rows
 
     def audit(self, limit: int = 50) -> list[dict[str, Any]]:
-        return self._all(
-            "SELECT at, os_user, action, target, result FROM audit ORDER BY id DESC LIMIT ?", (limit,)
-        )
+        return self._all("SELECT at, os_user, action, target, result FROM audit ORDER BY id DESC LIMIT ?", (limit,))
 
     def log_path(self, run_id: int) -> Path:
         return self.paths.run_dir(run_id) / "log"

@@ -251,9 +251,7 @@ def _duration(run: dict[str, Any]) -> str:
 
     if not run["started_at"] or not run["ended_at"]:
         return "-"
-    seconds = (
-        datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])
-    ).total_seconds()
+    seconds = (datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
     return f"{seconds:.2f}s"
 
 
@@ -333,9 +331,7 @@ def cmd_next(args: argparse.Namespace) -> int:
     if job is None:
         job_file = str(jobs_dir / f"{args.name}.toml")
         problems = [e.format() for e in result.errors if e.path == job_file]
-        raise NotFoundError(
-            f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else "")
-        )
+        raise NotFoundError(f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else ""))
     fires = schedule.preview(job, datetime.now(UTC), args.n)
     if args.json:
         _print_json([f.isoformat() for f in fires])
@@ -362,10 +358,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc["jobs"] = len(reader.jobs())
         doc["runs"] = reader.counts_by_state()
         doc["agents"] = [
-            {
-                k: a[k]
-                for k in ("name", "up", "last_contact", "cpu_percent", "memory_percent", "load1", "running")
-            }
+            {k: a[k] for k in ("name", "up", "last_contact", "cpu_percent", "memory_percent", "load1", "running")}
             for a in reader.agents()
         ]
         reader.close()
@@ -389,9 +382,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     for fo in doc["failovers"][:5]:
         gap = "?" if fo["gap_ms"] is None else f"{fo['gap_ms']:.0f} ms"
-        print(
-            f"failover: {_short_time(fo['at'])} {fo['cause']} pid {fo['from_pid']} -> {fo['to_pid']} gap {gap}"
-        )
+        print(f"failover: {_short_time(fo['at'])} {fo['cause']} pid {fo['from_pid']} -> {fo['to_pid']} gap {gap}")
     return EXIT_OK
 
 
@@ -585,9 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "up", parents=[common, jobs], help="run the scheduler in the foreground (active or standby)"
-    )
+    p = sub.add_parser("up", parents=[common, jobs], help="run the scheduler in the foreground (active or standby)")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.set_defaults(func=cmd_up)
 
@@ -630,9 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=5, help=f"how many, 1 to {MAX_PREVIEW} (default 5)")
     p.set_defaults(func=cmd_next)
 
-    p = sub.add_parser(
-        "status", parents=[common, as_json], help="active/standby, counts of jobs and runs, failovers"
-    )
+    p = sub.add_parser("status", parents=[common, as_json], help="active/standby, counts of jobs and runs, failovers")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("switchover", parents=[common], help="hand the active role to a standby")
@@ -649,9 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("monitor", parents=[common, jobs], help="open the terminal dashboard")
     p.add_argument("--read-only", action="store_true", help="disable every action")
-    p.add_argument(
-        "--start", action="store_true", help="also start a scheduler on --jobs for the dashboard's lifetime"
-    )
+    p.add_argument("--start", action="store_true", help="also start a scheduler on --jobs for the dashboard's lifetime")
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("agent", help="serve jobs for a remote scheduler over HTTP")
@@ -671,7 +656,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by this CA (mutual TLS)")
-    p.add_argument("--reset-epoch", metavar="EPOCH", help="first set the highest epoch seen to EPOCH (the active's, from `vigil status`): the way back from a bogus one, docs/agents.md")  # noqa: E501
+    p.add_argument(
+        "--reset-epoch",
+        metavar="EPOCH",
+        help=(
+            "first set the highest epoch seen to EPOCH (the active's, from `vigil status`): "
+            "the way back from a bogus one, docs/agents.md"
+        ),
+    )
     p.set_defaults(func=cmd_agent)
     return parser
 

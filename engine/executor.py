@@ -89,8 +89,10 @@ def scope_prefix(run_id: int, environ: dict[str, str] | None = None) -> list[str
     """
     env = os.environ if environ is None else environ
     forced = env.get("VIGIL_SYSTEMD_SCOPE")
-    wanted = forced == "1" if forced in ("0", "1") else bool(env.get("INVOCATION_ID")) and os.path.isdir(
-        "/run/systemd/system"
+    wanted = (
+        forced == "1"
+        if forced in ("0", "1")
+        else bool(env.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
     )
     exe = shutil.which("systemd-run") if wanted else None
     if exe is None:
@@ -413,7 +415,15 @@ class LocalExecutor:
             argv_job = [tools.env, "--", *env_words, *argv_job]
         umask = f"{job_umask():04o}"  # the shim's own files stay owner-only; the job gets this one
         argv = [
-            *scope_prefix(run_id), SHELL, SHIM, str(run_dir), workdir or "", umask, tools.setsid, tools.env, *argv_job
+            *scope_prefix(run_id),
+            SHELL,
+            SHIM,
+            str(run_dir),
+            workdir or "",
+            umask,
+            tools.setsid,
+            tools.env,
+            *argv_job,
         ]
         if any("\0" in arg for arg in argv):
             raise LaunchError("could not start: the command contains a NUL byte")

@@ -356,9 +356,7 @@ class Node:
     async def _active(self, takeover: Takeover) -> str:
         self.role = "active"
         cause = {"start": "downtime"}.get(takeover.cause, "failover")
-        scheduler = Scheduler(
-            self.paths, self.jobs_dir, clock=self.clock, rescan_interval=self.rescan_interval
-        )
+        scheduler = Scheduler(self.paths, self.jobs_dir, clock=self.clock, rescan_interval=self.rescan_interval)
         scheduler.epoch_floor = self._epoch_floor
         now_mono = time.monotonic()
         self._retakes = [t for t in self._retakes if now_mono - t < 60.0]
@@ -421,9 +419,7 @@ class Node:
             await scheduler.ledger.close()  # run() closed it, unless the start failed (its thread would block exit)
             scheduler.high_water.close()
             if self.stop_reason_is_handover(scheduler):
-                await self._broadcast(
-                    {"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}}
-                )
+                await self._broadcast({"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}})
             server.close()
             self._write_refusal_summary()  # only logged now: the ledger is closed
             await self._close_clients()

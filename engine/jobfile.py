@@ -626,9 +626,7 @@ def _command_bytes(command: str | list[str]) -> int:
 
 
 def _too_long_command(size: int) -> _Bad:
-    return _Bad(
-        f"{_byte_limit(size, MAX_COMMAND_BYTES)} (put a long script in a file and run that)"
-    )
+    return _Bad(f"{_byte_limit(size, MAX_COMMAND_BYTES)} (put a long script in a file and run that)")
 
 
 def _as_command(value: object) -> str | tuple[str, ...]:
@@ -701,9 +699,7 @@ def _resolve_path(value: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
-def _validate_keys(
-    source: _SourceFile, data: Mapping[str, Any]
-) -> tuple[dict[str, _Value], list[ConfigError]]:
+def _validate_keys(source: _SourceFile, data: Mapping[str, Any]) -> tuple[dict[str, _Value], list[ConfigError]]:
     """Check each key of a job or `_folder.toml` on its own; combinations are checked after merging."""
     values: dict[str, _Value] = {}
     errors: list[ConfigError] = []
@@ -910,9 +906,7 @@ def _as_size(value: object) -> int:
     return size
 
 
-def _parse_settings(
-    source: _SourceFile | None, root_abs: str
-) -> tuple[Settings, list[ConfigError], _AgentTargets]:
+def _parse_settings(source: _SourceFile | None, root_abs: str) -> tuple[Settings, list[ConfigError], _AgentTargets]:
     """Settings from vigil.toml; invalid entries are left out (defaults used) and reported."""
     if source is None:
         return Settings(), [], _AgentTargets()
@@ -994,9 +988,7 @@ def _parse_settings(
         invalid.add(name)
 
     settings = Settings(**scheduler, agents=agents, pools=pools)
-    targets = _AgentTargets(
-        frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))
-    )
+    targets = _AgentTargets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools)))
     errors.sort(key=lambda error: error.line or 0)
     return settings, errors, targets
 
@@ -1268,9 +1260,7 @@ class JobFolder:
         """
         walk = _Walk()
         if not os.path.isdir(self._root_abs):
-            walk.errors.append(
-                ConfigError(self.root, "folder", "job folder does not exist or is not a folder")
-            )
+            walk.errors.append(ConfigError(self.root, "folder", "job folder does not exist or is not a folder"))
             return walk
         known = self._files
         seen = walk.seen

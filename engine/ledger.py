@@ -247,9 +247,7 @@ class Ledger:
         """
         async with self._lock:
             try:
-                epoch, previous = await self.db._execute(
-                    _take_leadership, self.db._conn, pid, starttime, since, floor
-                )
+                epoch, previous = await self.db._execute(_take_leadership, self.db._conn, pid, starttime, since, floor)
             except sqlite3.Error as exc:
                 raise store_error(exc, self.paths.db) from exc
         self.epoch = epoch
@@ -279,9 +277,7 @@ class Ledger:
         """One BEGIN IMMEDIATE transaction with the deferred writes plus `statements`."""
         await self._commit(list(statements))
 
-    async def insert_runs(
-        self, rows: list[dict[str, Any]], extra: Iterable[tuple[str, Params]] = ()
-    ) -> set[int]:
+    async def insert_runs(self, rows: list[dict[str, Any]], extra: Iterable[tuple[str, Params]] = ()) -> set[int]:
         """Insert run rows (ids chosen by the caller); return the ids that were new.
 
         A row whose (job, scheduled_for, attempt) already exists is ignored, and its id is not

@@ -257,8 +257,7 @@ def _parse_field(index: int, text: str) -> _ParsedField:
             raise _field_error(index, text, "empty list item")
         if _UNSUPPORTED.match(item):
             raise ValueError(
-                f"{name} field {quote(text)}: hashed (H), random (R) and nearest-weekday (W) values "
-                "are not supported"
+                f"{name} field {quote(text)}: hashed (H), random (R) and nearest-weekday (W) values are not supported"
             )
         if index == _DOM and item == "l":
             last_day = True
@@ -386,8 +385,7 @@ def _parse_cron(expr: str) -> _CronSpec:
         parts = ["0", *parts]
     elif len(parts) != 6:
         raise ValueError(
-            f"expected 5 fields (minute hour day-of-month month day-of-week) "
-            f"or 6 (seconds first), got {len(parts)}"
+            f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 (seconds first), got {len(parts)}"
         )
     fields = [_parse_field(i, part) for i, part in enumerate(parts)]
     dom, dow = fields[_DOM], fields[_DOW]

@@ -291,9 +291,7 @@ class Scheduler:
             self.high_water.close()
         return self.stop_reason
 
-    async def _periodic(
-        self, interval: float, fn: Callable[[], Awaitable[None]], first: float | None = None
-    ) -> None:
+    async def _periodic(self, interval: float, fn: Callable[[], Awaitable[None]], first: float | None = None) -> None:
         await asyncio.sleep(interval if first is None else first)
         while True:
             try:
@@ -390,9 +388,7 @@ class Scheduler:
             started = now - timedelta(seconds=mono - info.started_mono)
             if info.deadline is not None and info.deadline_mono is not None:
                 info.deadline = now + timedelta(seconds=info.deadline_mono - mono)
-            self._carry.statements.append(
-                (SQL_RESTATE_START, (iso(started), iso(info.deadline), self.epoch, info.id))
-            )
+            self._carry.statements.append((SQL_RESTATE_START, (iso(started), iso(info.deadline), self.epoch, info.id)))
 
     def _on_clock_back(self, seconds: float, now: datetime) -> None:
         log.warning(
@@ -546,9 +542,7 @@ class Scheduler:
                     job = self.jobs.get(info.job)
                     if info.deadline is None and job is not None and job.timeout is not None:
                         info.deadline = started + timedelta(seconds=job.timeout)
-                    batch.statements.append(
-                        (SQL_RUNNING, (iso(started), iso(info.deadline), self.epoch, info.id))
-                    )
+                    batch.statements.append((SQL_RUNNING, (iso(started), iso(info.deadline), self.epoch, info.id)))
                     info.state = RunState.RUNNING
                 self._arm_deadline(info)
                 if info.kill_requested:
@@ -715,9 +709,7 @@ class Scheduler:
     async def _write_catalog_of(self, names: set[str], full: bool) -> None:
         statements: list[tuple[str, tuple[Any, ...]]] = []
         if full:
-            statements.append(
-                ("DELETE FROM jobs WHERE ? = (SELECT epoch FROM leader WHERE id = 1)", (self.epoch,))
-            )
+            statements.append(("DELETE FROM jobs WHERE ? = (SELECT epoch FROM leader WHERE id = 1)", (self.epoch,)))
         for name in sorted(names):
             job = self.jobs.get(name)
             error = self.job_errors.get(name)
@@ -729,9 +721,7 @@ class Scheduler:
                     )
                 )
                 if error:
-                    statements.append(
-                        (SQL_JOB_UPSERT, (name, "", "invalid", 0, None, "", "", None, error, self.epoch))
-                    )
+                    statements.append((SQL_JOB_UPSERT, (name, "", "invalid", 0, None, "", "", None, error, self.epoch)))
                 continue
             statements.append(
                 (
@@ -1061,13 +1051,9 @@ class Scheduler:
             catching_up = sum(plan.action == "run" for plan in plans) > 1
             for plan in plans:
                 if plan.action == "missed":
-                    self._new_row(
-                        batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now, reason=plan.reason
-                    )
+                    self._new_row(batch, name, plan.scheduled_for, RunState.MISSED, "schedule", now, reason=plan.reason)
                 elif catching_up:
-                    self._fire(
-                        batch, job, plan.scheduled_for, "schedule", now, since=previous_fire, catchup_queue=True
-                    )
+                    self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire, catchup_queue=True)
                 else:
                     self._fire(batch, job, plan.scheduled_for, "schedule", now, since=previous_fire)
 
@@ -1433,9 +1419,7 @@ class Scheduler:
             info.kill_requested = "kill"
             batch.statements.append((SQL_KILL_REQUEST, ("kill", self.epoch, run_id)))
             if info.state in (RunState.PENDING, RunState.WAITING):
-                self._finish_run(
-                    info, RunState.KILLED, "cancelled by operator before it started", None, now, batch
-                )
+                self._finish_run(info, RunState.KILLED, "cancelled by operator before it started", None, now, batch)
             else:
                 self._kill_running(info)
             return {"run_id": run_id}

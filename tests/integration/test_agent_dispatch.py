@@ -415,7 +415,9 @@ async def test_a_run_that_waited_for_its_agent_does_not_keep_the_waiting_reason_
     scheduler = await cluster.start()
     try:
         run_id = await run_now(scheduler)
-        await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "waiting"], 5, "waiting")
+        await until(
+            lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "waiting"], 5, "waiting"
+        )
         reachable = True
         running = await until(
             lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "running"], 5, "running"
@@ -444,6 +446,8 @@ async def test_a_bogus_max_run_id_on_an_agent_does_not_move_the_schedulers_run_i
     run_id = await run_now(scheduler)
     assert run_id < 1000, run_id
     await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "run")
+
+
 async def test_a_restore_found_with_high_water_present_asks_the_agents_before_numbering(cluster: Cluster) -> None:
     # docs/agents.md: after a restore, run ids continue above the agent's max_run_id, from the
     # first run numbered on (not only when STATE/high-water is missing).

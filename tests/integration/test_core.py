@@ -48,15 +48,12 @@ def test_fires_are_ledgered_with_logs_env_and_metrics(start_up, state_dir: Path,
     assert up.proc.poll() is None
 
 
-def test_timeout_kills_the_whole_process_group(
-    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
-) -> None:
+def test_timeout_kills_the_whole_process_group(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     write_job(
         jobs_dir,
         "slow",
-        'timeout = "1s"\n'
-        f'command = "sleep 60 & echo $! > {pids}; sh -c \'trap \\"\\" TERM; sleep 61\' & sleep 62"\n',
+        f'timeout = "1s"\ncommand = "sleep 60 & echo $! > {pids}; sh -c \'trap \\"\\" TERM; sleep 61\' & sleep 62"\n',
     )
     start_up().wait_active()
     vigil(state_dir, "run", "slow")
@@ -79,9 +76,7 @@ def test_timeout_kills_the_whole_process_group(
     wait_for(group_gone, 3, what="the job's process group (one member ignores SIGTERM) to be gone")
 
 
-def test_sigkill_of_scheduler_mid_run_then_restart(
-    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
-) -> None:
+def test_sigkill_of_scheduler_mid_run_then_restart(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     write_job(jobs_dir, "long", f'command = "while [ ! -e {gate} ]; do sleep 0.05; done; exit 7"\n')
     write_job(jobs_dir, "tick", 'every = "1s"\ncommand = "true"\n')
@@ -146,9 +141,7 @@ def test_sigterm_stops_quickly_and_leaves_jobs_running(
     assert done[0]["state"] == "succeeded"
 
 
-def test_cli_actions_reach_the_active_scheduler_and_are_audited(
-    start_up, state_dir: Path, jobs_dir: Path
-) -> None:
+def test_cli_actions_reach_the_active_scheduler_and_are_audited(start_up, state_dir: Path, jobs_dir: Path) -> None:
     write_job(jobs_dir, "sleeper", 'command = "sleep 30"\n')
     write_job(jobs_dir, "ticker", 'every = "1s"\ncommand = "true"\n')
     start_up().wait_active()
@@ -215,7 +208,11 @@ def test_queued_runs_of_a_deleted_job_all_end_with_a_reason(
     time.sleep(1.5)  # the rescan drops the job; its running run and queue stay
     gate.touch()
     # The running run ends; each queued one then cannot start, and must not hang in `launching`.
-    ended = wait_for(lambda: not [r for r in runs(state_dir, "--job", "slow") if r["state"] in OPEN], 6, what="every run of the deleted job to end")
+    ended = wait_for(
+        lambda: not [r for r in runs(state_dir, "--job", "slow") if r["state"] in OPEN],
+        6,
+        what="every run of the deleted job to end",
+    )
     rows = runs(state_dir, "--job", "slow")
     assert ended and rows[-1]["state"] == "succeeded"
     queued = [r for r in rows if r["state"] != "succeeded"]
@@ -225,9 +222,7 @@ def test_queued_runs_of_a_deleted_job_all_end_with_a_reason(
 
 def test_log_cap_truncates_and_marks(start_up, state_dir: Path, jobs_dir: Path) -> None:
     (jobs_dir / "vigil.toml").write_text('[scheduler]\nlog_cap = "10KB"\n')
-    write_job(
-        jobs_dir, "chatty", 'command = "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done"\n'
-    )
+    write_job(jobs_dir, "chatty", 'command = "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done"\n')
     start_up().wait_active()
     vigil(state_dir, "run", "chatty")
     run = wait_for(lambda: terminal(state_dir, "chatty"), 10)[0]
@@ -276,9 +271,7 @@ def test_next_shows_utc_offsets(tmp_path: Path) -> None:
     write_job(folder, "berlin", 'command = "true"\ncron = "30 2 * * *"\ntimezone = "Europe/Berlin"\n')
     fires = vigil_json(tmp_path / "state", "next", "berlin", "-n", "3", jobs=folder)
     assert len(fires) == 3
-    assert all(f[-6:] in ("+01:00", "+02:00") and ("T02:30:00" in f or "T03:00:00" in f) for f in fires), (
-        fires
-    )
+    assert all(f[-6:] in ("+01:00", "+02:00") and ("T02:30:00" in f or "T03:00:00" in f) for f in fires), fires
 
 
 def test_db_check_backup_and_prune(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
@@ -335,9 +328,7 @@ def test_a_missing_workdir_fails_saying_it_could_not_start(
     assert run["reason"] == f"could not start: workdir {tmp_path / 'no-such-dir'}: No such file or directory"
 
 
-def test_a_run_adopted_before_its_start_was_recorded_still_times_out(
-    start_up, state_dir: Path, jobs_dir: Path
-) -> None:
+def test_a_run_adopted_before_its_start_was_recorded_still_times_out(start_up, state_dir: Path, jobs_dir: Path) -> None:
     write_job(jobs_dir, "slow", 'timeout = "2s"\ncommand = "sleep 60"\n')
     first = start_up()
     first.wait_active()
@@ -360,9 +351,7 @@ def test_a_run_adopted_before_its_start_was_recorded_still_times_out(
     assert done["state"] == "timed_out", done
 
 
-async def test_a_command_after_the_loop_stopped_is_refused_not_left_hanging(
-    state_dir: Path, jobs_dir: Path
-) -> None:
+async def test_a_command_after_the_loop_stopped_is_refused_not_left_hanging(state_dir: Path, jobs_dir: Path) -> None:
     write_job(jobs_dir, "a", 'command = "true"\n')
     scheduler = Scheduler(StatePaths(state_dir), jobs_dir)
     await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")

@@ -109,19 +109,13 @@ def test_crash_failover_adopts_and_accounts_for_every_fire(
     every_fire_accounted(state_dir, "tock", t_start, t_end)
     status = vigil_json(state_dir, "status")
     failover = status["failovers"][0]
-    assert (
-        failover["cause"] == "crash"
-        and failover["from_pid"] == first.pid
-        and failover["to_pid"] == second.pid
-    )
+    assert failover["cause"] == "crash" and failover["from_pid"] == first.pid and failover["to_pid"] == second.pid
     assert failover["gap_ms"] is not None and failover["gap_ms"] < 2000
     tock_missed = [r for r in runs(state_dir, "--job", "tock") if r["state"] == "missed"]
     assert all(r["reason"].startswith("failover") for r in tock_missed)
 
 
-def test_hung_active_is_killed_and_replaced(
-    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
-) -> None:
+def test_hung_active_is_killed_and_replaced(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
     setup_jobs(jobs_dir, tmp_path / "gate")
     first, second = active_and_standby(start_up, state_dir)
     t_start = datetime.now(UTC)
@@ -176,9 +170,7 @@ async def test_a_deposed_process_cannot_write(tmp_path: Path) -> None:
     await new.close()
 
 
-def test_switchover_hands_over_within_a_second(
-    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
-) -> None:
+def test_switchover_hands_over_within_a_second(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
     setup_jobs(jobs_dir, tmp_path / "gate")
     first = start_up()
     first.wait_active()
@@ -227,9 +219,7 @@ def test_chaos_random_kills(start_up, state_dir: Path, jobs_dir: Path, tmp_path:
     (jobs_dir / "vigil.toml").write_text(FAST_HA)
     write_job(jobs_dir, "tick", 'every = "1s"\ncatchup = "all"\ncommand = "true"\n')
     write_job(jobs_dir, "burst", 'every = "1s"\ncatchup = "all"\ncommand = "sleep 0.3"\n')
-    write_job(
-        jobs_dir, "slow", 'every = "2s"\noverlap = "allow"\ncatchup = "all"\ncommand = "sleep 1.5; exit 3"\n'
-    )
+    write_job(jobs_dir, "slow", 'every = "2s"\noverlap = "allow"\ncatchup = "all"\ncommand = "sleep 1.5; exit 3"\n')
     rng = random.Random(int(os.environ.get("VIGIL_CHAOS_SEED", "7")))
     ups = [start_up() for _ in range(3)]
     wait_for(lambda: active_pid(state_dir) is not None, 5)
@@ -470,7 +460,9 @@ def test_lock_file_replaced_and_held_by_another_process_stops_the_active(
     holder = hold_lock(replacement)
     replacement.rename(state_dir / "leader.lock")  # atomically: a file someone else already holds
     try:
-        wait_for(lambda: up.proc.poll() is not None, 5, what="the active to stop: another process holds the new lock file")
+        wait_for(
+            lambda: up.proc.poll() is not None, 5, what="the active to stop: another process holds the new lock file"
+        )
         assert f"pid {holder.pid} holds the new one" in up.output()
     finally:
         holder.kill()
@@ -508,7 +500,9 @@ def test_a_subscriber_that_never_reads_is_dropped_and_the_others_keep_their_hear
         # Subscribe, then ask for far more than the socket holds and never read: only heartbeats
         # and these replies pile up in the active's buffer for this client.
         stalled.sendall(b'{"op": "subscribe", "role": "monitor"}\n' + b'{"op": "status"}\n' * 3000)
-        wait_for(lambda: "dropping monitor subscriber" in first.output(), 10, what="the stalled subscriber to be dropped")
+        wait_for(
+            lambda: "dropping monitor subscriber" in first.output(), 10, what="the stalled subscriber to be dropped"
+        )
         stalled.settimeout(5)
         received = 0
         while chunk := stalled.recv(1 << 20):  # what the kernel had, then the end: the active hung up

@@ -313,9 +313,7 @@ def test_refusals_are_audited_within_a_bound_and_name_who_may(procs, reachable_d
     sock.chmod(0o666)
     # A hostile local user asking again and again must not fill the disk with audit rows.
     flood = [{"op": "run", "job": "a"}] * 60
-    proc = subprocess.run(
-        [*AS_NOBODY_CMD, str(sock), json.dumps(flood)], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([*AS_NOBODY_CMD, str(sock), json.dumps(flood)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     replies = json.loads(proc.stdout)
     assert all(r and r["ok"] is False and r["error"].startswith("permission denied") for r in replies), replies

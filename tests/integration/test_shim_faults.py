@@ -102,7 +102,7 @@ def test_the_jobs_env_reaches_the_job_and_never_the_shim(
 
 def test_env_values_arrive_byte_for_byte(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    tricky = "it's \"quoted\"\n$HOME `id` $(id) \\ ; end"
+    tricky = 'it\'s "quoted"\n$HOME `id` $(id) \\ ; end'
     toml_value = tricky.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     write_job(
         jobs_dir,
@@ -133,8 +133,10 @@ def test_could_not_start_is_told_apart_from_the_jobs_own_exit_127(
     start_up().wait_active()
     for job in ("lost", "noprog", "own127", "badpath"):
         vigil(state_dir, "run", job)
-    ended = {job: wait_for(lambda j=job: terminal(state_dir, j), 10, what=f"{job} to end")[0] for job in
-             ("lost", "noprog", "own127", "badpath")}
+    ended = {
+        job: wait_for(lambda j=job: terminal(state_dir, j), 10, what=f"{job} to end")[0]
+        for job in ("lost", "noprog", "own127", "badpath")
+    }
     lost = ended["lost"]
     assert (lost["state"], lost["exit_code"]) == ("failed", None), lost
     assert lost["reason"] == f"could not start: workdir {missing}: No such file or directory"

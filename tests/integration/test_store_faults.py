@@ -194,7 +194,11 @@ def test_commands_during_an_external_write_lock_are_answered_try_again_not_timed
             assert "did not answer" not in line
             wait_for(lambda: "locked by another writer" in up.output(), 10, what=f"the fault logged\n{up.output()}")
             # While the fault lasts, commands are answered at once, not after another busy timeout.
-            for request in ({"op": "run", "job": "tick"}, {"op": "pause", "job": "tick"}, {"op": "prune", "older_than_s": 1}):
+            for request in (
+                {"op": "run", "job": "tick"},
+                {"op": "pause", "job": "tick"},
+                {"op": "prune", "older_than_s": 1},
+            ):
                 started = time.monotonic()
                 reply = control_request(state_dir, request)
                 took = time.monotonic() - started
@@ -245,14 +249,18 @@ def test_a_takeover_during_an_external_write_lock_waits_instead_of_exiting(
         try:
             os.kill(active.pid, 9)
             active.proc.wait(5)
-            wait_for(lambda: "cannot become active" in standby.output(), 10, what=f"a refused start\n{standby.output()}")
+            wait_for(
+                lambda: "cannot become active" in standby.output(), 10, what=f"a refused start\n{standby.output()}"
+            )
             time.sleep(2.0)  # several attempts' worth
             assert standby.proc.poll() is None, f"the standby gave up:\n{standby.output()}"
             newest = max((r["id"] for r in runs(state_dir)), default=0)
         finally:
             holder.execute("ROLLBACK")
             holder.close()
-        wait_for(lambda: succeeded_after(state_dir, "tick", newest), 20, what=f"ticks after release\n{standby.output()}")
+        wait_for(
+            lambda: succeeded_after(state_dir, "tick", newest), 20, what=f"ticks after release\n{standby.output()}"
+        )
         out = standby.output()
         assert out.count("cannot become active") == 1, out  # logged once, not per attempt
         assert "Traceback" not in out, out

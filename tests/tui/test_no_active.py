@@ -25,7 +25,9 @@ def _state(root: Path, jobs: Path) -> StatePaths:
     paths = StatePaths(root)
     conn = connect(paths)
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute("UPDATE leader SET epoch = ?, pid = 4242, starttime = 1, since = ? WHERE id = 1", (EPOCH, iso(FIXED_NOW)))
+    conn.execute(
+        "UPDATE leader SET epoch = ?, pid = 4242, starttime = 1, since = ? WHERE id = 1", (EPOCH, iso(FIXED_NOW))
+    )
     for name, schedule, next_in in (("d", "every 2s", -30), ("e", "every 1m", 40), ("gone", "every 5m", 200)):
         conn.execute(
             "INSERT INTO jobs (name, path, schedule, enabled, agent, description, tags, next_fire, error, "

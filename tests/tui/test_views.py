@@ -29,6 +29,7 @@ async def open_runs(pilot: Pilot[Any], loaded: Callable[[RunsScreen], object], w
     await until(pilot, lambda: loaded(runs), what=what)
     return runs
 
+
 async def test_jobs_view_shows_each_job_with_glyph_word_schedule_and_result(make_app) -> None:
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -477,9 +478,7 @@ async def test_a_failed_read_does_not_leave_rows_stale(make_app, fixed_paths: St
         assert "· IDLE" in next(line for line in screen_text(app).splitlines() if "demo/overlap_skip" in line)
 
 
-async def test_a_dashboard_that_never_read_the_state_does_not_claim_a_good_read(
-    make_app, monkeypatch
-) -> None:
+async def test_a_dashboard_that_never_read_the_state_does_not_claim_a_good_read(make_app, monkeypatch) -> None:
     """Every read failing from the start once showed "last good read 0.0s ago"."""
     import sqlite3
 

@@ -110,7 +110,10 @@ def test_how_a_shim_ended_is_named_from_its_wait_status() -> None:
     assert executor.shim_end_cause(5, signal.SIGKILL) == (
         "the run's shim (pid 5) was killed (signal 9, SIGKILL) without recording the job's exit"
     )
-    assert executor.shim_end_cause(5, 2 << 8) == "the run's shim (pid 5) exited with status 2 without recording the job's exit"
+    assert (
+        executor.shim_end_cause(5, 2 << 8)
+        == "the run's shim (pid 5) exited with status 2 without recording the job's exit"
+    )
     assert executor.shim_end_cause(5, None) == "the run's shim (pid 5) ended without recording the job's exit"
 
 

@@ -241,9 +241,7 @@ def test_unknown_key_is_reported_with_line_and_suggestion(tmp_path: Path) -> Non
         ('catchup_window = "10000000d"', "catchup_window", "at most 100 years"),
     ],
 )
-def test_bad_values_are_rejected_naming_key_line_and_type(
-    tmp_path: Path, line: str, key: str, expected: str
-) -> None:
+def test_bad_values_are_rejected_naming_key_line_and_type(tmp_path: Path, line: str, key: str, expected: str) -> None:
     tail = "" if line.startswith("command") else 'command = "true"\n'
     path = write(tmp_path, "job.toml", f"# a job\n{line}\n{tail}")
     result = load_folder(tmp_path)
@@ -894,9 +892,7 @@ def test_db_prune_bad_duration_is_a_one_line_error(tmp_path: Path, capsys: pytes
     assert err.startswith("vigil: --older-than: bad duration 'soon'") and "Traceback" not in err
 
 
-def test_next_names_only_the_errors_of_the_job_asked_for(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_next_names_only_the_errors_of_the_job_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from engine.cli import main
 
     write(tmp_path, "jobs/bad.toml", 'command = "true"\ncron = "99 * * * *"\n')
@@ -1149,7 +1145,9 @@ def test_a_file_larger_than_any_job_file_is_refused(tmp_path: Path) -> None:
     assert error.key == "file" and "larger than 1048576 bytes (1 MiB)" in error.reason
 
 
-def test_cli_errors_carrying_user_text_stay_one_escaped_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_carrying_user_text_stay_one_escaped_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from engine.cli import main
 
     write(tmp_path, "a.toml", 'command = "true"\n')
@@ -1218,8 +1216,12 @@ def test_a_scheduler_setting_in_a_job_file_says_where_it_belongs(tmp_path: Path,
 @pytest.mark.parametrize(
     ("text", "key", "expected"),
     [
-        ('[scheduler]\ntimeout = "1s"\n', "scheduler.timeout", "`timeout` is a job setting (a job file or _folder.toml)"),
-        ('[scheduler]\nretries = 3\n', "scheduler.retries", "`retries` is a job setting (a job file or _folder.toml)"),
+        (
+            '[scheduler]\ntimeout = "1s"\n',
+            "scheduler.timeout",
+            "`timeout` is a job setting (a job file or _folder.toml)",
+        ),
+        ("[scheduler]\nretries = 3\n", "scheduler.retries", "`retries` is a job setting (a job file or _folder.toml)"),
         ('log_cap = "1MB"\n', "log_cap", "`log_cap` is a [scheduler] setting: put it under [scheduler]"),
         ('every = "1m"\n', "every", "`every` is a job setting (a job file or _folder.toml)"),
         ("[agents.a]\nurl = 'https://a'\nlog_cap = 5\n", "agents.a.log_cap", "[scheduler] setting"),

@@ -73,9 +73,7 @@ def test_cron_five_fields_fires_on_the_minute_strictly_after() -> None:
     # Exactly on a fire: the next one, never the same instant again.
     assert trigger.next_fire(utc(2026, 1, 5, 10, 15)) == utc(2026, 1, 5, 10, 30)
     # A microsecond before a fire still gets that fire.
-    assert trigger.next_fire(utc(2026, 1, 5, 10, 14, 59) + timedelta(microseconds=999_999)) == utc(
-        2026, 1, 5, 10, 15
-    )
+    assert trigger.next_fire(utc(2026, 1, 5, 10, 14, 59) + timedelta(microseconds=999_999)) == utc(2026, 1, 5, 10, 15)
 
 
 def test_cron_returns_utc_for_non_utc_input() -> None:
@@ -255,9 +253,7 @@ def test_berlin_fall_back_wildcard_hour_runs_hourly_in_real_time() -> None:
         utc(2026, 10, 25, 2, 0),  # 03:00 CET
     ]
     # Starting inside the first pass still finds the repeat.
-    assert CronTrigger("30 * * * *", "Europe/Berlin").next_fire(utc(2026, 10, 25, 0, 45)) == utc(
-        2026, 10, 25, 1, 30
-    )
+    assert CronTrigger("30 * * * *", "Europe/Berlin").next_fire(utc(2026, 10, 25, 0, 45)) == utc(2026, 10, 25, 1, 30)
 
 
 def test_new_york_spring_forward() -> None:
@@ -377,9 +373,7 @@ def test_naive_datetimes_are_rejected() -> None:
 
 
 def test_combined_takes_the_earliest_and_outlives_a_spent_at() -> None:
-    trigger = CombinedTrigger(
-        [CronTrigger("0 * * * *"), EveryTrigger(40 * 60), AtTrigger(utc(2026, 1, 1, 0, 50))]
-    )
+    trigger = CombinedTrigger([CronTrigger("0 * * * *"), EveryTrigger(40 * 60), AtTrigger(utc(2026, 1, 1, 0, 50))])
     assert fires(trigger, utc(2026, 1, 1), 5) == [
         utc(2026, 1, 1, 0, 40),  # every 40m
         utc(2026, 1, 1, 0, 50),  # at

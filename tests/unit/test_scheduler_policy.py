@@ -171,9 +171,7 @@ async def test_a_fire_time_that_already_ran_is_not_run_again_after_the_clock_goe
     assert len(h.executor.launched) == 2
 
 
-async def test_a_fire_time_that_came_round_again_is_not_taken_for_a_restore_at_the_next_start(
-    harness, caplog
-) -> None:
+async def test_a_fire_time_that_came_round_again_is_not_taken_for_a_restore_at_the_next_start(harness, caplog) -> None:
     # The id of a row the ledger ignored (its fire time already had a run) was never used: it must
     # not reach STATE/high-water, or the next active takes its database for a restored backup and
     # restarts every schedule from now (fires lost).
