@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import quote
 
 from .errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
@@ -276,14 +277,8 @@ def connect(paths: StatePaths, *, create: bool = True) -> sqlite3.Connection:
         if tables and "leader" not in tables:
             raise StoreFatalError(foreign_message(paths.db, tables))
         init_schema(conn)
-    except sqlite3.Error as exc:
-        if conn is not None:
-            conn.close()
-        raise store_error(exc, paths.db) from exc
-    except StoreError:
-        if conn is not None:
-            conn.close()
-        raise
+    except (sqlite3.Error, StoreError) as exc:
+        _close_failed(conn, exc, paths.db)
     return conn
 
 
@@ -311,15 +306,18 @@ def open_existing(paths: StatePaths) -> sqlite3.Connection:
         tables = tables_of(conn)
         if not CORE_TABLES <= tables:
             raise StoreFatalError(foreign_message(paths.db, tables))
-    except sqlite3.Error as exc:
-        if conn is not None:
-            conn.close()
-        raise store_error(exc, paths.db) from exc
-    except StoreError:
-        if conn is not None:
-            conn.close()
-        raise
+    except (sqlite3.Error, StoreError) as exc:
+        _close_failed(conn, exc, paths.db)
     return conn
+
+
+def _close_failed(conn: sqlite3.Connection | None, exc: Exception, path: Path) -> NoReturn:
+    """A connection that failed while being opened: close it and raise the classified error."""
+    if conn is not None:
+        conn.close()
+    if isinstance(exc, sqlite3.Error):
+        raise store_error(exc, path) from exc
+    raise exc
 
 
 def tables_of(conn: sqlite3.Connection) -> set[str]:
