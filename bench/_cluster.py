@@ -42,7 +42,7 @@ def vigil_argv() -> list[str]:
 
 
 def iso(dt: datetime) -> str:
-    """The ledger's own text form of a time (engine/db.py `iso`), so text comparisons are exact."""
+    """The ledger's own text form of a time (engine/clock.py `iso`), so text comparisons are exact."""
     return dt.astimezone(UTC).isoformat(timespec="microseconds")
 
 

@@ -204,7 +204,7 @@ def main() -> int:
     print(f"folder: {args.jobs} jobs ({mix}) in {files} files; none due before {now + margin:%H:%M:%S} UTC")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from engine.jobfile import JobFolder
+    from engine.config import JobFolder
 
     t = time.perf_counter()
     scan = JobFolder(jobs_dir).scan()

@@ -42,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from _cluster import machine as shared_machine  # noqa: E402
 
-from engine.db import StatePaths, connect, init_schema, iso  # noqa: E402
+from engine.clock import iso  # noqa: E402
+from engine.paths import StatePaths  # noqa: E402
+from engine.store.sqlite.db import connect, init_schema  # noqa: E402
 from tui.app import VigilApp  # noqa: E402
 from tui.screens.jobs import JobsScreen  # noqa: E402
 from tui.screens.runs import RunsScreen  # noqa: E402

@@ -15,15 +15,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .control import ControlClient
-from .db import StatePaths, as_row_id, connect, parse_iso, store_error
-from .errors import ConfigError, ControlError, NotFoundError, StoreError
-from .model import OPEN_STATES
-from .text import escape  # for readers that show user text (names, reasons) in a terminal
+from engine.clock import parse_iso
+from engine.control import ControlClient
+from engine.errors import ConfigError, ControlError, NotFoundError, StoreError
+from engine.ids import as_row_id
+from engine.model import OPEN_STATES
+from engine.paths import StatePaths
+from engine.store.sqlite.db import connect, store_error
+from engine.text import escape  # for readers that show user text (names, reasons) in a terminal
 
-if TYPE_CHECKING:  # engine.jobfile imports croniter: only readers of job files pay for it
-    from .jobfile import JobFolder
-    from .model import JobSpec
+if TYPE_CHECKING:  # engine.config imports croniter: only readers of job files pay for it
+    from engine.config import JobFolder
+    from engine.model import JobSpec
 
 __all__ = [
     "RUN_FIELDS",
@@ -349,7 +352,7 @@ def broken_job_files(
     `catalogued` job whose file exists but did not load although it has no error of its own (it
     sits below a broken _folder.toml, say) gets the first error of those files.
     """
-    from .jobfile import FOLDER_FILE, SETTINGS_FILE, job_name_of
+    from engine.config import FOLDER_FILE, SETTINGS_FILE, job_name_of
 
     broken: dict[str, str] = {}
     shared: str | None = None
@@ -379,7 +382,7 @@ class JobFilesReader:
     """Re-reads one job folder; a re-read parses only the files that changed since the last one."""
 
     def __init__(self, folder: Path) -> None:
-        from .jobfile import JobFolder
+        from engine.config import JobFolder
 
         self.folder = Path(folder)
         self._loader: JobFolder = JobFolder(self.folder, keep_last_valid=False)

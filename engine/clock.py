@@ -69,3 +69,20 @@ class FakeClock:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def iso(dt: datetime | None) -> str | None:
+    """The one text form of a time in the database: UTC, microseconds, '+00:00'."""
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    """A stored ISO-8601 time; None for a missing or unreadable one."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None

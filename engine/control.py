@@ -11,8 +11,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .db import BUSY_TIMEOUT_MS, StatePaths
-from .errors import ControlError, NoActiveSchedulerError
+from engine.errors import ControlError, NoActiveSchedulerError
+from engine.paths import StatePaths
+from engine.store.sqlite.db import BUSY_TIMEOUT_MS
 
 MAX_LINE = 1 << 20  #: the longest reply a client reads
 MAX_REQUEST = 1 << 16  #: the longest request line the scheduler reads (asyncio's stream limit)

@@ -39,6 +39,46 @@ TERMINAL_STATES = frozenset(
 ACTIVE_STATES = frozenset({RunState.LAUNCHING, RunState.RUNNING})
 #: not yet finished, in lifecycle order (a tuple: it is bound as SQL parameters)
 OPEN_STATES = (RunState.PENDING, RunState.WAITING, RunState.LAUNCHING, RunState.RUNNING)
+#: not yet started: held by the scheduler (pending) or by an agent's absence (waiting)
+QUEUED_STATES = frozenset({RunState.PENDING, RunState.WAITING})
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One row of the ledger's `runs` table, as every reader and the active see it."""
+
+    id: int
+    job: str
+    scheduled_for: datetime
+    attempt: int
+    state: RunState
+    trigger: str
+    epoch: int  #: of the active that created it
+    created_at: datetime
+    reason: str | None = None
+    not_before: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    pid_starttime: int | None = None
+    deadline: datetime | None = None
+    kill_requested: str | None = None
+    agent: str | None = None
+    peak_rss: int | None = None
+    cpu_s: float | None = None
+    command: str | None = None  #: JSON text of the command as launched
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderRow:
+    """The ledger's leader row: who holds the current epoch, and whether it stopped cleanly."""
+
+    epoch: int
+    pid: int | None
+    starttime: int | None
+    since: datetime | None
+    clean_stop: bool
 
 
 class Overlap(StrEnum):

@@ -27,8 +27,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from engine.control import ControlClient
-from engine.db import StatePaths
 from engine.errors import ControlError
+from engine.paths import StatePaths
 from tui.data import RunRecord, Snapshot, StateSource, utc_now
 from tui.screens.agents import AgentsScreen
 from tui.screens.base import ViewScreen

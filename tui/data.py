@@ -28,18 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.api import (
-    JobFilesReader,
-    JobFilesView,
-    LogChunk,
-    StateReader,
-    catalog_folder,
-    catalog_without_active,
-)
+from engine.api import JobFilesReader, JobFilesView, LogChunk, StateReader, catalog_folder, catalog_without_active
+from engine.clock import parse_iso
 from engine.control import COMMAND_TIMEOUT_S, ControlClient
-from engine.db import StatePaths, parse_iso
 from engine.errors import ControlError, NoActiveSchedulerError, VigilError
 from engine.model import ACTIVE_STATES, RunState
+from engine.paths import StatePaths
 
 __all__ = [
     "ActiveInfo",

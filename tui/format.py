@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from engine.db import parse_iso
+from engine.clock import parse_iso
 from engine.model import RunState
 
 #: Tones name colours in the stylesheet (`$primary`, `$success`, `$error`, `$warning`, ...).

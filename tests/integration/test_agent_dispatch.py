@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.agent_server import AgentApp, AgentService
-from engine.db import StatePaths
-from engine.scheduler import Scheduler
+from engine.agents.server import AgentApp, AgentService
+from engine.paths import StatePaths
+from engine.run.scheduler import Scheduler
 
 Rule = Callable[[httpx.Request, Callable[[], Awaitable[httpx.Response]]], Awaitable[httpx.Response]]
 
@@ -329,9 +329,8 @@ async def agent_post(cluster: Cluster, path: str, body: dict[str, Any]) -> httpx
 
 
 def test_scheduler_and_agent_agree_on_one_id_range() -> None:
-    from engine.agent_server import BadRequest, _body_id
-    from engine.db import MAX_ROW_ID, as_row_id
-    from engine.ids import valid_id
+    from engine.agents.server import BadRequest, _body_id
+    from engine.ids import MAX_ROW_ID, as_row_id, valid_id
 
     for value in (0, 1, MAX_ROW_ID - 1, MAX_ROW_ID, MAX_ROW_ID + 1, 2**62, 2**63 - 1, 2**63, -1):
         try:
@@ -360,7 +359,7 @@ async def test_an_epoch_the_scheduler_would_refuse_is_refused_by_the_agent(clust
 async def test_an_agent_pushed_to_a_bogus_epoch_names_the_way_back_and_reset_epoch_restores_it(
     cluster: Cluster, tmp_path: Path, pushed: str
 ) -> None:
-    from engine.db import MAX_ROW_ID
+    from engine.ids import MAX_ROW_ID
 
     write_jobs(cluster.jobs)
     scheduler = await cluster.start()
@@ -432,7 +431,7 @@ async def test_a_run_that_waited_for_its_agent_does_not_keep_the_waiting_reason_
 async def test_a_bogus_max_run_id_on_an_agent_does_not_move_the_schedulers_run_ids(
     cluster: Cluster, pushed: str
 ) -> None:
-    from engine.db import MAX_ROW_ID
+    from engine.ids import MAX_ROW_ID
 
     write_jobs(cluster.jobs)
     scheduler = await cluster.start()

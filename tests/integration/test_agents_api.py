@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.agent_protocol import (
+from engine.agents.dispatcher import choose_member, targets_of
+from engine.agents.protocol import (
     AgentAmbiguous,
     AgentClient,
     AgentNotFound,
@@ -17,8 +18,7 @@ from engine.agent_protocol import (
     is_loopback_host,
     split_host_port,
 )
-from engine.agent_server import AgentApp, AgentService
-from engine.agents import choose_member, targets_of
+from engine.agents.server import AgentApp, AgentService
 from engine.errors import StaleEpochError
 from engine.model import AgentSpec, PoolSpec, Settings
 
@@ -224,7 +224,7 @@ async def test_a_hostile_agents_numbers_never_reach_the_scheduler() -> None:
 async def test_a_journal_from_before_end_state_is_upgraded_and_reports_start_failures(tmp_path: Path) -> None:
     import sqlite3
 
-    from engine.agent_server import JOURNAL_SCHEMA
+    from engine.agents.server import JOURNAL_SCHEMA
 
     state = tmp_path / "agent"
     state.mkdir(mode=0o700)

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from engine.db import StatePaths, connect
 from engine.model import RunState
+from engine.paths import StatePaths
+from engine.store.sqlite.db import connect
 from tests.helpers import Up, vigil, write_job
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psutil
 
-from engine.db import StatePaths
-from engine.scheduler import Scheduler
+from engine.paths import StatePaths
+from engine.run.scheduler import Scheduler
 from tests.helpers import runs, vigil, vigil_json, wait_for, write_job
 
 OPEN = ("pending", "waiting", "launching", "running")

@@ -17,10 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.db import StatePaths, connect
 from engine.errors import FencedError
-from engine.ledger import Ledger
-from engine.procs import flock_holders, starttime
+from engine.exec.procs import flock_holders, starttime
+from engine.paths import StatePaths
+from engine.store import LeaderClaim
+from engine.store.sqlite.db import connect
+from engine.store.sqlite.ledger import Ledger
 from tests.helpers import Up, runs, vigil, vigil_json, wait_for, write_job
 
 FAST_HA = '[scheduler]\nheartbeat_interval = "100ms"\nheartbeat_timeout = "1s"\n'
@@ -145,11 +147,11 @@ async def test_a_deposed_process_cannot_write(tmp_path: Path) -> None:
     paths = StatePaths(tmp_path / "state")
     old = Ledger(paths)
     await old.open()
-    await old.take_leadership(1, 1, "2026-01-01T00:00:00+00:00")
+    await old.take_leadership(LeaderClaim(1, 1, datetime.fromisoformat("2026-01-01T00:00:00+00:00")))
     await old.write([("UPDATE leader SET clean_stop = 0 WHERE id = 1", ())])
     new = Ledger(paths)
     await new.open()
-    await new.take_leadership(2, 2, "2026-01-01T00:00:01+00:00")
+    await new.take_leadership(LeaderClaim(2, 2, datetime.fromisoformat("2026-01-01T00:00:01+00:00")))
     row = {
         "id": 1, "job": "j", "scheduled_for": "2026-01-01T00:00:00.000000+00:00", "attempt": 1,
         "state": "launching", "reason": None, "trigger": "schedule", "epoch": old.epoch,
@@ -294,7 +296,7 @@ def test_an_active_whose_start_fails_exits_instead_of_hanging(state_dir: Path, j
     # A start-up failure inside the active (an internal error while loading) must end the process,
     # so that a standby or a supervisor takes over, not leave it holding the lock and serving.
     program = (
-        "import sys, engine.scheduler as s\n"
+        "import sys, engine.run.scheduler as s\n"
         "async def fail(self): raise RuntimeError('injected start failure')\n"
         "s.Scheduler.prepare = fail\n"
         "from engine.cli import main\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.db import StatePaths
-from engine.executor import LocalExecutor, ShimExit
+from engine.exec.local import LocalExecutor, ShimExit
+from engine.paths import StatePaths
 from tests.helpers import runs, vigil, vigil_json, wait_for, write_job
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.executor import lock_is_held as _lock_held
-from engine.procs import GroupState, group_state
+from engine.exec.local import lock_is_held as _lock_held
+from engine.exec.procs import GroupState, group_state
 from tests.helpers import Up, runs, vigil, wait_for, write_job
 from tests.integration.test_restore import replace_db
 

@@ -352,9 +352,9 @@ async def test_refusals_past_the_bound_are_summarised_in_one_audit_row(
 ) -> None:
     import asyncio
 
-    from engine import ha
     from engine.control import RefusalAudit
-    from engine.db import StatePaths
+    from engine.ha import node as ha
+    from engine.paths import StatePaths
 
     state, jobs = tmp_path / "state", tmp_path / "jobs"
     jobs.mkdir()
@@ -551,7 +551,7 @@ def test_a_journal_poisoned_by_an_older_agent_heals_on_start(procs, tmp_path: Pa
 def test_an_agent_locked_out_by_a_top_epoch_gets_back_with_reset_epoch(procs, tmp_path: Path, token_file: Path) -> None:
     # Review 9, #11: a token holder pushed the agent's highest epoch to the top of the valid range
     # (no scheduler can go above it); `vigil agent --reset-epoch EPOCH` is the documented way back.
-    from engine.db import MAX_ROW_ID
+    from engine.ids import MAX_ROW_ID
 
     state = tmp_path / "agent"
     auth = {"Authorization": "Bearer " + token_file.read_text().strip()}

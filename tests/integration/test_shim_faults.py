@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import executor as executor_mod
-from engine.db import StatePaths
-from engine.executor import LocalExecutor, ShimExit
-from engine.procs import signal_group, starttime
+from engine.exec import local as executor_mod
+from engine.exec.local import LocalExecutor, ShimExit
+from engine.exec.procs import signal_group, starttime
+from engine.paths import StatePaths
 from tests.helpers import runs, vigil, wait_for, write_job
 
 OPEN = ("pending", "waiting", "launching", "running")

@@ -13,10 +13,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from engine.store import LeaderClaim
 from tests.helpers import Up, exit_recorded, runs, vigil, vigil_json, wait_for, write_job
 
 FAST = '[scheduler]\nheartbeat_interval = "100ms"\nheartbeat_timeout = "1s"\nlog_cap = "10MB"\n'
@@ -529,8 +531,8 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
     from datetime import UTC, datetime
 
     from engine.clock import FakeClock
-    from engine.db import StatePaths
-    from engine.scheduler import Scheduler
+    from engine.paths import StatePaths
+    from engine.run.scheduler import Scheduler
 
     write_job(jobs_dir, "tick", 'every = "1s"\ncatchup = "latest"\ncommand = "true"\n')
     clock = FakeClock(datetime(2026, 11, 29, 3, 0, 0, 500000, tzinfo=UTC))
@@ -578,8 +580,8 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
     from datetime import UTC, datetime
 
     from engine.clock import FakeClock
-    from engine.db import StatePaths
-    from engine.scheduler import Scheduler
+    from engine.paths import StatePaths
+    from engine.run.scheduler import Scheduler
 
     write_job(jobs_dir, "slow", 'every = "1h"\ntimeout = "2s"\ncommand = "sleep 30"\n')
     clock = FakeClock(datetime(2026, 11, 29, 3, 0, 0, 500000, tzinfo=UTC))
@@ -616,15 +618,17 @@ async def test_writes_queued_behind_a_locked_write_do_not_each_wait_a_busy_timeo
     # A command's commit often waits behind another write (the flusher's): when that one has just
     # waited the whole busy timeout and failed, the next fails at once, so a command is answered
     # within one busy timeout, not two or more.
-    from engine.db import StatePaths
     from engine.errors import StoreRetryableError
-    from engine.ledger import Ledger
+    from engine.paths import StatePaths
+    from engine.store.sqlite.ledger import Ledger
 
     ledger = Ledger(StatePaths(state_dir), busy_timeout_ms=1000)
     await ledger.open()
     holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
     try:
-        await ledger.take_leadership(os.getpid(), None, "2026-11-29T03:00:00+00:00")
+        await ledger.take_leadership(
+            LeaderClaim(os.getpid(), None, datetime.fromisoformat("2026-11-29T03:00:00+00:00"))
+        )
         holder.execute("BEGIN IMMEDIATE")
         sql = "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES ('t', 'u', 'a', '', '', 1)"
         started = time.monotonic()

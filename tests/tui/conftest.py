@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from engine.db import StatePaths
+from engine.paths import StatePaths
 from tests.tui.fixture_state import FixedActiveSource, build_fixed_state, fixed_clock
 from tui.app import VigilApp
 

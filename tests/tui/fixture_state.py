@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from engine.db import StatePaths, connect, iso
+from engine.clock import iso
+from engine.paths import StatePaths
+from engine.store.sqlite.db import connect
 from tui.data import ActiveInfo, ClusterInfo, StateSource
 
 FIXED_NOW = datetime(2030, 1, 2, 12, 0, 0, tzinfo=UTC)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from engine.api import StateReader
-from engine.db import StatePaths, os_user
+from engine.paths import StatePaths, os_user
 from tests.helpers import write_job
 from tests.tui.conftest import ready, until
 from tests.tui.screen_text import screen_text

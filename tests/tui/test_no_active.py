@@ -11,7 +11,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from engine.db import StatePaths, connect, iso
+from engine.clock import iso
+from engine.paths import StatePaths
+from engine.store.sqlite.db import connect
 from tests.tui.conftest import ready, until
 from tests.tui.fixture_state import EPOCH, FIXED_NOW, FixedActiveSource, fixed_clock
 from tests.tui.screen_text import screen_text

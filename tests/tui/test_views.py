@@ -8,7 +8,8 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from engine.db import StatePaths, connect
+from engine.paths import StatePaths
+from engine.store.sqlite.db import connect
 from tests.tui.conftest import ready, until
 from tests.tui.fixture_state import EPOCH, FIXED_NOW, fixed_clock
 from tests.tui.screen_text import screen_text

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import executor
 from engine.errors import VigilError
-from engine.reconcile import Action, ShimEvidence, decide
+from engine.exec import local as executor
+from engine.exec.reconcile import Action, ShimEvidence, decide
 
 
 def test_scope_prefix_only_under_systemd(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.api import JobFilesReader, catalog_folder, catalog_without_active
-from engine.db import iso
+from engine.clock import iso
 
 NOW = datetime(2030, 1, 2, 12, 0, tzinfo=UTC)
 

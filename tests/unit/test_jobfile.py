@@ -1,4 +1,4 @@
-"""Job folder loading, validation and live reload (engine.jobfile), on real files in tmp_path."""
+"""Job folder loading, validation and live reload (engine.config), on real files in tmp_path."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from engine.config import JobFolder, format_errors, load_folder, load_settings
 from engine.errors import ConfigError
-from engine.jobfile import JobFolder, format_errors, load_folder, load_settings
 from engine.model import Catchup, Overlap, Settings
 from engine.schedule import trigger_for
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
-from engine.db import StatePaths
-from engine.ledger import Ledger
-from engine.scheduler import SQL_FINISH
+from engine.paths import StatePaths
+from engine.run.scheduler import SQL_FINISH
+from engine.store import LeaderClaim
+from engine.store.sqlite.ledger import Ledger
 
 NOW = "2026-11-29T03:00:00.000000+00:00"
 
@@ -34,7 +36,7 @@ async def test_a_fire_is_inserted_once_and_its_end_recorded_once(tmp_path: Path)
     ledger = Ledger(StatePaths(tmp_path))
     await ledger.open()
     try:
-        epoch, _ = await ledger.take_leadership(os.getpid(), None, NOW)
+        epoch, _ = await ledger.take_leadership(LeaderClaim(os.getpid(), None, datetime.fromisoformat(NOW)))
         assert epoch == 1
         assert await ledger.insert_runs([row(1)]) == {1}
         # The same (job, scheduled_for, attempt) under a new id is not new: it must not launch.
@@ -58,7 +60,7 @@ async def test_deferred_writes_survive_a_failed_transaction(tmp_path: Path) -> N
     ledger = Ledger(StatePaths(tmp_path))
     await ledger.open()
     try:
-        await ledger.take_leadership(os.getpid(), None, NOW)
+        await ledger.take_leadership(LeaderClaim(os.getpid(), None, datetime.fromisoformat(NOW)))
         await ledger.insert_runs([row(1)])
         ledger.defer(*finish("failed", 4))
         with pytest.raises(StoreError):  # the transaction that carried the deferred update fails
@@ -83,7 +85,7 @@ async def test_a_full_database_names_the_fault_and_keeps_the_deferred_writes(tmp
     ledger = Ledger(StatePaths(tmp_path))
     await ledger.open()
     try:
-        await ledger.take_leadership(os.getpid(), None, NOW)
+        await ledger.take_leadership(LeaderClaim(os.getpid(), None, datetime.fromisoformat(NOW)))
         await ledger.insert_runs([row(1)])
         ledger.defer(*finish("failed", 4))
         (pages,) = (await ledger.query("PRAGMA page_count"))[0]
@@ -112,7 +114,7 @@ async def test_an_external_write_lock_is_a_retryable_fault(tmp_path: Path) -> No
     ledger = Ledger(StatePaths(tmp_path), busy_timeout_ms=50)
     await ledger.open()
     try:
-        await ledger.take_leadership(os.getpid(), None, NOW)
+        await ledger.take_leadership(LeaderClaim(os.getpid(), None, datetime.fromisoformat(NOW)))
         holder = sqlite3.connect(tmp_path / "vigil.db", isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(StoreRetryableError, match="locked by another writer"):
@@ -128,7 +130,7 @@ def test_store_health_backs_off_logs_once_and_reports_the_recovery_once() -> Non
     from pytest import approx
 
     from engine.errors import StoreRetryableError
-    from engine.ledger import StoreHealth
+    from engine.store.sqlite.ledger import StoreHealth
 
     health = StoreHealth(first_delay=0.1, max_delay=0.4)
     full = StoreRetryableError("disk full", "state database: disk full")
@@ -151,8 +153,8 @@ def test_sqlite_errors_are_classified_in_one_place(tmp_path: Path) -> None:
 
     import pytest
 
-    from engine.db import store_error
     from engine.errors import FencedError, StoreFatalError, StoreRetryableError
+    from engine.store.sqlite.db import store_error
 
     def real_error(setup: str, statement: str) -> sqlite3.Error:
         db.unlink(missing_ok=True)

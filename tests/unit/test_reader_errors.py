@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from engine.api import StateReader
-from engine.db import StatePaths, connect
 from engine.errors import StoreError
+from engine.paths import StatePaths
+from engine.store.sqlite.db import connect
 
 
 class _FailingCounts:

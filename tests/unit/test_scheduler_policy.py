@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-import engine.scheduler as scheduler_module
+import engine.run.scheduler as scheduler_module
 from engine.clock import FakeClock
-from engine.db import StatePaths
-from engine.executor import ShimExit
-from engine.scheduler import Scheduler
+from engine.exec.local import ShimExit
+from engine.paths import StatePaths
+from engine.run.scheduler import Scheduler
 from tests.helpers import write_job
 
 START = datetime(2026, 11, 29, 2, 59, 59, 500000, tzinfo=UTC)
@@ -617,7 +617,7 @@ async def test_the_queue_is_capped_by_max_queued_and_a_started_run_loses_its_wai
 
 
 def test_max_queued_is_validated(tmp_path: Path) -> None:
-    from engine.jobfile import load_folder
+    from engine.config import load_folder
 
     write_job(tmp_path, "ok", 'command = "true"\noverlap = "queue"\nmax_queued = 3\n')
     write_job(tmp_path, "zero", 'command = "true"\nmax_queued = 0\n')

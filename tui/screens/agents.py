@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 
-from engine.db import parse_iso
+from engine.clock import parse_iso
 from tui.data import AgentRecord, Snapshot
 from tui.format import NONE_TEXT, fmt_age, fmt_percent
 from tui.screens.base import ViewScreen

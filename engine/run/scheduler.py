@@ -22,25 +22,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import schedule
-from .clock import Clock, SystemClock
-from .db import StatePaths, as_row_id, iso, parse_iso
-from .durations import MAX_DURATION_S, MAX_DURATION_TEXT
-from .errors import (
-    FencedError,
-    LaunchError,
-    NotFoundError,
-    StoreError,
-    StoreRetryableError,
-    VigilError,
-)
-from .executor import LocalExecutor, ShimExit, gather_evidence
-from .ids import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK, HighWaterFile, recorded_run, run_dir_ids
-from .jobfile import JobFolder, ScanResult, job_name_of
-from .ledger import Ledger
-from .model import OPEN_STATES, Catchup, JobSpec, Overlap, RunState, Settings
-from .reconcile import Action, decide
-from .text import show
+from engine import schedule
+from engine.clock import Clock, SystemClock, iso, parse_iso
+from engine.config import JobFolder, ScanResult, job_name_of
+from engine.durations import MAX_DURATION_S, MAX_DURATION_TEXT
+from engine.errors import FencedError, LaunchError, NotFoundError, StoreError, StoreRetryableError, VigilError
+from engine.exec.local import LocalExecutor, ShimExit, gather_evidence
+from engine.exec.reconcile import Action, decide
+from engine.exec.rundirs import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK, HighWaterFile, recorded_run, run_dir_ids
+from engine.ids import as_row_id
+from engine.model import OPEN_STATES, Catchup, JobSpec, LeaderRow, Overlap, RunState, Settings
+from engine.paths import StatePaths
+from engine.store import LeaderClaim
+from engine.store.sqlite.ledger import Ledger
+from engine.text import show
 
 log = logging.getLogger("vigil.scheduler")
 
@@ -201,18 +196,18 @@ class Scheduler:
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def take_leadership(self, *, pid: int, starttime: int | None, cause: str) -> dict[str, Any]:
+    async def take_leadership(self, *, pid: int, starttime: int | None, cause: str) -> LeaderRow:
         """Bump the epoch before anything else. Returns the previous leader row."""
         await self.ledger.open()
         now = self.clock.now()
         seen = await asyncio.to_thread(self.high_water.load)
         floor = max(seen.epoch, self.epoch_floor)
-        epoch, previous = await self.ledger.take_leadership(pid, starttime, iso(now) or "", floor=floor)
+        epoch, previous = await self.ledger.take_leadership(LeaderClaim(pid, starttime, now), floor=floor)
         self.high_water.raise_to(epoch=epoch)  # before the epoch reaches an agent or a job
-        self.restored = int(previous["epoch"] or 0) < seen.epoch
+        self.restored = previous.epoch < seen.epoch
         self.takeover_cause = cause
         self.started_at = now
-        log.info("active with epoch %d (previous leader pid %s)", epoch, previous.get("pid"))
+        log.info("active with epoch %d (previous leader pid %s)", epoch, previous.pid)
         return previous
 
     async def prepare(self) -> None:
@@ -226,7 +221,7 @@ class Scheduler:
             log_cap=result.settings.log_cap,
             kill_grace=result.settings.kill_grace,
         )
-        from .agents import AgentDispatcher  # remote agents (engine/agents.py)
+        from engine.agents.dispatcher import AgentDispatcher  # remote agents
 
         dispatcher = AgentDispatcher(self, transport_factory=self.agent_transport_factory)
         self.executors["agent"] = dispatcher
@@ -1334,7 +1329,7 @@ class Scheduler:
         """Run an operator command inside the main loop and return its reply.
 
         `args["user"]`, which the audit records, is set by the control server from the socket's
-        peer credentials (engine/ha.py): a request cannot choose it.
+        peer credentials (engine/ha/node.py): a request cannot choose it.
         """
         if op in self.extra_handlers:
             return await self.extra_handlers[op](args)

@@ -6,7 +6,7 @@ never started twice:
 
 - a repeated dispatch of a run id it already has returns that run's status (idempotent);
 - after a restart it settles its open runs from the shim's files exactly as the scheduler does
-  (engine/reconcile.py): adopt live shims, ingest finished ones, launch never-started ones, and
+  (engine/exec/reconcile.py): adopt live shims, ingest finished ones, launch never-started ones, and
   call the rest `unknown`;
 - a finished run's result stays in the journal until a scheduler acknowledges it *after*
   recording it (at-least-once delivery; the ledger makes recording exactly-once);
@@ -45,8 +45,8 @@ from urllib.parse import parse_qs
 
 import psutil
 
-from . import __version__
-from .agent_protocol import (
+from engine import __version__
+from engine.agents.protocol import (
     END_FAILED,
     EPOCH_HEADER,
     FINISHED,
@@ -59,10 +59,12 @@ from .agent_protocol import (
     read_token,
     split_host_port,
 )
-from .db import MAX_ROW_ID, StatePaths, as_row_id, ensure_private_dir, iso, restrict_umask
-from .errors import AgentError, LaunchError, StaleEpochError, VigilError
-from .executor import LocalExecutor, ShimExit, gather_evidence
-from .reconcile import Action, decide
+from engine.clock import iso
+from engine.errors import AgentError, LaunchError, StaleEpochError, VigilError
+from engine.exec.local import LocalExecutor, ShimExit, gather_evidence
+from engine.exec.reconcile import Action, decide
+from engine.ids import MAX_ROW_ID, as_row_id
+from engine.paths import StatePaths, ensure_private_dir, restrict_umask
 
 log = logging.getLogger("vigil.agent")
 
@@ -138,7 +140,7 @@ class Journal:
         self.instance = self._meta("instance") or self._set_meta("instance", uuid.uuid4().hex)
         self.max_epoch = self._load_max_epoch()
         # The highest run id ever dispatched here, kept after the run is pruned: a scheduler whose
-        # database was restored numbers its runs above it (engine/ids.py).
+        # database was restored numbers its runs above it (engine/exec/rundirs.py).
         newest = self.conn.execute("SELECT COALESCE(MAX(run_id), 0) FROM runs").fetchone()[0]
         self.max_run_id = max(int(self._meta("max_run_id") or 0), int(newest))
 

@@ -13,62 +13,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiosqlite
 
-from .db import BUSY_TIMEOUT_MS, PRAGMAS, StatePaths, connect, rollback_quietly, store_error
-from .errors import StoreError, StoreFatalError, StoreRetryableError
+from engine.clock import iso, parse_iso
+from engine.errors import StoreError, StoreFatalError, StoreRetryableError
+from engine.model import LeaderRow, Run, RunState
+from engine.paths import StatePaths
+from engine.store import JobState, LeaderClaim, LedgerStart
+from engine.store.health import StoreHealth
+from engine.store.intents import CleanStop, Intent, NewRun
+from engine.store.sqlite.db import BUSY_TIMEOUT_MS, PRAGMAS, connect, rollback_quietly, store_error
+from engine.store.sqlite.queries import QUERIES
+from engine.store.sqlite.rows import leader_of, run_of
+from engine.store.sqlite.statements import bind
 
-Params = Sequence[Any]
+Params = Sequence[Any] | dict[str, Any]
 log = logging.getLogger("vigil.ledger")
-
-
-class StoreHealth:
-    """Backoff and log-once for retryable store faults. Pure policy: callers pass the time."""
-
-    def __init__(self, first_delay: float = 0.1, max_delay: float = 2.0) -> None:
-        self.first_delay = first_delay
-        self.max_delay = max_delay
-        self.fault: StoreRetryableError | None = None
-        self.failures = 0  #: failed writes so far (a writer that waited for the lock compares it)
-        self.since = 0.0
-        self.retry_at = 0.0
-        self._delay = 0.0
-
-    @property
-    def failing(self) -> bool:
-        return self.fault is not None
-
-    def failed(self, exc: StoreRetryableError, now: float) -> bool:
-        """Note a failed write; True when it is news (a fault begins or changes kind): log it."""
-        news = self.fault is None or self.fault.kind != exc.kind
-        self.failures += 1
-        if self.fault is None:
-            self.since = now
-        self.fault = exc
-        self._delay = self.first_delay if self._delay == 0 else min(self.max_delay, self._delay * 2)
-        self.retry_at = now + self._delay
-        return news
-
-    def succeeded(self, now: float) -> float | None:
-        """Note a write that went through; returns how long the fault lasted if one just ended."""
-        if self.fault is None:
-            return None
-        lasted = now - self.since
-        self.fault = None
-        self._delay = 0.0
-        self.retry_at = 0.0
-        return lasted
-
-    def wait(self, now: float) -> float:
-        """Seconds until the next write should be tried (0 when healthy)."""
-        return max(0.0, self.retry_at - now) if self.fault is not None else 0.0
 
 
 #: The ledger checkpoints the WAL itself (autocheckpoint off) after this many commits, each time
@@ -104,23 +73,18 @@ def _checkpoint(conn: sqlite3.Connection, file_is_ours: Callable[[], bool]) -> N
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def _take_leadership(
-    conn: sqlite3.Connection, pid: int, starttime: int | None, since: str, floor: int
-) -> tuple[int, dict[str, Any]]:
+def _take_leadership(conn: sqlite3.Connection, claim: LeaderClaim, floor: int) -> tuple[int, LeaderRow]:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        previous = dict(conn.execute("SELECT * FROM leader WHERE id = 1").fetchone())
-        conn.execute(
-            "UPDATE leader SET epoch = MAX(epoch, ?) + 1, pid = ?, starttime = ?, since = ?, clean_stop = 0 "
-            "WHERE id = 1",
-            (floor, pid, starttime, since),
-        )
-        (epoch,) = conn.execute("SELECT epoch FROM leader WHERE id = 1").fetchone()
+        previous = leader_of(conn.execute(QUERIES["leader"]).fetchone())
+        params = {"floor": floor, "pid": claim.pid, "starttime": claim.starttime, "since": iso(claim.since)}
+        conn.execute(QUERIES["take_leadership"], params)
+        epoch = leader_of(conn.execute(QUERIES["leader"]).fetchone()).epoch
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
         raise
-    return int(epoch), previous
+    return epoch, previous
 
 
 class Ledger:
@@ -237,9 +201,7 @@ class Ledger:
             raise StoreError("the state database is closed: the scheduler is stopping")
         return self._db
 
-    async def take_leadership(
-        self, pid: int, starttime: int | None, since: str, *, floor: int = 0
-    ) -> tuple[int, dict[str, Any]]:
+    async def take_leadership(self, claim: LeaderClaim, *, floor: int = 0) -> tuple[int, LeaderRow]:
         """Bump the epoch before anything else; return it and the previous leader's row.
 
         The new epoch is above both the database's and `floor` (the highest epoch this state
@@ -247,14 +209,14 @@ class Ledger:
         """
         async with self._lock:
             try:
-                epoch, previous = await self.db._execute(_take_leadership, self.db._conn, pid, starttime, since, floor)
+                epoch, previous = await self.db._execute(_take_leadership, self.db._conn, claim, floor)
             except sqlite3.Error as exc:
                 raise store_error(exc, self.paths.db) from exc
         self.epoch = epoch
         return self.epoch, previous
 
     async def mark_clean_stop(self) -> None:
-        await self.write([("UPDATE leader SET clean_stop = 1 WHERE id = 1 AND epoch = ?", (self.epoch,))])
+        await self.commit([CleanStop()])
 
     async def query(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         if self._lost is not None:
@@ -265,10 +227,66 @@ class Ledger:
         except sqlite3.Error as exc:
             raise store_error(exc, self.paths.db) from exc
 
-    def defer(self, sql: str, params: Params) -> None:
+    def defer(self, intent: Intent | str, params: Params | None = None) -> None:
         """Queue a write for the next batch (state updates that need not block the caller)."""
-        self._pending.append((sql, params))
+        if isinstance(intent, str):  # raw SQL: only until every caller speaks in intents
+            self._pending.append((intent, params or ()))
+        else:
+            self._pending.append(bind(intent, self.epoch))
         self._flush_wanted.set()
+
+    async def commit(self, intents: Iterable[Intent]) -> set[int]:
+        """The deferred intents, then `intents` (NewRun rows first), in one transaction.
+
+        Returns the ids of the NewRun rows that were new: a row whose (job, scheduled_for,
+        attempt) already exists is ignored, and its id is not returned: that fire has been
+        handled before and must not launch again.
+        """
+        new_runs: list[tuple[str, Params]] = []
+        others: list[tuple[str, Params]] = []
+        ids: list[int] = []
+        for intent in intents:
+            if isinstance(intent, NewRun):
+                new_runs.append(bind(intent, self.epoch))
+                ids.append(intent.id)
+            else:
+                others.append(bind(intent, self.epoch))
+        if not ids:
+            await self._commit(others)
+            return set()
+        found = await self._commit(new_runs + others, check=(QUERIES["inserted_runs"], {"run_ids": json.dumps(ids)}))
+        return {int(r[0]) for r in found}
+
+    # ------------------------------------------------------------ reads the active needs
+
+    async def start_state(self) -> LedgerStart:
+        (max_id,) = (await self.query(QUERIES["max_run_id"]))[0]
+        (mark,) = (await self.query(QUERIES["run_id_mark_value"]))[0]
+        jobs = {
+            row["job"]: JobState(paused=bool(row["paused"]), last_fire=parse_iso(row["last_fire"]))
+            for row in await self.query(QUERIES["job_states"])
+        }
+        successes = {row["job"]: parse_iso(row["t"]) for row in await self.query(QUERIES["last_successes"])}
+        return LedgerStart(
+            max_run_id=int(max_id),
+            run_id_mark=int(mark),
+            jobs=jobs,
+            last_success={job: at for job, at in successes.items() if at is not None},
+        )
+
+    async def open_runs(self) -> list[Run]:
+        return [run_of(row) for row in await self.query(QUERIES["open_runs"])]
+
+    async def run(self, run_id: int) -> Run | None:
+        rows = await self.query(QUERIES["run"], {"run_id": run_id})
+        return run_of(rows[0]) if rows else None
+
+    async def run_states(self, run_ids: Sequence[int]) -> dict[int, RunState]:
+        rows = await self.query(QUERIES["run_states"], {"run_ids": json.dumps(list(run_ids))})
+        return {int(row["id"]): RunState(row["state"]) for row in rows}
+
+    async def prunable_runs(self, cutoff: datetime) -> list[int]:
+        return [int(row[0]) for row in await self.query(QUERIES["prunable_runs"], {"cutoff": iso(cutoff)})]
 
     async def flush(self) -> None:
         await self.write([])

@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import StatePaths, job_umask
-from .errors import LaunchError
-from .ids import claim_run_dir, run_identity
-from .procs import GroupState, group_state, signal_group, starttime
-from .reconcile import ShimEvidence
+from engine.errors import LaunchError
+from engine.exec.procs import GroupState, group_state, signal_group, starttime
+from engine.exec.reconcile import ShimEvidence
+from engine.exec.rundirs import claim_run_dir, run_identity
+from engine.paths import StatePaths, job_umask
 
 SHIM = str(Path(__file__).resolve().with_name("shim.sh"))
 SHELL = "/bin/sh"
@@ -427,7 +427,7 @@ class LocalExecutor:
         ]
         if any("\0" in arg for arg in argv):
             raise LaunchError("could not start: the command contains a NUL byte")
-        claim_run_dir(run_dir, run_identity(env))  # never another run's directory (engine/ids.py)
+        claim_run_dir(run_dir, run_identity(env))  # never another run's directory (engine/exec/rundirs.py)
         _reserve_exit_record(run_dir)
         # In memory, not on disk or in any argv: other users can read a process's argv, never its
         # environment or fds.

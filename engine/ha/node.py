@@ -26,14 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .clock import Clock, SystemClock
-from .control import MAX_REQUEST, RefusalAudit, encode, socket_address
-from .db import StatePaths, connect, iso, parse_iso, user_name
-from .errors import StoreRetryableError, VigilError
-from .jobfile import load_settings
-from .procs import flock_holders, holds_flock, kill_verified, starttime
-from .scheduler import SQL_AUDIT, Scheduler
-from .text import escape
+from engine.clock import Clock, SystemClock, iso, parse_iso
+from engine.config import load_settings
+from engine.control import MAX_REQUEST, RefusalAudit, encode, socket_address
+from engine.errors import StoreRetryableError, VigilError
+from engine.exec.procs import flock_holders, holds_flock, kill_verified, starttime
+from engine.paths import StatePaths, user_name
+from engine.run.scheduler import SQL_AUDIT, Scheduler
+from engine.store.sqlite.db import connect
+from engine.text import escape
 
 log = logging.getLogger("vigil.ha")
 
@@ -400,7 +401,7 @@ class Node:
                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (
                                 iso(now),
-                                takeover.from_pid or previous.get("pid"),
+                                takeover.from_pid or previous.pid,
                                 self.pid,
                                 takeover.cause,
                                 gap_ms,

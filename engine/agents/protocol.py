@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .db import MAX_ROW_ID
-from .errors import AgentError, StaleEpochError
-from .model import AgentSpec
+from engine.errors import AgentError, StaleEpochError
+from engine.ids import MAX_ROW_ID
+from engine.model import AgentSpec
 
 if TYPE_CHECKING:
     import httpx

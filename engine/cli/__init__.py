@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .db import StatePaths
-from .errors import ControlError, VigilError
-from .text import escape, quote
+from engine.errors import ControlError, VigilError
+from engine.paths import StatePaths
+from engine.text import escape, quote
 
 #: Exit statuses (docs/cli.md lists them): 0 done; 1 a `vigil:` error (bad value, missing path,
 #: refused command, database fault); 2 a malformed command line (argparse's usage message);
@@ -28,7 +28,7 @@ def _state(args: argparse.Namespace) -> StatePaths:
         os.stat(paths.db)
     except PermissionError:
         # State directories are owner-only: another user sees nothing in them.
-        from .db import os_user
+        from engine.paths import os_user
 
         raise VigilError(
             f"state directory {paths.root} is not accessible to {os_user()}: it is owner-only; "
@@ -72,7 +72,7 @@ def _short_time(text: str | None) -> str:
 
 def _run_id(args: argparse.Namespace) -> int:
     """The run id argument, checked here so a bad one is a `vigil:` line, not a traceback."""
-    from .db import MAX_ROW_ID, as_row_id
+    from engine.ids import MAX_ROW_ID, as_row_id
 
     run_id = as_row_id(args.run_id)
     if run_id is None:
@@ -81,7 +81,7 @@ def _run_id(args: argparse.Namespace) -> int:
 
 
 def _reader(args: argparse.Namespace):
-    from .api import StateReader
+    from engine.api import StateReader
 
     paths = _state(args)
     if not paths.db.exists():
@@ -97,8 +97,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from .db import restrict_umask
-    from .ha import Node
+    from engine.ha.node import Node
+    from engine.paths import restrict_umask
 
     restrict_umask()  # the state directory's files are owner-only; jobs get the umask back
     logging.basicConfig(
@@ -119,7 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .jobfile import format_errors, load_folder
+    from engine.config import format_errors, load_folder
 
     folder = Path(args.dir or args.jobs)
     if not folder.is_dir():
@@ -136,10 +136,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from . import schedule
-    from .api import broken_job_files
-    from .db import iso
-    from .jobfile import load_folder
+    from engine import schedule
+    from engine.api import broken_job_files
+    from engine.clock import iso
+    from engine.config import load_folder
 
     jobs_dir = _job_folder(args)
     result = load_folder(jobs_dir)
@@ -201,7 +201,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _active_answers(paths: StatePaths) -> bool:
-    from .control import ControlClient
+    from engine.control import ControlClient
 
     try:
         ControlClient(paths, timeout=2.0).request("status")
@@ -211,8 +211,8 @@ def _active_answers(paths: StatePaths) -> bool:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .db import MAX_ROW_ID
-    from .model import RunState
+    from engine.ids import MAX_ROW_ID
+    from engine.model import RunState
 
     if not 0 < args.limit <= MAX_ROW_ID:
         raise VigilError(f"--limit {args.limit}: expected a whole number from 1 to {MAX_ROW_ID}")
@@ -220,7 +220,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         states = ", ".join(state.value for state in RunState)
         raise VigilError(f"--status {quote(args.status)}: not a run state; use one of {states}")
     if args.job is not None:
-        from .jobfile import job_name_problem
+        from engine.config import job_name_problem
 
         if problem := job_name_problem(args.job):  # names come from file paths: this one cannot
             raise VigilError(f"--job {quote(args.job, whole=True)}: no job can have this name ({problem})")
@@ -260,7 +260,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     reader = _reader(args)
     run = reader.run(args.run_id)
     if run["agent"] and (run["state"] not in TERMINAL or not reader.log_path(args.run_id).exists()):
-        from .agents import print_agent_log  # a run on an agent: its log is there until it ends
+        from engine.agents.dispatcher import print_agent_log  # a run on an agent: its log is there until it ends
 
         return print_agent_log(reader, run, Path(args.jobs), follow=args.follow)
     offset = 0
@@ -279,7 +279,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace, op: str, **kw: Any) -> dict[str, Any]:
-    from .control import ControlClient
+    from engine.control import ControlClient
 
     return ControlClient(_state(args)).request(op, **kw)
 
@@ -319,9 +319,9 @@ def cmd_switchover(args: argparse.Namespace) -> int:
 def cmd_next(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from . import schedule
-    from .errors import NotFoundError
-    from .jobfile import load_folder
+    from engine import schedule
+    from engine.config import load_folder
+    from engine.errors import NotFoundError
 
     if not 1 <= args.n <= MAX_PREVIEW:  # a huge N would run for ever and fill memory
         raise VigilError(f"-n {args.n}: expected a whole number from 1 to {MAX_PREVIEW}")
@@ -344,7 +344,7 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .api import cluster_status
+    from engine.api import cluster_status
 
     paths = _state(args)
     if not paths.db.exists():  # like `runs`: no state is an error, not "active: none"
@@ -393,9 +393,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "backup":
         return _db_backup(paths, Path(args.path))
     # prune
-    from .control import ControlClient
-    from .durations import parse_bounded_duration
-    from .errors import NoActiveSchedulerError
+    from engine.control import ControlClient
+    from engine.durations import parse_bounded_duration
+    from engine.errors import NoActiveSchedulerError
 
     try:
         seconds = parse_bounded_duration(args.older_than)
@@ -413,8 +413,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 def _db_check(paths: StatePaths) -> int:
     import sqlite3
 
-    from .db import VIGIL_TABLES, connect, foreign_message, restore_hint, store_error, tables_of
-    from .errors import StoreError
+    from engine.errors import StoreError
+    from engine.store.sqlite.db import VIGIL_TABLES, connect, foreign_message, restore_hint, store_error, tables_of
 
     conn = connect(paths, create=False)  # refuses a missing, empty or foreign file
     try:
@@ -442,7 +442,7 @@ def _db_check(paths: StatePaths) -> int:
 def _db_backup(paths: StatePaths, target: Path) -> int:
     import sqlite3
 
-    from .db import connect
+    from engine.store.sqlite.db import connect
 
     if target.is_symlink():
         raise VigilError(f"backup target {target} is a symbolic link; refusing to write through it")
@@ -496,8 +496,9 @@ def _prune_offline(paths: StatePaths, seconds: float) -> int:
     import sqlite3
     from datetime import UTC, datetime, timedelta
 
-    from .db import connect, iso, rollback_quietly, store_error, tables_of
-    from .ids import SQL_RAISE_RUN_ID_MARK_OFFLINE
+    from engine.clock import iso
+    from engine.exec.rundirs import SQL_RAISE_RUN_ID_MARK_OFFLINE
+    from engine.store.sqlite.db import connect, rollback_quietly, store_error, tables_of
 
     conn = connect(paths, create=False)
     cutoff = iso(datetime.now(UTC) - timedelta(seconds=seconds))
@@ -512,7 +513,7 @@ def _prune_offline(paths: StatePaths, seconds: float) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
-            if ids and "run_id_mark" in tables_of(conn):  # pruned ids stay used (engine/ids.py)
+            if ids and "run_id_mark" in tables_of(conn):  # pruned ids stay used (engine/exec/rundirs.py)
                 conn.execute(SQL_RAISE_RUN_ID_MARK_OFFLINE, (max(ids),))
             conn.execute("COMMIT")
         except BaseException:
@@ -540,7 +541,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from .agent_server import serve_agent
+    from engine.agents.server import serve_agent
 
     return serve_agent(args)
 

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .agent_protocol import (
+from engine.agents.protocol import (
     FINISHED,
     AgentAmbiguous,
     AgentClient,
@@ -45,17 +45,17 @@ from .agent_protocol import (
     RunStatus,
     load_httpx,
 )
-from .db import MAX_ROW_ID, iso, parse_iso
-from .errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError, VigilError
-from .executor import ShimExit
-from .ids import valid_id
-from .model import AgentSpec, RunState, Settings
+from engine.clock import iso, parse_iso
+from engine.errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError, VigilError
+from engine.exec.local import ShimExit
+from engine.ids import MAX_ROW_ID, valid_id
+from engine.model import AgentSpec, RunState, Settings
 
 if TYPE_CHECKING:
     import httpx
 
-    from .model import JobSpec
-    from .scheduler import RunInfo, Scheduler
+    from engine.model import JobSpec
+    from engine.run.scheduler import RunInfo, Scheduler
 
 log = logging.getLogger("vigil.agents")
 
@@ -939,7 +939,7 @@ def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow:
     """`vigil logs RUN_ID` for a run on an agent: fetch (and with -f, follow) its log over HTTP."""
     import sys
 
-    from .jobfile import load_settings
+    from engine.config import load_settings
 
     settings, _ = load_settings(jobs_dir)
     run_id = int(run["id"])

@@ -137,7 +137,7 @@ BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
 
 -- The highest run id this database has handed out, kept when those runs are pruned. A run id in
 -- STATE/high-water above it means the database is older than its state directory (restored or
--- replaced; engine/ids.py). It only ever rises, so no writer can make it lie.
+-- replaced; engine/exec/rundirs.py). It only ever rises, so no writer can make it lie.
 CREATE TABLE IF NOT EXISTS run_id_mark (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     run_id INTEGER NOT NULL,

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
-import stat
 from contextlib import suppress
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import quote
 
-from .errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
+from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
+from engine.paths import StatePaths
 
 log = logging.getLogger("vigil.db")
 
@@ -41,15 +37,6 @@ PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA journal_size_limit=67108864",
 )
-#: Run ids and epochs are whole numbers below ID_LIMIT, on every side: the scheduler, its agents, the
-#: run directories and the CLI all check them with `as_row_id` (engine/ids.py `valid_id` too). The
-#: limit sits well below SQLite's largest integer (2**63-1) so that the next epoch or run id above any
-#: valid one still fits: a value the agent accepts is always one the scheduler can follow.
-ID_LIMIT = 1 << 62
-MAX_ROW_ID = ID_LIMIT - 1  #: the largest valid run id or epoch
-#: Files only an agent's state directory holds: a scheduler refuses such a directory.
-AGENT_STATE_MARKERS = ("journal.db", "agent.token", "agent.addr")
-_DECIMAL = re.compile(r"[0-9]{1,19}")
 # The tables `vigil db check` wants in a Vigil state database; a reader refuses a file without the
 # core ones. `run_id_mark` is left out on purpose: a database made by an older version lacks it
 # until the next `vigil up` creates it (as it creates any missing newer table), and is not foreign.
@@ -111,147 +98,8 @@ def store_error(exc: sqlite3.Error, path: Path) -> StoreError:
     return StoreFatalError(f"state database {path}: {text}")
 
 
-@dataclass(frozen=True)
-class StatePaths:
-    """Where everything of one Vigil installation lives."""
-
-    root: Path
-
-    @property
-    def db(self) -> Path:
-        return self.root / "vigil.db"
-
-    @property
-    def lock(self) -> Path:
-        # The leadership lock: never the database files, never deleted.
-        return self.root / "leader.lock"
-
-    @property
-    def control(self) -> Path:
-        return self.root / "control.sock"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    def run_dir(self, run_id: int) -> Path:
-        return self.runs / str(run_id)
-
-    def ensure(self) -> None:
-        """Create (owner-only) or check the state directory of a scheduler."""
-        for marker in AGENT_STATE_MARKERS:
-            if (self.root / marker).exists():
-                # Run directories are named by run id: sharing them with an agent would mix two runs.
-                raise StoreError(
-                    f"{self.root} is an agent's state directory (it holds {marker}); "
-                    "give the scheduler its own --state DIR"
-                )
-        ensure_private_dir(self.root)
-        ensure_private_dir(self.runs)
-
-
-def ensure_private_dir(path: Path) -> None:
-    """Make `path` (0700, whatever the umask) or check that no other local user can write into it.
-
-    Another user who can write into a state directory can plant run directories, pid files or a
-    database, and so make the scheduler kill or report whatever they like.
-    """
-    missing = []
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        try:
-            # Missing leading directories too: nobody else needs to reach into them.
-            directory.mkdir(mode=0o700)
-            if directory == path:
-                os.chmod(directory, 0o700)  # exactly, whatever the umask
-        except FileExistsError:
-            pass  # made by a concurrent `vigil up`; checked below like any existing directory
-        except OSError as exc:
-            raise StoreError(f"cannot create state directory {directory}: {exc.strerror or exc}") from exc
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise StoreError(f"cannot use state directory {path}: {exc.strerror or exc}") from exc
-    if not stat.S_ISDIR(info.st_mode):
-        raise StoreError(f"state directory {path} is not a directory")
-    if info.st_uid != os.geteuid():
-        raise StoreError(
-            f"state directory {path} belongs to {user_name(info.st_uid)}, not to {user_name(os.geteuid())} "
-            f"who runs Vigil; run Vigil as its owner or give it a directory of its own"
-        )
-    if info.st_mode & 0o022:
-        raise StoreError(
-            f"state directory {path} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"make it owner-only with `chmod 700 {path}`"
-        )
-    if info.st_mode & 0o077 and path not in _warned_readable:
-        # Made by an older Vigil or by hand: not dangerous to run on, but others may read job output.
-        _warned_readable.add(path)
-        log.warning(
-            "state directory %s is readable by other users (mode %04o); make it owner-only with `chmod 700 %s`",
-            path,
-            stat.S_IMODE(info.st_mode),
-            path,
-        )
-
-
-_warned_readable: set[Path] = set()
-
-
-def restrict_umask() -> None:
-    """Make every file this process creates owner-only; the shim gives jobs the operator's umask back."""
-    global _job_umask
-    previous = os.umask(0o077)
-    if _job_umask is None:
-        _job_umask = previous
-
-
-def job_umask() -> int:
-    """The umask jobs run with: the operator's, as it was before restrict_umask()."""
-    return _current_umask() if _job_umask is None else _job_umask
-
-
-_job_umask: int | None = None
-
-
-def _current_umask() -> int:
-    # /proc tells without the set-and-restore dance, which would race with other threads.
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    current = os.umask(0o077)
-    os.umask(current)
-    return current
-
-
-def as_row_id(value: object) -> int | None:
-    """`value` as a valid run id or epoch (0..MAX_ROW_ID, i.e. 0..2**62-1), or None.
-
-    Takes a JSON integer (never a bool or a float) or plain decimal digits (a path, a header,
-    a command-line argument).
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value <= MAX_ROW_ID else None
-    if isinstance(value, str | bytes):
-        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-        text = text.strip()
-        if _DECIMAL.fullmatch(text):
-            number = int(text)
-            return number if number <= MAX_ROW_ID else None
-    return None
-
-
 def schema_sql() -> str:
-    return resources.files("engine").joinpath("schema.sql").read_text()
+    return Path(__file__).with_name("schema.sql").read_text()
 
 
 def connect(paths: StatePaths, *, create: bool = True) -> sqlite3.Connection:
@@ -367,34 +215,3 @@ def split_sql(script: str) -> list[str]:
             statements.append(text.strip())
             buf = []
     return [s for s in statements if s]
-
-
-def iso(dt: datetime | None) -> str | None:
-    """The one text form of a time in the database: UTC, microseconds, '+00:00'."""
-    if dt is None:
-        return None
-    return dt.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def parse_iso(text: str | None) -> datetime | None:
-    """A stored ISO-8601 time; None for a missing or unreadable one."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def os_user() -> str:
-    return user_name(os.getuid())
-
-
-def user_name(uid: int) -> str:
-    """The login name of a uid, or the number when it has none."""
-    try:
-        import pwd
-
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, ImportError):
-        return str(uid)

@@ -1,0 +1,1 @@
+"""Remote agents: the wire protocol, the scheduler-side dispatcher and the agent server."""

@@ -1,0 +1,1 @@
+"""The active scheduler: its loop, the table of open runs, planning fires, commands, reconcile."""

@@ -1,0 +1,108 @@
+"""The state store: the one place that reads and writes the ledger (runs, jobs, leader, audit).
+
+`Store` is the active scheduler's side of it (the writer, and the reads an active needs); its
+writes are the typed intents of `engine.store.intents`. The SQLite backend is `engine.store.sqlite`;
+every backend passes the same contract suite (tests/contract/).
+
+Layer: store. May import the base modules (errors, model, clock, ids, paths, text, durations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from engine.errors import StoreFatalError
+from engine.model import LeaderRow, Run, RunState
+from engine.store.health import StoreHealth
+from engine.store.intents import Intent
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    paused: bool = False
+    last_fire: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStart:
+    """What a new active reads once before it plans anything."""
+
+    max_run_id: int  #: the highest run id with a row (0: none)
+    run_id_mark: int  #: the highest run id ever handed out, pruned ones included
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    last_success: dict[str, datetime] = field(default_factory=dict)  #: latest succeeded end per job
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderClaim:
+    """Who takes leadership: a process named by pid and its start time (to tell pid reuse)."""
+
+    pid: int
+    starttime: int | None
+    since: datetime
+
+
+class Store(Protocol):
+    """The active's store. Fencing is the store's job: every write carries `epoch`, and once another
+    node has taken leadership every write raises FencedError.
+
+    Retryable faults (busy, disk full) raise StoreRetryableError and are counted in `health`;
+    `commit` and `flush` keep the deferred intents of a failed attempt for the next one.
+    """
+
+    health: StoreHealth
+
+    @property
+    def epoch(self) -> int: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def lost_error(self) -> StoreFatalError | None:
+        """The store's file or database is gone from under this process (never to write again)."""
+        ...
+
+    async def take_leadership(self, claim: LeaderClaim, *, floor: int = 0) -> tuple[int, LeaderRow]:
+        """Raise the epoch above the stored one and `floor`; return it and the previous leader row."""
+        ...
+
+    async def commit(self, intents: Iterable[Intent]) -> set[int]:
+        """The deferred intents, then `intents`, in one transaction; NewRun rows are inserted first.
+
+        Returns the ids of the NewRun rows that were new (a repeated fire's id is not returned).
+        """
+        ...
+
+    def defer(self, intent: Intent) -> None:
+        """Queue an intent for the next transaction (updates that need not block the caller)."""
+        ...
+
+    async def flush(self) -> None:
+        """Commit the deferred intents now."""
+        ...
+
+    async def wait_for_deferred(self) -> None:
+        """Return once an intent has been deferred since the last commit."""
+        ...
+
+    # ------------------------------------------------------------ reads the active needs
+
+    async def start_state(self) -> LedgerStart: ...
+
+    async def open_runs(self) -> list[Run]:
+        """Every run not yet finished, by id."""
+        ...
+
+    async def run(self, run_id: int) -> Run | None: ...
+
+    async def run_states(self, run_ids: Sequence[int]) -> dict[int, RunState]:
+        """The state of each of these runs that has a row."""
+        ...
+
+    async def prunable_runs(self, cutoff: datetime) -> list[int]:
+        """Finished runs that ended before `cutoff`, by id."""
+        ...

@@ -1,0 +1,240 @@
+"""Typed writes: what the active scheduler, its dispatcher and its node ask the store to record.
+
+Each intent is one fact; a backend maps each kind to one named statement and commits a batch of
+them in one transaction (`Store.commit`). The writer's epoch is never part of an intent: the store
+adds it, and a write under an epoch that is no longer the leader's raises FencedError.
+
+Times are aware datetimes; the store keeps them in its own text form (`clock.iso`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from engine.model import RunState
+
+# ---------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run row, with an id the scheduler chose. A second row for the same (job, scheduled_for,
+    attempt) is ignored, and `Store.commit` does not return its id: that fire was handled before."""
+
+    id: int
+    job: str
+    scheduled_for: datetime
+    attempt: int
+    state: RunState
+    trigger: str
+    created_at: datetime
+    reason: str | None = None
+    not_before: datetime | None = None
+    ended_at: datetime | None = None  #: set for a row created terminal (skipped, missed)
+    command: str | None = None  #: the job's command as JSON text, as launched
+    agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunLaunching:
+    """A pending run is being started. `reason`, when given, replaces the row's reason."""
+
+    run_id: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """The shim (or the agent) started the run: it is running from `started_at`.
+
+    `clear_reason` drops the reason a wait left (an agent run that waited for a healthy agent).
+    """
+
+    run_id: int
+    started_at: datetime
+    deadline: datetime | None
+    clear_reason: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartRestated:
+    """A running run's start and deadline in this process's terms (adoption, a clock step)."""
+
+    run_id: int
+    started_at: datetime
+    deadline: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """A run ended. Only an open row moves: an end recorded before is never overwritten."""
+
+    run_id: int
+    state: RunState
+    reason: str | None
+    exit_code: int | None
+    ended_at: datetime
+    pid: int | None = None  #: kept when None
+    cpu_s: float | None = None
+    peak_rss: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KillRequested:
+    run_id: int
+    cause: str  #: "kill" (an operator) or "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentChosen:
+    """The agent (a member of a pool) a still open run was sent to."""
+
+    run_id: int
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunWaiting:
+    """A run waits for a healthy agent; `reason` says what it waits for."""
+
+    run_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunsPruned:
+    """Finished runs deleted by retention or `vigil db prune`; their ids stay used (RunIdMark)."""
+
+    run_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunIdMark:
+    """Run ids up to `run_id` have been handed out (the mark only ever rises)."""
+
+    run_id: int
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True, slots=True)
+class LastFire:
+    """The last fire time a job's schedule has handled; None forgets it."""
+
+    job: str
+    at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    job: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogUpsert:
+    """A job as the active has loaded it, for readers that do not parse job files."""
+
+    name: str
+    path: str
+    schedule: str
+    enabled: bool
+    agent: str | None
+    description: str
+    tags: str  #: comma-separated
+    next_fire: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogDrop:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogCleared:
+    """Every catalog row goes (before a full rewrite, in the same transaction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NextFire:
+    job: str
+    at: datetime | None
+
+
+# ---------------------------------------------------------------- agents, audit, leadership
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSeen:
+    """What the dispatcher last learned of an agent. None keeps `last_contact` and `version`."""
+
+    name: str
+    url: str
+    up: bool
+    last_contact: datetime | None
+    version: str | None
+    cpu_percent: float | None
+    memory_percent: float | None
+    load1: float | None
+    running: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDropped:
+    """An agent no longer declared in `vigil.toml`."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    at: datetime
+    user: str
+    action: str
+    target: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """A takeover, recorded by the new active under its own epoch."""
+
+    at: datetime
+    from_pid: int | None
+    to_pid: int
+    cause: str
+    gap_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CleanStop:
+    """The active stops cleanly: the next one need not look for a crash."""
+
+
+Intent = (
+    NewRun
+    | RunLaunching
+    | RunStarted
+    | StartRestated
+    | RunFinished
+    | KillRequested
+    | AgentChosen
+    | RunWaiting
+    | RunsPruned
+    | RunIdMark
+    | LastFire
+    | Paused
+    | CatalogUpsert
+    | CatalogDrop
+    | CatalogCleared
+    | NextFire
+    | AgentSeen
+    | AgentDropped
+    | Audit
+    | Failover
+    | CleanStop
+)

@@ -1,0 +1,178 @@
+-- Every statement the engine runs on the state database, by name (engine/store/sqlite/queries.py
+-- loads them). A block starts with `-- name --`, then one `-- description` line, then the SQL.
+-- Parameters are named (:name); `:epoch` is the writer's epoch, which the fencing triggers compare
+-- with leader.epoch (schema.sql). DELETEs fire no trigger, so they check the epoch themselves.
+
+-- new_run --
+-- Insert a run row with its chosen id; a row for a fire already handled is ignored
+INSERT OR IGNORE INTO runs (id, job, scheduled_for, attempt, state, reason, trigger, epoch, writer_epoch,
+    created_at, not_before, started_at, ended_at, command, agent)
+VALUES (:id, :job, :scheduled_for, :attempt, :state, :reason, :trigger, :epoch, :epoch,
+    :created_at, :not_before, NULL, :ended_at, :command, :agent);
+
+-- run_launching --
+-- A pending run is being started
+UPDATE runs SET state = 'launching', writer_epoch = :epoch WHERE id = :run_id;
+
+-- run_launching_with_reason --
+-- A queued run is being started; its reason says why it waited
+UPDATE runs SET state = 'launching', reason = :reason, writer_epoch = :epoch WHERE id = :run_id;
+
+-- run_started --
+-- The run started (locally or on an agent); only a run not yet started moves
+UPDATE runs SET state = 'running', started_at = :started_at, deadline = :deadline, writer_epoch = :epoch
+WHERE id = :run_id AND state IN ('pending', 'launching', 'waiting');
+
+-- run_started_clear_reason --
+-- The run started after waiting for an agent: the wait's reason goes
+UPDATE runs SET state = 'running', started_at = :started_at, deadline = :deadline, reason = NULL,
+    writer_epoch = :epoch
+WHERE id = :run_id AND state IN ('pending', 'launching', 'waiting');
+
+-- start_restated --
+-- A started run's start and deadline in the current active's terms
+UPDATE runs SET started_at = :started_at, deadline = :deadline, writer_epoch = :epoch
+WHERE id = :run_id AND state IN ('launching', 'running');
+
+-- run_finished --
+-- A run's end; only an open row moves, so an end recorded before is kept
+UPDATE runs SET state = :state, reason = :reason, exit_code = :exit_code, ended_at = :ended_at,
+    pid = COALESCE(:pid, pid), cpu_s = :cpu_s, peak_rss = :peak_rss, writer_epoch = :epoch
+WHERE id = :run_id AND state IN ('pending', 'waiting', 'launching', 'running');
+
+-- kill_requested --
+-- An operator or a timeout asked for the run to be killed
+UPDATE runs SET kill_requested = :cause, writer_epoch = :epoch WHERE id = :run_id;
+
+-- agent_chosen --
+-- The agent an open run was sent to
+UPDATE runs SET agent = :agent, writer_epoch = :epoch
+WHERE id = :run_id AND state IN ('pending', 'waiting', 'launching', 'running');
+
+-- run_waiting --
+-- A run waits for a healthy agent
+UPDATE runs SET state = 'waiting', reason = :reason, writer_epoch = :epoch
+WHERE id = :run_id AND state IN ('launching', 'waiting');
+
+-- runs_pruned --
+-- Delete finished runs by id (a JSON array), unless another active has taken over
+DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:run_ids))
+    AND :epoch = (SELECT epoch FROM leader WHERE id = 1);
+
+-- run_id_mark --
+-- Raise the mark of run ids handed out (never lowers it)
+INSERT INTO run_id_mark (id, run_id, writer_epoch) VALUES (1, :run_id, :epoch)
+ON CONFLICT (id) DO UPDATE SET run_id = MAX(run_id, excluded.run_id), writer_epoch = excluded.writer_epoch;
+
+-- last_fire --
+-- The last fire time a job's schedule has handled
+INSERT INTO job_state (job, last_fire, writer_epoch) VALUES (:job, :at, :epoch)
+ON CONFLICT (job) DO UPDATE SET last_fire = excluded.last_fire, writer_epoch = excluded.writer_epoch;
+
+-- last_fire_forgotten --
+-- Forget a job's last fire (its file went away, or the time lies ahead of the clock)
+UPDATE job_state SET last_fire = NULL, writer_epoch = :epoch WHERE job = :job;
+
+-- paused --
+-- Pause or resume a job
+INSERT INTO job_state (job, paused, writer_epoch) VALUES (:job, :paused, :epoch)
+ON CONFLICT (job) DO UPDATE SET paused = excluded.paused, writer_epoch = excluded.writer_epoch;
+
+-- catalog_upsert --
+-- A job as the active loaded it (or the error that keeps it from loading)
+INSERT INTO jobs (name, path, schedule, enabled, agent, description, tags, next_fire, error, writer_epoch)
+VALUES (:name, :path, :schedule, :enabled, :agent, :description, :tags, :next_fire, :error, :epoch)
+ON CONFLICT (name) DO UPDATE SET path = excluded.path, schedule = excluded.schedule,
+    enabled = excluded.enabled, agent = excluded.agent, description = excluded.description,
+    tags = excluded.tags, next_fire = excluded.next_fire, error = excluded.error,
+    writer_epoch = excluded.writer_epoch;
+
+-- catalog_drop --
+-- A job no longer loaded leaves the catalog
+DELETE FROM jobs WHERE name = :name AND :epoch = (SELECT epoch FROM leader WHERE id = 1);
+
+-- catalog_cleared --
+-- Empty the catalog before a full rewrite
+DELETE FROM jobs WHERE :epoch = (SELECT epoch FROM leader WHERE id = 1);
+
+-- next_fire --
+-- A job's next fire time
+UPDATE jobs SET next_fire = :at, writer_epoch = :epoch WHERE name = :job;
+
+-- agent_seen --
+-- What the dispatcher last learned of an agent (unknown contact and version are kept)
+INSERT INTO agents (name, url, up, last_contact, version, cpu_percent, memory_percent, load1, running, error,
+    writer_epoch)
+VALUES (:name, :url, :up, :last_contact, :version, :cpu_percent, :memory_percent, :load1, :running, :error,
+    :epoch)
+ON CONFLICT (name) DO UPDATE SET url = excluded.url, up = excluded.up,
+    last_contact = COALESCE(excluded.last_contact, agents.last_contact),
+    version = COALESCE(excluded.version, agents.version), cpu_percent = excluded.cpu_percent,
+    memory_percent = excluded.memory_percent, load1 = excluded.load1, running = excluded.running,
+    error = excluded.error, writer_epoch = excluded.writer_epoch;
+
+-- agent_dropped --
+-- An agent no longer declared
+DELETE FROM agents WHERE name = :name AND :epoch = (SELECT epoch FROM leader WHERE id = 1);
+
+-- audit --
+-- One operator action and its result
+INSERT INTO audit (at, os_user, action, target, result, writer_epoch)
+VALUES (:at, :user, :action, :target, :result, :epoch);
+
+-- failover --
+-- A takeover, recorded by the new active
+INSERT INTO failovers (at, from_pid, to_pid, cause, gap_ms, epoch, writer_epoch)
+VALUES (:at, :from_pid, :to_pid, :cause, :gap_ms, :epoch, :epoch);
+
+-- clean_stop --
+-- The active stops cleanly
+UPDATE leader SET clean_stop = 1 WHERE id = 1 AND epoch = :epoch;
+
+-- take_leadership --
+-- Raise the epoch above the stored one and the floor, naming the new leader
+UPDATE leader SET epoch = MAX(epoch, :floor) + 1, pid = :pid, starttime = :starttime, since = :since,
+    clean_stop = 0
+WHERE id = 1;
+
+-- leader --
+-- The leader row
+SELECT epoch, pid, starttime, since, clean_stop FROM leader WHERE id = 1;
+
+-- max_run_id --
+-- The highest run id with a row
+SELECT COALESCE(MAX(id), 0) FROM runs;
+
+-- run_id_mark_value --
+-- The highest run id ever handed out
+SELECT COALESCE(MAX(run_id), 0) FROM run_id_mark;
+
+-- job_states --
+-- Every job's paused flag and last fire
+SELECT job, paused, last_fire FROM job_state;
+
+-- last_successes --
+-- The latest successful end of each job
+SELECT job, MAX(ended_at) AS t FROM runs WHERE state = 'succeeded' GROUP BY job;
+
+-- open_runs --
+-- Every run not yet finished, by id
+SELECT * FROM runs WHERE state IN ('pending', 'waiting', 'launching', 'running') ORDER BY id;
+
+-- run --
+-- One run by id
+SELECT * FROM runs WHERE id = :run_id;
+
+-- run_states --
+-- The states of runs named by a JSON array of ids
+SELECT id, state FROM runs WHERE id IN (SELECT value FROM json_each(:run_ids));
+
+-- inserted_runs --
+-- Which of the ids just inserted (a JSON array) have a row, checked in the inserting transaction
+SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(:run_ids));
+
+-- prunable_runs --
+-- Finished runs that ended before the cutoff
+SELECT id FROM runs WHERE ended_at < :cutoff
+    AND state NOT IN ('pending', 'waiting', 'launching', 'running')
+ORDER BY id;
