@@ -23,6 +23,16 @@ MAX_REQUEST = 1 << 16  #: the longest request line the scheduler reads (asyncio'
 COMMAND_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000 + 5.0
 
 
+#: What a refusal on the control socket is about; ControlClient raises the matching error.
+#: "refused": anything else (ControlError), "not_found": no such job or run (NotFoundError).
+ERROR_KINDS = ("refused", "not_found")
+
+
+def error_reply(message: str, kind: str = "refused") -> dict[str, Any]:
+    """A refusal as the control socket sends it: the message and its kind."""
+    return {"ok": False, "error": message, "kind": kind}
+
+
 def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
