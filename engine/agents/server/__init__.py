@@ -23,12 +23,12 @@ The package, lowest layer first (each module imports only those above it):
 
 It may import engine.agents.protocol (the wire format), engine.exec, engine.store.sqlite.queries
 (the loader), engine.paths, engine.clock, engine.ids and engine.errors; never the scheduler, the
-dispatcher or the ledger. This module re-exports what the CLI and the tests use.
+dispatcher or the ledger. This module re-exports what the CLI (serve_agent) and the tests use.
 """
 
-from engine.agents.server.journal import JOURNAL_SCHEMA, Journal
+from engine.agents.server.journal import JOURNAL_SCHEMA
 from engine.agents.server.routes import AgentApp
 from engine.agents.server.serve import serve_agent
 from engine.agents.server.service import AgentService
 
-__all__ = ["JOURNAL_SCHEMA", "AgentApp", "AgentService", "Journal", "serve_agent"]
+__all__ = ["JOURNAL_SCHEMA", "AgentApp", "AgentService", "serve_agent"]
