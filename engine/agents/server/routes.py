@@ -48,6 +48,8 @@ Handler = Callable[[AgentService, Request, Send], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """One endpoint of the agent's API (engine/agents/protocol.py lists them)."""
+
     method: str
     path: re.Pattern[str]  #: a group, when there is one, captures the run id
     handler: Handler
