@@ -12,6 +12,10 @@ VigilError
 ├── ScheduleError          a schedule expression cannot be evaluated
 ├── LaunchError            a run's shim could not start its job (reason: "could not start: ...")
 └── AgentError             an agent could not be reached or refused a command
+    ├── AgentUnreachable   no connection could be made: the request certainly did not arrive
+    ├── AgentAmbiguous     the connection broke after sending: the request may have arrived
+    ├── AgentRefused       the agent answered with an error status (status)
+    │   └── AgentNotFound  the agent has no record of the run (404)
     └── StaleEpochError    the agent has seen a newer epoch than the command carries
 """
 
@@ -91,6 +95,26 @@ class LaunchError(VigilError):
 
 class AgentError(VigilError):
     """An agent could not be reached or refused a command."""
+
+
+class AgentUnreachable(AgentError):
+    """No TCP (or TLS) connection could be made: the request certainly did not arrive."""
+
+
+class AgentAmbiguous(AgentError):
+    """The connection broke after the request may have been sent: it may or may not have arrived."""
+
+
+class AgentRefused(AgentError):
+    """The agent answered with an error status (auth, bad request, conflict)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class AgentNotFound(AgentRefused):
+    """The agent has no record of the run."""
 
 
 class StaleEpochError(AgentError):

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import AgentError, StaleEpochError
-from engine.ids import MAX_ROW_ID
+# The client raises the agent family of engine/errors.py; importers of these names here keep working.
+from engine.errors import AgentAmbiguous, AgentError, AgentNotFound, AgentRefused, AgentUnreachable, StaleEpochError
+from engine.ids import valid_id
 from engine.model import AgentSpec
 
 if TYPE_CHECKING:
@@ -71,26 +72,6 @@ def load_httpx() -> Any:
     return httpx
 
 
-class AgentUnreachable(AgentError):
-    """No TCP (or TLS) connection could be made: the request certainly did not arrive."""
-
-
-class AgentAmbiguous(AgentError):
-    """The connection broke after the request may have been sent: it may or may not have arrived."""
-
-
-class AgentRefused(AgentError):
-    """The agent answered with an error status (auth, bad request, conflict)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
-
-
-class AgentNotFound(AgentRefused):
-    """The agent has no record of the run."""
-
-
 @dataclass(frozen=True)
 class RunStatus:
     """What an agent knows about one run."""
@@ -122,7 +103,7 @@ class RunStatus:
         if not isinstance(doc, dict):
             raise ValueError("a run status is not a JSON object")
         for key in ("run_id", "attempt", "exit_code", "job_pid", "peak_rss", "seq"):
-            _check_int(doc, key)
+            _check_whole(key, doc.get(key))
         for key in (
             "job",
             "scheduled_for",
@@ -156,9 +137,13 @@ class RunStatus:
         return self.state == UNKNOWN and self.end_state == END_FAILED
 
 
-def _check_int(doc: dict[str, Any], key: str) -> None:
-    value = doc.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_ROW_ID):
+def _check_whole(key: str, value: object) -> None:
+    """An id, count or size in an agent's answer: absent, or a whole number in the one id range.
+
+    Every one a Vigil agent sends is at least 0 (a shim's exit code is 0-255), and the range keeps
+    it storable in SQLite with room for one more.
+    """
+    if value is not None and not valid_id(value):
         raise ValueError(f"{key} is not a whole number SQLite can store")
 
 
@@ -310,11 +295,11 @@ class AgentClient:
     async def status(self) -> dict[str, Any]:
         doc = await self._json("GET", "/status")
         try:
-            _check_int(doc, "max_epoch")
+            _check_whole("max_epoch", doc.get("max_epoch"))
             if not isinstance(doc.get("open") or [], list):
                 raise ValueError("open is not a list")
             for run_id in doc.get("open") or ():
-                _check_int({"open": run_id}, "open")
+                _check_whole("open", run_id)
         except ValueError as exc:
             raise self._not_an_agent("GET /status", str(exc)) from None
         return doc

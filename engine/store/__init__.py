@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.errors import StoreFatalError
 from engine.model import LeaderRow, Run, RunState
 from engine.store.health import StoreHealth
-from engine.store.intents import Intent
+
+if TYPE_CHECKING:  # annotations only: importing the store package (e.g. for its query loader) stays light
+    from engine.store.intents import Intent
 
 
 @dataclass(frozen=True, slots=True)

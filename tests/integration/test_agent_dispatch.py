@@ -329,13 +329,13 @@ async def agent_post(cluster: Cluster, path: str, body: dict[str, Any]) -> httpx
 
 
 def test_scheduler_and_agent_agree_on_one_id_range() -> None:
-    from engine.agents.server import BadRequest, _body_id
+    from engine.agents.server.refusals import Malformed, body_id
     from engine.ids import MAX_ROW_ID, as_row_id, valid_id
 
     for value in (0, 1, MAX_ROW_ID - 1, MAX_ROW_ID, MAX_ROW_ID + 1, 2**62, 2**63 - 1, 2**63, -1):
         try:
-            agent_takes = _body_id(value, "epoch") == value
-        except BadRequest:
+            agent_takes = body_id(value, "epoch") == value
+        except Malformed:
             agent_takes = False
         assert agent_takes == valid_id(value) == (as_row_id(value) == value), value
         assert as_row_id(str(value)) == (value if agent_takes else None), value

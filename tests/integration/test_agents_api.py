@@ -252,3 +252,80 @@ async def test_a_journal_from_before_end_state_is_upgraded_and_reports_start_fai
         await client.aclose()
     finally:
         service.close()
+
+
+# ------------------------------------------------------------------ the wire, byte for byte
+
+
+def raw_client(service: AgentService, token: str = "tok") -> httpx.AsyncClient:
+    """Plain HTTP to the app, to see exactly what any client gets (statuses, headers, bodies)."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=AgentApp(service, "tok")),
+        base_url="http://agent.test",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+async def test_wrong_method_unknown_path_and_bad_token_get_their_own_answers(service: AgentService) -> None:
+    async with raw_client(service) as client:
+        for method, path in (("GET", "/runs"), ("POST", "/status"), ("GET", "/runs/3/kill"), ("DELETE", "/ack")):
+            answer = await client.request(method, path)
+            assert answer.status_code == 405, (method, path)
+            assert answer.content == f'{{"error": "{method} not allowed on {path}"}}'.encode()
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.headers["content-length"] == str(len(answer.content))
+        for path in ("/", "/runs/", "/runs/x", "/runs/1/logs", "/status/"):
+            answer = await client.get(path)
+            assert (answer.status_code, answer.json()) == (404, {"error": f"no such endpoint {path}"}), path
+    async with raw_client(service, token="nope") as client:
+        answer = await client.get("/status")
+        assert (answer.status_code, answer.content) == (401, b'{"error": "unauthorized"}')
+        assert answer.headers["www-authenticate"] == "Bearer"
+
+
+async def test_refusals_carry_their_status_and_message(service: AgentService) -> None:
+    from engine.ids import MAX_ROW_ID
+
+    huge = "9" * 20
+    async with raw_client(service) as client:
+        answer = await client.get(f"/runs/{huge}")
+        assert (answer.status_code, answer.json()) == (
+            400,
+            {"error": f"run id must be a whole number from 0 to {MAX_ROW_ID}, got '{huge}'"},
+        )
+        answer = await client.get("/status", headers={"X-Vigil-Epoch": "-1"})
+        assert answer.json() == {"error": f"X-Vigil-Epoch must be a whole number from 0 to {MAX_ROW_ID}, got b'-1'"}
+        answer = await client.post("/runs", json={**body(5), "epoch": "5"})
+        assert answer.json() == {"error": f"epoch must be a whole number from 0 to {MAX_ROW_ID}, got '5'"}
+        answer = await client.post("/ack", json={"epoch": 1, "run_ids": [1, True]})
+        assert answer.json() == {"error": f"run_ids[] must be a whole number from 0 to {MAX_ROW_ID}, got True"}
+        assert (await client.post("/ack", json={"epoch": 1})).json() == {"error": "ack needs run_ids: [...]"}
+        assert (await client.post("/runs", content=b"{")).status_code == 400
+        assert (await client.post("/runs", json={"epoch": 1})).json()["error"].startswith("dispatch needs run_id")
+        answer = await client.post("/runs/4/kill", json={"epoch": 1})
+        assert (answer.status_code, answer.json()) == (404, {"error": "no run 4 on this agent"})
+        answer = await client.get("/runs/4/log")
+        assert (answer.status_code, answer.json()) == (404, {"error": "no run 4 on this agent"})
+        assert (await client.post("/runs", json={**body(4, "true"), "epoch": 1})).status_code == 201
+        answer = await client.post("/runs", json={**body(4, "true"), "job": "other", "epoch": 1})
+        assert answer.status_code == 409 and answer.json()["error"].startswith("run id 4 is already used here by job j")
+        answer = await client.post("/runs/4/kill", json={"epoch": 0})
+        assert (answer.status_code, answer.json()) == (
+            409,
+            {"error": "stale epoch 0: this agent has seen epoch 1", "max_epoch": 1},
+        )
+
+
+async def test_a_request_with_a_bad_parameter_moves_no_stored_epoch(service: AgentService) -> None:
+    async with raw_client(service) as client:
+        for path in ("/results?wait=soon", "/results?after=-1", f"/runs/{'9' * 20}"):
+            answer = await client.get(path, headers={"X-Vigil-Epoch": "5"})
+            assert answer.status_code == 400, path
+            assert service.journal.max_epoch == 0, path
+        answer = await client.post("/runs", json={**body(1), "epoch": 5, "attempt": -1})
+        assert answer.status_code == 400 and service.journal.max_epoch == 0
+        # The same requests, well formed: any of them shows the agent a newer epoch.
+        answer = await client.get("/runs/1/log?offset=junk&max=-3", headers={"X-Vigil-Epoch": "5"})
+        assert answer.status_code == 404 and service.journal.max_epoch == 5
+        answer = await client.get("/results?after=0&wait=0", headers={"X-Vigil-Epoch": "6"})
+        assert answer.json() == {"instance": service.instance, "results": []} and service.journal.max_epoch == 6
