@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -11,8 +12,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from engine.config import JobFolder, format_errors, load_folder, load_settings
+from engine.config.fields import JOB_FIELDS
+from engine.durations import MAX_DURATION_LABEL, MAX_DURATION_S, MAX_DURATION_TEXT, within_max_duration
 from engine.errors import ConfigError
-from engine.model import Catchup, Overlap, Settings
+from engine.model import Catchup, JobSpec, Overlap, Settings
 from engine.schedule import trigger_for
 
 SAMPLE_JOBS = Path(__file__).resolve().parents[2] / "sample_jobs"
@@ -113,6 +116,17 @@ def test_defaults_for_a_minimal_manual_job(tmp_path: Path) -> None:
     assert spec.workdir is None
     assert spec.agent is None
     assert spec.timeout is None
+
+
+def test_the_job_key_table_is_jobspec_and_a_key_left_unset_takes_jobspecs_default(tmp_path: Path) -> None:
+    """One table of job keys: every JobSpec field but name and path is a key, with JobSpec's default."""
+    spec_fields = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.name not in ("name", "path")}
+    assert list(JOB_FIELDS) == list(spec_fields)
+    assert {key: job_field.default for key, job_field in JOB_FIELDS.items()} == spec_fields
+    assert [key for key, job_field in JOB_FIELDS.items() if job_field.required] == ["command"]
+    write(tmp_path, "manual.toml", 'command = "true"\n')
+    (spec,) = load_folder(tmp_path).jobs.values()
+    assert spec == JobSpec(name="manual", path=str(tmp_path / "manual.toml"), command="true")
 
 
 def test_names_come_from_paths_and_special_files_are_not_jobs(tmp_path: Path) -> None:
@@ -956,6 +970,25 @@ def test_36500d_is_the_longest_duration_accepted_as_docs_say(tmp_path: Path) -> 
     result = load_folder(tmp_path)
     assert list(result.jobs) == ["a"]
     assert [(Path(e.path).name, e.key) for e in result.errors] == [("b.toml", "timeout")]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "accepted"),
+    [
+        (0.0, True),
+        (36500 * 86400, True),
+        (-1e-9, False),
+        (MAX_DURATION_S + 1e-6, False),
+        (float("nan"), False),
+        (float("inf"), False),
+    ],
+)
+def test_the_100_year_bound_has_one_definition(seconds: float, accepted: bool) -> None:
+    """durations.py bounds every duration (job files, vigil.toml, `db prune`), and `at`'s last year follows it."""
+    assert within_max_duration(seconds) is accepted
+    assert (MAX_DURATION_LABEL, MAX_DURATION_TEXT) == ("100 years (36500d)", "36500d")
+    # the last `at` a job may have, plus the longest duration, is still a datetime
+    assert datetime(9899, 12, 31, 23, 59, 59) + timedelta(seconds=MAX_DURATION_S) < datetime.max
 
 
 def test_a_command_too_long_to_exec_is_rejected_at_load_time(tmp_path: Path) -> None:
