@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache, partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.config.sources import SourceFile, Value
@@ -41,6 +41,7 @@ __all__ = [
     "NAME_SEGMENT",
     "POOL_KEYS",
     "POOL_MODES",
+    "REQUIRED_JOB_KEYS",
     "SCHEDULER_FIELDS",
     "BadValue",
     "JobField",
@@ -266,7 +267,7 @@ def _command_array(value: list[object]) -> tuple[str, ...]:
             problems.append(((), f"item {number}: {_NUL}"))
     if problems:
         raise BadValue.many(problems)
-    items = tuple(str(item) for item in value)
+    items = cast(tuple[str, ...], tuple(value))  # every item was checked to be a string
     if not items[0].strip():
         raise BadValue("item 1 (the program to run) must not be empty")
     return items
@@ -402,6 +403,8 @@ JOB_FIELDS: Mapping[str, JobField] = _job_fields(
     relative_paths=("workdir",),
 )
 JOB_KEYS = tuple(JOB_FIELDS)
+#: keys without a default: a job must get them from its file or a `_folder.toml` above
+REQUIRED_JOB_KEYS = tuple(key for key, job_field in JOB_FIELDS.items() if job_field.required)
 
 #: Every key of `[scheduler]` in vigil.toml, in `Settings`' order (whose field defaults apply).
 SCHEDULER_FIELDS: Mapping[str, Check] = {

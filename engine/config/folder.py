@@ -3,8 +3,8 @@
 `JobFolder.scan()` is called about once a second by the scheduler, so an unchanged folder costs one
 `stat()` per file (or nothing, under an inotify watch) and an edit that breaks a job leaves its last
 valid version active. Each key's value remembers the file that set it, so an error about a key a
-`_folder.toml` set points there. Imports the other modules of this package, `engine.model`,
-`engine.errors` and `engine.text`.
+`_folder.toml` set points there. Imports the other modules of this package, `engine.durations`,
+`engine.model`, `engine.errors` and `engine.text`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from engine.config.fields import (
     JOB_FIELDS,
     MAX_ENV_BYTES,
     NAME_RULE,
+    REQUIRED_JOB_KEYS,
     env_bytes,
     job_name_problem,
     too_large_env,
@@ -121,8 +122,8 @@ def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: 
     """A required key no file sets, the job's own `agent` naming no valid agent, an `env` too large merged."""
     errors = [
         ConfigError(source.path, key, "required: set it here or in a _folder.toml above")
-        for key, job_field in JOB_FIELDS.items()
-        if job_field.required and key not in merged
+        for key in REQUIRED_JOB_KEYS
+        if key not in merged
     ]
     agent = merged.get("agent")
     if agent is not None and agent.source is source:
