@@ -370,7 +370,12 @@ class JobField:
 
 def _job_fields(checks: Mapping[str, Check], *, relative_paths: Iterable[str]) -> dict[str, JobField]:
     """The table, in `checks`' order, each key's default read from the `JobSpec` field of that name."""
-    defaults = {spec_field.name: spec_field.default for spec_field in dataclasses.fields(JobSpec)}
+    defaults = {
+        spec_field.name: spec_field.default
+        if spec_field.default_factory is dataclasses.MISSING
+        else spec_field.default_factory()
+        for spec_field in dataclasses.fields(JobSpec)
+    }
     return {key: JobField(check, defaults[key], key in relative_paths) for key, check in checks.items()}
 
 

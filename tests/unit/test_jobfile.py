@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from engine.config import JobFolder, format_errors, load_folder, load_settings
-from engine.config.fields import JOB_FIELDS
+from engine.config.fields import JOB_FIELDS, SCHEDULER_FIELDS
 from engine.durations import MAX_DURATION_LABEL, MAX_DURATION_S, MAX_DURATION_TEXT, within_max_duration
 from engine.errors import ConfigError
 from engine.model import Catchup, JobSpec, Overlap, Settings
@@ -127,6 +127,8 @@ def test_the_job_key_table_is_jobspec_and_a_key_left_unset_takes_jobspecs_defaul
     write(tmp_path, "manual.toml", 'command = "true"\n')
     (spec,) = load_folder(tmp_path).jobs.values()
     assert spec == JobSpec(name="manual", path=str(tmp_path / "manual.toml"), command="true")
+    # [scheduler] of vigil.toml likewise: its keys are Settings' scalar fields, whose defaults apply
+    assert list(SCHEDULER_FIELDS) == [f.name for f in dataclasses.fields(Settings) if f.name not in ("agents", "pools")]
 
 
 def test_names_come_from_paths_and_special_files_are_not_jobs(tmp_path: Path) -> None:
