@@ -985,12 +985,19 @@ def test_36500d_is_the_longest_duration_accepted_as_docs_say(tmp_path: Path) -> 
         (float("inf"), False),
     ],
 )
-def test_the_100_year_bound_has_one_definition(seconds: float, accepted: bool) -> None:
-    """durations.py bounds every duration (job files, vigil.toml, `db prune`), and `at`'s last year follows it."""
+def test_within_max_duration_is_0_to_36500d_inclusive(seconds: float, accepted: bool) -> None:
+    """The one 100-year bound (job files, vigil.toml and `db prune` all use it)."""
     assert within_max_duration(seconds) is accepted
     assert (MAX_DURATION_LABEL, MAX_DURATION_TEXT) == ("100 years (36500d)", "36500d")
-    # the last `at` a job may have, plus the longest duration, is still a datetime
-    assert datetime(9899, 12, 31, 23, 59, 59) + timedelta(seconds=MAX_DURATION_S) < datetime.max
+
+
+def test_at_is_accepted_up_to_the_last_year_to_which_any_duration_can_be_added(tmp_path: Path) -> None:
+    write(tmp_path, "last.toml", 'command = "true"\nat = 9899-12-31T23:59:59Z\n')
+    late = write(tmp_path, "late.toml", 'command = "true"\nat = 9900-01-01T00:00:00Z\n')
+    result = load_folder(tmp_path)
+    assert list(result.jobs) == ["last"]
+    assert only_error(result.errors, late).reason == "must be between the years 1970 and 9899 (UTC)"
+    assert result.jobs["last"].at + timedelta(seconds=MAX_DURATION_S) < datetime.max.replace(tzinfo=UTC)
 
 
 def test_a_command_too_long_to_exec_is_rejected_at_load_time(tmp_path: Path) -> None:
