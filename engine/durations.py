@@ -1,4 +1,7 @@
-"""Duration strings such as ``"10s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, ``"2d"``."""
+"""Duration strings such as ``"10s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, ``"2d"``, and the longest one accepted.
+
+Imports only `engine.text`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,20 @@ from engine.text import describe, quote, show
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-#: The longest duration anywhere in Vigil (job files, vigil.toml, `db prune --older-than`): 100 years,
-#: inclusive. Past it, fire times, deadlines and cut-offs overflow a datetime.
-MAX_DURATION_S = 36500 * 86400.0
-MAX_DURATION_TEXT = "36500d"
-OUT_OF_RANGE = f"at most 100 years ({MAX_DURATION_TEXT}) is accepted"
+#: The longest duration anywhere in Vigil (job files, vigil.toml, `db prune --older-than`): 100 years
+#: of 365 days, inclusive. Past it, fire times, deadlines and cut-offs overflow a datetime. This is the
+#: one definition: everything that bounds a duration calls `within_max_duration`.
+MAX_DURATION_YEARS = 100
+MAX_DURATION_S = MAX_DURATION_YEARS * 365 * 86400.0
+MAX_DURATION_TEXT = f"{MAX_DURATION_YEARS * 365}d"
+#: the bound as messages say it: `100 years (36500d)`
+MAX_DURATION_LABEL = f"{MAX_DURATION_YEARS} years ({MAX_DURATION_TEXT})"
+OUT_OF_RANGE = f"at most {MAX_DURATION_LABEL} is accepted"
+
+
+def within_max_duration(seconds: float) -> bool:
+    """Whether `seconds` is a duration Vigil accepts: from 0 to `MAX_DURATION_S` inclusive (never NaN)."""
+    return 0 <= seconds <= MAX_DURATION_S
 
 
 def parse_duration(value: object) -> float:
@@ -48,6 +60,6 @@ def parse_duration(value: object) -> float:
 def parse_bounded_duration(value: object) -> float:
     """`parse_duration`, also refusing a duration over `MAX_DURATION_S` (e.g. `1000000d`)."""
     seconds = parse_duration(value)
-    if not seconds <= MAX_DURATION_S:  # also NaN
+    if not within_max_duration(seconds):
         raise ValueError(f"duration {show(value)} is out of range: {OUT_OF_RANGE}")
     return seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -11,8 +12,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from engine.config import JobFolder, format_errors, load_folder, load_settings
+from engine.config.fields import JOB_FIELDS, SCHEDULER_FIELDS
+from engine.durations import MAX_DURATION_LABEL, MAX_DURATION_S, MAX_DURATION_TEXT, within_max_duration
 from engine.errors import ConfigError
-from engine.model import Catchup, Overlap, Settings
+from engine.model import Catchup, JobSpec, Overlap, Settings
 from engine.schedule import trigger_for
 
 SAMPLE_JOBS = Path(__file__).resolve().parents[2] / "sample_jobs"
@@ -113,6 +116,19 @@ def test_defaults_for_a_minimal_manual_job(tmp_path: Path) -> None:
     assert spec.workdir is None
     assert spec.agent is None
     assert spec.timeout is None
+
+
+def test_the_job_key_table_is_jobspec_and_a_key_left_unset_takes_jobspecs_default(tmp_path: Path) -> None:
+    """One table of job keys: every JobSpec field but name and path is a key, with JobSpec's default."""
+    spec_fields = {f.name: f.default for f in dataclasses.fields(JobSpec) if f.name not in ("name", "path")}
+    assert list(JOB_FIELDS) == list(spec_fields)
+    assert {key: job_field.default for key, job_field in JOB_FIELDS.items()} == spec_fields
+    assert [key for key, job_field in JOB_FIELDS.items() if job_field.required] == ["command"]
+    write(tmp_path, "manual.toml", 'command = "true"\n')
+    (spec,) = load_folder(tmp_path).jobs.values()
+    assert spec == JobSpec(name="manual", path=str(tmp_path / "manual.toml"), command="true")
+    # [scheduler] of vigil.toml likewise: its keys are Settings' scalar fields, whose defaults apply
+    assert list(SCHEDULER_FIELDS) == [f.name for f in dataclasses.fields(Settings) if f.name not in ("agents", "pools")]
 
 
 def test_names_come_from_paths_and_special_files_are_not_jobs(tmp_path: Path) -> None:
@@ -956,6 +972,32 @@ def test_36500d_is_the_longest_duration_accepted_as_docs_say(tmp_path: Path) -> 
     result = load_folder(tmp_path)
     assert list(result.jobs) == ["a"]
     assert [(Path(e.path).name, e.key) for e in result.errors] == [("b.toml", "timeout")]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "accepted"),
+    [
+        (0.0, True),
+        (36500 * 86400, True),
+        (-1e-9, False),
+        (MAX_DURATION_S + 1e-6, False),
+        (float("nan"), False),
+        (float("inf"), False),
+    ],
+)
+def test_within_max_duration_is_0_to_36500d_inclusive(seconds: float, accepted: bool) -> None:
+    """The one 100-year bound (job files, vigil.toml and `db prune` all use it)."""
+    assert within_max_duration(seconds) is accepted
+    assert (MAX_DURATION_LABEL, MAX_DURATION_TEXT) == ("100 years (36500d)", "36500d")
+
+
+def test_at_is_accepted_up_to_the_last_year_to_which_any_duration_can_be_added(tmp_path: Path) -> None:
+    write(tmp_path, "last.toml", 'command = "true"\nat = 9899-12-31T23:59:59Z\n')
+    late = write(tmp_path, "late.toml", 'command = "true"\nat = 9900-01-01T00:00:00Z\n')
+    result = load_folder(tmp_path)
+    assert list(result.jobs) == ["last"]
+    assert only_error(result.errors, late).reason == "must be between the years 1970 and 9899 (UTC)"
+    assert result.jobs["last"].at + timedelta(seconds=MAX_DURATION_S) < datetime.max.replace(tzinfo=UTC)
 
 
 def test_a_command_too_long_to_exec_is_rejected_at_load_time(tmp_path: Path) -> None:

@@ -1,0 +1,612 @@
+"""The job folder kept loaded: the incremental cache, `_folder.toml` layering, `after` names and cycles.
+
+`JobFolder.scan()` is called about once a second by the scheduler, so an unchanged folder costs one
+`stat()` per file (or nothing, under an inotify watch) and an edit that breaks a job leaves its last
+valid version active. Each key's value remembers the file that set it, so an error about a key a
+`_folder.toml` set points there. Imports the other modules of this package, `engine.durations`,
+`engine.model`, `engine.errors` and `engine.text`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from engine.config.fields import (
+    JOB_FIELDS,
+    MAX_ENV_BYTES,
+    NAME_RULE,
+    REQUIRED_JOB_KEYS,
+    env_bytes,
+    job_name_problem,
+    too_large_env,
+    validate_job_keys,
+    zone,
+)
+from engine.config.settings import SETTINGS_FILE, AgentTargets, parse_settings
+from engine.config.sources import SourceFile, Value, link_problem, not_regular, read_file
+from engine.config.watch import FULL_WALK_EVERY, DirWatch
+from engine.durations import MAX_DURATION_YEARS
+from engine.errors import ConfigError
+from engine.model import JobSpec, Settings
+from engine.text import quote
+
+__all__ = ["FOLDER_FILE", "JobFolder", "LoadResult", "ScanResult", "format_errors", "job_name_of", "load_folder"]
+
+FOLDER_FILE = "_folder.toml"
+_Report = Callable[[ConfigError], None]
+#: A file whose mtime is this close to the moment it was read may be rewritten within the same
+#: timestamp tick with the same size; its content is compared again on the next scan (as git does).
+_RACY_WINDOW_NS = 1_000_000_000
+#: `at` is kept in a range where adding any duration (at most 100 years) stays a valid datetime
+_AT_FIRST_YEAR, _AT_LAST_YEAR = 1970, datetime.max.year - MAX_DURATION_YEARS
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class LoadResult:
+    """Every valid job of a folder, every error found, and the settings in force."""
+
+    jobs: dict[str, JobSpec]
+    errors: list[ConfigError]
+    settings: Settings
+
+
+@dataclass
+class ScanResult:
+    """One live-reload step: the effective jobs, what moved since the last scan, all current errors."""
+
+    jobs: dict[str, JobSpec]
+    changed: set[str]  #: added, or effective spec differs from the previous scan
+    removed: set[str]  #: no longer in `jobs` (file deleted)
+    errors: list[ConfigError]
+    settings: Settings
+
+
+def job_name_of(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """The job name a file under `root` gives (its relative path without `.toml`)."""
+    rel = os.path.relpath(path, root)
+    return rel[:-5] if rel.endswith(".toml") else rel
+
+
+def format_errors(errors: Iterable[ConfigError]) -> str:
+    """One `PATH:LINE: KEY: reason` line per error, for the CLI and logs."""
+    return "\n".join(error.format() for error in errors)
+
+
+def _merge(layers: Iterable[dict[str, Value]]) -> dict[str, Value]:
+    """Folder defaults, outermost first, then the job: `env` merges by name, every other key replaces."""
+    merged: dict[str, Value] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "env" and "env" in merged:
+                merged["env"] = Value({**merged["env"].value, **value.value}, value.source)
+            else:
+                merged[key] = value
+    return merged
+
+
+def _build_spec(
+    name: str, source: SourceFile, merged: dict[str, Value], targets: AgentTargets
+) -> tuple[JobSpec | None, list[ConfigError]]:
+    """The JobSpec of one job from its merged keys, with the checks that need the whole job.
+
+    Only the keys some file sets are passed: every other one takes its `JobSpec` default."""
+    errors = _whole_job_errors(source, merged, targets)
+    if errors:
+        return None, errors
+    values = {key: value.value for key, value in merged.items()}
+    if "env" in values:
+        values["env"] = tuple(sorted(values["env"].items()))
+    if "at" in values:
+        at = _aware_at(values["at"], values.get("timezone", JOB_FIELDS["timezone"].default))
+        if at is None:
+            where = merged["at"].source
+            error = where.error(("at",), f"must be between the years {_AT_FIRST_YEAR} and {_AT_LAST_YEAR} (UTC)")
+            return None, [error]
+        values["at"] = at
+    return JobSpec(name=name, path=str(source.path), **values), []
+
+
+def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: AgentTargets) -> list[ConfigError]:
+    """A required key no file sets, the job's own `agent` naming no valid agent, an `env` too large merged."""
+    errors = [
+        ConfigError(source.path, key, "required: set it here or in a _folder.toml above")
+        for key in REQUIRED_JOB_KEYS
+        if key not in merged
+    ]
+    agent = merged.get("agent")
+    if agent is not None and agent.source is source:
+        problem = targets.problem(agent.value)
+        if problem:
+            errors.append(source.error(("agent",), problem))
+    env = merged.get("env")
+    if env is not None and (size := env_bytes(env.value)) > MAX_ENV_BYTES:
+        # Each file's own table is within the cap; only their merge is too large.
+        reason = str(too_large_env(size, " with the env of the _folder.toml files above"))
+        errors.append(
+            source.error(("env",), reason) if "env" in (source.data or {}) else ConfigError(source.path, "env", reason)
+        )
+    return errors
+
+
+def _aware_at(at: datetime, zone_name: str) -> datetime | None:
+    """`at` made aware in the job's zone when written without an offset; None outside the years allowed."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=zone(zone_name))
+    try:
+        year = at.astimezone(UTC).year
+    except OverflowError:  # 9999-12-31T23:00 in New York is past datetime's last year in UTC
+        return None
+    return at if _AT_FIRST_YEAR <= year <= _AT_LAST_YEAR else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The folder and live reload
+
+
+@lru_cache(maxsize=65536)
+def _chain(rel_dir: str) -> tuple[str, ...]:
+    """The folders whose `_folder.toml` apply to a job in `rel_dir`, outermost first."""
+    if not rel_dir:
+        return ("",)
+    parts = rel_dir.split("/")
+    return ("", *("/".join(parts[: index + 1]) for index in range(len(parts))))
+
+
+@dataclass
+class _JobState:
+    """The cached evaluation of one job file against its folder defaults and the declared agents."""
+
+    signature: tuple[Any, ...]
+    spec: JobSpec | None
+    errors: list[ConfigError]
+    after_source: SourceFile  #: the file whose `after` applies (errors about `after` point there)
+
+
+@dataclass
+class _Walk:
+    seen: list[str] = field(default_factory=list)  #: every job-folder file, relative to the root
+    stale: list[tuple[str, str, tuple[int, int, int]]] = field(default_factory=list)  #: (rel, abs, stat)
+    errors: list[ConfigError] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  #: symlinked files (rel, abs)
+    watched: bool = False  #: every folder walked is under an inotify watch
+
+
+class JobFolder:
+    """A job folder kept loaded: `scan()` re-reads only what changed and keeps last valid versions."""
+
+    def __init__(self, root: Path, *, keep_last_valid: bool = True) -> None:
+        self.root = Path(root)
+        #: The scheduler keeps running a broken file's last valid version; a reader that wants the
+        #: folder as the next scheduler would load it (`keep_last_valid=False`) gets only valid files.
+        self.keep_last_valid = keep_last_valid
+        self._root_abs = os.path.abspath(self.root)
+        self._files: dict[str, SourceFile] = {}  #: by path relative to the root, `/`-separated
+        self._version = 0
+        self._settings = Settings()
+        self._settings_errors: list[ConfigError] = []
+        self._targets = AgentTargets()
+        self._targets_version = 0
+        self._have_valid_settings = False
+        self._settings_version: int | None = None
+        self._states: dict[str, _JobState] = {}
+        self._last_valid: dict[str, JobSpec] = {}
+        self._jobs: dict[str, JobSpec] = {}
+        self._errors: list[ConfigError] = []
+        self._walk_errors: list[ConfigError] = []
+        self._loaded = False
+        self._watch: DirWatch | None = None
+        self._watch_tried = False
+        self._watched = False  #: the last walk put every folder under the watch
+        self._walked_at = 0.0
+        self._links: list[tuple[str, str]] = []
+
+    # -- public --------------------------------------------------------------------------------------
+
+    def scan(self) -> ScanResult:
+        """Re-read changed files and re-evaluate what depends on them; cheap when nothing changed."""
+        if self._loaded and self._unchanged():
+            return ScanResult(dict(self._jobs), set(), set(), list(self._errors), self._settings)
+        if self._loaded and not self._watch_tried:
+            # Only a folder scanned more than once (the scheduler's) gets a watch: a one-off load
+            # (the CLI) must not hold an inotify instance, of which a user has only 128.
+            self._watch_tried = True
+            self._watch = DirWatch.open()
+        walk = self._walk()
+        self._watched, self._links, self._walked_at = walk.watched, walk.links, time.monotonic()
+        dirty = self._refresh(walk)
+        if [e.format() for e in walk.errors] != [e.format() for e in self._walk_errors]:
+            self._walk_errors = walk.errors
+            dirty = True
+        if not dirty and self._loaded:
+            return ScanResult(dict(self._jobs), set(), set(), list(self._errors), self._settings)
+        self._loaded = True
+        previous = self._jobs
+        self._evaluate()
+        changed = {name for name, spec in self._jobs.items() if previous.get(name) != spec}
+        removed = set(previous) - set(self._jobs)
+        return ScanResult(dict(self._jobs), changed, removed, list(self._errors), self._settings)
+
+    def _unchanged(self) -> bool:
+        """True when no file can have changed since the last walk, so the walk can be skipped."""
+        watch = self._watch
+        if watch is None or not self._watched:
+            return False
+        if watch.changed() or time.monotonic() - self._walked_at >= FULL_WALK_EVERY:
+            return False
+        for rel, abs_path in self._links:  # a symlink's target may live outside every watched folder
+            source = self._files.get(rel)
+            try:
+                st = os.stat(abs_path)
+            except OSError:
+                return False
+            if source is None or source.racy or source.stat_key != (st.st_mtime_ns, st.st_size, st.st_ino):
+                return False
+        return True
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def _walk(self) -> _Walk:
+        """Stat every non-hidden `*.toml` below the root (symlinked folders are not followed).
+
+        Comparing with the cache happens here, in the loop, because this is all an unchanged scan does:
+        one stat() per file and no other work per file.
+        """
+        walk = _Walk()
+        if not os.path.isdir(self._root_abs):
+            walk.errors.append(ConfigError(self.root, "folder", "job folder does not exist or is not a folder"))
+            return walk
+        known = self._files
+        seen = walk.seen
+        stale = walk.stale
+        watch = self._watch
+        walk.watched = watch is not None
+        stack: list[tuple[str, str]] = [(self._root_abs, "")]
+        while stack:
+            abs_dir, prefix = stack.pop()
+            if watch is not None and not watch.add(abs_dir):  # before listing: no change slips between
+                walk.watched = False
+            try:
+                entries = os.scandir(abs_dir)
+            except OSError as exc:
+                walk.errors.append(ConfigError(self.root / prefix, "folder", f"cannot list: {exc.strerror}"))
+                continue
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == ".":
+                        continue
+                    try:
+                        if name.endswith(".toml"):
+                            rel = prefix + name
+                            link = entry.is_symlink()
+                            if link:
+                                try:
+                                    st = os.stat(entry.path)
+                                except OSError as exc:
+                                    walk.errors.append(
+                                        ConfigError(self.root / rel, "file", link_problem(entry.path, exc))
+                                    )
+                                    continue
+                            else:
+                                st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISDIR(st.st_mode):
+                                if not link:  # a folder named *.toml is a folder; symlinked ones are not followed
+                                    stack.append((entry.path, rel + "/"))
+                                continue
+                            problem = not_regular(st.st_mode)
+                            if problem:  # a FIFO or a device is never opened: it could block or have effects
+                                walk.errors.append(ConfigError(self.root / rel, "file", problem))
+                                continue
+                            seen.append(rel)
+                            if link:
+                                walk.links.append((rel, entry.path))
+                            stat_key = (st.st_mtime_ns, st.st_size, st.st_ino)
+                            old = known.get(rel)
+                            if old is None or old.stat_key != stat_key or old.racy:
+                                stale.append((rel, entry.path, stat_key))
+                        elif entry.is_dir(follow_symlinks=False):
+                            stack.append((entry.path, prefix + name + "/"))
+                    except OSError:
+                        continue  # vanished between listing and stat: the next scan sees the truth
+        return walk
+
+    def _refresh(self, walk: _Walk) -> bool:
+        """Bring `_files` up to date with the walk; True when any file's content came, went or changed."""
+        dirty = False
+        files = self._files
+        if len(walk.seen) != len(files) or walk.stale:
+            present = set(walk.seen)
+            for rel in [rel for rel in files if rel not in present]:
+                del files[rel]
+                dirty = True
+        now = time.time_ns()
+        linked = {rel for rel, _path in walk.links}
+        for rel, abs_path, stat_key in walk.stale:
+            old = files.get(rel)
+            raw = read_file(abs_path, follow=rel in linked)
+            read_error = None
+            if isinstance(raw, FileNotFoundError):
+                if files.pop(rel, None) is not None:
+                    dirty = True
+                continue  # deleted since the walk: the next scan agrees
+            if isinstance(raw, OSError):
+                read_error = str(raw.strerror or raw)
+                raw = b""
+            if old is not None and read_error is None and not old.unreadable and old.raw == raw:
+                old.stat_key = stat_key
+                old.racy = now - stat_key[0] < _RACY_WINDOW_NS
+                continue
+            self._version += 1
+            rel_dir = rel.rpartition("/")[0]
+            source = SourceFile(
+                self.root / rel,
+                rel_dir,
+                os.path.join(self._root_abs, rel_dir),
+                stat_key,
+                raw,
+                self._version,
+                read_error,
+            )
+            source.racy = now - stat_key[0] < _RACY_WINDOW_NS
+            files[rel] = source
+            dirty = True
+        return dirty
+
+    # -- evaluation ----------------------------------------------------------------------------------
+
+    def _evaluate(self) -> None:
+        """Recompute effective jobs and errors; per-job work is cached on the versions it depends on."""
+        errors: dict[tuple[str, int | None, str, str], ConfigError] = {}
+
+        def report(error: ConfigError) -> None:
+            errors.setdefault((error.path, error.line, error.key, error.reason), error)
+
+        for error in self._walk_errors:
+            report(error)
+        folders, job_sources, settings_source = self._sorted_files()
+        self._update_settings(settings_source)
+        for error in self._settings_errors:
+            report(error)
+
+        # _folder.toml files: their own keys, their agent, their `after` names
+        blocked: set[str] = set()
+        for rel_dir, source in folders.items():
+            problems = self._folder_problems(source, job_sources)
+            for error in problems:
+                report(error)
+            if problems:
+                blocked.add(rel_dir)
+
+        # each job on its own, cached on (its version, its folders' versions, declared agents)
+        candidates: dict[str, JobSpec] = {}
+        self._states = {name: self._job_state(name, source, folders) for name, source in job_sources.items()}
+        after_sources = {name: state.after_source for name, state in self._states.items()}
+        for name, state in self._states.items():
+            for error in state.errors:
+                report(error)
+            if state.spec is not None and not any(d in blocked for d in _chain(job_sources[name].rel_dir)):
+                candidates[name] = state.spec
+
+        _drop_missing_after(candidates, after_sources, job_sources, report)
+        last_valid = {name: spec for name, spec in self._last_valid.items() if name in job_sources}
+        if not self.keep_last_valid:
+            last_valid = {}
+        self._jobs = _without_cycles(candidates, last_valid, job_sources, after_sources, report)
+        for name, spec in candidates.items():
+            last_valid[name] = spec
+        self._last_valid = last_valid
+        self._errors = sorted(errors.values(), key=lambda e: (e.path, e.line or 0, e.key, e.reason))
+
+    def _sorted_files(self) -> tuple[dict[str, SourceFile], dict[str, SourceFile], SourceFile | None]:
+        """The files by role, in path order: `_folder.toml`s by folder, job files by job name, vigil.toml."""
+        folders: dict[str, SourceFile] = {}
+        job_sources: dict[str, SourceFile] = {}
+        settings_source: SourceFile | None = None
+        for rel, source in sorted(self._files.items()):
+            if rel == SETTINGS_FILE:
+                settings_source = source
+            elif rel == FOLDER_FILE or rel.endswith("/" + FOLDER_FILE):
+                folders[source.rel_dir] = source
+            else:
+                job_sources[rel[:-5]] = source
+        return folders, job_sources, settings_source
+
+    def _update_settings(self, source: SourceFile | None) -> None:
+        """Re-read settings when vigil.toml changed; a broken one keeps the last valid settings."""
+        version = source.version if source is not None else 0
+        if self._settings_version == version:
+            return
+        self._settings_version = version
+        settings, errors, targets = parse_settings(source, self._root_abs)
+        self._settings_errors = errors
+        if errors and self._have_valid_settings:
+            return
+        self._have_valid_settings = not errors
+        self._settings = settings
+        if targets != self._targets:
+            self._targets = targets
+            self._targets_version += 1
+
+    def _folder_problems(self, source: SourceFile, jobs: Mapping[str, SourceFile]) -> list[ConfigError]:
+        if source.syntax_error is not None:
+            return [source.syntax_error]
+        values, errors = self._own_values(source)
+        errors = list(errors)
+        agent = values.get("agent")
+        if agent is not None:
+            problem = self._targets.problem(agent.value)
+            if problem:
+                errors.append(source.error(("agent",), problem))
+        after = values.get("after")
+        if after is not None:
+            errors.extend(
+                source.error(("after",), f"job {quote(up)} does not exist") for up in after.value if up not in jobs
+            )
+        return errors
+
+    @staticmethod
+    def _own_values(source: SourceFile) -> tuple[dict[str, Value], list[ConfigError]]:
+        if source.values is None:
+            source.values, source.value_errors = validate_job_keys(source, source.data or {})
+        return source.values, source.value_errors
+
+    def _job_state(self, name: str, source: SourceFile, folders: Mapping[str, SourceFile]) -> _JobState:
+        chain = [folders[d] for d in _chain(source.rel_dir) if d in folders]
+        own_agent = source.data is not None and "agent" in source.data
+        signature = (
+            source.version,
+            tuple(folder.version for folder in chain),
+            self._targets_version if own_agent else 0,
+        )
+        state = self._states.get(name)
+        if state is not None and state.signature == signature:
+            return state
+        if source.syntax_error is not None:
+            return _JobState(signature, None, [source.syntax_error], source)
+        values, errors = self._own_values(source)
+        errors = list(errors)
+        if job_name_problem(name):
+            errors.append(
+                ConfigError(
+                    source.path,
+                    "name",
+                    f"{quote(name)}: file and folder names {NAME_RULE}",
+                )
+            )
+        layers = [self._own_values(folder)[0] for folder in chain if folder.syntax_error is None]
+        merged = _merge([*layers, values])
+        after = merged.get("after")
+        after_source = after.source if after is not None else source
+        if errors:
+            return _JobState(signature, None, errors, after_source)
+        spec, build_errors = _build_spec(name, source, merged, self._targets)
+        return _JobState(signature, spec, build_errors, after_source)
+
+
+def _drop_missing_after(
+    candidates: dict[str, JobSpec],
+    after_sources: Mapping[str, SourceFile],
+    job_sources: Mapping[str, SourceFile],
+    report: _Report,
+) -> None:
+    """Drop each job whose own `after` names a job file that does not exist (an invalid one still counts)."""
+    for name in list(candidates):
+        after_source = after_sources[name]
+        missing = [up for up in candidates[name].after if up not in job_sources]
+        if missing and after_source is job_sources[name]:
+            for up in missing:
+                report(after_source.error(("after",), f"job {quote(up)} does not exist"))
+            del candidates[name]
+
+
+def _without_cycles(
+    candidates: dict[str, JobSpec],
+    last_valid: Mapping[str, JobSpec],
+    job_sources: Mapping[str, SourceFile],
+    after_sources: Mapping[str, SourceFile],
+    report: _Report,
+) -> dict[str, JobSpec]:
+    """The jobs in force: each candidate, else its last valid version, with every job on an `after` cycle
+    reported and put back to its last valid version (or left out); such a candidate is dropped."""
+    effective: dict[str, JobSpec] = {}
+    for name in job_sources:
+        chosen = candidates.get(name) or last_valid.get(name)
+        if chosen is not None:
+            effective[name] = chosen
+    while cycles := _cycles(effective):
+        for name, path in cycles.items():
+            source = after_sources.get(name) or job_sources[name]
+            report(source.error(("after",), "cycle: " + " → ".join(path) + " (each waits for the next)"))
+            fallback = None
+            if name in candidates and effective.get(name) is candidates[name]:
+                del candidates[name]
+                fallback = last_valid.get(name)
+            if fallback is not None:
+                effective[name] = fallback
+            else:
+                effective.pop(name, None)
+    return effective
+
+
+def _cycles(graph: Mapping[str, JobSpec]) -> dict[str, list[str]]:
+    """Each job on a cycle of `after` edges, with one cycle through it (start and end repeated)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: dict[str, list[str]] = {}
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, edge = work.pop()
+            if edge == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            upstream = [up for up in graph[node].after if up in graph]
+            if edge < len(upstream):
+                work.append((node, edge + 1))
+                nxt = upstream[edge]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component: list[str] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph[node].after:
+                    members = set(component)
+                    for member in component:
+                        found[member] = _cycle_through(member, members, graph)
+    return found
+
+
+def _cycle_through(start: str, members: set[str], graph: Mapping[str, JobSpec]) -> list[str]:
+    """The shortest `after` path from `start` back to itself inside one strongly connected set."""
+    reached_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for node in frontier:
+            for up in graph[node].after:
+                if up == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(reached_from[path[-1]])
+                    return [*reversed(path), start]
+                if up in members and up not in reached_from:
+                    reached_from[up] = node
+                    following.append(up)
+        frontier = following
+    return [start, start]
+
+
+def load_folder(root: Path) -> LoadResult:
+    """Load every job of a folder once (the CLI's view; the scheduler keeps a JobFolder instead)."""
+    result = JobFolder(root).scan()
+    return LoadResult(jobs=result.jobs, errors=result.errors, settings=result.settings)

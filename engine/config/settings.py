@@ -1,0 +1,256 @@
+"""`vigil.toml`: the `[scheduler]` settings, the `[agents.NAME]` and `[pools.NAME]` a job's `agent` may name.
+
+Invalid entries are left out (their defaults used) and every one is reported with its line. Imports
+`sources`, `fields`, `engine.model`, `engine.errors` and `engine.text`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from engine.config.fields import (
+    AGENT_KEYS,
+    NAME_RULE,
+    NAME_SEGMENT,
+    POOL_KEYS,
+    POOL_MODES,
+    SCHEDULER_FIELDS,
+    BadValue,
+    as_choice,
+    as_string_list,
+    resolve_path,
+    unknown_key_reason,
+)
+from engine.config.sources import SourceFile, read_file
+from engine.errors import ConfigError
+from engine.model import AgentSpec, PoolSpec, Settings
+from engine.text import describe, quote
+
+__all__ = ["SETTINGS_FILE", "AgentTargets", "load_settings", "parse_settings"]
+
+SETTINGS_FILE = "vigil.toml"
+_TABLES = ("scheduler", "agents", "pools")
+
+
+@dataclass(frozen=True)
+class AgentTargets:
+    """What an `agent =` key may name: declared agents and pools, and those declared but invalid."""
+
+    valid: frozenset[str] = frozenset()
+    invalid: frozenset[str] = frozenset()
+
+    def problem(self, name: str) -> str | None:
+        if name in self.valid:
+            return None
+        if name in self.invalid:
+            return f"agent or pool {quote(name)} is declared in {SETTINGS_FILE} but its definition is invalid"
+        known = ", ".join(sorted(self.valid)) or "none declared"
+        return (
+            f"unknown agent or pool {quote(name)} (declare [agents.{name}] or [pools.{name}] in {SETTINGS_FILE};"
+            f" known: {known})"
+        )
+
+
+_Report = Callable[[tuple[str, ...], str], None]
+
+
+def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, list[ConfigError], AgentTargets]:
+    """Settings from vigil.toml; invalid entries are left out (defaults used) and reported."""
+    if source is None:
+        return Settings(), [], AgentTargets()
+    if source.syntax_error is not None:
+        return Settings(), [source.syntax_error], AgentTargets()
+    data = source.data or {}
+    errors: list[ConfigError] = []
+
+    def bad(path: tuple[str, ...], reason: str) -> None:
+        errors.append(source.error(path, reason))
+
+    for key, raw in data.items():
+        if key not in _TABLES:
+            bad((key,), unknown_key_reason(key, _TABLES, where="top"))
+        elif not isinstance(raw, dict):
+            bad(
+                (key,),
+                f"expected a table [{key}{'' if key == 'scheduler' else '.NAME'}], got {describe(raw)}",
+            )
+    scheduler = _parse_scheduler(_table(data, "scheduler"), bad)
+    agents, pools, invalid = _parse_targets(data, root_abs, bad)
+    settings = Settings(**scheduler, agents=agents, pools=pools)
+    targets = AgentTargets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools)))
+    errors.sort(key=lambda error: error.line or 0)
+    return settings, errors, targets
+
+
+def _parse_targets(
+    data: Mapping[str, Any], root_abs: str, bad: _Report
+) -> tuple[dict[str, AgentSpec], dict[str, PoolSpec], set[str]]:
+    """The valid agents and pools, and the names declared but invalid."""
+    invalid: set[str] = set()
+    agents: dict[str, AgentSpec] = {}
+    for name, table in _table(data, "agents").items():
+        spec = _parse_agent(name, table, root_abs, bad)
+        if spec is None:
+            invalid.add(name)
+        else:
+            agents[name] = spec
+    pools: dict[str, PoolSpec] = {}
+    declared = set(_table(data, "agents"))
+    for name, table in _table(data, "pools").items():
+        pool = _parse_pool(name, table, declared, agents, bad)
+        if pool is None:
+            invalid.add(name)
+        else:
+            pools[name] = pool
+    for name in sorted(set(pools) & set(agents)):
+        bad(
+            ("pools", name),
+            f"a pool cannot have the same name as agent {quote(name)} (`agent =` would be ambiguous)",
+        )
+        del pools[name]
+        invalid.add(name)
+    return agents, pools, invalid
+
+
+def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A top-level table of vigil.toml; empty when absent or not a table (already reported)."""
+    section = data.get(key)
+    return section if isinstance(section, dict) else {}
+
+
+def _parse_scheduler(section: Mapping[str, Any], bad: _Report) -> dict[str, Any]:
+    """The valid `[scheduler]` keys, checked by `SCHEDULER_FIELDS`; each bad one reported."""
+    scheduler: dict[str, Any] = {}
+    for key, raw in section.items():
+        check = SCHEDULER_FIELDS.get(key)
+        if check is None:
+            bad(("scheduler", key), unknown_key_reason(key, SCHEDULER_FIELDS, where="scheduler"))
+            continue
+        try:
+            scheduler[key] = check(raw)
+        except BadValue as problem:
+            for sub, reason in problem.problems:
+                bad(("scheduler", key, *sub), reason)
+    interval = scheduler.get("heartbeat_interval", Settings.heartbeat_interval)
+    timeout = scheduler.get("heartbeat_timeout", Settings.heartbeat_timeout)
+    if timeout <= interval:
+        bad(("scheduler", "heartbeat_timeout"), f"must be longer than heartbeat_interval ({interval:g}s)")
+        scheduler.pop("heartbeat_timeout", None)
+        scheduler.pop("heartbeat_interval", None)
+    return scheduler
+
+
+def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> AgentSpec | None:
+    where = ("agents", name)
+    if not isinstance(table, dict):
+        bad(where, f"expected a table [agents.{name}] with a url, got {describe(table)}")
+        return None
+    ok = True
+    if not NAME_SEGMENT.fullmatch(name):
+        bad(where, f"agent names {NAME_RULE}")
+        ok = False
+    fields: dict[str, str] = {}
+    for key, raw in table.items():
+        if key not in AGENT_KEYS:
+            bad((*where, key), unknown_key_reason(key, AGENT_KEYS, where="agent"))
+            ok = False
+        elif not isinstance(raw, str) or not raw.strip():
+            bad((*where, key), f"expected a non-empty string, got {describe(raw)}")
+            ok = False
+        else:
+            fields[key] = raw.strip()
+    ok = _agent_url_ok(where, table, fields, bad) and ok
+    if "tls_key" in fields and "tls_cert" not in fields:
+        bad((*where, "tls_key"), "tls_key needs tls_cert (the client certificate)")
+        ok = False
+    if not ok:
+        return None
+    paths = {key: resolve_path(fields[key], root_abs) for key in AGENT_KEYS[1:] if key in fields}
+    return AgentSpec(name=name, url=fields["url"], **paths)
+
+
+def _agent_url_ok(where: tuple[str, ...], table: Mapping[str, Any], fields: Mapping[str, str], bad: _Report) -> bool:
+    """Whether the agent has a usable url (an unreadable one is already reported), reporting what is wrong."""
+    url = fields.get("url")
+    if "url" not in table:
+        bad(where, 'required key url is missing (e.g. url = "https://host:8700")')
+        return False
+    if url is None:
+        return False
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        bad((*where, "url"), f"expected an http:// or https:// URL with a host, got {quote(url)}")
+        return False
+    tls_over_http = [key for key in ("tls_ca", "tls_cert", "tls_key") if key in fields and parts.scheme == "http"]
+    for key in tls_over_http:
+        bad((*where, key), "TLS settings need an https:// url")
+    return not tls_over_http
+
+
+def _parse_pool(
+    name: str, table: object, declared: set[str], agents: Mapping[str, AgentSpec], bad: _Report
+) -> PoolSpec | None:
+    where = ("pools", name)
+    if not isinstance(table, dict):
+        bad(where, f"expected a table [pools.{name}] with agents = [...], got {describe(table)}")
+        return None
+    ok = True
+    for key in table:
+        if key not in POOL_KEYS:
+            bad((*where, key), unknown_key_reason(key, POOL_KEYS, where="pool"))
+            ok = False
+    mode = "fixed-priority"
+    if "mode" in table:
+        try:
+            mode = as_choice(table["mode"], POOL_MODES)
+        except BadValue as problem:
+            bad((*where, "mode"), str(problem))
+            ok = False
+    members = _pool_members(where, table, declared, agents, bad)
+    if not ok or members is None:
+        return None
+    return PoolSpec(name=name, agents=members, mode=mode)
+
+
+def _pool_members(
+    where: tuple[str, ...], table: Mapping[str, Any], declared: set[str], agents: Mapping[str, AgentSpec], bad: _Report
+) -> tuple[str, ...] | None:
+    """The pool's agents; None when the list is missing or invalid or names an agent that is not valid."""
+    if "agents" not in table:
+        bad(where, 'required key agents is missing (e.g. agents = ["a1", "a2"])')
+        return None
+    try:
+        members = as_string_list(table["agents"], "agent names")
+        if not members:
+            raise BadValue("must name at least one agent")
+    except BadValue as problem:
+        for _sub, reason in problem.problems:
+            bad((*where, "agents"), reason)
+        return None
+    ok = True
+    for member in members:
+        if member not in declared:
+            bad((*where, "agents"), f"unknown agent {quote(member)} (declare it as [agents.{member}])")
+            ok = False
+        elif member not in agents:
+            ok = False  # declared but invalid: already reported there
+    return tuple(members) if ok else None
+
+
+def load_settings(root: Path) -> tuple[Settings, list[ConfigError]]:
+    """Settings from `root/vigil.toml` (optional: defaults when absent) and every error in it."""
+    root = Path(root)
+    path = root / SETTINGS_FILE
+    raw = read_file(str(path))
+    if isinstance(raw, FileNotFoundError):
+        return Settings(), []
+    if isinstance(raw, OSError):
+        return Settings(), [ConfigError(path, "file", f"cannot read: {raw.strerror or raw}")]
+    source = SourceFile(path, "", os.path.abspath(root), (0, 0, 0), raw, 0)
+    settings, errors, _targets = parse_settings(source, os.path.abspath(root))
+    return settings, errors
