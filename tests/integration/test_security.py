@@ -295,7 +295,11 @@ def test_a_request_longer_than_the_limit_is_answered_not_a_traceback(procs, tmp_
         sock.settimeout(5)
         sock.connect(str(sock_path))
         sock.sendall(deep + b"\n")
-        assert json.loads(sock.makefile("rb").readline()) == {"ok": False, "error": "malformed request"}
+        assert json.loads(sock.makefile("rb").readline()) == {
+            "ok": False,
+            "error": "malformed request",
+            "kind": "refused",
+        }
     assert control(sock_path, {"op": "status"})["ok"]  # it still serves
     assert query(state / "vigil.db", "SELECT COUNT(*) FROM audit") == [(0,)]
     out = up.output()
@@ -353,7 +357,7 @@ async def test_refusals_past_the_bound_are_summarised_in_one_audit_row(
     import asyncio
 
     from engine.control import RefusalAudit
-    from engine.ha import node as ha
+    from engine.ha import Node, control_server
     from engine.paths import StatePaths
 
     state, jobs = tmp_path / "state", tmp_path / "jobs"
@@ -361,8 +365,8 @@ async def test_refusals_past_the_bound_are_summarised_in_one_audit_row(
     write_job(jobs, "a", 'command = "true"\n')
     # Everyone is a stranger here: the peer-credential check is the seam (the real one is tested above).
     refusal = "permission denied: user mallory (uid 4242) may not control this scheduler; only root may"
-    monkeypatch.setattr(ha, "_peer_identity", lambda writer: ("mallory", refusal))
-    node = ha.Node(StatePaths(state), jobs)
+    monkeypatch.setattr(control_server, "_peer_identity", lambda writer: ("mallory", refusal))
+    node = Node(StatePaths(state), jobs)
     node._refusals = RefusalAudit(limit=2, window=0.5)
     running = asyncio.create_task(node.run())
     try:

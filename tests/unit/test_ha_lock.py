@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.exec.procs import fdinfo_holds_exclusive_flock, flock_holders, holds_flock, parse_flock_holders
-from engine.ha.node import HolderEvidence, LeaderLock, hang_target
+from engine.ha import HolderEvidence, LeaderLock, hang_target
 
 # ---------------------------------------------------------------- /proc parsing
 
