@@ -260,7 +260,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     reader = _reader(args)
     run = reader.run(args.run_id)
     if run["agent"] and (run["state"] not in TERMINAL or not reader.log_path(args.run_id).exists()):
-        from engine.agents.dispatcher import print_agent_log  # a run on an agent: its log is there until it ends
+        from engine.cli.agent_logs import print_agent_log  # a run on an agent: its log is there until it ends
 
         return print_agent_log(reader, run, Path(args.jobs), follow=args.follow)
     offset = 0
