@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ControlError, VigilError
+from engine.errors import ControlError, NotFoundError, VigilError
 from engine.paths import StatePaths
 from engine.text import escape, quote
 
 #: Exit statuses (docs/cli.md lists them): 0 done; 1 a `vigil:` error (bad value, missing path,
 #: refused command, database fault); 2 a malformed command line (argparse's usage message);
+#: 3 the job or run named does not exist (NotFoundError, also when the active says so);
 #: 130 interrupted with Ctrl-C.
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MAX_PREVIEW = 1000  #: `vigil next -n`: more is never useful on a terminal, and each fire costs time
 TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
 
@@ -321,7 +322,6 @@ def cmd_next(args: argparse.Namespace) -> int:
 
     from engine import schedule
     from engine.config import load_folder
-    from engine.errors import NotFoundError
 
     if not 1 <= args.n <= MAX_PREVIEW:  # a huge N would run for ever and fill memory
         raise VigilError(f"-n {args.n}: expected a whole number from 1 to {MAX_PREVIEW}")
@@ -678,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except VigilError as exc:
         print(f"vigil: {escape(str(exc))}", file=sys.stderr)  # one line, whatever user text it carries
-        return EXIT_ERROR
+        return EXIT_NOT_FOUND if isinstance(exc, NotFoundError) else EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
