@@ -73,7 +73,6 @@ class Node:
         settings, _ = load_settings(jobs_dir)
         self.hb_interval = settings.heartbeat_interval
         self.hb_timeout = settings.heartbeat_timeout
-        self.role = "starting"
         self.scheduler: Scheduler | None = None
         self._stop = asyncio.Event()
         self.server: ControlServer | None = None  #: the control socket, while active
@@ -140,7 +139,6 @@ class Node:
     # ---------------------------------------------------------------- standby
 
     async def _standby(self) -> Takeover | None:
-        self.role = "standby"
         log.info("standby (pid %d): waiting for the leader lock", self.pid)
         lock_task = asyncio.create_task(self.lock.acquire())
         stop_task = asyncio.create_task(self._stop.wait())
@@ -174,7 +172,6 @@ class Node:
     # ---------------------------------------------------------------- active
 
     async def _active(self, takeover: Takeover) -> StopReason:
-        self.role = "active"
         cause = "downtime" if takeover.cause == TakeoverCause.START else "failover"
         scheduler = Scheduler(self.paths, self.jobs_dir, clock=self.clock, rescan_interval=self.rescan_interval)
         scheduler.epoch_floor = self._epoch_floor
@@ -236,7 +233,6 @@ class Node:
                     os.unlink(self.paths.control)
             self._epoch_floor = scheduler.epoch_floor
             self.scheduler = None
-            self.role = "stopped"
             # A lost database's connection is left open (Ledger.close): SQLite keeps its locks on
             # the -shm file at that path until the process exits, which it does now; a standby that
             # opened the path before would trust a stale wal-index. So the leader lock is kept too:
