@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from engine.exec.procs import flock_holders, starttime
 from engine.ha.control_server import ControlServer
 from engine.ha.heartbeat import HeartbeatWatcher, Takeover, TakeoverCause
 from engine.ha.lock import LeaderLock
+from engine.model import StopReason
 from engine.paths import StatePaths
 from engine.run.scheduler import Scheduler
 from engine.store.intents import Audit, Failover
@@ -39,17 +39,6 @@ log = logging.getLogger("vigil.ha")
 #: Pauses between attempts to become active while the store refuses writes (disk full, locked).
 START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 10.0
-
-
-class StopReason(StrEnum):
-    """Why a term as active ended (the scheduler's `stop_reason`, as text in logs and replies)."""
-
-    STOP = "stop"  #: asked to stop (SIGTERM, SIGINT)
-    SWITCHOVER = "switchover"  #: handed over to a standby (`vigil switchover`)
-    EPOCH = "epoch"  #: an agent has seen a higher epoch: lead again above it
-    FENCED = "fenced"  #: another node has taken over (a newer epoch in the database)
-    LOCK_LOST = "lock_lost"  #: leader.lock was replaced and another process holds the new one
-    STORE_FATAL = "store_fatal"  #: the state database cannot be used any more
 
 
 class Node:
