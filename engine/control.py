@@ -50,18 +50,16 @@ class ErrorKind(StrEnum):
 ERROR_KINDS = tuple(ErrorKind)
 
 #: The class ControlClient raises for a refusal of each kind (like httpx's map_exceptions).
-RAISED_AS: dict[str, type[VigilError]] = {
+RAISED_AS: dict[ErrorKind, type[VigilError]] = {
     ErrorKind.REFUSED: ControlError,
     ErrorKind.NOT_FOUND: NotFoundError,
     ErrorKind.STOPPING: SchedulerStoppingError,
     ErrorKind.UNWRITABLE: UnwritableError,
 }
 
-#: The kind an exception is sent as: the first class it is an instance of; anything else is "refused".
+#: The kind an exception is sent as: that of the first class it is an instance of, else "refused".
 _SENT_AS: tuple[tuple[type[VigilError], ErrorKind], ...] = (
-    (NotFoundError, ErrorKind.NOT_FOUND),
-    (SchedulerStoppingError, ErrorKind.STOPPING),
-    (UnwritableError, ErrorKind.UNWRITABLE),
+    *((cls, kind) for kind, cls in RAISED_AS.items() if kind != ErrorKind.REFUSED),
     (StoreRetryableError, ErrorKind.UNWRITABLE),  # a handler's write met a full disk or a held lock
 )
 
@@ -84,7 +82,7 @@ def refusal(exc: VigilError) -> dict[str, Any]:
 def refused_error(reply: dict[str, Any]) -> VigilError:
     """The exception a refusal stands for; an unknown or missing kind is a plain ControlError."""
     kind = reply.get("kind")
-    cls = RAISED_AS.get(kind, ControlError) if isinstance(kind, str) else ControlError
+    cls = RAISED_AS[ErrorKind(kind)] if kind in ERROR_KINDS else ControlError
     return cls(str(reply.get("error", "refused")))
 
 
