@@ -331,7 +331,9 @@ def cmd_next(args: argparse.Namespace) -> int:
     if job is None:
         job_file = str(jobs_dir / f"{args.name}.toml")
         problems = [e.format() for e in result.errors if e.path == job_file]
-        raise NotFoundError(f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else ""))
+        if problems:  # the file is there but invalid: an error in it (exit 1, as `validate`), not a missing job
+            raise VigilError(f"no valid job named {quote(args.name)}: " + "; ".join(problems))
+        raise NotFoundError(f"no valid job named {quote(args.name)}")
     fires = schedule.preview(job, datetime.now(UTC), args.n)
     if args.json:
         _print_json([f.isoformat() for f in fires])

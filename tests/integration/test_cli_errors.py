@@ -198,6 +198,10 @@ def test_a_missing_job_or_run_without_an_active_scheduler(tmp_path: Path) -> Non
     # Read from the files: not found is known without a scheduler.
     one_vigil_line(vigil(state, "logs", MISSING_RUN, jobs=jobs, check=False), f"no run with id {MISSING_RUN}", code=3)
     one_vigil_line(vigil(state, "next", "no-such-job", jobs=jobs, check=False), "no valid job named", code=3)
+    write_job(jobs, "broken", 'command = "true"\ncron = "99 * * * *"\n')  # there, but invalid: exit 1
+    one_vigil_line(
+        vigil(state, "next", "broken", jobs=jobs, check=False), "no valid job named 'broken'", "cron", code=1
+    )
     # Commands for the active: with none, nothing can tell whether the job or run exists.
     for argv, _ in ASKED_OF_THE_ACTIVE:
         one_vigil_line(vigil(state, *argv, check=False), "no active scheduler", code=1)

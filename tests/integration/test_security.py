@@ -262,12 +262,13 @@ def test_control_identity_comes_from_the_socket_and_other_users_are_refused(proc
         assert "nobody" in reply["error"]
     assert query(state / "vigil.db", "SELECT COUNT(*) FROM runs") == [(0,)]
     assert control(sock, {"op": "status"})["ok"]  # its own user still may
+
     # Refused requests are audited too, under the kernel's name for the caller.
-    refused = wait_for(
-        lambda: query(state / "vigil.db", "SELECT os_user, action, target, result FROM audit")[len(audit_before) :],
-        5,
-        what="the refusals in the audit",
-    )
+    def refusals() -> list[tuple[Any, ...]]:
+        return query(state / "vigil.db", "SELECT os_user, action, target, result FROM audit")[len(audit_before) :]
+
+    # Deferred rows reach the database in batches: wait for all six, not the first batch.
+    refused = wait_for(lambda: len(refusals()) >= len(requests) and refusals(), 5, what="the refusals in the audit")
     assert [(user, action) for user, action, _, _ in refused] == [
         ("nobody", op) for op in ("?", "resume", "run", "status", "subscribe", "switchover")
     ], refused
