@@ -2,16 +2,31 @@
 
 CLI commands, the dashboard and standbys reach the active through it; standbys also receive the
 heartbeat stream on it. Connecting fails fast when nobody is active, which is how clients learn it.
+A refusal carries a `kind` (`ErrorKind`): the server picks it from the exception class
+(`kind_of`), and `ControlClient` raises the matching class again, so a caller can tell "no such
+run" from "try again later" without reading the message.
+
+Layer: control. Imports the base modules and the store's busy timeout; the server side lives in
+engine.ha.control_server.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ControlError, NoActiveSchedulerError
+from engine.errors import (
+    ControlError,
+    NoActiveSchedulerError,
+    NotFoundError,
+    SchedulerStoppingError,
+    StoreRetryableError,
+    UnwritableError,
+    VigilError,
+)
 from engine.paths import StatePaths
 from engine.store.sqlite.db import BUSY_TIMEOUT_MS
 
@@ -23,14 +38,52 @@ MAX_REQUEST = 1 << 16  #: the longest request line the scheduler reads (asyncio'
 COMMAND_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000 + 5.0
 
 
-#: What a refusal on the control socket is about; ControlClient raises the matching error.
-#: "refused": anything else (ControlError), "not_found": no such job or run (NotFoundError).
-ERROR_KINDS = ("refused", "not_found")
+class ErrorKind(StrEnum):
+    """What a refusal on the control socket is about; ControlClient raises the matching error."""
+
+    REFUSED = "refused"  #: anything else (ControlError); also a reply without a kind
+    NOT_FOUND = "not_found"  #: no such job or run (NotFoundError)
+    STOPPING = "stopping"  #: the active is stopping (SchedulerStoppingError)
+    UNWRITABLE = "unwritable"  #: its database refuses writes for now (UnwritableError)
 
 
-def error_reply(message: str, kind: str = "refused") -> dict[str, Any]:
+ERROR_KINDS = tuple(ErrorKind)
+
+#: The class ControlClient raises for a refusal of each kind (like httpx's map_exceptions).
+RAISED_AS: dict[ErrorKind, type[VigilError]] = {
+    ErrorKind.REFUSED: ControlError,
+    ErrorKind.NOT_FOUND: NotFoundError,
+    ErrorKind.STOPPING: SchedulerStoppingError,
+    ErrorKind.UNWRITABLE: UnwritableError,
+}
+
+#: The kind an exception is sent as: that of the first class it is an instance of, else "refused".
+_SENT_AS: tuple[tuple[type[VigilError], ErrorKind], ...] = (
+    *((cls, kind) for kind, cls in RAISED_AS.items() if kind != ErrorKind.REFUSED),
+    (StoreRetryableError, ErrorKind.UNWRITABLE),  # a handler's write met a full disk or a held lock
+)
+
+
+def error_reply(message: str, kind: str = ErrorKind.REFUSED) -> dict[str, Any]:
     """A refusal as the control socket sends it: the message and its kind."""
-    return {"ok": False, "error": message, "kind": kind}
+    return {"ok": False, "error": message, "kind": str(kind)}
+
+
+def kind_of(exc: VigilError) -> ErrorKind:
+    """The kind a refusal raised as `exc` is sent with."""
+    return next((kind for cls, kind in _SENT_AS if isinstance(exc, cls)), ErrorKind.REFUSED)
+
+
+def refusal(exc: VigilError) -> dict[str, Any]:
+    """`exc`, raised by a command's handler, as the reply the control socket sends."""
+    return error_reply(str(exc), kind_of(exc))
+
+
+def refused_error(reply: dict[str, Any]) -> VigilError:
+    """The exception a refusal stands for; an unknown or missing kind is a plain ControlError."""
+    kind = reply.get("kind")
+    cls = RAISED_AS[ErrorKind(kind)] if kind in ERROR_KINDS else ControlError
+    return cls(str(reply.get("error", "refused")))
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -45,6 +98,7 @@ class ControlClient:
         self.timeout = timeout
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """The reply to `op`; a refusal raises its kind's class (RAISED_AS), e.g. NotFoundError."""
         sock = self.connect()
         try:
             # No "user" field: the scheduler takes the caller's identity from the socket itself.
@@ -61,7 +115,7 @@ class ControlClient:
         if reply is None:
             raise ControlError("the active scheduler closed the connection without answering")
         if not reply.get("ok"):
-            raise ControlError(str(reply.get("error", "refused")))
+            raise refused_error(reply)
         return reply
 
     def connect(self) -> socket.socket:

@@ -7,7 +7,9 @@ VigilError
 │   ├── StoreRetryableError  another writer holds the lock, or the disk is full: try again later
 │   └── StoreFatalError    corrupt, not a database, I/O error, read-only, removed or replaced
 ├── ControlError           a command could not reach or was refused by the active scheduler
-│   └── NoActiveSchedulerError
+│   ├── NoActiveSchedulerError
+│   ├── SchedulerStoppingError  the active is stopping: try again once another one is active
+│   └── UnwritableError    the active's database refuses writes for now: try again later
 ├── NotFoundError          a job or run named by the user does not exist
 ├── ScheduleError          a schedule expression cannot be evaluated
 ├── LaunchError            a run's shim could not start its job (reason: "could not start: ...")
@@ -79,6 +81,15 @@ class NoActiveSchedulerError(ControlError):
 
     def __init__(self, state_dir: str | Path) -> None:
         super().__init__(f"no active scheduler on state directory {state_dir} (start one with `vigil up`)")
+
+
+class SchedulerStoppingError(ControlError):
+    """The active scheduler is stopping and refused the command: try again once another is active."""
+
+
+class UnwritableError(ControlError):
+    """The active refused a command that needs a write: its state database refuses writes for now
+    (disk full, locked by another writer); try again when it is writable."""
 
 
 class NotFoundError(VigilError):

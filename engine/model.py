@@ -93,6 +93,17 @@ class Catchup(StrEnum):
     NONE = "none"
 
 
+class StopReason(StrEnum):
+    """Why an active scheduler's term ended (its `stop_reason`; the HA node acts on it)."""
+
+    STOP = "stop"  #: asked to stop (SIGTERM, SIGINT)
+    SWITCHOVER = "switchover"  #: handed over to a standby (`vigil switchover`)
+    EPOCH = "epoch"  #: an agent has seen a higher epoch: lead again above it
+    FENCED = "fenced"  #: another node has taken over (a newer epoch in the database)
+    LOCK_LOST = "lock_lost"  #: leader.lock was replaced and another process holds the new one
+    STORE_FATAL = "store_fatal"  #: the state database cannot be used any more
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobSpec:
     """One validated job file, with folder defaults already applied."""

@@ -27,7 +27,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from engine.control import ControlClient
-from engine.errors import ControlError
+from engine.errors import ControlError, VigilError
 from engine.paths import StatePaths
 from tui.data import RunRecord, Snapshot, StateSource, utc_now
 from tui.screens.agents import AgentsScreen
@@ -255,7 +255,7 @@ class VigilApp(App[int]):
             self.notify(f"{what}: waiting for the scheduler…", timeout=2)
         try:
             reply = await task
-        except (ControlError, OSError) as exc:
+        except (VigilError, OSError) as exc:  # a refusal raises its kind's class (NotFoundError too)
             self.notify(f"{what} failed: {exc}", severity="error", timeout=8)
         else:
             self.notify(success(reply), timeout=4)

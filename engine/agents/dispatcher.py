@@ -46,7 +46,7 @@ from engine.agents.protocol import (
     load_httpx,
 )
 from engine.clock import iso, parse_iso
-from engine.errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError, VigilError
+from engine.errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError
 from engine.exec.local import ShimExit
 from engine.ids import MAX_ROW_ID, valid_id
 from engine.model import AgentSpec, RunState, Settings
@@ -932,55 +932,4 @@ def _store_log(run_dir: Path, data: bytes) -> None:
     (run_dir / "log").write_bytes(data)
 
 
-# ------------------------------------------------------------------------------------ CLI: logs
-
-
-def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow: bool) -> int:
-    """`vigil logs RUN_ID` for a run on an agent: fetch (and with -f, follow) its log over HTTP."""
-    import sys
-
-    from engine.config import load_settings
-
-    settings, _ = load_settings(jobs_dir)
-    run_id = int(run["id"])
-
-    async def main() -> int:
-        offset = 0
-        current = run
-        client: AgentClient | None = None
-        try:
-            while True:
-                name = current["agent"]
-                if client is None and name in settings.agents:
-                    client = AgentClient(settings.agents[name], epoch=None)
-                data = b""
-                if client is not None:
-                    try:
-                        data, offset, _size, _state = await client.log(run_id, offset)
-                    except AgentNotFound:
-                        pass  # the agent has forgotten it (or never had it): nothing to show
-                    except AgentError as exc:
-                        raise VigilError(str(exc)) from None
-                elif name not in settings.pools:
-                    raise VigilError(
-                        f"run {run_id} ran on agent {name!r}, which {jobs_dir}/vigil.toml does not declare "
-                        "(pass --jobs DIR)"
-                    )
-                if data:
-                    sys.stdout.write(data.decode("utf-8", "replace"))
-                    sys.stdout.flush()
-                    continue
-                if not follow or current["state"] in _TERMINAL:
-                    return 0
-                await asyncio.sleep(0.25)
-                current = reader.run(run_id)
-        finally:
-            if client is not None:
-                await client.aclose()
-
-    return asyncio.run(main())
-
-
-_TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
-
-__all__ = ["AgentDispatcher", "choose_member", "print_agent_log", "targets_of"]
+__all__ = ["AgentDispatcher", "choose_member", "targets_of"]

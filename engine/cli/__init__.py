@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ControlError, VigilError
+from engine.errors import ControlError, NotFoundError, VigilError
 from engine.paths import StatePaths
 from engine.text import escape, quote
 
 #: Exit statuses (docs/cli.md lists them): 0 done; 1 a `vigil:` error (bad value, missing path,
 #: refused command, database fault); 2 a malformed command line (argparse's usage message);
+#: 3 the job or run named does not exist (NotFoundError, also when the active says so);
 #: 130 interrupted with Ctrl-C.
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MAX_PREVIEW = 1000  #: `vigil next -n`: more is never useful on a terminal, and each fire costs time
 TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
 
@@ -260,7 +261,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     reader = _reader(args)
     run = reader.run(args.run_id)
     if run["agent"] and (run["state"] not in TERMINAL or not reader.log_path(args.run_id).exists()):
-        from engine.agents.dispatcher import print_agent_log  # a run on an agent: its log is there until it ends
+        from engine.cli.agent_logs import print_agent_log  # a run on an agent: its log is there until it ends
 
         return print_agent_log(reader, run, Path(args.jobs), follow=args.follow)
     offset = 0
@@ -321,7 +322,6 @@ def cmd_next(args: argparse.Namespace) -> int:
 
     from engine import schedule
     from engine.config import load_folder
-    from engine.errors import NotFoundError
 
     if not 1 <= args.n <= MAX_PREVIEW:  # a huge N would run for ever and fill memory
         raise VigilError(f"-n {args.n}: expected a whole number from 1 to {MAX_PREVIEW}")
@@ -331,7 +331,9 @@ def cmd_next(args: argparse.Namespace) -> int:
     if job is None:
         job_file = str(jobs_dir / f"{args.name}.toml")
         problems = [e.format() for e in result.errors if e.path == job_file]
-        raise NotFoundError(f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else ""))
+        if problems:  # the file is there but invalid: an error in it (exit 1, as `validate`), not a missing job
+            raise VigilError(f"no valid job named {quote(args.name)}: " + "; ".join(problems))
+        raise NotFoundError(f"no valid job named {quote(args.name)}")
     fires = schedule.preview(job, datetime.now(UTC), args.n)
     if args.json:
         _print_json([f.isoformat() for f in fires])
@@ -678,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except VigilError as exc:
         print(f"vigil: {escape(str(exc))}", file=sys.stderr)  # one line, whatever user text it carries
-        return EXIT_ERROR
+        return EXIT_NOT_FOUND if isinstance(exc, NotFoundError) else EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -262,12 +262,13 @@ def test_control_identity_comes_from_the_socket_and_other_users_are_refused(proc
         assert "nobody" in reply["error"]
     assert query(state / "vigil.db", "SELECT COUNT(*) FROM runs") == [(0,)]
     assert control(sock, {"op": "status"})["ok"]  # its own user still may
+
     # Refused requests are audited too, under the kernel's name for the caller.
-    refused = wait_for(
-        lambda: query(state / "vigil.db", "SELECT os_user, action, target, result FROM audit")[len(audit_before) :],
-        5,
-        what="the refusals in the audit",
-    )
+    def refusals() -> list[tuple[Any, ...]]:
+        return query(state / "vigil.db", "SELECT os_user, action, target, result FROM audit")[len(audit_before) :]
+
+    # Deferred rows reach the database in batches: wait for all six, not the first batch.
+    refused = wait_for(lambda: len(refusals()) >= len(requests) and refusals(), 5, what="the refusals in the audit")
     assert [(user, action) for user, action, _, _ in refused] == [
         ("nobody", op) for op in ("?", "resume", "run", "status", "subscribe", "switchover")
     ], refused
@@ -295,7 +296,11 @@ def test_a_request_longer_than_the_limit_is_answered_not_a_traceback(procs, tmp_
         sock.settimeout(5)
         sock.connect(str(sock_path))
         sock.sendall(deep + b"\n")
-        assert json.loads(sock.makefile("rb").readline()) == {"ok": False, "error": "malformed request"}
+        assert json.loads(sock.makefile("rb").readline()) == {
+            "ok": False,
+            "error": "malformed request",
+            "kind": "refused",
+        }
     assert control(sock_path, {"op": "status"})["ok"]  # it still serves
     assert query(state / "vigil.db", "SELECT COUNT(*) FROM audit") == [(0,)]
     out = up.output()
@@ -353,7 +358,7 @@ async def test_refusals_past_the_bound_are_summarised_in_one_audit_row(
     import asyncio
 
     from engine.control import RefusalAudit
-    from engine.ha import node as ha
+    from engine.ha import Node, control_server
     from engine.paths import StatePaths
 
     state, jobs = tmp_path / "state", tmp_path / "jobs"
@@ -361,8 +366,8 @@ async def test_refusals_past_the_bound_are_summarised_in_one_audit_row(
     write_job(jobs, "a", 'command = "true"\n')
     # Everyone is a stranger here: the peer-credential check is the seam (the real one is tested above).
     refusal = "permission denied: user mallory (uid 4242) may not control this scheduler; only root may"
-    monkeypatch.setattr(ha, "_peer_identity", lambda writer: ("mallory", refusal))
-    node = ha.Node(StatePaths(state), jobs)
+    monkeypatch.setattr(control_server, "_peer_identity", lambda writer: ("mallory", refusal))
+    node = Node(StatePaths(state), jobs)
     node._refusals = RefusalAudit(limit=2, window=0.5)
     running = asyncio.create_task(node.run())
     try:

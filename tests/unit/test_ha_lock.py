@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.exec.procs import fdinfo_holds_exclusive_flock, flock_holders, holds_flock, parse_flock_holders
-from engine.ha.node import HolderEvidence, LeaderLock, hang_target
+from engine.exec.procs import fdinfo_holds_exclusive_flock, flock_holders, holds_flock, parse_flock_holders, starttime
+from engine.ha import HolderEvidence, LeaderLock, hang_target
 
 # ---------------------------------------------------------------- /proc parsing
 
@@ -191,3 +191,37 @@ async def test_a_cancelled_wait_leaves_no_lock_behind(tmp_path: Path) -> None:
     first.release()
     await asyncio.sleep(0.1)  # the abandoned thread gets the lock and lets go of it at once
     assert LeaderLock(path).try_acquire()
+
+
+# ---------------------------------------------------------------- the evidence, read from a real ledger
+
+
+def test_the_evidence_names_the_leader_row_and_who_holds_the_lock(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from engine.clock import iso
+    from engine.errors import StoreError
+    from engine.ha.heartbeat import gather_evidence
+    from engine.paths import StatePaths
+    from engine.store.sqlite.db import connect
+
+    paths = StatePaths(tmp_path / "state")
+    with pytest.raises(StoreError):  # no database yet: an error the watcher logs, never created
+        gather_evidence(paths, (0, 0), None)
+    assert not paths.db.exists()
+    lock = LeaderLock(paths.lock)
+    conn = connect(paths)
+    assert lock.try_acquire()
+    key = lock.path_key()
+    assert key is not None
+    fresh = gather_evidence(paths, key, None)  # a database no active has led yet
+    assert fresh.row is None and fresh.row_since is None and fresh.lock_holders == {os.getpid()}
+    me = (os.getpid(), starttime(os.getpid()))
+    since = datetime(2026, 11, 22, 5, 14, 30, tzinfo=UTC)
+    conn.execute("UPDATE leader SET pid = ?, starttime = ?, since = ? WHERE id = 1", (*me, iso(since)))
+    conn.close()
+    evidence = gather_evidence(paths, key, me)
+    lock.release()
+    assert evidence.row == me and evidence.row_since == since.timestamp()
+    assert evidence.row_starttime_now == me[1] and evidence.row_holds_lock and evidence.heartbeat_alive
+    assert hang_target(evidence, me, own_pid=os.getpid())[1] == "the leader row names this process"

@@ -915,7 +915,7 @@ def test_next_names_only_the_errors_of_the_job_asked_for(tmp_path: Path, capsys:
     argv = ["next", "--jobs", str(tmp_path / "jobs"), "--state", str(tmp_path / "state")]
     assert main([*argv, "bad"]) == 1
     assert "bad.toml:2: cron" in capsys.readouterr().err
-    assert main([*argv, "a"]) == 1  # 'a' is a substring of the folder and of bad.toml's path
+    assert main([*argv, "a"]) == 3  # not found; 'a' is a substring of the folder and of bad.toml's path
     assert capsys.readouterr().err == "vigil: no valid job named 'a'\n"
 
 
