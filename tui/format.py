@@ -102,9 +102,10 @@ def fmt_age(seconds: float | None) -> str:
     return f"{seconds // 86400:.0f}d"
 
 
-def fmt_time(text: str | None, now: datetime, *, precise: bool = False) -> str:
-    """A stored UTC time as the dashboard shows it (UTC): time of day if today, else the date too."""
-    when = parse_iso(text)
+def fmt_time(at: datetime | str | None, now: datetime, *, precise: bool = False) -> str:
+    """A time (a record's, or a stored text one) as the dashboard shows it (UTC): time of day if
+    today, else the date too."""
+    when = parse_iso(at) if isinstance(at, str) else at
     if when is None:
         return NONE_TEXT
     when = when.astimezone(now.tzinfo) if now.tzinfo else when

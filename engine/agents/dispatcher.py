@@ -49,7 +49,7 @@ from engine.clock import iso, parse_iso
 from engine.errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError, VigilError
 from engine.exec.local import ShimExit
 from engine.ids import MAX_ROW_ID, valid_id
-from engine.model import AgentSpec, RunState, Settings
+from engine.model import AgentSpec, Run, RunState, Settings
 
 if TYPE_CHECKING:
     import httpx
@@ -935,14 +935,14 @@ def _store_log(run_dir: Path, data: bytes) -> None:
 # ------------------------------------------------------------------------------------ CLI: logs
 
 
-def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow: bool) -> int:
+def print_agent_log(reader: Any, run: Run, jobs_dir: Path, *, follow: bool) -> int:
     """`vigil logs RUN_ID` for a run on an agent: fetch (and with -f, follow) its log over HTTP."""
     import sys
 
     from engine.config import load_settings
 
     settings, _ = load_settings(jobs_dir)
-    run_id = int(run["id"])
+    run_id = run.id
 
     async def main() -> int:
         offset = 0
@@ -950,7 +950,7 @@ def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow:
         client: AgentClient | None = None
         try:
             while True:
-                name = current["agent"]
+                name = current.agent
                 if client is None and name in settings.agents:
                     client = AgentClient(settings.agents[name], epoch=None)
                 data = b""
@@ -970,7 +970,7 @@ def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow:
                     sys.stdout.write(data.decode("utf-8", "replace"))
                     sys.stdout.flush()
                     continue
-                if not follow or current["state"] in _TERMINAL:
+                if not follow or current.state.terminal:
                     return 0
                 await asyncio.sleep(0.25)
                 current = reader.run(run_id)
@@ -980,7 +980,5 @@ def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow:
 
     return asyncio.run(main())
 
-
-_TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
 
 __all__ = ["AgentDispatcher", "choose_member", "print_agent_log", "targets_of"]
