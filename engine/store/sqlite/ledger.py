@@ -56,13 +56,18 @@ def _transaction(
     check: tuple[str, Params] | None,
     guard: Callable[[], None],
 ) -> list[sqlite3.Row]:
-    """One BEGIN IMMEDIATE … COMMIT, run in the connection's own thread; rolled back on any error."""
+    """One BEGIN IMMEDIATE … COMMIT, run in the connection's own thread; rolled back on any error.
+
+    `check` selects the ids of the rows being inserted: the ones it finds afterwards and not before
+    are returned (a row already there, under the same id or for the same fire, is not new).
+    """
     guard()  # in the thread, right before the write: the smallest window for a file lost meanwhile
     conn.execute("BEGIN IMMEDIATE")
     try:
+        existing = {row[0] for row in conn.execute(*check)} if check is not None else set()
         for sql, params_list in groups:
             conn.executemany(sql, params_list)
-        found = conn.execute(*check).fetchall() if check is not None else []
+        found = [row for row in conn.execute(*check) if row[0] not in existing] if check is not None else []
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
