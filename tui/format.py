@@ -61,13 +61,6 @@ def look(state: str | None) -> Look:
     return RUN_LOOKS.get(state) or JOB_LOOKS.get(state) or Look("?", state.upper()[:8], "warn")
 
 
-def seconds_between(start: str | None, end: str | None) -> float | None:
-    a, b = parse_iso(start), parse_iso(end)
-    if a is None or b is None:
-        return None
-    return max(0.0, (b - a).total_seconds())
-
-
 def fmt_duration(seconds: float | None) -> str:
     """Compact and monotone in width: 850ms, 1.2s, 12s, 3m04s, 2h05m, 3d04h."""
     if seconds is None:
