@@ -440,55 +440,11 @@ def _db_check(paths: StatePaths) -> int:
 
 
 def _db_backup(paths: StatePaths, target: Path) -> int:
-    import sqlite3
+    from engine.store.sqlite.admin import backup
 
-    from engine.store.sqlite.db import connect
-
-    if target.is_symlink():
-        raise VigilError(f"backup target {target} is a symbolic link; refusing to write through it")
-    if target.exists():
-        raise VigilError(f"backup target {target} already exists; refusing to overwrite it")
-    source = connect(paths, create=False)
-    try:
-        # Created here, owner-only whatever the umask; O_EXCL|O_NOFOLLOW refuse a file or link
-        # that appeared since the checks above.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        source.close()
-        raise VigilError(f"cannot create backup target {target}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        created = os.fstat(fd)
-    finally:
-        os.close(fd)
-    try:
-        dest = sqlite3.connect(target)
-        try:
-            with dest:
-                source.backup(dest)  # the online backup API: consistent while the scheduler writes
-        finally:
-            dest.close()
-        now = os.lstat(target)
-        if (now.st_dev, now.st_ino) != (created.st_dev, created.st_ino):
-            raise VigilError(f"backup target {target} was replaced while the backup was written")
-    except sqlite3.Error as exc:
-        _remove_quietly(target)  # the error may be the source's or the target's: name both
-        raise VigilError(f"backup of {paths.db} to {target} failed: {exc}") from exc
-    except BaseException:
-        _remove_quietly(target)
-        raise
-    finally:
-        source.close()
+    backup(paths, target)
     print(escape(f"backed up {paths.db} to {target}"))
     return EXIT_OK
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        if not path.is_symlink():
-            path.unlink()
-    except OSError:
-        pass
 
 
 def _prune_offline(paths: StatePaths, seconds: float) -> int:
