@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
+
+from engine.clock import iso
 
 
 class RunState(StrEnum):
@@ -69,6 +72,21 @@ class Run:
     cpu_s: float | None = None
     command: str | None = None  #: JSON text of the command as launched
 
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    def duration(self, now: datetime | None = None) -> float | None:
+        """Seconds it ran; for a run still going, so far (given `now`)."""
+        if self.started_at is None:
+            return None
+        end = self.ended_at
+        if end is None:
+            if now is None or self.state not in ACTIVE_STATES:
+                return None
+            end = now
+        return max(0.0, (end - self.started_at).total_seconds())
+
 
 @dataclass(frozen=True, slots=True)
 class LeaderRow:
@@ -79,6 +97,82 @@ class LeaderRow:
     starttime: int | None
     since: datetime | None
     clean_stop: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job of the active's catalog, with its pause flag.
+
+    A row with an `error` is either a file that never loaded (`loaded` False: no schedule) or a
+    file that broke while its last valid version stays scheduled (`loaded` True).
+    """
+
+    name: str
+    path: str
+    schedule: str
+    enabled: bool
+    agent: str | None
+    description: str
+    tags: str  #: comma-separated
+    next_fire: datetime | None
+    error: str | None
+    paused: bool
+    loaded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """What the active's dispatcher last learned of an agent."""
+
+    name: str
+    url: str
+    up: bool
+    last_contact: datetime | None
+    version: str | None
+    cpu_percent: float | None
+    memory_percent: float | None
+    load1: float | None
+    running: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverRow:
+    """A takeover as the new active recorded it."""
+
+    at: datetime
+    from_pid: int | None
+    to_pid: int
+    cause: str
+    gap_ms: float | None
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One operator action and its result."""
+
+    at: datetime
+    user: str  #: the OS user who asked
+    action: str
+    target: str
+    result: str
+
+
+def to_json(record: Any, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A record as the CLI prints it in JSON: times in the database's text form, states as words.
+
+    `names` picks (and orders) the fields; by default all of them, in their order.
+    """
+    out: dict[str, Any] = {}
+    for name in names or tuple(f.name for f in fields(record)):
+        value = getattr(record, name)
+        if isinstance(value, datetime):
+            value = iso(value)
+        elif isinstance(value, StrEnum):
+            value = value.value
+        out[name] = value
+    return out
 
 
 class Overlap(StrEnum):

@@ -29,7 +29,7 @@ from textual.screen import Screen
 from engine.control import ControlClient
 from engine.errors import ControlError, VigilError
 from engine.paths import StatePaths
-from tui.data import RunRecord, Snapshot, StateSource, utc_now
+from tui.data import Run, Snapshot, StateSource, utc_now
 from tui.screens.agents import AgentsScreen
 from tui.screens.base import ViewScreen
 from tui.screens.cluster import ClusterScreen
@@ -216,7 +216,7 @@ class VigilApp(App[int]):
         op = "resume" if resume else "pause"
         self._send(op, f"{op.capitalize()} {job}", lambda r: f"{job} {op}d", job=job)
 
-    def command_rerun(self, run: RunRecord) -> None:
+    def command_rerun(self, run: Run) -> None:
         self._send(
             "rerun",
             f"Rerun of run {run.id}",
@@ -224,7 +224,7 @@ class VigilApp(App[int]):
             run_id=run.id,
         )
 
-    def command_kill(self, run: RunRecord) -> None:
+    def command_kill(self, run: Run) -> None:
         question = (
             f"Kill run [b]{run.id}[/b] of [b]{run.job}[/b]?\n\n"
             "Its whole process group gets SIGTERM, then SIGKILL after the grace period."

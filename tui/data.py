@@ -28,22 +28,33 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.api import JobFilesReader, JobFilesView, LogChunk, StateReader, catalog_folder, catalog_without_active
-from engine.clock import parse_iso
+from engine.api import (
+    AgentRow,
+    AuditRow,
+    FailoverRow,
+    JobFilesReader,
+    JobFilesView,
+    JobRow,
+    LogChunk,
+    Run,
+    StateReader,
+    catalog_folder,
+    catalog_without_active,
+)
 from engine.control import COMMAND_TIMEOUT_S, ControlClient
 from engine.errors import ControlError, NoActiveSchedulerError, VigilError
-from engine.model import ACTIVE_STATES, RunState
+from engine.model import ACTIVE_STATES, OPEN_STATES
 from engine.paths import StatePaths
 
 __all__ = [
     "ActiveInfo",
-    "AgentRecord",
-    "AuditRecord",
+    "AgentRow",
+    "AuditRow",
     "ClusterInfo",
-    "FailoverRecord",
+    "FailoverRow",
     "JobRecord",
     "LogChunk",
-    "RunRecord",
+    "Run",
     "Snapshot",
     "StateSource",
     "utc_now",
@@ -51,9 +62,6 @@ __all__ = [
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
-OPEN_STATES = (RunState.PENDING, RunState.WAITING, RunState.LAUNCHING, RunState.RUNNING)
-_OPEN = frozenset(str(s) for s in OPEN_STATES)
-_RUNNING = frozenset(str(s) for s in ACTIVE_STATES)
 
 
 def utc_now() -> datetime:
@@ -64,76 +72,19 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class RunRecord:
-    id: int
-    job: str
-    state: str
-    exit_code: int | None = None
-    scheduled_for: str | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-    attempt: int = 1
-    epoch: int | None = None
-    reason: str | None = None
-    trigger: str | None = None
-    created_at: str | None = None
-    peak_rss: int | None = None
-    cpu_s: float | None = None
-    agent: str | None = None
-    pid: int | None = None
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> RunRecord:
-        return cls(
-            id=int(row["id"]),
-            job=row["job"],
-            state=row["state"],
-            exit_code=row.get("exit_code"),
-            scheduled_for=row.get("scheduled_for"),
-            started_at=row.get("started_at"),
-            ended_at=row.get("ended_at"),
-            attempt=int(row.get("attempt") or 1),
-            epoch=row.get("epoch"),
-            reason=row.get("reason"),
-            trigger=row.get("trigger"),
-            created_at=row.get("created_at"),
-            peak_rss=row.get("peak_rss"),
-            cpu_s=row.get("cpu_s"),
-            agent=row.get("agent"),
-            pid=row.get("pid"),
-        )
-
-    @property
-    def is_open(self) -> bool:
-        return self.state in _OPEN
-
-    def duration(self, now: datetime | None = None) -> float | None:
-        """Seconds it ran; for a run still going, so far (given `now`)."""
-        start = parse_iso(self.started_at)
-        if start is None:
-            return None
-        end = parse_iso(self.ended_at)
-        if end is None:
-            if now is None or self.state not in _RUNNING:
-                return None
-            end = now
-        return max(0.0, (end - start).total_seconds())
-
-
-@dataclass(frozen=True, slots=True)
 class JobRecord:
     name: str
     schedule: str
     enabled: bool = True
     paused: bool = False
     error: str | None = None
-    next_fire: str | None = None
+    next_fire: datetime | None = None
     agent: str | None = None
     tags: str = ""
     description: str = ""
-    last: RunRecord | None = None  #: newest finished run
-    current: RunRecord | None = None  #: an open run (running preferred over pending)
-    trend: tuple[RunRecord, ...] | None = None  #: finished runs oldest first; None until loaded
+    last: Run | None = None  #: newest finished run
+    current: Run | None = None  #: an open run (running preferred over pending)
+    trend: tuple[Run, ...] | None = None  #: finished runs oldest first; None until loaded
 
     @property
     def status(self) -> str:
@@ -165,39 +116,6 @@ class ClusterInfo:
     problem: str | None = None  #: why no active is shown (e.g. "no active scheduler")
 
 
-@dataclass(frozen=True, slots=True)
-class AgentRecord:
-    name: str
-    url: str
-    up: bool
-    last_contact: str | None
-    version: str | None
-    cpu_percent: float | None
-    memory_percent: float | None
-    load1: float | None
-    running: int | None
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class FailoverRecord:
-    at: str
-    from_pid: int | None
-    to_pid: int
-    cause: str
-    gap_ms: float | None
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    at: str
-    os_user: str
-    action: str
-    target: str
-    result: str
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """Everything one refresh tick knows. `changed`/`removed` say which jobs differ from the last."""
@@ -208,9 +126,9 @@ class Snapshot:
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     changed: frozenset[str] = frozenset()
     removed: frozenset[str] = frozenset()
-    agents: tuple[AgentRecord, ...] = ()
-    failovers: tuple[FailoverRecord, ...] = ()
-    audit: tuple[AuditRecord, ...] = ()
+    agents: tuple[AgentRow, ...] = ()
+    failovers: tuple[FailoverRow, ...] = ()
+    audit: tuple[AuditRow, ...] = ()
     read_ms: float = 0.0
     error: str | None = None  #: a read failed; the rest of the snapshot is the last good data
     ever_read: bool = True  #: False until one read of the state has succeeded: there is no good data
@@ -228,19 +146,19 @@ class _History:
     def __init__(self, trend_len: int) -> None:
         self.trend_len = trend_len
         self.cursor = 0  #: newest run id seen
-        self.recent: dict[str, list[RunRecord]] = {}  #: newest first, at most trend_len
+        self.recent: dict[str, list[Run]] = {}  #: newest first, at most trend_len
         self.complete: set[str] = set()  #: jobs whose `recent` holds their full trend
-        self.open: dict[int, RunRecord] = {}
+        self.open: dict[int, Run] = {}
         self.ready = False
 
     def reset(self, reader: StateReader) -> set[str]:
         self.cursor = reader.max_run_id()
-        self.recent = {job: [RunRecord.from_row(row)] for job, row in reader.latest_run_per_job().items()}
+        self.recent = {job: [run] for job, run in reader.latest_run_per_job().items()}
         self.complete = set()
         self.open = {}
         for state in OPEN_STATES:
-            for row in reader.runs(state=str(state), limit=10_000):
-                self.open[int(row["id"])] = RunRecord.from_row(row)
+            for run in reader.runs(state=state, limit=10_000):
+                self.open[run.id] = run
         self.ready = True
         return set(self.recent)
 
@@ -257,22 +175,22 @@ class _History:
             new = reader.runs_after(self.cursor, limit=5000)
             if len(new) >= 5000:  # far behind (or ids reused): start over rather than page
                 return self.reset(reader) | self._fill(reader, names, wanted, fill)
-            new_ids = {int(r["id"]) for r in new}
+            new_ids = {r.id for r in new}
             reread = [run_id for run_id in self.open if run_id not in new_ids]
-            for row in new:
-                self._put(RunRecord.from_row(row), dirty)
-                self.cursor = max(self.cursor, int(row["id"]))
+            for run in new:
+                self._put(run, dirty)
+                self.cursor = max(self.cursor, run.id)
             if reread:
                 seen = set()
-                for row in reader.runs_by_ids(reread):
-                    seen.add(int(row["id"]))
-                    self._put(RunRecord.from_row(row), dirty)
+                for run in reader.runs_by_ids(reread):
+                    seen.add(run.id)
+                    self._put(run, dirty)
                 for gone in set(reread) - seen:  # pruned or never committed
                     run = self.open.pop(gone)
                     dirty.add(run.job)
         return dirty | self._fill(reader, names, wanted, fill)
 
-    def _put(self, run: RunRecord, dirty: set[str]) -> None:
+    def _put(self, run: Run, dirty: set[str]) -> None:
         if run.is_open:
             if self.open.get(run.id) != run:
                 self.open[run.id] = run
@@ -307,14 +225,14 @@ class _History:
         dirty: set[str] = set()
         for name in todo:
             merged = {r.id: r for r in self.recent.get(name, [])}
-            for row in found.get(name, []):
-                merged.setdefault(int(row["id"]), RunRecord.from_row(row))
+            for run in found.get(name, []):
+                merged.setdefault(run.id, run)
             self.recent[name] = sorted(merged.values(), key=lambda r: r.id, reverse=True)[: self.trend_len]
             self.complete.add(name)
             dirty.add(name)
         return dirty
 
-    def job_view(self, name: str) -> tuple[RunRecord | None, tuple[RunRecord, ...] | None]:
+    def job_view(self, name: str) -> tuple[Run | None, tuple[Run, ...] | None]:
         """(newest finished run, trend oldest-first or None while not loaded)."""
         runs = self.recent.get(name, [])
         finished = [r for r in runs if not r.is_open]
@@ -323,13 +241,13 @@ class _History:
         return last, trend
 
 
-def _current_runs(open_runs: Iterable[RunRecord]) -> dict[str, RunRecord]:
+def _current_runs(open_runs: Iterable[Run]) -> dict[str, Run]:
     """Per job, the open run that best says what it is doing: running beats pending; newest wins."""
-    best: dict[str, RunRecord] = {}
+    best: dict[str, Run] = {}
     for run in open_runs:
         old = best.get(run.job)
-        rank = (run.state in _RUNNING, run.id)
-        if old is None or rank > (old.state in _RUNNING, old.id):
+        rank = (run.state in ACTIVE_STATES, run.id)
+        if old is None or rank > (old.state in ACTIVE_STATES, old.id):
             best[run.job] = run
     return best
 
@@ -376,13 +294,13 @@ class StateSource:
         self._files_future: Future[JobFilesView] | None = None
         self._files_read_at = 0.0
         self._without_active: bool | None = None  #: the catalog last shown was adjusted for no active
-        self._raw_rows: list[dict[str, Any]] | None = None  #: the catalog as recorded (no active only)
+        self._raw_rows: list[JobRow] | None = None  #: the catalog as recorded (no active only)
         self._raw_folder: Path | None = None  #: the folder those rows' files are in
         self._local = threading.local()
         self._readers: list[StateReader] = []
         self._snapshot_lock = threading.Lock()
         self._history = _History(trend_len)
-        self._rows: dict[str, dict[str, Any]] = {}
+        self._rows: dict[str, JobRow] = {}
         self._records: dict[str, JobRecord] = {}
         self._wanted: list[str] = []
         self._last: Snapshot | None = None
@@ -493,7 +411,7 @@ class StateSource:
         every = max(1, -(-len(self._rows) // self.CATALOG_EVERY_TICK))
         return self._tick % every == 0
 
-    def _job_files(self, rows: list[dict[str, Any]]) -> tuple[JobFilesView | None, bool]:
+    def _job_files(self, rows: list[JobRow]) -> tuple[JobFilesView | None, bool]:
         """(the newest read of the job folder, whether it is newer than the last call's).
 
         The folder is the one the catalog's files are in, else `jobs_dir`. A read runs on its own
@@ -510,7 +428,7 @@ class StateSource:
             self._files_view is None or time.monotonic() - self._files_read_at >= self.files_every
         ):
             self._files_read_at = time.monotonic()
-            self._files_future = self._files_pool.submit(self._files_reader.read, [row["name"] for row in rows])
+            self._files_future = self._files_pool.submit(self._files_reader.read, [row.name for row in rows])
             if self._files_view is None:
                 with contextlib.suppress(Exception):  # a timeout or a failed read: taken up below
                     self._files_future.result(timeout=self.FILES_FIRST_WAIT)
@@ -539,12 +457,12 @@ class StateSource:
             if catalog or fresh:  # a new read of the files changes what the catalog rows show
                 catalog = True
                 adjusted = catalog_without_active(self._raw_rows, files, reader.paused_jobs(), self.clock())
-                rows = {row["name"]: row for row in adjusted}
+                rows = {row.name: row for row in adjusted}
             else:
                 rows = self._rows
         else:
             self._raw_rows = None
-            rows = {row["name"]: row for row in reader.jobs()} if catalog else self._rows
+            rows = {row.name: row for row in reader.jobs()} if catalog else self._rows
         dirty = self._history.update(reader, list(rows), self._wanted, self.FILL_PER_TICK)
         current = _current_runs(self._history.open.values())
         dirty |= set(current) ^ self._current_jobs
@@ -564,14 +482,14 @@ class StateSource:
             last, trend = self._history.job_view(name)
             record = JobRecord(
                 name=name,
-                schedule=row["schedule"],
-                enabled=bool(row["enabled"]),
-                paused=bool(row["paused"]),
-                error=row["error"],
-                next_fire=row["next_fire"],
-                agent=row["agent"],
-                tags=row["tags"] or "",
-                description=row["description"] or "",
+                schedule=row.schedule,
+                enabled=row.enabled,
+                paused=row.paused,
+                error=row.error,
+                next_fire=row.next_fire,
+                agent=row.agent,
+                tags=row.tags,
+                description=row.description,
                 last=last,
                 current=current.get(name),
                 trend=trend,
@@ -582,23 +500,9 @@ class StateSource:
         removed = frozenset(set(self._records) - set(records))
         self._rows = rows
         self._records = records
-        agents = tuple(
-            AgentRecord(
-                name=a["name"],
-                url=a["url"],
-                up=bool(a["up"]),
-                last_contact=a["last_contact"],
-                version=a["version"],
-                cpu_percent=a["cpu_percent"],
-                memory_percent=a["memory_percent"],
-                load1=a["load1"],
-                running=a["running"],
-                error=a["error"],
-            )
-            for a in reader.agents()
-        )
-        failovers = tuple(FailoverRecord(**f) for f in reader.failovers(limit=20))
-        audit = tuple(AuditRecord(**a) for a in reader.audit(limit=30))
+        agents = tuple(reader.agents())
+        failovers = tuple(reader.failovers(limit=20))
+        audit = tuple(reader.audit(limit=30))
         return Snapshot(
             taken_at=self.clock(),
             state_exists=True,
@@ -623,23 +527,23 @@ class StateSource:
         before_id: int | None = None,
         limit: int = 100,
         count_base: tuple[int, int] | None = None,
-    ) -> tuple[list[RunRecord], int, int, tuple[int, int] | None]:
+    ) -> tuple[list[Run], int, int, tuple[int, int] | None]:
         """(page, runs newer than it, total, count base): page and numbers from one instant."""
 
-        def read() -> tuple[list[RunRecord], int, int, tuple[int, int] | None]:
+        def read() -> tuple[list[Run], int, int, tuple[int, int] | None]:
             if not self.paths.db.exists():
                 return [], 0, 0, None
             window = self._reader().runs_window(
                 job=job, state=state, limit=limit, before_id=before_id, count_base=count_base
             )
-            return [RunRecord.from_row(r) for r in window.runs], window.newer, window.total, window.count_base
+            return window.runs, window.newer, window.total, window.count_base
 
         return await self._in_pool(read)
 
-    async def run(self, run_id: int) -> RunRecord | None:
-        def read() -> RunRecord | None:
+    async def run(self, run_id: int) -> Run | None:
+        def read() -> Run | None:
             try:
-                return RunRecord.from_row(self._reader().run(run_id))
+                return self._reader().run(run_id)
             except VigilError:
                 return None
 

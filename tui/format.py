@@ -61,13 +61,6 @@ def look(state: str | None) -> Look:
     return RUN_LOOKS.get(state) or JOB_LOOKS.get(state) or Look("?", state.upper()[:8], "warn")
 
 
-def seconds_between(start: str | None, end: str | None) -> float | None:
-    a, b = parse_iso(start), parse_iso(end)
-    if a is None or b is None:
-        return None
-    return max(0.0, (b - a).total_seconds())
-
-
 def fmt_duration(seconds: float | None) -> str:
     """Compact and monotone in width: 850ms, 1.2s, 12s, 3m04s, 2h05m, 3d04h."""
     if seconds is None:
@@ -102,9 +95,10 @@ def fmt_age(seconds: float | None) -> str:
     return f"{seconds // 86400:.0f}d"
 
 
-def fmt_time(text: str | None, now: datetime, *, precise: bool = False) -> str:
-    """A stored UTC time as the dashboard shows it (UTC): time of day if today, else the date too."""
-    when = parse_iso(text)
+def fmt_time(at: datetime | str | None, now: datetime, *, precise: bool = False) -> str:
+    """A time (a record's, or a stored text one) as the dashboard shows it (UTC): time of day if
+    today, else the date too."""
+    when = parse_iso(at) if isinstance(at, str) else at
     if when is None:
         return NONE_TEXT
     when = when.astimezone(now.tzinfo) if now.tzinfo else when

@@ -8,11 +8,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ControlError, NotFoundError, VigilError
 from engine.paths import StatePaths
 from engine.text import escape, quote
+
+if TYPE_CHECKING:
+    from engine.api import StateReader
+    from engine.model import JobRow, Run
 
 #: Exit statuses (docs/cli.md lists them): 0 done; 1 a `vigil:` error (bad value, missing path,
 #: refused command, database fault); 2 a malformed command line (argparse's usage message);
@@ -20,7 +24,8 @@ from engine.text import escape, quote
 #: 130 interrupted with Ctrl-C.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MAX_PREVIEW = 1000  #: `vigil next -n`: more is never useful on a terminal, and each fire costs time
-TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
+#: An agent's fields in `vigil status --json`, in their order there.
+STATUS_AGENT_FIELDS = ("name", "up", "last_contact", "cpu_percent", "memory_percent", "load1", "running")
 
 
 def _state(args: argparse.Namespace) -> StatePaths:
@@ -65,10 +70,11 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _short_time(text: str | None) -> str:
-    if not text:
+def _short_time(when: str | None) -> str:
+    """A stored time (its text form, as in the JSON documents) as the tables show it."""
+    if not when:
         return "-"
-    return text.replace("+00:00", "Z").split(".")[0].replace("T", " ")
+    return when.replace("+00:00", "Z").split(".")[0].replace("T", " ")
 
 
 def _run_id(args: argparse.Namespace) -> int:
@@ -81,7 +87,7 @@ def _run_id(args: argparse.Namespace) -> int:
     return run_id
 
 
-def _reader(args: argparse.Namespace):
+def _reader(args: argparse.Namespace) -> StateReader:
     from engine.api import StateReader
 
     paths = _state(args)
@@ -145,26 +151,26 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     jobs_dir = _job_folder(args)
     result = load_folder(jobs_dir)
     paused: set[str] = set()
-    latest: dict[str, dict[str, Any]] = {}
-    catalog: dict[str, dict[str, Any]] = {}
+    latest: dict[str, Run] = {}
+    catalog: dict[str, JobRow] = {}
     paths = _state(args)
     if paths.db.exists():
         reader = _reader(args)
         paused = reader.paused_jobs()
         latest = reader.latest_run_per_job()
         if _active_answers(paths):  # only a running active keeps a last valid version scheduled
-            catalog = {row["name"]: row for row in reader.jobs()}
+            catalog = {row.name: row for row in reader.jobs()}
         reader.close()
     # A job file that is broken now: its first error, and what the active still runs in its place.
-    still_run = [name for name, entry in catalog.items() if entry["loaded"]]
+    still_run = [name for name, entry in catalog.items() if entry.loaded]
     broken = broken_job_files(jobs_dir, result.jobs, result.errors, catalogued=still_run)
     now = datetime.now(UTC)
     docs = []
     for name in sorted(set(result.jobs) | set(broken)):
         job = result.jobs.get(name)
         last = latest.get(name)
-        doc: dict[str, Any] = {"name": name, "last_state": last["state"] if last else None}
-        doc["last_run_id"] = last["id"] if last else None
+        doc: dict[str, Any] = {"name": name, "last_state": last.state.value if last else None}
+        doc["last_run_id"] = last.id if last else None
         if job is not None:
             trigger = schedule.trigger_for(job)
             nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
@@ -173,10 +179,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             doc |= {"agent": job.agent, "description": job.description, "error": None}
         else:
             row = catalog.get(name)
-            if row is not None and row["loaded"]:
+            if row is not None and row.loaded:
                 status = "error: using last valid version"
-                doc |= {"schedule": row["schedule"], "status": status, "next_fire": row["next_fire"]}
-                doc |= {"agent": row["agent"], "description": row["description"]}
+                doc |= {"schedule": row.schedule, "status": status, "next_fire": iso(row.next_fire)}
+                doc |= {"agent": row.agent, "description": row.description}
             else:
                 doc |= {"schedule": None, "status": "error: not loaded", "next_fire": None}
                 doc |= {"agent": None, "description": ""}
@@ -212,6 +218,8 @@ def _active_answers(paths: StatePaths) -> bool:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from engine.api import run_json
+    from engine.clock import iso
     from engine.ids import MAX_ROW_ID
     from engine.model import RunState
 
@@ -228,18 +236,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     reader = _reader(args)
     runs = reader.runs(job=args.job, state=args.status, limit=args.limit)
     if args.json:
-        _print_json(runs)
+        _print_json([run_json(r) for r in runs])
         return EXIT_OK
     rows = [
         [
-            str(r["id"]),
-            r["job"],
-            r["state"],
-            "-" if r["exit_code"] is None else str(r["exit_code"]),
-            _short_time(r["scheduled_for"]),
+            str(r.id),
+            r.job,
+            r.state.value,
+            "-" if r.exit_code is None else str(r.exit_code),
+            _short_time(iso(r.scheduled_for)),
             _duration(r),
-            str(r["attempt"]),
-            (r["reason"] or "")[:60],
+            str(r.attempt),
+            (r.reason or "")[:60],
         ]
         for r in runs
     ]
@@ -247,20 +255,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _duration(run: dict[str, Any]) -> str:
-    from datetime import datetime
-
-    if not run["started_at"] or not run["ended_at"]:
+def _duration(run: Run) -> str:
+    if run.started_at is None or run.ended_at is None:
         return "-"
-    seconds = (datetime.fromisoformat(run["ended_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
-    return f"{seconds:.2f}s"
+    return f"{(run.ended_at - run.started_at).total_seconds():.2f}s"
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     args.run_id = _run_id(args)
     reader = _reader(args)
     run = reader.run(args.run_id)
-    if run["agent"] and (run["state"] not in TERMINAL or not reader.log_path(args.run_id).exists()):
+    if run.agent and (not run.state.terminal or not reader.log_path(args.run_id).exists()):
         from engine.cli.agent_logs import print_agent_log  # a run on an agent: its log is there until it ends
 
         return print_agent_log(reader, run, Path(args.jobs), follow=args.follow)
@@ -272,7 +277,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         offset = chunk.offset
         if chunk.text:
             continue
-        if not args.follow or run["state"] in TERMINAL:
+        if not args.follow or run.state.terminal:
             break
         time.sleep(0.25)
         run = reader.run(args.run_id)
@@ -347,22 +352,25 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.api import cluster_status
+    from engine.model import to_json
 
     paths = _state(args)
     if not paths.db.exists():  # like `runs`: no state is an error, not "active: none"
         raise VigilError(f"no Vigil state at {paths.root}; start a scheduler there with `vigil up`")
-    doc = cluster_status(paths)
-    doc["jobs"] = 0
-    doc["runs"] = {}
-    doc["agents"] = []
+    cluster = cluster_status(paths)
+    doc: dict[str, Any] = {
+        "active": cluster.active,
+        "standbys": cluster.standbys,
+        "failovers": [to_json(f) for f in cluster.failovers],
+        "jobs": 0,
+        "runs": {},
+        "agents": [],
+    }
     if paths.db.exists():
         reader = _reader(args)
         doc["jobs"] = len(reader.jobs())
         doc["runs"] = reader.counts_by_state()
-        doc["agents"] = [
-            {k: a[k] for k in ("name", "up", "last_contact", "cpu_percent", "memory_percent", "load1", "running")}
-            for a in reader.agents()
-        ]
+        doc["agents"] = [to_json(a, STATUS_AGENT_FIELDS) for a in reader.agents()]
         reader.close()
     if args.json:
         _print_json(doc)
@@ -413,118 +421,41 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def _db_check(paths: StatePaths) -> int:
-    import sqlite3
-
     from engine.errors import StoreError
-    from engine.store.sqlite.db import VIGIL_TABLES, connect, foreign_message, restore_hint, store_error, tables_of
+    from engine.store.sqlite.admin import check_database
+    from engine.store.sqlite.db import VIGIL_TABLES, foreign_message, restore_hint
 
-    conn = connect(paths, create=False)  # refuses a missing, empty or foreign file
-    try:
-        problems = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
-        tables = tables_of(conn)
-        leader = conn.execute("SELECT epoch FROM leader WHERE id = 1").fetchone()
-    except sqlite3.Error as exc:
-        raise store_error(exc, paths.db) from exc
-    finally:
-        conn.close()
-    if not VIGIL_TABLES <= tables:
-        raise StoreError(foreign_message(paths.db, tables))
+    check = check_database(paths)  # refuses a missing, empty or foreign file
+    problems = check.problems
+    if not VIGIL_TABLES <= check.tables:
+        raise StoreError(foreign_message(paths.db, check.tables))
     if problems != ["ok"]:
         print("\n".join(problems))
         raise StoreError(
             f"state database {paths.db} failed the integrity check ({len(problems)} problem(s), first: "
             f"{problems[0]}); {restore_hint(paths.db)}"
         )
-    if leader is None:
+    if not check.has_leader:
         raise StoreError(f"state database {paths.db} has no leader row; {restore_hint(paths.db)}")
     print("ok")
     return EXIT_OK
 
 
 def _db_backup(paths: StatePaths, target: Path) -> int:
-    import sqlite3
+    from engine.store.sqlite.admin import backup
 
-    from engine.store.sqlite.db import connect
-
-    if target.is_symlink():
-        raise VigilError(f"backup target {target} is a symbolic link; refusing to write through it")
-    if target.exists():
-        raise VigilError(f"backup target {target} already exists; refusing to overwrite it")
-    source = connect(paths, create=False)
-    try:
-        # Created here, owner-only whatever the umask; O_EXCL|O_NOFOLLOW refuse a file or link
-        # that appeared since the checks above.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        source.close()
-        raise VigilError(f"cannot create backup target {target}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        created = os.fstat(fd)
-    finally:
-        os.close(fd)
-    try:
-        dest = sqlite3.connect(target)
-        try:
-            with dest:
-                source.backup(dest)  # the online backup API: consistent while the scheduler writes
-        finally:
-            dest.close()
-        now = os.lstat(target)
-        if (now.st_dev, now.st_ino) != (created.st_dev, created.st_ino):
-            raise VigilError(f"backup target {target} was replaced while the backup was written")
-    except sqlite3.Error as exc:
-        _remove_quietly(target)  # the error may be the source's or the target's: name both
-        raise VigilError(f"backup of {paths.db} to {target} failed: {exc}") from exc
-    except BaseException:
-        _remove_quietly(target)
-        raise
-    finally:
-        source.close()
+    backup(paths, target)
     print(escape(f"backed up {paths.db} to {target}"))
     return EXIT_OK
 
 
-def _remove_quietly(path: Path) -> None:
-    try:
-        if not path.is_symlink():
-            path.unlink()
-    except OSError:
-        pass
-
-
 def _prune_offline(paths: StatePaths, seconds: float) -> int:
     import shutil
-    import sqlite3
     from datetime import UTC, datetime, timedelta
 
-    from engine.clock import iso
-    from engine.exec.rundirs import SQL_RAISE_RUN_ID_MARK_OFFLINE
-    from engine.store.sqlite.db import connect, rollback_quietly, store_error, tables_of
+    from engine.store.sqlite.admin import prune_offline
 
-    conn = connect(paths, create=False)
-    cutoff = iso(datetime.now(UTC) - timedelta(seconds=seconds))
-    try:
-        ids = [
-            r[0]
-            for r in conn.execute(
-                "SELECT id FROM runs WHERE ended_at < ? AND state NOT IN ('pending','waiting','launching','running')",
-                (cutoff,),
-            )
-        ]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
-            if ids and "run_id_mark" in tables_of(conn):  # pruned ids stay used (engine/exec/rundirs.py)
-                conn.execute(SQL_RAISE_RUN_ID_MARK_OFFLINE, (max(ids),))
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback_quietly(conn)
-            raise
-    except sqlite3.Error as exc:
-        raise store_error(exc, paths.db) from exc
-    finally:
-        conn.close()
+    ids = prune_offline(paths, datetime.now(UTC) - timedelta(seconds=seconds))
     for run_id in ids:
         shutil.rmtree(paths.run_dir(run_id), ignore_errors=True)
     return len(ids)

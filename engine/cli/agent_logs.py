@@ -8,18 +8,21 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine.agents.protocol import AgentClient, AgentNotFound
 from engine.config import load_settings
 from engine.errors import AgentError, VigilError
-from engine.model import TERMINAL_STATES
+
+if TYPE_CHECKING:
+    from engine.api import StateReader
+from engine.model import Run
 
 
-def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow: bool) -> int:
+def print_agent_log(reader: StateReader, run: Run, jobs_dir: Path, *, follow: bool) -> int:
     """Print the log of `run` (a row of `reader`) from the agent it ran on; with `follow`, until it ends."""
     settings, _ = load_settings(jobs_dir)
-    run_id = int(run["id"])
+    run_id = run.id
 
     async def main() -> int:
         offset = 0
@@ -27,7 +30,7 @@ def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow:
         client: AgentClient | None = None
         try:
             while True:
-                name = current["agent"]
+                name = current.agent
                 if client is None and name in settings.agents:
                     client = AgentClient(settings.agents[name], epoch=None)
                 data = b""
@@ -47,7 +50,7 @@ def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow:
                     sys.stdout.write(data.decode("utf-8", "replace"))
                     sys.stdout.flush()
                     continue
-                if not follow or current["state"] in TERMINAL_STATES:
+                if not follow or current.state.terminal:
                     return 0
                 await asyncio.sleep(0.25)
                 current = reader.run(run_id)

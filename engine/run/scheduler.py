@@ -29,12 +29,13 @@ from engine.durations import MAX_DURATION_S, MAX_DURATION_TEXT
 from engine.errors import FencedError, LaunchError, NotFoundError, StoreError, StoreRetryableError, VigilError
 from engine.exec.local import LocalExecutor, ShimExit, gather_evidence
 from engine.exec.reconcile import Action, decide
-from engine.exec.rundirs import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK, HighWaterFile, recorded_run, run_dir_ids
+from engine.exec.rundirs import HighWaterFile, recorded_run, run_dir_ids
 from engine.ids import as_row_id
 from engine.model import OPEN_STATES, Catchup, JobSpec, LeaderRow, Overlap, RunState, Settings
 from engine.paths import StatePaths
 from engine.store import LeaderClaim
 from engine.store.sqlite.ledger import Ledger
+from engine.store.sqlite.legacy import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK  # until intents
 from engine.text import show
 
 log = logging.getLogger("vigil.scheduler")

@@ -12,14 +12,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.errors import StoreFatalError
 from engine.model import LeaderRow, Run, RunState
-from engine.store.health import StoreHealth
 
-if TYPE_CHECKING:  # annotations only: importing the store package (e.g. for its query loader) stays light
+if TYPE_CHECKING:  # the write side's types: a reader (`vigil runs --json`) never loads them
+    from engine.errors import StoreFatalError
+    from engine.store.health import StoreHealth
     from engine.store.intents import Intent
+
+
+def __getattr__(name: str) -> Any:
+    """`engine.store.Intent` and `engine.store.StoreHealth`, loaded when first asked for."""
+    if name == "Intent":
+        from engine.store.intents import Intent
+
+        return Intent
+    if name == "StoreHealth":
+        from engine.store.health import StoreHealth
+
+        return StoreHealth
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

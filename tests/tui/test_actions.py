@@ -104,7 +104,7 @@ async def test_actions_reach_the_scheduler_and_are_audited(start_up, state_dir: 
     reader = StateReader(StatePaths(state_dir))
     audit = reader.audit(limit=50)
     reader.close()
-    actions = [(a["action"], a["target"]) for a in reversed(audit)]
+    actions = [(a.action, a.target) for a in reversed(audit)]
     assert actions == [
         ("run", "act/sleeper"),
         ("kill", str(killed_id)),
@@ -113,5 +113,5 @@ async def test_actions_reach_the_scheduler_and_are_audited(start_up, state_dir: 
         ("pause", "act/quick"),
         ("resume", "act/quick"),
     ]
-    assert {a["os_user"] for a in audit} == {os_user()}
-    assert any(a["result"] == f"rerun as {rerun_id}" for a in audit)
+    assert {a.user for a in audit} == {os_user()}
+    assert any(a.result == f"rerun as {rerun_id}" for a in audit)

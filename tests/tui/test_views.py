@@ -464,7 +464,7 @@ async def test_a_failed_read_does_not_leave_rows_stale(make_app, fixed_paths: St
         conn.execute("UPDATE runs SET state = 'succeeded', ended_at = started_at, exit_code = 0 WHERE id = 21")
         conn.close()
 
-        def locked(self: StateReader) -> list[dict[str, object]]:
+        def locked(self: StateReader) -> list[object]:
             raise sqlite3.OperationalError("database is locked")
 
         with monkeypatch.context() as patch:  # the read that sees the run end fails part-way
@@ -485,7 +485,7 @@ async def test_a_dashboard_that_never_read_the_state_does_not_claim_a_good_read(
 
     from engine.api import StateReader
 
-    def locked(self: StateReader) -> list[dict[str, object]]:
+    def locked(self: StateReader) -> list[object]:
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(StateReader, "jobs", locked)
@@ -516,7 +516,7 @@ def _add_runs(paths: StatePaths, count: int, state: str = "succeeded") -> None:
         conn.execute(
             "INSERT INTO runs (id, job, scheduled_for, state, trigger, epoch, writer_epoch, created_at) "
             "VALUES (?, 'health/ping', ?, ?, 'schedule', ?, ?, '2030-01-02T12:00:00+00:00')",
-            (start + n + 1, f"2030-01-02T12:00:{n:02d}.{start:06d}+00:00", state, EPOCH, EPOCH),
+            (start + n + 1, f"2030-01-02T12:{n // 60:02d}:{n % 60:02d}.{start:06d}+00:00", state, EPOCH, EPOCH),
         )
     conn.close()
 

@@ -7,26 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from engine.api import JobFilesReader, catalog_folder, catalog_without_active
-from engine.clock import iso
+from engine.model import JobRow
 
 NOW = datetime(2030, 1, 2, 12, 0, tzinfo=UTC)
 
 
-def _row(jobs: Path, name: str, schedule: str, next_in: float | None, **kw: Any) -> dict[str, Any]:
-    return {
+def _row(jobs: Path, name: str, schedule: str, next_in: float | None, **kw: Any) -> JobRow:
+    fields: dict[str, Any] = {
         "name": name,
         "path": str(jobs / f"{name}.toml"),
         "schedule": schedule,
-        "enabled": 1,
+        "enabled": True,
         "agent": None,
         "description": "",
         "tags": "",
-        "next_fire": None if next_in is None else iso(NOW + timedelta(seconds=next_in)),
+        "next_fire": None if next_in is None else NOW + timedelta(seconds=next_in),
         "error": None,
-        "paused": 0,
-        "loaded": 1,
-        **kw,
+        "paused": False,
+        "loaded": True,
     }
+    return JobRow(**{**fields, **kw})
 
 
 def test_files_now_decide_schedule_next_fire_and_errors(tmp_path: Path) -> None:
@@ -44,17 +44,17 @@ def test_files_now_decide_schedule_next_fire_and_errors(tmp_path: Path) -> None:
         _row(jobs, "sub/x", "every 1m", 30, tags="etl"),
     ]
     assert catalog_folder(rows) == jobs
-    view = JobFilesReader(jobs).read([r["name"] for r in rows])
-    out = {r["name"]: r for r in catalog_without_active(rows, view, {"same"}, NOW)}
-    assert out["same"]["next_fire"] == rows[0]["next_fire"] and out["same"]["paused"] == 1
-    assert out["changed"]["schedule"] == "every 5m" and out["changed"]["next_fire"] is None
-    assert out["off"]["enabled"] == 0
+    view = JobFilesReader(jobs).read([r.name for r in rows])
+    out = {r.name: r for r in catalog_without_active(rows, view, {"same"}, NOW)}
+    assert out["same"].next_fire == rows[0].next_fire and out["same"].paused is True
+    assert out["changed"].schedule == "every 5m" and out["changed"].next_fire is None
+    assert out["off"].enabled is False
     x = out["sub/x"]
-    assert x["schedule"] == "invalid" and x["next_fire"] is None and x["tags"] == "etl"
-    assert x["error"].startswith("not valid now: ") and "_folder.toml:1: timeout" in x["error"]
+    assert x.schedule == "invalid" and x.next_fire is None and x.tags == "etl"
+    assert x.error.startswith("not valid now: ") and "_folder.toml:1: timeout" in x.error
 
 
 def test_without_files_only_past_next_fires_are_dropped(tmp_path: Path) -> None:
     rows = [_row(tmp_path, "past", "every 2s", -1), _row(tmp_path, "ahead", "every 1m", 1)]
-    out = {r["name"]: r for r in catalog_without_active(rows, None, set(), NOW)}
-    assert out["past"]["next_fire"] is None and out["ahead"]["next_fire"] == rows[1]["next_fire"]
+    out = {r.name: r for r in catalog_without_active(rows, None, set(), NOW)}
+    assert out["past"].next_fire is None and out["ahead"].next_fire == rows[1].next_fire

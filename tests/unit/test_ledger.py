@@ -1,4 +1,8 @@
-"""The ledger's write rules on a real SQLite file: a fire inserts once, an end is recorded once."""
+"""The SQLite ledger's own faults on a real file: a full disk, another writer's lock, their classification.
+
+What every store backend must do (a fire inserted once, an end recorded once, fencing, deferred
+writes kept across a failed commit) is the contract suite's: tests/contract/test_store.py.
+"""
 
 from __future__ import annotations
 
@@ -6,72 +10,21 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from engine.model import RunState
 from engine.paths import StatePaths
-from engine.run.scheduler import SQL_FINISH
 from engine.store import LeaderClaim
+from engine.store.intents import NewRun, RunFinished
 from engine.store.sqlite.ledger import Ledger
 
-NOW = "2026-11-29T03:00:00.000000+00:00"
+NOW = datetime.fromisoformat("2026-11-29T03:00:00.000000+00:00")
 
 
-def row(run_id: int, attempt: int = 1) -> dict[str, object]:
-    return {
-        "id": run_id,
-        "job": "j",
-        "scheduled_for": NOW,
-        "attempt": attempt,
-        "state": "running",
-        "trigger": "schedule",
-        "epoch": 1,
-        "writer_epoch": 1,
-        "created_at": NOW,
-    }
+def fire(run_id: int, attempt: int = 1, command: str | None = None) -> NewRun:
+    return NewRun(run_id, "j", NOW, attempt, RunState.RUNNING, "schedule", NOW, command=command)
 
 
-def finish(state: str, exit_code: int | None, run_id: int = 1) -> tuple[str, tuple[object, ...]]:
-    return (SQL_FINISH, (state, None, exit_code, NOW, None, None, None, 1, run_id))
-
-
-async def test_a_fire_is_inserted_once_and_its_end_recorded_once(tmp_path: Path) -> None:
-    ledger = Ledger(StatePaths(tmp_path))
-    await ledger.open()
-    try:
-        epoch, _ = await ledger.take_leadership(LeaderClaim(os.getpid(), None, datetime.fromisoformat(NOW)))
-        assert epoch == 1
-        assert await ledger.insert_runs([row(1)]) == {1}
-        # The same (job, scheduled_for, attempt) under a new id is not new: it must not launch.
-        assert await ledger.insert_runs([row(2)]) == set()
-        assert await ledger.insert_runs([row(3, attempt=2)]) == {3}
-
-        await ledger.write([finish("failed", 4)])
-        # A second report of the same end (a result delivered twice, a late shim record) changes nothing.
-        await ledger.write([finish("succeeded", 0)])
-        (stored,) = await ledger.query("SELECT state, exit_code FROM runs WHERE id = 1")
-        assert (stored["state"], stored["exit_code"]) == ("failed", 4)
-    finally:
-        await ledger.close()
-
-
-async def test_deferred_writes_survive_a_failed_transaction(tmp_path: Path) -> None:
-    import pytest
-
-    from engine.errors import StoreError
-
-    ledger = Ledger(StatePaths(tmp_path))
-    await ledger.open()
-    try:
-        await ledger.take_leadership(LeaderClaim(os.getpid(), None, datetime.fromisoformat(NOW)))
-        await ledger.insert_runs([row(1)])
-        ledger.defer(*finish("failed", 4))
-        with pytest.raises(StoreError):  # the transaction that carried the deferred update fails
-            await ledger.write([("INSERT INTO runs (id) VALUES (NULL)", ())])
-        (still_open,) = await ledger.query("SELECT state FROM runs WHERE id = 1")
-        assert still_open["state"] == "running"
-        await ledger.flush()  # the next attempt writes it
-        (stored,) = await ledger.query("SELECT state, exit_code FROM runs WHERE id = 1")
-        assert (stored["state"], stored["exit_code"]) == ("failed", 4)
-    finally:
-        await ledger.close()
+def finish(state: RunState, exit_code: int | None, run_id: int = 1) -> RunFinished:
+    return RunFinished(run_id, state, None, exit_code, NOW)
 
 
 # ---------------------------------------------------------------- store faults
@@ -85,21 +38,21 @@ async def test_a_full_database_names_the_fault_and_keeps_the_deferred_writes(tmp
     ledger = Ledger(StatePaths(tmp_path))
     await ledger.open()
     try:
-        await ledger.take_leadership(LeaderClaim(os.getpid(), None, datetime.fromisoformat(NOW)))
-        await ledger.insert_runs([row(1)])
-        ledger.defer(*finish("failed", 4))
+        await ledger.take_leadership(LeaderClaim(os.getpid(), None, NOW))
+        await ledger.commit([fire(1)])
+        ledger.defer(finish(RunState.FAILED, 4))
         (pages,) = (await ledger.query("PRAGMA page_count"))[0]
         await ledger.query(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL, as on a full disk
-        big = [{**row(i, attempt=i), "command": "x" * 5000} for i in range(2, 40)]
+        big = [fire(i, attempt=i, command="x" * 5000) for i in range(2, 40)]
         with pytest.raises(StoreRetryableError) as failed:
-            await ledger.insert_runs(big)
+            await ledger.commit(big)
         assert "disk full" in str(failed.value) and "cannot rollback" not in str(failed.value)
         assert ledger.health.failing
         await ledger.query("PRAGMA max_page_count=1073741823")  # space returns
         await ledger.flush()
         assert not ledger.health.failing
-        (stored,) = await ledger.query("SELECT state FROM runs WHERE id = 1")
-        assert stored["state"] == "failed"
+        stored = await ledger.run(1)
+        assert stored is not None and stored.state == RunState.FAILED
     finally:
         await ledger.close()
 
@@ -114,14 +67,14 @@ async def test_an_external_write_lock_is_a_retryable_fault(tmp_path: Path) -> No
     ledger = Ledger(StatePaths(tmp_path), busy_timeout_ms=50)
     await ledger.open()
     try:
-        await ledger.take_leadership(LeaderClaim(os.getpid(), None, datetime.fromisoformat(NOW)))
+        await ledger.take_leadership(LeaderClaim(os.getpid(), None, NOW))
         holder = sqlite3.connect(tmp_path / "vigil.db", isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(StoreRetryableError, match="locked by another writer"):
-            await ledger.insert_runs([row(1)])
+            await ledger.commit([fire(1)])
         holder.execute("ROLLBACK")
         holder.close()
-        assert await ledger.insert_runs([row(1)]) == {1}
+        assert await ledger.commit([fire(1)]) == {1}
     finally:
         await ledger.close()
 

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 
-from engine.clock import parse_iso
-from tui.data import AgentRecord, Snapshot
+from tui.data import AgentRow, Snapshot
 from tui.format import NONE_TEXT, fmt_age, fmt_percent
 from tui.screens.base import ViewScreen
 from tui.widgets.vtable import Cell, Column, VirtualTable
@@ -35,7 +34,7 @@ class AgentsScreen(ViewScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.agents: dict[str, AgentRecord] = {}
+        self.agents: dict[str, AgentRow] = {}
 
     def compose_body(self) -> ComposeResult:
         yield VirtualTable(COLUMNS, self.render_agent, empty_text=EMPTY, id="agents-table")
@@ -55,7 +54,7 @@ class AgentsScreen(ViewScreen):
     def render_agent(self, key: str) -> Sequence[Cell]:
         agent = self.agents[key]
         now = self.vigil.now()
-        contact = parse_iso(agent.last_contact)
+        contact = agent.last_contact
         age = fmt_age((now - contact).total_seconds()) if contact else NONE_TEXT
         note = agent.error or (f"v{agent.version}" if agent.version else agent.url)
         return [

@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.markup import escape
 from textual.widgets import Static
 
-from tui.data import AuditRecord, FailoverRecord, Snapshot
+from tui.data import AuditRow, FailoverRow, Snapshot
 from tui.format import NONE_TEXT, fmt_age, fmt_time
 from tui.screens.base import ViewScreen
 from tui.widgets.vtable import Cell, Column, VirtualTable
@@ -59,8 +59,8 @@ class ClusterScreen(ViewScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.failovers: tuple[FailoverRecord, ...] = ()
-        self.audit: tuple[AuditRecord, ...] = ()
+        self.failovers: tuple[FailoverRow, ...] = ()
+        self.audit: tuple[AuditRow, ...] = ()
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="cluster-panel")
@@ -106,4 +106,4 @@ class ClusterScreen(ViewScreen):
         entry = self.audit[int(key)]
         now = self.vigil.now()
         tone = "fail" if entry.result.startswith("refused") else "ok"
-        return [fmt_time(entry.at, now), entry.os_user, entry.action, entry.target, (entry.result, tone)]
+        return [fmt_time(entry.at, now), entry.user, entry.action, entry.target, (entry.result, tone)]

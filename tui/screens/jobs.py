@@ -13,7 +13,8 @@ from textual.binding import Binding
 from textual.widgets import Static
 
 from engine.api import escape
-from tui.data import JobRecord, RunRecord, Snapshot
+from engine.model import ACTIVE_STATES
+from tui.data import JobRecord, Run, Snapshot
 from tui.format import NONE_TEXT, fmt_duration, fmt_time, look, trend_cells
 from tui.screens.base import ViewScreen
 from tui.widgets.vtable import Cell, Column, VirtualTable
@@ -208,9 +209,9 @@ class JobsScreen(ViewScreen):
             return [name]
         now = self._now or self.vigil.now()
         status = look(job.status)
-        last: RunRecord | None = job.last
+        last: Run | None = job.last
         last_look = look(last.state) if last else None
-        if job.current is not None and job.current.state in ("running", "launching"):
+        if job.current is not None and job.current.state in ACTIVE_STATES:
             took: Cell = (fmt_duration(job.current.duration(now)), "run")
         else:
             took = fmt_duration(last.duration()) if last else NONE_TEXT

@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.markup import escape
 from textual.widgets import Log, Static
 
-from tui.data import RunRecord, Snapshot
+from tui.data import Run, Snapshot
 from tui.format import NONE_TEXT, fmt_bytes, fmt_duration, fmt_time, look
 from tui.screens.base import ViewScreen
 
@@ -48,7 +48,7 @@ class LogView(Log):
         self.screen.refresh_follow()  # type: ignore[attr-defined]
 
 
-def detail_markup(run: RunRecord, now: datetime) -> str:
+def detail_markup(run: Run, now: datetime) -> str:
     """The run's facts in at most four lines (fits 80 columns for typical values)."""
     state = look(run.state)
     tone = {"ok": "$success", "fail": "$error", "warn": "$warning", "run": "$primary"}.get(state.tone, "$text-muted")
@@ -85,7 +85,7 @@ class RunScreen(ViewScreen):
     def __init__(self, run_id: int) -> None:
         super().__init__()
         self.run_id = run_id
-        self.record: RunRecord | None = None
+        self.record: Run | None = None
         self.log_offset = 0
         self.log_size = 0
         self.skipped = 0

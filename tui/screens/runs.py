@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 
 from engine.model import RunState
-from tui.data import RunRecord, Snapshot
+from tui.data import Run, Snapshot
 from tui.format import NONE_TEXT, fmt_duration, fmt_time, look
 from tui.screens.base import ViewScreen
 from tui.widgets.vtable import Cell, Column, VirtualTable
@@ -89,7 +89,7 @@ class RunsScreen(ViewScreen):
         self.job: str | None = None
         self.state: str | None = None
         self.pages: list[int | None] = [None]  #: before_id of each page visited (None = newest)
-        self.runs: dict[str, RunRecord] = {}
+        self.runs: dict[str, Run] = {}
         self.total: int | None = None
         self.newer = 0  #: matching runs newer than the page on screen
         self._count_base: tuple[int, int] | None = None
@@ -241,7 +241,7 @@ class RunsScreen(ViewScreen):
     # ------------------------------------------------------------ commands
 
     @property
-    def selected(self) -> RunRecord | None:
+    def selected(self) -> Run | None:
         key = self.table.cursor_key
         return self.runs.get(key) if key else None
 

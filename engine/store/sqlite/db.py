@@ -1,6 +1,8 @@
-"""State directory layout, SQLite connections and time formatting.
+"""SQLite connections to the state database, its schema, and the one classification of its errors.
 
-All SQL text the engine runs lives here and in ``schema.sql``; readers use short autocommit
+The SQL the engine runs on the state database lives in this package: the schema in ``schema.sql``,
+every statement by name in ``queries.sql`` (loaded by ``queries.py``), and here only the
+connection set-up (pragmas, the schema script, the table list). Readers use short autocommit
 queries so they never pin the WAL.
 """
 

@@ -1,7 +1,11 @@
-"""The active scheduler's writer: one aiosqlite connection, batched fenced transactions.
+"""The active scheduler's writer: one sqlite3 connection on its own thread, batched fenced transactions.
 
 Every statement carries this process's epoch in `writer_epoch`; the database's triggers refuse it
 once another process has taken over, which surfaces here as FencedError.
+
+The connection lives on one dedicated thread (`_WriterThread`) and each call is one hop to it: a
+whole transaction (BEGIN IMMEDIATE … COMMIT) is one function run there, not one await per
+statement (docs/decisions.md says why this is not aiosqlite).
 
 SQLite errors are classified once (`db.store_error`): FencedError; StoreRetryableError (another
 writer holds the lock, the disk is full), which the scheduler retries with backoff while
@@ -19,10 +23,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
-
-import aiosqlite
+from pathlib import Path
+from typing import Any, TypeVar
 
 from engine.clock import iso, parse_iso
 from engine.errors import StoreError, StoreFatalError, StoreRetryableError
@@ -37,6 +41,7 @@ from engine.store.sqlite.rows import leader_of, run_of
 from engine.store.sqlite.statements import bind
 
 Params = Sequence[Any] | dict[str, Any]
+T = TypeVar("T")
 log = logging.getLogger("vigil.ledger")
 
 
@@ -51,13 +56,18 @@ def _transaction(
     check: tuple[str, Params] | None,
     guard: Callable[[], None],
 ) -> list[sqlite3.Row]:
-    """One BEGIN IMMEDIATE … COMMIT, run in the connection's own thread; rolled back on any error."""
+    """One BEGIN IMMEDIATE … COMMIT, run in the connection's own thread; rolled back on any error.
+
+    `check` selects the ids of the rows being inserted: the ones it finds afterwards and not before
+    are returned (a row already there, under the same id or for the same fire, is not new).
+    """
     guard()  # in the thread, right before the write: the smallest window for a file lost meanwhile
     conn.execute("BEGIN IMMEDIATE")
     try:
+        existing = {row[0] for row in conn.execute(*check)} if check is not None else set()
         for sql, params_list in groups:
             conn.executemany(sql, params_list)
-        found = conn.execute(*check).fetchall() if check is not None else []
+        found = [row for row in conn.execute(*check) if row[0] not in existing] if check is not None else []
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
@@ -71,6 +81,40 @@ def _checkpoint(conn: sqlite3.Connection, file_is_ours: Callable[[], bool]) -> N
     # PASSIVE never waits for readers or writers; an error here (a full disk) shows on the next write.
     with contextlib.suppress(sqlite3.Error):
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _open(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """The writer's connection, made on the writer thread (sqlite3 ties it to the thread that made it)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    try:
+        for pragma in PRAGMAS:
+            conn.execute(pragma)
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # No checkpoint behind our back: each one first checks the file is still ours (_checkpoint).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+    except BaseException:
+        conn.close()
+        raise
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _fetch(conn: sqlite3.Connection, sql: str, params: Params) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
+
+
+class _WriterThread:
+    """One thread that owns the writer's connection; `call` runs a function there (one hop)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-ledger")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def stop(self) -> None:
+        """End the thread once the calls queued before this one have run."""
+        self._pool.shutdown(wait=False)
 
 
 def _take_leadership(conn: sqlite3.Connection, claim: LeaderClaim, floor: int) -> tuple[int, LeaderRow]:
@@ -92,7 +136,8 @@ class Ledger:
         self.paths = paths
         self.busy_timeout_ms = busy_timeout_ms
         self.epoch = 0
-        self._db: aiosqlite.Connection | None = None
+        self._thread: _WriterThread | None = None
+        self._conn: sqlite3.Connection | None = None  #: used only on `_thread`
         self._lock = asyncio.Lock()
         self._pending: list[tuple[str, Params]] = []
         self._flush_wanted = asyncio.Event()
@@ -104,22 +149,19 @@ class Ledger:
 
     async def open(self) -> None:
         connect(self.paths).close()  # creates the schema synchronously, once
-        db = await aiosqlite.connect(self.paths.db, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+        thread = _WriterThread()
         try:
-            for pragma in PRAGMAS:
-                await db.execute(pragma)
-            await db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-            # No checkpoint behind our back: each one first checks the file is still ours (_checkpoint).
-            await db.execute("PRAGMA wal_autocheckpoint=0")
-            st = os.stat(self.paths.db)
+            conn = await thread.call(_open, self.paths.db, self.busy_timeout_ms)
         except sqlite3.Error as exc:
-            await db.close()  # its thread is not a daemon: left open, it would keep the process alive
+            thread.stop()  # its thread is not a daemon: left running, it would keep the process alive
             raise store_error(exc, self.paths.db) from exc
+        try:
+            st = os.stat(self.paths.db)
         except OSError as exc:
-            await db.close()
+            await thread.call(conn.close)
+            thread.stop()
             raise StoreFatalError(f"state database {self.paths.db}: {exc.strerror}") from exc
-        db.row_factory = sqlite3.Row
-        self._db = db
+        self._thread, self._conn = thread, conn
         self._file_id = (st.st_dev, st.st_ino)
 
     def file_lost(self) -> str | None:
@@ -172,34 +214,33 @@ class Ledger:
         descriptors and locks when the process exits, which it does next (the node keeps
         `leader.lock` until then, so that no standby opens the path while our locks remain).
         """
-        if self._db is None:
+        if self._thread is None or self._conn is None:
             return
-        db, self._db = self._db, None
+        thread, conn = self._thread, self._conn
+        self._thread = self._conn = None
         if self.file_lost() is None:
-            await db.close()
+            try:
+                await thread.call(conn.close)
+            finally:
+                thread.stop()
             return
-        conn = db._connection
-        db._connection = None  # aiosqlite's stop() then ends its thread without closing it
-        stopped = db.stop()
-        if stopped is not None:
-            await stopped  # after every call queued before it: nothing uses the connection after this
-        if conn is not None:
-            # A reference no one drops: never finalised, so never closed, even when interpreter
-            # teardown clears module globals (a list held there would not be enough).
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+        # A reference no one drops: never finalised, so never closed, even when interpreter
+        # teardown clears module globals (a list held there would not be enough).
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+        thread.stop()  # after every call queued before it: nothing uses the connection after this
         self.abandoned = True
         log.warning("state database %s was %s: left it untouched (no checkpoint, no close)", self.paths.db, self._lost)
 
     @property
     def is_open(self) -> bool:
-        return self._db is not None
+        return self._conn is not None
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(connection, *args)` on the writer thread: one hop, whatever `fn` does there."""
+        if self._thread is None or self._conn is None:
             # A control request (prune) still running while the scheduler stops gets an answer.
             raise StoreError("the state database is closed: the scheduler is stopping")
-        return self._db
+        return await self._thread.call(fn, self._conn, *args)
 
     async def take_leadership(self, claim: LeaderClaim, *, floor: int = 0) -> tuple[int, LeaderRow]:
         """Bump the epoch before anything else; return it and the previous leader's row.
@@ -209,7 +250,7 @@ class Ledger:
         """
         async with self._lock:
             try:
-                epoch, previous = await self.db._execute(_take_leadership, self.db._conn, claim, floor)
+                epoch, previous = await self._call(_take_leadership, claim, floor)
             except sqlite3.Error as exc:
                 raise store_error(exc, self.paths.db) from exc
         self.epoch = epoch
@@ -222,8 +263,7 @@ class Ledger:
         if self._lost is not None:
             self._guard()
         try:
-            async with self.db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            return await self._call(_fetch, sql, params)
         except sqlite3.Error as exc:
             raise store_error(exc, self.paths.db) from exc
 
@@ -350,10 +390,10 @@ class Ledger:
             else:
                 groups.append((sql, [params]))
         try:
-            # The whole transaction in one hop to aiosqlite's thread. Each awaited statement is a
-            # round trip between threads (about 0.1 ms idle, several ms when the cores are busy
-            # with runs), and this commit stands between a fire and its launch.
-            found = await self.db._execute(_transaction, self.db._conn, groups, check, self._guard)
+            # The whole transaction in one hop to the writer thread. Each awaited statement would
+            # be a round trip between threads (about 0.1 ms idle, several ms when the cores are
+            # busy with runs), and this commit stands between a fire and its launch.
+            found = await self._call(_transaction, groups, check, self._guard)
         except sqlite3.Error as exc:
             error = store_error(exc, self.paths.db)
             if isinstance(error, StoreRetryableError) and self.health.failed(error, time.monotonic()):
@@ -365,7 +405,7 @@ class Ledger:
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY:
             self._commits = 0
-            await self.db._execute(_checkpoint, self.db._conn, lambda: self.file_lost() is None)
+            await self._call(_checkpoint, lambda: self.file_lost() is None)
         return found
 
     async def wait_for_deferred(self) -> None:

@@ -2,6 +2,10 @@
 -- loads them). A block starts with `-- name --`, then one `-- description` line, then the SQL.
 -- Parameters are named (:name); `:epoch` is the writer's epoch, which the fencing triggers compare
 -- with leader.epoch (schema.sql). DELETEs fire no trigger, so they check the epoch themselves.
+-- The readers' statements come last (engine/store/sqlite/reader.py): each runs on its own and never
+-- writes. A runs page is keyset-paged: `:last` is the highest id it may show; `:low`/`:high` bound
+-- what a count counts. Open states are spelled out (not bound) so that the partial index `runs_open`
+-- applies; tests/contract checks each spelling against model.OPEN_STATES.
 
 -- new_run --
 -- Insert a run row with its chosen id; a row for a fire already handled is ignored
@@ -176,3 +180,101 @@ SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(:run_ids));
 SELECT id FROM runs WHERE ended_at < :cutoff
     AND state NOT IN ('pending', 'waiting', 'launching', 'running')
 ORDER BY id;
+
+-- query_only --
+-- A reader's connection refuses every write
+PRAGMA query_only=ON;
+
+-- runs_page --
+-- A page of runs, newest first, from id :last down
+SELECT * FROM runs WHERE id <= :last ORDER BY id DESC LIMIT :limit;
+
+-- runs_page_of_job --
+-- A page of one job's runs, newest first, from id :last down
+SELECT * FROM runs WHERE job = :job AND id <= :last ORDER BY id DESC LIMIT :limit;
+
+-- runs_page_in_state --
+-- A page of the runs in one state, newest first, from id :last down
+SELECT * FROM runs WHERE state = :state AND id <= :last ORDER BY id DESC LIMIT :limit;
+
+-- runs_page_of_job_in_state --
+-- A page of one job's runs in one state, newest first, from id :last down
+SELECT * FROM runs WHERE job = :job AND state = :state AND id <= :last ORDER BY id DESC LIMIT :limit;
+
+-- count_runs --
+-- How many runs have an id from :low to :high
+SELECT COUNT(*) FROM runs WHERE id BETWEEN :low AND :high;
+
+-- count_runs_of_job --
+-- How many of one job's runs have an id from :low to :high
+SELECT COUNT(*) FROM runs WHERE job = :job AND id BETWEEN :low AND :high;
+
+-- count_runs_in_state --
+-- How many runs in one state have an id from :low to :high
+SELECT COUNT(*) FROM runs WHERE state = :state AND id BETWEEN :low AND :high;
+
+-- count_runs_of_job_in_state --
+-- How many of one job's runs in one state have an id from :low to :high
+SELECT COUNT(*) FROM runs WHERE job = :job AND state = :state AND id BETWEEN :low AND :high;
+
+-- count_anchor --
+-- An id below every open run (the rows up to it are finished and stay as they are), else the newest
+SELECT COALESCE((SELECT MIN(id) - 1 FROM runs WHERE state IN ('pending', 'waiting', 'launching', 'running')),
+    (SELECT MAX(id) FROM runs), 0);
+
+-- runs_after --
+-- Runs newer than an id, oldest first: what is new since a reader last looked
+SELECT * FROM runs WHERE id > :after ORDER BY id LIMIT :limit;
+
+-- runs_by_ids --
+-- The current rows of runs named by a JSON array of ids
+SELECT * FROM runs WHERE id IN (SELECT value FROM json_each(:run_ids)) ORDER BY id;
+
+-- latest_run_per_job --
+-- The newest run of every catalogued job, one index seek per job
+SELECT * FROM runs WHERE id IN (SELECT (SELECT id FROM runs x WHERE x.job = j.name ORDER BY id DESC LIMIT 1)
+    FROM jobs j);
+
+-- recent_runs_of_job --
+-- A job's newest runs, newest first
+SELECT * FROM runs WHERE job = :job ORDER BY id DESC LIMIT :limit;
+
+-- counts_by_state --
+-- How many runs there are in each state
+SELECT state, COUNT(*) AS n FROM runs GROUP BY state;
+
+-- catalog --
+-- The active's catalog of jobs with their pause flag; `loaded` is 0 for a file that never loaded
+SELECT j.name, j.path, j.schedule, j.enabled, j.agent, j.description, j.tags, j.next_fire, j.error,
+    COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded
+FROM jobs j LEFT JOIN job_state s ON s.job = j.name ORDER BY j.name;
+
+-- paused_jobs --
+-- The jobs paused now
+SELECT job FROM job_state WHERE paused = 1;
+
+-- recent_failovers --
+-- The newest takeovers, newest first
+SELECT at, from_pid, to_pid, cause, gap_ms, epoch FROM failovers ORDER BY id DESC LIMIT :limit;
+
+-- agents_by_name --
+-- Every agent the dispatcher knows of, by name
+SELECT name, url, up, last_contact, version, cpu_percent, memory_percent, load1, running, error
+FROM agents ORDER BY name;
+
+-- recent_audit --
+-- The newest operator actions, newest first
+SELECT at, os_user, action, target, result FROM audit ORDER BY id DESC LIMIT :limit;
+
+-- integrity_check --
+-- SQLite's own check of every page and index (`vigil db check`); one row "ok" when sound
+PRAGMA integrity_check;
+
+-- prune_offline --
+-- `vigil db prune` with no scheduler running: delete one finished run
+DELETE FROM runs WHERE id = :run_id;
+
+-- run_id_mark_offline --
+-- The same rise of the run id mark, by `vigil db prune` with no scheduler running (the database's epoch)
+INSERT INTO run_id_mark (id, run_id, writer_epoch) VALUES (1, :run_id, (SELECT epoch FROM leader WHERE id = 1))
+ON CONFLICT (id) DO UPDATE SET run_id = MAX(run_id, excluded.run_id), writer_epoch = excluded.writer_epoch;

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 
 from engine.clock import parse_iso
+from engine.errors import StoreError
 from engine.model import LeaderRow, Run, RunState
+
+
+def required_time(row: sqlite3.Row, column: str) -> datetime:
+    """A NOT NULL time column (written by `clock.iso`); unreadable text is a damaged row."""
+    when = parse_iso(row[column])
+    if when is None:
+        raise StoreError(f"state database: {column} {row[column]!r} is not a time (a damaged row)")
+    return when
 
 
 def run_of(row: sqlite3.Row) -> Run:
     """A `runs` row (all columns) as a Run."""
-    created = parse_iso(row["created_at"])
-    scheduled = parse_iso(row["scheduled_for"])
-    assert created is not None and scheduled is not None  # NOT NULL columns, written by iso()
     return Run(
         id=int(row["id"]),
         job=row["job"],
-        scheduled_for=scheduled,
+        scheduled_for=required_time(row, "scheduled_for"),
         attempt=int(row["attempt"]),
         state=RunState(row["state"]),
         trigger=row["trigger"],
         epoch=int(row["epoch"]),
-        created_at=created,
+        created_at=required_time(row, "created_at"),
         reason=row["reason"],
         not_before=parse_iso(row["not_before"]),
         started_at=parse_iso(row["started_at"]),

@@ -1,0 +1,334 @@
+"""An in-memory `Store`: the SQLite backend's rules without a file, for policy tests and the contract suite.
+
+`MemoryDatabase` is the shared state (the counterpart of one SQLite file); each `MemoryStore` is
+one process's writer on it, so two stores on one database fence each other by epoch exactly as two
+schedulers on one state directory do. The rules are the SQLite backend's, statement by statement
+(engine/store/sqlite/queries.sql and the fencing triggers of schema.sql):
+
+- a write that would insert or change a row under an epoch that is not the leader's raises
+  FencedError; an update that matches no row changes nothing and raises nothing (no trigger fires);
+- a delete under a stale epoch deletes nothing (the statements check the epoch themselves);
+- a commit is all or nothing: it is applied to a copy that replaces the state only when every
+  intent went through.
+
+`MemoryDatabase.hold_write_lock()` plays another process holding the write lock: commits then fail
+with the retryable "locked by another writer", as they do on SQLite once its busy timeout runs out.
+
+Layer: store. Imports only the base modules and the store's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.errors import FencedError, StoreFatalError, StoreRetryableError
+from engine.model import OPEN_STATES, LeaderRow, Run, RunState
+from engine.store import JobState, LeaderClaim, LedgerStart
+from engine.store import intents as i
+from engine.store.health import StoreHealth
+
+#: The states each conditional update moves a run from (the WHERE clauses of queries.sql).
+_STARTABLE = frozenset({RunState.PENDING, RunState.LAUNCHING, RunState.WAITING})
+_STARTED = frozenset({RunState.LAUNCHING, RunState.RUNNING})
+_WAITABLE = frozenset({RunState.LAUNCHING, RunState.WAITING})
+
+
+@dataclass
+class _Tables:
+    """Every table of one database; copied per transaction (records are frozen: a shallow copy is enough)."""
+
+    leader: LeaderRow = field(default_factory=lambda: LeaderRow(0, None, None, None, True))
+    runs: dict[int, Run] = field(default_factory=dict)
+    fires: dict[tuple[str, datetime, int], int] = field(default_factory=dict)  #: UNIQUE (job, scheduled_for, attempt)
+    run_id_mark: int = 0
+    job_state: dict[str, JobState] = field(default_factory=dict)
+    catalog: dict[str, i.CatalogUpsert] = field(default_factory=dict)
+    agents: dict[str, i.AgentSeen] = field(default_factory=dict)
+    audit: list[i.Audit] = field(default_factory=list)
+    failovers: list[tuple[i.Failover, int]] = field(default_factory=list)  #: with the epoch that wrote it
+
+    def copy(self) -> _Tables:
+        return _Tables(
+            leader=self.leader,
+            runs=dict(self.runs),
+            fires=dict(self.fires),
+            run_id_mark=self.run_id_mark,
+            job_state=dict(self.job_state),
+            catalog=dict(self.catalog),
+            agents=dict(self.agents),
+            audit=list(self.audit),
+            failovers=list(self.failovers),
+        )
+
+
+class MemoryDatabase:
+    """The state several MemoryStores share, as processes share one SQLite file."""
+
+    def __init__(self) -> None:
+        self.tables = _Tables()
+        self.locked = False
+
+    @contextlib.contextmanager
+    def hold_write_lock(self) -> Iterator[None]:
+        """Another writer holds the lock meanwhile: every commit fails with a retryable fault."""
+        self.locked = True
+        try:
+            yield
+        finally:
+            self.locked = False
+
+
+class _Transaction:
+    """One commit's intents applied to a copy of the tables under the writer's epoch."""
+
+    def __init__(self, tables: _Tables, epoch: int) -> None:
+        self.t = tables
+        self.epoch = epoch
+
+    def _fence(self) -> None:
+        """A row is about to be written: the schema's triggers refuse a stale epoch."""
+        if self.epoch != self.t.leader.epoch:
+            raise FencedError("this scheduler has been deposed: the database holds a newer epoch")
+
+    def _current(self) -> bool:
+        """A delete's own epoch check: a stale writer deletes nothing, and is not told."""
+        return self.epoch == self.t.leader.epoch
+
+    def _update_run(self, run_id: int, states: Iterable[RunState] | None, **changes: object) -> None:
+        run = self.t.runs.get(run_id)
+        if run is None or (states is not None and run.state not in states):
+            return  # no row matches: nothing changes, no trigger fires
+        self._fence()
+        self.t.runs[run_id] = dataclasses.replace(run, **changes)  # type: ignore[arg-type]
+
+    def apply(self, intent: i.Intent) -> int | None:
+        """Apply one intent; for a NewRun, the id when its row was new."""
+        t = self.t
+        match intent:
+            case i.NewRun():
+                self._fence()
+                key = (intent.job, intent.scheduled_for, intent.attempt)
+                if key in t.fires or intent.id in t.runs:
+                    return None  # INSERT OR IGNORE: that fire was handled before
+                t.fires[key] = intent.id
+                t.runs[intent.id] = Run(
+                    id=intent.id,
+                    job=intent.job,
+                    scheduled_for=intent.scheduled_for,
+                    attempt=intent.attempt,
+                    state=intent.state,
+                    trigger=intent.trigger,
+                    epoch=self.epoch,
+                    created_at=intent.created_at,
+                    reason=intent.reason,
+                    not_before=intent.not_before,
+                    ended_at=intent.ended_at,
+                    command=intent.command,
+                    agent=intent.agent,
+                )
+                return intent.id
+            case i.RunLaunching(run_id=run_id, reason=None):
+                self._update_run(run_id, None, state=RunState.LAUNCHING)
+            case i.RunLaunching():
+                self._update_run(intent.run_id, None, state=RunState.LAUNCHING, reason=intent.reason)
+            case i.RunStarted():
+                extra = {"reason": None} if intent.clear_reason else {}
+                self._update_run(
+                    intent.run_id,
+                    _STARTABLE,
+                    state=RunState.RUNNING,
+                    started_at=intent.started_at,
+                    deadline=intent.deadline,
+                    **extra,
+                )
+            case i.StartRestated():
+                self._update_run(intent.run_id, _STARTED, started_at=intent.started_at, deadline=intent.deadline)
+            case i.RunFinished():
+                run = t.runs.get(intent.run_id)
+                pid = intent.pid if intent.pid is not None or run is None else run.pid
+                self._update_run(
+                    intent.run_id,
+                    OPEN_STATES,
+                    state=intent.state,
+                    reason=intent.reason,
+                    exit_code=intent.exit_code,
+                    ended_at=intent.ended_at,
+                    pid=pid,
+                    cpu_s=intent.cpu_s,
+                    peak_rss=intent.peak_rss,
+                )
+            case i.KillRequested():
+                self._update_run(intent.run_id, None, kill_requested=intent.cause)
+            case i.AgentChosen():
+                self._update_run(intent.run_id, OPEN_STATES, agent=intent.agent)
+            case i.RunWaiting():
+                self._update_run(intent.run_id, _WAITABLE, state=RunState.WAITING, reason=intent.reason)
+            case i.RunsPruned():
+                if self._current():
+                    for run_id in intent.run_ids:
+                        run = t.runs.pop(run_id, None)
+                        if run is not None:
+                            del t.fires[(run.job, run.scheduled_for, run.attempt)]
+            case i.RunIdMark():
+                self._fence()
+                t.run_id_mark = max(t.run_id_mark, intent.run_id)
+            case i.LastFire(job=job, at=None):
+                if job in t.job_state:
+                    self._fence()
+                    t.job_state[job] = dataclasses.replace(t.job_state[job], last_fire=None)
+            case i.LastFire():
+                self._fence()
+                state = t.job_state.get(intent.job, JobState())
+                t.job_state[intent.job] = dataclasses.replace(state, last_fire=intent.at)
+            case i.Paused():
+                self._fence()
+                state = t.job_state.get(intent.job, JobState())
+                t.job_state[intent.job] = dataclasses.replace(state, paused=intent.paused)
+            case i.CatalogUpsert():
+                self._fence()
+                t.catalog[intent.name] = intent
+            case i.CatalogDrop():
+                if self._current():
+                    t.catalog.pop(intent.name, None)
+            case i.CatalogCleared():
+                if self._current():
+                    t.catalog.clear()
+            case i.NextFire():
+                entry = t.catalog.get(intent.job)
+                if entry is not None:
+                    self._fence()
+                    t.catalog[intent.job] = dataclasses.replace(entry, next_fire=intent.at)
+            case i.AgentSeen():
+                self._fence()
+                old = t.agents.get(intent.name)
+                if old is not None:  # unknown contact and version are kept
+                    intent = dataclasses.replace(
+                        intent,
+                        last_contact=intent.last_contact or old.last_contact,
+                        version=intent.version or old.version,
+                    )
+                t.agents[intent.name] = intent
+            case i.AgentDropped():
+                if self._current():
+                    t.agents.pop(intent.name, None)
+            case i.Audit():
+                self._fence()
+                t.audit.append(intent)
+            case i.Failover():
+                self._fence()
+                t.failovers.append((intent, self.epoch))
+            case i.CleanStop():
+                if self._current():
+                    t.leader = dataclasses.replace(t.leader, clean_stop=True)
+            case _:
+                raise TypeError(f"not a store intent: {intent!r}")
+        return None
+
+
+class MemoryStore:
+    """One writer on a MemoryDatabase; implements `engine.store.Store`."""
+
+    def __init__(self, database: MemoryDatabase | None = None) -> None:
+        self.database = database if database is not None else MemoryDatabase()
+        self.health = StoreHealth()
+        self._epoch = 0
+        self._pending: list[i.Intent] = []
+        self._flush_wanted = asyncio.Event()
+        self._open = False
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def lost_error(self) -> StoreFatalError | None:
+        return None  # memory cannot be removed from under the process
+
+    async def take_leadership(self, claim: LeaderClaim, *, floor: int = 0) -> tuple[int, LeaderRow]:
+        tables = self.database.tables
+        previous = tables.leader
+        self._epoch = max(previous.epoch, floor) + 1
+        tables.leader = LeaderRow(self._epoch, claim.pid, claim.starttime, claim.since, clean_stop=False)
+        return self._epoch, previous
+
+    def defer(self, intent: i.Intent) -> None:
+        self._pending.append(intent)
+        self._flush_wanted.set()
+
+    async def flush(self) -> None:
+        await self.commit([])
+
+    async def wait_for_deferred(self) -> None:
+        await self._flush_wanted.wait()
+
+    async def commit(self, intents: Iterable[i.Intent]) -> set[int]:
+        deferred, self._pending = self._pending, []
+        self._flush_wanted.clear()
+        given = list(intents)
+        # As in the SQLite backend: the deferred intents, then the NewRun rows, then the rest.
+        new_runs = [x for x in given if isinstance(x, i.NewRun)]
+        batch = deferred + new_runs + [x for x in given if not isinstance(x, i.NewRun)]
+        if not batch:
+            return set()
+        try:
+            if self.database.locked:
+                raise StoreRetryableError("locked by another writer", "state database: locked by another writer")
+            txn = _Transaction(self.database.tables.copy(), self._epoch)
+            new = {run_id for run_id in map(txn.apply, batch) if run_id is not None}
+        except (FencedError, StoreRetryableError) as exc:
+            # Rolled back: the deferred intents go first into the next attempt.
+            self._pending = deferred + self._pending
+            self._flush_wanted.set()
+            if isinstance(exc, StoreRetryableError):
+                self.health.failed(exc, time.monotonic())
+            raise
+        self.database.tables = txn.t
+        self.health.succeeded(time.monotonic())
+        return new
+
+    # ------------------------------------------------------------ reads the active needs
+
+    async def start_state(self) -> LedgerStart:
+        t = self.database.tables
+        last_success: dict[str, datetime] = {}
+        for run in t.runs.values():
+            if run.state == RunState.SUCCEEDED and run.ended_at is not None:
+                best = last_success.get(run.job)
+                if best is None or run.ended_at > best:
+                    last_success[run.job] = run.ended_at
+        return LedgerStart(
+            max_run_id=max(t.runs, default=0),
+            run_id_mark=t.run_id_mark,
+            jobs=dict(t.job_state),
+            last_success=last_success,
+        )
+
+    async def open_runs(self) -> list[Run]:
+        t = self.database.tables
+        return [t.runs[run_id] for run_id in sorted(t.runs) if t.runs[run_id].state in OPEN_STATES]
+
+    async def run(self, run_id: int) -> Run | None:
+        return self.database.tables.runs.get(run_id)
+
+    async def run_states(self, run_ids: Sequence[int]) -> dict[int, RunState]:
+        runs = self.database.tables.runs
+        return {run_id: runs[run_id].state for run_id in run_ids if run_id in runs}
+
+    async def prunable_runs(self, cutoff: datetime) -> list[int]:
+        runs = self.database.tables.runs
+        return sorted(
+            run_id
+            for run_id, run in runs.items()
+            if run.ended_at is not None and run.ended_at < cutoff and run.state not in OPEN_STATES
+        )

@@ -1,0 +1,234 @@
+"""The SQLite readers' side of the store: what the CLI and the dashboard read, as typed records.
+
+Reads are short autocommit statements on one cached, query-only connection: nothing here holds a
+transaction open across calls, so readers never pin the WAL or slow the scheduler. Every failure is
+a StoreError naming the database, never a traceback.
+
+Imports only `sqlite3` and the store's own modules: `vigil runs --json` comes through here, so this
+stays light (no aiosqlite, no config parser).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from engine.clock import parse_iso
+from engine.errors import NotFoundError, StoreError
+from engine.ids import as_row_id
+from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, LeaderRow, Run
+from engine.paths import StatePaths
+from engine.store.sqlite.db import connect, store_error
+from engine.store.sqlite.queries import QUERIES
+from engine.store.sqlite.rows import leader_of, required_time, run_of
+
+#: SQLite's integer range: a count or page bound that excludes nothing.
+_LOWEST, _HIGHEST = -(1 << 63), (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class RunsWindow:
+    """One page of runs and where it sits among all matching runs, read at one instant."""
+
+    runs: list[Run]  #: newest first
+    newer: int  #: matching runs newer than the page: its first row is number `newer + 1`
+    total: int  #: matching runs in all (never fewer than the page and those before it)
+    count_base: tuple[int, int]  #: (anchor id, matching runs up to it): pass back to skip a full count
+
+
+def _filtered(base: str, job: str | None, state: str | None) -> str:
+    """The variant of a runs statement for these filters (each variant has its own index path)."""
+    return base + ("_of_job" if job else "") + ("_in_state" if state else "")
+
+
+class SqliteReader:
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self.paths, create=False)  # a reader never makes state
+            try:
+                conn.execute(QUERIES["query_only"])
+            except sqlite3.Error as exc:
+                conn.close()
+                raise store_error(exc, self.paths.db) from exc
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[sqlite3.Row]:
+        # Every read goes through here: a broken database is a StoreError naming it, never a traceback.
+        try:
+            return self.conn.execute(QUERIES[name], params or {}).fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.paths.db) from exc
+
+    def _scalar(self, name: str, params: dict[str, Any] | None = None) -> int:
+        rows = self._rows(name, params)
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    def _plain(self, statement: str) -> None:
+        try:
+            self.conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.paths.db) from exc
+
+    # ------------------------------------------------------------ runs
+
+    def runs(
+        self, *, job: str | None = None, state: str | None = None, limit: int = 50, before_id: int | None = None
+    ) -> list[Run]:
+        """Newest first, keyset-paged by id so a page costs the same at any depth."""
+        last = _HIGHEST if before_id is None else before_id - 1
+        params = {"job": job, "state": state, "last": last, "limit": limit}
+        return [run_of(row) for row in self._rows(_filtered("runs_page", job, state), params)]
+
+    def run(self, run_id: int) -> Run:
+        if as_row_id(run_id) is None:  # beyond SQLite's integers: no such run, not an OverflowError
+            raise NotFoundError(f"no run with id {run_id}")
+        rows = self._rows("run", {"run_id": run_id})
+        if not rows:
+            raise NotFoundError(f"no run with id {run_id}")
+        return run_of(rows[0])
+
+    def runs_window(
+        self,
+        *,
+        job: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        count_base: tuple[int, int] | None = None,
+    ) -> RunsWindow:
+        """A keyset page with its position and the total, all from one read transaction.
+
+        Counting every matching run costs up to ~50 ms per million rows, too much for every refresh.
+        A full count is taken only without `count_base`: up to an anchor id below every open run, so
+        the rows it counted are finished and stay as they are; later calls recount only above it
+        (new runs and runs still open: a short index range). Position and total thus always agree
+        with the page shown (a "1–22 of 21" cannot happen), even while runs arrive and change state.
+        """
+        counted = _filtered("count_runs", job, state)
+
+        def count(low: int, high: int) -> int:
+            return self._scalar(counted, {"job": job, "state": state, "low": low, "high": high})
+
+        self._plain("BEGIN")
+        try:
+            rows = self.runs(job=job, state=state, limit=limit, before_id=before_id)
+            newer = count(before_id, _HIGHEST) if before_id is not None else 0
+            if count_base is None:
+                anchor = self._scalar("count_anchor")
+                count_base = (anchor, count(_LOWEST, anchor))
+            total = count_base[1] + count(count_base[0] + 1, _HIGHEST)
+        finally:
+            self._plain("COMMIT")
+        # Runs pruned since the full count leave `total` a little high until the next one, never low.
+        return RunsWindow(rows, newer, max(total, newer + len(rows)), count_base)
+
+    def counts_by_state(self) -> dict[str, int]:
+        return {row["state"]: int(row["n"]) for row in self._rows("counts_by_state")}
+
+    def max_run_id(self) -> int:
+        """The newest run id (0 when there are none): where an incremental reader starts."""
+        return self._scalar("max_run_id")
+
+    def runs_after(self, after_id: int, limit: int = 1000) -> list[Run]:
+        """Runs with id > `after_id`, oldest first: what is new since a reader last looked."""
+        return [run_of(row) for row in self._rows("runs_after", {"after": after_id, "limit": limit})]
+
+    def runs_by_ids(self, ids: list[int]) -> list[Run]:
+        """Current rows of the given runs (missing ids are left out): re-reads runs still open."""
+        return [run_of(row) for row in self._rows("runs_by_ids", {"run_ids": json.dumps(ids)})]
+
+    def latest_run_per_job(self) -> dict[str, Run]:
+        """The newest run of every catalogued job, one index seek per job (O(jobs), not O(runs))."""
+        return {run.job: run for run in map(run_of, self._rows("latest_run_per_job"))}
+
+    def recent_runs_of(self, names: list[str], per_job: int) -> dict[str, list[Run]]:
+        """The newest `per_job` runs of each named job, newest first (index range per job)."""
+        return {
+            name: [run_of(row) for row in self._rows("recent_runs_of_job", {"job": name, "limit": per_job})]
+            for name in names
+        }
+
+    # ------------------------------------------------------------ jobs, leader, agents, history
+
+    def jobs(self) -> list[JobRow]:
+        """The active's catalog of loaded jobs with their pause flag, by name."""
+        return [
+            JobRow(
+                name=row["name"],
+                path=row["path"],
+                schedule=row["schedule"],
+                enabled=bool(row["enabled"]),
+                agent=row["agent"],
+                description=row["description"],
+                tags=row["tags"],
+                next_fire=parse_iso(row["next_fire"]),
+                error=row["error"],
+                paused=bool(row["paused"]),
+                loaded=bool(row["loaded"]),
+            )
+            for row in self._rows("catalog")
+        ]
+
+    def paused_jobs(self) -> set[str]:
+        return {row["job"] for row in self._rows("paused_jobs")}
+
+    def leader(self) -> LeaderRow:
+        rows = self._rows("leader")
+        if not rows:
+            raise StoreError(f"state database {self.paths.db} has no leader row: not a Vigil database")
+        return leader_of(rows[0])
+
+    def failovers(self, limit: int = 10) -> list[FailoverRow]:
+        return [
+            FailoverRow(
+                at=required_time(row, "at"),
+                from_pid=row["from_pid"],
+                to_pid=int(row["to_pid"]),
+                cause=row["cause"],
+                gap_ms=row["gap_ms"],
+                epoch=int(row["epoch"]),
+            )
+            for row in self._rows("recent_failovers", {"limit": limit})
+        ]
+
+    def agents(self) -> list[AgentRow]:
+        return [
+            AgentRow(
+                name=row["name"],
+                url=row["url"],
+                up=bool(row["up"]),
+                last_contact=parse_iso(row["last_contact"]),
+                version=row["version"],
+                cpu_percent=row["cpu_percent"],
+                memory_percent=row["memory_percent"],
+                load1=row["load1"],
+                running=row["running"],
+                error=row["error"],
+            )
+            for row in self._rows("agents_by_name")
+        ]
+
+    def audit(self, limit: int = 50) -> list[AuditRow]:
+        return [
+            AuditRow(
+                at=required_time(row, "at"),
+                user=row["os_user"],
+                action=row["action"],
+                target=row["target"],
+                result=row["result"],
+            )
+            for row in self._rows("recent_audit", {"limit": limit})
+        ]

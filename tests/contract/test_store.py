@@ -1,0 +1,270 @@
+"""The Store contract: what the scheduler relies on, passed by every backend (the `backend` fixture).
+
+Two stores on one backend are two processes on one state directory: the second one's
+`take_leadership` deposes the first, whose every later write must be refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from engine.errors import FencedError, StoreRetryableError
+from engine.model import OPEN_STATES, LeaderRow, Run, RunState
+from engine.store import JobState, LeaderClaim, Store
+from engine.store import intents as i
+from tests.contract.conftest import Backend
+
+NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+
+
+def claim(pid: int = 0) -> LeaderClaim:
+    return LeaderClaim(pid or os.getpid(), 1234, NOW)
+
+
+def fire(run_id: int, *, job: str = "j", at: datetime = NOW, attempt: int = 1, **kw: object) -> i.NewRun:
+    fields: dict[str, object] = {"state": RunState.PENDING, "trigger": "schedule", "created_at": NOW, **kw}
+    return i.NewRun(id=run_id, job=job, scheduled_for=at, attempt=attempt, **fields)  # type: ignore[arg-type]
+
+
+def finished(run_id: int, state: RunState, exit_code: int | None, at: datetime = NOW) -> i.RunFinished:
+    return i.RunFinished(run_id=run_id, state=state, reason=None, exit_code=exit_code, ended_at=at)
+
+
+async def leading(store: Store, pid: int = 0) -> Store:
+    await store.take_leadership(claim(pid))
+    return store
+
+
+async def deposed(backend: Backend, store: Store) -> Store:
+    """Another store takes leadership on the same database; returns it."""
+    return await leading(await backend.store(), pid=os.getpid() + 1)
+
+
+# ---------------------------------------------------------------- runs
+
+
+async def test_a_fire_committed_twice_returns_its_id_once(store: Store) -> None:
+    await leading(store)
+    assert await store.commit([fire(1)]) == {1}
+    # The same (job, scheduled_for, attempt) under a new id is not new: it must not launch.
+    assert await store.commit([fire(2)]) == set()
+    assert await store.commit([fire(1)]) == set()
+    assert await store.commit([fire(3, attempt=2), fire(4, job="k")]) == {3, 4}
+    assert [run.id for run in await store.open_runs()] == [1, 3, 4]
+    assert await store.run(2) is None
+
+
+async def test_run_finished_moves_only_open_rows(store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1), i.RunStarted(1, NOW, None)])
+    await store.commit([finished(1, RunState.FAILED, 4)])
+    # A second report of the same end (a result delivered twice, a late shim record) changes nothing,
+    # and a late start does not reopen it.
+    later = NOW + timedelta(seconds=5)
+    await store.commit([finished(1, RunState.SUCCEEDED, 0, later), i.RunStarted(1, later, None)])
+    run = await store.run(1)
+    assert run is not None
+    assert (run.state, run.exit_code, run.ended_at, run.started_at) == (RunState.FAILED, 4, NOW, NOW)
+    assert await store.open_runs() == []
+
+
+async def test_start_state_open_runs_and_run_states_return_what_was_committed(store: Store) -> None:
+    epoch, _ = await store.take_leadership(claim())
+    yesterday = NOW - timedelta(days=1)
+    await store.commit(
+        [
+            fire(1, command='["true"]'),
+            fire(2, at=yesterday, state=RunState.SKIPPED, ended_at=yesterday, reason="overlap"),
+            fire(3, job="k", at=yesterday),
+            i.RunStarted(1, NOW, NOW + timedelta(minutes=1)),
+            i.AgentChosen(1, "a1"),
+            i.KillRequested(1, "kill"),
+            i.LastFire("j", NOW),
+            i.Paused("k", True),
+            i.RunIdMark(3),
+        ]
+    )
+    await store.commit([finished(3, RunState.SUCCEEDED, 0, yesterday)])
+    assert await store.run(1) == Run(
+        id=1,
+        job="j",
+        scheduled_for=NOW,
+        attempt=1,
+        state=RunState.RUNNING,
+        trigger="schedule",
+        epoch=epoch,
+        created_at=NOW,
+        started_at=NOW,
+        deadline=NOW + timedelta(minutes=1),
+        kill_requested="kill",
+        agent="a1",
+        command='["true"]',
+    )
+    assert [run.id for run in await store.open_runs()] == [1]
+    assert await store.run_states([1, 2, 3, 99]) == {1: RunState.RUNNING, 2: RunState.SKIPPED, 3: RunState.SUCCEEDED}
+    start = await store.start_state()
+    assert (start.max_run_id, start.run_id_mark) == (3, 3)
+    assert start.jobs == {"j": JobState(paused=False, last_fire=NOW), "k": JobState(paused=True, last_fire=None)}
+    assert start.last_success == {"k": yesterday}
+    await store.commit([i.LastFire("j", None)])  # forgotten
+    assert (await store.start_state()).jobs["j"] == JobState(paused=False, last_fire=None)
+
+
+async def test_prune_leaves_open_runs_and_the_run_id_mark_only_rises(store: Store) -> None:
+    await leading(store)
+    old = NOW - timedelta(days=40)
+    await store.commit([fire(1, at=old), fire(2, job="k", at=old), fire(3), i.RunIdMark(3)])
+    await store.commit([finished(1, RunState.SUCCEEDED, 0, old), finished(3, RunState.FAILED, 1)])
+    # Run 2 is still open although it was due long ago; run 3 ended after the cut-off.
+    assert await store.prunable_runs(NOW - timedelta(days=30)) == [1]
+    assert await store.prunable_runs(NOW + timedelta(days=1)) == [1, 3]
+    await store.commit([i.RunsPruned((1, 3)), i.RunIdMark(3)])
+    assert [run.id for run in await store.open_runs()] == [2]
+    assert await store.run(1) is None and await store.run(3) is None
+    await store.commit([i.RunIdMark(2)])  # a lower mark never lowers it
+    start = await store.start_state()
+    assert (start.max_run_id, start.run_id_mark) == (2, 3)  # pruned ids stay used
+
+
+async def test_take_leadership_raises_the_epoch_above_the_floor_and_returns_the_previous_leader(
+    backend: Backend, store: Store
+) -> None:
+    epoch, previous = await store.take_leadership(claim())
+    assert epoch == store.epoch == 1
+    assert previous.epoch == 0 and previous.pid is None and previous.clean_stop
+    other = await backend.store()
+    epoch2, previous2 = await other.take_leadership(LeaderClaim(os.getpid() + 1, 99, NOW), floor=10)
+    assert epoch2 == other.epoch == 11  # above both the stored epoch and the floor
+    assert previous2 == LeaderRow(epoch=1, pid=os.getpid(), starttime=1234, since=NOW, clean_stop=False)
+    await other.commit([i.CleanStop()])
+    third = await backend.store()
+    epoch3, previous3 = await third.take_leadership(claim(), floor=5)
+    assert epoch3 == 12 and previous3.epoch == 11 and previous3.clean_stop
+
+
+# ---------------------------------------------------------------- fencing
+
+
+async def test_a_commit_after_another_store_took_leadership_is_fenced(backend: Backend, store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1)])
+    new = await deposed(backend, store)
+    with pytest.raises(FencedError):
+        await store.commit([fire(2, job="k")])
+    with pytest.raises(FencedError):
+        await store.commit([i.RunStarted(1, NOW, None)])
+    with pytest.raises(FencedError):
+        await store.commit([i.Audit(NOW, "root", "run", "j", "ok")])
+    assert await new.run(2) is None
+    run = await new.run(1)
+    assert run is not None and run.state == RunState.PENDING
+    assert await new.commit([fire(2, job="k")]) == {2}  # the new leader writes
+
+
+async def test_a_deferred_write_flushed_after_a_takeover_is_fenced(backend: Backend, store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1)])
+    new = await deposed(backend, store)
+    store.defer(i.RunStarted(1, NOW, None))
+    with pytest.raises(FencedError):
+        await store.flush()
+    run = await new.run(1)
+    assert run is not None and run.state == RunState.PENDING
+
+
+async def test_a_catalog_rewrite_after_a_takeover_is_fenced(backend: Backend, store: Store) -> None:
+    await leading(store)
+    job = i.CatalogUpsert("j", "/jobs/j.toml", "every 1m", True, None, "", "", NOW, None)
+    await store.commit([i.CatalogCleared(), job])
+    new = await deposed(backend, store)
+    with pytest.raises(FencedError):
+        await store.commit(
+            [i.CatalogCleared(), i.CatalogUpsert("k", "/jobs/k.toml", "manual", True, None, "", "", None, None)]
+        )
+    # The rewrite was one transaction: its delete went with it. The new leader's rewrite goes through.
+    await new.commit([i.CatalogCleared(), job])
+
+
+async def test_a_prune_after_a_takeover_deletes_nothing(backend: Backend, store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1)])
+    await store.commit([finished(1, RunState.SUCCEEDED, 0)])
+    new = await deposed(backend, store)
+    with pytest.raises(FencedError):  # its mark is refused, and the delete in the same transaction with it
+        await store.commit([i.RunsPruned((1,)), i.RunIdMark(1)])
+    await store.commit([i.RunsPruned((1,))])  # a delete alone checks the epoch itself: it deletes nothing
+    assert await new.run(1) is not None
+
+
+# ---------------------------------------------------------------- faults
+
+
+async def test_a_failed_commit_keeps_its_deferred_intents_for_the_next(backend: Backend, store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1), i.RunStarted(1, NOW, None)])
+    store.defer(finished(1, RunState.FAILED, 4))
+    with backend.hold_write_lock(), pytest.raises(StoreRetryableError, match="locked by another writer"):
+        await store.commit([fire(2, job="k")])  # the transaction that carried the deferred end fails
+    assert store.health.failing
+    run = await store.run(1)
+    assert run is not None and run.state == RunState.RUNNING and await store.run(2) is None
+    await store.flush()  # the next attempt writes it
+    assert not store.health.failing
+    run = await store.run(1)
+    assert run is not None and (run.state, run.exit_code) == (RunState.FAILED, 4)
+
+
+# ---------------------------------------------------------------- the SQLite backend's own
+
+
+def test_the_open_states_spelled_out_in_the_sqlite_statements_are_the_models() -> None:
+    """queries.sql and schema.sql spell the open states out (so the partial index applies): the same set."""
+    from engine.store.sqlite import queries
+
+    folder = Path(queries.__file__).parent
+    text = (folder / "queries.sql").read_text() + (folder / "schema.sql").read_text()
+    spelled = re.findall(r"state (?:NOT )?IN \(([^)]*)\)", text)
+    full = {frozenset(re.findall(r"'(\w+)'", group)) for group in spelled if group.count("'") >= 8}
+    assert full == {frozenset(OPEN_STATES)}
+
+
+def test_sqlite_reader_keyset_pages_stay_stable_while_inserts_land(tmp_path: Path) -> None:
+    """A page reached by `before_id` shows the same runs however many newer ones arrive, and the
+    window's position and total follow the new ones (the dashboard's runs view)."""
+    from engine.clock import iso
+    from engine.paths import StatePaths
+    from engine.store.sqlite.db import connect
+    from engine.store.sqlite.reader import SqliteReader
+
+    paths = StatePaths(tmp_path / "state")
+    conn = connect(paths)
+    conn.execute("UPDATE leader SET epoch = 1 WHERE id = 1")
+
+    def insert(ids: range) -> None:
+        conn.executemany(
+            "INSERT INTO runs (id, job, scheduled_for, state, trigger, epoch, writer_epoch, created_at) "
+            "VALUES (?, ?, ?, 'succeeded', 'schedule', 1, 1, ?)",
+            [(n, "a" if n % 2 else "b", iso(NOW + timedelta(seconds=n)), iso(NOW)) for n in ids],
+        )
+
+    insert(range(1, 26))
+    reader = SqliteReader(paths)
+    try:
+        first = reader.runs_window(limit=10)
+        assert [r.id for r in first.runs] == list(range(25, 15, -1)) and (first.newer, first.total) == (0, 25)
+        second = reader.runs_window(limit=10, before_id=16, count_base=first.count_base)
+        assert [r.id for r in second.runs] == list(range(15, 5, -1)) and (second.newer, second.total) == (10, 25)
+        insert(range(26, 31))
+        again = reader.runs_window(limit=10, before_id=16, count_base=second.count_base)
+        assert [r.id for r in again.runs] == [r.id for r in second.runs]
+        assert (again.newer, again.total) == (15, 30)
+        of_a = reader.runs_window(job="a", limit=5, before_id=16)
+        assert [r.id for r in of_a.runs] == [15, 13, 11, 9, 7] and (of_a.newer, of_a.total) == (7, 15)
+    finally:
+        reader.close()
+        conn.close()
