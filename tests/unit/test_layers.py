@@ -3,7 +3,7 @@ import each other in a cycle. Every import counts, also those inside functions a
 TYPE_CHECKING (read from the sources with ast: importing would miss the lazy ones).
 
 Layers, low to high (docs: each package's docstring says what it may import):
-  base (errors, model, clock, durations, text, ids, paths) < schedule, config, store < exec
+  base (errors, model, clock, durations, text, ids, paths, sqlfile) < schedule, config, store < exec
   < agents, run (siblings that never import each other) < control, ha < api < cli
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-BASE = ("engine", "errors", "model", "clock", "durations", "text", "ids", "paths")
+BASE = ("engine", "errors", "model", "clock", "durations", "text", "ids", "paths", "sqlfile")
 LAYERS: dict[str, int] = {
     **dict.fromkeys(BASE, 0),
     **dict.fromkeys(("schedule", "config", "store"), 1),

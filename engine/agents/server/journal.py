@@ -23,7 +23,7 @@ from engine.agents.server.refusals import Malformed
 from engine.clock import iso
 from engine.errors import VigilError
 from engine.ids import MAX_ROW_ID, as_row_id, valid_id
-from engine.store.sqlite.queries import load_queries
+from engine.sqlfile import load_queries
 
 if TYPE_CHECKING:
     from engine.exec.local import ShimExit

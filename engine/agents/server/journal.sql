@@ -1,5 +1,5 @@
 -- Every statement the agent runs on its own journal (journal.db in its state directory), by name
--- (engine/agents/server/journal.py loads them with engine.store.sqlite.queries.load_queries).
+-- (engine/agents/server/journal.py loads them with engine.sqlfile.load_queries).
 -- A block starts with `-- name --`, then one `-- description` line, then the SQL.
 
 -- settings --
