@@ -334,11 +334,14 @@ def cmd_next(args: argparse.Namespace) -> int:
     result = load_folder(jobs_dir)
     job = result.jobs.get(args.name)
     if job is None:
-        job_file = str(jobs_dir / f"{args.name}.toml")
-        problems = [e.format() for e in result.errors if e.path == job_file]
-        if problems:  # the file is there but invalid: an error in it (exit 1, as `validate`), not a missing job
-            raise VigilError(f"no valid job named {quote(args.name)}: " + "; ".join(problems))
-        raise NotFoundError(f"no valid job named {quote(args.name)}")
+        job_file = jobs_dir / f"{args.name}.toml"
+        if not job_file.is_file():
+            raise NotFoundError(f"no valid job named {quote(args.name)}")
+        # The file is there but invalid, in itself or in a `_folder.toml` above it: an error (exit 1,
+        # as `validate`), not a missing job.
+        layers = {str(job_file)} | {str(d / "_folder.toml") for d in job_file.parents if d.is_relative_to(jobs_dir)}
+        problems = [e.format() for e in result.errors if e.path in layers]
+        raise VigilError(f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else ""))
     fires = schedule.preview(job, datetime.now(UTC), args.n)
     if args.json:
         _print_json([f.isoformat() for f in fires])

@@ -919,6 +919,20 @@ def test_next_names_only_the_errors_of_the_job_asked_for(tmp_path: Path, capsys:
     assert capsys.readouterr().err == "vigil: no valid job named 'a'\n"
 
 
+def test_next_of_a_job_whose_folder_defaults_are_broken_is_an_error_not_a_missing_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A good job file under a broken `_folder.toml` is there but invalid: exit 1 naming the cause, not 3."""
+    from engine.cli import main
+
+    write(tmp_path, "jobs/y/j.toml", 'command = "true"\nevery = "1m"\n')
+    write(tmp_path, "jobs/y/_folder.toml", 'timeout = "zz"\n')
+    argv = ["next", "--jobs", str(tmp_path / "jobs"), "--state", str(tmp_path / "state"), "y/j"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vigil: no valid job named 'y/j': ") and "_folder.toml:1: timeout" in err
+
+
 def test_validate_missing_folder_is_a_vigil_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from engine.cli import main
 
