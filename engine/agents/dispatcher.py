@@ -49,7 +49,8 @@ from engine.clock import iso, parse_iso
 from engine.errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError, VigilError
 from engine.exec.local import ShimExit
 from engine.ids import MAX_ROW_ID, valid_id
-from engine.model import AgentSpec, RunState, Settings
+from engine.model import OPEN_STATES, TERMINAL_STATES, AgentSpec, RunState, Settings
+from engine.store import intents as i
 
 if TYPE_CHECKING:
     import httpx
@@ -59,23 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vigil.agents")
 
-OPEN = "('pending', 'waiting', 'launching', 'running')"
-SQL_RUN_AGENT = f"UPDATE runs SET agent = ?, writer_epoch = ? WHERE id = ? AND state IN {OPEN}"
-SQL_RUN_WAITING = (
-    "UPDATE runs SET state = 'waiting', reason = ?, writer_epoch = ? WHERE id = ? AND state IN ('launching', 'waiting')"
-)
-SQL_RUN_STARTED = (
-    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, reason = NULL, writer_epoch = ? "
-    "WHERE id = ? AND state IN ('pending', 'launching', 'waiting')"
-)
-SQL_AGENT_UPSERT = (
-    "INSERT INTO agents (name, url, up, last_contact, version, cpu_percent, memory_percent, load1, running, "
-    "error, writer_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-    "url = excluded.url, up = excluded.up, last_contact = COALESCE(excluded.last_contact, agents.last_contact), "
-    "version = COALESCE(excluded.version, agents.version), cpu_percent = excluded.cpu_percent, "
-    "memory_percent = excluded.memory_percent, load1 = excluded.load1, running = excluded.running, "
-    "error = excluded.error, writer_epoch = excluded.writer_epoch"
-)
 #: How an operator clears an agent's bogus highest epoch (docs/agents.md, "An agent that refuses every scheduler").
 RESET_EPOCH_HINT = (
     "if no scheduler really has that epoch, restart the agent once with `vigil agent --reset-epoch EPOCH`"
@@ -234,11 +218,10 @@ class AgentDispatcher:
             flight.kill_retry_at = time.monotonic() + self.s.settings.agent_poll_interval
             self._spawn(self._send_kill(flight))
 
-    def reconcile_row(self, info: RunInfo, row: Any, batch: Any) -> None:
-        """A run the previous active left open with an agent set (startup or takeover)."""
+    def reconcile_row(self, info: RunInfo, recorded: str, batch: Any) -> None:
+        """A run the previous active left open on agent (or pool) `recorded` (startup or takeover)."""
         job = self.s.jobs.get(info.job)
-        target = job.agent if job is not None and job.agent else str(row["agent"])
-        recorded = str(row["agent"])
+        target = job.agent if job is not None and job.agent else recorded
         settings = self.s.settings
         flight = Flight(info=info, target=target)
         self.flights[info.id] = flight
@@ -348,20 +331,18 @@ class AgentDispatcher:
     def _write_link(self, link: AgentLink) -> None:
         st = link.status if link.up else {}
         self.s.ledger.defer(
-            SQL_AGENT_UPSERT,
-            (
-                link.name,
-                link.spec.url,
-                int(bool(link.up)),
-                iso(link.last_contact),
-                st.get("version"),
-                st.get("cpu_percent"),
-                st.get("memory_percent"),
-                st.get("load1"),
-                st.get("running"),
-                link.error,
-                self.s.epoch,
-            ),
+            i.AgentSeen(
+                name=link.name,
+                url=link.spec.url,
+                up=bool(link.up),
+                last_contact=link.last_contact,
+                version=st.get("version"),
+                cpu_percent=st.get("cpu_percent"),
+                memory_percent=st.get("memory_percent"),
+                load1=st.get("load1"),
+                running=st.get("running"),
+                error=link.error,
+            )
         )
 
     # ---------------------------------------------------------------- agents: config, poll, collect
@@ -394,10 +375,7 @@ class AgentDispatcher:
                 if link.client is not None:
                     self._spawn(link.client.aclose())
                 if name not in declared:
-                    self.s.ledger.defer(
-                        "DELETE FROM agents WHERE name = ? AND ? = (SELECT epoch FROM leader WHERE id = 1)",
-                        (name, self.s.epoch),
-                    )
+                    self.s.ledger.defer(i.AgentDropped(name))
         for name, spec in declared.items():
             if name not in self.links:
                 link = AgentLink(spec=spec)
@@ -647,16 +625,12 @@ class AgentDispatcher:
         """Acknowledge results whose end the ledger holds (only then may the agent forget them)."""
         try:
             ids = sorted(link.ack_pending)[:500]
-            marks = ",".join("?" * len(ids))
-            rows = await self.s.ledger.query(f"SELECT id, state FROM runs WHERE id IN ({marks})", ids)
-            states = {int(r["id"]): r["state"] for r in rows}
-            recorded = [
-                i for i in ids if i in states and states[i] not in ("pending", "waiting", "launching", "running")
-            ]
+            states = await self.s.ledger.run_states(ids)
+            recorded = [run_id for run_id in ids if run_id in states and states[run_id] not in OPEN_STATES]
             for run_id in ids:
                 if run_id not in states:
                     link.ack_pending.discard(run_id)  # not a run of this installation: leave it alone
-                elif states[run_id] in ("pending", "waiting", "launching", "running"):
+                elif states[run_id] in OPEN_STATES:
                     # A result that found no flight, for a run that is open: fetch it again by id
                     # now that the run may have one (never leave the run open for good).
                     flight = self.flights.get(run_id)
@@ -741,7 +715,7 @@ class AgentDispatcher:
                 if flight.member != member:
                     # Persisted before the request: a later active then knows the one agent to ask.
                     # (Even for a single agent: the row was written from the job as it was then.)
-                    self.s.ledger.defer(SQL_RUN_AGENT, (member, self.s.epoch, info.id))
+                    self.s.ledger.defer(i.AgentChosen(info.id, member))
                     try:
                         await self.s.ledger.flush()
                     except StoreRetryableError:
@@ -852,7 +826,7 @@ class AgentDispatcher:
             flight.phase = "waiting"
             if not sticky:  # only a run that was certainly not delivered may be cancelled in place
                 info.state = RunState.WAITING
-            self.s.ledger.defer(SQL_RUN_WAITING, (reason, self.s.epoch, info.id))
+            self.s.ledger.defer(i.RunWaiting(info.id, reason))
         remaining = limit - (now - flight.waiting_since)
         event = self._agent_up
         with contextlib.suppress(TimeoutError):
@@ -885,7 +859,7 @@ class AgentDispatcher:
         info.deadline = deadline
         flight.phase = "running"
         flight.running_since = time.monotonic()
-        self.s.ledger.defer(SQL_RUN_STARTED, (iso(started), iso(deadline), self.s.epoch, info.id))
+        self.s.ledger.defer(i.RunStarted(info.id, started, deadline, clear_reason=True))
 
     # ---------------------------------------------------------------- kill
 
@@ -970,7 +944,7 @@ def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow:
                     sys.stdout.write(data.decode("utf-8", "replace"))
                     sys.stdout.flush()
                     continue
-                if not follow or current["state"] in _TERMINAL:
+                if not follow or current["state"] in TERMINAL_STATES:
                     return 0
                 await asyncio.sleep(0.25)
                 current = reader.run(run_id)
@@ -980,7 +954,5 @@ def print_agent_log(reader: Any, run: dict[str, Any], jobs_dir: Path, *, follow:
 
     return asyncio.run(main())
 
-
-_TERMINAL = {"succeeded", "failed", "timed_out", "killed", "skipped", "missed", "unknown"}
 
 __all__ = ["AgentDispatcher", "choose_member", "print_agent_log", "targets_of"]

@@ -45,12 +45,8 @@ STALE_DIR = ".stale"
 _RECORD = "vigil high-water epoch={epoch:020d} run_id={run_id:020d}\n"
 _PATTERN = re.compile(r"^vigil high-water epoch=(\d{20}) run_id=(\d{20})\n$")
 _STALE_NAME = re.compile(r"^(\d+)\.")
-SQL_RUN_ID_MARK = "SELECT COALESCE(MAX(run_id), 0) FROM run_id_mark"
-SQL_RAISE_RUN_ID_MARK = (
-    "INSERT INTO run_id_mark (id, run_id, writer_epoch) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-    "run_id = MAX(run_id, excluded.run_id), writer_epoch = excluded.writer_epoch"
-)
-#: The same, by `vigil db prune` with no scheduler running: written under the database's epoch.
+#: Raise the database's mark of run ids handed out, by `vigil db prune` with no scheduler running:
+#: written under the database's epoch.
 SQL_RAISE_RUN_ID_MARK_OFFLINE = (
     "INSERT INTO run_id_mark (id, run_id, writer_epoch) VALUES (1, ?, (SELECT epoch FROM leader WHERE id = 1)) "
     "ON CONFLICT (id) DO UPDATE SET run_id = MAX(run_id, excluded.run_id), writer_epoch = excluded.writer_epoch"

@@ -32,7 +32,8 @@ from engine.control import MAX_REQUEST, RefusalAudit, encode, socket_address
 from engine.errors import StoreRetryableError, VigilError
 from engine.exec.procs import flock_holders, holds_flock, kill_verified, starttime
 from engine.paths import StatePaths, user_name
-from engine.run.scheduler import SQL_AUDIT, Scheduler
+from engine.run.scheduler import Scheduler
+from engine.store.intents import Audit
 from engine.store.sqlite.db import connect
 from engine.text import escape
 
@@ -556,9 +557,7 @@ class Node:
             return
         op, target = _request_summary(line)
         log.warning("refused %s from %s: %s", op, user, refusal)
-        scheduler.ledger.defer(
-            SQL_AUDIT, (iso(self.clock.now()), user, op, target, f"refused: {refusal}", scheduler.epoch)
-        )
+        scheduler.ledger.defer(Audit(self.clock.now(), user, op, target, f"refused: {refusal}"))
 
     def _write_refusal_summary(self) -> None:
         if self._refusal_timer is not None:
@@ -571,7 +570,7 @@ class Node:
         user, text = summary
         log.warning("%s", text)
         if scheduler is not None and scheduler.ledger.is_open and scheduler.ledger.file_lost() is None:
-            scheduler.ledger.defer(SQL_AUDIT, (iso(self.clock.now()), user, "?", "", text, scheduler.epoch))
+            scheduler.ledger.defer(Audit(self.clock.now(), user, "?", "", text))
 
     def _heartbeat(self) -> dict[str, Any]:
         return {

@@ -23,17 +23,18 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine import schedule
-from engine.clock import Clock, SystemClock, iso, parse_iso
+from engine.clock import Clock, SystemClock, iso
 from engine.config import JobFolder, ScanResult, job_name_of
 from engine.durations import MAX_DURATION_S, MAX_DURATION_TEXT
 from engine.errors import FencedError, LaunchError, NotFoundError, StoreError, StoreRetryableError, VigilError
 from engine.exec.local import LocalExecutor, ShimExit, gather_evidence
 from engine.exec.reconcile import Action, decide
-from engine.exec.rundirs import SQL_RAISE_RUN_ID_MARK, SQL_RUN_ID_MARK, HighWaterFile, recorded_run, run_dir_ids
+from engine.exec.rundirs import HighWaterFile, recorded_run, run_dir_ids
 from engine.ids import as_row_id
-from engine.model import OPEN_STATES, Catchup, JobSpec, LeaderRow, Overlap, RunState, Settings
+from engine.model import Catchup, JobSpec, LeaderRow, Overlap, RunState, Settings
 from engine.paths import StatePaths
-from engine.store import LeaderClaim
+from engine.store import LeaderClaim, Store
+from engine.store import intents as i
 from engine.store.sqlite.ledger import Ledger
 from engine.text import show
 
@@ -46,40 +47,6 @@ ON_TIME_TOLERANCE_S = 1.0
 #: Wall and monotonic clocks disagreeing by more than this between two loop iterations is a clock
 #: step (NTP slews far slower: under a millisecond per second).
 CLOCK_JUMP_TOLERANCE_S = 1.0
-
-SQL_RUNNING = (
-    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, writer_epoch = ? "
-    "WHERE id = ? AND state IN ('pending', 'launching', 'waiting')"
-)
-SQL_FINISH = (
-    "UPDATE runs SET state = ?, reason = ?, exit_code = ?, ended_at = ?, pid = COALESCE(?, pid), "
-    "cpu_s = ?, peak_rss = ?, writer_epoch = ? "
-    "WHERE id = ? AND state IN ('pending', 'waiting', 'launching', 'running')"
-)
-SQL_LAUNCHING = "UPDATE runs SET state = 'launching', writer_epoch = ? WHERE id = ?"
-SQL_LAUNCHING_FROM_QUEUE = "UPDATE runs SET state = 'launching', reason = ?, writer_epoch = ? WHERE id = ?"
-SQL_KILL_REQUEST = "UPDATE runs SET kill_requested = ?, writer_epoch = ? WHERE id = ?"
-SQL_LAST_FIRE = (
-    "INSERT INTO job_state (job, last_fire, writer_epoch) VALUES (?, ?, ?) "
-    "ON CONFLICT (job) DO UPDATE SET last_fire = excluded.last_fire, writer_epoch = excluded.writer_epoch"
-)
-SQL_RESTATE_START = (
-    "UPDATE runs SET started_at = ?, deadline = ?, writer_epoch = ? WHERE id = ? AND state IN ('launching', 'running')"
-)
-SQL_FORGET_LAST_FIRE = "UPDATE job_state SET last_fire = NULL, writer_epoch = ? WHERE job = ?"
-SQL_PAUSED = (
-    "INSERT INTO job_state (job, paused, writer_epoch) VALUES (?, ?, ?) "
-    "ON CONFLICT (job) DO UPDATE SET paused = excluded.paused, writer_epoch = excluded.writer_epoch"
-)
-SQL_JOB_UPSERT = (
-    "INSERT INTO jobs (name, path, schedule, enabled, agent, description, tags, next_fire, error, writer_epoch) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET path = excluded.path, "
-    "schedule = excluded.schedule, enabled = excluded.enabled, agent = excluded.agent, "
-    "description = excluded.description, tags = excluded.tags, next_fire = excluded.next_fire, "
-    "error = excluded.error, writer_epoch = excluded.writer_epoch"
-)
-SQL_NEXT_FIRE = "UPDATE jobs SET next_fire = ?, writer_epoch = ? WHERE name = ?"
-SQL_AUDIT = "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 class ForwardJump(NamedTuple):
@@ -118,8 +85,8 @@ class Command:
 class Batch:
     """What one loop iteration writes in one transaction, then launches."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    rows: list[i.NewRun] = field(default_factory=list)
+    intents: list[i.Intent] = field(default_factory=list)
     launches: list[int] = field(default_factory=list)
     after_commit: list[Callable[[set[int]], None]] = field(default_factory=list)
     # Undo records of new work (fires, run/pause commands), for when its commit fails and it is
@@ -133,7 +100,7 @@ class Batch:
         """This batch followed by `other`, as one transaction."""
         return Batch(
             rows=self.rows + other.rows,
-            statements=self.statements + other.statements,
+            intents=self.intents + other.intents,
             launches=self.launches + other.launches,
             after_commit=self.after_commit + other.after_commit,
         )
@@ -147,12 +114,13 @@ class Scheduler:
         *,
         clock: Clock | None = None,
         rescan_interval: float = 1.0,
+        store: Store | None = None,
     ) -> None:
         self.paths = paths
         self.clock: Clock = clock or SystemClock()
         self.folder = JobFolder(Path(jobs_dir))
         self.rescan_interval = rescan_interval
-        self.ledger = Ledger(paths)
+        self.store: Store = store if store is not None else Ledger(paths)
         self.settings = Settings()
         self.jobs: dict[str, JobSpec] = {}
         self.job_errors: dict[str, str] = {}
@@ -198,11 +166,11 @@ class Scheduler:
 
     async def take_leadership(self, *, pid: int, starttime: int | None, cause: str) -> LeaderRow:
         """Bump the epoch before anything else. Returns the previous leader row."""
-        await self.ledger.open()
+        await self.store.open()
         now = self.clock.now()
         seen = await asyncio.to_thread(self.high_water.load)
         floor = max(seen.epoch, self.epoch_floor)
-        epoch, previous = await self.ledger.take_leadership(LeaderClaim(pid, starttime, now), floor=floor)
+        epoch, previous = await self.store.take_leadership(LeaderClaim(pid, starttime, now), floor=floor)
         self.high_water.raise_to(epoch=epoch)  # before the epoch reaches an agent or a job
         self.restored = previous.epoch < seen.epoch
         self.takeover_cause = cause
@@ -225,15 +193,15 @@ class Scheduler:
 
         dispatcher = AgentDispatcher(self, transport_factory=self.agent_transport_factory)
         self.executors["agent"] = dispatcher
-        statements = self._settle_stored_fires(result, now)
-        statements += self._apply_scan(result, now, initial=True)
+        intents = self._settle_stored_fires(result, now)
+        intents += self._apply_scan(result, now, initial=True)
         if (self.high_water.mark.from_run_dirs or self.restored) and self.settings.agents:
             # No high-water record here, or a database older than the state directory: before
             # numbering a run, learn the epochs and run ids the agents have seen (docs/agents.md).
             await dispatcher.first_contact(within=3.0)
         await self._reconcile(now)
         dispatcher.ready()  # only now may results be matched to runs (each open run has its flight)
-        await self.ledger.write(statements)
+        await self.store.commit(intents)
         await self._write_catalog(full=True)
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -243,12 +211,18 @@ class Scheduler:
 
     @property
     def epoch(self) -> int:
-        return self.ledger.epoch
+        return self.store.epoch
+
+    @property
+    def ledger(self) -> Ledger:
+        """The SQLite store, for the HA node's few direct uses (until it speaks to `store` alone)."""
+        assert isinstance(self.store, Ledger)
+        return self.store
 
     async def run(self) -> str:
         """Main loop until asked to stop; returns why it stopped."""
         side_tasks = [
-            asyncio.create_task(self._periodic(self.rescan_interval, self._rescan_tick), name="rescan"),
+            asyncio.create_task(self._periodic(self.rescan_interval, self.rescan), name="rescan"),
             asyncio.create_task(self._periodic(0.5, self._sample_tick), name="sample"),
             asyncio.create_task(self._flusher(), name="flusher"),
             asyncio.create_task(self._periodic(3600.0, self._retention_tick, first=60.0), name="retention"),
@@ -256,7 +230,7 @@ class Scheduler:
         ]
         try:
             while not self._stop.is_set():
-                await self._iteration()
+                await self.iterate()
                 await self._sleep_until_next()
         except FencedError:
             log.error("deposed: the database holds a newer epoch; stopping without further writes")
@@ -280,9 +254,9 @@ class Scheduler:
                     await extra.aclose()
             if self.stop_reason not in ("fenced", "store_fatal"):
                 with contextlib.suppress(VigilError):
-                    await self.ledger.flush()
-                    await self.ledger.mark_clean_stop()
-            await self.ledger.close()
+                    await self.store.flush()
+                    await self.store.commit([i.CleanStop()])
+            await self.store.close()
             self.high_water.close()
         return self.stop_reason
 
@@ -307,27 +281,27 @@ class Scheduler:
         """A fault the ledger cannot outlive: stop; the node ends the process (exit != 0)."""
         if self.fatal is None:
             # A file removed or emptied under us often shows first as "corrupt": name the cause.
-            self.fatal = self.ledger.lost_error() or exc
+            self.fatal = self.store.lost_error() or exc
         self.request_stop("store_fatal")
 
     async def _check_db_file(self) -> None:
-        lost = self.ledger.lost_error()
+        lost = self.store.lost_error()
         if lost is not None:
             raise lost
 
     async def _flusher(self) -> None:
         while True:
-            await self.ledger.wait_for_deferred()
+            await self.store.wait_for_deferred()
             await asyncio.sleep(0.02)  # gather a few updates per transaction
             try:
-                await self.ledger.flush()
+                await self.store.flush()
             except FencedError:
                 self.request_stop("fenced")
                 return
             except StoreRetryableError:
                 # Kept for the next attempt (the main loop's next write carries them too); the
                 # ledger logged the fault once.
-                await asyncio.sleep(max(0.05, self.ledger.health.wait(time.monotonic())))
+                await asyncio.sleep(max(0.05, self.store.health.wait(time.monotonic())))
             except StoreError as exc:
                 self._store_fatal(exc)
                 return
@@ -336,7 +310,7 @@ class Scheduler:
         # At most a second, so a stepped wall clock is noticed within one.
         timeout = 1.0
         mono = self.clock.monotonic()
-        backoff = self.ledger.health.wait(time.monotonic())
+        backoff = self.store.health.wait(time.monotonic())
         if backoff > 0:
             # Backing off after a store fault: due fires and retries wait too (trying sooner would
             # only spin); deadlines do not.
@@ -383,7 +357,7 @@ class Scheduler:
             started = now - timedelta(seconds=mono - info.started_mono)
             if info.deadline is not None and info.deadline_mono is not None:
                 info.deadline = now + timedelta(seconds=info.deadline_mono - mono)
-            self._carry.statements.append((SQL_RESTATE_START, (iso(started), iso(info.deadline), self.epoch, info.id)))
+            self._carry.intents.append(i.StartRestated(info.id, started, info.deadline))
 
     def _on_clock_back(self, seconds: float, now: datetime) -> None:
         log.warning(
@@ -402,18 +376,17 @@ class Scheduler:
         for name, last in list(self.last_fire.items()):
             if last > now:
                 self.last_fire[name] = now
-                batch.statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
+                batch.intents.append(i.LastFire(name, now))
         for name, trigger in self.triggers.items():
             self._generation[name] += 1  # drops the heap entries computed on the old timeline
             self._push_fire(name, trigger.next_fire(now))
-            batch.statements.append((SQL_NEXT_FIRE, (iso(self.next_fire[name]), self.epoch, name)))
+            batch.intents.append(i.NextFire(name, self.next_fire[name]))
 
     # ---------------------------------------------------------------- state loading
 
     async def _load_state(self) -> None:
-        rows = await self.ledger.query("SELECT COALESCE(MAX(id), 0) FROM runs")
-        marks = await self.ledger.query(SQL_RUN_ID_MARK)
-        in_db = max(int(rows[0][0]), int(marks[0][0]))  # the mark keeps pruned ids
+        start = await self.store.start_state()
+        in_db = max(start.max_run_id, start.run_id_mark)  # the mark keeps pruned ids
         seen = self.high_water.mark
         in_dirs = max(run_dir_ids(self.paths), default=0)  # high-water may lag (a failed write)
         # Run ids continue above every id used before, whatever the database remembers.
@@ -424,7 +397,7 @@ class Scheduler:
             self.restored = True
         self.high_water.raise_to(run_id=in_db)
         if self.restored:
-            self.ledger.defer(SQL_RAISE_RUN_ID_MARK, (self.next_id - 1, self.epoch))  # said once
+            self.store.defer(i.RunIdMark(self.next_id - 1))  # said once
             log.warning(
                 "the state database is older than this state directory (restored or replaced): epoch "
                 "continues at %d, run ids at %d; the schedule restarts from now (fires since the backup "
@@ -432,25 +405,20 @@ class Scheduler:
                 self.epoch,
                 self.next_id,
             )
-        for row in await self.ledger.query("SELECT job, paused, last_fire FROM job_state"):
-            if row["paused"]:
-                self.paused.add(row["job"])
-            last = parse_iso(row["last_fire"])
-            if last is not None and not self.restored:
-                self.last_fire[row["job"]] = last
-        for row in await self.ledger.query(
-            "SELECT job, MAX(ended_at) AS t FROM runs WHERE state = 'succeeded' GROUP BY job"
-        ):
-            if row["t"]:
-                self.last_success[row["job"]] = datetime.fromisoformat(row["t"])
+        for name, state in start.jobs.items():
+            if state.paused:
+                self.paused.add(name)
+            if state.last_fire is not None and not self.restored:
+                self.last_fire[name] = state.last_fire
+        self.last_success.update(start.last_success)
 
-    def _settle_stored_fires(self, result: ScanResult, now: datetime) -> list[tuple[str, tuple[Any, ...]]]:
+    def _settle_stored_fires(self, result: ScanResult, now: datetime) -> list[i.Intent]:
         """Stored last fires that must not be trusted at start: of absent jobs, or ahead of the clock."""
-        statements: list[tuple[str, tuple[Any, ...]]] = []
+        intents: list[i.Intent] = []
         for name in sorted(set(self.last_fire) - set(result.jobs)):
             # Not loaded now: if its file comes back, the time it was away is not missed.
             del self.last_fire[name]
-            statements.append((SQL_FORGET_LAST_FIRE, (self.epoch, name)))
+            intents.append(i.LastFire(name, None))
         ahead = {name: last for name, last in self.last_fire.items() if last > now}
         if ahead:
             worst = max((last - now).total_seconds() for last in ahead.values())
@@ -463,32 +431,28 @@ class Scheduler:
             )
             for name in ahead:
                 self.last_fire[name] = now
-                statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
-        return statements
+                intents.append(i.LastFire(name, now))
+        return intents
 
     async def _reconcile(self, now: datetime) -> None:
         """Settle every run a previous active left open, from the shim's evidence."""
         assert self.executor is not None
         batch = Batch()
-        rows = await self.ledger.query(
-            f"SELECT * FROM runs WHERE state IN ({','.join('?' * len(OPEN_STATES))}) ORDER BY id",
-            OPEN_STATES,
-        )
-        for row in rows:
+        for run in await self.store.open_runs():
             info = RunInfo(
-                id=row["id"],
-                job=row["job"],
-                scheduled_for=datetime.fromisoformat(row["scheduled_for"]),
-                attempt=row["attempt"],
-                trigger=row["trigger"],
-                state=RunState(row["state"]),
-                kill_requested=row["kill_requested"],
-                deadline=parse_iso(row["deadline"]),
-                not_before=parse_iso(row["not_before"]),
-                agent=row["agent"],
+                id=run.id,
+                job=run.job,
+                scheduled_for=run.scheduled_for,
+                attempt=run.attempt,
+                trigger=run.trigger,
+                state=run.state,
+                kill_requested=run.kill_requested,
+                deadline=run.deadline,
+                not_before=run.not_before,
+                agent=run.agent,
             )
-            if row["agent"] and "agent" in self.executors and info.state is not RunState.PENDING:
-                self.executors["agent"].reconcile_row(info, row, batch)
+            if run.agent and "agent" in self.executors and info.state is not RunState.PENDING:
+                self.executors["agent"].reconcile_row(info, run.agent, batch)
                 continue
             restored_queued = self.restored and info.state in (RunState.PENDING, RunState.WAITING)
             if restored_queued and not self.paths.run_dir(info.id).exists():
@@ -537,7 +501,7 @@ class Scheduler:
                     job = self.jobs.get(info.job)
                     if info.deadline is None and job is not None and job.timeout is not None:
                         info.deadline = started + timedelta(seconds=job.timeout)
-                    batch.statements.append((SQL_RUNNING, (iso(started), iso(info.deadline), self.epoch, info.id)))
+                    batch.intents.append(i.RunStarted(info.id, started, info.deadline))
                     info.state = RunState.RUNNING
                 self._arm_deadline(info)
                 if info.kill_requested:
@@ -561,11 +525,8 @@ class Scheduler:
         """
         assert self.executor is not None
         dirs = run_dir_ids(self.paths)
-        found_rows = await self.ledger.query(
-            "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(dirs),)
-        )
-        known = {int(r[0]) for r in found_rows}
-        for run_id in (i for i in dirs if i not in known):
+        known = set(await self.store.run_states(dirs))
+        for run_id in (d for d in dirs if d not in known):
             run_dir = self.paths.run_dir(run_id)
             decision = decide(gather_evidence(run_dir))
             if decision.action not in (Action.ADOPT, Action.TERMINATE):
@@ -597,7 +558,7 @@ class Scheduler:
             job = self.jobs.get(found.job)
             if job is not None and job.timeout is not None:
                 info.deadline = started + timedelta(seconds=job.timeout)
-            batch.statements.append((SQL_RESTATE_START, (iso(started), iso(info.deadline), self.epoch, run_id)))
+            batch.intents.append(i.StartRestated(run_id, started, info.deadline))
             if decision.action is Action.TERMINATE:
                 cause = f"{why}; {decision.reason}"
                 log.warning("run %d (job %s): %s; ending its job process group", run_id, found.job, cause)
@@ -624,9 +585,7 @@ class Scheduler:
 
     # ---------------------------------------------------------------- job folder
 
-    def _apply_scan(
-        self, result: ScanResult, now: datetime, *, initial: bool = False
-    ) -> list[tuple[str, tuple[Any, ...]]]:
+    def _apply_scan(self, result: ScanResult, now: datetime, *, initial: bool = False) -> list[i.Intent]:
         self.settings = result.settings
         if self.executor is not None:
             self.executor.log_cap = self.settings.log_cap
@@ -646,14 +605,14 @@ class Scheduler:
         for job in self.jobs.values():
             for up in job.after:
                 self.downstream[up].append(job.name)
-        statements: list[tuple[str, tuple[Any, ...]]] = []
+        intents: list[i.Intent] = []
         for name in result.removed:
             self.triggers.pop(name, None)
             self.next_fire.pop(name, None)
             self._generation[name] += 1
             # Forgotten in the ledger too, so a re-added file (even after a restart) starts from then.
             if self.last_fire.pop(name, None) is not None:
-                statements.append((SQL_FORGET_LAST_FIRE, (self.epoch, name)))
+                intents.append(i.LastFire(name, None))
         for name in (set(result.changed) | (set(self.jobs) if initial else set())) & set(self.jobs):
             job = self.jobs[name]
             trigger = schedule.trigger_for(job)
@@ -669,24 +628,25 @@ class Scheduler:
                 # A job seen for the first time, or with a new schedule, is watched from now: fires
                 # before it existed are not missed (nor fires its new schedule would have had).
                 self.last_fire[name] = now
-                statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
+                intents.append(i.LastFire(name, now))
             self._push_fire(
                 name,
                 trigger.next_fire(max(self.last_fire[name], now) if not initial else self.last_fire[name]),
             )
         self._catalog_dirty |= touched
-        return statements
+        return intents
 
-    async def _rescan_tick(self) -> None:
+    async def rescan(self) -> None:
+        """Read the job folder again and record what changed (the `rescan` side task)."""
         result = await asyncio.to_thread(self.folder.scan)
         now, _ = self._read_clock()
-        statements = self._apply_scan(result, now)
-        if statements:
+        intents = self._apply_scan(result, now)
+        if intents:
             try:
-                await self.ledger.write(statements)
+                await self.store.commit(intents)
             except StoreRetryableError:
-                for statement in statements:
-                    self.ledger.defer(*statement)  # kept until a write succeeds
+                for intent in intents:
+                    self.store.defer(intent)  # kept until a write succeeds
                 raise
         await self._write_catalog()
 
@@ -702,40 +662,29 @@ class Scheduler:
             raise
 
     async def _write_catalog_of(self, names: set[str], full: bool) -> None:
-        statements: list[tuple[str, tuple[Any, ...]]] = []
-        if full:
-            statements.append(("DELETE FROM jobs WHERE ? = (SELECT epoch FROM leader WHERE id = 1)", (self.epoch,)))
+        intents: list[i.Intent] = [i.CatalogCleared()] if full else []
         for name in sorted(names):
             job = self.jobs.get(name)
             error = self.job_errors.get(name)
             if job is None:
-                statements.append(
-                    (
-                        "DELETE FROM jobs WHERE name = ? AND ? = (SELECT epoch FROM leader WHERE id = 1)",
-                        (name, self.epoch),
-                    )
-                )
+                intents.append(i.CatalogDrop(name))
                 if error:
-                    statements.append((SQL_JOB_UPSERT, (name, "", "invalid", 0, None, "", "", None, error, self.epoch)))
+                    intents.append(i.CatalogUpsert(name, "", "invalid", False, None, "", "", None, error))
                 continue
-            statements.append(
-                (
-                    SQL_JOB_UPSERT,
-                    (
-                        name,
-                        job.path,
-                        job.schedule_text,
-                        int(job.enabled),
-                        job.agent,
-                        job.description,
-                        ",".join(job.tags),
-                        iso(self.next_fire.get(name)),
-                        error,
-                        self.epoch,
-                    ),
+            intents.append(
+                i.CatalogUpsert(
+                    name=name,
+                    path=job.path,
+                    schedule=job.schedule_text,
+                    enabled=job.enabled,
+                    agent=job.agent,
+                    description=job.description,
+                    tags=",".join(job.tags),
+                    next_fire=self.next_fire.get(name),
+                    error=error,
                 )
             )
-        await self.ledger.write(statements)
+        await self.store.commit(intents)
 
     def _push_fire(self, name: str, when: datetime | None) -> None:
         self.next_fire[name] = when
@@ -746,11 +695,12 @@ class Scheduler:
 
     # ---------------------------------------------------------------- main iteration
 
-    async def _iteration(self) -> None:
+    async def iterate(self) -> None:
+        """One loop iteration: run ends, deadlines, retries, fires and commands, in one commit."""
         now, mono = self._read_clock()
-        if self.ledger.health.failing and self._commands:
+        if self.store.health.failing and self._commands:
             self._answer_commands_while_unwritable(now)
-        if self.ledger.health.wait(time.monotonic()) > 0:
+        if self.store.health.wait(time.monotonic()) > 0:
             # Backing off after a retryable store fault. Timeouts are still enforced: a kill needs
             # no write (its record is deferred).
             self._handle_deadlines(mono)
@@ -794,7 +744,7 @@ class Scheduler:
                 if not cmd.reply.done():
                     cmd.reply.set_result({"ok": False, "error": str(exc)})
             raise
-        if not self.ledger.health.failing:
+        if not self.store.health.failing:
             self._outage_cause = None
         for cmd, reply in replies:
             if cmd.reply.done():
@@ -808,7 +758,7 @@ class Scheduler:
         """While a retryable store fault lasts, answer commands at once instead of after the backoff
         and another busy timeout (the client would have given up): those that need a write are
         refused, a kill is carried out and its record carried to the first write that succeeds."""
-        fault = self.ledger.health.fault
+        fault = self.store.health.fault
         commands, self._commands = self._commands, []
         for cmd in commands:
             if cmd.reply.done():
@@ -826,10 +776,7 @@ class Scheduler:
     def _undo(self, work: Batch, last_id: int) -> None:
         """Forget new work whose commit failed: nothing of it was written or launched."""
         for row in work.rows:
-            self.runs.pop(row["id"], None)
-            self.active_by_job[row["job"]].discard(row["id"])
-            with contextlib.suppress(ValueError):
-                self.queued[row["job"]].remove(row["id"])
+            self._untrack(row)
         for name, before in work.last_fire_before.items():
             if before is None:
                 self.last_fire.pop(name, None)
@@ -846,9 +793,9 @@ class Scheduler:
             self.next_id = work.first_id
 
     async def _commit(self, batch: Batch, now: datetime) -> None:
-        if not (batch.rows or batch.statements or batch.launches):
+        if not (batch.rows or batch.intents or batch.launches):
             return
-        new_ids = await self.ledger.insert_runs(batch.rows, batch.statements)
+        new_ids = await self.store.commit([*batch.rows, *batch.intents])
         if new_ids:
             # After the commit (a failed one must not look like a restore later), before any launch;
             # only ids the ledger took: an ignored row's id (its fire time had a run) was never used.
@@ -857,17 +804,14 @@ class Scheduler:
             hook(new_ids)
         collided: set[str] = set()
         for row in batch.rows:
-            if row["id"] not in new_ids:
+            if row.id not in new_ids:
                 # Already in the ledger: that fire was handled before; never launch it twice.
-                self.runs.pop(row["id"], None)
-                self.active_by_job[row["job"]].discard(row["id"])
-                with contextlib.suppress(ValueError):
-                    self.queued[row["job"]].remove(row["id"])
+                self._untrack(row)
                 self._note_collision(row)
-                collided.add(row["job"])
+                collided.add(row.job)
                 continue
-            if row["state"] == RunState.LAUNCHING:
-                self._launch(row["id"], now)
+            if row.state is RunState.LAUNCHING:
+                self._launch(row.id, now)
         for run_id in batch.launches:
             self._launch(run_id, now)
         for job in sorted(collided):
@@ -876,10 +820,17 @@ class Scheduler:
             self._start_queued(job, self._carry)
             self._wake.set()
 
-    def _note_collision(self, row: dict[str, Any]) -> None:
+    def _untrack(self, row: i.NewRun) -> None:
+        """Forget a new run whose row was not written (its commit failed, or its fire had a row)."""
+        self.runs.pop(row.id, None)
+        self.active_by_job[row.job].discard(row.id)
+        with contextlib.suppress(ValueError):
+            self.queued[row.job].remove(row.id)
+
+    def _note_collision(self, row: i.NewRun) -> None:
         # After the wall clock went back, a fire time can come round again; the ledger keeps one run
         # per job and fire time, so it is not run twice. Said once per job and clock step.
-        job = row["job"]
+        job = row.job
         level = logging.DEBUG if job in self._collisions_noted else logging.WARNING
         self._collisions_noted.add(job)
         log.log(
@@ -887,7 +838,7 @@ class Scheduler:
             "job %s: fire time %s already has a run in the ledger (the wall clock went back?); "
             "it is not run twice, later fire times run as scheduled",
             job,
-            row["scheduled_for"],
+            iso(row.scheduled_for),
         )
 
     def _launch(self, run_id: int, now: datetime) -> None:
@@ -926,7 +877,7 @@ class Scheduler:
             info.deadline = now + timedelta(seconds=job.timeout)
             info.deadline_mono = info.started_mono + job.timeout  # a wall-clock step cannot move it
             self._arm_deadline(info)
-        self.ledger.defer(SQL_RUNNING, (iso(now), iso(info.deadline), self.epoch, info.id))
+        self.store.defer(i.RunStarted(info.id, now, info.deadline))
 
     def retake_above(self, seen: int) -> None:
         """Stop, keeping the leader lock, to take the leadership again above epoch `seen` (ha.py)."""
@@ -939,7 +890,7 @@ class Scheduler:
             log.warning("run ids up to %d are already used (reported by an agent); continuing at %d", used, used + 1)
             self.next_id = used + 1
             self.high_water.raise_to(run_id=used)
-            self.ledger.defer(SQL_RAISE_RUN_ID_MARK, (used, self.epoch))
+            self.store.defer(i.RunIdMark(used))
 
     def _arm_deadline(self, info: RunInfo) -> None:
         if info.deadline is None:
@@ -973,23 +924,20 @@ class Scheduler:
             self.next_id += 1
         spec = self.jobs.get(job)
         batch.rows.append(
-            {
-                "id": run_id,
-                "job": job,
-                "scheduled_for": iso(scheduled_for),
-                "attempt": attempt,
-                "state": str(state),
-                "reason": reason,
-                "trigger": trigger,
-                "epoch": self.epoch,
-                "writer_epoch": self.epoch,
-                "created_at": iso(now),
-                "not_before": iso(not_before),
-                "started_at": None,
-                "ended_at": iso(now) if state.terminal else None,
-                "command": json.dumps(spec.command) if spec else None,
-                "agent": spec.agent if spec else None,
-            }
+            i.NewRun(
+                id=run_id,
+                job=job,
+                scheduled_for=scheduled_for,
+                attempt=attempt,
+                state=state,
+                trigger=trigger,
+                created_at=now,
+                reason=reason,
+                not_before=not_before,
+                ended_at=now if state.terminal else None,
+                command=json.dumps(spec.command) if spec else None,
+                agent=spec.agent if spec else None,
+            )
         )
         info = RunInfo(
             id=run_id,
@@ -1024,8 +972,8 @@ class Scheduler:
             batch.last_fire_before.setdefault(name, self.last_fire.get(name))
             batch.due_at.setdefault(name, fires[0])
             self.last_fire[name] = fires[-1]
-            batch.statements.append((SQL_LAST_FIRE, (name, iso(fires[-1]), self.epoch)))
-            batch.statements.append((SQL_NEXT_FIRE, (iso(trigger.next_fire(now)), self.epoch, name)))
+            batch.intents.append(i.LastFire(name, fires[-1]))
+            batch.intents.append(i.NextFire(name, trigger.next_fire(now)))
             self._push_fire(name, trigger.next_fire(now))
             # The newest fire, if on time, runs whatever `catchup` says; older ones are late and
             # follow the policy, each missed one naming why it was late.
@@ -1155,7 +1103,7 @@ class Scheduler:
     def _start_pending(self, info: RunInfo, batch: Batch) -> None:
         info.state = RunState.LAUNCHING
         self.active_by_job[info.job].add(info.id)
-        batch.statements.append((SQL_LAUNCHING, (self.epoch, info.id)))
+        batch.intents.append(i.RunLaunching(info.id))
         batch.launches.append(info.id)
 
     def _handle_deadlines(self, mono: float) -> None:
@@ -1165,7 +1113,7 @@ class Scheduler:
             if info is None or info.state is not RunState.RUNNING or info.kill_requested:
                 continue
             info.kill_requested = "timeout"
-            self.ledger.defer(SQL_KILL_REQUEST, ("timeout", self.epoch, run_id))
+            self.store.defer(i.KillRequested(run_id, "timeout"))
             self._kill_running(info)
 
     def _kill_running(self, info: RunInfo) -> None:
@@ -1225,20 +1173,16 @@ class Scheduler:
         self.active_by_job[info.job].discard(info.id)
         with contextlib.suppress(ValueError):
             self.queued[info.job].remove(info.id)
-        batch.statements.append(
-            (
-                SQL_FINISH,
-                (
-                    str(state),
-                    reason,
-                    result.exit_code if result else None,
-                    iso(now),
-                    result.job_pid if result else None,
-                    result.cpu_s if result else None,
-                    result.peak_rss if result else None,
-                    self.epoch,
-                    info.id,
-                ),
+        batch.intents.append(
+            i.RunFinished(
+                run_id=info.id,
+                state=state,
+                reason=reason,
+                exit_code=result.exit_code if result else None,
+                ended_at=now,
+                pid=result.job_pid if result else None,
+                cpu_s=result.cpu_s if result else None,
+                peak_rss=result.peak_rss if result else None,
             )
         )
         job = self.jobs.get(info.job)
@@ -1272,7 +1216,7 @@ class Scheduler:
                 reason = f"started after run {after} ended" if after is not None else "started from the queue"
                 info.state = RunState.LAUNCHING
                 self.active_by_job[info.job].add(info.id)
-                batch.statements.append((SQL_LAUNCHING_FROM_QUEUE, (reason, self.epoch, info.id)))
+                batch.intents.append(i.RunLaunching(info.id, reason))
                 batch.launches.append(info.id)
                 return
 
@@ -1284,7 +1228,7 @@ class Scheduler:
             ok, _ = schedule.upstream_satisfied(job.after, self.last_success, self.last_fire.get(name))
             if ok:
                 self.last_fire[name] = now
-                batch.statements.append((SQL_LAST_FIRE, (name, iso(now), self.epoch)))
+                batch.intents.append(i.LastFire(name, now))
                 self._fire(batch, job, now, "after", now, reason=f"after: {', '.join(job.after)} succeeded")
 
     # ---------------------------------------------------------------- periodic
@@ -1298,27 +1242,12 @@ class Scheduler:
         await self.prune(cutoff)
 
     async def prune(self, cutoff: datetime) -> int:
-        ids = [
-            row[0]
-            for row in await self.ledger.query(
-                "SELECT id FROM runs WHERE ended_at < ? AND state NOT IN ('pending','waiting','launching','running')",
-                (iso(cutoff),),
-            )
-        ]
+        ids = await self.store.prunable_runs(cutoff)
         if not ids:
             return 0
         for chunk_start in range(0, len(ids), 500):
-            chunk = ids[chunk_start : chunk_start + 500]
-            marks = ",".join("?" * len(chunk))
-            await self.ledger.write(
-                [
-                    (
-                        f"DELETE FROM runs WHERE id IN ({marks}) AND ? = (SELECT epoch FROM leader WHERE id = 1)",
-                        (*chunk, self.epoch),
-                    ),
-                    (SQL_RAISE_RUN_ID_MARK, (max(chunk), self.epoch)),  # pruned ids stay used
-                ]
-            )
+            chunk = tuple(ids[chunk_start : chunk_start + 500])
+            await self.store.commit([i.RunsPruned(chunk), i.RunIdMark(max(chunk))])  # pruned ids stay used
             for run_id in chunk:
                 _remove_tree(self.paths.run_dir(run_id))
         return len(ids)
@@ -1336,27 +1265,27 @@ class Scheduler:
         if op == "prune":
             user = str(args.get("user", "?"))
             cutoff = self.clock.now() - timedelta(seconds=_prune_age(args.get("older_than_s")))
-            if self.ledger.health.failing:
-                raise VigilError(f"{self.ledger.health.fault}; try again when it is writable")
+            if self.store.health.failing:
+                raise VigilError(f"{self.store.health.fault}; try again when it is writable")
             try:
                 count = await self.prune(cutoff)
-                audit = (iso(self.clock.now()), user, "prune", f"<{iso(cutoff)}", f"deleted {count} runs", self.epoch)
-                await self.ledger.write([(SQL_AUDIT, audit)])
+                audit = i.Audit(self.clock.now(), user, "prune", f"<{iso(cutoff)}", f"deleted {count} runs")
+                await self.store.commit([audit])
             except StoreRetryableError as exc:
                 raise VigilError(f"{exc}; try again when it is writable") from exc
             return {"ok": True, "deleted": count}
         if op == "rerun":
-            rows = await self.ledger.query("SELECT job FROM runs WHERE id = ?", (_run_id(args),))
-            if not rows:
+            repeated = await self.store.run(_run_id(args))
+            if repeated is None:
                 return {"ok": False, "error": f"no run with id {args.get('run_id')}"}
-            args = {**args, "job": rows[0]["job"]}
+            args = {**args, "job": repeated.job}
         if self._stop.is_set():
             # The loop has stopped or is about to: nothing would ever answer this command.
             return {"ok": False, "error": "scheduler is stopping"}
-        if self.ledger.health.failing and op != "kill":
+        if self.store.health.failing and op != "kill":
             # Refused now: the loop may be waiting a whole busy timeout on its next write attempt,
             # and the client would give up first. A kill needs no write; the loop carries it out.
-            return {"ok": False, "error": f"{self.ledger.health.fault}; try again when it is writable"}
+            return {"ok": False, "error": f"{self.store.health.fault}; try again when it is writable"}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._commands.append(Command(op, args, future))
         self._wake.set()
@@ -1369,7 +1298,7 @@ class Scheduler:
         target = str(cmd.args.get(key) or "")
 
         def audit(result: str) -> None:
-            batch.statements.append((SQL_AUDIT, (iso(now), user, cmd.op, target, result, self.epoch)))
+            batch.intents.append(i.Audit(now, user, cmd.op, target, result))
 
         try:
             reply = self._dispatch_command(cmd.op, cmd.args, now, batch)
@@ -1402,7 +1331,7 @@ class Scheduler:
                 self.paused.add(name)
             else:
                 self.paused.discard(name)
-            batch.statements.append((SQL_PAUSED, (name, int(paused), self.epoch)))
+            batch.intents.append(i.Paused(name, paused))
             return {"job": name, "paused": paused}
         if op in ("kill", "rerun"):
             run_id = _run_id(args)
@@ -1412,7 +1341,7 @@ class Scheduler:
             if info is None:
                 raise NotFoundError(f"run {run_id} is not running (it may have ended already)")
             info.kill_requested = "kill"
-            batch.statements.append((SQL_KILL_REQUEST, ("kill", self.epoch, run_id)))
+            batch.intents.append(i.KillRequested(run_id, "kill"))
             if info.state in (RunState.PENDING, RunState.WAITING):
                 self._finish_run(info, RunState.KILLED, "cancelled by operator before it started", None, now, batch)
             else:

@@ -6,10 +6,12 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from engine.model import RunState
 from engine.paths import StatePaths
-from engine.run.scheduler import SQL_FINISH
 from engine.store import LeaderClaim
+from engine.store.intents import RunFinished
 from engine.store.sqlite.ledger import Ledger
+from engine.store.sqlite.statements import Params, bind
 
 NOW = "2026-11-29T03:00:00.000000+00:00"
 
@@ -28,8 +30,8 @@ def row(run_id: int, attempt: int = 1) -> dict[str, object]:
     }
 
 
-def finish(state: str, exit_code: int | None, run_id: int = 1) -> tuple[str, tuple[object, ...]]:
-    return (SQL_FINISH, (state, None, exit_code, NOW, None, None, None, 1, run_id))
+def finish(state: str, exit_code: int | None, run_id: int = 1) -> tuple[str, Params]:
+    return bind(RunFinished(run_id, RunState(state), None, exit_code, datetime.fromisoformat(NOW)), 1)
 
 
 async def test_a_fire_is_inserted_once_and_its_end_recorded_once(tmp_path: Path) -> None:

@@ -80,12 +80,12 @@ class Harness:
         assert self.s is not None
         if seconds:
             self.clock.advance(seconds)
-        await self.s._iteration()
+        await self.s.iterate()
         await self.s.ledger.flush()
 
     async def rescan(self) -> None:
         assert self.s is not None
-        await self.s._rescan_tick()
+        await self.s.rescan()
 
     def finish(self, run_id: int, exit_code: int = 0) -> None:
         assert self.s is not None
