@@ -18,18 +18,23 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine import schedule
 from engine.clock import Clock, SystemClock, iso
 from engine.config import JobFolder, ScanResult, job_name_of
 from engine.durations import MAX_DURATION_S, MAX_DURATION_TEXT
 from engine.errors import FencedError, LaunchError, NotFoundError, StoreError, StoreRetryableError, VigilError
-from engine.exec.local import LocalExecutor, ShimExit, gather_evidence
+
+if TYPE_CHECKING:
+    from engine.agents.dispatcher import AgentDispatcher
+from engine.exec.local import LocalExecutor, gather_evidence
+from engine.exec.port import Adopted, Executor, RunContext, RunInfo, ShimExit
 from engine.exec.reconcile import Action, decide
 from engine.exec.rundirs import HighWaterFile, recorded_run, run_dir_ids
+from engine.exec.runner import ShimExecutor, file_time
 from engine.ids import as_row_id
 from engine.model import Catchup, JobSpec, LeaderRow, Overlap, RunState, Settings
 from engine.paths import StatePaths
@@ -56,22 +61,6 @@ class ForwardJump(NamedTuple):
     to: datetime  #: the wall time of the look that saw it
     seconds: float  #: how far the wall clock stepped
     cause: str  #: "clock jumped forward 1h 0m", for the reasons of the fires it passed over
-
-
-@dataclass
-class RunInfo:
-    id: int
-    job: str
-    scheduled_for: datetime
-    attempt: int
-    trigger: str
-    state: RunState
-    kill_requested: str | None = None
-    deadline: datetime | None = None
-    not_before: datetime | None = None
-    agent: str | None = None  #: where it was sent (agent or pool); None runs locally
-    started_mono: float | None = None  #: when this process started it, on the monotonic clock
-    deadline_mono: float | None = None  #: `deadline` on the monotonic clock, once armed
 
 
 @dataclass
@@ -115,6 +104,7 @@ class Scheduler:
         clock: Clock | None = None,
         rescan_interval: float = 1.0,
         store: Store | None = None,
+        local_executor: Callable[[RunContext], Executor] = ShimExecutor,
     ) -> None:
         self.paths = paths
         self.clock: Clock = clock or SystemClock()
@@ -133,7 +123,9 @@ class Scheduler:
         self.runs: dict[int, RunInfo] = {}  # open runs only
         self.active_by_job: dict[str, set[int]] = defaultdict(set)
         self.queued: dict[str, deque[int]] = defaultdict(deque)
-        self.executors: dict[str, Any] = {}
+        self.make_local = local_executor
+        self.local: Executor | None = None  #: runs on this host; built by prepare()
+        self.agents: AgentDispatcher | None = None  #: runs on remote agents; built by prepare()
         self.next_id = 1
         self._fire_heap: list[tuple[float, int, str, int]] = []  # wall-clock POSIX times
         self._generation: dict[str, int] = defaultdict(int)
@@ -149,7 +141,6 @@ class Scheduler:
         self._stop = asyncio.Event()
         self._seq = 0
         self._catalog_dirty: set[str] = set()
-        self.executor: LocalExecutor | None = None
         self.takeover_cause = "downtime"
         self.started_at = self.clock.now()
         self.stop_reason = "stop"
@@ -183,16 +174,29 @@ class Scheduler:
         await self._load_state()
         result = await asyncio.to_thread(self.folder.scan)
         now, _ = self._read_clock()
-        self.executor = LocalExecutor(
-            self.paths,
-            self._on_shim_exit,
-            log_cap=result.settings.log_cap,
-            kill_grace=result.settings.kill_grace,
+        self.settings = result.settings  # the executors start with the settings of this scan
+        ctx = RunContext(
+            paths=self.paths,
+            store=self.store,
+            clock=self.clock,
+            settings=lambda: self.settings,
+            job=lambda name: self.jobs.get(name),  # `jobs` is replaced at each scan
+            is_open=lambda run: self.runs.get(run.id) is run,
+            finished=self._on_shim_exit,
+            store_fault=self.store_fault,
         )
+        self.local = self.make_local(ctx)
         from engine.agents.dispatcher import AgentDispatcher  # remote agents
 
-        dispatcher = AgentDispatcher(self, transport_factory=self.agent_transport_factory)
-        self.executors["agent"] = dispatcher
+        dispatcher = AgentDispatcher(
+            ctx,
+            restored=self.restored,
+            next_run_id=lambda: self.next_id,
+            skip_run_ids=self.skip_run_ids,
+            retake_above=self.retake_above,
+            transport_factory=self.agent_transport_factory,
+        )
+        self.agents = dispatcher
         intents = self._settle_stored_fires(result, now)
         intents += self._apply_scan(result, now, initial=True)
         if (self.high_water.mark.from_run_dirs or self.restored) and self.settings.agents:
@@ -247,11 +251,9 @@ class Scheduler:
             for cmd in self._commands:
                 if not cmd.reply.done():
                     cmd.reply.set_result({"ok": False, "error": "scheduler is stopping"})
-            if self.executor is not None:
-                self.executor.close()
-            for extra in self.executors.values():
+            for executor in self._executors():
                 with contextlib.suppress(Exception):
-                    await extra.aclose()
+                    await executor.aclose()
             if self.stop_reason not in ("fenced", "store_fatal"):
                 with contextlib.suppress(VigilError):
                     await self.store.flush()
@@ -276,6 +278,13 @@ class Scheduler:
             except Exception:
                 log.exception("periodic task failed")
             await asyncio.sleep(interval)
+
+    def store_fault(self, exc: StoreError) -> None:
+        """A store fault in a side task (an executor's): fenced, or one the ledger cannot outlive."""
+        if isinstance(exc, FencedError):
+            self.request_stop("fenced")
+        else:
+            self._store_fatal(exc)
 
     def _store_fatal(self, exc: StoreError) -> None:
         """A fault the ledger cannot outlive: stop; the node ends the process (exit != 0)."""
@@ -435,8 +444,9 @@ class Scheduler:
         return intents
 
     async def _reconcile(self, now: datetime) -> None:
-        """Settle every run a previous active left open, from the shim's evidence."""
-        assert self.executor is not None
+        """Settle every run a previous active left open: each executor takes over its own."""
+        local = self.local
+        assert local is not None
         batch = Batch()
         for run in await self.store.open_runs():
             info = RunInfo(
@@ -451,8 +461,9 @@ class Scheduler:
                 not_before=run.not_before,
                 agent=run.agent,
             )
-            if run.agent and "agent" in self.executors and info.state is not RunState.PENDING:
-                self.executors["agent"].reconcile_row(info, run.agent, batch)
+            if run.agent and self.agents is not None and info.state is not RunState.PENDING:
+                self._track(info, active=True)
+                self.agents.adopt(info)  # its end, whatever it is, comes as a finished run
                 continue
             restored_queued = self.restored and info.state in (RunState.PENDING, RunState.WAITING)
             if restored_queued and not self.paths.run_dir(info.id).exists():
@@ -474,30 +485,24 @@ class Scheduler:
                 else:
                     self.queued[info.job].append(info.id)
                 continue
-            run_dir = self.paths.run_dir(info.id)
-            decision = decide(gather_evidence(run_dir))
-            adopted = decision.action is Action.ADOPT and self.executor.adopt(info.id)
-            if decision.action is Action.ADOPT and not adopted:
-                # The shim ended between the evidence and the pidfd: decide again on what it left.
-                decision = decide(gather_evidence(run_dir))
+            adoption = local.adopt(info)
             self._track(info)
-            if decision.action is Action.LAUNCH and self.restored:
+            if adoption.outcome is Adopted.NEVER_STARTED and self.restored:
                 # Open in the backup, so a later scheduler handled it; its directory is gone
                 # (pruned?), so whether it ran is unknown. Never run it a second time.
                 reason = "open in the restored database but its run directory is gone; not re-run"
                 self._finish_run(info, RunState.UNKNOWN, reason, None, now, batch)
-            elif decision.action is Action.LAUNCH:
+            elif adoption.outcome is Adopted.NEVER_STARTED:
                 log.info("run %d never started; launching it now", info.id)
                 batch.launches.append(info.id)
-            elif decision.action is Action.TERMINATE:
-                log.warning("run %d: %s; ending its job process group", info.id, decision.reason)
-                self.executor.end_orphan(info.id, decision.reason or "the run's shim is gone")
-            elif adopted:
+            elif adoption.outcome is Adopted.ENDING:
+                log.warning("run %d: %s; ending its job process group", info.id, adoption.reason)
+            elif adoption.outcome is Adopted.WATCHED:
                 log.info("adopted run %d", info.id)
                 if info.state is RunState.LAUNCHING:
                     # Its start (and deadline) were never recorded: the deferred write died with
-                    # the previous active. The shim's pid file dates the start.
-                    started = _file_time(self.paths.run_dir(info.id) / "shim") or now
+                    # the previous active.
+                    started = adoption.started_at or now
                     job = self.jobs.get(info.job)
                     if info.deadline is None and job is not None and job.timeout is not None:
                         info.deadline = started + timedelta(seconds=job.timeout)
@@ -505,11 +510,9 @@ class Scheduler:
                     info.state = RunState.RUNNING
                 self._arm_deadline(info)
                 if info.kill_requested:
-                    self.executor.kill(info.id)
-            elif decision.action in (Action.INGEST, Action.ADOPT):
-                self._finished.append(self.executor.collect(info.id))
-            else:
-                self._finish_run(info, RunState.UNKNOWN, decision.reason, None, now, batch)
+                    local.kill(info)
+            elif adoption.outcome is Adopted.LOST:
+                self._finish_run(info, RunState.UNKNOWN, adoption.reason, None, now, batch)
         await self._settle_unrecorded_runs(now, batch)
         for name in list(self.queued):
             # A queued run whose predecessor ended while no scheduler was active.
@@ -523,7 +526,9 @@ class Scheduler:
         a row from its `run.json` (its job's timeout counts from the shim's start); a job whose
         shim died is ended like any orphan. Finished ones are left as they are (docs/ha.md).
         """
-        assert self.executor is not None
+        shims = self._shims()
+        if shims is None:
+            return  # only a shim executor leaves run directories
         dirs = run_dir_ids(self.paths)
         known = set(await self.store.run_states(dirs))
         for run_id in (d for d in dirs if d not in known):
@@ -538,9 +543,9 @@ class Scheduler:
                     "run directory %s: %s, and its run.json names no job; ending its job process group", run_dir, why
                 )
                 if decision.action is Action.TERMINATE:
-                    self.executor.end_orphan(run_id, why)
-                elif self.executor.adopt(run_id):
-                    self.executor.kill(run_id)
+                    shims.end_orphan(run_id, why)
+                elif shims.adopt(run_id):
+                    shims.kill(run_id)
                 continue
             self.next_id = max(self.next_id, run_id + 1)
             info = self._new_row(
@@ -554,7 +559,7 @@ class Scheduler:
                 reason=why,
                 run_id=run_id,
             )
-            started = _file_time(run_dir / "shim") or now
+            started = file_time(run_dir / "shim") or now
             job = self.jobs.get(found.job)
             if job is not None and job.timeout is not None:
                 info.deadline = started + timedelta(seconds=job.timeout)
@@ -562,34 +567,44 @@ class Scheduler:
             if decision.action is Action.TERMINATE:
                 cause = f"{why}; {decision.reason}"
                 log.warning("run %d (job %s): %s; ending its job process group", run_id, found.job, cause)
-                batch.after_commit.append(functools.partial(self._end_unrecorded, run_id, cause))
+                batch.after_commit.append(functools.partial(self._end_unrecorded, shims, run_id, cause))
             else:
                 log.warning("run %d (job %s): %s; adopted it", run_id, found.job, why)
-                batch.after_commit.append(functools.partial(self._adopt_unrecorded, run_id))
+                batch.after_commit.append(functools.partial(self._adopt_unrecorded, shims, run_id))
 
-    def _adopt_unrecorded(self, run_id: int, new_ids: set[int]) -> None:
-        assert self.executor is not None
+    def _adopt_unrecorded(self, shims: LocalExecutor, run_id: int, new_ids: set[int]) -> None:
         info = self.runs.get(run_id)
-        if not self.executor.adopt(run_id):
-            self._finished.append(self.executor.collect(run_id))  # it ended meanwhile: its record tells
+        if not shims.adopt(run_id):
+            self._finished.append(shims.collect(run_id))  # it ended meanwhile: its record tells
         elif run_id not in new_ids or info is None:
             # Its fire already has another row: it must not run on unrecorded.
             log.warning("run %d: its fire is already recorded under another id; ending its job process group", run_id)
-            self.executor.kill(run_id)
+            shims.kill(run_id)
         else:
             self._arm_deadline(info)
 
-    def _end_unrecorded(self, run_id: int, cause: str, new_ids: set[int]) -> None:
-        assert self.executor is not None
-        self.executor.end_orphan(run_id, cause)
+    def _end_unrecorded(self, shims: LocalExecutor, run_id: int, cause: str, new_ids: set[int]) -> None:
+        shims.end_orphan(run_id, cause)
+
+    def _shims(self) -> LocalExecutor | None:
+        """The local shims, by run id (for runs in `runs/` the database has no row for)."""
+        return self.local.local if isinstance(self.local, ShimExecutor) else None
+
+    def _executors(self) -> list[Executor]:
+        return [executor for executor in (self.local, self.agents) if executor is not None]
+
+    def _executor_for(self, info: RunInfo) -> Executor | None:
+        # Where the run went (its `agent`), not where its job points now (the file may have changed).
+        if info.agent and self.agents is not None:
+            return self.agents
+        return self.local
 
     # ---------------------------------------------------------------- job folder
 
     def _apply_scan(self, result: ScanResult, now: datetime, *, initial: bool = False) -> list[i.Intent]:
         self.settings = result.settings
-        if self.executor is not None:
-            self.executor.log_cap = self.settings.log_cap
-            self.executor.kill_grace = self.settings.kill_grace
+        for executor in self._executors():
+            executor.configure(self.settings)
         errors: dict[str, str] = {}
         for err in result.errors:
             errors.setdefault(job_name_of(err.path, self.folder.root), err.format())
@@ -850,27 +865,18 @@ class Scheduler:
             self._finish_later(info, RunState.FAILED, f"job {info.job} no longer exists", now)
             return
         info.agent = job.agent  # a pending run launches as its job is configured now
-        if info.agent and "agent" in self.executors:
-            self.executors["agent"].launch(info)
-            return
-        assert self.executor is not None
-        env = dict(os.environ)
-        env.update(job.env)
-        env.update(
-            VIGIL_RUN_ID=str(info.id),
-            VIGIL_JOB=info.job,
-            VIGIL_SCHEDULED_FOR=iso(info.scheduled_for) or "",
-            VIGIL_ATTEMPT=str(info.attempt),
-            VIGIL_EPOCH=str(self.epoch),
-        )
+        executor = self._executor_for(info)
+        assert executor is not None
         try:
-            self.executor.launch(info.id, job.command, env, job.workdir)
+            executor.launch(info, job)
         except LaunchError as exc:  # e.g. a missing workdir: the message is the reason
             self._finish_later(info, RunState.FAILED, str(exc), now)
             return
         except (OSError, ValueError) as exc:
             self._finish_later(info, RunState.FAILED, f"could not start the run's shim: {exc}", now)
             return
+        if executor is not self.local:
+            return  # a remote run's start is recorded by its executor once the agent confirms it
         info.state = RunState.RUNNING
         info.started_mono = self.clock.monotonic()
         if job.timeout is not None:
@@ -879,10 +885,15 @@ class Scheduler:
             self._arm_deadline(info)
         self.store.defer(i.RunStarted(info.id, now, info.deadline))
 
-    def retake_above(self, seen: int) -> None:
-        """Stop, keeping the leader lock, to take the leadership again above epoch `seen` (ha.py)."""
+    def retake_above(self, seen: int) -> bool:
+        """Stop, keeping the leader lock, to take the leadership again above epoch `seen` (ha.py).
+
+        False, doing nothing, when no re-take is allowed now (see Node._active)."""
+        if not self.epoch_retake_allowed:
+            return False
         self.epoch_floor = max(self.epoch_floor, seen)
         self.request_stop("epoch")
+        return True
 
     def skip_run_ids(self, used: int) -> None:
         """Run ids up to `used` are taken elsewhere (an agent has seen them): continue above."""
@@ -900,9 +911,10 @@ class Scheduler:
             info.deadline_mono = self.clock.monotonic() + left
         heapq.heappush(self._deadline_heap, (info.deadline_mono, info.id))
 
-    def _track(self, info: RunInfo) -> None:
+    def _track(self, info: RunInfo, *, active: bool = False) -> None:
+        """An open run; `active` counts it against its job's overlap whatever its state."""
         self.runs[info.id] = info
-        if info.state in (RunState.LAUNCHING, RunState.RUNNING):
+        if active or info.state in (RunState.LAUNCHING, RunState.RUNNING):
             self.active_by_job[info.job].add(info.id)
 
     def _new_row(
@@ -1117,21 +1129,15 @@ class Scheduler:
             self._kill_running(info)
 
     def _kill_running(self, info: RunInfo) -> None:
-        # Where the run went, not where its job points now (the file may have changed since).
-        if info.agent and "agent" in self.executors:
-            self.executors["agent"].kill(info)
-        elif self.executor is not None:
-            self.executor.kill(info.id)
+        executor = self._executor_for(info)
+        if executor is not None:
+            executor.kill(info)
 
     # ---------------------------------------------------------------- run ends
 
     def _on_shim_exit(self, result: ShimExit) -> None:
         self._finished.append(result)
         self._wake.set()
-
-    def report_finished(self, result: ShimExit) -> None:
-        """Entry point for other executors (agents) to hand in a run's end."""
-        self._on_shim_exit(result)
 
     def _handle_finished(self, now: datetime, batch: Batch) -> None:
         finished, self._finished = self._finished, []
@@ -1234,8 +1240,8 @@ class Scheduler:
     # ---------------------------------------------------------------- periodic
 
     async def _sample_tick(self) -> None:
-        if self.executor is not None:
-            self.executor.sample()
+        for executor in self._executors():
+            executor.sample()
 
     async def _retention_tick(self) -> None:
         cutoff = self.clock.now() - timedelta(seconds=self.settings.retention)
@@ -1414,13 +1420,6 @@ def _format_jump(seconds: float) -> str:
     if whole >= 60:
         return f"{whole // 60}m {whole % 60}s"
     return f"{seconds:.1f}s"
-
-
-def _file_time(path: Path) -> datetime | None:
-    try:
-        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
-    except OSError:
-        return None
 
 
 def _remove_tree(path: os.PathLike[str]) -> None:

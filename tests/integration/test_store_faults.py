@@ -563,8 +563,8 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
         )
     finally:
         holder.close()
-        if scheduler.executor is not None:
-            scheduler.executor.close()
+        if scheduler.local is not None:
+            await scheduler.local.aclose()
         await scheduler.ledger.close()
     seconds = [r["scheduled_for"][17:19] for r in rows]
     assert seconds == ["01", "02", "03", "04"]  # every fire once
@@ -609,8 +609,8 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
         assert scheduler.runs[run_id].kill_requested == "timeout"
     finally:
         holder.close()
-        if scheduler.executor is not None:
-            scheduler.executor.close()
+        if scheduler.local is not None:
+            await scheduler.local.aclose()
         await scheduler.ledger.close()
 
 

@@ -1,7 +1,7 @@
 """The scheduler's firing policy driven by an injected clock: no sleeping, no job processes.
 
-A real Scheduler on a real SQLite ledger and job folder; only the executor (the seam that would
-start shims) is replaced by a recorder, and time moves only when a test moves it. `clock.advance`
+A real Scheduler on a real SQLite ledger and job folder; only the local executor (the port that
+would start shims) is a FakeExecutor, and time moves only when a test moves it. `clock.advance`
 lets time pass; `clock.set` steps the wall clock alone, as NTP or an operator would.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-import engine.run.scheduler as scheduler_module
 from engine.clock import FakeClock
-from engine.exec.local import ShimExit
+from engine.exec.fake import FakeExecutor
+from engine.exec.port import RunContext
 from engine.paths import StatePaths
 from engine.run.scheduler import Scheduler
 from tests.helpers import write_job
@@ -27,42 +27,17 @@ from tests.helpers import write_job
 START = datetime(2026, 11, 29, 2, 59, 59, 500000, tzinfo=UTC)
 
 
-class RecordingExecutor:
-    """Stands in for LocalExecutor: records launches and kills, starts nothing."""
-
-    def __init__(self) -> None:
-        self.launched: list[int] = []
-        self.killed: list[int] = []
-        self.log_cap = 0
-        self.kill_grace = 0.0
-
-    def launch(self, run_id: int, command: Any, env: dict[str, str], workdir: str | None) -> int:
-        self.launched.append(run_id)
-        return 1
-
-    def kill(self, run_id: int) -> bool:
-        self.killed.append(run_id)
-        return True
-
-    def adopt(self, run_id: int) -> bool:
-        return False
-
-    def sample(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class Harness:
     def __init__(self, state: Path, jobs: Path, clock: FakeClock) -> None:
         self.state, self.jobs, self.clock = state, jobs, clock
-        self.executor = RecordingExecutor()
         self.s: Scheduler | None = None
 
+    def _executor(self, ctx: RunContext) -> FakeExecutor:
+        self.executor = FakeExecutor(ctx)
+        return self.executor
+
     async def start(self) -> Scheduler:
-        self.executor = RecordingExecutor()
-        self.s = Scheduler(StatePaths(self.state), self.jobs, clock=self.clock)
+        self.s = Scheduler(StatePaths(self.state), self.jobs, clock=self.clock, local_executor=self._executor)
         await self.s.take_leadership(pid=os.getpid(), starttime=None, cause="start")
         await self.s.prepare()
         return self.s
@@ -70,8 +45,9 @@ class Harness:
     async def stop(self) -> None:
         if self.s is None:
             return
-        for extra in self.s.executors.values():
-            await extra.aclose()
+        for executor in (self.s.local, self.s.agents):
+            if executor is not None:
+                await executor.aclose()
         await self.s.ledger.flush()
         await self.s.ledger.close()
         self.s = None
@@ -88,8 +64,7 @@ class Harness:
         await self.s.rescan()
 
     def finish(self, run_id: int, exit_code: int = 0) -> None:
-        assert self.s is not None
-        self.s._on_shim_exit(ShimExit(run_id, exit_code, None, None, None))
+        self.executor.finish(run_id, exit_code)
 
     async def runs(self, job: str = "j") -> list[dict[str, Any]]:
         assert self.s is not None
@@ -98,13 +73,12 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Harness]]:
+async def harness(tmp_path: Path) -> AsyncIterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(start: datetime = START) -> Harness:
         h = Harness(tmp_path / "state", tmp_path / "jobs", FakeClock(start))
         h.jobs.mkdir(exist_ok=True)
-        monkeypatch.setattr(scheduler_module, "LocalExecutor", lambda *a, **k: h.executor)
         made.append(h)
         return h
 
