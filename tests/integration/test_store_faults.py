@@ -545,7 +545,7 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
     try:
         clock.advance(1)
         await scheduler.iterate()  # 03:00:01 fires and launches
-        first_runs = set(scheduler.runs)
+        first_runs = set(scheduler.table.runs)
         holder.execute("BEGIN IMMEDIATE")
         for _ in range(3):  # 03:00:02 .. 03:00:04 fall due while another writer holds the lock
             clock.advance(1)
@@ -553,7 +553,7 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
             await scheduler.iterate()
             assert scheduler.ledger.health.failing
             # Nothing launched or tracked without its row.
-            assert set(scheduler.runs) <= first_runs and scheduler.next_id == 2
+            assert set(scheduler.table.runs) <= first_runs and scheduler.planner.next_id == 2
         holder.execute("ROLLBACK")
         scheduler.ledger.health.retry_at = 0.0
         await scheduler.iterate()
@@ -594,7 +594,7 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
         reply = asyncio.ensure_future(scheduler.command("run", {"job": "slow", "user": "t"}))
         await asyncio.sleep(0)  # the command reaches the loop's queue
         await scheduler.iterate()
-        (run_id,) = scheduler.runs
+        (run_id,) = scheduler.table.runs
         assert (await reply)["ok"]
         holder.execute("BEGIN IMMEDIATE")
         clock.advance(1)
@@ -603,10 +603,10 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
         await scheduler.iterate()  # the write fails: backing off from now on
         assert scheduler.ledger.health.wait(time.monotonic()) > 0
         assert "locked by another writer" in (await refused)["error"]
-        assert set(scheduler.runs) == {run_id}  # the refused run was not started
+        assert set(scheduler.table.runs) == {run_id}  # the refused run was not started
         clock.advance(2)  # past the deadline, still backing off
         await scheduler.iterate()
-        assert scheduler.runs[run_id].kill_requested == "timeout"
+        assert scheduler.table.runs[run_id].kill_requested == "timeout"
     finally:
         holder.close()
         if scheduler.local is not None:

@@ -194,7 +194,7 @@ async def test_caught_up_fires_queued_behind_a_fire_time_that_already_ran_still_
     for _ in range(4):
         await h.tick()
         for run_id in h.executor.launched:
-            if run_id in s.runs:
+            if run_id in s.table.runs:
                 h.finish(run_id)
     await h.tick()
     rows = await h.runs()
@@ -370,7 +370,7 @@ async def test_after_downtime_the_on_time_fire_runs_and_only_older_fires_follow_
     await second.tick()
     rows = (await second.runs())[1:]
     assert [r["scheduled_for"] for r in rows] == [at(3, 0, 5), at(3, 0, 10)]
-    missed_as = f"{s.takeover_cause}: "  # the late fire's cause: the scheduler was not running
+    missed_as = f"{s.planner.takeover_cause}: "  # the late fire's cause: the scheduler was not running
     want = [(state, f"{missed_as}{reason}" if state == "missed" else reason) for state, reason in expect]
     assert [(r["state"], r["reason"]) for r in rows] == want
     assert second.executor.launched == [rows[0]["id"] if expect[0][0] == "running" else rows[1]["id"]]
@@ -429,7 +429,7 @@ async def test_downtime_then_a_jump_each_fire_is_named_for_its_own_cause(harness
     fire_times = [(3, 10), (3, 20), (3, 30), (3, 40), (3, 50), (4, 0), (4, 10), (4, 20), (4, 30)]
     assert [r["scheduled_for"] for r in rows] == [at(hour, minute) for hour, minute in fire_times]
     superseded = "catchup=latest: superseded by 2026-11-29T04:30:00+00:00"
-    assert [r["reason"] for r in rows] == [f"{s.takeover_cause}: {superseded}"] * 3 + [
+    assert [r["reason"] for r in rows] == [f"{s.planner.takeover_cause}: {superseded}"] * 3 + [
         f"clock jumped forward 1h 0m: {superseded}"
     ] * 5 + [None]
 
@@ -466,15 +466,15 @@ async def test_a_fire_skipped_behind_a_catch_up_names_the_running_run_and_the_ba
     h.finish(first)
     await h.tick()
     second = h.executor.launched[-1]
-    assert s.active_by_job["j"] == {second}, "an ended run leaves the job's active runs"
+    assert s.table.active["j"] == {second}, "an ended run leaves the job's active runs"
     h.finish(second)  # ends in the same iteration as the next regular fire: the end counts first
     await h.tick(60)  # 03:06
     third = h.executor.launched[-1]
     rows = await h.runs()
     assert states(rows)[-1] == (at(3, 6), "skipped")
     assert rows[-1]["reason"] == f"overlap=skip: run {third} running, 2 caught-up fires queued"
-    assert s.active_by_job["j"] == {third}
-    assert list(s.queued["j"]) == [r["id"] for r in rows if r["state"] == "pending"]
+    assert s.table.active["j"] == {third}
+    assert list(s.table.queued["j"]) == [r["id"] for r in rows if r["state"] == "pending"]
 
 
 async def test_a_skip_behind_several_runs_names_each_and_an_ended_one_none(harness) -> None:
