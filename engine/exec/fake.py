@@ -13,8 +13,8 @@ from engine.model import JobSpec, RunState, Settings
 class FakeExecutor:
     """Implements engine.exec.port.Executor in memory.
 
-    `refuse` makes the next launches fail with that reason (as a missing workdir would);
-    `adoptions` says what `adopt` finds for a run id (default: still running, `WATCHED`).
+    `refuse` makes launches fail with that reason (as a missing workdir would); `adopt` finds
+    every run left open still running (`WATCHED`).
     """
 
     def __init__(self, ctx: RunContext) -> None:
@@ -22,33 +22,25 @@ class FakeExecutor:
         self.launched: list[int] = []
         self.killed: list[int] = []
         self.adopted: list[int] = []
-        self.running: set[int] = set()
         self.refuse: str | None = None
-        self.adoptions: dict[int, Adoption] = {}
         self.settings = ctx.settings()
-        self.closed = False
 
     def launch(self, run: RunInfo, job: JobSpec) -> None:
         if self.refuse is not None:
             raise LaunchError(self.refuse)
         self.launched.append(run.id)
-        self.running.add(run.id)
 
     def kill(self, run: RunInfo) -> None:
         self.killed.append(run.id)
 
     def adopt(self, run: RunInfo) -> Adoption:
         self.adopted.append(run.id)
-        adoption = self.adoptions.get(run.id, Adoption(Adopted.WATCHED))
-        if adoption.outcome in (Adopted.WATCHED, Adopted.ENDING):
-            self.running.add(run.id)
-        return adoption
+        return Adoption(Adopted.WATCHED)
 
     def finish(
         self, run_id: int, exit_code: int | None = 0, *, state: RunState | None = None, reason: str | None = None
     ) -> None:
         """The run's job ended with `exit_code` (or, without one, in `state` for `reason`)."""
-        self.running.discard(run_id)
         self.ctx.finished(ShimExit(run_id, exit_code, None, None, None, reason=reason, state=state))
 
     def configure(self, settings: Settings) -> None:
@@ -58,4 +50,4 @@ class FakeExecutor:
         pass
 
     async def aclose(self) -> None:
-        self.closed = True
+        pass

@@ -321,3 +321,19 @@ async def test_an_unknown_run_or_job_is_refused_as_not_found_and_audited(loop: L
         ("op", "kill", "12345", "refused: run 12345 is not running (it may have ended already)"),
         ("op", "pause", "nope", "refused: no job named 'nope'"),
     ]
+
+
+async def test_a_run_its_executor_cannot_start_fails_with_the_reason_and_is_retried(loop: Loop) -> None:
+    write_job(loop.scheduler.folder.root, "j", 'every = "1h"\nretries = 1\nretry_delay = "5s"\ncommand = "true"\n')
+    await loop.scheduler.rescan()
+    loop.executor.refuse = "could not start: workdir /gone: no such directory"
+    loop.clock.advance(0.5)
+    await loop.scheduler.iterate()  # 03:00:00 is committed, then its launch fails
+    await loop.scheduler.iterate()  # the failure (decided mid-commit) and its retry are committed next
+    failed, retry = await loop.ledger.query("SELECT state, reason, attempt FROM runs ORDER BY id")
+    assert tuple(failed) == ("failed", "could not start: workdir /gone: no such directory", 1)
+    assert (retry["state"], retry["attempt"]) == ("pending", 2)
+    loop.executor.refuse = None
+    loop.clock.advance(5)
+    await loop.scheduler.iterate()
+    assert len(loop.executor.launched) == 1
