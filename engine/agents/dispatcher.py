@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,35 +48,16 @@ from engine.agents.protocol import (
 )
 from engine.clock import iso, parse_iso
 from engine.errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError
-from engine.exec.local import ShimExit
+from engine.exec.port import Adopted, Adoption, RunContext, RunInfo, ShimExit
 from engine.ids import MAX_ROW_ID, valid_id
-from engine.model import AgentSpec, RunState, Settings
+from engine.model import OPEN_STATES, AgentSpec, JobSpec, RunState, Settings
+from engine.store import intents as i
 
 if TYPE_CHECKING:
     import httpx
 
-    from engine.model import JobSpec
-    from engine.run.scheduler import RunInfo, Scheduler
-
 log = logging.getLogger("vigil.agents")
 
-OPEN = "('pending', 'waiting', 'launching', 'running')"
-SQL_RUN_AGENT = f"UPDATE runs SET agent = ?, writer_epoch = ? WHERE id = ? AND state IN {OPEN}"
-SQL_RUN_WAITING = (
-    "UPDATE runs SET state = 'waiting', reason = ?, writer_epoch = ? WHERE id = ? AND state IN ('launching', 'waiting')"
-)
-SQL_RUN_STARTED = (
-    "UPDATE runs SET state = 'running', started_at = ?, deadline = ?, reason = NULL, writer_epoch = ? "
-    "WHERE id = ? AND state IN ('pending', 'launching', 'waiting')"
-)
-SQL_AGENT_UPSERT = (
-    "INSERT INTO agents (name, url, up, last_contact, version, cpu_percent, memory_percent, load1, running, "
-    "error, writer_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-    "url = excluded.url, up = excluded.up, last_contact = COALESCE(excluded.last_contact, agents.last_contact), "
-    "version = COALESCE(excluded.version, agents.version), cpu_percent = excluded.cpu_percent, "
-    "memory_percent = excluded.memory_percent, load1 = excluded.load1, running = excluded.running, "
-    "error = excluded.error, writer_epoch = excluded.writer_epoch"
-)
 #: How an operator clears an agent's bogus highest epoch (docs/agents.md, "An agent that refuses every scheduler").
 RESET_EPOCH_HINT = (
     "if no scheduler really has that epoch, restart the agent once with `vigil agent --reset-epoch EPOCH`"
@@ -151,6 +133,16 @@ class AgentLink:
         return self.spec.name
 
 
+class Phase(StrEnum):
+    """Where an agent run is, from dispatch to the acknowledgement of its result."""
+
+    DISPATCHING = "dispatching"
+    WAITING = "waiting"  #: for a healthy agent
+    RUNNING = "running"  #: the agent confirmed it has the run
+    COLLECTING = "collecting"  #: its result is being taken in
+    REPORTED = "reported"  #: its end was handed to the scheduler; the ack may still be pending
+
+
 @dataclass
 class Flight:
     """One open agent run, from dispatch to the acknowledgement of its result."""
@@ -158,7 +150,7 @@ class Flight:
     info: RunInfo
     target: str  #: the job's `agent`: an agent or a pool
     member: str | None = None  #: the agent that has (or may have) the run
-    phase: str = "dispatching"  #: dispatching | waiting | running | collecting | reported
+    phase: Phase = Phase.DISPATCHING
     sticky: bool = False  #: a dispatch may have reached `member`: never send it elsewhere
     waiting_since: float | None = None
     running_since: float = 0.0  #: monotonic time the dispatch was confirmed
@@ -173,15 +165,30 @@ class Flight:
 
 
 class AgentDispatcher:
-    """The `agent` executor of the scheduler (see Scheduler.executors)."""
+    """The scheduler's executor for runs on remote agents (implements engine.exec.port.Executor).
+
+    Besides its RunContext it is given how to keep run ids and epochs above an agent's:
+    `next_run_id` and `skip_run_ids` (an agent has seen run ids up to N), and `retake_above` (take
+    the leadership again above an epoch an agent has seen; False when that is not allowed now).
+    `restored`: the database is older than this state directory (a restored backup).
+    """
 
     def __init__(
         self,
-        scheduler: Scheduler,
+        ctx: RunContext,
         *,
+        restored: bool,
+        next_run_id: Callable[[], int],
+        skip_run_ids: Callable[[int], None],
+        retake_above: Callable[[int], bool],
         transport_factory: Callable[[AgentSpec], httpx.AsyncBaseTransport] | None = None,
     ) -> None:
-        self.s = scheduler
+        self.ctx = ctx
+        self.store = ctx.store
+        self.restored = restored
+        self.next_run_id = next_run_id
+        self.skip_run_ids = skip_run_ids
+        self.retake_above = retake_above
         self.transport_factory = transport_factory
         self.links: dict[str, AgentLink] = {}
         self.flights: dict[int, Flight] = {}
@@ -196,8 +203,12 @@ class AgentDispatcher:
 
     # ---------------------------------------------------------------- scheduler hooks
 
-    def launch(self, info: RunInfo) -> None:
-        """Start driving a committed `launching` run to its agent or pool (returns at once)."""
+    def launch(self, run: RunInfo, job: JobSpec) -> None:
+        """Start driving a committed `launching` run to its agent or pool (returns at once).
+
+        The job is read again at each dispatch attempt: a run waiting for an agent goes as it is then.
+        """
+        info = run
         flight = self.flights.get(info.id)
         if flight is None:
             flight = Flight(info=info, target=info.agent or "")
@@ -216,7 +227,7 @@ class AgentDispatcher:
         """Wait (at most `within` seconds) until every declared agent answered once or failed to."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline and not self._closed:
-            declared = self.s.settings.agents
+            declared = self.ctx.settings().agents
             if all(name in self.links and self.links[name].up is not None for name in declared):
                 return
             await asyncio.sleep(0.01)
@@ -226,26 +237,30 @@ class AgentDispatcher:
         flight = self.flights.get(info.id)
         if flight is None:
             return
-        if flight.phase in ("dispatching", "waiting") and not flight.sticky:
+        if flight.phase in (Phase.DISPATCHING, Phase.WAITING) and not flight.sticky:
             self._wake_drivers()  # the driver sees kill_requested and cancels before dispatch
             return
         flight.kill_since = flight.kill_since or time.monotonic()
-        if flight.phase in ("running", "collecting"):
-            flight.kill_retry_at = time.monotonic() + self.s.settings.agent_poll_interval
+        if flight.phase in (Phase.RUNNING, Phase.COLLECTING):
+            flight.kill_retry_at = time.monotonic() + self.ctx.settings().agent_poll_interval
             self._spawn(self._send_kill(flight))
 
-    def reconcile_row(self, info: RunInfo, row: Any, batch: Any) -> None:
-        """A run the previous active left open with an agent set (startup or takeover)."""
-        job = self.s.jobs.get(info.job)
-        target = job.agent if job is not None and job.agent else str(row["agent"])
-        recorded = str(row["agent"])
-        settings = self.s.settings
+    def adopt(self, run: RunInfo) -> Adoption:
+        """A run the previous active left open on an agent or a pool (startup or takeover).
+
+        The scheduler tracks it as active first; its end, whatever it is, comes through `finished`.
+        """
+        self._adopt(run, run.agent or "")
+        return Adoption(Adopted.WATCHED)
+
+    def _adopt(self, info: RunInfo, recorded: str) -> None:
+        job = self.ctx.job(info.job)
+        target = job.agent if job is not None and job.agent else recorded
+        settings = self.ctx.settings()
         flight = Flight(info=info, target=target)
         self.flights[info.id] = flight
-        self.s._track(info)
-        self.s.active_by_job[info.job].add(info.id)
         is_agent = recorded in settings.agents
-        if self.s.restored and is_agent and info.state is not RunState.RUNNING:
+        if self.restored and is_agent and info.state is not RunState.RUNNING:
             # A later scheduler (the one whose history the restore lost) handled this dispatch:
             # ask the agent what became of it rather than send it again.
             flight.from_restore = True
@@ -254,7 +269,7 @@ class AgentDispatcher:
             if not is_agent:
                 self._end(flight, RunState.UNKNOWN, f"ran on agent {recorded!r}, which vigil.toml no longer declares")
                 return
-            flight.member, flight.phase, flight.sticky = recorded, "running", True
+            flight.member, flight.phase, flight.sticky = recorded, Phase.RUNNING, True
             # The poll checks the run is in the agent's journal; results come through the collector.
             if info.kill_requested:
                 self.kill(info)  # delivered once the agent is reachable (or `unknown` after the limit)
@@ -268,6 +283,12 @@ class AgentDispatcher:
             self._end(flight, RunState.UNKNOWN, f"agent or pool {recorded!r} is no longer declared")
             return
         self._drive_soon(flight)
+
+    def configure(self, settings: Settings) -> None:
+        pass  # read through the context at each use
+
+    def sample(self) -> None:
+        pass  # agents sample their own runs
 
     async def aclose(self) -> None:
         self._closed = True
@@ -298,15 +319,13 @@ class AgentDispatcher:
         if task.cancelled():
             return
         exc = task.exception()
-        if isinstance(exc, FencedError):
-            self.s.request_stop("fenced")
-        elif isinstance(exc, StoreError) and not isinstance(exc, StoreRetryableError):
-            self.s._store_fatal(exc)
+        if isinstance(exc, StoreError) and not isinstance(exc, StoreRetryableError):
+            self.ctx.store_fault(exc)  # fenced, or a fault the store cannot outlive
         elif exc is not None:
             log.error("agent task failed", exc_info=exc)
 
     def _is_open(self, flight: Flight) -> bool:
-        return self.s.runs.get(flight.info.id) is flight.info
+        return self.ctx.is_open(flight.info)
 
     def _healthy(self, name: str) -> bool:
         link = self.links.get(name)
@@ -323,10 +342,10 @@ class AgentDispatcher:
 
     def _end(self, flight: Flight, state: RunState, reason: str) -> None:
         """End a run that no agent will report on (never dispatched, or its outcome is lost)."""
-        flight.phase = "reported"
+        flight.phase = Phase.REPORTED
         self.flights.pop(flight.info.id, None)
         log.warning("run %d: %s (%s)", flight.info.id, state, reason)
-        self.s.report_finished(ShimExit(flight.info.id, None, None, None, None, reason=reason, state=str(state)))
+        self.ctx.finished(ShimExit(flight.info.id, None, None, None, None, reason=reason, state=str(state)))
 
     def _why_down(self, name: str) -> str:
         link = self.links.get(name)
@@ -347,21 +366,19 @@ class AgentDispatcher:
 
     def _write_link(self, link: AgentLink) -> None:
         st = link.status if link.up else {}
-        self.s.ledger.defer(
-            SQL_AGENT_UPSERT,
-            (
-                link.name,
-                link.spec.url,
-                int(bool(link.up)),
-                iso(link.last_contact),
-                st.get("version"),
-                st.get("cpu_percent"),
-                st.get("memory_percent"),
-                st.get("load1"),
-                st.get("running"),
-                link.error,
-                self.s.epoch,
-            ),
+        self.store.defer(
+            i.AgentSeen(
+                name=link.name,
+                url=link.spec.url,
+                up=bool(link.up),
+                last_contact=link.last_contact,
+                version=st.get("version"),
+                cpu_percent=st.get("cpu_percent"),
+                memory_percent=st.get("memory_percent"),
+                load1=st.get("load1"),
+                running=st.get("running"),
+                error=link.error,
+            )
         )
 
     # ---------------------------------------------------------------- agents: config, poll, collect
@@ -370,22 +387,22 @@ class AgentDispatcher:
         """Keep links in step with vigil.toml; retry kills and acks; nudge waiting runs."""
         httpx_loaded = False
         while not self._closed:
-            if not httpx_loaded and self.s.settings.agents:
+            if not httpx_loaded and self.ctx.settings().agents:
                 await asyncio.to_thread(load_httpx)  # off the loop: the import takes ~0.1 s
                 httpx_loaded = True
             try:
                 self._sync_links()
                 self._tick_kills()
                 self._tick_acks()
-            except FencedError:
-                self.s.request_stop("fenced")
+            except FencedError as exc:
+                self.ctx.store_fault(exc)
                 return
             except Exception:
                 log.exception("agent supervisor failed")
-            await asyncio.sleep(min(0.25, self.s.settings.agent_poll_interval))
+            await asyncio.sleep(min(0.25, self.ctx.settings().agent_poll_interval))
 
     def _sync_links(self) -> None:
-        declared = self.s.settings.agents
+        declared = self.ctx.settings().agents
         for name in list(self.links):
             if name not in declared or declared[name] != self.links[name].spec:
                 link = self.links.pop(name)
@@ -394,10 +411,7 @@ class AgentDispatcher:
                 if link.client is not None:
                     self._spawn(link.client.aclose())
                 if name not in declared:
-                    self.s.ledger.defer(
-                        "DELETE FROM agents WHERE name = ? AND ? = (SELECT epoch FROM leader WHERE id = 1)",
-                        (name, self.s.epoch),
-                    )
+                    self.store.defer(i.AgentDropped(name))
         for name, spec in declared.items():
             if name not in self.links:
                 link = AgentLink(spec=spec)
@@ -415,7 +429,7 @@ class AgentDispatcher:
             self._spawn(old.aclose())
         transport = self.transport_factory(link.spec) if self.transport_factory else None
         try:
-            link.client = AgentClient(link.spec, epoch=self.s.epoch, transport=transport)
+            link.client = AgentClient(link.spec, epoch=self.store.epoch, transport=transport)
         except (AgentError, OSError, ValueError) as exc:  # unreadable token or TLS files
             self._mark_down(link, f"cannot configure the client: {exc}")
             return False
@@ -434,7 +448,7 @@ class AgentDispatcher:
                     self._mark_down(link, str(exc))
                 else:
                     self._on_status(link, status, started)
-            await asyncio.sleep(self.s.settings.agent_poll_interval)
+            await asyncio.sleep(self.ctx.settings().agent_poll_interval)
 
     def _on_status(self, link: AgentLink, status: dict[str, Any], asked_at: float) -> None:
         came_up = link.up is not True
@@ -447,8 +461,8 @@ class AgentDispatcher:
         link.instance = instance
         max_run_id = status.get("max_run_id")
         if valid_id(max_run_id):
-            if max_run_id < MAX_ROW_ID and max_run_id - self.s.next_id <= MAX_RUN_ID_JUMP:
-                self.s.skip_run_ids(max_run_id)
+            if max_run_id < MAX_ROW_ID and max_run_id - self.next_run_id() <= MAX_RUN_ID_JUMP:
+                self.skip_run_ids(max_run_id)
             elif link.ignored_run_id != max_run_id:
                 link.ignored_run_id = max_run_id
                 log.warning(
@@ -456,10 +470,10 @@ class AgentDispatcher:
                     "(a run id it already holds is refused by it, and that run fails with the reason)",
                     link.name,
                     max_run_id,
-                    self.s.next_id,
+                    self.next_run_id(),
                 )
         seen = status.get("max_epoch") or 0  # an agent that has seen no epoch may send null
-        if not isinstance(seen, int) or seen > self.s.epoch:
+        if not isinstance(seen, int) or seen > self.store.epoch:
             self._epoch_behind(link, seen)
         self._write_link(link)
         if came_up and link.up:
@@ -469,7 +483,7 @@ class AgentDispatcher:
         for flight in list(self.flights.values()):
             if (
                 flight.member == link.name
-                and flight.phase == "running"
+                and flight.phase is Phase.RUNNING
                 and flight.info.id not in open_ids
                 and not flight.verifying
                 and flight.running_since < asked_at
@@ -499,14 +513,14 @@ class AgentDispatcher:
                 f"stale epoch: agent {link.name} has seen epoch {seen}, the highest there is: no scheduler "
                 f"can take an epoch above it ({RESET_EPOCH_HINT})"
             )
-        elif seen - self.s.epoch > MAX_EPOCH_JUMP:
+        elif seen - self.store.epoch > MAX_EPOCH_JUMP:
             link.error = (
                 f"stale epoch: agent {link.name} has seen epoch {seen}, far above this scheduler's "
-                f"{self.s.epoch} (more than {MAX_EPOCH_JUMP} takeovers ahead): not followed ({RESET_EPOCH_HINT})"
+                f"{self.store.epoch} (more than {MAX_EPOCH_JUMP} takeovers ahead): not followed ({RESET_EPOCH_HINT})"
             )
         elif self._retaking:
             link.error = f"stale epoch: agent {link.name} has seen epoch {seen}; taking the leadership again above it"
-        elif self.s.epoch_retake_allowed:
+        elif self.retake_above(seen):
             self._retaking = True
             link.error = f"stale epoch: agent {link.name} has seen epoch {seen}; taking the leadership again above it"
             log.warning(
@@ -514,12 +528,11 @@ class AgentDispatcher:
                 "taking the leadership again above it",
                 link.name,
                 seen,
-                self.s.epoch,
+                self.store.epoch,
             )
-            self.s.retake_above(seen)
         else:
             link.error = (
-                f"stale epoch: agent {link.name} has seen epoch {seen}, above this scheduler's {self.s.epoch} "
+                f"stale epoch: agent {link.name} has seen epoch {seen}, above this scheduler's {self.store.epoch} "
                 f"(does another Vigil installation use this agent? {RESET_EPOCH_HINT})"
             )
 
@@ -529,13 +542,13 @@ class AgentDispatcher:
         while True:
             client = link.client
             if client is None or link.up is False:
-                await asyncio.sleep(self.s.settings.agent_poll_interval)
+                await asyncio.sleep(self.ctx.settings().agent_poll_interval)
                 continue
             asked_instance, asked_after = link.results_instance, link.cursor
             try:
                 instance, results = await client.results(asked_after, RESULTS_WAIT)
             except AgentError:
-                await asyncio.sleep(self.s.settings.agent_poll_interval)
+                await asyncio.sleep(self.ctx.settings().agent_poll_interval)
                 continue
             if instance != asked_instance:
                 # A new journal numbers its results from 1: start over from the beginning.
@@ -554,7 +567,7 @@ class AgentDispatcher:
             try:
                 status = await link.client.run(flight.info.id)
             except AgentNotFound:
-                if self._is_open(flight) and flight.phase == "running":
+                if self._is_open(flight) and flight.phase is Phase.RUNNING:
                     if flight.from_restore:
                         reason = (
                             f"open in the restored database, and agent {link.name} has no record of it "
@@ -580,14 +593,14 @@ class AgentDispatcher:
             # Not open here: ack it once the ledger shows it ended (e.g. recorded before a crash).
             link.ack_pending.add(status.run_id)
             return
-        if flight.phase in ("collecting", "reported"):
+        if flight.phase in (Phase.COLLECTING, Phase.REPORTED):
             return
         info = flight.info
         identity = (status.job, status.scheduled_for, status.attempt)
         if identity != (info.job, iso(info.scheduled_for), info.attempt):
             self._end(flight, RunState.UNKNOWN, f"agent {link.name} holds a different run under id {info.id}")
             return
-        flight.phase = "collecting"
+        flight.phase = Phase.COLLECTING
         if info.state is not RunState.RUNNING:
             self._mark_running(flight, status)
         await self._copy_log(link, info.id, status.log_b64)
@@ -605,13 +618,13 @@ class AgentDispatcher:
             # anything else, or an older agent without end_state, stays `unknown`.
             state=RunState.FAILED.value if exit_code is None and status.failed_without_exit else None,
         )
-        flight.phase = "reported"
+        flight.phase = Phase.REPORTED
         link.ack_pending.add(info.id)
-        self.s.report_finished(result)
+        self.ctx.finished(result)
 
     async def _copy_log(self, link: AgentLink, run_id: int, inline: str | None = None) -> None:
         """Bring the finished run's log home, so `vigil logs` and the dashboard read it locally."""
-        run_dir = self.s.paths.run_dir(run_id)
+        run_dir = self.ctx.paths.run_dir(run_id)
         part = run_dir / "log.part"
         if inline is not None:
             try:
@@ -647,20 +660,16 @@ class AgentDispatcher:
         """Acknowledge results whose end the ledger holds (only then may the agent forget them)."""
         try:
             ids = sorted(link.ack_pending)[:500]
-            marks = ",".join("?" * len(ids))
-            rows = await self.s.ledger.query(f"SELECT id, state FROM runs WHERE id IN ({marks})", ids)
-            states = {int(r["id"]): r["state"] for r in rows}
-            recorded = [
-                i for i in ids if i in states and states[i] not in ("pending", "waiting", "launching", "running")
-            ]
+            states = await self.store.run_states(ids)
+            recorded = [run_id for run_id in ids if run_id in states and states[run_id] not in OPEN_STATES]
             for run_id in ids:
                 if run_id not in states:
                     link.ack_pending.discard(run_id)  # not a run of this installation: leave it alone
-                elif states[run_id] in ("pending", "waiting", "launching", "running"):
+                elif states[run_id] in OPEN_STATES:
                     # A result that found no flight, for a run that is open: fetch it again by id
                     # now that the run may have one (never leave the run open for good).
                     flight = self.flights.get(run_id)
-                    if flight is not None and flight.member == link.name and flight.phase == "running":
+                    if flight is not None and flight.member == link.name and flight.phase is Phase.RUNNING:
                         if not flight.verifying:
                             flight.verifying = True
                             self._spawn(self._verify(flight, link))
@@ -674,7 +683,7 @@ class AgentDispatcher:
             for run_id in recorded:
                 link.ack_pending.discard(run_id)
                 flight = self.flights.get(run_id)
-                if flight is not None and flight.phase == "reported":
+                if flight is not None and flight.phase is Phase.REPORTED:
                     self.flights.pop(run_id, None)
         finally:
             link.acking = False
@@ -682,7 +691,7 @@ class AgentDispatcher:
     # ---------------------------------------------------------------- dispatch
 
     def _payload(self, info: RunInfo, job: JobSpec) -> dict[str, Any]:
-        settings = self.s.settings
+        settings = self.ctx.settings()
         return {
             "run_id": info.id,
             "job": info.job,
@@ -706,7 +715,7 @@ class AgentDispatcher:
         info = flight.info
         backoff = 0.05
         while not self._closed:
-            if flight.phase == "reported":
+            if flight.phase is Phase.REPORTED:
                 return
             if not self._is_open(flight):
                 self.flights.pop(info.id, None)
@@ -714,11 +723,11 @@ class AgentDispatcher:
             if info.kill_requested and not flight.sticky:
                 self._end(flight, RunState.KILLED, "cancelled by operator before it reached an agent")
                 return
-            job = self.s.jobs.get(info.job)
+            job = self.ctx.job(info.job)
             if job is None:
                 self._end(flight, RunState.FAILED, f"job {info.job} no longer exists")
                 return
-            settings = self.s.settings
+            settings = self.ctx.settings()
             if flight.sticky:
                 member = flight.member
                 if member not in settings.agents:
@@ -741,12 +750,12 @@ class AgentDispatcher:
                 if flight.member != member:
                     # Persisted before the request: a later active then knows the one agent to ask.
                     # (Even for a single agent: the row was written from the job as it was then.)
-                    self.s.ledger.defer(SQL_RUN_AGENT, (member, self.s.epoch, info.id))
+                    self.store.defer(i.AgentChosen(info.id, member))
                     try:
-                        await self.s.ledger.flush()
+                        await self.store.flush()
                     except StoreRetryableError:
                         # Not persisted yet (kept deferred): no dispatch until it is.
-                        await asyncio.sleep(max(0.1, self.s.ledger.health.wait(time.monotonic())))
+                        await asyncio.sleep(max(0.1, self.store.health.wait(time.monotonic())))
                         continue
                     flight.member = member
                     if not self._is_open(flight) or info.kill_requested:
@@ -758,7 +767,7 @@ class AgentDispatcher:
                 # Killed while a dispatch may have arrived: never (re)send it; find out instead.
                 if await self._settle_killed(flight, link):
                     return
-                await asyncio.sleep(self.s.settings.agent_poll_interval)
+                await asyncio.sleep(self.ctx.settings().agent_poll_interval)
                 continue
             # From here the dispatch may arrive: a scheduler kill must go through kill(), never
             # settle the run as "cancelled before it started" (which it does for `waiting` runs).
@@ -774,7 +783,7 @@ class AgentDispatcher:
             except StaleEpochError as exc:
                 flight.sticky = may_have_arrived
                 self._mark_down(link, str(exc))
-                if exc.max_epoch is not None and exc.max_epoch > self.s.epoch:
+                if exc.max_epoch is not None and exc.max_epoch > self.store.epoch:
                     self._epoch_behind(link, exc.max_epoch)
                 continue
             except (AgentAmbiguous, AgentRefused) as exc:
@@ -791,15 +800,15 @@ class AgentDispatcher:
                 now = time.monotonic()
                 flight.ambiguous += 1
                 flight.ambiguous_since = flight.ambiguous_since or now
-                limit = self.s.settings.agent_wait_limit
+                limit = self.ctx.settings().agent_wait_limit
                 if flight.ambiguous >= MAX_AMBIGUOUS_DISPATCHES or now - flight.ambiguous_since >= limit:
                     await self._settle_ambiguous(flight, link, exc)
                     return
                 log.warning("run %d: %s; re-sending (idempotent)", info.id, exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.s.settings.agent_poll_interval)
+                backoff = min(backoff * 2, self.ctx.settings().agent_poll_interval)
                 continue
-            if flight.phase in ("dispatching", "waiting"):
+            if flight.phase in (Phase.DISPATCHING, Phase.WAITING):
                 self._mark_running(flight, status)
             if status.done:
                 await self._on_result(link, status)
@@ -836,27 +845,27 @@ class AgentDispatcher:
         if flight.waiting_since is None:
             flight.waiting_since = now
         why = "; ".join(f"{m}: {self._why_down(m)}" for m in members)
-        kind = "pool" if flight.target in self.s.settings.pools else "agent"
+        kind = "pool" if flight.target in self.ctx.settings().pools else "agent"
         if sticky:
             reason = f"agent {flight.member} unreachable while its dispatch may have arrived ({why})"
         else:
             reason = f"waiting for a healthy agent of {kind} {flight.target} ({why})"
-        limit = self.s.settings.agent_wait_limit
+        limit = self.ctx.settings().agent_wait_limit
         if now - flight.waiting_since >= limit:
             if sticky:
                 self._end(flight, RunState.UNKNOWN, f"gave up after {limit:g}s: {reason}")
             else:
                 self._end(flight, RunState.FAILED, f"no healthy agent within {limit:g}s: {reason}")
             return
-        if flight.phase != "waiting":
-            flight.phase = "waiting"
+        if flight.phase is not Phase.WAITING:
+            flight.phase = Phase.WAITING
             if not sticky:  # only a run that was certainly not delivered may be cancelled in place
                 info.state = RunState.WAITING
-            self.s.ledger.defer(SQL_RUN_WAITING, (reason, self.s.epoch, info.id))
+            self.store.defer(i.RunWaiting(info.id, reason))
         remaining = limit - (now - flight.waiting_since)
         event = self._agent_up
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(remaining, self.s.settings.agent_poll_interval)):
+            async with asyncio.timeout(min(remaining, self.ctx.settings().agent_poll_interval)):
                 await event.wait()
 
     async def _settle_killed(self, flight: Flight, link: AgentLink) -> bool:
@@ -879,13 +888,13 @@ class AgentDispatcher:
     def _mark_running(self, flight: Flight, status: RunStatus) -> None:
         info = flight.info
         started = parse_iso(status.started_at) or datetime.now(UTC)
-        job = self.s.jobs.get(info.job)
+        job = self.ctx.job(info.job)
         deadline = started + timedelta(seconds=job.timeout) if job and job.timeout else None
         info.state = RunState.RUNNING
         info.deadline = deadline
-        flight.phase = "running"
+        flight.phase = Phase.RUNNING
         flight.running_since = time.monotonic()
-        self.s.ledger.defer(SQL_RUN_STARTED, (iso(started), iso(deadline), self.s.epoch, info.id))
+        self.store.defer(i.RunStarted(info.id, started, deadline, clear_reason=True))
 
     # ---------------------------------------------------------------- kill
 
@@ -898,7 +907,7 @@ class AgentDispatcher:
         try:
             await link.client.kill(info.id, reason)
         except AgentNotFound:
-            if flight.phase == "running" and not flight.verifying:
+            if flight.phase is Phase.RUNNING and not flight.verifying:
                 flight.verifying = True
                 await self._verify(flight, link)
             return
@@ -909,11 +918,11 @@ class AgentDispatcher:
 
     def _tick_kills(self) -> None:
         now = time.monotonic()
-        limit = self.s.settings.agent_wait_limit
+        limit = self.ctx.settings().agent_wait_limit
         for flight in list(self.flights.values()):
             if flight.kill_since is None or flight.kill_sent or not flight.info.kill_requested:
                 continue
-            if not self._is_open(flight) or flight.phase not in ("running", "collecting"):
+            if not self._is_open(flight) or flight.phase not in (Phase.RUNNING, Phase.COLLECTING):
                 continue
             if now - flight.kill_since >= limit:
                 self._end(
@@ -923,7 +932,7 @@ class AgentDispatcher:
                     f"{limit:g}s; the job may still be running there",
                 )
             elif self._healthy(flight.member or "") and now >= flight.kill_retry_at:
-                flight.kill_retry_at = now + self.s.settings.agent_poll_interval
+                flight.kill_retry_at = now + self.ctx.settings().agent_poll_interval
                 self._spawn(self._send_kill(flight))
 
 

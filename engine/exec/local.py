@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import LaunchError
+from engine.exec.port import ShimExit
 from engine.exec.procs import GroupState, group_state, signal_group, starttime
 from engine.exec.reconcile import ShimEvidence
 from engine.exec.rundirs import claim_run_dir, run_identity
@@ -52,19 +53,6 @@ _RESET_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
-
-
-@dataclass
-class ShimExit:
-    """What a finished shim left behind."""
-
-    run_id: int
-    exit_code: int | None
-    job_pid: int | None
-    cpu_s: float | None
-    peak_rss: int | None
-    reason: str | None = None  #: why the outcome is what it is, when there is no exit code
-    state: str | None = None  #: the run's end without an exit code (e.g. failed, killed); default unknown
 
 
 @dataclass

@@ -16,7 +16,7 @@ has already seen, or a run id that names another run's directory or another run 
   last leadership). `high-water` is raised only after the rows are committed, so a failed write
   never looks like a restore.
 - Run directories the database has no row for whose shim (or job) still runs are adopted at
-  start-up (engine/run/scheduler.py, `_settle_unrecorded_runs`): never left running unmanaged.
+  start-up (engine/run/reconcile.py, `_settle_unrecorded_runs`): never left running unmanaged.
 - Agents report the highest epoch and run id they have seen (`max_epoch`, `max_run_id` in
   `GET /status`); the scheduler moves above them (engine/agents/dispatcher.py).
 - A run directory that already exists when a run is launched, with another run's files in it, is

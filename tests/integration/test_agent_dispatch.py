@@ -465,7 +465,7 @@ async def test_a_restore_found_with_high_water_present_asks_the_agents_before_nu
     original = scheduler._reconcile
 
     async def reconcile(now: Any) -> None:  # where the first run ids can be handed out
-        numbered_from.append(scheduler.next_id)
+        numbered_from.append(scheduler.planner.next_id)
         await original(now)
 
     scheduler._reconcile = reconcile  # type: ignore[method-assign]

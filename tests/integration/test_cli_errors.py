@@ -223,11 +223,6 @@ def test_a_missing_run_with_an_active_scheduler_read_from_the_files(active: Up) 
     one_vigil_line(vigil(active.state, "logs", MISSING_RUN, check=False), f"no run with id {MISSING_RUN}", code=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scheduler's command replies carry no kind yet (branch `run` sends error_reply(..., 'not_found')); "
-    "remove this mark when both are merged",
-)
 @pytest.mark.parametrize(("argv", "says"), ASKED_OF_THE_ACTIVE, ids=[" ".join(a) for a, _ in ASKED_OF_THE_ACTIVE])
 def test_a_missing_job_or_run_the_active_looks_up_exits_3(active: Up, argv: list[str], says: str) -> None:
     one_vigil_line(vigil(active.state, *argv, check=False), says, code=3)

@@ -161,7 +161,7 @@ def test_cli_actions_reach_the_active_scheduler_and_are_audited(start_up, state_
     rerun = vigil(state_dir, "rerun", str(run_id)).stdout
     assert "started as run" in rerun
     refused = vigil(state_dir, "run", "no-such-job", check=False)
-    assert refused.returncode == 1 and "no job named 'no-such-job'" in refused.stderr
+    assert refused.returncode == 3 and "no job named 'no-such-job'" in refused.stderr  # not found
     conn = sqlite3.connect(state_dir / "vigil.db")
     audit = conn.execute("SELECT os_user, action, target, result FROM audit ORDER BY id").fetchall()
     actions = [a[1] for a in audit]
@@ -384,30 +384,45 @@ def test_a_malformed_command_is_refused_and_the_scheduler_lives_on(start_up, sta
 
 
 async def test_a_job_added_while_the_loop_fires_it_reaches_the_catalog(state_dir: Path, jobs_dir: Path) -> None:
+    from collections.abc import Awaitable, Callable, Iterable
     from datetime import UTC, datetime
 
     from engine.clock import FakeClock
+    from engine.store.intents import Intent
+    from engine.store.sqlite.ledger import Ledger
+
+    class RacingLedger(Ledger):
+        """Runs `before_next_commit` inside the next commit, before it writes (as the loop would)."""
+
+        before_next_commit: Callable[[], Awaitable[None]] | None = None
+
+        async def commit(self, intents: Iterable[Intent]) -> set[int]:
+            hook, self.before_next_commit = self.before_next_commit, None
+            if hook is not None:
+                await hook()
+            return await super().commit(intents)
 
     clock = FakeClock(datetime(2026, 11, 29, 3, 0, 0, 500000, tzinfo=UTC))
-    scheduler = Scheduler(StatePaths(state_dir), jobs_dir, clock=clock)
+    paths = StatePaths(state_dir)
+    ledger = RacingLedger(paths)
+    scheduler = Scheduler(paths, jobs_dir, clock=clock, store=ledger)
     await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
     await scheduler.prepare()
     write_job(jobs_dir, "new", 'every = "1s"\nenabled = false\ncommand = "true"\n')
-    write = scheduler.ledger.write
+    fired: list[bool] = []
 
-    async def write_while_the_loop_runs(statements):  # the rescan awaits this write...
-        scheduler.ledger.write = write
+    async def the_loop_fires_the_new_job() -> None:  # the rescan awaits its commit...
         clock.advance(2)
-        await scheduler._iteration()  # ...while the main loop handles the new job's first fire
-        await write(statements)
+        await scheduler.iterate()  # ...while the main loop handles the new job's first fire
+        fired.append(True)
 
-    scheduler.ledger.write = write_while_the_loop_runs
+    ledger.before_next_commit = the_loop_fires_the_new_job
     try:
-        await scheduler._rescan_tick()
-        assert scheduler.ledger.write is write
-        catalog = await scheduler.ledger.query("SELECT name, next_fire FROM jobs")
+        await scheduler.rescan()
+        assert fired == [True]
+        catalog = await ledger.query("SELECT name, next_fire FROM jobs")
     finally:
-        await scheduler.ledger.close()
+        await ledger.close()
     assert [(r["name"], r["next_fire"]) for r in catalog] == [("new", "2026-11-29T03:00:03.000000+00:00")]
 
 

@@ -544,27 +544,27 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
     holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
     try:
         clock.advance(1)
-        await scheduler._iteration()  # 03:00:01 fires and launches
-        first_runs = set(scheduler.runs)
+        await scheduler.iterate()  # 03:00:01 fires and launches
+        first_runs = set(scheduler.table.runs)
         holder.execute("BEGIN IMMEDIATE")
         for _ in range(3):  # 03:00:02 .. 03:00:04 fall due while another writer holds the lock
             clock.advance(1)
             scheduler.ledger.health.retry_at = 0.0  # a test does not wait out the backoff
-            await scheduler._iteration()
+            await scheduler.iterate()
             assert scheduler.ledger.health.failing
             # Nothing launched or tracked without its row.
-            assert set(scheduler.runs) <= first_runs and scheduler.next_id == 2
+            assert set(scheduler.table.runs) <= first_runs and scheduler.planner.next_id == 2
         holder.execute("ROLLBACK")
         scheduler.ledger.health.retry_at = 0.0
-        await scheduler._iteration()
+        await scheduler.iterate()
         assert not scheduler.ledger.health.failing
         rows = await scheduler.ledger.query(
             "SELECT id, scheduled_for, state, reason FROM runs WHERE job = 'tick' ORDER BY scheduled_for"
         )
     finally:
         holder.close()
-        if scheduler.executor is not None:
-            scheduler.executor.close()
+        if scheduler.local is not None:
+            await scheduler.local.aclose()
         await scheduler.ledger.close()
     seconds = [r["scheduled_for"][17:19] for r in rows]
     assert seconds == ["01", "02", "03", "04"]  # every fire once
@@ -593,24 +593,24 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
     try:
         reply = asyncio.ensure_future(scheduler.command("run", {"job": "slow", "user": "t"}))
         await asyncio.sleep(0)  # the command reaches the loop's queue
-        await scheduler._iteration()
-        (run_id,) = scheduler.runs
+        await scheduler.iterate()
+        (run_id,) = scheduler.table.runs
         assert (await reply)["ok"]
         holder.execute("BEGIN IMMEDIATE")
         clock.advance(1)
         refused = asyncio.ensure_future(scheduler.command("run", {"job": "slow", "user": "t"}))
         await asyncio.sleep(0)
-        await scheduler._iteration()  # the write fails: backing off from now on
+        await scheduler.iterate()  # the write fails: backing off from now on
         assert scheduler.ledger.health.wait(time.monotonic()) > 0
         assert "locked by another writer" in (await refused)["error"]
-        assert set(scheduler.runs) == {run_id}  # the refused run was not started
+        assert set(scheduler.table.runs) == {run_id}  # the refused run was not started
         clock.advance(2)  # past the deadline, still backing off
-        await scheduler._iteration()
-        assert scheduler.runs[run_id].kill_requested == "timeout"
+        await scheduler.iterate()
+        assert scheduler.table.runs[run_id].kill_requested == "timeout"
     finally:
         holder.close()
-        if scheduler.executor is not None:
-            scheduler.executor.close()
+        if scheduler.local is not None:
+            await scheduler.local.aclose()
         await scheduler.ledger.close()
 
 

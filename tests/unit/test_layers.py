@@ -4,7 +4,8 @@ TYPE_CHECKING (read from the sources with ast: importing would miss the lazy one
 
 Layers, low to high (docs: each package's docstring says what it may import):
   base (errors, model, clock, durations, text, ids, paths, sqlfile) < schedule, config, store < exec
-  < agents, run (siblings that never import each other) < control, ha < api < cli
+  < agents, control < run (it composes the executors, local and agents) < ha < api < cli.
+Some units of one layer must not import each other either (APART).
 """
 
 from __future__ import annotations
@@ -20,22 +21,14 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(BASE, 0),
     **dict.fromkeys(("schedule", "config", "store"), 1),
     "exec": 2,
-    **dict.fromkeys(("agents", "run"), 3),
-    **dict.fromkeys(("control", "ha"), 4),
-    "api": 5,
-    "cli": 6,
+    **dict.fromkeys(("agents", "control"), 3),
+    "run": 4,  # composes the executors: the local shims and the agent dispatcher
+    "ha": 5,
+    "api": 6,
+    "cli": 7,
 }
 #: Same layer, and still they must not import each other.
-APART = {frozenset({"agents", "run"})}
-
-#: Imports that break a rule today and are being removed (issue 10): each must still exist, so this
-#: list only shrinks; when it is empty, nothing breaks the layers.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    # The scheduler builds its AgentDispatcher in prepare(); the Executor port injects it instead.
-    ("engine.run.scheduler", "engine.agents.dispatcher"): "run -> agents",
-    # The dispatcher holds the Scheduler (self.s, a TYPE_CHECKING import); a narrow port replaces it.
-    ("engine.agents.dispatcher", "engine.run.scheduler"): "agents -> run",
-}
+APART = {frozenset({"agents", "control"}), frozenset({"schedule", "store"}), frozenset({"config", "store"})}
 
 Edge = tuple[str, str]  #: (importing module, imported module)
 
@@ -166,16 +159,17 @@ def test_the_checker_sees_lazy_relative_and_type_checking_imports() -> None:
 def test_the_checker_finds_a_higher_layer_siblings_and_a_cycle() -> None:
     edges = {
         ("engine.store.sqlite.db", "engine.run.scheduler"),  # store -> run: upwards
-        ("engine.run.scheduler", "engine.agents.dispatcher"),  # siblings kept apart
-        ("engine.ha.node", "engine.control"),  # same layer: fine
+        ("engine.agents.dispatcher", "engine.control"),  # same layer, kept apart
+        ("engine.run.loop", "engine.agents.dispatcher"),  # downwards: fine
+        ("engine.config.fields", "engine.schedule.cron"),  # same layer: fine
         ("engine.cli", "engine.api"),  # downwards: fine
         ("engine.text", "engine.errors"),  # within base: fine
     }
     assert violations(edges) == {
         ("engine.store.sqlite.db", "engine.run.scheduler"),
-        ("engine.run.scheduler", "engine.agents.dispatcher"),
+        ("engine.agents.dispatcher", "engine.control"),
     }
-    assert cycles(edges | {("engine.control", "engine.ha.node")}) == [["control", "ha"]]
+    assert cycles(edges | {("engine.schedule.cron", "engine.config.sources")}) == [["config", "schedule"]]
     assert cycles(edges) == []
 
 
@@ -189,12 +183,9 @@ def test_every_engine_module_has_a_layer() -> None:
 
 def test_no_module_imports_a_higher_layer() -> None:
     found = violations(imports(engine_sources()))
-    new = sorted(found - set(KNOWN_VIOLATIONS))
-    assert not new, "imports against the layers:\n" + "\n".join(f"{a} -> {b}" for a, b in new)
-    gone = sorted(set(KNOWN_VIOLATIONS) - found)
-    assert not gone, "no longer imported, remove from KNOWN_VIOLATIONS:\n" + "\n".join(f"{a} -> {b}" for a, b in gone)
+    assert not found, "imports against the layers:\n" + "\n".join(f"{a} -> {b}" for a, b in sorted(found))
 
 
 def test_no_import_cycle_between_sub_packages() -> None:
-    edges = imports(engine_sources()) - set(KNOWN_VIOLATIONS)
+    edges = imports(engine_sources())
     assert cycles(edges) == []

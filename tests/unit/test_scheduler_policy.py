@@ -1,7 +1,7 @@
 """The scheduler's firing policy driven by an injected clock: no sleeping, no job processes.
 
-A real Scheduler on a real SQLite ledger and job folder; only the executor (the seam that would
-start shims) is replaced by a recorder, and time moves only when a test moves it. `clock.advance`
+A real Scheduler on a real SQLite ledger and job folder; only the local executor (the port that
+would start shims) is a FakeExecutor, and time moves only when a test moves it. `clock.advance`
 lets time pass; `clock.set` steps the wall clock alone, as NTP or an operator would.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-import engine.run.scheduler as scheduler_module
 from engine.clock import FakeClock
-from engine.exec.local import ShimExit
+from engine.exec.fake import FakeExecutor
+from engine.exec.port import RunContext
 from engine.paths import StatePaths
 from engine.run.scheduler import Scheduler
 from tests.helpers import write_job
@@ -27,42 +27,17 @@ from tests.helpers import write_job
 START = datetime(2026, 11, 29, 2, 59, 59, 500000, tzinfo=UTC)
 
 
-class RecordingExecutor:
-    """Stands in for LocalExecutor: records launches and kills, starts nothing."""
-
-    def __init__(self) -> None:
-        self.launched: list[int] = []
-        self.killed: list[int] = []
-        self.log_cap = 0
-        self.kill_grace = 0.0
-
-    def launch(self, run_id: int, command: Any, env: dict[str, str], workdir: str | None) -> int:
-        self.launched.append(run_id)
-        return 1
-
-    def kill(self, run_id: int) -> bool:
-        self.killed.append(run_id)
-        return True
-
-    def adopt(self, run_id: int) -> bool:
-        return False
-
-    def sample(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class Harness:
     def __init__(self, state: Path, jobs: Path, clock: FakeClock) -> None:
         self.state, self.jobs, self.clock = state, jobs, clock
-        self.executor = RecordingExecutor()
         self.s: Scheduler | None = None
 
+    def _executor(self, ctx: RunContext) -> FakeExecutor:
+        self.executor = FakeExecutor(ctx)
+        return self.executor
+
     async def start(self) -> Scheduler:
-        self.executor = RecordingExecutor()
-        self.s = Scheduler(StatePaths(self.state), self.jobs, clock=self.clock)
+        self.s = Scheduler(StatePaths(self.state), self.jobs, clock=self.clock, local_executor=self._executor)
         await self.s.take_leadership(pid=os.getpid(), starttime=None, cause="start")
         await self.s.prepare()
         return self.s
@@ -70,8 +45,9 @@ class Harness:
     async def stop(self) -> None:
         if self.s is None:
             return
-        for extra in self.s.executors.values():
-            await extra.aclose()
+        for executor in (self.s.local, self.s.agents):
+            if executor is not None:
+                await executor.aclose()
         await self.s.ledger.flush()
         await self.s.ledger.close()
         self.s = None
@@ -80,16 +56,15 @@ class Harness:
         assert self.s is not None
         if seconds:
             self.clock.advance(seconds)
-        await self.s._iteration()
+        await self.s.iterate()
         await self.s.ledger.flush()
 
     async def rescan(self) -> None:
         assert self.s is not None
-        await self.s._rescan_tick()
+        await self.s.rescan()
 
     def finish(self, run_id: int, exit_code: int = 0) -> None:
-        assert self.s is not None
-        self.s._on_shim_exit(ShimExit(run_id, exit_code, None, None, None))
+        self.executor.finish(run_id, exit_code)
 
     async def runs(self, job: str = "j") -> list[dict[str, Any]]:
         assert self.s is not None
@@ -98,13 +73,12 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Harness]]:
+async def harness(tmp_path: Path) -> AsyncIterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(start: datetime = START) -> Harness:
         h = Harness(tmp_path / "state", tmp_path / "jobs", FakeClock(start))
         h.jobs.mkdir(exist_ok=True)
-        monkeypatch.setattr(scheduler_module, "LocalExecutor", lambda *a, **k: h.executor)
         made.append(h)
         return h
 
@@ -220,7 +194,7 @@ async def test_caught_up_fires_queued_behind_a_fire_time_that_already_ran_still_
     for _ in range(4):
         await h.tick()
         for run_id in h.executor.launched:
-            if run_id in s.runs:
+            if run_id in s.table.runs:
                 h.finish(run_id)
     await h.tick()
     rows = await h.runs()
@@ -396,7 +370,7 @@ async def test_after_downtime_the_on_time_fire_runs_and_only_older_fires_follow_
     await second.tick()
     rows = (await second.runs())[1:]
     assert [r["scheduled_for"] for r in rows] == [at(3, 0, 5), at(3, 0, 10)]
-    missed_as = f"{s.takeover_cause}: "  # the late fire's cause: the scheduler was not running
+    missed_as = f"{s.planner.takeover_cause}: "  # the late fire's cause: the scheduler was not running
     want = [(state, f"{missed_as}{reason}" if state == "missed" else reason) for state, reason in expect]
     assert [(r["state"], r["reason"]) for r in rows] == want
     assert second.executor.launched == [rows[0]["id"] if expect[0][0] == "running" else rows[1]["id"]]
@@ -455,7 +429,7 @@ async def test_downtime_then_a_jump_each_fire_is_named_for_its_own_cause(harness
     fire_times = [(3, 10), (3, 20), (3, 30), (3, 40), (3, 50), (4, 0), (4, 10), (4, 20), (4, 30)]
     assert [r["scheduled_for"] for r in rows] == [at(hour, minute) for hour, minute in fire_times]
     superseded = "catchup=latest: superseded by 2026-11-29T04:30:00+00:00"
-    assert [r["reason"] for r in rows] == [f"{s.takeover_cause}: {superseded}"] * 3 + [
+    assert [r["reason"] for r in rows] == [f"{s.planner.takeover_cause}: {superseded}"] * 3 + [
         f"clock jumped forward 1h 0m: {superseded}"
     ] * 5 + [None]
 
@@ -492,15 +466,15 @@ async def test_a_fire_skipped_behind_a_catch_up_names_the_running_run_and_the_ba
     h.finish(first)
     await h.tick()
     second = h.executor.launched[-1]
-    assert s.active_by_job["j"] == {second}, "an ended run leaves the job's active runs"
+    assert s.table.active["j"] == {second}, "an ended run leaves the job's active runs"
     h.finish(second)  # ends in the same iteration as the next regular fire: the end counts first
     await h.tick(60)  # 03:06
     third = h.executor.launched[-1]
     rows = await h.runs()
     assert states(rows)[-1] == (at(3, 6), "skipped")
     assert rows[-1]["reason"] == f"overlap=skip: run {third} running, 2 caught-up fires queued"
-    assert s.active_by_job["j"] == {third}
-    assert list(s.queued["j"]) == [r["id"] for r in rows if r["state"] == "pending"]
+    assert s.table.active["j"] == {third}
+    assert list(s.table.queued["j"]) == [r["id"] for r in rows if r["state"] == "pending"]
 
 
 async def test_a_skip_behind_several_runs_names_each_and_an_ended_one_none(harness) -> None:

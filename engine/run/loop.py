@@ -1,0 +1,667 @@
+"""The active scheduler's loop: wake, iterate, commit, launch, stop.
+
+Order of every launch: the row is committed (with the job's `last_fire`) in one transaction, then
+the run starts. A crash between the two leaves a `launching` row and no shim, which reconciliation
+launches once; a crash after leaves a shim, which is adopted. Either way the fire runs once.
+
+What is decided where: the planner (engine/run/planner.py) turns fires, retries and ends into a
+batch of intents and launches; the catalog (catalog.py) applies job folder scans; the commands
+(commands.py) carry out operator requests; reconciliation (reconcile.py) settles what a previous
+active left open. This module owns the I/O: the Store, the Executors, the job folder, the clock.
+
+Layer: run. May import the base modules, config, schedule, store, exec and agents (the dispatcher,
+built here); never ha/ or cli/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.clock import Clock, SystemClock, iso
+from engine.config import JobFolder, ScanResult
+from engine.errors import FencedError, LaunchError, NotFoundError, StoreError, StoreRetryableError, VigilError
+from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
+from engine.exec.rundirs import HighWaterFile, run_dir_ids
+from engine.exec.runner import ShimExecutor
+from engine.model import LeaderRow, RunState, Settings
+from engine.paths import StatePaths
+from engine.run.catalog import Catalog
+from engine.run.commands import Command, Commands, Op, prune_age, refusal, run_id_of
+from engine.run.planner import Batch, ForwardJump, Planner, format_jump
+from engine.run.reconcile import Reconciler
+from engine.run.table import RunTable
+from engine.store import LeaderClaim, Store
+from engine.store import intents as i
+from engine.store.sqlite.ledger import Ledger
+
+if TYPE_CHECKING:
+    from engine.agents.dispatcher import AgentDispatcher
+
+log = logging.getLogger("vigil.scheduler")
+
+#: Wall and monotonic clocks disagreeing by more than this between two loop iterations is a clock
+#: step (NTP slews far slower: under a millisecond per second).
+CLOCK_JUMP_TOLERANCE_S = 1.0
+
+ExecutorFactory = Callable[[RunContext], Executor]
+
+
+class Scheduler:
+    """The active scheduler. Its collaborators may be injected: `store` (default: the SQLite ledger
+    of `paths`), `folder` (default: the job folder `jobs_dir`), `clock`, and `local_executor`, which
+    builds the executor of runs on this host once the loop is running (default: shims)."""
+
+    def __init__(
+        self,
+        paths: StatePaths,
+        jobs_dir: os.PathLike[str] | str,
+        *,
+        clock: Clock | None = None,
+        rescan_interval: float = 1.0,
+        store: Store | None = None,
+        folder: JobFolder | None = None,
+        local_executor: ExecutorFactory = ShimExecutor,
+    ) -> None:
+        self.paths = paths
+        self.clock: Clock = clock or SystemClock()
+        self.folder = folder if folder is not None else JobFolder(Path(jobs_dir))
+        self.rescan_interval = rescan_interval
+        self.store: Store = store if store is not None else Ledger(paths)
+        self.table = RunTable(self.clock)
+        self.planner = Planner(self.table, self.clock)
+        self.catalog = Catalog(self.planner, self.folder.root)
+        self.commands = Commands(self.planner, self._kill_running, self.status)
+        self.make_local = local_executor
+        self.local: Executor | None = None  #: runs on this host; built by prepare()
+        self.agents: AgentDispatcher | None = None  #: runs on remote agents; built by prepare()
+        self._clock_mark: tuple[datetime, float] | None = None  # (wall, monotonic) at the last look
+        self._finished: list[ShimExit] = []
+        self._carry = Batch()  # ends decided mid-commit (failed launches), committed next iteration
+        self._commands: list[Command] = []
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.stop_reason = "stop"
+        self.extra_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
+        self.high_water = HighWaterFile(paths)  #: used epochs and run ids, kept outside the database
+        self.restored = False  #: the database is behind ids used before: restored or replaced
+        self.epoch_floor = 0  #: an epoch seen elsewhere (an agent) that this leadership must exceed
+        self.epoch_retake_allowed = True  #: False after 3 re-takes within 60 s (see Node._active)
+        self.agent_transport_factory: Callable[[Any], Any] | None = None  #: tests: in-process agents
+        self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
+
+    @property
+    def epoch(self) -> int:
+        return self.store.epoch
+
+    @property
+    def ledger(self) -> Ledger:
+        """The SQLite store, for the HA node's few direct uses (until it speaks to `store` alone)."""
+        assert isinstance(self.store, Ledger)
+        return self.store
+
+    @property
+    def settings(self) -> Settings:
+        return self.planner.settings
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def take_leadership(self, *, pid: int, starttime: int | None, cause: str) -> LeaderRow:
+        """Bump the epoch before anything else. Returns the previous leader row."""
+        await self.store.open()
+        now = self.clock.now()
+        seen = await asyncio.to_thread(self.high_water.load)
+        floor = max(seen.epoch, self.epoch_floor)
+        epoch, previous = await self.store.take_leadership(LeaderClaim(pid, starttime, now), floor=floor)
+        self.high_water.raise_to(epoch=epoch)  # before the epoch reaches an agent or a job
+        self.restored = previous.epoch < seen.epoch
+        self.planner.takeover_cause = cause
+        self.planner.started_at = now
+        log.info("active with epoch %d (previous leader pid %s)", epoch, previous.pid)
+        return previous
+
+    async def prepare(self) -> None:
+        """Load the folder and settle what the previous active left open."""
+        await self._load_state()
+        result = await asyncio.to_thread(self.folder.scan)
+        now, _ = self._read_clock()
+        self.planner.settings = result.settings  # the executors start with the settings of this scan
+        ctx = RunContext(
+            paths=self.paths,
+            store=self.store,
+            clock=self.clock,
+            settings=lambda: self.planner.settings,
+            job=lambda name: self.planner.jobs.get(name),  # `jobs` is replaced at each scan
+            is_open=self.table.is_open,
+            finished=self._on_finished,
+            store_fault=self.store_fault,
+        )
+        self.local = self.make_local(ctx)
+        from engine.agents.dispatcher import AgentDispatcher  # remote agents
+
+        dispatcher = AgentDispatcher(
+            ctx,
+            restored=self.restored,
+            next_run_id=lambda: self.planner.next_id,
+            skip_run_ids=self.skip_run_ids,
+            retake_above=self.retake_above,
+            transport_factory=self.agent_transport_factory,
+        )
+        self.agents = dispatcher
+        intents = self.catalog.settle_stored_fires(result, now)
+        intents += self._apply_scan(result, now, initial=True)
+        if (self.high_water.mark.from_run_dirs or self.restored) and self.settings.agents:
+            # No high-water record here, or a database older than the state directory: before
+            # numbering a run, learn the epochs and run ids the agents have seen (docs/agents.md).
+            await dispatcher.first_contact(within=3.0)
+        await self._reconcile(now)
+        dispatcher.ready()  # only now may results be matched to runs (each open run has its flight)
+        await self.store.commit(intents)
+        await self._write_catalog(full=True)
+
+    async def _reconcile(self, now: datetime) -> None:
+        """Settle every run a previous active left open: each executor takes over its own."""
+        assert self.local is not None
+        shims = self.local.local if isinstance(self.local, ShimExecutor) else None
+        reconciler = Reconciler(
+            planner=self.planner,
+            store=self.store,
+            paths=self.paths,
+            local=self.local,
+            agents=self.agents,
+            shims=shims,
+            restored=self.restored,
+            finished=self._on_finished,
+        )
+        await self._commit(await reconciler.settle(now), now)
+
+    def request_stop(self, reason: str = "stop") -> None:
+        self.stop_reason = reason
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> str:
+        """Main loop until asked to stop; returns why it stopped."""
+        side_tasks = [
+            asyncio.create_task(self._periodic(self.rescan_interval, self.rescan), name="rescan"),
+            asyncio.create_task(self._periodic(0.5, self._sample_tick), name="sample"),
+            asyncio.create_task(self._flusher(), name="flusher"),
+            asyncio.create_task(self._periodic(3600.0, self._retention_tick, first=60.0), name="retention"),
+            asyncio.create_task(self._periodic(1.0, self._check_db_file), name="dbwatch"),
+        ]
+        try:
+            while not self._stop.is_set():
+                await self.iterate()
+                await self._sleep_until_next()
+        except FencedError:
+            log.error("deposed: the database holds a newer epoch; stopping without further writes")
+            self.stop_reason = "fenced"
+        except StoreError as exc:
+            self._store_fatal(exc)
+        finally:
+            self._stop.set()  # from here on, command() refuses instead of queueing
+            for task in side_tasks:
+                task.cancel()
+            for task in side_tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for cmd in self._commands:
+                if not cmd.reply.done():
+                    cmd.reply.set_result({"ok": False, "error": "scheduler is stopping"})
+            await self.close_executors()
+            if self.stop_reason not in ("fenced", "store_fatal"):
+                with contextlib.suppress(VigilError):
+                    await self.store.flush()
+                    await self.store.commit([i.CleanStop()])
+            await self.store.close()
+            self.high_water.close()
+        return self.stop_reason
+
+    async def close_executors(self) -> None:
+        """Stop watching runs (they go on; the next active adopts them)."""
+        for executor in self._executors():
+            with contextlib.suppress(Exception):
+                await executor.aclose()
+
+    async def _periodic(self, interval: float, fn: Callable[[], Awaitable[None]], first: float | None = None) -> None:
+        await asyncio.sleep(interval if first is None else first)
+        while True:
+            try:
+                await fn()
+            except FencedError:
+                self.request_stop("fenced")
+                return
+            except StoreRetryableError:
+                pass  # logged once by the ledger; the next tick tries again
+            except StoreError as exc:
+                self._store_fatal(exc)
+                return
+            except Exception:
+                log.exception("periodic task failed")
+            await asyncio.sleep(interval)
+
+    def store_fault(self, exc: StoreError) -> None:
+        """A store fault in a side task (an executor's): fenced, or one the ledger cannot outlive."""
+        if isinstance(exc, FencedError):
+            self.request_stop("fenced")
+        else:
+            self._store_fatal(exc)
+
+    def _store_fatal(self, exc: StoreError) -> None:
+        """A fault the ledger cannot outlive: stop; the node ends the process (exit != 0)."""
+        if self.fatal is None:
+            # A file removed or emptied under us often shows first as "corrupt": name the cause.
+            self.fatal = self.store.lost_error() or exc
+        self.request_stop("store_fatal")
+
+    async def _check_db_file(self) -> None:
+        lost = self.store.lost_error()
+        if lost is not None:
+            raise lost
+
+    async def _flusher(self) -> None:
+        while True:
+            await self.store.wait_for_deferred()
+            await asyncio.sleep(0.02)  # gather a few updates per transaction
+            try:
+                await self.store.flush()
+            except FencedError:
+                self.request_stop("fenced")
+                return
+            except StoreRetryableError:
+                # Kept for the next attempt (the main loop's next write carries them too); the
+                # ledger logged the fault once.
+                await asyncio.sleep(max(0.05, self.store.health.wait(time.monotonic())))
+            except StoreError as exc:
+                self._store_fatal(exc)
+                return
+
+    async def _sleep_until_next(self) -> None:
+        # At most a second, so a stepped wall clock is noticed within one.
+        timeout = 1.0
+        mono = self.clock.monotonic()
+        backoff = self.store.health.wait(time.monotonic())
+        if backoff > 0:
+            # Backing off after a store fault: due fires and retries wait too (trying sooner would
+            # only spin); deadlines do not.
+            timeout = backoff
+        else:
+            next_fire = self.planner.next_fire_at()
+            if next_fire is not None:
+                timeout = min(timeout, next_fire - self.clock.now().timestamp())
+            next_retry = self.table.next_retry()
+            if next_retry is not None:
+                timeout = min(timeout, next_retry - mono)
+        next_deadline = self.table.next_deadline()
+        if next_deadline is not None:
+            timeout = min(timeout, next_deadline - mono)
+        timeout = max(0.0, timeout)
+        if timeout > 0 and not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    # ---------------------------------------------------------------- clock
+
+    def _read_clock(self) -> tuple[datetime, float]:
+        """Wall and monotonic time now; a step of the wall clock since the last look is handled here."""
+        now, mono = self.clock.now(), self.clock.monotonic()
+        mark, self._clock_mark = self._clock_mark, (now, mono)
+        if mark is None:
+            return now, mono
+        skew = (now - mark[0]).total_seconds() - (mono - mark[1])
+        if abs(skew) > CLOCK_JUMP_TOLERANCE_S:
+            self._restate_starts(now, mono)
+        if skew < -CLOCK_JUMP_TOLERANCE_S:
+            log.warning(
+                "wall clock went back %s: schedules continue from %s; fire times that already ran are not run again",
+                format_jump(-skew),
+                iso(now),
+            )
+            self.planner.clock_went_back(-skew, now, self._carry)
+            self._wake.set()
+        elif skew > CLOCK_JUMP_TOLERANCE_S:
+            cause = f"clock jumped forward {format_jump(skew)}"
+            log.warning(
+                "wall clock jumped forward %s; the fires it passed follow each job's catchup", format_jump(skew)
+            )
+            self.planner.forward_jumps.append(ForwardJump(mark[0], now, skew, cause))
+        return now, mono
+
+    def _restate_starts(self, now: datetime, mono: float) -> None:
+        """Runs this process started, re-dated in the new timeline so durations shown stay true."""
+        for info in self.table.runs.values():
+            if info.started_mono is None or info.state is not RunState.RUNNING:
+                continue
+            started = now - timedelta(seconds=mono - info.started_mono)
+            if info.deadline is not None and info.deadline_mono is not None:
+                info.deadline = now + timedelta(seconds=info.deadline_mono - mono)
+            self._carry.intents.append(i.StartRestated(info.id, started, info.deadline))
+
+    # ---------------------------------------------------------------- state loading
+
+    async def _load_state(self) -> None:
+        p = self.planner
+        start = await self.store.start_state()
+        in_db = max(start.max_run_id, start.run_id_mark)  # the mark keeps pruned ids
+        seen = self.high_water.mark
+        in_dirs = max(run_dir_ids(self.paths), default=0)  # high-water may lag (a failed write)
+        # Run ids continue above every id used before, whatever the database remembers.
+        p.next_id = max(in_db, seen.run_id, in_dirs) + 1
+        if in_db < max(seen.run_id, in_dirs):
+            # Ids this state directory used (high-water, run directories) that the database never
+            # recorded: restored or replaced, also with an unchanged epoch.
+            self.restored = True
+        self.high_water.raise_to(run_id=in_db)
+        if self.restored:
+            self.store.defer(i.RunIdMark(p.next_id - 1))  # said once
+            log.warning(
+                "the state database is older than this state directory (restored or replaced): epoch "
+                "continues at %d, run ids at %d; the schedule restarts from now (fires since the backup "
+                "are neither caught up nor recorded as missed)",
+                self.epoch,
+                p.next_id,
+            )
+        for name, state in start.jobs.items():
+            if state.paused:
+                p.paused.add(name)
+            if state.last_fire is not None and not self.restored:
+                p.last_fire[name] = state.last_fire
+        p.last_success.update(start.last_success)
+
+    # ---------------------------------------------------------------- executors
+
+    def _executors(self) -> list[Executor]:
+        return [executor for executor in (self.local, self.agents) if executor is not None]
+
+    def _executor_for(self, info: RunInfo) -> Executor | None:
+        # Where the run went (its `agent`), not where its job points now (the file may have changed).
+        if info.agent and self.agents is not None:
+            return self.agents
+        return self.local
+
+    def _launch(self, run_id: int, now: datetime) -> None:
+        info = self.table.get(run_id)
+        if info is None:
+            return
+        job = self.planner.jobs.get(info.job)
+        if job is None:
+            self._finish_later(info, RunState.FAILED, f"job {info.job} no longer exists", now)
+            return
+        info.agent = job.agent  # a pending run launches as its job is configured now
+        executor = self._executor_for(info)
+        assert executor is not None
+        try:
+            executor.launch(info, job)
+        except LaunchError as exc:  # e.g. a missing workdir: the message is the reason
+            self._finish_later(info, RunState.FAILED, str(exc), now)
+            return
+        except (OSError, ValueError) as exc:
+            self._finish_later(info, RunState.FAILED, f"could not start the run's shim: {exc}", now)
+            return
+        if executor is not self.local:
+            return  # a remote run's start is recorded by its executor once the agent confirms it
+        info.state = RunState.RUNNING
+        info.started_mono = self.clock.monotonic()
+        if job.timeout is not None:
+            info.deadline = now + timedelta(seconds=job.timeout)
+            info.deadline_mono = info.started_mono + job.timeout  # a wall-clock step cannot move it
+            self.table.arm_deadline(info)
+        self.store.defer(i.RunStarted(info.id, now, info.deadline))
+
+    def _kill_running(self, info: RunInfo) -> None:
+        executor = self._executor_for(info)
+        if executor is not None:
+            executor.kill(info)
+
+    def _handle_deadlines(self, mono: float) -> None:
+        for info in self.table.due_deadlines(mono):
+            info.kill_requested = "timeout"
+            self.store.defer(i.KillRequested(info.id, "timeout"))
+            self._kill_running(info)
+
+    def _on_finished(self, result: ShimExit) -> None:
+        """A run's end, from its executor: handled in the next iteration."""
+        self._finished.append(result)
+        self._wake.set()
+
+    def _finish_later(self, info: RunInfo, state: RunState, reason: str, now: datetime) -> None:
+        """End a run from inside a commit; what follows (retry, queued run) goes into the next one."""
+        self.planner.finish(info, state, reason, None, now, self._carry)
+        self._wake.set()
+
+    def retake_above(self, seen: int) -> bool:
+        """Stop, keeping the leader lock, to take the leadership again above epoch `seen` (ha.py).
+
+        False, doing nothing, when no re-take is allowed now (see Node._active)."""
+        if not self.epoch_retake_allowed:
+            return False
+        self.epoch_floor = max(self.epoch_floor, seen)
+        self.request_stop("epoch")
+        return True
+
+    def skip_run_ids(self, used: int) -> None:
+        """Run ids up to `used` are taken elsewhere (an agent has seen them): continue above."""
+        if used >= self.planner.next_id:
+            log.warning("run ids up to %d are already used (reported by an agent); continuing at %d", used, used + 1)
+            self.planner.next_id = used + 1
+            self.high_water.raise_to(run_id=used)
+            self.store.defer(i.RunIdMark(used))
+
+    # ---------------------------------------------------------------- job folder
+
+    def _apply_scan(self, result: ScanResult, now: datetime, *, initial: bool = False) -> list[i.Intent]:
+        intents = self.catalog.apply_scan(result, now, initial=initial)
+        for executor in self._executors():
+            executor.configure(self.planner.settings)
+        return intents
+
+    async def rescan(self) -> None:
+        """Read the job folder again and record what changed (the `rescan` side task)."""
+        result = await asyncio.to_thread(self.folder.scan)
+        now, _ = self._read_clock()
+        intents = self._apply_scan(result, now)
+        if intents:
+            try:
+                await self.store.commit(intents)
+            except StoreRetryableError:
+                for intent in intents:
+                    self.store.defer(intent)  # kept until a write succeeds
+                raise
+        await self._write_catalog()
+
+    async def _write_catalog(self, *, full: bool = False) -> None:
+        names = self.catalog.take_dirty(full=full)
+        if not names:
+            return
+        try:
+            await self.store.commit(self.catalog.rows(names, full=full))
+        except StoreRetryableError:
+            self.catalog.dirty |= names  # written again at the next rescan
+            raise
+
+    # ---------------------------------------------------------------- main iteration
+
+    async def iterate(self) -> None:
+        """One loop iteration: run ends, deadlines, retries, fires and commands, in one commit."""
+        p = self.planner
+        now, mono = self._read_clock()
+        if self.store.health.failing and self._commands:
+            self._answer_commands_while_unwritable(now)
+        if self.store.health.wait(time.monotonic()) > 0:
+            # Backing off after a retryable store fault. Timeouts are still enforced: a kill needs
+            # no write (its record is deferred).
+            self._handle_deadlines(mono)
+            return
+        # Two parts, one transaction. `batch` is accounting (run ends, retries and queued runs
+        # starting, kills): if the commit fails it is carried to the next attempt, never lost.
+        # `work` is new work (fires, run/rerun/pause/resume): if the commit fails it is undone, so
+        # the fires are due again and take the catch-up path, and the commands report the error.
+        batch, self._carry = self._carry, Batch()
+        finished, self._finished = self._finished, []
+        p.handle_finished(finished, now, batch)
+        self._handle_deadlines(mono)
+        p.handle_retries(mono, batch)
+        work = Batch(first_id=p.next_id)
+        p.handle_fires(now, work)
+        commands, self._commands = self._commands, []
+        replies: list[tuple[Command, dict[str, Any] | VigilError]] = []
+        for cmd in commands:
+            try:
+                replies.append((cmd, self.commands.handle(cmd, now, batch if cmd.op == Op.KILL else work)))
+            except VigilError as exc:
+                replies.append((cmd, exc))
+        last_id = p.next_id
+        try:
+            await self._commit(batch.then(work), now)
+        except StoreRetryableError as exc:
+            self._carry = batch.then(self._carry)
+            p.undo(work, last_id)
+            p.outage_cause = f"state database unavailable: {exc.kind}"
+            for cmd, reply in replies:
+                if cmd.reply.done():
+                    continue
+                if isinstance(reply, VigilError):
+                    cmd.reply.set_result(refusal(reply))
+                elif cmd.op == Op.KILL:
+                    cmd.reply.set_result({"ok": True, **reply})  # sent; its record is carried
+                else:
+                    cmd.reply.set_result({"ok": False, "error": f"{exc}; try again when it is writable"})
+            return
+        except VigilError as exc:
+            for cmd, _ in replies:
+                if not cmd.reply.done():
+                    cmd.reply.set_result({"ok": False, "error": str(exc)})
+            raise
+        if not self.store.health.failing:
+            p.outage_cause = None
+        for cmd, reply in replies:
+            if cmd.reply.done():
+                continue
+            if isinstance(reply, VigilError):
+                cmd.reply.set_result(refusal(reply))
+            else:
+                cmd.reply.set_result({"ok": True, **reply})
+
+    def _answer_commands_while_unwritable(self, now: datetime) -> None:
+        """While a retryable store fault lasts, answer commands at once instead of after the backoff
+        and another busy timeout (the client would have given up): those that need a write are
+        refused, a kill is carried out and its record carried to the first write that succeeds."""
+        fault = self.store.health.fault
+        commands, self._commands = self._commands, []
+        for cmd in commands:
+            if cmd.reply.done():
+                continue
+            if cmd.op != Op.KILL:
+                cmd.reply.set_result({"ok": False, "error": f"{fault}; try again when it is writable"})
+                continue
+            try:
+                reply = self.commands.handle(cmd, now, self._carry)
+            except VigilError as exc:
+                cmd.reply.set_result(refusal(exc))
+            else:
+                cmd.reply.set_result({"ok": True, **reply})
+
+    async def _commit(self, batch: Batch, now: datetime) -> None:
+        if not batch:
+            return
+        new_ids = await self.store.commit([*batch.rows, *batch.intents])
+        if new_ids:
+            # After the commit (a failed one must not look like a restore later), before any launch;
+            # only ids the ledger took: an ignored row's id (its fire time had a run) was never used.
+            self.high_water.raise_to(run_id=max(new_ids))
+        for hook in batch.after_commit:
+            hook(new_ids)
+        collided: set[str] = set()
+        for row in batch.rows:
+            if row.id not in new_ids:
+                # Already in the ledger: that fire was handled before; never launch it twice.
+                self.planner.ignored(row)
+                collided.add(row.job)
+                continue
+            if row.state is RunState.LAUNCHING:
+                self._launch(row.id, now)
+        for run_id in batch.launches:
+            self._launch(run_id, now)
+        for job in sorted(collided):
+            # An ignored row may have been the run its job's queue waited for (caught-up fires queue
+            # behind each other): the next one starts with the next commit, not never.
+            self.planner.start_queued(job, self._carry)
+            self._wake.set()
+
+    # ---------------------------------------------------------------- periodic
+
+    async def _sample_tick(self) -> None:
+        for executor in self._executors():
+            executor.sample()
+
+    async def _retention_tick(self) -> None:
+        cutoff = self.clock.now() - timedelta(seconds=self.settings.retention)
+        await self.prune(cutoff)
+
+    async def prune(self, cutoff: datetime) -> int:
+        ids = await self.store.prunable_runs(cutoff)
+        if not ids:
+            return 0
+        for chunk_start in range(0, len(ids), 500):
+            chunk = tuple(ids[chunk_start : chunk_start + 500])
+            await self.store.commit([i.RunsPruned(chunk), i.RunIdMark(max(chunk))])  # pruned ids stay used
+            for run_id in chunk:
+                shutil.rmtree(self.paths.run_dir(run_id), ignore_errors=True)
+        return len(ids)
+
+    # ---------------------------------------------------------------- commands
+
+    async def command(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run an operator command inside the main loop and return its reply.
+
+        `args["user"]`, which the audit records, is set by the control server from the socket's
+        peer credentials (engine/ha/node.py): a request cannot choose it.
+        """
+        if op in self.extra_handlers:
+            return await self.extra_handlers[op](args)
+        if op == Op.PRUNE:
+            user = str(args.get("user", "?"))
+            cutoff = self.clock.now() - timedelta(seconds=prune_age(args.get("older_than_s")))
+            if self.store.health.failing:
+                raise VigilError(f"{self.store.health.fault}; try again when it is writable")
+            try:
+                count = await self.prune(cutoff)
+                audit = i.Audit(self.clock.now(), user, "prune", f"<{iso(cutoff)}", f"deleted {count} runs")
+                await self.store.commit([audit])
+            except StoreRetryableError as exc:
+                raise VigilError(f"{exc}; try again when it is writable") from exc
+            return {"ok": True, "deleted": count}
+        if op == Op.RERUN:
+            repeated = await self.store.run(run_id_of(args))
+            if repeated is None:
+                return refusal(NotFoundError(f"no run with id {args.get('run_id')}"))
+            args = {**args, "job": repeated.job}
+        if self._stop.is_set():
+            # The loop has stopped or is about to: nothing would ever answer this command.
+            return {"ok": False, "error": "scheduler is stopping"}
+        if self.store.health.failing and op != Op.KILL:
+            # Refused now: the loop may be waiting a whole busy timeout on its next write attempt,
+            # and the client would give up first. A kill needs no write; the loop carries it out.
+            return {"ok": False, "error": f"{self.store.health.fault}; try again when it is writable"}
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._commands.append(Command(op, args, future))
+        self._wake.set()
+        return await future
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "jobs": len(self.planner.jobs),
+            "open_runs": len(self.table),
+            "paused": sorted(self.planner.paused),
+            "config_errors": len(self.catalog.errors),
+        }

@@ -1,0 +1,493 @@
+"""The planner: fires, retries, overlap, `after` and catch-up, turned into intents and launches.
+
+No I/O: each decision is recorded in a `Batch` (the intents of one transaction and the runs to
+launch once it is committed) and in the in-memory state here and in the RunTable. The loop
+(engine/run/loop.py) commits the batch and launches.
+
+Layer: run. May import the base modules, `engine.schedule`, `engine.store.intents` and
+`engine.exec.port`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import NamedTuple
+
+from engine import schedule
+from engine.clock import Clock, iso
+from engine.exec.port import RunInfo, ShimExit
+from engine.model import Catchup, JobSpec, Overlap, RunState, Settings
+from engine.run.table import RunTable
+from engine.store import intents as i
+
+log = logging.getLogger("vigil.scheduler")
+
+#: A fire handled within this many seconds of its time is on time; an older one is late and follows
+#: the job's `catchup` policy (a fixed tolerance, not a fraction of the interval).
+ON_TIME_TOLERANCE_S = 1.0
+
+
+class Trigger(StrEnum):
+    """What made a run (`runs.trigger`)."""
+
+    SCHEDULE = "schedule"
+    MANUAL = "manual"  #: `vigil run`
+    RERUN = "rerun"  #: `vigil rerun`
+    AFTER = "after"  #: its `after` jobs succeeded
+    RETRY = "retry"
+    ADOPTED = "adopted"  #: found running in its run directory with no row (a restored database)
+
+
+class ForwardJump(NamedTuple):
+    """A forward step of the wall clock, seen between two looks at the clock."""
+
+    seen_from: datetime  #: the wall time of the look before it: the step came after this
+    to: datetime  #: the wall time of the look that saw it
+    seconds: float  #: how far the wall clock stepped
+    cause: str  #: "clock jumped forward 1h 0m", for the reasons of the fires it passed over
+
+
+@dataclass
+class Batch:
+    """What one loop iteration writes in one transaction, then launches."""
+
+    rows: list[i.NewRun] = field(default_factory=list)
+    intents: list[i.Intent] = field(default_factory=list)
+    launches: list[int] = field(default_factory=list)
+    after_commit: list[Callable[[set[int]], None]] = field(default_factory=list)
+    # Undo records of new work (fires, run/pause commands), for when its commit fails and it is
+    # dropped instead of carried: the fires are then due again and go the catch-up path.
+    last_fire_before: dict[str, datetime | None] = field(default_factory=dict)
+    due_at: dict[str, datetime] = field(default_factory=dict)
+    paused_before: dict[str, bool] = field(default_factory=dict)
+    first_id: int = 0
+
+    def then(self, other: Batch) -> Batch:
+        """This batch followed by `other`, as one transaction."""
+        return Batch(
+            rows=self.rows + other.rows,
+            intents=self.intents + other.intents,
+            launches=self.launches + other.launches,
+            after_commit=self.after_commit + other.after_commit,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.intents or self.launches)
+
+
+class Planner:
+    """The jobs as loaded, their fire times and last fires, and every policy decision on them."""
+
+    def __init__(self, table: RunTable, clock: Clock) -> None:
+        self.table = table
+        self.clock = clock
+        self.settings = Settings()
+        self.jobs: dict[str, JobSpec] = {}
+        self.triggers: dict[str, schedule.Trigger] = {}
+        self.next_fire: dict[str, datetime | None] = {}
+        self.last_fire: dict[str, datetime] = {}
+        self.paused: set[str] = set()
+        self.last_success: dict[str, datetime] = {}
+        self.downstream: dict[str, list[str]] = defaultdict(list)
+        self.next_id = 1
+        self.generation: dict[str, int] = defaultdict(int)  #: a job's fire-heap entries of older ones are stale
+        self._fire_heap: list[tuple[float, int, str, int]] = []  # wall-clock POSIX times
+        self._seq = 0
+        # Why fires were late (the reasons of missed runs).
+        self.forward_jumps: deque[ForwardJump] = deque(maxlen=8)
+        self.started_at = clock.now()  #: this leadership's start, in the current timeline
+        self.takeover_cause = "downtime"
+        self.outage_cause: str | None = None  #: the store refused writes
+        self._collisions_noted: set[str] = set()  # jobs whose repeated fire times were logged
+
+    # ------------------------------------------------------------ fire times
+
+    def push_fire(self, name: str, when: datetime | None) -> None:
+        self.next_fire[name] = when
+        if when is None:
+            return
+        self._seq += 1
+        heapq.heappush(self._fire_heap, (when.timestamp(), self._seq, name, self.generation[name]))
+
+    def next_fire_at(self) -> float | None:
+        """The earliest fire time waiting, as a POSIX time (it may be stale: then nothing fires)."""
+        return self._fire_heap[0][0] if self._fire_heap else None
+
+    def clock_went_back(self, seconds: float, now: datetime, batch: Batch) -> None:
+        """Schedules restart on the new timeline: a last fire "in the future" must not hold fires back."""
+        self.started_at -= timedelta(seconds=seconds)  # the takeover, in the new timeline
+        self.forward_jumps = deque((jump for jump in self.forward_jumps if jump[1] <= now), maxlen=8)
+        self._collisions_noted.clear()
+        for name, last in list(self.last_fire.items()):
+            if last > now:
+                self.last_fire[name] = now
+                batch.intents.append(i.LastFire(name, now))
+        for name, trigger in self.triggers.items():
+            self.generation[name] += 1  # drops the heap entries computed on the old timeline
+            self.push_fire(name, trigger.next_fire(now))
+            batch.intents.append(i.NextFire(name, self.next_fire[name]))
+
+    def handle_fires(self, now: datetime, batch: Batch) -> None:
+        now_ts = now.timestamp()
+        due: set[str] = set()
+        while self._fire_heap and self._fire_heap[0][0] <= now_ts:
+            _, _, name, gen = heapq.heappop(self._fire_heap)
+            if gen == self.generation[name] and name in self.triggers:
+                due.add(name)
+        for name in sorted(due):
+            job = self.jobs[name]
+            trigger = self.triggers[name]
+            last = self.last_fire.get(name, now)
+            fires, dropped = schedule.fires_between(trigger, last, now, self.settings.max_missed_rows)
+            if not fires:
+                self.push_fire(name, trigger.next_fire(max(last, now)))
+                continue
+            previous_fire = last
+            batch.last_fire_before.setdefault(name, self.last_fire.get(name))
+            batch.due_at.setdefault(name, fires[0])
+            self.last_fire[name] = fires[-1]
+            batch.intents.append(i.LastFire(name, fires[-1]))
+            batch.intents.append(i.NextFire(name, trigger.next_fire(now)))
+            self.push_fire(name, trigger.next_fire(now))
+            # The newest fire, if on time, runs whatever `catchup` says; older ones are late and
+            # follow the policy, each missed one naming why it was late.
+            plans = schedule.plan_missed_fires(
+                fires,
+                now,
+                job.catchup,
+                job.catchup_window,
+                cause=self.gap_cause,
+                on_time_s=ON_TIME_TOLERANCE_S,
+            )
+            if dropped:
+                self._note_dropped(batch, name, fires[0], dropped, self.gap_cause(fires[0]), now)
+            if not job.enabled:
+                continue
+            # Fires caught up together run one after another, oldest first, whatever `overlap` says:
+            # each waits for the one before it instead of being skipped because of it.
+            catching_up = sum(plan.action == "run" for plan in plans) > 1
+            for plan in plans:
+                if plan.action == "missed":
+                    self.new_row(
+                        batch, name, plan.scheduled_for, RunState.MISSED, Trigger.SCHEDULE, now, reason=plan.reason
+                    )
+                else:
+                    self.fire(
+                        batch,
+                        job,
+                        plan.scheduled_for,
+                        Trigger.SCHEDULE,
+                        now,
+                        since=previous_fire,
+                        catchup_queue=catching_up,
+                    )
+
+    def gap_cause(self, fire: datetime) -> str:
+        """Why `fire`, handled late, was not handled on time."""
+        for jump in reversed(self.forward_jumps):
+            # The step came somewhere between the look before it and the look that saw it. It passed
+            # over the fires due in that span (not those already late at the look before), and it
+            # is their cause if it is most of the span; otherwise the loop was mostly just not looking.
+            if not jump.seen_from - timedelta(seconds=ON_TIME_TOLERANCE_S) < fire <= jump.to:
+                continue
+            if 2 * jump.seconds >= (jump.to - jump.seen_from).total_seconds():
+                return jump.cause
+        if fire <= self.started_at:
+            return self.takeover_cause
+        if self.outage_cause is not None:
+            return self.outage_cause
+        return "scheduler overloaded"
+
+    def _note_dropped(
+        self, batch: Batch, name: str, first_kept: datetime, dropped: int, cause: str, now: datetime
+    ) -> None:
+        self.new_row(
+            batch,
+            name,
+            first_kept - timedelta(microseconds=1),
+            RunState.MISSED,
+            Trigger.SCHEDULE,
+            now,
+            reason=f"{cause}: {dropped} earlier fires not recorded individually (max_missed_rows)",
+        )
+
+    # ------------------------------------------------------------ new runs
+
+    def new_row(
+        self,
+        batch: Batch,
+        job: str,
+        scheduled_for: datetime,
+        state: RunState,
+        trigger: Trigger,
+        now: datetime,
+        *,
+        attempt: int = 1,
+        reason: str | None = None,
+        not_before: datetime | None = None,
+        run_id: int | None = None,
+    ) -> RunInfo:
+        if run_id is None:  # otherwise an id already used (a run found in its directory)
+            run_id = self.next_id
+            self.next_id += 1
+        spec = self.jobs.get(job)
+        batch.rows.append(
+            i.NewRun(
+                id=run_id,
+                job=job,
+                scheduled_for=scheduled_for,
+                attempt=attempt,
+                state=state,
+                trigger=trigger,
+                created_at=now,
+                reason=reason,
+                not_before=not_before,
+                ended_at=now if state.terminal else None,
+                command=json.dumps(spec.command) if spec else None,
+                agent=spec.agent if spec else None,
+            )
+        )
+        info = RunInfo(
+            id=run_id,
+            job=job,
+            scheduled_for=scheduled_for,
+            attempt=attempt,
+            trigger=trigger,
+            state=state,
+            not_before=not_before,
+            agent=spec.agent if spec else None,
+        )
+        if not state.terminal:
+            self.table.track(info)
+        return info
+
+    def fire(
+        self,
+        batch: Batch,
+        job: JobSpec,
+        scheduled_for: datetime,
+        trigger: Trigger,
+        now: datetime,
+        *,
+        since: datetime | None = None,
+        attempt: int = 1,
+        reason: str | None = None,
+        overlap: Overlap | None = None,
+        catchup_queue: bool = False,
+    ) -> RunInfo:
+        """One fire of a job: launched, queued or skipped according to its policies.
+
+        `catchup_queue`: one of several fires caught up at once; it queues behind the job's open
+        runs (`max_queued` does not apply: the catch-up is already bounded by its window).
+        """
+        name = job.name
+
+        def skipped(reason: str) -> RunInfo:
+            return self.new_row(batch, name, scheduled_for, RunState.SKIPPED, trigger, now, reason=reason)
+
+        if trigger is Trigger.SCHEDULE and name in self.paused:
+            return skipped("job paused")
+        if trigger is Trigger.SCHEDULE and job.after:
+            ok, unmet = schedule.upstream_satisfied(job.after, self.last_success, since)
+            if not ok:
+                return skipped("after: not yet succeeded since the previous run: " + ", ".join(unmet))
+        # Only runs that are still open count (and are named in a reason); the run ends of this
+        # iteration were handled before its fires, so these are the job's runs as of now.
+        active, queued = self.table.open_of(name)
+        policy = Overlap.QUEUE if catchup_queue else overlap or job.overlap
+        decision = schedule.overlap_decision(policy, len(active) + len(queued))
+        if decision == "skip":
+            return skipped(f"overlap=skip: {describe_busy(active, queued, job)}")
+        if decision == "queue":
+            blocking = queued[-1] if queued else active[0]
+            if not catchup_queue and len(queued) >= job.max_queued:
+                # Caught-up fires are not held to the cap, so a longer queue holds some of them.
+                included = ", caught-up fires included" if len(queued) > job.max_queued else ""
+                return skipped(
+                    f"overlap=queue: queue full ({len(queued)} waiting{included}, max_queued = {job.max_queued})"
+                )
+            why = "catchup=all" if catchup_queue else "overlap=queue"
+            info = self.new_row(
+                batch,
+                name,
+                scheduled_for,
+                RunState.PENDING,
+                trigger,
+                now,
+                attempt=attempt,
+                reason=f"{why}: waiting for run {blocking}",
+            )
+            self.table.queued[name].append(info.id)
+            return info
+        return self.new_row(
+            batch, name, scheduled_for, RunState.LAUNCHING, trigger, now, attempt=attempt, reason=reason
+        )
+
+    def handle_retries(self, mono: float, batch: Batch) -> None:
+        # A retry that is due starts whatever the job's `overlap` says (the failed run it repeats
+        # has ended, but a newer fire may be running beside it).
+        for info in self.table.due_retries(mono):
+            self.table.start(info)
+            batch.intents.append(i.RunLaunching(info.id))
+            batch.launches.append(info.id)
+
+    # ------------------------------------------------------------ run ends
+
+    def handle_finished(self, results: list[ShimExit], now: datetime, batch: Batch) -> None:
+        """Ends reported by the executors: each run's final state and reason, and what follows it."""
+        for result in results:
+            info = self.table.get(result.run_id)
+            if info is None:
+                continue
+            if result.exit_code is None:
+                state = RunState(result.state or RunState.UNKNOWN)
+                reason = result.reason or "the shim left no exit record"
+            elif info.kill_requested == "timeout":
+                job = self.jobs.get(info.job)
+                limit = f" of {job.timeout:g}s" if job and job.timeout else ""
+                state, reason = RunState.TIMED_OUT, f"timeout{limit} exceeded; process group killed"
+            elif info.kill_requested == "kill":
+                state, reason = RunState.KILLED, "killed by operator"
+            elif result.exit_code == 0:
+                state, reason = RunState.SUCCEEDED, None
+            else:
+                state, reason = RunState.FAILED, f"exit code {result.exit_code}"
+            self.finish(info, state, reason, result, now, batch)
+
+    def finish(
+        self,
+        info: RunInfo,
+        state: RunState,
+        reason: str | None,
+        result: ShimExit | None,
+        now: datetime,
+        batch: Batch,
+    ) -> None:
+        """The run ended: record it, then its retry, its `after` jobs and its job's next queued run."""
+        info.state = state
+        self.table.forget(info.id, info.job)
+        batch.intents.append(
+            i.RunFinished(
+                run_id=info.id,
+                state=state,
+                reason=reason,
+                exit_code=result.exit_code if result else None,
+                ended_at=now,
+                pid=result.job_pid if result else None,
+                cpu_s=result.cpu_s if result else None,
+                peak_rss=result.peak_rss if result else None,
+            )
+        )
+        job = self.jobs.get(info.job)
+        if job is not None and state is RunState.SUCCEEDED:
+            self.last_success[info.job] = now
+            self._trigger_downstream(info.job, now, batch)
+        elif job is not None and schedule.should_retry(str(state), info.attempt, job.retries):
+            delay = schedule.retry_delay(job.retry_delay, info.attempt)
+            retry = self.new_row(
+                batch,
+                info.job,
+                info.scheduled_for,
+                RunState.PENDING,
+                Trigger.RETRY,
+                now,
+                attempt=info.attempt + 1,
+                not_before=now + timedelta(seconds=delay),
+                reason=f"retry {info.attempt + 1} of {job.retries + 1} after {state} (in {delay:g}s)",
+            )
+            self.table.retry_at(self.clock.monotonic() + delay, retry.id)
+        # If the job is gone, each queued run then fails saying so.
+        self.start_queued(info.job, batch, after=info.id)
+
+    def start_queued(self, name: str, batch: Batch, *, after: int | None = None) -> None:
+        """The job's next queued run starts if none of its runs is active."""
+        if self.table.active[name] or not self.table.queued[name]:
+            return
+        info = self.table.next_queued(name)
+        if info is None:
+            return
+        # Its "waiting for run N" reason is over: say what it waited for instead.
+        reason = f"started after run {after} ended" if after is not None else "started from the queue"
+        self.table.start(info)
+        batch.intents.append(i.RunLaunching(info.id, reason))
+        batch.launches.append(info.id)
+
+    def _trigger_downstream(self, upstream: str, now: datetime, batch: Batch) -> None:
+        for name in self.downstream.get(upstream, []):
+            job = self.jobs.get(name)
+            if job is None or not job.enabled or name in self.paused or name in self.triggers:
+                continue  # scheduled jobs check `after` at their own fires
+            ok, _ = schedule.upstream_satisfied(job.after, self.last_success, self.last_fire.get(name))
+            if ok:
+                self.last_fire[name] = now
+                batch.intents.append(i.LastFire(name, now))
+                self.fire(batch, job, now, Trigger.AFTER, now, reason=f"after: {', '.join(job.after)} succeeded")
+
+    # ------------------------------------------------------------ after a commit
+
+    def undo(self, work: Batch, last_id: int) -> None:
+        """Forget new work whose commit failed: nothing of it was written or launched."""
+        for row in work.rows:
+            self.table.forget(row.id, row.job)
+        for name, before in work.last_fire_before.items():
+            if before is None:
+                self.last_fire.pop(name, None)
+            else:
+                self.last_fire[name] = before
+        for name, due in work.due_at.items():
+            self.push_fire(name, due)
+        for name, was_paused in work.paused_before.items():
+            if was_paused:
+                self.paused.add(name)
+            else:
+                self.paused.discard(name)
+        if self.next_id == last_id:  # no id handed out meanwhile: reuse them, keep ids dense
+            self.next_id = work.first_id
+
+    def ignored(self, row: i.NewRun) -> None:
+        """A new run's row the store ignored: its fire already had a run. It never launches."""
+        self.table.forget(row.id, row.job)
+        # After the wall clock went back, a fire time can come round again; the ledger keeps one run
+        # per job and fire time, so it is not run twice. Said once per job and clock step.
+        level = logging.DEBUG if row.job in self._collisions_noted else logging.WARNING
+        self._collisions_noted.add(row.job)
+        log.log(
+            level,
+            "job %s: fire time %s already has a run in the ledger (the wall clock went back?); "
+            "it is not run twice, later fire times run as scheduled",
+            row.job,
+            iso(row.scheduled_for),
+        )
+
+
+def describe_busy(active: list[int], queued: list[int], job: JobSpec) -> str:
+    """What a skipped fire waited on: "run 7 still running", "run 7 running, 3 caught-up fires queued"."""
+    if len(active) == 1:
+        running = f"run {active[0]}"
+    elif active:
+        more = f" and {len(active) - 3} more" if len(active) > 3 else ""
+        running = f"runs {', '.join(map(str, active[:3]))}{more}"
+    else:
+        running = ""
+    if not queued:
+        return f"{running} still running"
+    kind = "caught-up fire" if job.catchup is Catchup.ALL else "run"
+    backlog = f"{len(queued)} {kind}{'s' if len(queued) > 1 else ''} queued"
+    return f"{running} running, {backlog}" if running else f"{backlog} (next: run {queued[0]})"
+
+
+def format_jump(seconds: float) -> str:
+    """A clock step for people: "1h 0m", "5m 30s", "2.5s"."""
+    whole = round(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600}h {whole % 3600 // 60}m"
+    if whole >= 60:
+        return f"{whole // 60}m {whole % 60}s"
+    return f"{seconds:.1f}s"

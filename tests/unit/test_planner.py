@@ -1,0 +1,339 @@
+"""Policy unit tests: the planner and the run table on a fake clock. No store, no processes, no sleep.
+
+The planner turns fires, ends and retries into a Batch (intents + launches); these tests read the
+batch as the loop would commit it. The last two drive the whole Scheduler with a FakeExecutor on a
+real SQLite ledger: a fire whose row already exists never launches, and a failed commit undoes new
+work and carries the accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from engine.clock import FakeClock
+from engine.config import ScanResult
+from engine.errors import StoreRetryableError
+from engine.exec.fake import FakeExecutor
+from engine.exec.port import RunContext, ShimExit
+from engine.model import Catchup, JobSpec, Overlap, RunState, Settings
+from engine.paths import StatePaths
+from engine.run.catalog import Catalog
+from engine.run.planner import Batch, Planner, Trigger
+from engine.run.scheduler import Scheduler
+from engine.run.table import RunTable
+from engine.store import intents as i
+from engine.store.sqlite.ledger import Ledger
+from tests.helpers import write_job
+
+START = datetime(2026, 11, 29, 2, 59, 59, 500000, tzinfo=UTC)  # the first 10 s fire is 03:00:00
+
+
+def at(hour: int, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(2026, 11, 29, hour, minute, second, tzinfo=UTC)
+
+
+def job(name: str = "j", **fields: object) -> JobSpec:
+    return JobSpec(name=name, path=f"/jobs/{name}.toml", command="true", **fields)  # type: ignore[arg-type]
+
+
+@dataclass
+class Plan:
+    """A planner fed by hand: `scan` loads jobs, `tick` lets time pass and handles what fell due."""
+
+    clock: FakeClock = field(default_factory=lambda: FakeClock(START))
+    settings: Settings = field(default_factory=Settings)
+
+    def __post_init__(self) -> None:
+        self.table = RunTable(self.clock)
+        self.planner = Planner(self.table, self.clock)
+        self.catalog = Catalog(self.planner, Path("/jobs"))
+
+    def scan(self, *jobs: JobSpec) -> None:
+        result = ScanResult({j.name: j for j in jobs}, {j.name for j in jobs}, set(), [], self.settings)
+        self.catalog.apply_scan(result, self.clock.now(), initial=True)
+
+    def tick(self, seconds: float = 0.0) -> Batch:
+        if seconds:
+            self.clock.advance(seconds)
+        batch = Batch()
+        self.planner.handle_retries(self.clock.monotonic(), batch)
+        self.planner.handle_fires(self.clock.now(), batch)
+        return batch
+
+    def end(self, run_id: int, exit_code: int = 0) -> Batch:
+        batch = Batch()
+        self.planner.handle_finished([ShimExit(run_id, exit_code, None, None, None)], self.clock.now(), batch)
+        return batch
+
+
+def rows(batch: Batch) -> list[tuple[datetime, RunState, str | None]]:
+    return [(row.scheduled_for, row.state, row.reason) for row in batch.rows]
+
+
+def of_kind(batch: Batch, kind: type) -> list[object]:
+    return [intent for intent in batch.intents if isinstance(intent, kind)]
+
+
+# ------------------------------------------------------------------------------------ overlap
+
+
+def test_overlap_skip_skips_a_fire_while_the_job_runs() -> None:
+    p = Plan()
+    p.scan(job(every=10.0))
+    first = p.tick(0.5)
+    assert rows(first) == [(at(3), RunState.LAUNCHING, None)]
+    (run,) = first.rows
+    assert rows(p.tick(10)) == [(at(3, 0, 10), RunState.SKIPPED, f"overlap=skip: run {run.id} still running")]
+    p.end(run.id)
+    assert rows(p.tick(10)) == [(at(3, 0, 20), RunState.LAUNCHING, None)]
+
+
+def test_overlap_queue_waits_up_to_max_queued_and_starts_the_next_when_the_run_ends() -> None:
+    p = Plan()
+    p.scan(job(every=10.0, overlap=Overlap.QUEUE, max_queued=1))
+    (running,) = p.tick(0.5).rows
+    (waiting,) = p.tick(10).rows
+    assert (waiting.state, waiting.reason) == (RunState.PENDING, f"overlap=queue: waiting for run {running.id}")
+    assert rows(p.tick(10)) == [
+        (at(3, 0, 20), RunState.SKIPPED, "overlap=queue: queue full (1 waiting, max_queued = 1)")
+    ]
+    after_end = p.end(running.id)
+    assert after_end.launches == [waiting.id]
+    assert i.RunLaunching(waiting.id, f"started after run {running.id} ended") in after_end.intents
+    assert p.table.get(waiting.id).state is RunState.LAUNCHING  # type: ignore[union-attr]
+
+
+def test_overlap_allow_launches_beside_a_running_run() -> None:
+    p = Plan()
+    p.scan(job(every=10.0, overlap=Overlap.ALLOW))
+    p.tick(0.5)
+    assert rows(p.tick(10)) == [(at(3, 0, 10), RunState.LAUNCHING, None)]
+    assert len(p.table.active["j"]) == 2
+
+
+# ------------------------------------------------------------------------------------ retries
+
+
+def test_a_failed_run_is_retried_after_its_delay_doubling_each_attempt_up_to_retries() -> None:
+    p = Plan()
+    p.scan(job(every=3600.0, retries=2, retry_delay=5.0))
+    (run,) = p.tick(0.5).rows
+    ended = p.end(run.id, exit_code=1)
+    (retry,) = ended.rows
+    assert (retry.attempt, retry.state, retry.trigger) == (2, RunState.PENDING, Trigger.RETRY)
+    assert retry.not_before == p.clock.now() + timedelta(seconds=5)
+    assert retry.reason == "retry 2 of 3 after failed (in 5s)"
+    assert p.tick(4.9).launches == []
+    assert p.tick(0.1).launches == [retry.id]
+    (second_retry,) = p.end(retry.id, exit_code=1).rows
+    assert second_retry.reason == "retry 3 of 3 after failed (in 10s)"
+    assert p.tick(10).launches == [second_retry.id]
+    assert p.end(second_retry.id, exit_code=1).rows == []  # no attempts left
+
+
+def test_a_due_retry_starts_even_while_a_newer_fire_of_its_job_runs() -> None:
+    """Today's behaviour, pinned: a retry does not consult `overlap` (see the issue-10 report)."""
+    p = Plan()
+    p.scan(job(every=10.0, retries=1, retry_delay=15.0, overlap=Overlap.SKIP))
+    (run,) = p.tick(0.5).rows
+    (retry,) = p.end(run.id, exit_code=1).rows  # due at 03:00:15
+    (newer,) = p.tick(10).rows  # 03:00:10 launches: no run of the job is active
+    assert newer.state is RunState.LAUNCHING
+    assert p.tick(5).launches == [retry.id]  # the retry starts beside it
+    assert p.table.active["j"] == {newer.id, retry.id}
+
+
+# ------------------------------------------------------------------------------------ after
+
+
+def test_a_scheduled_job_with_after_fires_only_once_its_upstream_succeeded_since_its_last_fire() -> None:
+    p = Plan()
+    p.scan(job("up"), job("down", every=10.0, after=("up",)))
+    assert rows(p.tick(0.5)) == [(at(3), RunState.SKIPPED, "after: not yet succeeded since the previous run: up")]
+    p.planner.last_success["up"] = at(3, 0, 5)
+    assert rows(p.tick(10)) == [(at(3, 0, 10), RunState.LAUNCHING, None)]
+
+
+def test_an_unscheduled_after_job_fires_when_its_upstream_succeeds() -> None:
+    p = Plan()
+    p.scan(job("up"), job("down", after=("up",)))
+    up = p.planner.fire(Batch(), p.planner.jobs["up"], p.clock.now(), Trigger.MANUAL, p.clock.now())
+    ended = p.end(up.id)
+    (down,) = ended.rows
+    assert (down.job, down.trigger, down.reason) == ("down", Trigger.AFTER, "after: up succeeded")
+    assert i.LastFire("down", p.clock.now()) in ended.intents
+    failed = p.planner.fire(Batch(), p.planner.jobs["up"], p.clock.now(), Trigger.MANUAL, p.clock.now())
+    assert p.end(failed.id, exit_code=1).rows == []  # a failure triggers nothing
+
+
+# ------------------------------------------------------------------------------------ catch-up
+
+
+@pytest.mark.parametrize(
+    ("catchup", "expect"),
+    [
+        (Catchup.LATEST, [RunState.MISSED, RunState.MISSED, RunState.LAUNCHING]),
+        (Catchup.ALL, [RunState.LAUNCHING, RunState.PENDING, RunState.PENDING]),
+        (Catchup.NONE, [RunState.MISSED, RunState.MISSED, RunState.MISSED]),
+    ],
+)
+def test_fires_missed_during_a_stall_follow_catchup(catchup: Catchup, expect: list[RunState]) -> None:
+    p = Plan()
+    p.scan(job(every=10.0, catchup=catchup))
+    p.clock.set(START + timedelta(seconds=25))  # 03:00:00, :10 and :20 fall due together, all late
+    batch = p.tick()
+    assert [(row.scheduled_for, row.state) for row in batch.rows] == list(
+        zip([at(3), at(3, 0, 10), at(3, 0, 20)], expect, strict=True)
+    )
+    late = [row.reason for row in batch.rows if row.state is RunState.MISSED]
+    # Late fires after this leadership began, with no clock step or store fault: the loop was slow.
+    assert all(reason is not None and reason.startswith("scheduler overloaded: catchup=") for reason in late)
+    assert of_kind(batch, i.LastFire) == [i.LastFire("j", at(3, 0, 20))]
+
+
+def test_a_long_gap_records_the_newest_misses_and_one_summary_row() -> None:
+    p = Plan(settings=Settings(max_missed_rows=2))
+    p.scan(job(every=10.0, catchup=Catchup.NONE))
+    p.clock.set(START + timedelta(seconds=45))  # 03:00:00 .. 03:00:40: five fires, two kept
+    batch = p.tick()
+    summary, *kept = batch.rows
+    assert [row.scheduled_for for row in kept] == [at(3, 0, 30), at(3, 0, 40)]
+    assert summary.scheduled_for == at(3, 0, 30) - timedelta(microseconds=1)
+    assert summary.state is RunState.MISSED
+    assert summary.reason == "scheduler overloaded: 3 earlier fires not recorded individually (max_missed_rows)"
+
+
+def test_a_failed_commit_undoes_the_fires_so_they_come_due_again() -> None:
+    p = Plan()
+    p.scan(job(every=10.0))
+    first_id = p.planner.next_id
+    work = Batch(first_id=first_id)
+    p.clock.advance(0.5)
+    p.planner.handle_fires(p.clock.now(), work)
+    assert len(work.rows) == 1
+    p.planner.undo(work, p.planner.next_id)
+    assert p.planner.next_id == first_id and len(p.table) == 0
+    again = p.tick()  # the same fire, from the same last fire
+    assert rows(again) == [(at(3), RunState.LAUNCHING, None)] and again.rows[0].id == first_id
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+class FlakyLedger(Ledger):
+    """Fails its next commit (as a locked or full database would) when `fail_next` is set."""
+
+    fail_next = False
+
+    async def commit(self, intents: Iterable[i.Intent]) -> set[int]:
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreRetryableError("busy", "state database is locked (test)")
+        return await super().commit(intents)
+
+
+@dataclass
+class Loop:
+    scheduler: Scheduler
+    ledger: FlakyLedger
+    clock: FakeClock
+    executor: FakeExecutor
+
+
+@pytest.fixture
+async def loop(tmp_path: Path) -> AsyncIterator[Loop]:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    write_job(jobs, "j", 'every = "10s"\ncommand = "true"\n')
+    clock = FakeClock(START)
+    paths = StatePaths(tmp_path / "state")
+    ledger = FlakyLedger(paths)
+    made: list[FakeExecutor] = []
+
+    def executor(ctx: RunContext) -> FakeExecutor:
+        made.append(FakeExecutor(ctx))
+        return made[-1]
+
+    scheduler = Scheduler(paths, jobs, clock=clock, store=ledger, local_executor=executor)
+    await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
+    await scheduler.prepare()
+    yield Loop(scheduler, ledger, clock, made[0])
+    await scheduler.close_executors()
+    await ledger.close()
+
+
+async def test_a_fire_whose_row_exists_already_is_never_launched(loop: Loop) -> None:
+    # Another active recorded this fire before (the wall clock went back since): the ledger ignores
+    # the second row, and the loop does not launch it.
+    await loop.ledger.commit([i.NewRun(99, "j", at(3), 1, RunState.SUCCEEDED, Trigger.SCHEDULE, START, ended_at=START)])
+    loop.clock.advance(0.5)
+    await loop.scheduler.iterate()
+    assert loop.executor.launched == []
+    assert len(loop.scheduler.table) == 0
+    loop.clock.advance(10)
+    await loop.scheduler.iterate()
+    assert len(loop.executor.launched) == 1  # the next fire time runs as scheduled
+
+
+async def test_a_failed_commit_carries_the_run_ends_and_refires_the_new_work(loop: Loop) -> None:
+    loop.clock.advance(0.5)
+    await loop.scheduler.iterate()  # 03:00:00 launches
+    (first,) = loop.executor.launched
+    loop.executor.finish(first, 0)
+    loop.clock.advance(10)
+    loop.ledger.fail_next = True
+    await loop.scheduler.iterate()  # the end of `first` and the 03:00:10 fire: not written
+    assert loop.executor.launched == [first]
+    assert not (await loop.ledger.run(first)).state.terminal  # type: ignore[union-attr]
+    loop.ledger.health.retry_at = 0.0  # a test does not wait out the backoff
+    await loop.scheduler.iterate()
+    assert (await loop.ledger.run(first)).state is RunState.SUCCEEDED  # type: ignore[union-attr]
+    assert len(loop.executor.launched) == 2  # the undone fire came due again and ran once
+    second = await loop.ledger.run(loop.executor.launched[1])
+    assert second is not None and second.scheduled_for == at(3, 0, 10) and second.id == first + 1
+
+
+async def test_an_unknown_run_or_job_is_refused_as_not_found_and_audited(loop: Loop) -> None:
+    kill = asyncio.create_task(loop.scheduler.command("kill", {"run_id": 12345, "user": "op"}))
+    pause = asyncio.create_task(loop.scheduler.command("pause", {"job": "nope", "user": "op"}))
+    await asyncio.sleep(0)  # both queued for the loop
+    await loop.scheduler.iterate()
+    assert await kill == {
+        "ok": False,
+        "error": "run 12345 is not running (it may have ended already)",
+        "kind": "not_found",
+    }
+    assert await pause == {"ok": False, "error": "no job named 'nope'", "kind": "not_found"}
+    assert await loop.scheduler.command("rerun", {"run_id": 777, "user": "op"}) == {
+        "ok": False,
+        "error": "no run with id 777",
+        "kind": "not_found",
+    }
+    audit = await loop.ledger.query("SELECT os_user, action, target, result FROM audit ORDER BY id")
+    assert [tuple(row) for row in audit] == [
+        ("op", "kill", "12345", "refused: run 12345 is not running (it may have ended already)"),
+        ("op", "pause", "nope", "refused: no job named 'nope'"),
+    ]
+
+
+async def test_a_run_its_executor_cannot_start_fails_with_the_reason_and_is_retried(loop: Loop) -> None:
+    write_job(loop.scheduler.folder.root, "j", 'every = "1h"\nretries = 1\nretry_delay = "5s"\ncommand = "true"\n')
+    await loop.scheduler.rescan()
+    loop.executor.refuse = "could not start: workdir /gone: no such directory"
+    loop.clock.advance(0.5)
+    await loop.scheduler.iterate()  # 03:00:00 is committed, then its launch fails
+    await loop.scheduler.iterate()  # the failure (decided mid-commit) and its retry are committed next
+    failed, retry = await loop.ledger.query("SELECT state, reason, attempt FROM runs ORDER BY id")
+    assert tuple(failed) == ("failed", "could not start: workdir /gone: no such directory", 1)
+    assert (retry["state"], retry["attempt"]) == ("pending", 2)
+    loop.executor.refuse = None
+    loop.clock.advance(5)
+    await loop.scheduler.iterate()
+    assert len(loop.executor.launched) == 1
