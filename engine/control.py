@@ -148,7 +148,10 @@ def read_line(sock: socket.socket) -> dict[str, Any] | None:
         buf.extend(chunk)
         if len(buf) > MAX_LINE:
             raise ControlError("reply too long")
-    return json.loads(buf)
+    reply = json.loads(buf)
+    if not isinstance(reply, dict):
+        raise json.JSONDecodeError("not a JSON object", buf.decode("utf-8", "replace"), 0)
+    return reply
 
 
 def socket_address(path: Path) -> str:

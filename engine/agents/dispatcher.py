@@ -38,16 +38,22 @@ from typing import TYPE_CHECKING, Any
 
 from engine.agents.protocol import (
     FINISHED,
-    AgentAmbiguous,
     AgentClient,
-    AgentNotFound,
-    AgentRefused,
-    AgentUnreachable,
     RunStatus,
     load_httpx,
 )
 from engine.clock import iso, parse_iso
-from engine.errors import AgentError, FencedError, StaleEpochError, StoreError, StoreRetryableError
+from engine.errors import (
+    AgentAmbiguous,
+    AgentError,
+    AgentNotFound,
+    AgentRefused,
+    AgentUnreachable,
+    FencedError,
+    StaleEpochError,
+    StoreError,
+    StoreRetryableError,
+)
 from engine.exec.port import Adopted, Adoption, RunContext, RunInfo, ShimExit
 from engine.ids import MAX_ROW_ID, valid_id
 from engine.model import OPEN_STATES, AgentSpec, JobSpec, RunState, Settings

@@ -237,18 +237,19 @@ class AgentClient:
         await self.http.aclose()
 
     async def _request(self, method: str, path: str, *, read_timeout: float | None = None, **kw: Any) -> httpx.Response:
-        httpx = load_httpx()
+        hx = load_httpx()
+        response: httpx.Response
         if read_timeout is not None:
-            kw["timeout"] = httpx.Timeout(read_timeout + 5.0, connect=3.0)
+            kw["timeout"] = hx.Timeout(read_timeout + 5.0, connect=3.0)
         try:
             if read_timeout is not None:
                 response = await self.http.request(method, path, **kw)
             else:
                 async with self._slots:
                     response = await self.http.request(method, path, **kw)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (hx.ConnectError, hx.ConnectTimeout) as exc:
             raise AgentUnreachable(f"agent {self.spec.name} at {self.spec.url} is unreachable: {exc}") from exc
-        except httpx.HTTPError as exc:
+        except hx.HTTPError as exc:
             raise AgentAmbiguous(f"agent {self.spec.name}: connection lost during {method} {path}: {exc!r}") from exc
         if response.status_code >= 400:
             doc: Any = None

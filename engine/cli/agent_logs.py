@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.agents.protocol import AgentClient, AgentNotFound
+from engine.agents.protocol import AgentClient
 from engine.config import load_settings
-from engine.errors import AgentError, VigilError
+from engine.errors import AgentError, AgentNotFound, VigilError
 
 if TYPE_CHECKING:
     from engine.api import StateReader

@@ -49,7 +49,7 @@ class DirWatch:
 
     def add(self, abs_dir: str) -> bool:
         """Watch one folder (again: adding a watched folder is a no-op). False if it cannot be watched."""
-        return self._add_watch(self.fd, os.fsencode(abs_dir), _IN_EVENTS | _IN_ONLYDIR | _IN_DONT_FOLLOW) >= 0
+        return int(self._add_watch(self.fd, os.fsencode(abs_dir), _IN_EVENTS | _IN_ONLYDIR | _IN_DONT_FOLLOW)) >= 0
 
     def changed(self) -> bool:
         """Whether any event arrived since the last call (reads and drops them all)."""

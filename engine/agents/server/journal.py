@@ -26,7 +26,7 @@ from engine.ids import MAX_ROW_ID, as_row_id, valid_id
 from engine.sqlfile import load_queries
 
 if TYPE_CHECKING:
-    from engine.exec.local import ShimExit
+    from engine.exec.port import ShimExit
 
 log = logging.getLogger("vigil.agent")
 
@@ -113,7 +113,8 @@ class Journal:
             self.max_epoch = epoch
 
     def get(self, run_id: int) -> sqlite3.Row | None:
-        return self.conn.execute(QUERIES["run"], {"run_id": run_id}).fetchone()
+        row: sqlite3.Row | None = self.conn.execute(QUERIES["run"], {"run_id": run_id}).fetchone()
+        return row
 
     def insert(self, req: dict[str, Any], started_at: str) -> None:
         self.conn.execute(

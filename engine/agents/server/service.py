@@ -31,7 +31,8 @@ from engine.agents.server.journal import SPEC_FIELDS, Journal, utc_now
 from engine.agents.server.refusals import Malformed, NoSuchRun, RunIdInUse, body_id
 from engine.clock import iso
 from engine.errors import LaunchError, StaleEpochError
-from engine.exec.local import LocalExecutor, ShimExit, gather_evidence
+from engine.exec.local import LocalExecutor, gather_evidence
+from engine.exec.port import ShimExit
 from engine.exec.reconcile import Action, decide
 from engine.ids import MAX_ROW_ID
 from engine.paths import StatePaths, ensure_private_dir
