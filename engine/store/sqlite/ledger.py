@@ -37,7 +37,7 @@ from engine.store.health import StoreHealth
 from engine.store.intents import CleanStop, Intent, NewRun
 from engine.store.sqlite.db import BUSY_TIMEOUT_MS, PRAGMAS, connect, rollback_quietly, store_error
 from engine.store.sqlite.queries import QUERIES
-from engine.store.sqlite.rows import leader_of, run_of
+from engine.store.sqlite.rows import leader_of, run_of, state_of
 from engine.store.sqlite.statements import bind
 
 Params = Sequence[Any] | dict[str, Any]
@@ -323,7 +323,7 @@ class Ledger:
 
     async def run_states(self, run_ids: Sequence[int]) -> dict[int, RunState]:
         rows = await self.query(QUERIES["run_states"], {"run_ids": json.dumps(list(run_ids))})
-        return {int(row["id"]): RunState(row["state"]) for row in rows}
+        return {int(row["id"]): state_of(row["state"]) for row in rows}
 
     async def prunable_runs(self, cutoff: datetime) -> list[int]:
         return [int(row[0]) for row in await self.query(QUERIES["prunable_runs"], {"cutoff": iso(cutoff)})]
