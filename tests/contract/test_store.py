@@ -417,3 +417,26 @@ async def test_sqlite_reader_keyset_pages_stay_stable_while_inserts_land(tmp_pat
     finally:
         reader.close()
         await ledger.close()
+
+
+def test_the_sqlite_readers_and_connections_run_only_named_statements() -> None:
+    """Every query and read transaction of reader.py and db.py is a named statement of queries.sql;
+    only the writer's own transaction control and connection pragmas are spelled in place."""
+    import ast
+
+    from engine.store.sqlite import db, reader
+    from engine.store.sqlite.queries import QUERIES
+
+    in_place = re.compile(r"(PRAGMA |BEGIN IMMEDIATE$|COMMIT$|ROLLBACK$)")
+    unnamed: list[str] = []
+    for module in (db, reader):
+        for node in ast.walk(ast.parse(Path(module.__file__ or "").read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args):
+                continue
+            first = node.args[0]
+            text = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+            if node.func.attr == "execute" and text is not None and not in_place.match(text):
+                unnamed.append(f"{module.__name__}: execute({text!r})")
+            if node.func.attr in {"_plain", "_rows", "_scalar"} and text is not None and text not in QUERIES:
+                unnamed.append(f"{module.__name__}: {node.func.attr}({text!r})")
+    assert unnamed == []

@@ -66,9 +66,10 @@ class SqliteReader:
         rows = self._rows(name, params)
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
-    def _plain(self, statement: str) -> None:
+    def _plain(self, name: str) -> None:
+        """A statement with no rows (transaction control)."""
         try:
-            self.conn.execute(statement)
+            self.conn.execute(QUERIES[name])
         except sqlite3.Error as exc:
             raise store_error(exc, self.paths.db) from exc
 
@@ -112,7 +113,7 @@ class SqliteReader:
         def count(low: int, high: int) -> int:
             return self._scalar(counted, {"job": job, "state": state, "low": low, "high": high})
 
-        self._plain("BEGIN")
+        self._plain("begin_read")
         try:
             rows = self.runs(job=job, state=state, limit=limit, before_id=before_id)
             newer = count(before_id, _HIGHEST) if before_id is not None else 0
@@ -121,7 +122,7 @@ class SqliteReader:
                 count_base = (anchor, count(_LOWEST, anchor))
             total = count_base[1] + count(count_base[0] + 1, _HIGHEST)
         finally:
-            self._plain("COMMIT")
+            self._plain("end_read")
         # Runs pruned since the full count leave `total` a little high until the next one, never low.
         return RunsWindow(rows, newer, max(total, newer + len(rows)), count_base)
 
