@@ -40,10 +40,8 @@ TERMINAL_STATES = frozenset(
     }
 )
 ACTIVE_STATES = frozenset({RunState.LAUNCHING, RunState.RUNNING})
-#: not yet finished, in lifecycle order (a tuple: it is bound as SQL parameters)
+#: not yet finished, in lifecycle order; queries.sql spells them out (tests/contract checks the spelling)
 OPEN_STATES = (RunState.PENDING, RunState.WAITING, RunState.LAUNCHING, RunState.RUNNING)
-#: not yet started: held by the scheduler (pending) or by an agent's absence (waiting)
-QUEUED_STATES = frozenset({RunState.PENDING, RunState.WAITING})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The state store: the one place that reads and writes the ledger (runs, jobs, leader, audit).
 
 `Store` is the active scheduler's side of it (the writer, and the reads an active needs); its
-writes are the typed intents of `engine.store.intents`. The SQLite backend is `engine.store.sqlite`;
+writes are the typed intents of `engine.store.intents`. `StoreReader` is the readers' side (the CLI,
+the dashboard, through `engine.api.StateReader`): no leadership, no writes. The SQLite backend is `engine.store.sqlite`;
 every backend passes the same contract suite (tests/contract/).
 
 Layer: store. May import the base modules (errors, model, clock, ids, paths, text, durations).
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.model import LeaderRow, Run, RunState
+from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, LeaderRow, Run, RunState
 
 if TYPE_CHECKING:  # the write side's types: a reader (`vigil runs --json`) never loads them
     from engine.errors import StoreFatalError
@@ -60,6 +61,71 @@ class LeaderClaim:
     since: datetime
 
 
+@dataclass(frozen=True)
+class RunsWindow:
+    """One page of runs and where it sits among all matching runs, read at one instant."""
+
+    runs: list[Run]  #: newest first
+    newer: int  #: matching runs newer than the page: its first row is number `newer + 1`
+    total: int  #: matching runs in all (never fewer than the page and those before it)
+    count_base: tuple[int, int]  #: (anchor id, matching runs up to it): pass back to skip a full count
+
+
+class StoreReader(Protocol):
+    """What a reader (the CLI, the dashboard) reads, without being the active. Every failure is a
+    StoreError naming the store; a missing run is NotFoundError."""
+
+    def close(self) -> None: ...
+
+    def runs(
+        self, *, job: str | None = None, state: str | None = None, limit: int = 50, before_id: int | None = None
+    ) -> list[Run]:
+        """Newest first; `before_id` pages by id (keyset)."""
+        ...
+
+    def run(self, run_id: int) -> Run: ...
+
+    def runs_window(
+        self,
+        *,
+        job: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        count_base: tuple[int, int] | None = None,
+    ) -> RunsWindow:
+        """A page with its position and the total, read at one instant (pass `count_base` back)."""
+        ...
+
+    def counts_by_state(self) -> dict[str, int]: ...
+
+    def max_run_id(self) -> int: ...
+
+    def runs_after(self, after_id: int, limit: int = 1000) -> list[Run]:
+        """Runs with an id above `after_id`, oldest first (new since the last look)."""
+        ...
+
+    def runs_by_ids(self, ids: list[int]) -> list[Run]: ...
+
+    def latest_run_per_job(self) -> dict[str, Run]: ...
+
+    def recent_runs_of(self, names: list[str], per_job: int) -> dict[str, list[Run]]: ...
+
+    def jobs(self) -> list[JobRow]:
+        """The active's catalog of loaded jobs with their pause flag, by name."""
+        ...
+
+    def paused_jobs(self) -> set[str]: ...
+
+    def leader(self) -> LeaderRow: ...
+
+    def failovers(self, limit: int = 10) -> list[FailoverRow]: ...
+
+    def agents(self) -> list[AgentRow]: ...
+
+    def audit(self, limit: int = 50) -> list[AuditRow]: ...
+
+
 class Store(Protocol):
     """The active's store. Fencing is the store's job: every write carries `epoch`, and once another
     node has taken leadership every write raises FencedError.
@@ -75,7 +141,24 @@ class Store(Protocol):
 
     async def open(self) -> None: ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Close the store; after this every write and read raises StoreError."""
+        ...
+
+    @property
+    def is_open(self) -> bool:
+        """Opened and not yet closed (the node's control server answers "stopping" otherwise)."""
+        ...
+
+    @property
+    def abandoned(self) -> bool:
+        """`close` left the connection open because the file was lost (the process must exit next)."""
+        ...
+
+    def file_lost(self) -> str | None:
+        """How the store's file was lost since `open` ("removed", "replaced", "emptied"), or None.
+        Once lost, always lost: the store writes nothing more."""
+        ...
 
     def lost_error(self) -> StoreFatalError | None:
         """The store's file or database is gone from under this process (never to write again)."""

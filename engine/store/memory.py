@@ -11,8 +11,11 @@ schedulers on one state directory do. The rules are the SQLite backend's, statem
 - a commit is all or nothing: it is applied to a copy that replaces the state only when every
   intent went through.
 
-`MemoryDatabase.hold_write_lock()` plays another process holding the write lock: commits then fail
-with the retryable "locked by another writer", as they do on SQLite once its busy timeout runs out.
+`MemoryDatabase.hold_write_lock()` plays another process holding the write lock: commits and
+`take_leadership` then fail with the retryable "locked by another writer", as they do on SQLite once
+its busy timeout runs out. As on SQLite, a deferred intent is bound to the epoch of the moment it
+was deferred; an integer beyond SQLite's 64 bits cannot be stored (StoreFatalError); a closed store
+writes and reads nothing (StoreError).
 
 Layer: store. Imports only the base modules and the store's own.
 """
@@ -27,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from engine.errors import FencedError, StoreFatalError, StoreRetryableError
+from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
 from engine.model import OPEN_STATES, LeaderRow, Run, RunState
 from engine.store import JobState, LeaderClaim, LedgerStart
 from engine.store import intents as i
@@ -37,6 +40,22 @@ from engine.store.health import StoreHealth
 _STARTABLE = frozenset({RunState.PENDING, RunState.LAUNCHING, RunState.WAITING})
 _STARTED = frozenset({RunState.LAUNCHING, RunState.RUNNING})
 _WAITABLE = frozenset({RunState.LAUNCHING, RunState.WAITING})
+#: SQLite's integer range: a Python int beyond it cannot be bound.
+_LOWEST, _HIGHEST = -(1 << 63), (1 << 63) - 1
+
+
+def _storable(intent: i.Intent) -> None:
+    """Raise as SQLite's binding does for a value it cannot store (a programming error)."""
+    for name in intent.__dataclass_fields__:
+        value = getattr(intent, name)
+        if isinstance(value, int) and not _LOWEST <= value <= _HIGHEST:
+            raise StoreFatalError(
+                f"state database: cannot store {type(intent).__name__}: {name} {value} is beyond SQLite's integers"
+            )
+
+
+def _locked_error() -> StoreRetryableError:
+    return StoreRetryableError("locked by another writer", "state database: locked by another writer")
 
 
 @dataclass
@@ -85,11 +104,11 @@ class MemoryDatabase:
 
 
 class _Transaction:
-    """One commit's intents applied to a copy of the tables under the writer's epoch."""
+    """One commit's intents applied to a copy of the tables, each under the epoch it was bound to."""
 
-    def __init__(self, tables: _Tables, epoch: int) -> None:
+    def __init__(self, tables: _Tables) -> None:
         self.t = tables
-        self.epoch = epoch
+        self.epoch = 0  #: the intent being applied's
 
     def _fence(self) -> None:
         """A row is about to be written: the schema's triggers refuse a stale epoch."""
@@ -107,8 +126,10 @@ class _Transaction:
         self._fence()
         self.t.runs[run_id] = dataclasses.replace(run, **changes)  # type: ignore[arg-type]
 
-    def apply(self, intent: i.Intent) -> int | None:
-        """Apply one intent; for a NewRun, the id when its row was new."""
+    def apply(self, intent: i.Intent, epoch: int) -> int | None:
+        """Apply one intent under `epoch`; for a NewRun, the id when its row was new."""
+        _storable(intent)
+        self.epoch = epoch
         t = self.t
         match intent:
             case i.NewRun():
@@ -207,11 +228,11 @@ class _Transaction:
             case i.AgentSeen():
                 self._fence()
                 old = t.agents.get(intent.name)
-                if old is not None:  # unknown contact and version are kept
+                if old is not None:  # unknown (None) contact and version are kept: COALESCE
                     intent = dataclasses.replace(
                         intent,
-                        last_contact=intent.last_contact or old.last_contact,
-                        version=intent.version or old.version,
+                        last_contact=old.last_contact if intent.last_contact is None else intent.last_contact,
+                        version=old.version if intent.version is None else intent.version,
                     )
                 t.agents[intent.name] = intent
             case i.AgentDropped():
@@ -238,7 +259,7 @@ class MemoryStore:
         self.database = database if database is not None else MemoryDatabase()
         self.health = StoreHealth()
         self._epoch = 0
-        self._pending: list[i.Intent] = []
+        self._pending: list[tuple[i.Intent, int]] = []  #: with the epoch when deferred
         self._flush_wanted = asyncio.Event()
         self._open = False
 
@@ -255,7 +276,25 @@ class MemoryStore:
     def lost_error(self) -> StoreFatalError | None:
         return None  # memory cannot be removed from under the process
 
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError("the state database is closed: the scheduler is stopping")
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def file_lost(self) -> str | None:
+        return None
+
+    @property
+    def abandoned(self) -> bool:
+        return False  # nothing to leave open
+
     async def take_leadership(self, claim: LeaderClaim, *, floor: int = 0) -> tuple[int, LeaderRow]:
+        self._check_open()
+        if self.database.locked:
+            raise _locked_error()
         tables = self.database.tables
         previous = tables.leader
         self._epoch = max(previous.epoch, floor) + 1
@@ -263,7 +302,7 @@ class MemoryStore:
         return self._epoch, previous
 
     def defer(self, intent: i.Intent) -> None:
-        self._pending.append(intent)
+        self._pending.append((intent, self._epoch))
         self._flush_wanted.set()
 
     async def flush(self) -> None:
@@ -273,20 +312,21 @@ class MemoryStore:
         await self._flush_wanted.wait()
 
     async def commit(self, intents: Iterable[i.Intent]) -> set[int]:
+        self._check_open()
         deferred, self._pending = self._pending, []
         self._flush_wanted.clear()
         given = list(intents)
         # As in the SQLite backend: the deferred intents, then the NewRun rows, then the rest.
-        new_runs = [x for x in given if isinstance(x, i.NewRun)]
-        batch = deferred + new_runs + [x for x in given if not isinstance(x, i.NewRun)]
+        new_runs = [(x, self._epoch) for x in given if isinstance(x, i.NewRun)]
+        batch = deferred + new_runs + [(x, self._epoch) for x in given if not isinstance(x, i.NewRun)]
         if not batch:
             return set()
         try:
             if self.database.locked:
-                raise StoreRetryableError("locked by another writer", "state database: locked by another writer")
-            txn = _Transaction(self.database.tables.copy(), self._epoch)
-            new = {run_id for run_id in map(txn.apply, batch) if run_id is not None}
-        except (FencedError, StoreRetryableError) as exc:
+                raise _locked_error()
+            txn = _Transaction(self.database.tables.copy())
+            new = {run_id for run_id in (txn.apply(x, epoch) for x, epoch in batch) if run_id is not None}
+        except Exception as exc:
             # Rolled back: the deferred intents go first into the next attempt.
             self._pending = deferred + self._pending
             self._flush_wanted.set()
@@ -300,6 +340,7 @@ class MemoryStore:
     # ------------------------------------------------------------ reads the active needs
 
     async def start_state(self) -> LedgerStart:
+        self._check_open()
         t = self.database.tables
         last_success: dict[str, datetime] = {}
         for run in t.runs.values():
@@ -315,17 +356,21 @@ class MemoryStore:
         )
 
     async def open_runs(self) -> list[Run]:
+        self._check_open()
         t = self.database.tables
         return [t.runs[run_id] for run_id in sorted(t.runs) if t.runs[run_id].state in OPEN_STATES]
 
     async def run(self, run_id: int) -> Run | None:
+        self._check_open()
         return self.database.tables.runs.get(run_id)
 
     async def run_states(self, run_ids: Sequence[int]) -> dict[int, RunState]:
+        self._check_open()
         runs = self.database.tables.runs
         return {run_id: runs[run_id].state for run_id in run_ids if run_id in runs}
 
     async def prunable_runs(self, cutoff: datetime) -> list[int]:
+        self._check_open()
         runs = self.database.tables.runs
         return sorted(
             run_id

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import FencedError, StoreRetryableError
-from engine.model import OPEN_STATES, LeaderRow, Run, RunState
+from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
+from engine.model import OPEN_STATES, AgentRow, FailoverRow, LeaderRow, Run, RunState
 from engine.store import JobState, LeaderClaim, Store
 from engine.store import intents as i
 from tests.contract.conftest import Backend
@@ -115,6 +115,31 @@ async def test_start_state_open_runs_and_run_states_return_what_was_committed(st
     assert (await store.start_state()).jobs["j"] == JobState(paused=False, last_fire=None)
 
 
+async def test_launching_waiting_and_a_restated_start_move_the_run(store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1, reason="queued"), fire(2, job="k")])
+    await store.commit([i.RunLaunching(1)])  # keeps the reason
+    await store.commit([i.RunLaunching(2, reason="waited 3s")])  # replaces it
+    one, two = await store.run(1), await store.run(2)
+    assert one is not None and (one.state, one.reason) == (RunState.LAUNCHING, "queued")
+    assert two is not None and (two.state, two.reason) == (RunState.LAUNCHING, "waited 3s")
+    await store.commit([i.RunWaiting(2, "no healthy agent in pool p")])
+    # A waiting run is open: a new active must find it.
+    assert [(run.id, run.state) for run in await store.open_runs()] == [(1, RunState.LAUNCHING), (2, RunState.WAITING)]
+    two = await store.run(2)
+    assert two is not None and two.reason == "no healthy agent in pool p"
+    later = NOW + timedelta(seconds=7)
+    await store.commit([i.RunStarted(1, NOW, None), i.StartRestated(1, later, later + timedelta(minutes=1))])
+    await store.commit([i.StartRestated(2, later, None)])  # not started: nothing to restate
+    one, two = await store.run(1), await store.run(2)
+    assert one is not None and (one.started_at, one.deadline) == (later, later + timedelta(minutes=1))
+    assert two is not None and (two.state, two.started_at) == (RunState.WAITING, None)
+    await store.commit([finished(1, RunState.SUCCEEDED, 0)])
+    await store.commit([i.RunWaiting(1, "late"), i.StartRestated(1, NOW, None)])  # a finished run stays
+    one = await store.run(1)
+    assert one is not None and (one.state, one.reason, one.started_at) == (RunState.SUCCEEDED, None, later)
+
+
 async def test_prune_leaves_open_runs_and_the_run_id_mark_only_rises(store: Store) -> None:
     await leading(store)
     old = NOW - timedelta(days=40)
@@ -147,6 +172,71 @@ async def test_take_leadership_raises_the_epoch_above_the_floor_and_returns_the_
     assert epoch3 == 12 and previous3.epoch == 11 and previous3.clean_stop
 
 
+# ---------------------------------------------------------------- catalog, agents, failovers
+
+
+def upsert(name: str, next_fire: datetime | None = None) -> i.CatalogUpsert:
+    return i.CatalogUpsert(name, f"/jobs/{name}.toml", "every 1m", True, None, "", "", next_fire, None)
+
+
+async def test_next_fire_and_catalog_drop_change_the_catalog(backend: Backend, store: Store) -> None:
+    await leading(store)
+    await store.commit([upsert("j"), upsert("k"), i.Paused("k", True)])
+    later = NOW + timedelta(minutes=1)
+    await store.commit([i.NextFire("j", later), i.NextFire("gone", later), i.CatalogDrop("k")])
+    jobs = backend.records().jobs()
+    assert [(job.name, job.next_fire, job.paused, job.loaded) for job in jobs] == [("j", later, False, True)]
+    await store.commit([i.NextFire("j", None)])
+    assert [job.next_fire for job in backend.records().jobs()] == [None]
+
+
+def seen(version: str | None, contact: datetime | None, *, up: bool = True) -> i.AgentSeen:
+    return i.AgentSeen("a1", "http://a1:7070", up, contact, version, 5.0, 10.0, 0.5, 1, None)
+
+
+async def test_agent_seen_keeps_an_unknown_contact_and_version_and_agent_dropped_removes_it(
+    backend: Backend, store: Store
+) -> None:
+    await leading(store)
+    await store.commit([seen("1.2", NOW)])
+    later = NOW + timedelta(seconds=5)
+    await store.commit([seen(None, None, up=False)])  # unknown: kept
+    [agent] = backend.records().agents()
+    assert agent == AgentRow("a1", "http://a1:7070", False, NOW, "1.2", 5.0, 10.0, 0.5, 1, None)
+    await store.commit([seen("", later)])  # known, if empty: replaces
+    [agent] = backend.records().agents()
+    assert (agent.version, agent.last_contact, agent.up) == ("", later, True)
+    await store.commit([i.AgentDropped("a1"), i.AgentDropped("never-seen")])
+    assert backend.records().agents() == []
+
+
+async def test_a_failover_is_recorded_under_the_new_leaders_epoch(backend: Backend, store: Store) -> None:
+    epoch, _ = await store.take_leadership(claim())
+    await store.commit([i.Failover(NOW, 41, os.getpid(), "heartbeat stale", 1500.0)])
+    new = await deposed(backend, store)
+    await new.commit([i.Failover(NOW + timedelta(seconds=1), os.getpid(), os.getpid() + 1, "lock released", None)])
+    assert backend.records().failovers() == [
+        FailoverRow(NOW + timedelta(seconds=1), os.getpid(), os.getpid() + 1, "lock released", None, new.epoch),
+        FailoverRow(NOW, 41, os.getpid(), "heartbeat stale", 1500.0, epoch),
+    ]
+    with pytest.raises(FencedError):
+        await store.commit([i.Failover(NOW, None, os.getpid(), "stale", None)])
+
+
+async def test_a_clean_stop_is_the_next_leaders_previous_row_and_a_deposed_one_marks_nothing(
+    backend: Backend, store: Store
+) -> None:
+    await leading(store)
+    new = await deposed(backend, store)
+    await store.commit([i.CleanStop()])  # deposed: its stop says nothing of the new leader
+    third = await backend.store()
+    _, previous = await third.take_leadership(claim())
+    assert previous.epoch == new.epoch and not previous.clean_stop
+    await third.commit([i.CleanStop()])
+    _, previous = await (await backend.store()).take_leadership(claim())
+    assert previous.epoch == third.epoch and previous.clean_stop
+
+
 # ---------------------------------------------------------------- fencing
 
 
@@ -175,6 +265,14 @@ async def test_a_deferred_write_flushed_after_a_takeover_is_fenced(backend: Back
         await store.flush()
     run = await new.run(1)
     assert run is not None and run.state == RunState.PENDING
+
+
+async def test_an_intent_deferred_before_taking_leadership_carries_the_old_epoch(store: Store) -> None:
+    """The epoch is bound when an intent is deferred: one queued before this store led is fenced."""
+    store.defer(i.Audit(NOW, "root", "run", "j", "ok"))
+    await leading(store)
+    with pytest.raises(FencedError):
+        await store.flush()
 
 
 async def test_a_catalog_rewrite_after_a_takeover_is_fenced(backend: Backend, store: Store) -> None:
@@ -219,47 +317,98 @@ async def test_a_failed_commit_keeps_its_deferred_intents_for_the_next(backend: 
     assert run is not None and (run.state, run.exit_code) == (RunState.FAILED, 4)
 
 
+async def test_taking_leadership_while_another_writer_holds_the_lock_is_retryable(
+    backend: Backend, store: Store
+) -> None:
+    with backend.hold_write_lock(), pytest.raises(StoreRetryableError, match="locked by another writer"):
+        await store.take_leadership(claim())
+    assert store.epoch == 0
+    assert await store.take_leadership(claim()) == (1, LeaderRow(0, None, None, None, True))
+
+
+async def test_an_intent_the_store_cannot_hold_is_fatal_and_keeps_the_deferred_intents(store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1)])
+    store.defer(i.RunStarted(1, NOW, None))
+    too_big = i.RunFinished(1, RunState.SUCCEEDED, None, 0, NOW, peak_rss=1 << 70)
+    with pytest.raises(StoreFatalError, match=r"(?i)cannot store run_?finished"):
+        await store.commit([too_big])
+    run = await store.run(1)
+    assert run is not None and run.state == RunState.PENDING  # rolled back: the start with it
+    await store.flush()
+    run = await store.run(1)
+    assert run is not None and run.state == RunState.RUNNING
+
+
+async def test_a_closed_store_writes_and_reads_nothing(store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1)])
+    assert store.is_open and store.file_lost() is None and not store.abandoned
+    await store.close()
+    assert not store.is_open and not store.abandoned
+    with pytest.raises(StoreError, match="closed"):
+        await store.commit([i.RunStarted(1, NOW, None)])
+    with pytest.raises(StoreError, match="closed"):
+        await store.open_runs()
+
+
 # ---------------------------------------------------------------- the SQLite backend's own
 
 
-def test_the_open_states_spelled_out_in_the_sqlite_statements_are_the_models() -> None:
-    """queries.sql and schema.sql spell the open states out (so the partial index applies): the same set."""
+def test_the_states_spelled_out_in_the_sqlite_statements_are_the_models() -> None:
+    """queries.sql and schema.sql spell state sets out (so the partial index applies): each list is the
+    model's open states, or, for a conditional update, the states the memory backend moves it from."""
+    from engine.store import memory
     from engine.store.sqlite import queries
+    from engine.store.sqlite.queries import QUERIES
 
-    folder = Path(queries.__file__).parent
-    text = (folder / "queries.sql").read_text() + (folder / "schema.sql").read_text()
-    spelled = re.findall(r"state (?:NOT )?IN \(([^)]*)\)", text)
-    full = {frozenset(re.findall(r"'(\w+)'", group)) for group in spelled if group.count("'") >= 8}
-    assert full == {frozenset(OPEN_STATES)}
+    narrower = {
+        "run_started": memory._STARTABLE,
+        "run_started_clear_reason": memory._STARTABLE,
+        "start_restated": memory._STARTED,
+        "run_waiting": memory._WAITABLE,
+    }
+    schema = (Path(queries.__file__).parent / "schema.sql").read_text()
+    statements = [*QUERIES.items(), ("schema.sql", schema)]
+    spelled = {
+        (name, frozenset(re.findall(r"'(\w+)'", group)))
+        for name, sql in statements
+        for group in re.findall(r"state (?:NOT )?IN \(([^)]*)\)", sql)
+    }
+    assert {name for name, _ in spelled} >= {"open_runs", "prunable_runs", "schema.sql", *narrower}
+    assert {(name, states) for name, states in spelled if states != narrower.get(name, frozenset(OPEN_STATES))} == set()
 
 
-def test_sqlite_reader_keyset_pages_stay_stable_while_inserts_land(tmp_path: Path) -> None:
+async def test_sqlite_reader_keyset_pages_stay_stable_while_inserts_land(tmp_path: Path) -> None:
     """A page reached by `before_id` shows the same runs however many newer ones arrive, and the
     window's position and total follow the new ones (the dashboard's runs view)."""
-    from engine.clock import iso
     from engine.paths import StatePaths
-    from engine.store.sqlite.db import connect
+    from engine.store import StoreReader
+    from engine.store.sqlite.ledger import Ledger
     from engine.store.sqlite.reader import SqliteReader
 
     paths = StatePaths(tmp_path / "state")
-    conn = connect(paths)
-    conn.execute("UPDATE leader SET epoch = 1 WHERE id = 1")
+    ledger = Ledger(paths)
+    await ledger.open()
+    await leading(ledger)
 
-    def insert(ids: range) -> None:
-        conn.executemany(
-            "INSERT INTO runs (id, job, scheduled_for, state, trigger, epoch, writer_epoch, created_at) "
-            "VALUES (?, ?, ?, 'succeeded', 'schedule', 1, 1, ?)",
-            [(n, "a" if n % 2 else "b", iso(NOW + timedelta(seconds=n)), iso(NOW)) for n in ids],
+    async def insert(ids: range) -> None:
+        at = [NOW + timedelta(seconds=n) for n in ids]
+        await ledger.commit(
+            [
+                fire(n, job="a" if n % 2 else "b", at=t, state=RunState.SUCCEEDED, ended_at=t)
+                for n, t in zip(ids, at, strict=True)
+            ]
         )
 
-    insert(range(1, 26))
-    reader = SqliteReader(paths)
+    await insert(range(1, 26))
+    reader: StoreReader = SqliteReader(paths)
     try:
         first = reader.runs_window(limit=10)
         assert [r.id for r in first.runs] == list(range(25, 15, -1)) and (first.newer, first.total) == (0, 25)
         second = reader.runs_window(limit=10, before_id=16, count_base=first.count_base)
         assert [r.id for r in second.runs] == list(range(15, 5, -1)) and (second.newer, second.total) == (10, 25)
-        insert(range(26, 31))
+        await insert(range(26, 31))
         again = reader.runs_window(limit=10, before_id=16, count_base=second.count_base)
         assert [r.id for r in again.runs] == [r.id for r in second.runs]
         assert (again.newer, again.total) == (15, 30)
@@ -267,4 +416,27 @@ def test_sqlite_reader_keyset_pages_stay_stable_while_inserts_land(tmp_path: Pat
         assert [r.id for r in of_a.runs] == [15, 13, 11, 9, 7] and (of_a.newer, of_a.total) == (7, 15)
     finally:
         reader.close()
-        conn.close()
+        await ledger.close()
+
+
+def test_the_sqlite_readers_and_connections_run_only_named_statements() -> None:
+    """Every query and read transaction of reader.py and db.py is a named statement of queries.sql;
+    only the writer's own transaction control and connection pragmas are spelled in place."""
+    import ast
+
+    from engine.store.sqlite import db, reader
+    from engine.store.sqlite.queries import QUERIES
+
+    in_place = re.compile(r"(PRAGMA |BEGIN IMMEDIATE$|COMMIT$|ROLLBACK$)")
+    unnamed: list[str] = []
+    for module in (db, reader):
+        for node in ast.walk(ast.parse(Path(module.__file__ or "").read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args):
+                continue
+            first = node.args[0]
+            text = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+            if node.func.attr == "execute" and text is not None and not in_place.match(text):
+                unnamed.append(f"{module.__name__}: execute({text!r})")
+            if node.func.attr in {"_plain", "_rows", "_scalar"} and text is not None and text not in QUERIES:
+                unnamed.append(f"{module.__name__}: {node.func.attr}({text!r})")
+    assert unnamed == []

@@ -21,8 +21,8 @@ The package, lowest layer first (each module imports only those above it):
     routes.py     AgentApp: the plain ASGI app (auth, a name → route table, JSON bodies)
     serve.py      serve_agent: options, token file, TLS, listening (uvicorn)
 
-It may import engine.agents.protocol (the wire format), engine.exec, engine.store.sqlite.queries
-(the loader), engine.paths, engine.clock, engine.ids and engine.errors; never the scheduler, the
+It may import engine.agents.protocol (the wire format), engine.exec, engine.sqlfile
+(the named-query loader), engine.paths, engine.clock, engine.ids and engine.errors; never the scheduler, the
 dispatcher or the ledger. This module re-exports what the CLI (serve_agent) and the tests use.
 """
 

@@ -2,8 +2,8 @@
 
 It is written *before* a job is launched, so a run the agent accepted is never lost and never started
 twice, and it keeps the highest epoch any scheduler has shown the agent. Its SQL is in journal.sql
-beside it, by name. May import engine.clock, engine.errors, engine.ids, engine.store.sqlite.queries
-(the loader), engine.agents.protocol (run states) and the server's refusals.
+beside it, by name. May import engine.clock, engine.errors, engine.ids, engine.sqlfile
+(the named-query loader), engine.agents.protocol (run states) and the server's refusals.
 """
 
 from __future__ import annotations

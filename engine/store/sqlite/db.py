@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
 from engine.paths import StatePaths
+from engine.store.sqlite.queries import QUERIES
 
 log = logging.getLogger("vigil.db")
 
@@ -171,7 +172,7 @@ def _close_failed(conn: sqlite3.Connection | None, exc: Exception, path: Path) -
 
 
 def tables_of(conn: sqlite3.Connection) -> set[str]:
-    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {row[0] for row in conn.execute(QUERIES["table_names"])}
 
 
 def foreign_message(path: Path, tables: set[str]) -> str:

@@ -37,7 +37,7 @@ from engine.store.health import StoreHealth
 from engine.store.intents import CleanStop, Intent, NewRun
 from engine.store.sqlite.db import BUSY_TIMEOUT_MS, PRAGMAS, connect, rollback_quietly, store_error
 from engine.store.sqlite.queries import QUERIES
-from engine.store.sqlite.rows import leader_of, run_of
+from engine.store.sqlite.rows import leader_of, run_of, state_of
 from engine.store.sqlite.statements import bind
 
 Params = Sequence[Any] | dict[str, Any]
@@ -66,13 +66,26 @@ def _transaction(
     try:
         existing = {row[0] for row in conn.execute(*check)} if check is not None else set()
         for sql, params_list in groups:
-            conn.executemany(sql, params_list)
+            try:
+                conn.executemany(sql, params_list)
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # a value sqlite3 cannot bind (an int beyond 64 bits): a bug
+                raise StoreFatalError(f"state database: cannot store {_statement_name(sql)}: {exc}") from exc
         found = [row for row in conn.execute(*check) if row[0] not in existing] if check is not None else []
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
         raise
     return found
+
+
+_STATEMENT_NAMES = {sql: name for name, sql in QUERIES.items()}
+
+
+def _statement_name(sql: str) -> str:
+    """The named statement (the intent's kind) `sql` is, for an error message."""
+    return _STATEMENT_NAMES.get(sql) or " ".join(sql.split()[:3])
 
 
 def _checkpoint(conn: sqlite3.Connection, file_is_ours: Callable[[], bool]) -> None:
@@ -323,7 +336,7 @@ class Ledger:
 
     async def run_states(self, run_ids: Sequence[int]) -> dict[int, RunState]:
         rows = await self.query(QUERIES["run_states"], {"run_ids": json.dumps(list(run_ids))})
-        return {int(row["id"]): RunState(row["state"]) for row in rows}
+        return {int(row["id"]): state_of(row["state"]) for row in rows}
 
     async def prunable_runs(self, cutoff: datetime) -> list[int]:
         return [int(row[0]) for row in await self.query(QUERIES["prunable_runs"], {"cutoff": iso(cutoff)})]
@@ -372,9 +385,10 @@ class Ledger:
                 return []
             try:
                 return await self._run_batch(batch, check)
-            except StoreError:
-                # Rolled back: the deferred updates (a run's start, a kill request) must not be
-                # lost with it; they go first into the next attempt.
+            except Exception:
+                # Rolled back, whatever the error: the deferred updates (a run's start, a kill
+                # request) must not be lost with it; they go first into the next attempt. (Not on
+                # cancellation: the transaction may still commit on the writer thread.)
                 self._pending = deferred + self._pending
                 self._flush_wanted.set()
                 raise

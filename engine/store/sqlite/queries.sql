@@ -185,6 +185,18 @@ ORDER BY id;
 -- A reader's connection refuses every write
 PRAGMA query_only=ON;
 
+-- table_names --
+-- The tables a database file has (a Vigil database, an older one, or something else)
+SELECT name FROM sqlite_master WHERE type = 'table';
+
+-- begin_read --
+-- One read transaction: a runs window's page and counts see the same instant
+BEGIN;
+
+-- end_read --
+-- The end of a read transaction
+COMMIT;
+
 -- runs_page --
 -- A page of runs, newest first, from id :last down
 SELECT * FROM runs WHERE id <= :last ORDER BY id DESC LIMIT :limit;

@@ -5,14 +5,13 @@ transaction open across calls, so readers never pin the WAL or slow the schedule
 a StoreError naming the database, never a traceback.
 
 Imports only `sqlite3` and the store's own modules: `vigil runs --json` comes through here, so this
-stays light (no aiosqlite, no config parser).
+stays light (no writer thread, no config parser). `SqliteReader` implements `engine.store.StoreReader`.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
 from typing import Any
 
 from engine.clock import parse_iso
@@ -20,22 +19,13 @@ from engine.errors import NotFoundError, StoreError
 from engine.ids import as_row_id
 from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, LeaderRow, Run
 from engine.paths import StatePaths
+from engine.store import RunsWindow
 from engine.store.sqlite.db import connect, store_error
 from engine.store.sqlite.queries import QUERIES
 from engine.store.sqlite.rows import leader_of, required_time, run_of
 
 #: SQLite's integer range: a count or page bound that excludes nothing.
 _LOWEST, _HIGHEST = -(1 << 63), (1 << 63) - 1
-
-
-@dataclass(frozen=True)
-class RunsWindow:
-    """One page of runs and where it sits among all matching runs, read at one instant."""
-
-    runs: list[Run]  #: newest first
-    newer: int  #: matching runs newer than the page: its first row is number `newer + 1`
-    total: int  #: matching runs in all (never fewer than the page and those before it)
-    count_base: tuple[int, int]  #: (anchor id, matching runs up to it): pass back to skip a full count
 
 
 def _filtered(base: str, job: str | None, state: str | None) -> str:
@@ -76,9 +66,10 @@ class SqliteReader:
         rows = self._rows(name, params)
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
-    def _plain(self, statement: str) -> None:
+    def _plain(self, name: str) -> None:
+        """A statement with no rows (transaction control)."""
         try:
-            self.conn.execute(statement)
+            self.conn.execute(QUERIES[name])
         except sqlite3.Error as exc:
             raise store_error(exc, self.paths.db) from exc
 
@@ -122,7 +113,7 @@ class SqliteReader:
         def count(low: int, high: int) -> int:
             return self._scalar(counted, {"job": job, "state": state, "low": low, "high": high})
 
-        self._plain("BEGIN")
+        self._plain("begin_read")
         try:
             rows = self.runs(job=job, state=state, limit=limit, before_id=before_id)
             newer = count(before_id, _HIGHEST) if before_id is not None else 0
@@ -131,7 +122,7 @@ class SqliteReader:
                 count_base = (anchor, count(_LOWEST, anchor))
             total = count_base[1] + count(count_base[0] + 1, _HIGHEST)
         finally:
-            self._plain("COMMIT")
+            self._plain("end_read")
         # Runs pruned since the full count leave `total` a little high until the next one, never low.
         return RunsWindow(rows, newer, max(total, newer + len(rows)), count_base)
 

@@ -1,13 +1,21 @@
-"""Stored rows as the engine's typed records."""
+"""Stored rows as the engine's typed records.
+
+A run row this version cannot fully read (a state written by a newer Vigil, a time someone edited)
+still reads as a Run: one damaged row must never blank a whole listing (`vigil runs`, the
+dashboard) or stop the active. What could not be read is said in the run's reason.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+from datetime import UTC, datetime
 
 from engine.clock import parse_iso
 from engine.errors import StoreError
 from engine.model import LeaderRow, Run, RunState
+
+#: What an unreadable run time reads as when no other time of the row is readable either.
+UNREADABLE_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def required_time(row: sqlite3.Row, column: str) -> datetime:
@@ -18,18 +26,51 @@ def required_time(row: sqlite3.Row, column: str) -> datetime:
     return when
 
 
+def state_of(stored: object) -> RunState:
+    """A stored run state; one this version does not know (a newer Vigil wrote it) reads as UNKNOWN."""
+    try:
+        return RunState(str(stored))
+    except ValueError:
+        return RunState.UNKNOWN
+
+
+def _time(value: object) -> datetime | None:
+    """A stored run time, or None when it is not one `clock.iso` writes (not text, no zone)."""
+    when = parse_iso(value) if isinstance(value, str) else None
+    return when if when is not None and when.tzinfo is not None else None
+
+
 def run_of(row: sqlite3.Row) -> Run:
-    """A `runs` row (all columns) as a Run."""
+    """A `runs` row (all columns) as a Run, whatever its state and times say.
+
+    - A state this version does not know reads as `RunState.UNKNOWN` (its outcome cannot be told:
+      never re-run, never listed as open), and the reason says what was stored.
+    - An unreadable `scheduled_for` or `created_at` reads as the row's other one (a fire's row is
+      created at about its scheduled time), or as 1970-01-01 UTC (`UNREADABLE_TIME`) when neither
+      is readable, so the row sorts last by time; the reason says what was stored.
+    """
+    notes: list[str] = []
+    state = state_of(row["state"])
+    if state.value != row["state"]:
+        notes.append(f"stored state {row['state']!r} is not one this version of Vigil knows")
+    scheduled_for = _time(row["scheduled_for"])
+    created_at = _time(row["created_at"])
+    for column, when in (("scheduled_for", scheduled_for), ("created_at", created_at)):
+        if when is None:
+            notes.append(f"stored {column} {row[column]!r} is not a time")
+    reason = row["reason"]
+    if notes:
+        reason = "; ".join(notes + ([reason] if reason else []))
     return Run(
         id=int(row["id"]),
         job=row["job"],
-        scheduled_for=required_time(row, "scheduled_for"),
+        scheduled_for=scheduled_for or created_at or UNREADABLE_TIME,
         attempt=int(row["attempt"]),
-        state=RunState(row["state"]),
+        state=state,
         trigger=row["trigger"],
         epoch=int(row["epoch"]),
-        created_at=required_time(row, "created_at"),
-        reason=row["reason"],
+        created_at=created_at or scheduled_for or UNREADABLE_TIME,
+        reason=reason,
         not_before=parse_iso(row["not_before"]),
         started_at=parse_iso(row["started_at"]),
         ended_at=parse_iso(row["ended_at"]),
