@@ -22,7 +22,8 @@ from engine.control import ControlClient
 from engine.errors import ConfigError, ControlError
 from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, Run, to_json
 from engine.paths import StatePaths
-from engine.store.sqlite.reader import RunsWindow, SqliteReader
+from engine.store import RunsWindow
+from engine.store.sqlite.reader import SqliteReader
 from engine.text import escape  # for readers that show user text (names, reasons) in a terminal
 
 if TYPE_CHECKING:  # engine.config imports croniter: only readers of job files pay for it
