@@ -171,7 +171,7 @@ class ControlServer:
                 await asyncio.wait(pending, timeout=0.5)
 
     def _can_audit(self) -> bool:
-        ledger = self.scheduler.ledger
+        ledger = self.scheduler.store
         return ledger.is_open and ledger.file_lost() is None
 
     def _audit_refusal(self, user: str, refused: str, line: bytes) -> None:
@@ -189,7 +189,7 @@ class ControlServer:
             return
         op, target = _request_summary(line)
         log.warning("refused %s from %s: %s", op, user, refused)
-        self.scheduler.ledger.defer(Audit(self.clock.now(), user, op, target, f"refused: {refused}"))
+        self.scheduler.store.defer(Audit(self.clock.now(), user, op, target, f"refused: {refused}"))
 
     def write_refusal_summary(self) -> None:
         if self._refusal_timer is not None:
@@ -201,7 +201,7 @@ class ControlServer:
         user, text = summary
         log.warning("%s", text)
         if self._can_audit():
-            self.scheduler.ledger.defer(Audit(self.clock.now(), user, "?", "", text))
+            self.scheduler.store.defer(Audit(self.clock.now(), user, "?", "", text))
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         data = encode(message)

@@ -179,7 +179,7 @@ class Node:
             previous = await scheduler.take_leadership(pid=self.pid, starttime=self.starttime, cause=cause)
         except BaseException:
             # Nothing serves yet; the ledger's thread would keep the process (and the lock) alive.
-            await scheduler.ledger.close()
+            await scheduler.store.close()
             self.lock.release()
             raise
         now = self.clock.now()
@@ -204,14 +204,14 @@ class Node:
             if takeover.cause != TakeoverCause.START:
                 gap_ms = None if takeover.gap_started is None else (time.time() - takeover.gap_started) * 1000
                 failover = Failover(now, takeover.from_pid or previous.pid, self.pid, takeover.cause, gap_ms)
-                await scheduler.ledger.commit([failover])
+                await scheduler.store.commit([failover])
                 log.warning("took over from pid %s (%s)", takeover.from_pid, takeover.cause)
             reason = StopReason(await scheduler.run())
             started = True
         finally:
             for task in tasks:
                 task.cancel()
-            await scheduler.ledger.close()  # run() closed it, unless the start failed (its thread would block exit)
+            await scheduler.store.close()  # run() closed it, unless the start failed (its thread would block exit)
             scheduler.high_water.close()
             if scheduler.stop_reason == StopReason.SWITCHOVER:
                 await server.broadcast({"handover": {"pid": self.pid, "epoch": scheduler.epoch, "at": time.time()}})
@@ -226,11 +226,11 @@ class Node:
             # the -shm file at that path until the process exits, which it does now; a standby that
             # opened the path before would trust a stale wal-index. So the leader lock is kept too:
             # exit releases both.
-            if not scheduler.ledger.abandoned and (not started or scheduler.fatal is not None):
+            if not scheduler.store.abandoned and (not started or scheduler.fatal is not None):
                 self.lock.release()  # the process ends (exit != 0): it holds nothing meanwhile
         if scheduler.fatal is not None:
             raise scheduler.fatal
-        lost = scheduler.ledger.lost_error() if scheduler.ledger.abandoned else None
+        lost = scheduler.store.lost_error() if scheduler.store.abandoned else None
         if lost is not None:
             raise lost  # found while stopping: this process still ends, it cannot serve again
         if reason in (StopReason.FENCED, StopReason.LOCK_LOST):
@@ -308,12 +308,12 @@ class Node:
         if not standbys:
             return error_reply("switch-over refused: no standby is connected to take over")
         scheduler = self.scheduler
-        if scheduler is not None and scheduler.ledger.health.failing:
-            fault = scheduler.ledger.health.fault
+        if scheduler is not None and scheduler.store.health.failing:
+            fault = scheduler.store.health.fault
             return error_reply(f"{fault}; try again when it is writable", ErrorKind.UNWRITABLE)
         if scheduler is not None:
             user = str(args.get("user", "?"))
-            await scheduler.ledger.commit([Audit(self.clock.now(), user, "switchover", str(self.pid), "ok")])
+            await scheduler.store.commit([Audit(self.clock.now(), user, "switchover", str(self.pid), "ok")])
             asyncio.get_running_loop().call_soon(scheduler.request_stop, StopReason.SWITCHOVER)
         return {"ok": True, "from_pid": self.pid, "standbys": [info.pid for info in standbys]}
 

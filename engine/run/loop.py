@@ -103,12 +103,6 @@ class Scheduler:
         return self.store.epoch
 
     @property
-    def ledger(self) -> Ledger:
-        """The SQLite store, for the HA node's few direct uses (until it speaks to `store` alone)."""
-        assert isinstance(self.store, Ledger)
-        return self.store
-
-    @property
     def settings(self) -> Settings:
         return self.planner.settings
 

@@ -12,6 +12,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ import httpx
 import pytest
 
 from engine.agents.server import AgentApp, AgentService
+from engine.model import RunState
 from engine.paths import StatePaths
 from engine.run.scheduler import Scheduler
+from engine.store.intents import NewRun
 
 Rule = Callable[[httpx.Request, Callable[[], Awaitable[httpx.Response]]], Awaitable[httpx.Response]]
 
@@ -135,16 +138,9 @@ async def test_a_result_read_before_the_takeover_registers_the_run_is_still_reco
     old = Scheduler(cluster.paths, cluster.jobs)
     await old.take_leadership(pid=1, starttime=1, cause="start")
     scheduled = "2030-01-01T00:00:00.000000+00:00"
-    await old.ledger.write(
-        [
-            (
-                "INSERT INTO runs (id, job, scheduled_for, attempt, state, trigger, epoch, writer_epoch, "
-                "created_at, agent) VALUES (1, 'remote', ?, 1, 'running', 'manual', 1, 1, ?, 'a1')",
-                (scheduled, scheduled),
-            )
-        ]
-    )
-    await old.ledger.close()
+    when = datetime.fromisoformat(scheduled)
+    await old.store.commit([NewRun(1, "remote", when, 1, RunState.RUNNING, "manual", when, agent="a1")])
+    await old.store.close()
     code, _ = cluster.agent.dispatch(
         {"run_id": 1, "epoch": 1, "job": "remote", "scheduled_for": scheduled, "attempt": 1, "command": "echo hi"}
     )
@@ -263,7 +259,7 @@ async def test_a_deposed_schedulers_collector_cannot_finish_or_ack_a_run(cluster
     [row] = [r for r in rows(cluster.paths) if r["id"] == run_id]
     assert row["state"] == "running" and row["writer_epoch"] == 1
     assert cluster.agent.journal.get(run_id)["acked_at"] is None  # still there for the new active
-    await newer.ledger.close()
+    await newer.store.close()
 
 
 # ------------------------------------------------------------------------------------ review 9, #8

@@ -19,8 +19,10 @@ import pytest
 
 from engine.errors import FencedError
 from engine.exec.procs import flock_holders, starttime
+from engine.model import RunState
 from engine.paths import StatePaths
 from engine.store import LeaderClaim
+from engine.store.intents import Audit, NewRun, Paused, RunFinished
 from engine.store.sqlite.db import connect
 from engine.store.sqlite.ledger import Ledger
 from tests.helpers import Up, runs, vigil, vigil_json, wait_for, write_job
@@ -145,27 +147,22 @@ def test_hung_active_is_killed_and_replaced(start_up, state_dir: Path, jobs_dir:
 
 async def test_a_deposed_process_cannot_write(tmp_path: Path) -> None:
     paths = StatePaths(tmp_path / "state")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     old = Ledger(paths)
     await old.open()
-    await old.take_leadership(LeaderClaim(1, 1, datetime.fromisoformat("2026-01-01T00:00:00+00:00")))
-    await old.write([("UPDATE leader SET clean_stop = 0 WHERE id = 1", ())])
+    await old.take_leadership(LeaderClaim(1, 1, start))
+    await old.commit([Paused("j", False)])  # writes while it leads
     new = Ledger(paths)
     await new.open()
-    await new.take_leadership(LeaderClaim(2, 2, datetime.fromisoformat("2026-01-01T00:00:01+00:00")))
-    row = {
-        "id": 1, "job": "j", "scheduled_for": "2026-01-01T00:00:00.000000+00:00", "attempt": 1,
-        "state": "launching", "reason": None, "trigger": "schedule", "epoch": old.epoch,
-        "writer_epoch": old.epoch, "created_at": "2026-01-01T00:00:00.000000+00:00",
-    }  # fmt: skip
+    await new.take_leadership(LeaderClaim(2, 2, start + timedelta(seconds=1)))
+    fire = NewRun(1, "j", start, 1, RunState.LAUNCHING, "schedule", start)
     with pytest.raises(FencedError):
-        await old.insert_runs([row])
+        await old.commit([fire])
     with pytest.raises(FencedError):
-        await old.write([("INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES "
-                          "('x', 'u', 'run', 'j', 'ok', ?)", (old.epoch,))])  # fmt: skip
-    ids = await new.insert_runs([{**row, "epoch": new.epoch, "writer_epoch": new.epoch}])
-    assert ids == {1}
+        await old.commit([Audit(start, "u", "run", "j", "ok")])
+    assert await new.commit([fire]) == {1}
     with pytest.raises(FencedError):
-        await old.write([("UPDATE runs SET state = 'failed', writer_epoch = ? WHERE id = 1", (old.epoch,))])
+        await old.commit([RunFinished(1, RunState.FAILED, None, 1, start)])
     conn = connect(paths)
     assert conn.execute("SELECT state FROM runs WHERE id = 1").fetchone()[0] == "launching"
     await old.close()

@@ -13,12 +13,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from engine.store import LeaderClaim
+from engine.store.intents import Audit
 from tests.helpers import Up, exit_recorded, runs, vigil, vigil_json, wait_for, write_job
 
 FAST = '[scheduler]\nheartbeat_interval = "100ms"\nheartbeat_timeout = "1s"\nlog_cap = "10MB"\n'
@@ -539,7 +540,7 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
     paths = StatePaths(state_dir)
     scheduler = Scheduler(paths, jobs_dir, clock=clock)
     await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
-    await scheduler.ledger.query("PRAGMA busy_timeout=20")  # a test does not wait 5 s per write
+    await scheduler.store.query("PRAGMA busy_timeout=20")  # a test does not wait 5 s per write
     await scheduler.prepare()
     holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
     try:
@@ -549,23 +550,23 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
         holder.execute("BEGIN IMMEDIATE")
         for _ in range(3):  # 03:00:02 .. 03:00:04 fall due while another writer holds the lock
             clock.advance(1)
-            scheduler.ledger.health.retry_at = 0.0  # a test does not wait out the backoff
+            scheduler.store.health.retry_at = 0.0  # a test does not wait out the backoff
             await scheduler.iterate()
-            assert scheduler.ledger.health.failing
+            assert scheduler.store.health.failing
             # Nothing launched or tracked without its row.
             assert set(scheduler.table.runs) <= first_runs and scheduler.planner.next_id == 2
         holder.execute("ROLLBACK")
-        scheduler.ledger.health.retry_at = 0.0
+        scheduler.store.health.retry_at = 0.0
         await scheduler.iterate()
-        assert not scheduler.ledger.health.failing
-        rows = await scheduler.ledger.query(
+        assert not scheduler.store.health.failing
+        rows = await scheduler.store.query(
             "SELECT id, scheduled_for, state, reason FROM runs WHERE job = 'tick' ORDER BY scheduled_for"
         )
     finally:
         holder.close()
         if scheduler.local is not None:
             await scheduler.local.aclose()
-        await scheduler.ledger.close()
+        await scheduler.store.close()
     seconds = [r["scheduled_for"][17:19] for r in rows]
     assert seconds == ["01", "02", "03", "04"]  # every fire once
     states = {r["scheduled_for"][17:19]: r["state"] for r in rows}
@@ -587,7 +588,7 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
     clock = FakeClock(datetime(2026, 11, 29, 3, 0, 0, 500000, tzinfo=UTC))
     scheduler = Scheduler(StatePaths(state_dir), jobs_dir, clock=clock)
     await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
-    await scheduler.ledger.query("PRAGMA busy_timeout=20")
+    await scheduler.store.query("PRAGMA busy_timeout=20")
     await scheduler.prepare()
     holder = sqlite3.connect(state_dir / "vigil.db", isolation_level=None)
     try:
@@ -601,7 +602,7 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
         refused = asyncio.ensure_future(scheduler.command("run", {"job": "slow", "user": "t"}))
         await asyncio.sleep(0)
         await scheduler.iterate()  # the write fails: backing off from now on
-        assert scheduler.ledger.health.wait(time.monotonic()) > 0
+        assert scheduler.store.health.wait(time.monotonic()) > 0
         assert "locked by another writer" in (await refused)["error"]
         assert set(scheduler.table.runs) == {run_id}  # the refused run was not started
         clock.advance(2)  # past the deadline, still backing off
@@ -611,7 +612,7 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
         holder.close()
         if scheduler.local is not None:
             await scheduler.local.aclose()
-        await scheduler.ledger.close()
+        await scheduler.store.close()
 
 
 async def test_writes_queued_behind_a_locked_write_do_not_each_wait_a_busy_timeout(state_dir: Path) -> None:
@@ -630,14 +631,14 @@ async def test_writes_queued_behind_a_locked_write_do_not_each_wait_a_busy_timeo
             LeaderClaim(os.getpid(), None, datetime.fromisoformat("2026-11-29T03:00:00+00:00"))
         )
         holder.execute("BEGIN IMMEDIATE")
-        sql = "INSERT INTO audit (at, os_user, action, target, result, writer_epoch) VALUES ('t', 'u', 'a', '', '', 1)"
+        audit = Audit(datetime(2026, 11, 29, 3, tzinfo=UTC), "u", "a", "", "")
         started = time.monotonic()
-        results = await asyncio.gather(*(ledger.write([(sql, ())]) for _ in range(3)), return_exceptions=True)
+        results = await asyncio.gather(*(ledger.commit([audit]) for _ in range(3)), return_exceptions=True)
         took = time.monotonic() - started
         assert all(isinstance(r, StoreRetryableError) for r in results), results
         assert took < 1.6, f"three queued writes took {took:.1f}s for one busy timeout of 1s"
         holder.execute("ROLLBACK")
-        await ledger.write([(sql, ())])  # writable again: nothing sticks
+        await ledger.commit([audit])  # writable again: nothing sticks
         (count,) = await ledger.query("SELECT COUNT(*) FROM audit")
         assert count[0] == 1
     finally:

@@ -20,8 +20,10 @@ import pytest
 from engine.clock import FakeClock
 from engine.exec.fake import FakeExecutor
 from engine.exec.port import RunContext
+from engine.model import RunState
 from engine.paths import StatePaths
 from engine.run.scheduler import Scheduler
+from engine.store.intents import NewRun
 from tests.helpers import write_job
 
 START = datetime(2026, 11, 29, 2, 59, 59, 500000, tzinfo=UTC)
@@ -48,8 +50,8 @@ class Harness:
         for executor in (self.s.local, self.s.agents):
             if executor is not None:
                 await executor.aclose()
-        await self.s.ledger.flush()
-        await self.s.ledger.close()
+        await self.s.store.flush()
+        await self.s.store.close()
         self.s = None
 
     async def tick(self, seconds: float = 0.0) -> None:
@@ -57,7 +59,7 @@ class Harness:
         if seconds:
             self.clock.advance(seconds)
         await self.s.iterate()
-        await self.s.ledger.flush()
+        await self.s.store.flush()
 
     async def rescan(self) -> None:
         assert self.s is not None
@@ -68,7 +70,7 @@ class Harness:
 
     async def runs(self, job: str = "j") -> list[dict[str, Any]]:
         assert self.s is not None
-        rows = await self.s.ledger.query("SELECT * FROM runs WHERE job = ? ORDER BY id", (job,))
+        rows = await self.s.store.query("SELECT * FROM runs WHERE job = ? ORDER BY id", (job,))
         return [dict(r) for r in rows]
 
 
@@ -111,9 +113,9 @@ async def test_after_the_clock_goes_back_fires_continue_on_the_new_wall_time(har
     h.clock.set(h.clock.now() - timedelta(hours=1))  # 02:00:10
     await h.tick()
     # `vigil jobs` reads the catalog: its next fire is on the new timeline, not an hour ahead.
-    catalog = await s.ledger.query("SELECT next_fire FROM jobs WHERE name = 'j'")
+    catalog = await s.store.query("SELECT next_fire FROM jobs WHERE name = 'j'")
     assert catalog[0]["next_fire"] == at(2, 0, 20)
-    state = await s.ledger.query("SELECT last_fire FROM job_state WHERE job = 'j'")
+    state = await s.store.query("SELECT last_fire FROM job_state WHERE job = 'j'")
     assert datetime.fromisoformat(state[0]["last_fire"]) <= h.clock.now()
     for _ in range(3):
         await h.tick(10)
@@ -181,15 +183,8 @@ async def test_caught_up_fires_queued_behind_a_fire_time_that_already_ran_still_
     h.finish(h.executor.launched[-1])
     await h.tick()
     # 03:00:01 already has a run (written by an active whose clock was ahead).
-    await s.ledger.write(
-        [
-            (
-                "INSERT INTO runs (id, job, scheduled_for, attempt, state, trigger, epoch, writer_epoch, created_at) "
-                "VALUES (100, 'j', ?, 1, 'succeeded', 'schedule', ?, ?, ?)",
-                (at(3, 0, 1), s.epoch, s.epoch, at(3, 0, 0)),
-            )
-        ]
-    )
+    fire, created = datetime.fromisoformat(at(3, 0, 1)), datetime.fromisoformat(at(3, 0, 0))
+    await s.store.commit([NewRun(100, "j", fire, 1, RunState.SUCCEEDED, "schedule", created, ended_at=created)])
     h.clock.advance(3.0)  # a stall: 03:00:01 .. 03:00:03 fall due together
     for _ in range(4):
         await h.tick()
@@ -217,7 +212,7 @@ async def test_a_restart_after_the_clock_went_back_fires_from_the_new_wall_time(
     caplog.set_level(logging.WARNING, "vigil.scheduler")
     real = harness(START + timedelta(minutes=1))  # the real clock, two hours behind the stored last fire
     s = await real.start()
-    catalog = await s.ledger.query("SELECT next_fire FROM jobs WHERE name = 'j'")
+    catalog = await s.store.query("SELECT next_fire FROM jobs WHERE name = 'j'")
     assert catalog[0]["next_fire"] == at(3, 1, 0)  # what `vigil jobs` shows: the next second, not 2 h on
     for _ in range(3):
         await real.tick(1)
@@ -260,7 +255,7 @@ async def test_timeouts_and_durations_use_the_monotonic_clock(harness) -> None:
     assert h.executor.killed == []
     h.clock.set(h.clock.now() - timedelta(hours=2))  # nor a step back keep it alive past 30 s
     await h.tick()
-    row = (await s.ledger.query("SELECT started_at, deadline FROM runs WHERE id = ?", (run_id,)))[0]
+    row = (await s.store.query("SELECT started_at, deadline FROM runs WHERE id = ?", (run_id,)))[0]
     # While it runs, its start and deadline are shown in the new timeline (no negative durations).
     assert datetime.fromisoformat(row["started_at"]) == h.clock.now() - timedelta(seconds=10)
     assert datetime.fromisoformat(row["deadline"]) == h.clock.now() + timedelta(seconds=20)
@@ -268,7 +263,7 @@ async def test_timeouts_and_durations_use_the_monotonic_clock(harness) -> None:
     assert h.executor.killed == [run_id]
     h.finish(run_id, -9)
     await h.tick()
-    row = (await s.ledger.query("SELECT * FROM runs WHERE id = ?", (run_id,)))[0]
+    row = (await s.store.query("SELECT * FROM runs WHERE id = ?", (run_id,)))[0]
     assert row["state"] == "timed_out"
     took = datetime.fromisoformat(row["ended_at"]) - datetime.fromisoformat(row["started_at"])
     assert abs(took.total_seconds() - 31) < 1.5, (row["started_at"], row["ended_at"])

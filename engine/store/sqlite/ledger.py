@@ -273,6 +273,8 @@ class Ledger:
         await self.commit([CleanStop()])
 
     async def query(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Rows of one read on the writer's connection: the typed reads below use it with named
+        statements; tests use it to look at what was written."""
         if self._lost is not None:
             self._guard()
         try:
@@ -280,12 +282,9 @@ class Ledger:
         except sqlite3.Error as exc:
             raise store_error(exc, self.paths.db) from exc
 
-    def defer(self, intent: Intent | str, params: Params | None = None) -> None:
+    def defer(self, intent: Intent) -> None:
         """Queue a write for the next batch (state updates that need not block the caller)."""
-        if isinstance(intent, str):  # raw SQL: only until every caller speaks in intents
-            self._pending.append((intent, params or ()))
-        else:
-            self._pending.append(bind(intent, self.epoch))
+        self._pending.append(bind(intent, self.epoch))
         self._flush_wanted.set()
 
     async def commit(self, intents: Iterable[Intent]) -> set[int]:
@@ -342,30 +341,7 @@ class Ledger:
         return [int(row[0]) for row in await self.query(QUERIES["prunable_runs"], {"cutoff": iso(cutoff)})]
 
     async def flush(self) -> None:
-        await self.write([])
-
-    async def write(self, statements: Iterable[tuple[str, Params]]) -> None:
-        """One BEGIN IMMEDIATE transaction with the deferred writes plus `statements`."""
-        await self._commit(list(statements))
-
-    async def insert_runs(self, rows: list[dict[str, Any]], extra: Iterable[tuple[str, Params]] = ()) -> set[int]:
-        """Insert run rows (ids chosen by the caller); return the ids that were new.
-
-        A row whose (job, scheduled_for, attempt) already exists is ignored, and its id is not
-        returned: that fire has been handled before and must not launch again.
-        """
-        if not rows:
-            await self.write(extra)
-            return set()
-        columns = list(rows[0])
-        sql = f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-        ids = [row["id"] for row in rows]
-        placeholders = ",".join("?" for _ in ids)
-        found = await self._commit(
-            [*((sql, tuple(r[c] for c in columns)) for r in rows), *extra],
-            check=(f"SELECT id FROM runs WHERE id IN ({placeholders})", ids),
-        )
-        return {int(r[0]) for r in found}
+        await self._commit([])
 
     async def _commit(
         self, statements: list[tuple[str, Params]], check: tuple[str, Params] | None = None
