@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +19,6 @@ import pytest
 
 from engine.clock import FakeClock
 from engine.config import ScanResult
-from engine.errors import StoreRetryableError
 from engine.exec.fake import FakeExecutor
 from engine.exec.port import RunContext, ShimExit
 from engine.model import Catchup, JobSpec, Overlap, RunState, Settings
@@ -29,7 +28,7 @@ from engine.run.planner import Batch, Planner, Trigger
 from engine.run.scheduler import Scheduler
 from engine.run.table import RunTable
 from engine.store import intents as i
-from engine.store.sqlite.ledger import Ledger
+from engine.store.memory import MemoryStore
 from tests.helpers import write_job
 
 START = datetime(2026, 11, 29, 2, 59, 59, 500000, tzinfo=UTC)  # the first 10 s fire is 03:00:00
@@ -227,52 +226,40 @@ def test_a_failed_commit_undoes_the_fires_so_they_come_due_again() -> None:
 # ------------------------------------------------------------------------------------ the loop
 
 
-class FlakyLedger(Ledger):
-    """Fails its next commit (as a locked or full database would) when `fail_next` is set."""
-
-    fail_next = False
-
-    async def commit(self, intents: Iterable[i.Intent]) -> set[int]:
-        if self.fail_next:
-            self.fail_next = False
-            raise StoreRetryableError("busy", "state database is locked (test)")
-        return await super().commit(intents)
-
-
 @dataclass
 class Loop:
     scheduler: Scheduler
-    ledger: FlakyLedger
+    store: MemoryStore
     clock: FakeClock
     executor: FakeExecutor
 
 
 @pytest.fixture
 async def loop(tmp_path: Path) -> AsyncIterator[Loop]:
+    """The whole loop on a fake clock, a FakeExecutor and the in-memory store: no process, no sleep."""
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     write_job(jobs, "j", 'every = "10s"\ncommand = "true"\n')
     clock = FakeClock(START)
-    paths = StatePaths(tmp_path / "state")
-    ledger = FlakyLedger(paths)
+    store = MemoryStore()
     made: list[FakeExecutor] = []
 
     def executor(ctx: RunContext) -> FakeExecutor:
         made.append(FakeExecutor(ctx))
         return made[-1]
 
-    scheduler = Scheduler(paths, jobs, clock=clock, store=ledger, local_executor=executor)
+    scheduler = Scheduler(StatePaths(tmp_path / "state"), jobs, clock=clock, store=store, local_executor=executor)
     await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
     await scheduler.prepare()
-    yield Loop(scheduler, ledger, clock, made[0])
+    yield Loop(scheduler, store, clock, made[0])
     await scheduler.close_executors()
-    await ledger.close()
+    await store.close()
 
 
 async def test_a_fire_whose_row_exists_already_is_never_launched(loop: Loop) -> None:
     # Another active recorded this fire before (the wall clock went back since): the ledger ignores
     # the second row, and the loop does not launch it.
-    await loop.ledger.commit([i.NewRun(99, "j", at(3), 1, RunState.SUCCEEDED, Trigger.SCHEDULE, START, ended_at=START)])
+    await loop.store.commit([i.NewRun(99, "j", at(3), 1, RunState.SUCCEEDED, Trigger.SCHEDULE, START, ended_at=START)])
     loop.clock.advance(0.5)
     await loop.scheduler.iterate()
     assert loop.executor.launched == []
@@ -288,15 +275,15 @@ async def test_a_failed_commit_carries_the_run_ends_and_refires_the_new_work(loo
     (first,) = loop.executor.launched
     loop.executor.finish(first, 0)
     loop.clock.advance(10)
-    loop.ledger.fail_next = True
-    await loop.scheduler.iterate()  # the end of `first` and the 03:00:10 fire: not written
+    with loop.store.database.hold_write_lock():  # another writer holds the lock: nothing is written
+        await loop.scheduler.iterate()  # the end of `first` and the 03:00:10 fire
     assert loop.executor.launched == [first]
-    assert not (await loop.ledger.run(first)).state.terminal  # type: ignore[union-attr]
-    loop.ledger.health.retry_at = 0.0  # a test does not wait out the backoff
+    assert not (await loop.store.run(first)).state.terminal  # type: ignore[union-attr]
+    loop.store.health.retry_at = 0.0  # a test does not wait out the backoff
     await loop.scheduler.iterate()
-    assert (await loop.ledger.run(first)).state is RunState.SUCCEEDED  # type: ignore[union-attr]
+    assert (await loop.store.run(first)).state is RunState.SUCCEEDED  # type: ignore[union-attr]
     assert len(loop.executor.launched) == 2  # the undone fire came due again and ran once
-    second = await loop.ledger.run(loop.executor.launched[1])
+    second = await loop.store.run(loop.executor.launched[1])
     assert second is not None and second.scheduled_for == at(3, 0, 10) and second.id == first + 1
 
 
@@ -316,8 +303,8 @@ async def test_an_unknown_run_or_job_is_refused_as_not_found_and_audited(loop: L
         "error": "no run with id 777",
         "kind": "not_found",
     }
-    audit = await loop.ledger.query("SELECT os_user, action, target, result FROM audit ORDER BY id")
-    assert [tuple(row) for row in audit] == [
+    audit = loop.store.database.tables.audit
+    assert [(a.user, a.action, a.target, a.result) for a in audit] == [
         ("op", "kill", "12345", "refused: run 12345 is not running (it may have ended already)"),
         ("op", "pause", "nope", "refused: no job named 'nope'"),
     ]
@@ -330,9 +317,13 @@ async def test_a_run_its_executor_cannot_start_fails_with_the_reason_and_is_retr
     loop.clock.advance(0.5)
     await loop.scheduler.iterate()  # 03:00:00 is committed, then its launch fails
     await loop.scheduler.iterate()  # the failure (decided mid-commit) and its retry are committed next
-    failed, retry = await loop.ledger.query("SELECT state, reason, attempt FROM runs ORDER BY id")
-    assert tuple(failed) == ("failed", "could not start: workdir /gone: no such directory", 1)
-    assert (retry["state"], retry["attempt"]) == ("pending", 2)
+    failed, retry = sorted(loop.store.database.tables.runs.values(), key=lambda run: run.id)
+    assert (failed.state, failed.reason, failed.attempt) == (
+        RunState.FAILED,
+        "could not start: workdir /gone: no such directory",
+        1,
+    )
+    assert (retry.state, retry.attempt) == (RunState.PENDING, 2)
     loop.executor.refuse = None
     loop.clock.advance(5)
     await loop.scheduler.iterate()
