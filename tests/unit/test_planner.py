@@ -1,9 +1,9 @@
 """Policy unit tests: the planner and the run table on a fake clock. No store, no processes, no sleep.
 
 The planner turns fires, ends and retries into a Batch (intents + launches); these tests read the
-batch as the loop would commit it. The last two drive the whole Scheduler with a FakeExecutor on a
-real SQLite ledger: a fire whose row already exists never launches, and a failed commit undoes new
-work and carries the accounting.
+batch as the loop would commit it. The last ones drive the whole Scheduler with a FakeExecutor on the
+in-memory store: a fire whose row already exists never launches, a failed commit undoes new work and
+carries the accounting, refusals are audited, a launch the executor refuses fails and is retried.
 """
 
 from __future__ import annotations
