@@ -351,7 +351,7 @@ class AgentDispatcher:
         flight.phase = Phase.REPORTED
         self.flights.pop(flight.info.id, None)
         log.warning("run %d: %s (%s)", flight.info.id, state, reason)
-        self.ctx.finished(ShimExit(flight.info.id, None, None, None, None, reason=reason, state=str(state)))
+        self.ctx.finished(ShimExit(flight.info.id, None, None, None, None, reason=reason, state=state))
 
     def _why_down(self, name: str) -> str:
         link = self.links.get(name)
@@ -622,7 +622,7 @@ class AgentDispatcher:
             reason=None if exit_code is not None else f"agent {link.name}: {status.reason or 'outcome unknown'}",
             # Only `failed` is taken from the agent (e.g. "could not start"), as a local run would end;
             # anything else, or an older agent without end_state, stays `unknown`.
-            state=RunState.FAILED.value if exit_code is None and status.failed_without_exit else None,
+            state=RunState.FAILED if exit_code is None and status.failed_without_exit else None,
         )
         flight.phase = Phase.REPORTED
         link.ack_pending.add(info.id)

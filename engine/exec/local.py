@@ -27,6 +27,7 @@ from engine.exec.port import ShimExit
 from engine.exec.procs import GroupState, group_state, signal_group, starttime
 from engine.exec.reconcile import ShimEvidence
 from engine.exec.rundirs import claim_run_dir, run_identity
+from engine.model import RunState
 from engine.paths import StatePaths, job_umask
 
 SHIM = str(Path(__file__).resolve().with_name("shim.sh"))
@@ -206,7 +207,7 @@ def ending_outcome(killed: bool, grace: float) -> str:
     return "terminated (SIGTERM)"
 
 
-def ending_reason(cause: str, job_pid: int, outcome: str, *, leader_alive: bool) -> tuple[str, str]:
+def ending_reason(cause: str, job_pid: int, outcome: str, *, leader_alive: bool) -> tuple[RunState, str]:
     """The run's state and reason after the scheduler ended the group of a job whose shim died.
 
     The job was still running: it was ended by the scheduler, not on its own, so the run failed (and
@@ -214,8 +215,8 @@ def ending_reason(cause: str, job_pid: int, outcome: str, *, leader_alive: bool)
     lost with the shim: unknown, as every run whose outcome cannot be learned.
     """
     if leader_alive:
-        return "failed", f"{cause}; job process group {job_pid} {outcome}"
-    return "unknown", (
+        return RunState.FAILED, f"{cause}; job process group {job_pid} {outcome}"
+    return RunState.UNKNOWN, (
         f"{cause}; job pid {job_pid} had already ended (its exit status is lost); the rest of its "
         f"process group {outcome}"
     )
@@ -533,7 +534,9 @@ class LocalExecutor:
             # It holds its lock from before it starts and writes its pid before the job: nothing ran.
             self.on_exit(
                 dataclasses.replace(
-                    result, state="failed", reason="could not start: the run's shim ended before starting the job"
+                    result,
+                    state=RunState.FAILED,
+                    reason="could not start: the run's shim ended before starting the job",
                 )
             )
             return
@@ -546,7 +549,7 @@ class LocalExecutor:
             job_pid, job_start = read_job_identity(self.paths.run_dir(run_id))
         if job_pid is None:
             reason = cause.replace("without recording the job's exit", "before confirming the job's start")
-            self.on_exit(dataclasses.replace(result, state="unknown", reason=reason))
+            self.on_exit(dataclasses.replace(result, state=RunState.UNKNOWN, reason=reason))
             return
         self._end_group(run_id, job_pid, job_start, cause, peak_rss)
 
@@ -554,7 +557,7 @@ class LocalExecutor:
         """End the job group of a run whose shim is gone (found at reconciliation), then report it."""
         job_pid, job_start = read_job_identity(self.paths.run_dir(run_id))
         if job_pid is None:
-            self.on_exit(dataclasses.replace(self.collect(run_id), state="unknown", reason=cause))
+            self.on_exit(dataclasses.replace(self.collect(run_id), state=RunState.UNKNOWN, reason=cause))
             return
         self._end_group(run_id, job_pid, job_start, cause, None)
 
@@ -581,7 +584,7 @@ class LocalExecutor:
         else:
             detail = f"job pid {job_pid} had already ended; its exit status is lost"
         result = self.collect(run_id, peak_rss=peak_rss)
-        self.on_exit(dataclasses.replace(result, job_pid=job_pid, state="unknown", reason=f"{cause}; {detail}"))
+        self.on_exit(dataclasses.replace(result, job_pid=job_pid, state=RunState.UNKNOWN, reason=f"{cause}; {detail}"))
 
     def _check_ending(self, run_id: int) -> None:
         ending = self._ending.get(run_id)
@@ -620,7 +623,7 @@ class LocalExecutor:
             cpu_s=read_cpu_seconds(run_dir),
             peak_rss=peak_rss,
             reason=start_failure,
-            state="failed" if start_failure else None,
+            state=RunState.FAILED if start_failure else None,
         )
 
     def job_identity(self, run_id: int) -> tuple[int | None, int | None]:

@@ -51,7 +51,7 @@ class ShimExit:
     cpu_s: float | None
     peak_rss: int | None
     reason: str | None = None  #: why the outcome is what it is, when there is no exit code
-    state: str | None = None  #: the run's end without an exit code (e.g. failed, killed); default unknown
+    state: RunState | None = None  #: the run's end without an exit code (e.g. failed, killed); default unknown
 
 
 class Adopted(StrEnum):

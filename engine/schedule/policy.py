@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from engine.model import Catchup, Overlap, format_duration
+from engine.model import Catchup, Overlap, RunState, format_duration
 from engine.schedule.cron import require_aware
 
 __all__ = [
@@ -97,7 +97,7 @@ def retry_delay(base_s: float, attempt: int, cap_s: float = 3600.0) -> float:
     return float(min(base_s * 2 ** (attempt - 1), cap_s))
 
 
-_RETRYABLE = frozenset({"failed", "timed_out"})
+_RETRYABLE = frozenset({RunState.FAILED, RunState.TIMED_OUT})
 
 
 def should_retry(state: str, attempt: int, retries: int) -> bool:
