@@ -18,7 +18,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from engine.control import error_reply
 from engine.durations import MAX_DURATION_S, MAX_DURATION_TEXT
 from engine.errors import NotFoundError, VigilError
 from engine.exec.port import RunInfo
@@ -48,20 +47,20 @@ class Command:
     reply: asyncio.Future[dict[str, Any]] = field(repr=False)
 
 
-def refusal(exc: VigilError) -> dict[str, Any]:
-    """A refused command's reply: its message and its kind."""
-    return error_reply(str(exc), "not_found" if isinstance(exc, NotFoundError) else "refused")
-
-
 class Commands:
     """Carries out commands on the planner's state; `kill_running` reaches the run's executor."""
 
     def __init__(
-        self, planner: Planner, kill_running: Callable[[RunInfo], None], status: Callable[[], dict[str, Any]]
+        self,
+        planner: Planner,
+        kill_running: Callable[[RunInfo], None],
+        status: Callable[[], dict[str, Any]],
+        load_errors: Callable[[], dict[str, str]],
     ) -> None:
         self.planner = planner
         self.kill_running = kill_running
         self.status = status
+        self.load_errors = load_errors  #: job name → why its file does not load
 
     def handle(self, cmd: Command, now: datetime, batch: Batch) -> dict[str, Any]:
         """The command's reply (without "ok"); raises VigilError to refuse it. Audited either way."""
@@ -87,7 +86,9 @@ class Commands:
             name = str(args.get("job"))
             job = p.jobs.get(name)
             if job is None:
-                raise NotFoundError(f"no job named {show(name)}")
+                # A job whose file is there but does not load is refused (exit 1), not missing (exit 3).
+                missing = VigilError if name in self.load_errors() else NotFoundError
+                raise missing(f"no job named {show(name)}")
             if op == Op.RUN:
                 fired = p.fire(
                     batch,
@@ -129,7 +130,7 @@ class Commands:
         job_name = args.get("job")
         job = self.planner.jobs.get(str(job_name)) if job_name else None
         if job is None:
-            raise NotFoundError(f"run {run_id}'s job {show(job_name)} is not loaded")
+            raise VigilError(f"run {run_id}'s job {show(job_name)} is not loaded")
         info = self.planner.fire(
             batch,
             job,

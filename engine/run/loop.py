@@ -28,14 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 from engine.clock import Clock, SystemClock, iso
 from engine.config import JobFolder, ScanResult
-from engine.errors import FencedError, LaunchError, NotFoundError, StoreError, StoreRetryableError, VigilError
+from engine.control import refusal
+from engine.errors import (
+    FencedError,
+    LaunchError,
+    NotFoundError,
+    SchedulerStoppingError,
+    StoreError,
+    StoreRetryableError,
+    UnwritableError,
+    VigilError,
+)
 from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
 from engine.exec.rundirs import HighWaterFile, run_dir_ids
 from engine.exec.runner import ShimExecutor
 from engine.model import LeaderRow, RunState, Settings
 from engine.paths import StatePaths
 from engine.run.catalog import Catalog
-from engine.run.commands import Command, Commands, Op, prune_age, refusal, run_id_of
+from engine.run.commands import Command, Commands, Op, prune_age, run_id_of
 from engine.run.planner import Batch, ForwardJump, Planner, format_jump
 from engine.run.reconcile import Reconciler
 from engine.run.table import RunTable
@@ -79,7 +89,7 @@ class Scheduler:
         self.table = RunTable(self.clock)
         self.planner = Planner(self.table, self.clock)
         self.catalog = Catalog(self.planner, self.folder.root)
-        self.commands = Commands(self.planner, self._kill_running, self.status)
+        self.commands = Commands(self.planner, self._kill_running, self.status, lambda: self.catalog.errors)
         self.make_local = local_executor
         self.local: Executor | None = None  #: runs on this host; built by prepare()
         self.agents: AgentDispatcher | None = None  #: runs on remote agents; built by prepare()
@@ -209,7 +219,7 @@ class Scheduler:
                     await task
             for cmd in self._commands:
                 if not cmd.reply.done():
-                    cmd.reply.set_result({"ok": False, "error": "scheduler is stopping"})
+                    cmd.reply.set_result(refusal(SchedulerStoppingError("scheduler is stopping")))
             await self.close_executors()
             if self.stop_reason not in ("fenced", "store_fatal"):
                 with contextlib.suppress(VigilError):
@@ -528,12 +538,12 @@ class Scheduler:
                 elif cmd.op == Op.KILL:
                     cmd.reply.set_result({"ok": True, **reply})  # sent; its record is carried
                 else:
-                    cmd.reply.set_result({"ok": False, "error": f"{exc}; try again when it is writable"})
+                    cmd.reply.set_result(refusal(UnwritableError(f"{exc}; try again when it is writable")))
             return
         except VigilError as exc:
             for cmd, _ in replies:
                 if not cmd.reply.done():
-                    cmd.reply.set_result({"ok": False, "error": str(exc)})
+                    cmd.reply.set_result(refusal(exc))
             raise
         if not self.store.health.failing:
             p.outage_cause = None
@@ -555,7 +565,7 @@ class Scheduler:
             if cmd.reply.done():
                 continue
             if cmd.op != Op.KILL:
-                cmd.reply.set_result({"ok": False, "error": f"{fault}; try again when it is writable"})
+                cmd.reply.set_result(refusal(UnwritableError(f"{fault}; try again when it is writable")))
                 continue
             try:
                 reply = self.commands.handle(cmd, now, self._carry)
@@ -637,15 +647,18 @@ class Scheduler:
         if op == Op.RERUN:
             repeated = await self.store.run(run_id_of(args))
             if repeated is None:
-                return refusal(NotFoundError(f"no run with id {args.get('run_id')}"))
+                missing = NotFoundError(f"no run with id {args.get('run_id')}")
+                user, target = str(args.get("user", "?")), str(args.get("run_id"))
+                self.store.defer(i.Audit(self.clock.now(), user, Op.RERUN, target, f"refused: {missing}"))
+                return refusal(missing)
             args = {**args, "job": repeated.job}
         if self._stop.is_set():
             # The loop has stopped or is about to: nothing would ever answer this command.
-            return {"ok": False, "error": "scheduler is stopping"}
+            return refusal(SchedulerStoppingError("scheduler is stopping"))
         if self.store.health.failing and op != Op.KILL:
             # Refused now: the loop may be waiting a whole busy timeout on its next write attempt,
             # and the client would give up first. A kill needs no write; the loop carries it out.
-            return {"ok": False, "error": f"{self.store.health.fault}; try again when it is writable"}
+            return refusal(UnwritableError(f"{self.store.health.fault}; try again when it is writable"))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._commands.append(Command(op, args, future))
         self._wake.set()

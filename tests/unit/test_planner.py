@@ -303,11 +303,23 @@ async def test_an_unknown_run_or_job_is_refused_as_not_found_and_audited(loop: L
         "error": "no run with id 777",
         "kind": "not_found",
     }
+    await loop.store.flush()
     audit = loop.store.database.tables.audit
     assert [(a.user, a.action, a.target, a.result) for a in audit] == [
         ("op", "kill", "12345", "refused: run 12345 is not running (it may have ended already)"),
         ("op", "pause", "nope", "refused: no job named 'nope'"),
+        ("op", "rerun", "777", "refused: no run with id 777"),
     ]
+
+
+async def test_a_job_whose_file_does_not_load_is_refused_not_missing(loop: Loop) -> None:
+    """`vigil run` of a job whose file is broken exits 1 (refused), not 3 (no such job)."""
+    (loop.scheduler.folder.root / "broken.toml").write_text("command = \n")
+    await loop.scheduler.rescan()
+    run = asyncio.create_task(loop.scheduler.command("run", {"job": "broken", "user": "op"}))
+    await asyncio.sleep(0)
+    await loop.scheduler.iterate()
+    assert await run == {"ok": False, "error": "no job named 'broken'", "kind": "refused"}
 
 
 async def test_a_run_its_executor_cannot_start_fails_with_the_reason_and_is_retried(loop: Loop) -> None:
