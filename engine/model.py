@@ -42,6 +42,8 @@ TERMINAL_STATES = frozenset(
 ACTIVE_STATES = frozenset({RunState.LAUNCHING, RunState.RUNNING})
 #: not yet finished, in lifecycle order; queries.sql spells them out (tests/contract checks the spelling)
 OPEN_STATES = (RunState.PENDING, RunState.WAITING, RunState.LAUNCHING, RunState.RUNNING)
+#: open, not yet started: held by the scheduler (pending) or for want of an agent (waiting)
+QUEUED_STATES = frozenset({RunState.PENDING, RunState.WAITING})
 
 
 @dataclass(frozen=True, slots=True)

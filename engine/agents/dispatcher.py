@@ -256,10 +256,11 @@ class AgentDispatcher:
 
         The scheduler tracks it as active first; its end, whatever it is, comes through `finished`.
         """
-        self._adopt(run, run.agent or "")
-        return Adoption(Adopted.WATCHED)
+        ended = self._adopt(run, run.agent or "")
+        return Adoption(Adopted.ENDED if ended else Adopted.WATCHED)
 
-    def _adopt(self, info: RunInfo, recorded: str) -> None:
+    def _adopt(self, info: RunInfo, recorded: str) -> bool:
+        """Take the run over; True if it could only be ended (its end is handed to `finished`)."""
         job = self.ctx.job(info.job)
         target = job.agent if job is not None and job.agent else recorded
         settings = self.ctx.settings()
@@ -274,12 +275,12 @@ class AgentDispatcher:
         if info.state is RunState.RUNNING:
             if not is_agent:
                 self._end(flight, RunState.UNKNOWN, f"ran on agent {recorded!r}, which vigil.toml no longer declares")
-                return
+                return True
             flight.member, flight.phase, flight.sticky = recorded, Phase.RUNNING, True
             # The poll checks the run is in the agent's journal; results come through the collector.
             if info.kill_requested:
                 self.kill(info)  # delivered once the agent is reachable (or `unknown` after the limit)
-            return
+            return False
         # launching or waiting: the dispatch may or may not have reached `recorded`. Re-sending it
         # is safe (idempotent by run id), and only that agent may have it.
         if is_agent:
@@ -287,8 +288,9 @@ class AgentDispatcher:
             info.state = RunState.LAUNCHING  # not `waiting`: a kill must ask that agent (see _drive_inner)
         elif recorded not in settings.pools:
             self._end(flight, RunState.UNKNOWN, f"agent or pool {recorded!r} is no longer declared")
-            return
+            return True
         self._drive_soon(flight)
+        return False
 
     def configure(self, settings: Settings) -> None:
         pass  # read through the context at each use

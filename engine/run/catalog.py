@@ -4,7 +4,7 @@ The planner holds the jobs and their fire times; this applies each scan to it (j
 changed, removed or broken) and writes the `jobs` table readers use (`vigil jobs`, the dashboard)
 without parsing job files themselves. No I/O: the loop commits what this returns.
 
-Layer: run. May import the base modules, `engine.config`, `engine.schedule`, `engine.store.intents`.
+Layer: run. May import the base modules, `engine.config`, `engine.schedule`, `engine.store.intents` and the planner.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from engine.durations import MAX_DURATION_S, MAX_DURATION_TEXT
 from engine.errors import NotFoundError, VigilError
 from engine.exec.port import RunInfo
 from engine.ids import as_row_id
-from engine.model import Overlap, RunState
+from engine.model import QUEUED_STATES, Overlap, RunState
 from engine.run.planner import Batch, Planner, Trigger
 from engine.store import intents as i
 from engine.text import show
@@ -117,7 +117,7 @@ class Commands:
                 raise NotFoundError(f"run {run_id} is not running (it may have ended already)")
             info.kill_requested = "kill"
             batch.intents.append(i.KillRequested(run_id, "kill"))
-            if info.state in (RunState.PENDING, RunState.WAITING):
+            if info.state in QUEUED_STATES:
                 p.finish(info, RunState.KILLED, "cancelled by operator before it started", None, now, batch)
             else:
                 self.kill_running(info)

@@ -4,8 +4,8 @@ No I/O: each decision is recorded in a `Batch` (the intents of one transaction a
 launch once it is committed) and in the in-memory state here and in the RunTable. The loop
 (engine/run/loop.py) commits the batch and launches.
 
-Layer: run. May import the base modules, `engine.schedule`, `engine.store.intents` and
-`engine.exec.port`.
+Layer: run. May import the base modules, `engine.schedule`, `engine.store.intents`,
+`engine.exec.port` and the run table.
 """
 
 from __future__ import annotations

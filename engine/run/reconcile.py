@@ -22,7 +22,7 @@ from engine.exec.port import Adopted, Executor, RunInfo, ShimExit
 from engine.exec.reconcile import Action, decide
 from engine.exec.rundirs import recorded_run, run_dir_ids
 from engine.exec.runner import file_time
-from engine.model import RunState
+from engine.model import QUEUED_STATES, RunState
 from engine.paths import StatePaths
 from engine.run.planner import Batch, Planner, Trigger
 from engine.store import Store
@@ -63,7 +63,7 @@ class Reconciler:
                 table.track(info, active=True)
                 self.agents.adopt(info)  # its end, whatever it is, comes as a finished run
                 continue
-            restored_queued = self.restored and info.state in (RunState.PENDING, RunState.WAITING)
+            restored_queued = self.restored and info.state in QUEUED_STATES
             if restored_queued and not self.paths.run_dir(info.id).exists():
                 # Queued when the backup was taken; what became of it is not known here, and the
                 # schedule restarts from now (docs/ha.md, "Restoring a backup").
@@ -71,7 +71,7 @@ class Reconciler:
                 reason = "queued when the backup was taken; not started after the restore"
                 p.finish(info, RunState.SKIPPED, reason, None, now, batch)
                 continue
-            if info.state in (RunState.PENDING, RunState.WAITING) and not restored_queued:
+            if info.state in QUEUED_STATES and not restored_queued:
                 table.track(info)
                 if info.not_before is not None:
                     wait = (info.not_before - now).total_seconds()

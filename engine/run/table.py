@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from engine.clock import Clock
 from engine.exec.port import RunInfo
-from engine.model import RunState
+from engine.model import ACTIVE_STATES, RunState
 
 
 class RunTable:
@@ -40,7 +40,7 @@ class RunTable:
     def track(self, info: RunInfo, *, active: bool = False) -> None:
         """An open run; `active` counts it against its job's overlap whatever its state."""
         self.runs[info.id] = info
-        if active or info.state in (RunState.LAUNCHING, RunState.RUNNING):
+        if active or info.state in ACTIVE_STATES:
             self.active[info.job].add(info.id)
 
     def forget(self, run_id: int, job: str) -> None:

@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
-from engine.model import OPEN_STATES, LeaderRow, Run, RunState
+from engine.model import ACTIVE_STATES, OPEN_STATES, LeaderRow, Run, RunState
 from engine.store import JobState, LeaderClaim, LedgerStart
 from engine.store import intents as i
 from engine.store.health import StoreHealth
 
 #: The states each conditional update moves a run from (the WHERE clauses of queries.sql).
 _STARTABLE = frozenset({RunState.PENDING, RunState.LAUNCHING, RunState.WAITING})
-_STARTED = frozenset({RunState.LAUNCHING, RunState.RUNNING})
+
 _WAITABLE = frozenset({RunState.LAUNCHING, RunState.WAITING})
 #: SQLite's integer range: a Python int beyond it cannot be bound.
 _LOWEST, _HIGHEST = -(1 << 63), (1 << 63) - 1
@@ -169,7 +169,7 @@ class _Transaction:
                     **extra,
                 )
             case i.StartRestated():
-                self._update_run(intent.run_id, _STARTED, started_at=intent.started_at, deadline=intent.deadline)
+                self._update_run(intent.run_id, ACTIVE_STATES, started_at=intent.started_at, deadline=intent.deadline)
             case i.RunFinished():
                 run = t.runs.get(intent.run_id)
                 pid = intent.pid if intent.pid is not None or run is None else run.pid

@@ -34,7 +34,7 @@ from engine.model import LeaderRow, Run, RunState
 from engine.paths import StatePaths
 from engine.store import JobState, LeaderClaim, LedgerStart
 from engine.store.health import StoreHealth
-from engine.store.intents import CleanStop, Intent, NewRun
+from engine.store.intents import Intent, NewRun
 from engine.store.sqlite.db import BUSY_TIMEOUT_MS, PRAGMAS, connect, rollback_quietly, store_error
 from engine.store.sqlite.queries import QUERIES
 from engine.store.sqlite.rows import leader_of, run_of, state_of
@@ -268,9 +268,6 @@ class Ledger:
                 raise store_error(exc, self.paths.db) from exc
         self.epoch = epoch
         return self.epoch, previous
-
-    async def mark_clean_stop(self) -> None:
-        await self.commit([CleanStop()])
 
     async def query(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Rows of one read on the writer's connection: the typed reads below use it with named
