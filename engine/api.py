@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.control import ControlClient
 from engine.errors import ConfigError, ControlError
-from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, Run, to_json
+from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, Run, RunsWindow, to_json
 from engine.paths import StatePaths
-from engine.store import RunsWindow
 from engine.store.sqlite.reader import SqliteReader
 from engine.text import escape  # for readers that show user text (names, reasons) in a terminal
 

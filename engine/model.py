@@ -283,3 +283,13 @@ def format_duration(seconds: float) -> str:
             out.append(f"{rest // size}{suffix}")
             rest %= size
     return "".join(out) or "0s"
+
+
+@dataclass(frozen=True)
+class RunsWindow:
+    """One page of runs and where it sits among all matching runs, read at one instant."""
+
+    runs: list[Run]  #: newest first
+    newer: int  #: matching runs newer than the page: its first row is number `newer + 1`
+    total: int  #: matching runs in all (never fewer than the page and those before it)
+    count_base: tuple[int, int]  #: (anchor id, matching runs up to it): pass back to skip a full count

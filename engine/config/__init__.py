@@ -13,12 +13,48 @@ line and key, and a bad file never stops the good ones. The package, lowest laye
 
 A module imports only those above it, and outside the package only `engine.model`, `engine.errors`,
 `engine.text`, `engine.durations` and `engine.schedule` (whose cron parser decides what is valid).
-This module re-exports what the rest of Vigil uses.
+This module re-exports what the rest of Vigil uses (each loaded on first use).
 """
 
-from engine.config.fields import job_name_problem
-from engine.config.folder import FOLDER_FILE, JobFolder, LoadResult, ScanResult, format_errors, job_name_of, load_folder
-from engine.config.settings import SETTINGS_FILE, load_settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.config.folder import (
+        FOLDER_FILE,
+        JobFolder,
+        LoadResult,
+        ScanResult,
+        format_errors,
+        job_name_of,
+        load_folder,
+    )
+    from engine.config.names import job_name_problem
+    from engine.config.settings import SETTINGS_FILE, load_settings
+
+#: Each re-exported name and its module, imported when first asked for: `vigil runs --job` needs
+#: only the naming rule, not the folder loader.
+_HOME = {
+    "FOLDER_FILE": "folder",
+    "JobFolder": "folder",
+    "LoadResult": "folder",
+    "ScanResult": "folder",
+    "format_errors": "folder",
+    "job_name_of": "folder",
+    "load_folder": "folder",
+    "job_name_problem": "names",
+    "SETTINGS_FILE": "settings",
+    "load_settings": "settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"engine.config.{_HOME[name]}"), name)
+
 
 __all__ = [
     "FOLDER_FILE",

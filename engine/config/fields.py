@@ -37,8 +37,6 @@ __all__ = [
     "JOB_FIELDS",
     "JOB_KEYS",
     "MAX_ENV_BYTES",
-    "NAME_RULE",
-    "NAME_SEGMENT",
     "POOL_KEYS",
     "POOL_MODES",
     "REQUIRED_JOB_KEYS",
@@ -48,7 +46,6 @@ __all__ = [
     "as_choice",
     "as_string_list",
     "env_bytes",
-    "job_name_problem",
     "resolve_path",
     "too_large_env",
     "unknown_key_reason",
@@ -57,8 +54,6 @@ __all__ = [
 ]
 
 MAX_QUEUED_LIMIT = 1000  #: each queued run is an open row the scheduler keeps in memory
-NAME_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]*")
-NAME_RULE = "may use only ASCII letters, digits and _ . @ + -, and must start with a letter, digit or _"
 _SQLITE_INT_MAX = 2**63 - 1  #: the largest integer a SQLite column holds
 #: `every` below this starts a process many times a second: far more than a scheduler with a ledger
 #: row and a shim per run is for (a cron field has a resolution of 1 s, too).
@@ -449,14 +444,6 @@ def validate_job_keys(source: SourceFile, data: Mapping[str, Any]) -> tuple[dict
 
 # ---------------------------------------------------------------------------------------------------
 # Names, and keys found in the wrong place
-
-
-def job_name_problem(name: str) -> str | None:
-    """Why no job can have this name (e.g. for `vigil runs --job`), or None: a job's name is its
-    file's path under the folder, and every part of it follows the naming rule."""
-    if all(NAME_SEGMENT.fullmatch(part) for part in name.split("/")):
-        return None
-    return f"job file and folder names {NAME_RULE}"
 
 
 def unknown_key_reason(key: str, known: Iterable[str], *, where: str = "job") -> str:

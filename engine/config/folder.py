@@ -22,14 +22,13 @@ from typing import Any
 from engine.config.fields import (
     JOB_FIELDS,
     MAX_ENV_BYTES,
-    NAME_RULE,
     REQUIRED_JOB_KEYS,
     env_bytes,
-    job_name_problem,
     too_large_env,
     validate_job_keys,
     zone,
 )
+from engine.config.names import NAME_RULE, job_name_problem
 from engine.config.settings import SETTINGS_FILE, AgentTargets, parse_settings
 from engine.config.sources import SourceFile, Value, link_problem, not_regular, read_file
 from engine.config.watch import FULL_WALK_EVERY, DirWatch

@@ -15,8 +15,6 @@ from urllib.parse import urlsplit
 
 from engine.config.fields import (
     AGENT_KEYS,
-    NAME_RULE,
-    NAME_SEGMENT,
     POOL_KEYS,
     POOL_MODES,
     SCHEDULER_FIELDS,
@@ -26,6 +24,7 @@ from engine.config.fields import (
     resolve_path,
     unknown_key_reason,
 )
+from engine.config.names import NAME_RULE, NAME_SEGMENT
 from engine.config.sources import SourceFile, read_file
 from engine.errors import ConfigError
 from engine.model import AgentSpec, PoolSpec, Settings

@@ -20,7 +20,7 @@ from engine.clock import Clock
 from engine.errors import StoreError
 from engine.model import JobSpec, RunState, Settings
 from engine.paths import StatePaths
-from engine.store import Store
+from engine.store.abc import Store
 
 
 @dataclass

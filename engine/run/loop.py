@@ -49,8 +49,8 @@ from engine.run.commands import Command, Commands, Op, prune_age, run_id_of
 from engine.run.planner import Batch, ForwardJump, Planner, format_jump
 from engine.run.reconcile import Reconciler
 from engine.run.table import RunTable
-from engine.store import LeaderClaim, Store
 from engine.store import intents as i
+from engine.store.abc import LeaderClaim, Store
 from engine.store.sqlite.ledger import Ledger
 
 if TYPE_CHECKING:

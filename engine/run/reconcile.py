@@ -25,8 +25,8 @@ from engine.exec.runner import file_time
 from engine.model import QUEUED_STATES, RunState
 from engine.paths import StatePaths
 from engine.run.planner import Batch, Planner, Trigger
-from engine.store import Store
 from engine.store import intents as i
+from engine.store.abc import Store
 
 log = logging.getLogger("vigil.scheduler")
 

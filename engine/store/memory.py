@@ -32,8 +32,8 @@ from datetime import datetime
 
 from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
 from engine.model import ACTIVE_STATES, OPEN_STATES, LeaderRow, Run, RunState
-from engine.store import JobState, LeaderClaim, LedgerStart
 from engine.store import intents as i
+from engine.store.abc import JobState, LeaderClaim, LedgerStart
 from engine.store.health import StoreHealth
 
 #: The states each conditional update moves a run from (the WHERE clauses of queries.sql).

@@ -22,7 +22,7 @@ import pytest
 
 from engine.model import AgentRow, FailoverRow, JobRow
 from engine.paths import StatePaths
-from engine.store import Store
+from engine.store.abc import Store
 from engine.store.memory import MemoryDatabase, MemoryStore
 from engine.store.sqlite.ledger import Ledger
 from engine.store.sqlite.reader import SqliteReader

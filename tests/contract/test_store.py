@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
-from engine.model import OPEN_STATES, AgentRow, FailoverRow, LeaderRow, Run, RunState
-from engine.store import JobState, LeaderClaim, Store
+from engine.model import ACTIVE_STATES, OPEN_STATES, AgentRow, FailoverRow, LeaderRow, Run, RunState
 from engine.store import intents as i
+from engine.store.abc import JobState, LeaderClaim, Store
 from tests.contract.conftest import Backend
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -365,7 +365,7 @@ def test_the_states_spelled_out_in_the_sqlite_statements_are_the_models() -> Non
     narrower = {
         "run_started": memory._STARTABLE,
         "run_started_clear_reason": memory._STARTABLE,
-        "start_restated": memory._STARTED,
+        "start_restated": ACTIVE_STATES,
         "run_waiting": memory._WAITABLE,
     }
     schema = (Path(queries.__file__).parent / "schema.sql").read_text()
@@ -383,7 +383,7 @@ async def test_sqlite_reader_keyset_pages_stay_stable_while_inserts_land(tmp_pat
     """A page reached by `before_id` shows the same runs however many newer ones arrive, and the
     window's position and total follow the new ones (the dashboard's runs view)."""
     from engine.paths import StatePaths
-    from engine.store import StoreReader
+    from engine.store.abc import StoreReader
     from engine.store.sqlite.ledger import Ledger
     from engine.store.sqlite.reader import SqliteReader
 

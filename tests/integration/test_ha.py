@@ -21,7 +21,7 @@ from engine.errors import FencedError
 from engine.exec.procs import flock_holders, starttime
 from engine.model import RunState
 from engine.paths import StatePaths
-from engine.store import LeaderClaim
+from engine.store.abc import LeaderClaim
 from engine.store.intents import Audit, NewRun, Paused, RunFinished
 from engine.store.sqlite.db import connect
 from engine.store.sqlite.ledger import Ledger

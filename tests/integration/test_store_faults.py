@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import LeaderClaim
+from engine.store.abc import LeaderClaim
 from engine.store.intents import Audit
 from tests.helpers import Up, exit_recorded, runs, vigil, vigil_json, wait_for, write_job
 

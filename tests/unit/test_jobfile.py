@@ -1304,3 +1304,13 @@ def test_other_misplaced_keys_in_a_job_file(tmp_path: Path, line: str, key: str,
     path = write(tmp_path, "job.toml", f'command = "true"\n{line}\n')
     error = only_error(load_folder(tmp_path).errors, path)
     assert error.key == key and expected in error.reason
+
+
+def test_every_name_engine_config_exports_resolves() -> None:
+    """`engine.config` loads its re-exports on first use: each listed one must be there."""
+    import engine.config
+
+    for name in engine.config.__all__:
+        assert getattr(engine.config, name) is not None, name
+    with pytest.raises(AttributeError):
+        _ = engine.config.no_such_name  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.model import RunState
 from engine.paths import StatePaths
-from engine.store import LeaderClaim
+from engine.store.abc import LeaderClaim
 from engine.store.intents import NewRun, RunFinished
 from engine.store.sqlite.ledger import Ledger
 

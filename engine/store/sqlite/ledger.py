@@ -32,7 +32,7 @@ from engine.clock import iso, parse_iso
 from engine.errors import StoreError, StoreFatalError, StoreRetryableError
 from engine.model import LeaderRow, Run, RunState
 from engine.paths import StatePaths
-from engine.store import JobState, LeaderClaim, LedgerStart
+from engine.store.abc import JobState, LeaderClaim, LedgerStart
 from engine.store.health import StoreHealth
 from engine.store.intents import Intent, NewRun
 from engine.store.sqlite.db import BUSY_TIMEOUT_MS, PRAGMAS, connect, rollback_quietly, store_error

@@ -17,9 +17,8 @@ from typing import Any
 from engine.clock import parse_iso
 from engine.errors import NotFoundError, StoreError
 from engine.ids import as_row_id
-from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, LeaderRow, Run
+from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, LeaderRow, Run, RunsWindow
 from engine.paths import StatePaths
-from engine.store import RunsWindow
 from engine.store.sqlite.db import connect, store_error
 from engine.store.sqlite.queries import QUERIES
 from engine.store.sqlite.rows import leader_of, required_time, run_of

@@ -1,0 +1,180 @@
+"""The store's contracts: `Store` (the active's side: writes as intents, the reads an active needs)
+and `StoreReader` (the readers' side), with the records they exchange. Every backend implements
+them and passes the contract suite (tests/contract/); APScheduler 4's `abc.py` is the model.
+
+Layer: store. Imports the base modules only (the write side's types for annotations only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, LeaderRow, Run, RunState, RunsWindow
+
+if TYPE_CHECKING:  # the write side's types: a reader (`vigil runs --json`) never loads them
+    from engine.errors import StoreFatalError
+    from engine.store.health import StoreHealth
+    from engine.store.intents import Intent
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    paused: bool = False
+    last_fire: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStart:
+    """What a new active reads once before it plans anything."""
+
+    max_run_id: int  #: the highest run id with a row (0: none)
+    run_id_mark: int  #: the highest run id ever handed out, pruned ones included
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    last_success: dict[str, datetime] = field(default_factory=dict)  #: latest succeeded end per job
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderClaim:
+    """Who takes leadership: a process named by pid and its start time (to tell pid reuse)."""
+
+    pid: int
+    starttime: int | None
+    since: datetime
+
+
+class StoreReader(Protocol):
+    """What a reader (the CLI, the dashboard) reads, without being the active. Every failure is a
+    StoreError naming the store; a missing run is NotFoundError."""
+
+    def close(self) -> None: ...
+
+    def runs(
+        self, *, job: str | None = None, state: str | None = None, limit: int = 50, before_id: int | None = None
+    ) -> list[Run]:
+        """Newest first; `before_id` pages by id (keyset)."""
+        ...
+
+    def run(self, run_id: int) -> Run: ...
+
+    def runs_window(
+        self,
+        *,
+        job: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        count_base: tuple[int, int] | None = None,
+    ) -> RunsWindow:
+        """A page with its position and the total, read at one instant (pass `count_base` back)."""
+        ...
+
+    def counts_by_state(self) -> dict[str, int]: ...
+
+    def max_run_id(self) -> int: ...
+
+    def runs_after(self, after_id: int, limit: int = 1000) -> list[Run]:
+        """Runs with an id above `after_id`, oldest first (new since the last look)."""
+        ...
+
+    def runs_by_ids(self, ids: list[int]) -> list[Run]: ...
+
+    def latest_run_per_job(self) -> dict[str, Run]: ...
+
+    def recent_runs_of(self, names: list[str], per_job: int) -> dict[str, list[Run]]: ...
+
+    def jobs(self) -> list[JobRow]:
+        """The active's catalog of loaded jobs with their pause flag, by name."""
+        ...
+
+    def paused_jobs(self) -> set[str]: ...
+
+    def leader(self) -> LeaderRow: ...
+
+    def failovers(self, limit: int = 10) -> list[FailoverRow]: ...
+
+    def agents(self) -> list[AgentRow]: ...
+
+    def audit(self, limit: int = 50) -> list[AuditRow]: ...
+
+
+class Store(Protocol):
+    """The active's store. Fencing is the store's job: every write carries `epoch`, and once another
+    node has taken leadership every write raises FencedError.
+
+    Retryable faults (busy, disk full) raise StoreRetryableError and are counted in `health`;
+    `commit` and `flush` keep the deferred intents of a failed attempt for the next one.
+    """
+
+    health: StoreHealth
+
+    @property
+    def epoch(self) -> int: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None:
+        """Close the store; after this every write and read raises StoreError."""
+        ...
+
+    @property
+    def is_open(self) -> bool:
+        """Opened and not yet closed (the node's control server answers "stopping" otherwise)."""
+        ...
+
+    @property
+    def abandoned(self) -> bool:
+        """`close` left the connection open because the file was lost (the process must exit next)."""
+        ...
+
+    def file_lost(self) -> str | None:
+        """How the store's file was lost since `open` ("removed", "replaced", "emptied"), or None.
+        Once lost, always lost: the store writes nothing more."""
+        ...
+
+    def lost_error(self) -> StoreFatalError | None:
+        """The store's file or database is gone from under this process (never to write again)."""
+        ...
+
+    async def take_leadership(self, claim: LeaderClaim, *, floor: int = 0) -> tuple[int, LeaderRow]:
+        """Raise the epoch above the stored one and `floor`; return it and the previous leader row."""
+        ...
+
+    async def commit(self, intents: Iterable[Intent]) -> set[int]:
+        """The deferred intents, then `intents`, in one transaction; NewRun rows are inserted first.
+
+        Returns the ids of the NewRun rows that were new (a repeated fire's id is not returned).
+        """
+        ...
+
+    def defer(self, intent: Intent) -> None:
+        """Queue an intent for the next transaction (updates that need not block the caller)."""
+        ...
+
+    async def flush(self) -> None:
+        """Commit the deferred intents now."""
+        ...
+
+    async def wait_for_deferred(self) -> None:
+        """Return once an intent has been deferred since the last commit."""
+        ...
+
+    # ------------------------------------------------------------ reads the active needs
+
+    async def start_state(self) -> LedgerStart: ...
+
+    async def open_runs(self) -> list[Run]:
+        """Every run not yet finished, by id."""
+        ...
+
+    async def run(self, run_id: int) -> Run | None: ...
+
+    async def run_states(self, run_ids: Sequence[int]) -> dict[int, RunState]:
+        """The state of each of these runs that has a row."""
+        ...
+
+    async def prunable_runs(self, cutoff: datetime) -> list[int]:
+        """Finished runs that ended before `cutoff`, by id."""
+        ...
