@@ -361,7 +361,7 @@ async def test_a_command_after_the_loop_stopped_is_refused_not_left_hanging(stat
     assert await asyncio.wait_for(loop, 5) == "stop"
     # A client whose request arrives while the active is stopping must get an answer.
     reply = await asyncio.wait_for(scheduler.command("pause", {"job": "a"}), 2)
-    assert reply == {"ok": False, "error": "scheduler is stopping"}
+    assert reply == {"ok": False, "error": "scheduler is stopping", "kind": "stopping"}
 
 
 def test_a_malformed_command_is_refused_and_the_scheduler_lives_on(start_up, state_dir: Path, jobs_dir: Path) -> None:
