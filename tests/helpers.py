@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -110,3 +111,19 @@ def exit_recorded(run_dir: Path) -> bool:
         return (run_dir / "exit").read_text().rstrip().endswith(" end")
     except OSError:
         return False
+
+
+def control(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """One raw request on the control socket, as any hand-made client could send it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed without answering {request}")
+            buf += chunk
+    reply: dict[str, Any] = json.loads(buf)
+    return reply

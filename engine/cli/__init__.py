@@ -487,17 +487,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--state",
-        default=os.environ.get("VIGIL_STATE", "./.vigil"),
-        help="state directory (default: $VIGIL_STATE or ./.vigil)",
-    )
+    state_help = "state directory (default: $VIGIL_STATE or ./.vigil)"
+    common.add_argument("--state", default=os.environ.get("VIGIL_STATE", "./.vigil"), help=state_help)
     # The db actions take --state too; with no default of their own, so `vigil db --state DIR check`
     # keeps DIR instead of having it overwritten by the action's default.
     action_state = argparse.ArgumentParser(add_help=False)
-    action_state.add_argument(
-        "--state", default=argparse.SUPPRESS, help="state directory (default: $VIGIL_STATE or ./.vigil)"
-    )
+    action_state.add_argument("--state", default=argparse.SUPPRESS, help=state_help)
     jobs = argparse.ArgumentParser(add_help=False)
     jobs.add_argument(
         "--jobs",

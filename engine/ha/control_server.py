@@ -28,7 +28,7 @@ from engine.clock import Clock
 from engine.control import MAX_REQUEST, ErrorKind, RefusalAudit, encode, error_reply, refusal, socket_address
 from engine.errors import VigilError
 from engine.paths import StatePaths, user_name
-from engine.run.scheduler import Scheduler
+from engine.run.loop import Scheduler
 from engine.store.intents import Audit
 from engine.text import escape
 

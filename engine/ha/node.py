@@ -30,7 +30,7 @@ from engine.ha.heartbeat import HeartbeatWatcher, Takeover, TakeoverCause
 from engine.ha.lock import LeaderLock
 from engine.model import StopReason
 from engine.paths import StatePaths
-from engine.run.scheduler import Scheduler
+from engine.run.loop import Scheduler
 from engine.store.intents import Audit, Failover
 from engine.store.sqlite.db import connect
 

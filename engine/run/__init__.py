@@ -8,7 +8,6 @@
 - `catalog.py`: Catalog, job folder scans turned into triggers, next fires and catalog rows.
 - `commands.py`: operator commands (Op), each audited; refusals carry their kind.
 - `reconcile.py`: the runs a previous active left open, settled at start-up.
-- `scheduler.py`: `Scheduler` where the HA node and tests import it.
 
 Layer: run. May import every lower layer (base modules, config, schedule, store, exec, control) and the
 agent dispatcher (which it builds); never ha/ or cli/. Nothing below imports engine.run.

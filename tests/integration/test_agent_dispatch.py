@@ -22,7 +22,7 @@ import pytest
 from engine.agents.server import AgentApp, AgentService
 from engine.model import RunState
 from engine.paths import StatePaths
-from engine.run.scheduler import Scheduler
+from engine.run.loop import Scheduler
 from engine.store.intents import NewRun
 
 Rule = Callable[[httpx.Request, Callable[[], Awaitable[httpx.Response]]], Awaitable[httpx.Response]]

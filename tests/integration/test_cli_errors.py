@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from engine.model import RunState
 from engine.paths import StatePaths
 from engine.store.sqlite.db import connect
-from tests.helpers import Up, vigil, write_job
+from tests.helpers import Up, control, vigil, write_job
 
 
 def one_vigil_line(proc: subprocess.CompletedProcess[str], *words: str, code: int = 1) -> str:
@@ -33,20 +32,6 @@ def new_state(path: Path) -> Path:
     """A real, empty Vigil state directory (its database created the way `vigil up` creates it)."""
     connect(StatePaths(path)).close()
     return path
-
-
-def control(sock_path: Path, request: dict[str, Any]) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(sock_path))
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed without answering {request}")
-            buf += chunk
-    return json.loads(buf)
 
 
 # ------------------------------------------------------------------------------- vigil next -n

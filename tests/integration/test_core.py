@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 
 from engine.paths import StatePaths
-from engine.run.scheduler import Scheduler
+from engine.run.loop import Scheduler
 from tests.helpers import runs, vigil, vigil_json, wait_for, write_job
 
 OPEN = ("pending", "waiting", "launching", "running")

@@ -293,7 +293,7 @@ def test_an_active_whose_start_fails_exits_instead_of_hanging(state_dir: Path, j
     # A start-up failure inside the active (an internal error while loading) must end the process,
     # so that a standby or a supervisor takes over, not leave it holding the lock and serving.
     program = (
-        "import sys, engine.run.scheduler as s\n"
+        "import sys, engine.run.loop as s\n"
         "async def fail(self): raise RuntimeError('injected start failure')\n"
         "s.Scheduler.prepare = fail\n"
         "from engine.cli import main\n"

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import VIGIL, exit_recorded, vigil, wait_for, write_job
+from tests.helpers import VIGIL, control, exit_recorded, vigil, wait_for, write_job
 
 HUGE = 10**30
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -84,21 +84,6 @@ def _answers(path: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def control(path: Path, request: dict[str, Any]) -> dict[str, Any]:
-    """One raw request on the control socket, as any hand-made client could send it."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(str(path))
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed without answering {request}")
-            buf += chunk
-    return json.loads(buf)
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:

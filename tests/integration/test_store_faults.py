@@ -533,7 +533,7 @@ async def test_fires_due_while_writes_are_refused_are_caught_up_not_lost_or_doub
 
     from engine.clock import FakeClock
     from engine.paths import StatePaths
-    from engine.run.scheduler import Scheduler
+    from engine.run.loop import Scheduler
 
     write_job(jobs_dir, "tick", 'every = "1s"\ncatchup = "latest"\ncommand = "true"\n')
     clock = FakeClock(datetime(2026, 11, 29, 3, 0, 0, 500000, tzinfo=UTC))
@@ -582,7 +582,7 @@ async def test_timeouts_are_enforced_while_writes_are_refused(state_dir: Path, j
 
     from engine.clock import FakeClock
     from engine.paths import StatePaths
-    from engine.run.scheduler import Scheduler
+    from engine.run.loop import Scheduler
 
     write_job(jobs_dir, "slow", 'every = "1h"\ntimeout = "2s"\ncommand = "sleep 30"\n')
     clock = FakeClock(datetime(2026, 11, 29, 3, 0, 0, 500000, tzinfo=UTC))

@@ -17,7 +17,7 @@ def engine_modules() -> list[str]:
 
 
 def test_engine_modules_are_found() -> None:
-    assert {"engine.api", "engine.cli", "engine.run.scheduler"} <= set(engine_modules())
+    assert {"engine.api", "engine.cli", "engine.run.loop"} <= set(engine_modules())
 
 
 def test_engine_imports_no_textual_and_no_tui() -> None:

@@ -24,8 +24,8 @@ from engine.exec.port import RunContext, ShimExit
 from engine.model import Catchup, JobSpec, Overlap, RunState, Settings
 from engine.paths import StatePaths
 from engine.run.catalog import Catalog
+from engine.run.loop import Scheduler
 from engine.run.planner import Batch, Planner, Trigger
-from engine.run.scheduler import Scheduler
 from engine.run.table import RunTable
 from engine.store import intents as i
 from engine.store.memory import MemoryStore

@@ -22,7 +22,7 @@ from engine.exec.fake import FakeExecutor
 from engine.exec.port import RunContext
 from engine.model import RunState
 from engine.paths import StatePaths
-from engine.run.scheduler import Scheduler
+from engine.run.loop import Scheduler
 from engine.store.intents import NewRun
 from tests.helpers import write_job
 
