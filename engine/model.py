@@ -223,6 +223,7 @@ class JobSpec:
     enabled: bool = True
     description: str = ""
     tags: tuple[str, ...] = ()
+    user: str | None = None  #: run the job as this user (the scheduler must be root for another user)
 
     @property
     def schedule_text(self) -> str:

@@ -399,6 +399,7 @@ JOB_FIELDS: Mapping[str, JobField] = _job_fields(
         "enabled": as_bool,
         "description": as_string,
         "tags": as_tags,
+        "user": partial(as_string, allow_empty=False),
     },
     relative_paths=("workdir",),
 )
