@@ -561,9 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(exit status 1); existing files are not overwritten without --force.",
     )
     p.add_argument("file", metavar="FILE", help="the crontab (`-` for standard input, e.g. from `crontab -l`)")
-    p.add_argument(
-        "--system", action="store_true", help="the /etc/crontab and /etc/cron.d format, with a user field"
-    )
+    p.add_argument("--system", action="store_true", help="the /etc/crontab and /etc/cron.d format, with a user field")
     p.add_argument("--to", metavar="DIR", help="the job folder to write into (default: --jobs)")
     p.add_argument(
         "--prefix",

@@ -92,7 +92,8 @@ def cmd_import_crontab(args: argparse.Namespace) -> int:
         raise VigilError(
             f"refusing to overwrite {len(existing)} file(s) in {folder}: {', '.join(existing)} (--force overwrites)"
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    if files:
+        folder.mkdir(parents=True, exist_ok=True)
     for name, content in files:
         # Whole files only: a scheduler watching the folder never reads half of one.
         temporary = folder / f".{name}.import"
@@ -104,7 +105,8 @@ def cmd_import_crontab(args: argparse.Namespace) -> int:
         print(escape(f"wrote {len(result.jobs)} job(s) to {folder}, cron times in {timezone}{zone_note}"))
     for problem_line in result.problems:
         print(escape(problem_line.format(source) + " (left out)"), file=sys.stderr)
-    _check_written(root, folder, [name for name, _ in files])
+    if files:
+        _check_written(root, folder, [name for name, _ in files])
     if result.problems:
         raise VigilError(f"{len(result.problems)} line(s) of {source} could not be translated and were left out")
     if not result.jobs:

@@ -248,6 +248,8 @@ def _program_of(words: list[str]) -> str | None:
             index += 1
             while index < len(words) and words[index].startswith("-"):
                 index += 1
+                if len(words[index - 1]) == 2 and index < len(words) and words[index].lstrip("-").isdigit():
+                    index += 1  # `nice -n 19`, `ionice -c 3`
             index += base in _WRAPPERS_WITH_ARG
             continue
         args = [w for w in words[index + 1 :] if not w.startswith("-")]
@@ -328,7 +330,7 @@ def _comment(text: str) -> str:
 
 
 def _toml_file(comments: list[str], keys: list[tuple[str, str | tuple[str, ...]]], env: Mapping[str, str]) -> str:
-    lines = [_comment(c) if c else "#" for c in comments]
+    lines = [_comment(part) for comment in comments for part in comment.split("\n")]
     lines += [f"{key} = {_toml_value(value)}" for key, value in keys]
     if env:
         lines += ["", "[env]"] + [f"{_toml_key(name)} = {_toml_string(value)}" for name, value in env.items()]
@@ -368,10 +370,10 @@ def _read_entries(text: str, system: bool) -> tuple[list[_Entry], list[CrontabPr
             continue
         if stripped.startswith("@"):
             match = (_SYSTEM_MACRO_ENTRY if system else _MACRO_ENTRY).fullmatch(line)
-            fields = (match.group(1),) if match else ()
+            fields: tuple[str, ...] = (match.group(1),) if match else ()
         else:
             match = (_SYSTEM_ENTRY if system else _ENTRY).fullmatch(line)
-            fields = match.groups()[:5] if match else ()
+            fields = tuple(match.groups()[:5]) if match else ()
         if match is None:
             wanted = "a user and a command" if system else "a command"
             problems.append(CrontabProblem(number, f"not a cron entry: expected 5 time fields (or a macro), {wanted}"))
@@ -452,8 +454,9 @@ def _mail_comment(mailto: str, line: int) -> str:
     if not mailto:
         return f"MAILTO was empty (line {line}): cron mailed nothing."
     return (
-        f"cron mailed output to {mailto} (MAILTO, line {line}). Vigil keeps it in the run's log "
-        '(`vigil logs RUN_ID`); to hear of failures, declare a channel [notify.NAME] in vigil.toml and set notify = ["NAME"].'
+        f"cron mailed output to {mailto} (MAILTO, line {line}). Vigil keeps it in the run's log\n"
+        "(`vigil logs RUN_ID`); to hear of failures, declare a channel [notify.NAME] in vigil.toml\n"
+        'and set notify = ["NAME"] here.'
     )
 
 
@@ -489,7 +492,8 @@ def translate(text: str, options: CrontabOptions) -> CrontabImport:
         if job.mail and job.mail != shared_mail:
             comments.append(job.mail)
         env = {k: v for k, v in job.env.items() if shared_env.get(k) != v}
-        imported.append(ImportedJob(name, job.entry.line, job.cron, job.settings["timezone"], _toml_file(comments, keys, env)))
+        text = _toml_file(comments, keys, env)
+        imported.append(ImportedJob(name, job.entry.line, job.cron, job.settings["timezone"], text))
     folder_comments = [f"Written by `vigil import-crontab` from {options.source}: what its jobs share."]
     if shared_mail:
         folder_comments.append(shared_mail)
