@@ -663,7 +663,9 @@ def test_upstream_satisfied() -> None:
         ("0 0 15W * *", "not supported"),
         ("0 0 * * 1#6", "the week number after '#' must be 1-5"),
         ("0 0 15 * 1#2", "cannot be combined"),
-        ("@reboot", "got 1"),
+        ("@reboot", "@reboot is not supported"),
+        ("@weekdays", "unknown macro"),
+        ("daily", "got 1"),
     ],
 )
 def test_validate_cron_errors(expr: str, message: str) -> None:
