@@ -353,6 +353,12 @@ def cmd_next(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_crontab(args: argparse.Namespace) -> int:
+    from engine.cli.import_crontab import cmd_import_crontab as run
+
+    return run(args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.api import cluster_status
     from engine.model import to_json
@@ -545,6 +551,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rerun", parents=[common], help="run a finished run's job again, as a new run")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser(
+        "import-crontab",
+        parents=[common, jobs],
+        help="turn a crontab into job files (one per line)",
+        description="Write one job file per line of a crontab (and a _folder.toml with what they share) to "
+        "DIR/PREFIX. Lines that cannot be translated are listed with their line numbers and left out "
+        "(exit status 1); existing files are not overwritten without --force.",
+    )
+    p.add_argument("file", metavar="FILE", help="the crontab (`-` for standard input, e.g. from `crontab -l`)")
+    p.add_argument("--system", action="store_true", help="the /etc/crontab and /etc/cron.d format, with a user field")
+    p.add_argument("--to", metavar="DIR", help="the job folder to write into (default: --jobs)")
+    p.add_argument(
+        "--prefix",
+        metavar="NAME",
+        help="the sub-folder of DIR, and so the jobs' name prefix (default: the file's name, e.g. php for "
+        "/etc/cron.d/php)",
+    )
+    p.add_argument(
+        "--timezone", metavar="ZONE", help="the zone cron ran in, for lines without CRON_TZ (default: this host's)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite job files a previous import wrote")
+    p.set_defaults(func=cmd_import_crontab)
 
     p = sub.add_parser("next", parents=[common, jobs, as_json], help="preview a job's next fire times")
     p.add_argument("name")

@@ -9,7 +9,8 @@ line and key, and a bad file never stops the good ones. The package, lowest laye
   agent and pool keys) and the hand-written checks;
 - `settings`: `vigil.toml`;
 - `watch`: the inotify watch that spares the scheduler a walk of an unchanged folder;
-- `folder`: `JobFolder` (incremental cache, `_folder.toml` layering, `after` names and cycles).
+- `folder`: `JobFolder` (incremental cache, `_folder.toml` layering, `after` names and cycles);
+- `crontab`: a crontab translated into job file texts (`vigil import-crontab`; imported by name only).
 
 A module imports only those above it, and outside the package only `engine.model`, `engine.errors`,
 `engine.text`, `engine.durations` and `engine.schedule` (whose cron parser decides what is valid).

@@ -167,7 +167,7 @@ def as_string_list(value: object, what: str) -> list[str]:
 def _cron_problem(expr: str) -> str | None:
     """Why a cron expression is invalid (naming the field at fault and its range), or None."""
     fields = expr.split()
-    if len(fields) not in (5, 6):
+    if len(fields) not in (5, 6) and not expr.startswith("@"):  # a macro is one word: the parser says
         return (
             f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, "
             f"got {len(fields)} in {quote(expr)}"

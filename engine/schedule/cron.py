@@ -4,8 +4,10 @@ Pure: no I/O, no clock. Imports only the standard library, `engine.text`.
 
 Cron syntax: 5 fields (minute hour day-of-month month day-of-week) or 6 with a seconds field first;
 numbers, names (jan, mon), ranges, steps, lists, ``*``/``?``, ``L`` (last day of month), ``n#k`` and
-``Ln`` (k-th / last weekday n); no @daily-style macros (job files reject them). When day-of-month and
-day-of-week are both restricted a day matching either fires (Vixie cron, croniter's default).
+``Ln`` (k-th / last weekday n); or one of Vixie cron's macros (`MACROS`: ``@daily`` is ``0 0 * * *``, and
+so on; ``@hourly``'s hour is a ``*``, as in Vixie cron, so it follows real time across DST). ``@reboot`` is
+refused (`REBOOT_REASON`). When day-of-month and day-of-week are both restricted a day matching either
+fires (Vixie cron, croniter's default).
 
 DST rule (Vixie cron), decided by the hour field alone because DST moves whole hours:
 
@@ -32,6 +34,8 @@ from engine.text import describe, quote
 
 __all__ = [
     "EPOCH_UTC",
+    "MACROS",
+    "REBOOT_REASON",
     "ZonedCron",
     "floor_ts",
     "load_zone",
@@ -174,6 +178,22 @@ _FIELDS: tuple[tuple[str, int, int, Mapping[str, int]], ...] = (
     ("day-of-week", 0, 7, _WEEKDAYS),
 )
 _SEC, _MIN, _HOUR, _DOM, _MON, _DOW = range(6)
+#: Vixie cron's macros and the expression each stands for (crontab(5)); matched case-insensitively.
+MACROS: Mapping[str, str] = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+#: Why `@reboot` is refused, and what to do instead (docs/decisions.md, "Cron macros").
+REBOOT_REASON = (
+    "@reboot is not supported: Vigil fires jobs by the clock, and a scheduler start is not a boot (a restart "
+    "or a failover starts one too); start the command from a systemd unit (Type=oneshot, "
+    "WantedBy=multi-user.target) instead"
+)
 _NTH = re.compile(r"(\w+)#(\d+)")
 _LAST_WEEKDAY = re.compile(r"l(\w+)")
 _UNSUPPORTED = re.compile(r"^[hr](\(|/|$)|^\d+w$|^lw$")
@@ -359,6 +379,8 @@ def _parse_cron(expr: str) -> _CronSpec:
     text = expr.strip()
     if not text:
         raise ValueError("empty cron expression")
+    if text.startswith("@"):
+        text = _expand_macro(text)
     parts = text.split()
     if len(parts) == 5:
         parts = ["0", *parts]
@@ -385,6 +407,16 @@ def _parse_cron(expr: str) -> _CronSpec:
     if spec.next_match(datetime(2000, 1, 1)) is None:
         raise ValueError("never fires: no real date matches its day-of-month, month and day-of-week")
     return spec
+
+
+def _expand_macro(text: str) -> str:
+    macro = text.lower()
+    if macro == "@reboot":
+        raise ValueError(REBOOT_REASON)
+    expansion = MACROS.get(macro)
+    if expansion is None:
+        raise ValueError(f"unknown macro {quote(text)} (known: {', '.join(MACROS)})")
+    return expansion
 
 
 def validate_cron(expr: str, timezone: str = "UTC") -> None:

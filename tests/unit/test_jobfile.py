@@ -280,7 +280,9 @@ def test_bad_values_are_rejected_naming_key_line_and_type(tmp_path: Path, line: 
         ("* * * * FOO", "day-of-week field 'FOO'"),
         ("70 * * * * *", "second field '70'"),
         ("* * * * * * *", "expected 5 fields"),
-        ("@daily", "got 1"),
+        ("@reboot", "@reboot is not supported"),
+        ("@dayly", "unknown macro '@dayly'"),
+        ("daily", "got 1"),
         ("0 0 30 2 *", "never fires"),
     ],
 )
@@ -1316,3 +1318,14 @@ def test_every_name_engine_config_exports_resolves() -> None:
         assert getattr(engine.config, name) is not None, name
     with pytest.raises(AttributeError):
         _ = engine.config.no_such_name  # type: ignore[attr-defined]
+
+
+def test_cron_macro_in_a_job_file_fires_at_its_expansion(tmp_path: Path) -> None:
+    write(tmp_path, "nightly.toml", 'command = "true"\ncron = "@midnight"\ntimezone = "Europe/Berlin"\n')
+    result = load_folder(tmp_path)
+    assert result.errors == []
+    job = result.jobs["nightly"]
+    assert job.cron == "@midnight"
+    trigger = trigger_for(job)
+    assert trigger is not None
+    assert trigger.next_fire(datetime(2026, 7, 1, 12, tzinfo=UTC)) == datetime(2026, 7, 1, 22, tzinfo=UTC)

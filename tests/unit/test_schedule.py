@@ -138,10 +138,38 @@ def test_cron_nth_and_last_weekday() -> None:
     assert fires(CronTrigger("0 9 * * L5"), utc(2026, 1, 1), 2) == [utc(2026, 1, 30, 9), utc(2026, 2, 27, 9)]
 
 
-def test_cron_macros_are_not_accepted_like_in_job_files() -> None:
-    for macro in ("@daily", "@hourly", "@reboot"):
-        with pytest.raises(ValueError, match="expected 5 fields"):
-            CronTrigger(macro)
+@pytest.mark.parametrize("macro", ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"])
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "America/New_York"])
+def test_cron_macros_fire_when_croniter_says(macro: str, tz: str) -> None:
+    """Vixie cron's macros: the next 20 fires equal croniter's, from starts away from DST changes."""
+    zone = ZoneInfo(tz)
+    for start in (datetime(2026, 1, 5, 13, 7, tzinfo=zone), datetime(2027, 6, 30, 23, 59, 59, tzinfo=zone)):
+        reference = croniter(macro, start)
+        count = 20 if macro != "@hourly" else 10  # ten hours stay clear of every DST change
+        expected = [reference.get_next(datetime).astimezone(UTC) for _ in range(count)]
+        assert fires(CronTrigger(macro, tz), start, count) == expected, (macro, start)
+
+
+def test_cron_macros_are_case_insensitive_and_hourly_follows_real_time() -> None:
+    assert CronTrigger("@DAILY").next_fire(utc(2026, 1, 1, 12)) == utc(2026, 1, 2)
+    # @hourly is `0 * * * *` (Vixie sets its hour field to `*`): twice in Berlin's repeated hour.
+    assert CronTrigger("@hourly", "Europe/Berlin").wildcard_hour
+    assert fires(CronTrigger("@hourly", "Europe/Berlin"), utc(2026, 10, 24, 23, 30), 3) == [
+        utc(2026, 10, 25, 0),
+        utc(2026, 10, 25, 1),
+        utc(2026, 10, 25, 2),
+    ]
+    # @daily is a fixed time: the skipped or repeated hour does not double it.
+    assert not CronTrigger("@daily", "Europe/Berlin").wildcard_hour
+
+
+def test_reboot_and_unknown_macros_are_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match=r"@reboot is not supported: .*systemd unit"):
+        validate_cron("@reboot")
+    with pytest.raises(ValueError, match=r"unknown macro '@fortnightly' \(known: @yearly, .*@hourly\)"):
+        validate_cron("@fortnightly")
+    with pytest.raises(ValueError, match="unknown macro '@daily 5'"):
+        CronTrigger("@daily 5")
 
 
 def test_cron_in_zone_without_dst() -> None:
@@ -635,7 +663,9 @@ def test_upstream_satisfied() -> None:
         ("0 0 15W * *", "not supported"),
         ("0 0 * * 1#6", "the week number after '#' must be 1-5"),
         ("0 0 15 * 1#2", "cannot be combined"),
-        ("@reboot", "got 1"),
+        ("@reboot", "@reboot is not supported"),
+        ("@weekdays", "unknown macro"),
+        ("daily", "got 1"),
     ],
 )
 def test_validate_cron_errors(expr: str, message: str) -> None:

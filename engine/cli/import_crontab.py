@@ -1,0 +1,123 @@
+"""`vigil import-crontab FILE`: a crontab's lines written as job files (the translation is
+`engine.config.crontab`'s; this module reads the file, asks the host what cron would, and writes).
+
+Layer: cli. Imports the base modules and config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import sys
+from pathlib import Path
+
+from engine.config import format_errors, job_name_problem, load_folder
+from engine.config.crontab import CrontabOptions, folder_name_for, translate
+from engine.errors import VigilError
+from engine.schedule.cron import validate_timezone
+from engine.text import escape, quote
+
+EXIT_OK, EXIT_LEFT_OUT = 0, 1
+_ZONEINFO = "zoneinfo/"
+
+
+def host_timezone() -> str | None:
+    """The zone this host's cron runs in: /etc/localtime's target, else /etc/timezone; None if neither names one."""
+    candidates: list[str] = []
+    try:
+        target = os.readlink("/etc/localtime")
+        if _ZONEINFO in target:
+            candidates.append(target.split(_ZONEINFO, 1)[1])
+    except OSError:
+        pass
+    try:
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError):
+        pass
+    for name in candidates:
+        try:
+            validate_timezone(name)
+        except ValueError:
+            continue
+        return name
+    return None
+
+
+def _home_of(user: str) -> str | None:
+    """The user's home, if it exists here (cron's chdir to a missing home is silently skipped)."""
+    try:
+        home = pwd.getpwnam(user).pw_dir
+    except KeyError:
+        return None
+    return home if os.path.isdir(home) else None
+
+
+def _read(path: str) -> str:
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise VigilError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise VigilError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def cmd_import_crontab(args: argparse.Namespace) -> int:
+    source = "<stdin>" if args.file == "-" else args.file
+    prefix = args.prefix if args.prefix is not None else folder_name_for(source)
+    prefix = prefix.strip("/")
+    problem = job_name_problem(prefix)
+    if problem or not prefix:
+        raise VigilError(f"--prefix {quote(prefix)}: {problem or 'must name a folder under --to'}")
+    timezone = args.timezone or host_timezone()
+    zone_note = "" if args.timezone else " (this host's)" if timezone else " (this host's zone is unknown: --timezone)"
+    timezone = timezone or "UTC"
+    try:
+        validate_timezone(timezone)
+    except ValueError as exc:
+        raise VigilError(f"--timezone: {exc}") from None
+    text = _read(args.file)
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    result = translate(
+        text,
+        CrontabOptions(source=source, system=args.system, timezone=timezone, owner=owner, home_of=_home_of),
+    )
+    root = Path(args.to or args.jobs).resolve()
+    folder = root / prefix
+    files = result.files()
+    existing = [name for name, _ in files if (folder / name).exists()]
+    if existing and not args.force:
+        raise VigilError(
+            f"refusing to overwrite {len(existing)} file(s) in {folder}: {', '.join(existing)} (--force overwrites)"
+        )
+    if files:
+        folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files:
+        # Whole files only: a scheduler watching the folder never reads half of one.
+        temporary = folder / f".{name}.import"
+        temporary.write_text(content, encoding="utf-8")
+        os.replace(temporary, folder / name)
+    for job in result.jobs:
+        print(escape(f"{prefix}/{job.name}  {job.schedule}  (line {job.line})"))
+    if result.jobs:
+        print(escape(f"wrote {len(result.jobs)} job(s) to {folder}, cron times in {timezone}{zone_note}"))
+    for problem_line in result.problems:
+        print(escape(problem_line.format(source) + " (left out)"), file=sys.stderr)
+    if files:
+        _check_written(root, folder, [name for name, _ in files])
+    if result.problems:
+        raise VigilError(f"{len(result.problems)} line(s) of {source} could not be translated and were left out")
+    if not result.jobs:
+        raise VigilError(f"{source}: no cron entries found; nothing written")
+    return EXIT_OK
+
+
+def _check_written(root: Path, folder: Path, names: list[str]) -> None:
+    """What was written must load; a `_folder.toml` above it could still get in the way."""
+    written = {str(folder / name) for name in names}
+    errors = [e for e in load_folder(root).errors if e.path in written]
+    if errors:
+        print(format_errors(errors), file=sys.stderr)
+        raise VigilError(f"{len(errors)} error(s) in the files written to {folder} (see `vigil validate {root}`)")
