@@ -39,6 +39,10 @@ TERMINAL_STATES = frozenset(
         RunState.UNKNOWN,
     }
 )
+#: ended after running (not skipped or missed): what `recovered` compares a success with
+RAN_STATES = TERMINAL_STATES - {RunState.SKIPPED, RunState.MISSED}
+#: a run that ran and did not succeed
+FAILURE_STATES = RAN_STATES - {RunState.SUCCEEDED}
 ACTIVE_STATES = frozenset({RunState.LAUNCHING, RunState.RUNNING})
 #: not yet finished, in lifecycle order; queries.sql spells them out (tests/contract checks the spelling)
 OPEN_STATES = (RunState.PENDING, RunState.WAITING, RunState.LAUNCHING, RunState.RUNNING)
@@ -71,6 +75,7 @@ class Run:
     peak_rss: int | None = None
     cpu_s: float | None = None
     command: str | None = None  #: JSON text of the command as launched
+    warnings: tuple[str, ...] = ()  #: the RunWarning words raised on it ("late", "longer", "shorter")
 
     @property
     def is_open(self) -> bool:
@@ -223,6 +228,11 @@ class JobSpec:
     enabled: bool = True
     description: str = ""
     tags: tuple[str, ...] = ()
+    notify: tuple[str, ...] | None = None  #: channel names; None: `[scheduler] notify`
+    late_after: float | None = None  #: seconds after its scheduled time a run not yet started is late
+    warn_if_longer: Threshold | None = None
+    warn_if_shorter: Threshold | None = None
+    user: str | None = None  #: run the job as this user (the scheduler must be root for another user)
 
     @property
     def schedule_text(self) -> str:
@@ -237,6 +247,75 @@ class JobSpec:
         if self.after:
             parts.append("after " + ",".join(self.after))
         return "; ".join(parts) or "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """`warn_if_longer` / `warn_if_shorter`: a fixed duration, or a percentage of the median of the
+    job's recent successful durations (`"200%"`)."""
+
+    seconds: float | None = None
+    percent: float | None = None
+
+    def limit(self, median: float | None) -> float | None:
+        """The threshold in seconds; None when it is a percentage and there is no history yet."""
+        if self.seconds is not None:
+            return self.seconds
+        if self.percent is None or median is None:
+            return None
+        return median * self.percent / 100.0
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else format_duration(self.seconds or 0.0)
+
+
+class RunWarning(StrEnum):
+    """Warnings a run can carry (`runs --json` `warnings`, the dashboard's glyph)."""
+
+    LATE = "late"  #: not started `late_after` after its scheduled time
+    LONGER = "longer"  #: ran past `warn_if_longer`
+    SHORTER = "shorter"  #: succeeded in less than `warn_if_shorter`
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelSpec:
+    """A notification channel, `[notify.NAME]` in vigil.toml: an Apprise `url` or a `command`."""
+
+    name: str
+    url: str | None = None
+    command: str | tuple[str, ...] | None = None  #: gets the event as one JSON document on stdin
+    events: frozenset[str] | None = None  #: event kinds it takes; None: all
+    timeout: float = 30.0  #: seconds one delivery may take
+    rate_limit: int = 20  #: events delivered per `rate_window`; the rest are summarised
+    rate_window: float = 300.0  #: seconds
+
+
+class NotificationState(StrEnum):
+    PENDING = "pending"  #: not yet delivered (waiting for its next attempt)
+    SENT = "sent"
+    FAILED = "failed"  #: delivery gave up (the channel refused it, or kept failing past the limit)
+    SUPPRESSED = "suppressed"  #: held back by the channel's rate limit; counted in a summary event
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One outbox row: an event for one channel, with its delivery state."""
+
+    event_id: str
+    channel: str
+    event: str  #: the EventKind
+    job: str | None
+    run_id: int | None
+    created_at: datetime
+    state: NotificationState
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    last_attempt_at: datetime | None
+    sent_at: datetime | None
+    summary_id: str | None  #: the summary event that counts it, when suppressed
+    epoch: int  #: of the active that queued it
+    document: str  #: the event as JSON text (engine/notify/events.py), without `epoch` and `log_tail`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,6 +349,9 @@ class Settings:
     agent_wait_limit: float = 300.0  #: seconds a run waits for a healthy agent before failing
     agents: dict[str, AgentSpec] = field(default_factory=dict)
     pools: dict[str, PoolSpec] = field(default_factory=dict)
+    notify: tuple[str, ...] = ()  #: channels for system events, and for jobs that set no `notify`
+    channels: dict[str, ChannelSpec] = field(default_factory=dict)  #: `[notify.NAME]`
+    http_listen: str | None = None  #: `[http] listen`, "HOST:PORT": /metrics and /healthz
 
 
 def format_duration(seconds: float) -> str:

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from engine.config.sources import SourceFile, Value
 from engine.durations import MAX_DURATION_LABEL, parse_duration, within_max_duration
 from engine.errors import ConfigError
-from engine.model import Catchup, JobSpec, Overlap
+from engine.model import Catchup, JobSpec, Overlap, Threshold
 from engine.schedule import validate_cron
 from engine.text import describe, quote, show
 
@@ -344,6 +344,31 @@ def as_size(value: object) -> int:
     return size
 
 
+_PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
+
+
+def as_threshold(value: object) -> Threshold:
+    """`warn_if_longer` / `warn_if_shorter`: a duration ("30m", seconds) or a percentage ("200%") of the
+    median of the job's recent successful durations."""
+    if isinstance(value, str) and "%" in value:
+        match = _PERCENT.fullmatch(value)
+        if match is None:
+            raise BadValue(f'expected a percentage such as "200%", got {show(value)}')
+        percent = float(match.group(1))
+        if not 0 < percent <= 100_000:
+            raise BadValue(f"a percentage must be above 0% and at most 100000%, got {show(value)}")
+        return Threshold(percent=percent)
+    return Threshold(seconds=as_duration(value, positive=True))
+
+
+def as_channel_names(value: object) -> tuple[str, ...]:
+    """`notify`: names of `[notify.NAME]` channels (whether each is declared is checked with vigil.toml)."""
+    names = as_string_list(value, "channel names")
+    if any(not name.strip() for name in names):
+        raise BadValue("a channel name must not be empty")
+    return tuple(dict.fromkeys(names))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The key tables
 
@@ -399,6 +424,11 @@ JOB_FIELDS: Mapping[str, JobField] = _job_fields(
         "enabled": as_bool,
         "description": as_string,
         "tags": as_tags,
+        "notify": as_channel_names,
+        "late_after": _positive_duration,
+        "warn_if_longer": as_threshold,
+        "warn_if_shorter": as_threshold,
+        "user": partial(as_string, allow_empty=False),
     },
     relative_paths=("workdir",),
 )
@@ -416,6 +446,7 @@ SCHEDULER_FIELDS: Mapping[str, Check] = {
     "max_missed_rows": partial(as_int, minimum=1, maximum=1_000_000),
     "agent_poll_interval": partial(as_duration, positive=True, floor=_AGENT_POLL_FLOOR),
     "agent_wait_limit": _duration,
+    "notify": as_channel_names,
 }
 AGENT_KEYS = ("url", "token_file", "tls_ca", "tls_cert", "tls_key")
 POOL_KEYS = ("agents", "mode")

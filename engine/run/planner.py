@@ -24,6 +24,8 @@ from engine import schedule
 from engine.clock import Clock, iso
 from engine.exec.port import RunInfo, ShimExit
 from engine.model import Catchup, JobSpec, Overlap, RunState, Settings
+from engine.notify.events import Event
+from engine.notify.routing import channels_for
 from engine.run.table import RunTable
 from engine.store import intents as i
 
@@ -329,6 +331,13 @@ class Planner:
         return self.new_row(
             batch, name, scheduled_for, RunState.LAUNCHING, trigger, now, attempt=attempt, reason=reason
         )
+
+    def notify(self, batch: Batch, event: Event) -> None:
+        """Queue `event` in this batch's transaction for the channels it is routed to (if any)."""
+        job = self.jobs.get(event.job) if event.job else None
+        channels = channels_for(event, job, self.settings)
+        if channels:
+            batch.intents.append(i.NotificationQueued(event, channels))
 
     def handle_retries(self, mono: float, batch: Batch) -> None:
         # A retry that is due starts whatever the job's `overlap` says (the failed run it repeats

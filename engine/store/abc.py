@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, LeaderRow, Run, RunState, RunsWindow
+from engine.model import (
+    AgentRow,
+    AuditRow,
+    FailoverRow,
+    JobRow,
+    LeaderRow,
+    Notification,
+    NotificationState,
+    Run,
+    RunState,
+    RunsWindow,
+)
 
 if TYPE_CHECKING:  # the write side's types: a reader (`vigil runs --json`) never loads them
     from engine.errors import StoreFatalError
@@ -34,6 +45,23 @@ class LedgerStart:
     run_id_mark: int  #: the highest run id ever handed out, pruned ones included
     jobs: dict[str, JobState] = field(default_factory=dict)
     last_success: dict[str, datetime] = field(default_factory=dict)  #: latest succeeded end per job
+    #: the state of each job's latest finished run (for `recovered`: the first success after a failure)
+    last_end: dict[str, RunState] = field(default_factory=dict)
+
+
+#: How many successful durations of a job `warn_if_longer = "200%"` takes the median of.
+DURATION_HISTORY = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHealth:
+    """A channel as the outbox shows it: its rows by state and its latest delivery failure."""
+
+    channel: str
+    counts: dict[NotificationState, int]
+    failing: bool  #: its latest attempt failed and nothing was delivered since
+    last_error: str | None
+    last_sent_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +126,16 @@ class StoreReader(Protocol):
     def agents(self) -> list[AgentRow]: ...
 
     def audit(self, limit: int = 50) -> list[AuditRow]: ...
+
+    def notifications(
+        self, *, state: NotificationState | None = None, channel: str | None = None, limit: int = 50
+    ) -> list[Notification]:
+        """Outbox rows, newest first. A database older than the outbox has none."""
+        ...
+
+    def channel_health(self) -> list[ChannelHealth]:
+        """Every channel with outbox rows, by name."""
+        ...
 
 
 class Store(Protocol):
@@ -177,4 +215,17 @@ class Store(Protocol):
 
     async def prunable_runs(self, cutoff: datetime) -> list[int]:
         """Finished runs that ended before `cutoff`, by id."""
+        ...
+
+    async def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        """Pending outbox rows whose next attempt is due (`next_attempt_at` unset or not after `now`),
+        oldest first."""
+        ...
+
+    async def recent_durations(self, job: str, limit: int = DURATION_HISTORY) -> list[float]:
+        """Seconds the job's latest successful runs took, newest first (for `warn_if_* = "N%"`)."""
+        ...
+
+    async def next_notification_at(self) -> datetime | None:
+        """The earliest `next_attempt_at` of the pending rows that have one (None: none waits)."""
         ...

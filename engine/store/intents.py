@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from engine.model import RunState
+from engine.model import RunState, RunWarning
+from engine.notify.events import Event
 
 # ---------------------------------------------------------------- runs
 
@@ -215,6 +216,68 @@ class CleanStop:
     """The active stops cleanly: the next one need not look for a crash."""
 
 
+# ---------------------------------------------------------------- the notification outbox
+
+
+@dataclass(frozen=True, slots=True)
+class RunWarned:
+    """A run crossed `late_after`, `warn_if_longer` or `warn_if_shorter` (each kept once per run)."""
+
+    run_id: int
+    warning: RunWarning
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationQueued:
+    """An event for each of `channels`, pending: one outbox row per channel, in the transaction of
+    the state change that caused it. A row already there for (event id, channel) is kept as it is."""
+
+    event: Event
+    channels: tuple[str, ...]
+    not_before: datetime | None = None  #: first attempt not before this (a rate-limit summary)
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationSent:
+    event_id: str
+    channel: str
+    at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRetry:
+    """A delivery failed; the row stays pending until `next_attempt_at`."""
+
+    event_id: str
+    channel: str
+    at: datetime  #: when the attempt failed
+    attempts: int
+    next_attempt_at: datetime
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationFailed:
+    """Delivery gave up (the channel refused the event for good, or kept failing past the limit)."""
+
+    event_id: str
+    channel: str
+    at: datetime
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationSuppressed:
+    """Pending events held back by the channel's rate limit; `summary_id` is the event counting them."""
+
+    event_ids: tuple[str, ...]
+    channel: str
+    summary_id: str
+
+
 Intent = (
     NewRun
     | RunLaunching
@@ -237,4 +300,10 @@ Intent = (
     | Audit
     | Failover
     | CleanStop
+    | RunWarned
+    | NotificationQueued
+    | NotificationSent
+    | NotificationRetry
+    | NotificationFailed
+    | NotificationSuppressed
 )

@@ -31,9 +31,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
-from engine.model import ACTIVE_STATES, OPEN_STATES, LeaderRow, Run, RunState
+from engine.model import (
+    ACTIVE_STATES,
+    OPEN_STATES,
+    RAN_STATES,
+    LeaderRow,
+    Notification,
+    NotificationState,
+    Run,
+    RunState,
+)
 from engine.store import intents as i
-from engine.store.abc import JobState, LeaderClaim, LedgerStart
+from engine.store.abc import DURATION_HISTORY, JobState, LeaderClaim, LedgerStart
 from engine.store.health import StoreHealth
 
 #: The states each conditional update moves a run from (the WHERE clauses of queries.sql).
@@ -71,6 +80,8 @@ class _Tables:
     agents: dict[str, i.AgentSeen] = field(default_factory=dict)
     audit: list[i.Audit] = field(default_factory=list)
     failovers: list[tuple[i.Failover, int]] = field(default_factory=list)  #: with the epoch that wrote it
+    warnings: dict[tuple[int, str], datetime] = field(default_factory=dict)
+    outbox: dict[tuple[str, str], Notification] = field(default_factory=dict)  #: by (event id, channel)
 
     def copy(self) -> _Tables:
         return _Tables(
@@ -83,6 +94,8 @@ class _Tables:
             agents=dict(self.agents),
             audit=list(self.audit),
             failovers=list(self.failovers),
+            warnings=dict(self.warnings),
+            outbox=dict(self.outbox),
         )
 
 
@@ -125,6 +138,13 @@ class _Transaction:
             return  # no row matches: nothing changes, no trigger fires
         self._fence()
         self.t.runs[run_id] = dataclasses.replace(run, **changes)  # type: ignore[arg-type]
+
+    def _update_pending(self, event_id: str, channel: str, **changes: object) -> None:
+        row = self.t.outbox.get((event_id, channel))
+        if row is None or row.state is not NotificationState.PENDING:
+            return
+        self._fence()
+        self.t.outbox[(event_id, channel)] = dataclasses.replace(row, **changes)  # type: ignore[arg-type]
 
     def apply(self, intent: i.Intent, epoch: int) -> int | None:
         """Apply one intent under `epoch`; for a NewRun, the id when its row was new."""
@@ -247,6 +267,71 @@ class _Transaction:
             case i.CleanStop():
                 if self._current():
                     t.leader = dataclasses.replace(t.leader, clean_stop=True)
+            case i.RunWarned():
+                self._fence()
+                t.warnings.setdefault((intent.run_id, str(intent.warning)), intent.at)
+            case i.NotificationQueued():
+                self._fence()
+                event = intent.event
+                for channel in intent.channels:
+                    t.outbox.setdefault(
+                        (event.id, channel),
+                        Notification(
+                            event_id=event.id,
+                            channel=channel,
+                            event=str(event.event),
+                            job=event.job,
+                            run_id=event.run_id,
+                            created_at=event.at,
+                            state=NotificationState.PENDING,
+                            attempts=0,
+                            next_attempt_at=intent.not_before,
+                            last_error=None,
+                            last_attempt_at=None,
+                            sent_at=None,
+                            summary_id=None,
+                            epoch=self.epoch,
+                            document=event.to_json(),
+                        ),
+                    )
+            case i.NotificationSent():
+                self._update_pending(
+                    intent.event_id,
+                    intent.channel,
+                    state=NotificationState.SENT,
+                    sent_at=intent.at,
+                    last_attempt_at=intent.at,
+                    attempts=intent.attempts,
+                    next_attempt_at=None,
+                )
+            case i.NotificationRetry():
+                self._update_pending(
+                    intent.event_id,
+                    intent.channel,
+                    attempts=intent.attempts,
+                    next_attempt_at=intent.next_attempt_at,
+                    last_error=intent.error,
+                    last_attempt_at=intent.at,
+                )
+            case i.NotificationFailed():
+                self._update_pending(
+                    intent.event_id,
+                    intent.channel,
+                    state=NotificationState.FAILED,
+                    attempts=intent.attempts,
+                    next_attempt_at=None,
+                    last_error=intent.error,
+                    last_attempt_at=intent.at,
+                )
+            case i.NotificationSuppressed():
+                for event_id in intent.event_ids:
+                    self._update_pending(
+                        event_id,
+                        intent.channel,
+                        state=NotificationState.SUPPRESSED,
+                        summary_id=intent.summary_id,
+                        next_attempt_at=None,
+                    )
             case _:
                 raise TypeError(f"not a store intent: {intent!r}")
         return None
@@ -348,11 +433,17 @@ class MemoryStore:
                 best = last_success.get(run.job)
                 if best is None or run.ended_at > best:
                     last_success[run.job] = run.ended_at
+        last_end: dict[str, RunState] = {}
+        for run_id in sorted(t.runs):  # the newest run that ran, per catalogued job (as `last_ends`)
+            run = t.runs[run_id]
+            if run.job in t.catalog and run.state in RAN_STATES:
+                last_end[run.job] = run.state
         return LedgerStart(
             max_run_id=max(t.runs, default=0),
             run_id_mark=t.run_id_mark,
             jobs=dict(t.job_state),
             last_success=last_success,
+            last_end=last_end,
         )
 
     async def open_runs(self) -> list[Run]:
@@ -377,3 +468,30 @@ class MemoryStore:
             for run_id, run in runs.items()
             if run.ended_at is not None and run.ended_at < cutoff and run.state not in OPEN_STATES
         )
+
+    async def recent_durations(self, job: str, limit: int = DURATION_HISTORY) -> list[float]:
+        self._check_open()
+        runs = self.database.tables.runs
+        newest_first = (runs[run_id] for run_id in sorted(runs, reverse=True))
+        succeeded = (r for r in newest_first if r.job == job and r.state is RunState.SUCCEEDED)
+        durations = (r.duration() for r in succeeded if r.started_at is not None)
+        return [d for _, d in zip(range(limit), (d for d in durations if d is not None), strict=False)]
+
+    async def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        self._check_open()
+        due = [
+            row
+            for row in self.database.tables.outbox.values()
+            if row.state is NotificationState.PENDING and (row.next_attempt_at is None or row.next_attempt_at <= now)
+        ]
+        due.sort(key=lambda row: (row.created_at, row.event_id, row.channel))
+        return due[:limit]
+
+    async def next_notification_at(self) -> datetime | None:
+        self._check_open()
+        times = [
+            row.next_attempt_at
+            for row in self.database.tables.outbox.values()
+            if row.state is NotificationState.PENDING and row.next_attempt_at is not None
+        ]
+        return min(times, default=None)

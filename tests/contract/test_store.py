@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import FencedError, StoreError, StoreFatalError, StoreRetryableError
-from engine.model import ACTIVE_STATES, OPEN_STATES, AgentRow, FailoverRow, LeaderRow, Run, RunState
+from engine.model import ACTIVE_STATES, OPEN_STATES, RAN_STATES, AgentRow, FailoverRow, LeaderRow, Run, RunState
 from engine.store import intents as i
 from engine.store.abc import JobState, LeaderClaim, Store
 from tests.contract.conftest import Backend
@@ -367,6 +367,7 @@ def test_the_states_spelled_out_in_the_sqlite_statements_are_the_models() -> Non
         "run_started_clear_reason": memory._STARTABLE,
         "start_restated": ACTIVE_STATES,
         "run_waiting": memory._WAITABLE,
+        "last_ends": RAN_STATES,
     }
     schema = (Path(queries.__file__).parent / "schema.sql").read_text()
     statements = [*QUERIES.items(), ("schema.sql", schema)]

@@ -128,7 +128,9 @@ def test_the_job_key_table_is_jobspec_and_a_key_left_unset_takes_jobspecs_defaul
     (spec,) = load_folder(tmp_path).jobs.values()
     assert spec == JobSpec(name="manual", path=str(tmp_path / "manual.toml"), command="true")
     # [scheduler] of vigil.toml likewise: its keys are Settings' scalar fields, whose defaults apply
-    assert list(SCHEDULER_FIELDS) == [f.name for f in dataclasses.fields(Settings) if f.name not in ("agents", "pools")]
+    assert list(SCHEDULER_FIELDS) == [
+        f.name for f in dataclasses.fields(Settings) if f.name not in ("agents", "pools", "channels", "http_listen")
+    ]
 
 
 def test_names_come_from_paths_and_special_files_are_not_jobs(tmp_path: Path) -> None:

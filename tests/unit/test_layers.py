@@ -3,8 +3,8 @@ import each other in a cycle. Every import counts, also those inside functions a
 TYPE_CHECKING (read from the sources with ast: importing would miss the lazy ones).
 
 Layers, low to high (docs: each package's docstring says what it may import):
-  base (errors, model, clock, durations, text, ids, paths, sqlfile, sdnotify) < schedule, config, store < exec
-  < agents, control < run (it composes the executors, local and agents) < ha < api < cli.
+  base (errors, model, clock, durations, text, ids, paths, sqlfile, sdnotify) < schedule, config, store, notify
+  < exec < agents, control, outbox < run (it composes the executors, local and agents) < ha < api < cli.
 Some units of one layer must not import each other either (APART).
 """
 
@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = ("engine", "errors", "model", "clock", "durations", "text", "ids", "paths", "sqlfile", "sdnotify")
 LAYERS: dict[str, int] = {
     **dict.fromkeys(BASE, 0),
-    **dict.fromkeys(("schedule", "config", "store"), 1),
+    **dict.fromkeys(("schedule", "config", "store", "notify"), 1),
     "exec": 2,
-    **dict.fromkeys(("agents", "control"), 3),
+    **dict.fromkeys(("agents", "control", "outbox"), 3),  # outbox: delivers the notification outbox
     "run": 4,  # composes the executors: the local shims and the agent dispatcher
     "ha": 5,
     "api": 6,

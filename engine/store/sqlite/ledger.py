@@ -30,14 +30,14 @@ from typing import Any, TypeVar
 
 from engine.clock import iso, parse_iso
 from engine.errors import StoreError, StoreFatalError, StoreRetryableError
-from engine.model import LeaderRow, Run, RunState
+from engine.model import LeaderRow, Notification, Run, RunState
 from engine.paths import StatePaths
-from engine.store.abc import JobState, LeaderClaim, LedgerStart
+from engine.store.abc import DURATION_HISTORY, JobState, LeaderClaim, LedgerStart
 from engine.store.health import StoreHealth
 from engine.store.intents import Intent, NewRun
 from engine.store.sqlite.db import BUSY_TIMEOUT_MS, PRAGMAS, connect, rollback_quietly, store_error
 from engine.store.sqlite.queries import QUERIES
-from engine.store.sqlite.rows import leader_of, run_of, state_of
+from engine.store.sqlite.rows import duration_of, leader_of, notification_of, run_of, state_of
 from engine.store.sqlite.statements import bind
 
 Params = Sequence[Any] | dict[str, Any]
@@ -316,12 +316,29 @@ class Ledger:
             for row in await self.query(QUERIES["job_states"])
         }
         successes = {row["job"]: parse_iso(row["t"]) for row in await self.query(QUERIES["last_successes"])}
+        last_ends = {
+            row["job"]: state_of(row["state"]) for row in await self.query(QUERIES["last_ends"]) if row["state"]
+        }
         return LedgerStart(
             max_run_id=int(max_id),
             run_id_mark=int(mark),
             jobs=jobs,
             last_success={job: at for job, at in successes.items() if at is not None},
+            last_end=last_ends,
         )
+
+    async def recent_durations(self, job: str, limit: int = DURATION_HISTORY) -> list[float]:
+        rows = await self.query(QUERIES["recent_durations"], {"job": job, "limit": limit})
+        durations = (duration_of(row["started_at"], row["ended_at"]) for row in rows)
+        return [d for d in durations if d is not None]
+
+    async def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        rows = await self.query(QUERIES["due_notifications"], {"now": iso(now), "limit": limit})
+        return [notification_of(row) for row in rows]
+
+    async def next_notification_at(self) -> datetime | None:
+        (at,) = (await self.query(QUERIES["next_notification_at"]))[0]
+        return parse_iso(at)
 
     async def open_runs(self) -> list[Run]:
         return [run_of(row) for row in await self.query(QUERIES["open_runs"])]

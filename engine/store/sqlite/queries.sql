@@ -133,6 +133,43 @@ VALUES (:at, :from_pid, :to_pid, :cause, :gap_ms, :epoch, :epoch);
 -- The active stops cleanly
 UPDATE leader SET clean_stop = 1 WHERE id = 1 AND epoch = :epoch;
 
+-- run_warned --
+-- A run crossed late_after, warn_if_longer or warn_if_shorter (kept once per run and warning)
+INSERT INTO run_warnings (run_id, warning, at, writer_epoch) VALUES (:run_id, :warning, :at, :epoch)
+ON CONFLICT (run_id, warning) DO NOTHING;
+
+-- notification_queued --
+-- An event for each channel of a JSON array, pending; a row already there for (event, channel) is kept
+INSERT INTO notifications (event_id, channel, event, job, run_id, created_at, state, next_attempt_at, epoch,
+    document, writer_epoch)
+SELECT :event_id, value, :event, :job, :run_id, :created_at, 'pending', :not_before, :epoch, :document, :epoch
+FROM json_each(:channels) WHERE true
+ON CONFLICT (event_id, channel) DO NOTHING;
+
+-- notification_sent --
+-- An event was delivered to a channel
+UPDATE notifications SET state = 'sent', sent_at = :at, last_attempt_at = :at, attempts = :attempts,
+    next_attempt_at = NULL, writer_epoch = :epoch
+WHERE event_id = :event_id AND channel = :channel AND state = 'pending';
+
+-- notification_retry --
+-- A delivery failed: the event stays pending until its next attempt
+UPDATE notifications SET attempts = :attempts, next_attempt_at = :next_attempt_at, last_error = :error,
+    last_attempt_at = :at, writer_epoch = :epoch
+WHERE event_id = :event_id AND channel = :channel AND state = 'pending';
+
+-- notification_failed --
+-- Delivery of an event to a channel gave up
+UPDATE notifications SET state = 'failed', attempts = :attempts, next_attempt_at = NULL, last_error = :error,
+    last_attempt_at = :at, writer_epoch = :epoch
+WHERE event_id = :event_id AND channel = :channel AND state = 'pending';
+
+-- notification_suppressed --
+-- Pending events (a JSON array of ids) a channel's rate limit held back, counted by a summary event
+UPDATE notifications SET state = 'suppressed', summary_id = :summary_id, next_attempt_at = NULL,
+    writer_epoch = :epoch
+WHERE channel = :channel AND state = 'pending' AND event_id IN (SELECT value FROM json_each(:event_ids));
+
 -- take_leadership --
 -- Raise the epoch above the stored one and the floor, naming the new leader
 UPDATE leader SET epoch = MAX(epoch, :floor) + 1, pid = :pid, starttime = :starttime, since = :since,
@@ -158,6 +195,26 @@ SELECT job, paused, last_fire FROM job_state;
 -- last_successes --
 -- The latest successful end of each job
 SELECT job, MAX(ended_at) AS t FROM runs WHERE state = 'succeeded' GROUP BY job;
+
+-- last_ends --
+-- The state of each catalogued job's latest run that ended by running (not skipped or missed)
+SELECT j.name AS job, (SELECT state FROM runs x WHERE x.job = j.name
+        AND x.state IN ('succeeded', 'failed', 'timed_out', 'killed', 'unknown') ORDER BY x.id DESC LIMIT 1) AS state
+FROM jobs j;
+
+-- recent_durations --
+-- How long a job's latest successful runs took, newest first
+SELECT started_at, ended_at FROM runs WHERE job = :job AND state = 'succeeded' AND started_at IS NOT NULL
+ORDER BY id DESC LIMIT :limit;
+
+-- due_notifications --
+-- Pending outbox rows whose next attempt is due, oldest first
+SELECT * FROM notifications WHERE state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)
+ORDER BY created_at, event_id, channel LIMIT :limit;
+
+-- next_notification_at --
+-- The earliest next attempt of a pending outbox row
+SELECT MIN(next_attempt_at) FROM notifications WHERE state = 'pending';
 
 -- open_runs --
 -- Every run not yet finished, by id
@@ -290,3 +347,24 @@ DELETE FROM runs WHERE id = :run_id;
 -- The same rise of the run id mark, by `vigil db prune` with no scheduler running (the database's epoch)
 INSERT INTO run_id_mark (id, run_id, writer_epoch) VALUES (1, :run_id, (SELECT epoch FROM leader WHERE id = 1))
 ON CONFLICT (id) DO UPDATE SET run_id = MAX(run_id, excluded.run_id), writer_epoch = excluded.writer_epoch;
+
+-- warnings_of_runs --
+-- The warnings of runs named by a JSON array of ids, in the order they were raised
+SELECT run_id, warning FROM run_warnings WHERE run_id IN (SELECT value FROM json_each(:run_ids))
+ORDER BY run_id, at, warning;
+
+-- notifications_page --
+-- Outbox rows, newest first, optionally of one state and one channel
+SELECT * FROM notifications WHERE (:state IS NULL OR state = :state) AND (:channel IS NULL OR channel = :channel)
+ORDER BY created_at DESC, event_id DESC, channel LIMIT :limit;
+
+-- channel_counts --
+-- Each channel's outbox rows by state, with its last delivery and its last failed attempt
+SELECT channel, state, COUNT(*) AS n, MAX(sent_at) AS last_sent,
+    MAX(CASE WHEN last_error IS NOT NULL AND state != 'sent' THEN last_attempt_at END) AS last_failed
+FROM notifications GROUP BY channel, state ORDER BY channel;
+
+-- channel_last_error --
+-- A channel's latest delivery error
+SELECT last_error FROM notifications WHERE channel = :channel AND last_error IS NOT NULL AND state != 'sent'
+ORDER BY last_attempt_at DESC LIMIT 1;

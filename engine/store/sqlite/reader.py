@@ -10,18 +10,31 @@ stays light (no writer thread, no config parser). `SqliteReader` implements `eng
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
+from datetime import datetime
 from typing import Any
 
 from engine.clock import parse_iso
 from engine.errors import NotFoundError, StoreError
 from engine.ids import as_row_id
-from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, LeaderRow, Run, RunsWindow
+from engine.model import (
+    AgentRow,
+    AuditRow,
+    FailoverRow,
+    JobRow,
+    LeaderRow,
+    Notification,
+    NotificationState,
+    Run,
+    RunsWindow,
+)
 from engine.paths import StatePaths
-from engine.store.sqlite.db import connect, store_error
+from engine.store.abc import ChannelHealth
+from engine.store.sqlite.db import connect, store_error, tables_of
 from engine.store.sqlite.queries import QUERIES
-from engine.store.sqlite.rows import leader_of, required_time, run_of
+from engine.store.sqlite.rows import leader_of, notification_of, required_time, run_of
 
 #: SQLite's integer range: a count or page bound that excludes nothing.
 _LOWEST, _HIGHEST = -(1 << 63), (1 << 63) - 1
@@ -36,6 +49,7 @@ class SqliteReader:
     def __init__(self, paths: StatePaths) -> None:
         self.paths = paths
         self._conn: sqlite3.Connection | None = None
+        self._outbox = False  #: the database has the outbox tables (a database older than them has not)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -43,6 +57,7 @@ class SqliteReader:
             conn = connect(self.paths, create=False)  # a reader never makes state
             try:
                 conn.execute(QUERIES["query_only"])
+                self._outbox = {"notifications", "run_warnings"} <= tables_of(conn)
             except sqlite3.Error as exc:
                 conn.close()
                 raise store_error(exc, self.paths.db) from exc
@@ -72,6 +87,18 @@ class SqliteReader:
         except sqlite3.Error as exc:
             raise store_error(exc, self.paths.db) from exc
 
+    def _runs(self, name: str, params: dict[str, Any] | None = None) -> list[Run]:
+        """Runs read by a statement, each with its warnings."""
+        runs = [run_of(row) for row in self._rows(name, params)]
+        if not runs or not self._outbox:
+            return runs
+        warned: dict[int, list[str]] = {}
+        for row in self._rows("warnings_of_runs", {"run_ids": json.dumps([run.id for run in runs])}):
+            warned.setdefault(int(row["run_id"]), []).append(row["warning"])
+        if not warned:
+            return runs
+        return [dataclasses.replace(run, warnings=tuple(warned[run.id])) if run.id in warned else run for run in runs]
+
     # ------------------------------------------------------------ runs
 
     def runs(
@@ -80,15 +107,15 @@ class SqliteReader:
         """Newest first, keyset-paged by id so a page costs the same at any depth."""
         last = _HIGHEST if before_id is None else before_id - 1
         params = {"job": job, "state": state, "last": last, "limit": limit}
-        return [run_of(row) for row in self._rows(_filtered("runs_page", job, state), params)]
+        return self._runs(_filtered("runs_page", job, state), params)
 
     def run(self, run_id: int) -> Run:
         if as_row_id(run_id) is None:  # beyond SQLite's integers: no such run, not an OverflowError
             raise NotFoundError(f"no run with id {run_id}")
-        rows = self._rows("run", {"run_id": run_id})
-        if not rows:
+        runs = self._runs("run", {"run_id": run_id})
+        if not runs:
             raise NotFoundError(f"no run with id {run_id}")
-        return run_of(rows[0])
+        return runs[0]
 
     def runs_window(
         self,
@@ -134,22 +161,19 @@ class SqliteReader:
 
     def runs_after(self, after_id: int, limit: int = 1000) -> list[Run]:
         """Runs with id > `after_id`, oldest first: what is new since a reader last looked."""
-        return [run_of(row) for row in self._rows("runs_after", {"after": after_id, "limit": limit})]
+        return self._runs("runs_after", {"after": after_id, "limit": limit})
 
     def runs_by_ids(self, ids: list[int]) -> list[Run]:
         """Current rows of the given runs (missing ids are left out): re-reads runs still open."""
-        return [run_of(row) for row in self._rows("runs_by_ids", {"run_ids": json.dumps(ids)})]
+        return self._runs("runs_by_ids", {"run_ids": json.dumps(ids)})
 
     def latest_run_per_job(self) -> dict[str, Run]:
         """The newest run of every catalogued job, one index seek per job (O(jobs), not O(runs))."""
-        return {run.job: run for run in map(run_of, self._rows("latest_run_per_job"))}
+        return {run.job: run for run in self._runs("latest_run_per_job")}
 
     def recent_runs_of(self, names: list[str], per_job: int) -> dict[str, list[Run]]:
         """The newest `per_job` runs of each named job, newest first (index range per job)."""
-        return {
-            name: [run_of(row) for row in self._rows("recent_runs_of_job", {"job": name, "limit": per_job})]
-            for name in names
-        }
+        return {name: self._runs("recent_runs_of_job", {"job": name, "limit": per_job}) for name in names}
 
     # ------------------------------------------------------------ jobs, leader, agents, history
 
@@ -222,3 +246,44 @@ class SqliteReader:
             )
             for row in self._rows("recent_audit", {"limit": limit})
         ]
+
+    # ------------------------------------------------------------ the notification outbox
+
+    def notifications(
+        self, *, state: NotificationState | None = None, channel: str | None = None, limit: int = 50
+    ) -> list[Notification]:
+        if self._conn is None:
+            self.conn  # noqa: B018 (opens the connection and learns whether the outbox exists)
+        if not self._outbox:
+            return []
+        params = {"state": None if state is None else str(state), "channel": channel, "limit": limit}
+        return [notification_of(row) for row in self._rows("notifications_page", params)]
+
+    def channel_health(self) -> list[ChannelHealth]:
+        if self._conn is None:
+            self.conn  # noqa: B018
+        if not self._outbox:
+            return []
+        counts: dict[str, dict[NotificationState, int]] = {}
+        last_sent: dict[str, datetime] = {}
+        last_failed: dict[str, datetime] = {}
+        for row in self._rows("channel_counts"):
+            channel = row["channel"]
+            try:
+                counts.setdefault(channel, {})[NotificationState(row["state"])] = int(row["n"])
+            except ValueError:
+                counts.setdefault(channel, {})
+            for column, latest in (("last_sent", last_sent), ("last_failed", last_failed)):
+                when = parse_iso(row[column])
+                if when is not None and (channel not in latest or when > latest[channel]):
+                    latest[channel] = when
+        health = []
+        for channel, by_state in counts.items():
+            failed_at, sent_at = last_failed.get(channel), last_sent.get(channel)
+            failing = failed_at is not None and (sent_at is None or failed_at > sent_at)
+            error = None
+            if failing:
+                rows = self._rows("channel_last_error", {"channel": channel})
+                error = rows[0]["last_error"] if rows else None
+            health.append(ChannelHealth(channel, by_state, failing, error, sent_at))
+        return health

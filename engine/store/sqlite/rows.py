@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from engine.clock import parse_iso
 from engine.errors import StoreError
-from engine.model import LeaderRow, Run, RunState
+from engine.model import LeaderRow, Notification, NotificationState, Run, RunState
 
 #: What an unreadable run time reads as when no other time of the row is readable either.
 UNREADABLE_TIME = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,3 +94,35 @@ def leader_of(row: sqlite3.Row) -> LeaderRow:
         since=parse_iso(row["since"]),
         clean_stop=bool(row["clean_stop"]),
     )
+
+
+def notification_of(row: sqlite3.Row) -> Notification:
+    """An outbox row; a state this version does not know reads as pending (it is then retried)."""
+    try:
+        state = NotificationState(row["state"])
+    except ValueError:
+        state = NotificationState.PENDING
+    return Notification(
+        event_id=row["event_id"],
+        channel=row["channel"],
+        event=row["event"],
+        job=row["job"],
+        run_id=row["run_id"],
+        created_at=_time(row["created_at"]) or UNREADABLE_TIME,
+        state=state,
+        attempts=int(row["attempts"]),
+        next_attempt_at=parse_iso(row["next_attempt_at"]),
+        last_error=row["last_error"],
+        last_attempt_at=parse_iso(row["last_attempt_at"]),
+        sent_at=parse_iso(row["sent_at"]),
+        summary_id=row["summary_id"],
+        epoch=int(row["epoch"]),
+        document=row["document"],
+    )
+
+
+def duration_of(started_at: object, ended_at: object) -> float | None:
+    start, end = _time(started_at), _time(ended_at)
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())

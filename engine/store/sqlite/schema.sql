@@ -149,3 +149,49 @@ BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
 CREATE TRIGGER IF NOT EXISTS fence_run_id_mark_update BEFORE UPDATE ON run_id_mark
 WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
 BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+
+-- Warnings raised on a run (late, longer, shorter), each once per run.
+CREATE TABLE IF NOT EXISTS run_warnings (
+    run_id INTEGER NOT NULL,
+    warning TEXT NOT NULL,
+    at TEXT NOT NULL,
+    writer_epoch INTEGER NOT NULL,
+    PRIMARY KEY (run_id, warning)
+);
+CREATE TRIGGER IF NOT EXISTS fence_run_warnings_insert BEFORE INSERT ON run_warnings
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_run_warnings_update BEFORE UPDATE ON run_warnings
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+
+-- The notification outbox: one row per (event, channel), written in the transaction of the state
+-- change that caused the event, delivered (and marked) by the active. `epoch` is the queuing
+-- active's; `document` is the event as JSON (engine/notify/events.py).
+CREATE TABLE IF NOT EXISTS notifications (
+    event_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    event TEXT NOT NULL,
+    job TEXT,
+    run_id INTEGER,
+    created_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    last_error TEXT,
+    last_attempt_at TEXT,
+    sent_at TEXT,
+    summary_id TEXT,
+    epoch INTEGER NOT NULL,
+    document TEXT NOT NULL,
+    writer_epoch INTEGER NOT NULL,
+    PRIMARY KEY (event_id, channel)
+);
+CREATE INDEX IF NOT EXISTS notifications_pending ON notifications (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at);
+CREATE TRIGGER IF NOT EXISTS fence_notifications_insert BEFORE INSERT ON notifications
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+CREATE TRIGGER IF NOT EXISTS fence_notifications_update BEFORE UPDATE ON notifications
+WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;

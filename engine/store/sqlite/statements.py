@@ -187,6 +187,72 @@ def _clean_stop(intent: i.CleanStop, epoch: int) -> Bound:
     return QUERIES["clean_stop"], {"epoch": epoch}
 
 
+def _run_warned(intent: i.RunWarned, epoch: int) -> Bound:
+    return QUERIES["run_warned"], {
+        "run_id": intent.run_id,
+        "warning": str(intent.warning),
+        "at": iso(intent.at),
+        "epoch": epoch,
+    }
+
+
+def _notification_queued(intent: i.NotificationQueued, epoch: int) -> Bound:
+    event = intent.event
+    return QUERIES["notification_queued"], {
+        "event_id": event.id,
+        "channels": json.dumps(list(intent.channels)),
+        "event": str(event.event),
+        "job": event.job,
+        "run_id": event.run_id,
+        "created_at": iso(event.at),
+        "not_before": iso(intent.not_before),
+        "document": event.to_json(),
+        "epoch": epoch,
+    }
+
+
+def _notification_sent(intent: i.NotificationSent, epoch: int) -> Bound:
+    return QUERIES["notification_sent"], {
+        "event_id": intent.event_id,
+        "channel": intent.channel,
+        "at": iso(intent.at),
+        "attempts": intent.attempts,
+        "epoch": epoch,
+    }
+
+
+def _notification_retry(intent: i.NotificationRetry, epoch: int) -> Bound:
+    return QUERIES["notification_retry"], {
+        "event_id": intent.event_id,
+        "channel": intent.channel,
+        "at": iso(intent.at),
+        "attempts": intent.attempts,
+        "next_attempt_at": iso(intent.next_attempt_at),
+        "error": intent.error,
+        "epoch": epoch,
+    }
+
+
+def _notification_failed(intent: i.NotificationFailed, epoch: int) -> Bound:
+    return QUERIES["notification_failed"], {
+        "event_id": intent.event_id,
+        "channel": intent.channel,
+        "at": iso(intent.at),
+        "attempts": intent.attempts,
+        "error": intent.error,
+        "epoch": epoch,
+    }
+
+
+def _notification_suppressed(intent: i.NotificationSuppressed, epoch: int) -> Bound:
+    return QUERIES["notification_suppressed"], {
+        "event_ids": json.dumps(list(intent.event_ids)),
+        "channel": intent.channel,
+        "summary_id": intent.summary_id,
+        "epoch": epoch,
+    }
+
+
 _BINDERS: dict[type, Callable[[Any, int], Bound]] = {
     i.NewRun: _new_run,
     i.RunLaunching: _run_launching,
@@ -209,4 +275,10 @@ _BINDERS: dict[type, Callable[[Any, int], Bound]] = {
     i.Audit: _audit,
     i.Failover: _failover,
     i.CleanStop: _clean_stop,
+    i.RunWarned: _run_warned,
+    i.NotificationQueued: _notification_queued,
+    i.NotificationSent: _notification_sent,
+    i.NotificationRetry: _notification_retry,
+    i.NotificationFailed: _notification_failed,
+    i.NotificationSuppressed: _notification_suppressed,
 }

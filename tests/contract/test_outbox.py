@@ -1,0 +1,199 @@
+"""The Store contract for the notification outbox and run warnings (every backend: the `backend` fixture).
+
+An event is queued in the transaction of the state change that causes it: the same commit holds both
+or neither. Its delivery state moves only from pending; a deposed active can neither queue nor mark.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from engine.errors import FencedError
+from engine.model import NotificationState, RunState, RunWarning
+from engine.notify.events import Event, EventKind, run_event_id
+from engine.paths import StatePaths
+from engine.store import intents as i
+from engine.store.abc import Store
+from engine.store.sqlite.ledger import Ledger
+from engine.store.sqlite.reader import SqliteReader
+from tests.contract.conftest import Backend
+from tests.contract.test_store import NOW, deposed, finished, fire, leading
+
+
+def failed_event(run_id: int, *, at=NOW) -> Event:
+    return Event(
+        id=run_event_id(EventKind.FAILED, run_id),
+        event=EventKind.FAILED,
+        at=at,
+        job="j",
+        run_id=run_id,
+        state="failed",
+        exit_code=3,
+        attempt=1,
+        final=True,
+    )
+
+
+async def test_an_event_queued_with_its_state_change_is_due_once_per_channel(store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1), i.RunStarted(1, NOW, None)])
+    await store.commit([finished(1, RunState.FAILED, 3), i.NotificationQueued(failed_event(1), ("ops", "pager"))])
+    due = await store.due_notifications(NOW)
+    assert [(n.event_id, n.channel, n.state, n.attempts) for n in due] == [
+        ("failed:run:1", "ops", NotificationState.PENDING, 0),
+        ("failed:run:1", "pager", NotificationState.PENDING, 0),
+    ]
+    assert Event.from_json(due[0].document) == failed_event(1)
+    assert due[0].epoch == store.epoch
+    # Queued again (a retried transaction, a new active looking at the same cause): still one row each.
+    await store.commit([i.NotificationQueued(failed_event(1), ("ops",))])
+    assert len(await store.due_notifications(NOW)) == 2
+
+
+async def test_delivery_state_moves_only_from_pending(store: Store) -> None:
+    await leading(store)
+    await store.commit([i.NotificationQueued(failed_event(1), ("ops", "pager", "mail"))])
+    later = NOW + timedelta(seconds=30)
+    await store.commit(
+        [
+            i.NotificationSent("failed:run:1", "ops", NOW, 1),
+            i.NotificationRetry("failed:run:1", "pager", NOW, 1, later, "connection refused"),
+            i.NotificationFailed("failed:run:1", "mail", NOW, 1, "550 no such user"),
+        ]
+    )
+    # Only the retry is left, and only once its time has come.
+    assert await store.due_notifications(NOW) == []
+    assert await store.next_notification_at() == later
+    (retry,) = await store.due_notifications(later)
+    assert (retry.channel, retry.attempts, retry.last_error) == ("pager", 1, "connection refused")
+    # A sent row is never moved back (a late duplicate report of a failure changes nothing).
+    await store.commit([i.NotificationRetry("failed:run:1", "ops", later, 2, later, "late")])
+    await store.commit([i.NotificationSent("failed:run:1", "pager", later, 2)])
+    assert await store.due_notifications(later + timedelta(days=1)) == []
+    assert await store.next_notification_at() is None
+
+
+async def test_suppressed_events_leave_the_queue_and_their_summary_waits_for_its_time(store: Store) -> None:
+    await leading(store)
+    await store.commit([i.NotificationQueued(failed_event(n), ("ops",)) for n in (1, 2, 3)])
+    window_end = NOW + timedelta(minutes=5)
+    summary = Event(id="summary:ops:1", event=EventKind.SUMMARY, at=NOW, count=2, message="2 more failures of j")
+    await store.commit(
+        [
+            i.NotificationSuppressed(("failed:run:2", "failed:run:3"), "ops", "summary:ops:1"),
+            i.NotificationQueued(summary, ("ops",), not_before=window_end),
+        ]
+    )
+    assert [n.event_id for n in await store.due_notifications(NOW)] == ["failed:run:1"]
+    assert await store.next_notification_at() == window_end
+    assert [n.event_id for n in await store.due_notifications(window_end)] == ["failed:run:1", "summary:ops:1"]
+
+
+async def test_a_deposed_active_can_neither_queue_nor_mark(backend: Backend, store: Store) -> None:
+    await leading(store)
+    await store.commit([i.NotificationQueued(failed_event(1), ("ops",))])
+    successor = await deposed(backend, store)
+    with pytest.raises(FencedError):
+        await store.commit([i.NotificationQueued(failed_event(2), ("ops",))])
+    with pytest.raises(FencedError):
+        await store.commit([i.NotificationSent("failed:run:1", "ops", NOW, 1)])
+    with pytest.raises(FencedError):
+        await store.commit([i.RunWarned(1, RunWarning.LATE, NOW)])
+    # The new active delivers what the old one did not.
+    (pending,) = await successor.due_notifications(NOW)
+    assert (pending.event_id, pending.state) == ("failed:run:1", NotificationState.PENDING)
+
+
+async def test_a_failed_commit_queues_no_event(backend: Backend, store: Store) -> None:
+    await leading(store)
+    await store.commit([fire(1)])
+    successor = await deposed(backend, store)
+    with pytest.raises(FencedError):
+        await store.commit([finished(1, RunState.FAILED, 3), i.NotificationQueued(failed_event(1), ("ops",))])
+    assert await successor.due_notifications(NOW) == []
+
+
+async def test_last_end_and_recent_durations_feed_recovered_and_percent_thresholds(store: Store) -> None:
+    await leading(store)
+    await store.commit(
+        [
+            i.CatalogUpsert("j", "j.toml", "every 1m", True, None, "", "", None, None),
+            fire(1),
+            fire(2, at=NOW + timedelta(minutes=1)),
+            fire(3, at=NOW + timedelta(minutes=2)),
+            fire(4, at=NOW + timedelta(minutes=3), state=RunState.SKIPPED),
+        ]
+    )
+    for run_id, seconds, state in ((1, 10, RunState.SUCCEEDED), (2, 30, RunState.SUCCEEDED), (3, 5, RunState.FAILED)):
+        start = NOW + timedelta(minutes=run_id)
+        await store.commit(
+            [i.RunStarted(run_id, start, None), finished(run_id, state, 0, start + timedelta(seconds=seconds))]
+        )
+    await store.commit([finished(4, RunState.SKIPPED, None)])
+    start = await store.start_state()
+    assert start.last_end == {"j": RunState.FAILED}  # the skipped run did not run
+    assert await store.recent_durations("j") == [30.0, 10.0]
+    assert await store.recent_durations("j", limit=1) == [30.0]
+    assert await store.recent_durations("other") == []
+
+
+# ---------------------------------------------------------------- the SQLite readers
+
+
+async def test_the_sqlite_reader_lists_the_outbox_its_channels_health_and_run_warnings(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    ledger = Ledger(paths)
+    await ledger.open()
+    try:
+        await leading(ledger)
+        await ledger.commit([fire(1), i.NotificationQueued(failed_event(1), ("ops", "pager"))])
+        await ledger.commit(
+            [
+                i.RunWarned(1, RunWarning.LATE, NOW),
+                i.RunWarned(1, RunWarning.LATE, NOW + timedelta(seconds=2)),  # kept once
+                i.RunWarned(1, RunWarning.LONGER, NOW + timedelta(seconds=1)),
+                i.NotificationSent("failed:run:1", "ops", NOW, 1),
+                i.NotificationRetry("failed:run:1", "pager", NOW, 3, NOW + timedelta(minutes=1), "HTTP 503"),
+            ]
+        )
+    finally:
+        await ledger.close()
+    reader = SqliteReader(paths)
+    try:
+        assert reader.run(1).warnings == ("late", "longer")
+        assert reader.runs()[0].warnings == ("late", "longer")
+        rows = reader.notifications()
+        assert {(n.channel, n.state) for n in rows} == {
+            ("ops", NotificationState.SENT),
+            ("pager", NotificationState.PENDING),
+        }
+        assert [n.channel for n in reader.notifications(state=NotificationState.PENDING)] == ["pager"]
+        assert reader.notifications(channel="nope") == []
+        health = {h.channel: h for h in reader.channel_health()}
+        assert not health["ops"].failing and health["ops"].last_sent_at == NOW
+        assert health["pager"].failing and health["pager"].last_error == "HTTP 503"
+        assert health["pager"].counts == {NotificationState.PENDING: 1}
+    finally:
+        reader.close()
+
+
+def test_a_reader_of_a_database_older_than_the_outbox_sees_none(tmp_path: Path) -> None:
+    import sqlite3
+
+    from engine.store.sqlite.db import connect
+
+    paths = StatePaths(tmp_path)
+    connect(paths).close()
+    with sqlite3.connect(paths.db) as conn:  # as a Vigil before the outbox left it
+        conn.execute("DROP TABLE notifications")
+        conn.execute("DROP TABLE run_warnings")
+    reader = SqliteReader(paths)
+    try:
+        assert reader.notifications() == []
+        assert reader.channel_health() == []
+        assert reader.runs() == []
+    finally:
+        reader.close()

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from engine.model import ChannelSpec, JobSpec, Settings
+from engine.notify.events import Event, EventKind
+from engine.notify.routing import channels_for
+
+AT = datetime(2026, 12, 2, tzinfo=UTC)
+SETTINGS = Settings(
+    notify=("ops",),
+    channels={
+        "ops": ChannelSpec(name="ops", url="json://localhost"),
+        "pager": ChannelSpec(name="pager", command="page-me", events=frozenset({"failed", "failover"})),
+    },
+)
+
+
+def event(kind: EventKind, job: str | None = "etl/load") -> Event:
+    return Event(id=f"{kind}:x", event=kind, at=AT, job=job)
+
+
+def test_a_job_without_notify_uses_the_scheduler_default_and_one_with_it_its_own() -> None:
+    plain = JobSpec(name="etl/load", path="x", command="true")
+    own = JobSpec(name="etl/load", path="x", command="true", notify=("pager", "undeclared"))
+    assert channels_for(event(EventKind.FAILED), plain, SETTINGS) == ("ops",)
+    assert channels_for(event(EventKind.FAILED), own, SETTINGS) == ("pager",)
+    # The pager's filter leaves out what it did not ask for; an empty list silences the job.
+    assert channels_for(event(EventKind.LATE), own, SETTINGS) == ()
+    assert channels_for(event(EventKind.FAILED), JobSpec(name="q", path="x", command="true", notify=()), SETTINGS) == ()
+
+
+def test_system_events_go_to_the_scheduler_channels_whatever_the_job_says() -> None:
+    own = JobSpec(name="etl/load", path="x", command="true", notify=("pager",))
+    assert channels_for(event(EventKind.FAILOVER, job=None), None, SETTINGS) == ("ops",)
+    assert channels_for(event(EventKind.AGENT_DOWN), own, SETTINGS) == ("ops",)
+    many = Settings(notify=("ops", "pager"), channels=SETTINGS.channels)
+    assert channels_for(event(EventKind.FAILOVER, job=None), None, many) == ("ops", "pager")
+    assert channels_for(event(EventKind.AGENT_DOWN, job=None), None, many) == ("ops",)
+    # A summary of held-back events passes any filter.
+    assert channels_for(event(EventKind.SUMMARY, job=None), None, many) == ("ops", "pager")
