@@ -75,14 +75,18 @@ def scope_prefix(run_id: int, environ: dict[str, str] | None = None) -> list[str
 
     Otherwise the shim would live in the scheduler's service cgroup, and systemd's default
     KillMode=control-group would kill every running job when the service stops or restarts.
-    `VIGIL_SYSTEMD_SCOPE=0|1` overrides the detection.
+    `VIGIL_SYSTEMD_SCOPE=0|1` overrides the detection. A non-root process needs its user manager
+    (`systemd-run --user`): a system unit with `User=` has none unless XDG_RUNTIME_DIR says so, and
+    every run would fail to start, so it gets no scope (contrib/systemd sets KillMode=process).
     """
     env = os.environ if environ is None else environ
     forced = env.get("VIGIL_SYSTEMD_SCOPE")
     wanted = (
         forced == "1"
         if forced in ("0", "1")
-        else bool(env.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
+        else bool(env.get("INVOCATION_ID"))
+        and os.path.isdir("/run/systemd/system")
+        and (os.getuid() == 0 or bool(env.get("XDG_RUNTIME_DIR")))
     )
     exe = shutil.which("systemd-run") if wanted else None
     if exe is None:
