@@ -708,6 +708,7 @@ class AgentDispatcher:
             "command": job.command if isinstance(job.command, str) else list(job.command),
             "env": dict(job.env),
             "workdir": job.workdir,
+            "user": job.user,  # the agent checks it against its own privileges when it launches
             "timeout": job.timeout,
             "kill_grace": settings.kill_grace,
             "log_cap": settings.log_cap,

@@ -57,6 +57,7 @@ DISPATCH_FIELDS = (
     "command",
     "env",
     "workdir",
+    "user",
     "timeout",
     "kill_grace",
     "log_cap",

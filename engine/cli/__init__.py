@@ -106,6 +106,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from engine.ha.node import Node
     from engine.paths import restrict_umask
+    from engine.sdnotify import Notifier
 
     restrict_umask()  # the state directory's files are owner-only; jobs get the umask back
     logging.basicConfig(
@@ -113,7 +114,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         format="%(asctime)s vigil[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    node = Node(_state(args), _job_folder(args))
+    # First: it takes systemd's notify variables out of the environment the jobs inherit.
+    notifier = Notifier.from_environ()
+    node = Node(_state(args), _job_folder(args), notifier=notifier)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

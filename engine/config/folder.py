@@ -36,6 +36,7 @@ from engine.durations import MAX_DURATION_YEARS
 from engine.errors import ConfigError
 from engine.model import JobSpec, Settings
 from engine.text import quote
+from engine.users import accounts_stamp, find_account, run_as_problem
 
 __all__ = ["FOLDER_FILE", "JobFolder", "LoadResult", "ScanResult", "format_errors", "job_name_of", "load_folder"]
 
@@ -118,7 +119,8 @@ def _build_spec(
 
 
 def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: AgentTargets) -> list[ConfigError]:
-    """A required key no file sets, the job's own `agent` naming no valid agent, an `env` too large merged."""
+    """A required key no file sets, the job's own `agent` naming no valid agent, an `env` too large merged,
+    a `user` this host's scheduler cannot run the job as."""
     errors = [
         ConfigError(source.path, key, "required: set it here or in a _folder.toml above")
         for key in REQUIRED_JOB_KEYS
@@ -129,6 +131,12 @@ def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: 
         problem = targets.problem(agent.value)
         if problem:
             errors.append(source.error(("agent",), problem))
+    user = merged.get("user")
+    if user is not None and "agent" not in merged:
+        # On an agent, the agent's privileges decide, when it launches the run.
+        problem = run_as_problem(user.value, find_account(user.value), euid=os.geteuid())
+        if problem:
+            errors.append(user.source.error(("user",), problem))  # where it is set (maybe a _folder.toml)
     env = merged.get("env")
     if env is not None and (size := env_bytes(env.value)) > MAX_ENV_BYTES:
         # Each file's own table is within the cap; only their merge is too large.
@@ -210,12 +218,14 @@ class JobFolder:
         self._watched = False  #: the last walk put every folder under the watch
         self._walked_at = 0.0
         self._links: list[tuple[str, str]] = []
+        self._accounts = (0, 0)  #: the passwd file's stamp at the last evaluation
 
     # -- public --------------------------------------------------------------------------------------
 
     def scan(self) -> ScanResult:
         """Re-read changed files and re-evaluate what depends on them; cheap when nothing changed."""
-        if self._loaded and self._unchanged():
+        accounts_changed = self._loaded and accounts_stamp() != self._accounts
+        if self._loaded and not accounts_changed and self._unchanged():
             return ScanResult(dict(self._jobs), set(), set(), list(self._errors), self._settings)
         if self._loaded and not self._watch_tried:
             # Only a folder scanned more than once (the scheduler's) gets a watch: a one-off load
@@ -224,7 +234,7 @@ class JobFolder:
             self._watch = DirWatch.open()
         walk = self._walk()
         self._watched, self._links, self._walked_at = walk.watched, walk.links, time.monotonic()
-        dirty = self._refresh(walk)
+        dirty = self._refresh(walk) or accounts_changed
         if [e.format() for e in walk.errors] != [e.format() for e in self._walk_errors]:
             self._walk_errors = walk.errors
             dirty = True
@@ -375,6 +385,7 @@ class JobFolder:
         for error in self._walk_errors:
             report(error)
         folders, job_sources, settings_source = self._sorted_files()
+        self._accounts = accounts_stamp()
         self._update_settings(settings_source)
         for error in self._settings_errors:
             report(error)
@@ -468,6 +479,7 @@ class JobFolder:
             source.version,
             tuple(folder.version for folder in chain),
             self._targets_version if own_agent else 0,
+            self._accounts,  # a `user` created or removed since is checked again
         )
         state = self._states.get(name)
         if state is not None and state.signature == signature:

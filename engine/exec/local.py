@@ -29,6 +29,7 @@ from engine.exec.reconcile import ShimEvidence
 from engine.exec.rundirs import claim_run_dir, run_identity
 from engine.model import RunState
 from engine.paths import StatePaths, job_umask
+from engine.users import Account, needs_switch
 
 SHIM = str(Path(__file__).resolve().with_name("shim.sh"))
 SHELL = "/bin/sh"
@@ -74,14 +75,18 @@ def scope_prefix(run_id: int, environ: dict[str, str] | None = None) -> list[str
 
     Otherwise the shim would live in the scheduler's service cgroup, and systemd's default
     KillMode=control-group would kill every running job when the service stops or restarts.
-    `VIGIL_SYSTEMD_SCOPE=0|1` overrides the detection.
+    `VIGIL_SYSTEMD_SCOPE=0|1` overrides the detection. A non-root process needs its user manager
+    (`systemd-run --user`): a system unit with `User=` has none unless XDG_RUNTIME_DIR says so, and
+    every run would fail to start, so it gets no scope (contrib/systemd sets KillMode=process).
     """
     env = os.environ if environ is None else environ
     forced = env.get("VIGIL_SYSTEMD_SCOPE")
     wanted = (
         forced == "1"
         if forced in ("0", "1")
-        else bool(env.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
+        else bool(env.get("INVOCATION_ID"))
+        and os.path.isdir("/run/systemd/system")
+        and (os.getuid() == 0 or bool(env.get("XDG_RUNTIME_DIR")))
     )
     exe = shutil.which("systemd-run") if wanted else None
     if exe is None:
@@ -96,6 +101,19 @@ def job_argv(command: str | tuple[str, ...] | list[str]) -> list[str]:
     if isinstance(command, str):
         return [SHELL, "-c", command]
     return list(command)
+
+
+def switch_user_argv(account: Account, path: str = SHIM_PATH) -> list[str]:
+    """The words before a job's argv that run it as `account`: setpriv(1) with its groups.
+
+    setpriv execs in place (the job keeps the pid, start time and process group the shim recorded,
+    so kills still reach its group) and sets the real and effective ids and initgroups(3)'s
+    supplementary groups; a /bin/sh shim cannot drop privileges itself (docs/decisions.md).
+    """
+    exe = shutil.which("setpriv", path=path)
+    if exe is None:
+        raise LaunchError(f"could not start: user {account.name}: setpriv (util-linux) not found in {path}")
+    return [exe, f"--reuid={account.uid}", f"--regid={account.gid}", "--init-groups", "--"]
 
 
 @dataclass(frozen=True)
@@ -243,6 +261,17 @@ def _reserve_exit_record(run_dir: Path) -> None:
         os.close(fd)
 
 
+def _give_log(run_dir: Path, uid: int) -> None:
+    """Make the run's log the job user's: it is the job's stdout and stderr, and a job that opens
+    /dev/stdout or /dev/stderr opens this file again, as its own user. The run directory stays the
+    scheduler's (0700), so no one reaches the log by its path."""
+    fd = os.open(run_dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchown(fd, uid, -1)
+    finally:
+        os.close(fd)
+
+
 def read_exit_record(run_dir: Path) -> int | None:
     """The exit code from a complete record; a partial or missing record reads as None."""
     try:
@@ -383,10 +412,12 @@ class LocalExecutor:
         command: str | tuple[str, ...] | list[str],
         env: dict[str, str],
         workdir: str | None,
+        account: Account | None = None,
     ) -> int:
         """Start the run's shim; return its pid. The run row must already be committed.
 
-        `env` is the job's whole environment; the shim itself runs with a fixed one. Raises
+        `env` is the job's whole environment; the shim itself runs with a fixed one. With `account`
+        (another uid than this process's) the job, not the shim, runs as that user. Raises
         LaunchError (the run's reason) if the job cannot be started.
         """
         if isinstance(self._tools, LaunchError):
@@ -402,6 +433,10 @@ class LocalExecutor:
         argv_job = job_argv(command)
         if env_words:
             argv_job = [tools.env, "--", *env_words, *argv_job]
+        switch = needs_switch(account)
+        if switch:
+            assert account is not None
+            argv_job = [*switch_user_argv(account), *argv_job]
         umask = f"{job_umask():04o}"  # the shim's own files stay owner-only; the job gets this one
         argv = [
             *scope_prefix(run_id),
@@ -418,6 +453,9 @@ class LocalExecutor:
             raise LaunchError("could not start: the command contains a NUL byte")
         claim_run_dir(run_dir, run_identity(env))  # never another run's directory (engine/exec/rundirs.py)
         _reserve_exit_record(run_dir)
+        if switch:
+            assert account is not None
+            _give_log(run_dir, account.uid)
         # In memory, not on disk or in any argv: other users can read a process's argv, never its
         # environment or fds.
         env_fd = _above_shim_fds(os.memfd_create("vigil-job-env", os.MFD_CLOEXEC))

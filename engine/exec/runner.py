@@ -18,6 +18,7 @@ from engine.exec.local import LocalExecutor, gather_evidence
 from engine.exec.port import Adopted, Adoption, RunContext, RunInfo
 from engine.exec.reconcile import Action, decide
 from engine.model import JobSpec, Settings
+from engine.users import run_as
 
 
 class ShimExecutor:
@@ -29,7 +30,10 @@ class ShimExecutor:
         self.local = LocalExecutor(ctx.paths, ctx.finished, log_cap=settings.log_cap, kill_grace=settings.kill_grace)
 
     def launch(self, run: RunInfo, job: JobSpec) -> None:
+        account = run_as(job.user)  # checked again here: accounts change after validation
         env = dict(os.environ)
+        if account is not None:
+            env.update(account.login_env())  # the job's own `env` may still set these
         env.update(job.env)
         env.update(
             VIGIL_RUN_ID=str(run.id),
@@ -38,7 +42,7 @@ class ShimExecutor:
             VIGIL_ATTEMPT=str(run.attempt),
             VIGIL_EPOCH=str(self.ctx.store.epoch),
         )
-        self.local.launch(run.id, job.command, env, job.workdir)
+        self.local.launch(run.id, job.command, env, job.workdir, account)
 
     def kill(self, run: RunInfo) -> None:
         self.local.kill(run.id)

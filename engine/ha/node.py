@@ -8,6 +8,10 @@ releases the dead process's lock, and a hung active is killed once every identit
 
 Layer: ha. Imports the base modules, config (settings), control, exec.procs, the store's intents
 and the scheduler it runs.
+
+Under a `Type=notify` systemd unit the node says READY=1 once it is active or standby, a STATUS=
+line at every role change, STOPPING=1 when it stops, and pings the watchdog from its event loop
+(engine.sdnotify).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from engine.ha.lock import LeaderLock
 from engine.model import StopReason
 from engine.paths import StatePaths
 from engine.run.loop import Scheduler
+from engine.sdnotify import Notifier
 from engine.store.intents import Audit, Failover
 from engine.store.sqlite.db import connect
 
@@ -51,11 +56,13 @@ class Node:
         *,
         clock: Clock | None = None,
         rescan_interval: float = 1.0,
+        notifier: Notifier | None = None,
     ) -> None:
         self.paths = paths
         self.jobs_dir = jobs_dir
         self.clock = clock or SystemClock()
         self.rescan_interval = rescan_interval
+        self.notifier = notifier or Notifier()  #: systemd's notify socket; a no-op outside systemd
         self.pid = os.getpid()
         self.starttime = starttime(self.pid)
         self.lock = LeaderLock(paths.lock)
@@ -71,11 +78,21 @@ class Node:
         self._retakes: list[float] = []  #: monotonic times of re-takes above an agent's epoch
 
     def request_stop(self) -> None:
+        self.notifier.stopping()
         self._stop.set()
         if self.scheduler is not None:
             self.scheduler.request_stop(StopReason.STOP)
 
     async def run(self) -> None:
+        # From this loop itself: a hung loop stops the pings and systemd restarts the service.
+        pings = asyncio.create_task(self.notifier.watchdog_pings(), name="watchdog")
+        try:
+            await self._run()
+        finally:
+            pings.cancel()
+            self.notifier.stopping()
+
+    async def _run(self) -> None:
         self.paths.ensure()
         while True:
             try:
@@ -121,6 +138,7 @@ class Node:
         delay = min(START_RETRY_MAX_S, START_RETRY_FIRST_S * 2 ** (self._start_failures - 1))
         level = logging.WARNING if self._start_failures == 1 else logging.DEBUG
         log.log(level, "cannot become active: %s; trying again in up to %gs", exc, START_RETRY_MAX_S)
+        self.notifier.status(f"starting: cannot become active: {exc}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
         return not self._stop.is_set()
@@ -129,6 +147,7 @@ class Node:
 
     async def _standby(self) -> Takeover | None:
         log.info("standby (pid %d): waiting for the leader lock", self.pid)
+        self.notifier.ready(f"standby (pid {self.pid}): waiting for the leader lock")
         lock_task = asyncio.create_task(self.lock.acquire())
         stop_task = asyncio.create_task(self._stop.wait())
         watcher = HeartbeatWatcher(
@@ -151,6 +170,7 @@ class Node:
 
     async def _after_handover(self) -> None:
         """After a switch-over: let a standby win the lock before we queue for it again."""
+        self.notifier.status(f"handed over (pid {self.pid}): a standby takes the active role")
         self.lock.release()
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and not self._stop.is_set():
@@ -206,6 +226,7 @@ class Node:
                 failover = Failover(now, takeover.from_pid or previous.pid, self.pid, takeover.cause, gap_ms)
                 await scheduler.store.commit([failover])
                 log.warning("took over from pid %s (%s)", takeover.from_pid, takeover.cause)
+            self.notifier.ready(f"active (pid {self.pid}, epoch {scheduler.epoch})")
             reason = StopReason(await scheduler.run())
             started = True
         finally:

@@ -22,6 +22,17 @@ def test_scope_prefix_only_under_systemd(monkeypatch: pytest.MonkeyPatch) -> Non
     assert any(arg.endswith("-7") for arg in prefix if arg.startswith("--unit="))
 
 
+def test_no_scope_for_a_non_root_unit_without_a_user_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(executor.os.path, "isdir", lambda path: path == "/run/systemd/system")
+    monkeypatch.setattr(executor.os, "getuid", lambda: 1000)
+    # A system unit with User=: `systemd-run --user` has no manager to talk to, every run would fail.
+    assert executor.scope_prefix(7, {"INVOCATION_ID": "x"}) == []
+    assert executor.scope_prefix(7, {"INVOCATION_ID": "x", "XDG_RUNTIME_DIR": "/run/user/1000"})[1] == "--user"
+    monkeypatch.setattr(executor.os, "getuid", lambda: 0)
+    assert "--user" not in executor.scope_prefix(7, {"INVOCATION_ID": "x"})
+
+
 def test_job_argv_string_goes_through_sh_and_array_is_execd() -> None:
     assert executor.job_argv("echo $HOME") == ["/bin/sh", "-c", "echo $HOME"]
     assert executor.job_argv(("python3", "-V")) == ["python3", "-V"]

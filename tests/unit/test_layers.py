@@ -3,8 +3,9 @@ import each other in a cycle. Every import counts, also those inside functions a
 TYPE_CHECKING (read from the sources with ast: importing would miss the lazy ones).
 
 Layers, low to high (docs: each package's docstring says what it may import):
-  base (errors, model, clock, durations, text, ids, paths, sqlfile) < schedule, config, store, notify
-  < exec < agents, control, outbox < run (it composes the executors, local and agents) < ha < api < cli.
+  base (errors, model, clock, durations, text, ids, paths, sqlfile, sdnotify, users)
+  < schedule, config, store, notify < exec < agents, control, outbox
+  < run (it composes the executors, local and agents) < ha < api < cli.
 Some units of one layer must not import each other either (APART).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-BASE = ("engine", "errors", "model", "clock", "durations", "text", "ids", "paths", "sqlfile")
+BASE = ("engine", "errors", "model", "clock", "durations", "text", "ids", "paths", "sqlfile", "sdnotify", "users")
 LAYERS: dict[str, int] = {
     **dict.fromkeys(BASE, 0),
     **dict.fromkeys(("schedule", "config", "store", "notify"), 1),

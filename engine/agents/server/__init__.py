@@ -22,8 +22,9 @@ The package, lowest layer first (each module imports only those above it):
     serve.py      serve_agent: options, token file, TLS, listening (uvicorn)
 
 It may import engine.agents.protocol (the wire format), engine.exec, engine.sqlfile
-(the named-query loader), engine.paths, engine.clock, engine.ids and engine.errors; never the scheduler, the
-dispatcher or the ledger. This module re-exports what the CLI (serve_agent) and the tests use.
+(the named-query loader), engine.paths, engine.clock, engine.ids, engine.users, engine.sdnotify and
+engine.errors; never the scheduler, the dispatcher or the ledger. This module re-exports what the
+CLI (serve_agent) and the tests use.
 """
 
 from engine.agents.server.journal import JOURNAL_SCHEMA

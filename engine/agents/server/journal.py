@@ -33,7 +33,7 @@ log = logging.getLogger("vigil.agent")
 QUERIES = load_queries(Path(__file__).with_name("journal.sql"))
 JOURNAL_SCHEMA = QUERIES["schema"]
 #: What a dispatch says about running its job; kept as JSON in the run's `spec` column.
-SPEC_FIELDS = ("command", "env", "workdir", "timeout", "kill_grace", "log_cap")
+SPEC_FIELDS = ("command", "env", "workdir", "user", "timeout", "kill_grace", "log_cap")
 
 
 def utc_now() -> datetime:

@@ -4,8 +4,9 @@ serve AgentApp with uvicorn until SIGTERM/SIGINT.
 Authentication is a bearer token compared in constant time; the token is never logged. Every request
 needs it: without --token-file the agent makes one in its state directory (agent.token, 0600) and
 reuses it. TLS and mutual TLS come from uvicorn's ssl options. uvicorn is imported only here, when
-the agent starts. May import the rest of this package, engine.agents.protocol, engine.paths,
-engine.errors and engine.ids.
+the agent starts. Under a `Type=notify` systemd unit it says READY=1 once it listens, pings the
+watchdog from its event loop and says STOPPING=1 on SIGTERM (engine.sdnotify). May import the rest
+of this package, engine.agents.protocol, engine.paths, engine.errors, engine.ids and engine.sdnotify.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from engine.agents.server.service import AgentService
 from engine.errors import VigilError
 from engine.ids import MAX_ROW_ID, as_row_id
 from engine.paths import ensure_private_dir, restrict_umask
+from engine.sdnotify import Notifier
 
 log = logging.getLogger("vigil.agent")
 
@@ -38,6 +40,7 @@ TOKEN_FILE = "agent.token"  #: the token an agent started without --token-file m
 
 def serve_agent(args: Any) -> int:
     """`vigil agent`: validate the options, then serve until SIGTERM/SIGINT."""
+    notifier = Notifier.from_environ()  # first: the jobs must not inherit systemd's notify variables
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s vigil-agent[%(process)d] %(levelname)s %(message)s",
@@ -69,7 +72,7 @@ def serve_agent(args: Any) -> int:
             log.warning("token file %s is readable by group or others (mode %o)", args.token_file, mode & 0o777)
     else:
         token = _own_token(state_dir / TOKEN_FILE)
-    return asyncio.run(_serve(host, port, state_dir, token, args, reset_epoch))
+    return asyncio.run(_serve(host, port, state_dir, token, args, reset_epoch, notifier))
 
 
 def _own_token(path: Path) -> str:
@@ -99,10 +102,17 @@ def _own_token(path: Path) -> str:
 
 
 async def _serve(
-    host: str, port: int, state_dir: Path, token: str | None, args: Any, reset_epoch: int | None = None
+    host: str,
+    port: int,
+    state_dir: Path,
+    token: str | None,
+    args: Any,
+    reset_epoch: int | None = None,
+    notifier: Notifier | None = None,
 ) -> int:
     import uvicorn
 
+    notify = notifier or Notifier()
     service = AgentService(state_dir, reset_epoch=reset_epoch)
     service.recover()
     service.start_background()
@@ -140,6 +150,7 @@ async def _serve(
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             loop.call_soon_threadsafe(service.closing)
+            loop.call_soon_threadsafe(notify.stopping)
             super().handle_exit(sig, frame)
 
     server = Server(config)
@@ -155,13 +166,17 @@ async def _serve(
         os.replace(tmp, state_dir / "agent.addr")
         mtls = " (mutual TLS)" if args.tls_client_ca else ""
         log.info("agent %s listening on %s%s, instance %s", __version__, address, mtls, service.instance)
+        notify.ready(f"listening on {address}{mtls}")
 
     announcer = asyncio.create_task(announce())
+    pings = asyncio.create_task(notify.watchdog_pings(), name="watchdog")
     started = time.monotonic()
     try:
         await server.serve(sockets=[sock])
     finally:
         announcer.cancel()
+        pings.cancel()
+        notify.stopping()
         service.close()
         sock.close()
     if not server.started and time.monotonic() - started < 5:

@@ -3,8 +3,9 @@
 It accepts runs (journaled before their shim starts), starts, times out and kills them under the
 local shim model, settles the runs a previous agent process left open, keeps each result until a
 scheduler acknowledges it, and refuses a command from an epoch lower than the highest it has seen.
-May import engine.exec (the shim executor and reconcile), engine.paths, engine.agents.protocol and
-the server's journal and refusals; never the routes or the serving code.
+May import engine.exec (the shim executor and reconcile), engine.paths, engine.users (a run's
+`user`, checked against this agent's privileges at launch), engine.agents.protocol and the server's
+journal and refusals; never the routes or the serving code.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from engine.exec.port import ShimExit
 from engine.exec.reconcile import Action, decide
 from engine.ids import MAX_ROW_ID
 from engine.paths import StatePaths, ensure_private_dir
+from engine.users import run_as
 
 log = logging.getLogger("vigil.agent")
 
@@ -191,7 +193,14 @@ class AgentService:
         return 201, status_doc(self.journal.get(run_id) or row)
 
     def _start(self, run_id: int, row: sqlite3.Row, spec: dict[str, Any]) -> None:
+        try:
+            account = run_as(spec.get("user"), who="the agent")  # this agent's privileges decide
+        except LaunchError as exc:
+            self._finish(run_id, UNKNOWN, None, str(exc), END_FAILED)
+            return
         env = dict(os.environ)
+        if account is not None:
+            env.update(account.login_env())
         env.update(spec.get("env") or {})
         env.update(
             VIGIL_RUN_ID=str(run_id),
@@ -205,7 +214,7 @@ class AgentService:
         command = spec["command"]
         try:
             self.executor.launch(
-                run_id, command if isinstance(command, str) else tuple(command), env, spec.get("workdir")
+                run_id, command if isinstance(command, str) else tuple(command), env, spec.get("workdir"), account
             )
         except LaunchError as exc:  # the message is the reason, "could not start: ..."
             self._finish(run_id, UNKNOWN, None, str(exc), END_FAILED)
@@ -363,6 +372,10 @@ def _validate_dispatch(req: Any) -> dict[str, Any]:
     if workdir is not None and not isinstance(workdir, str):
         raise Malformed("workdir must be a string")
     out["workdir"] = workdir
+    user = req.get("user")
+    if user is not None and (not isinstance(user, str) or not user):
+        raise Malformed("user must be a non-empty string")
+    out["user"] = user
     for key in ("timeout", "kill_grace"):
         value = req.get(key)
         if value is not None and (
