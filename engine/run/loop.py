@@ -380,6 +380,7 @@ class Scheduler:
             if state.last_fire is not None and not self.restored:
                 p.last_fire[name] = state.last_fire
         p.last_success.update(start.last_success)
+        p.last_outcome.update(start.last_end)  # `recovered` continues across takeovers
 
     # ---------------------------------------------------------------- executors
 
