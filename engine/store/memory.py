@@ -406,6 +406,7 @@ class MemoryStore:
         batch = deferred + new_runs + [(x, self._epoch) for x in given if not isinstance(x, i.NewRun)]
         if not batch:
             return set()
+        batch += [(x, self._epoch) for x in self.health.recovery_intents(time.monotonic())]
         try:
             if self.database.locked:
                 raise _locked_error()
@@ -445,6 +446,7 @@ class MemoryStore:
             jobs=dict(t.job_state),
             last_success=last_success,
             last_end=last_end,
+            agents_up={name: seen.up for name, seen in t.agents.items()},
         )
 
     async def open_runs(self) -> list[Run]:

@@ -19,6 +19,7 @@ import pytest
 
 from engine.clock import FakeClock, iso
 from engine.config import ScanResult
+from engine.errors import StoreRetryableError
 from engine.exec.fake import FakeExecutor
 from engine.exec.port import RunContext, ShimExit
 from engine.model import Catchup, ChannelSpec, JobSpec, Overlap, RunState, Settings
@@ -491,3 +492,25 @@ async def test_a_new_active_continues_recovered_from_the_last_outcome_in_the_led
     (row,) = await loop.store.due_notifications(loop.clock.now())
     assert (row.event_id, row.channel) == (f"recovered:run:{run}", "ops")
     assert Event.from_json(row.document).message == f"job j run {run} succeeded; its previous outcome was failed"
+
+
+async def test_writes_refused_for_a_while_are_one_store_error_event_in_the_first_commit_that_succeeds(
+    loop: Loop,
+) -> None:
+    loop.scheduler.planner.settings = OPS
+    loop.clock.advance(0.5)
+    with loop.store.database.hold_write_lock():  # another writer holds the lock: nothing is written
+        for _ in range(3):
+            with pytest.raises(StoreRetryableError):
+                await loop.store.commit([i.RunIdMark(1)])
+        assert await loop.store.due_notifications(loop.clock.now()) == []
+    loop.store.health.retry_at = 0.0  # a test does not wait out the backoff
+    await loop.scheduler.iterate()  # the first write that goes through (the 03:00:00 fire)
+    (row,) = await loop.store.due_notifications(loop.clock.now())
+    event = Event.from_json(row.document)
+    assert (event.event, event.count, event.last_at) == (EventKind.STORE_ERROR, 3, loop.clock.now())
+    assert event.reason is not None and "locked" in event.reason
+    assert event.first_at is not None and event.first_at <= loop.clock.now()
+    assert row.event_id == f"store_error:{iso(event.first_at)}"
+    await loop.store.commit([i.RunIdMark(2)])  # healthy: nothing more to say
+    assert len(await loop.store.due_notifications(loop.clock.now())) == 1

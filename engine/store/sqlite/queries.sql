@@ -206,6 +206,10 @@ SELECT j.name AS job, (SELECT state FROM runs x WHERE x.job = j.name
         ORDER BY x.id DESC LIMIT 1) AS state
 FROM jobs j;
 
+-- agents_up --
+-- Each agent's recorded health
+SELECT name, up FROM agents;
+
 -- recent_durations --
 -- How long a job's latest successful runs took, newest first
 SELECT started_at, ended_at FROM runs WHERE job = :job AND state = 'succeeded' AND started_at IS NOT NULL
