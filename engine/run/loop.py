@@ -43,6 +43,8 @@ from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
 from engine.exec.rundirs import HighWaterFile, run_dir_ids
 from engine.exec.runner import ShimExecutor
 from engine.model import LeaderRow, RunState, Settings
+from engine.notify import build
+from engine.notify.events import Event
 from engine.paths import StatePaths
 from engine.run.catalog import Catalog
 from engine.run.commands import Command, Commands, Op, prune_age, run_id_of
@@ -107,6 +109,8 @@ class Scheduler:
         self.epoch_retake_allowed = True  #: False after 3 re-takes within 60 s (see Node._active)
         self.agent_transport_factory: Callable[[Any], Any] | None = None  #: tests: in-process agents
         self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
+        self._agents_up: dict[str, bool] = {}  #: each agent's health as the ledger had it at takeover
+        self.store.health.on_recovery = self._store_recovered
 
     @property
     def epoch(self) -> int:
@@ -158,6 +162,8 @@ class Scheduler:
             skip_run_ids=self.skip_run_ids,
             retake_above=self.retake_above,
             transport_factory=self.agent_transport_factory,
+            agents_up=self._agents_up,
+            notification=self.planner.notification,
         )
         self.agents = dispatcher
         intents = self.catalog.settle_stored_fires(result, now)
@@ -229,6 +235,19 @@ class Scheduler:
             self.high_water.close()
         return self.stop_reason
 
+    def _store_recovered(self, lasted: float, fault: StoreRetryableError, failures: int) -> list[i.Intent]:
+        """`store_error`, for the first transaction that succeeds after a retryable fault."""
+        until = self.clock.now()
+        since = until - timedelta(seconds=lasted)
+        return self.planner.notification(
+            build.store_recovered(since=since, until=until, error=str(fault), failures=failures)
+        )
+
+    def queue_event(self, event: Event) -> None:
+        """An event that no state change of the ledger carries (a standby gone): into the next transaction."""
+        for intent in self.planner.notification(event):
+            self.store.defer(intent)
+
     async def close_executors(self) -> None:
         """Stop watching runs (they go on; the next active adopts them)."""
         for executor in self._executors():
@@ -264,6 +283,8 @@ class Scheduler:
         if self.fatal is None:
             # A file removed or emptied under us often shows first as "corrupt": name the cause.
             self.fatal = self.store.lost_error() or exc
+            # The outbox is in the store that failed: this fault cannot be queued as an event.
+            log.error("the state database failed for good: no store_error event can be queued (the outbox is in it)")
         self.request_stop("store_fatal")
 
     async def _check_db_file(self) -> None:
@@ -380,6 +401,8 @@ class Scheduler:
             if state.last_fire is not None and not self.restored:
                 p.last_fire[name] = state.last_fire
         p.last_success.update(start.last_success)
+        p.last_outcome.update(start.last_end)  # `recovered` continues across takeovers
+        self._agents_up = dict(start.agents_up)  # so is agent_down / agent_up
 
     # ---------------------------------------------------------------- executors
 
