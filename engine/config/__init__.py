@@ -12,7 +12,8 @@ line and key, and a bad file never stops the good ones. The package, lowest laye
 - `folder`: `JobFolder` (incremental cache, `_folder.toml` layering, `after` names and cycles).
 
 A module imports only those above it, and outside the package only `engine.model`, `engine.errors`,
-`engine.text`, `engine.durations` and `engine.schedule` (whose cron parser decides what is valid).
+`engine.text`, `engine.durations`, `engine.notify.events` (event kinds) and `engine.schedule` (whose cron
+parser decides what is valid).
 This module re-exports what the rest of Vigil uses (each loaded on first use).
 """
 

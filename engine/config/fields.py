@@ -7,7 +7,8 @@ The checks are hand-written on purpose (file:line errors across layered files, e
 "did you mean", the bad cron field named); each raises `BadValue` with the operator's message.
 
 Imports `sources`, `engine.durations`, `engine.schedule` (the scheduler's own cron parser decides what is
-valid), `engine.model`, `engine.errors` and `engine.text`.
+valid), `engine.model`, `engine.notify.events` (the event kinds a channel may filter on), `engine.errors`
+and `engine.text`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine.config.sources import SourceFile, Value
 from engine.durations import MAX_DURATION_LABEL, parse_duration, within_max_duration
 from engine.errors import ConfigError
 from engine.model import Catchup, JobSpec, Overlap, Threshold
+from engine.notify.events import EventKind
 from engine.schedule import validate_cron
 from engine.text import describe, quote, show
 
@@ -369,6 +371,23 @@ def as_channel_names(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def as_event_kinds(value: object) -> frozenset[str]:
+    """A channel's `events` filter: EventKind values (a close miss gets a "did you mean")."""
+    names = as_string_list(value, "event names")
+    known = [str(kind) for kind in EventKind]
+    problems: list[tuple[tuple[str, ...], str]] = []
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {quote(close[0])}? " if close else ""
+            problems.append(((), f"unknown event {quote(name)} ({hint}known: {', '.join(known)})"))
+    if problems:
+        raise BadValue.many(problems)
+    if not names:
+        raise BadValue("must name at least one event (leave events out to take them all)")
+    return frozenset(names)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The key tables
 
@@ -450,6 +469,8 @@ SCHEDULER_FIELDS: Mapping[str, Check] = {
 }
 AGENT_KEYS = ("url", "token_file", "tls_ca", "tls_cert", "tls_key")
 POOL_KEYS = ("agents", "mode")
+CHANNEL_KEYS = ("url", "command", "events", "timeout", "rate_limit", "rate_window")
+_CHANNEL_ONLY_KEYS = ("events", "rate_limit", "rate_window")  #: the others are also job or agent keys
 POOL_MODES = ("fixed-priority", "round-robin")
 
 
@@ -479,7 +500,8 @@ def validate_job_keys(source: SourceFile, data: Mapping[str, Any]) -> tuple[dict
 
 def unknown_key_reason(key: str, known: Iterable[str], *, where: str = "job") -> str:
     """`unknown key`, with where the key does belong when it is another file's or table's setting
-    (`where` is the place it was found: "job", "top" of vigil.toml, "scheduler", "agent", "pool"),
+    (`where` is the place it was found: "job", "top" of vigil.toml, "scheduler", "agent",
+    "pool", "channel"),
     else the closest known key."""
     home = _key_home(key, where)
     if home:
@@ -497,6 +519,8 @@ def _key_home(key: str, where: str) -> str | None:
         return f"`{key}` is a [scheduler] setting" + (": put it under [scheduler]" if in_settings else " in vigil.toml")
     if key in AGENT_KEYS and where != "agent":
         return f"`{key}` is an [agents.NAME] setting" + ("" if in_settings else " in vigil.toml")
+    if key in _CHANNEL_ONLY_KEYS and where != "channel":
+        return f"`{key}` is a [notify.NAME] setting" + ("" if in_settings else " in vigil.toml")
     if key == "mode" and where != "pool":
         return f"`{key}` is a [pools.NAME] setting" + ("" if in_settings else " in vigil.toml")
     if key in ("scheduler", "pools") and where == "job":

@@ -29,7 +29,7 @@ from engine.config.fields import (
     zone,
 )
 from engine.config.names import NAME_RULE, job_name_problem
-from engine.config.settings import SETTINGS_FILE, AgentTargets, parse_settings
+from engine.config.settings import SETTINGS_FILE, Targets, parse_settings
 from engine.config.sources import SourceFile, Value, link_problem, not_regular, read_file
 from engine.config.watch import FULL_WALK_EVERY, DirWatch
 from engine.durations import MAX_DURATION_YEARS
@@ -78,6 +78,20 @@ def job_name_of(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> s
     return rel[:-5] if rel.endswith(".toml") else rel
 
 
+def _target_errors(source: SourceFile, values: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
+    """`agent` naming no valid agent or pool, `notify` naming a channel that is not valid."""
+    errors: list[ConfigError] = []
+    agent = values.get("agent")
+    if agent is not None and (problem := targets.agents.problem(agent.value)):
+        errors.append(source.error(("agent",), problem))
+    notify = values.get("notify")
+    if notify is not None:
+        errors.extend(
+            source.error(("notify",), problem) for name in notify.value if (problem := targets.channels.problem(name))
+        )
+    return errors
+
+
 def format_errors(errors: Iterable[ConfigError]) -> str:
     """One `PATH:LINE: KEY: reason` line per error, for the CLI and logs."""
     return "\n".join(error.format() for error in errors)
@@ -96,7 +110,7 @@ def _merge(layers: Iterable[dict[str, Value]]) -> dict[str, Value]:
 
 
 def _build_spec(
-    name: str, source: SourceFile, merged: dict[str, Value], targets: AgentTargets
+    name: str, source: SourceFile, merged: dict[str, Value], targets: Targets
 ) -> tuple[JobSpec | None, list[ConfigError]]:
     """The JobSpec of one job from its merged keys, with the checks that need the whole job.
 
@@ -117,18 +131,15 @@ def _build_spec(
     return JobSpec(name=name, path=str(source.path), **values), []
 
 
-def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: AgentTargets) -> list[ConfigError]:
-    """A required key no file sets, the job's own `agent` naming no valid agent, an `env` too large merged."""
+def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
+    """A required key no file sets, the job's own `agent` or `notify` naming what vigil.toml does not
+    declare (a `_folder.toml`'s own are its errors), an `env` too large merged."""
     errors = [
         ConfigError(source.path, key, "required: set it here or in a _folder.toml above")
         for key in REQUIRED_JOB_KEYS
         if key not in merged
     ]
-    agent = merged.get("agent")
-    if agent is not None and agent.source is source:
-        problem = targets.problem(agent.value)
-        if problem:
-            errors.append(source.error(("agent",), problem))
+    errors.extend(_target_errors(source, {k: v for k, v in merged.items() if v.source is source}, targets))
     env = merged.get("env")
     if env is not None and (size := env_bytes(env.value)) > MAX_ENV_BYTES:
         # Each file's own table is within the cap; only their merge is too large.
@@ -195,7 +206,7 @@ class JobFolder:
         self._version = 0
         self._settings = Settings()
         self._settings_errors: list[ConfigError] = []
-        self._targets = AgentTargets()
+        self._targets = Targets()
         self._targets_version = 0
         self._have_valid_settings = False
         self._settings_version: int | None = None
@@ -379,7 +390,7 @@ class JobFolder:
         for error in self._settings_errors:
             report(error)
 
-        # _folder.toml files: their own keys, their agent, their `after` names
+        # _folder.toml files: their own keys, their agent and notify, their `after` names
         blocked: set[str] = set()
         for rel_dir, source in folders.items():
             problems = self._folder_problems(source, job_sources)
@@ -442,12 +453,7 @@ class JobFolder:
         if source.syntax_error is not None:
             return [source.syntax_error]
         values, errors = self._own_values(source)
-        errors = list(errors)
-        agent = values.get("agent")
-        if agent is not None:
-            problem = self._targets.problem(agent.value)
-            if problem:
-                errors.append(source.error(("agent",), problem))
+        errors = [*errors, *_target_errors(source, values, self._targets)]
         after = values.get("after")
         if after is not None:
             errors.extend(
@@ -463,11 +469,11 @@ class JobFolder:
 
     def _job_state(self, name: str, source: SourceFile, folders: Mapping[str, SourceFile]) -> _JobState:
         chain = [folders[d] for d in _chain(source.rel_dir) if d in folders]
-        own_agent = source.data is not None and "agent" in source.data
+        own_targets = source.data is not None and ("agent" in source.data or "notify" in source.data)
         signature = (
             source.version,
             tuple(folder.version for folder in chain),
-            self._targets_version if own_agent else 0,
+            self._targets_version if own_targets else 0,
         )
         state = self._states.get(name)
         if state is not None and state.signature == signature:

@@ -1,4 +1,5 @@
-"""`vigil.toml`: the `[scheduler]` settings, the `[agents.NAME]` and `[pools.NAME]` a job's `agent` may name.
+"""`vigil.toml`: the `[scheduler]` settings, the `[agents.NAME]` and `[pools.NAME]` a job's `agent` may name,
+and the `[notify.NAME]` channels a job's `notify` (and `[scheduler] notify`) may name.
 
 Invalid entries are left out (their defaults used) and every one is reported with its line. Imports
 `sources`, `fields`, `engine.model`, `engine.errors` and `engine.text`.
@@ -6,20 +7,29 @@ Invalid entries are left out (their defaults used) and every one is reported wit
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from engine.config.fields import (
     AGENT_KEYS,
+    CHANNEL_KEYS,
     POOL_KEYS,
     POOL_MODES,
     SCHEDULER_FIELDS,
     BadValue,
     as_choice,
+    as_command,
+    as_duration,
+    as_event_kinds,
+    as_int,
+    as_string,
     as_string_list,
     resolve_path,
     unknown_key_reason,
@@ -27,13 +37,24 @@ from engine.config.fields import (
 from engine.config.names import NAME_RULE, NAME_SEGMENT
 from engine.config.sources import SourceFile, read_file
 from engine.errors import ConfigError
-from engine.model import AgentSpec, PoolSpec, Settings
+from engine.model import AgentSpec, ChannelSpec, PoolSpec, Settings
 from engine.text import describe, quote
 
-__all__ = ["SETTINGS_FILE", "AgentTargets", "load_settings", "parse_settings"]
+__all__ = [
+    "MAX_RATE_LIMIT",
+    "SETTINGS_FILE",
+    "AgentTargets",
+    "ChannelTargets",
+    "Targets",
+    "load_settings",
+    "parse_settings",
+]
 
 SETTINGS_FILE = "vigil.toml"
-_TABLES = ("scheduler", "agents", "pools")
+_TABLES = ("scheduler", "agents", "pools", "notify")
+MAX_RATE_LIMIT = 100_000
+#: an Apprise URL is `schema://...`; which schemas exist is Apprise's to say (`vigil validate` asks it)
+_APPRISE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
 
 
 @dataclass(frozen=True)
@@ -55,15 +76,41 @@ class AgentTargets:
         )
 
 
+@dataclass(frozen=True)
+class ChannelTargets:
+    """What a `notify =` key may name: declared channels, and those declared but invalid."""
+
+    valid: frozenset[str] = frozenset()
+    invalid: frozenset[str] = frozenset()
+
+    def problem(self, name: str) -> str | None:
+        if name in self.valid:
+            return None
+        if name in self.invalid:
+            return f"channel {quote(name)} is declared in {SETTINGS_FILE} but its definition is invalid"
+        close = difflib.get_close_matches(name, sorted(self.valid), n=1)
+        hint = f"did you mean {quote(close[0])}? " if close else ""
+        known = ", ".join(sorted(self.valid)) or "none declared"
+        return f"unknown channel {quote(name)} ({hint}declare [notify.{name}] in {SETTINGS_FILE}; known: {known})"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The names job keys refer to in vigil.toml: `agent =` and `notify =`."""
+
+    agents: AgentTargets = AgentTargets()
+    channels: ChannelTargets = ChannelTargets()
+
+
 _Report = Callable[[tuple[str, ...], str], None]
 
 
-def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, list[ConfigError], AgentTargets]:
+def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, list[ConfigError], Targets]:
     """Settings from vigil.toml; invalid entries are left out (defaults used) and reported."""
     if source is None:
-        return Settings(), [], AgentTargets()
+        return Settings(), [], Targets()
     if source.syntax_error is not None:
-        return Settings(), [source.syntax_error], AgentTargets()
+        return Settings(), [source.syntax_error], Targets()
     data = source.data or {}
     errors: list[ConfigError] = []
 
@@ -80,8 +127,14 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
             )
     scheduler = _parse_scheduler(_table(data, "scheduler"), bad)
     agents, pools, invalid = _parse_targets(data, root_abs, bad)
-    settings = Settings(**scheduler, agents=agents, pools=pools)
-    targets = AgentTargets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools)))
+    channels, invalid_channels = _parse_channels(_table(data, "notify"), bad)
+    channel_targets = ChannelTargets(frozenset(channels), frozenset(invalid_channels))
+    scheduler["notify"] = _declared_notify(scheduler.get("notify", ()), channel_targets, bad)
+    settings = Settings(**scheduler, agents=agents, pools=pools, channels=channels)
+    targets = Targets(
+        AgentTargets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))),
+        channel_targets,
+    )
     errors.sort(key=lambda error: error.line or 0)
     return settings, errors, targets
 
@@ -239,6 +292,86 @@ def _pool_members(
         elif member not in agents:
             ok = False  # declared but invalid: already reported there
     return tuple(members) if ok else None
+
+
+def _parse_channels(section: Mapping[str, Any], bad: _Report) -> tuple[dict[str, ChannelSpec], set[str]]:
+    """The valid `[notify.NAME]` channels, and the names declared but invalid."""
+    channels: dict[str, ChannelSpec] = {}
+    invalid: set[str] = set()
+    for name, table in section.items():
+        spec = _parse_channel(name, table, bad)
+        if spec is None:
+            invalid.add(name)
+        else:
+            channels[name] = spec
+    return channels, invalid
+
+
+def _parse_channel(name: str, table: object, bad: _Report) -> ChannelSpec | None:
+    where = ("notify", name)
+    if not isinstance(table, dict):
+        bad(where, f"expected a table [notify.{name}] with a url or a command, got {describe(table)}")
+        return None
+    ok = True
+    if not NAME_SEGMENT.fullmatch(name):
+        bad(where, f"channel names {NAME_RULE}")
+        ok = False
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        check = _CHANNEL_CHECKS.get(key)
+        if check is None:
+            bad((*where, key), unknown_key_reason(key, CHANNEL_KEYS, where="channel"))
+            ok = False
+            continue
+        try:
+            values[key] = check(raw)
+        except BadValue as problem:
+            for sub, reason in problem.problems:
+                bad((*where, key, *sub), reason)
+            ok = False
+    if ("url" in table) == ("command" in table):
+        both = "url" in table
+        bad(
+            where,
+            "set either url or command, not both" if both else 'required: url = "an Apprise URL" or command = ...',
+        )
+        ok = False
+    if not ok:
+        return None
+    return ChannelSpec(name=name, **values)
+
+
+def _as_apprise_url(value: object) -> str:
+    """An Apprise URL, checked for its form only (which schemas exist, `vigil validate` asks Apprise)."""
+    url = as_string(value, allow_empty=False).strip()
+    if not _APPRISE_URL.fullmatch(url):
+        # never echo the value: an Apprise URL often holds a password or a token
+        raise BadValue(
+            'expected an Apprise URL "SCHEMA://...", such as "mailto://user:pass@host" or "json://host/path"'
+        )
+    return url
+
+
+_CHANNEL_CHECKS: Mapping[str, Callable[[object], Any]] = {
+    "url": _as_apprise_url,
+    "command": as_command,
+    "events": as_event_kinds,
+    "timeout": partial(as_duration, positive=True),
+    "rate_limit": partial(as_int, minimum=1, maximum=MAX_RATE_LIMIT),
+    "rate_window": partial(as_duration, positive=True),
+}
+
+
+def _declared_notify(names: tuple[str, ...], channels: ChannelTargets, bad: _Report) -> tuple[str, ...]:
+    """`[scheduler] notify` without the names no valid channel has, each reported."""
+    kept = []
+    for name in names:
+        problem = channels.problem(name)
+        if problem is None:
+            kept.append(name)
+        else:
+            bad(("scheduler", "notify"), problem)
+    return tuple(kept)
 
 
 def load_settings(root: Path) -> tuple[Settings, list[ConfigError]]:
