@@ -70,12 +70,15 @@ RUN_FIELDS = (
     "peak_rss",
     "cpu_s",
     "agent",
+    "warnings",
 )
 
 
 def run_json(run: Run) -> dict[str, Any]:
-    """A run as `vigil runs --json` prints it."""
-    return to_json(run, RUN_FIELDS)
+    """A run as `vigil runs --json` prints it; `warnings` a list of words (late, longer, shorter)."""
+    doc = to_json(run, RUN_FIELDS)
+    doc["warnings"] = list(run.warnings)
+    return doc
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,13 @@ JOB_LOOKS: dict[str, Look] = {
     "idle": Look("·", "IDLE", "muted"),
 }
 
+#: Warnings a run can carry (engine.model.RunWarning): a glyph and a word each, in the warning tone.
+WARNING_LOOKS: dict[str, Look] = {
+    "late": Look("⚠", "late", "warn"),
+    "longer": Look("⏱", "longer", "warn"),
+    "shorter": Look("↓", "shorter", "warn"),
+}
+
 NONE_TEXT = "—"
 
 
@@ -59,6 +66,22 @@ def look(state: str | None) -> Look:
     if state is None:
         return Look(" ", NONE_TEXT, "muted")
     return RUN_LOOKS.get(state) or JOB_LOOKS.get(state) or Look("?", state.upper()[:8], "warn")
+
+
+def warning_look(word: str) -> Look:
+    """The look of a run warning; a word this version does not know still shows."""
+    return WARNING_LOOKS.get(word) or Look("⚠", word[:8], "warn")
+
+
+def fmt_warnings(words: Sequence[str], *, short: bool = False) -> str:
+    """A run's warnings: "⚠ late · ⏱ longer"; `short` (a table cell, 9 columns at most): "⚠⏱ late+1"."""
+    if not words:
+        return ""
+    looks = [warning_look(word) for word in words]
+    if not short:
+        return " · ".join(item.label for item in looks)
+    more = f"+{len(looks) - 1}" if len(looks) > 1 else ""
+    return "".join(item.glyph for item in looks) + f" {looks[0].word}{more}"
 
 
 def fmt_duration(seconds: float | None) -> str:

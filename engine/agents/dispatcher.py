@@ -919,6 +919,7 @@ class AgentDispatcher:
         job = self.ctx.job(info.job)
         deadline = started + timedelta(seconds=job.timeout) if job and job.timeout else None
         info.state = RunState.RUNNING
+        info.started_at = started
         info.deadline = deadline
         flight.phase = Phase.RUNNING
         flight.running_since = time.monotonic()

@@ -250,11 +250,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
             _short_time(iso(r.scheduled_for)),
             _duration(r),
             str(r.attempt),
+            ",".join(r.warnings) or "-",
             (r.reason or "")[:60],
         ]
         for r in runs
     ]
-    print(_table(rows, ["ID", "JOB", "STATE", "EXIT", "SCHEDULED (UTC)", "TOOK", "TRY", "REASON"]))
+    print(_table(rows, ["ID", "JOB", "STATE", "EXIT", "SCHEDULED (UTC)", "TOOK", "TRY", "WARN", "REASON"]))
     return EXIT_OK
 
 

@@ -148,6 +148,7 @@ def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: 
         problem = run_as_problem(user.value, find_account(user.value), euid=os.geteuid())
         if problem:
             errors.append(user.source.error(("user",), problem))  # where it is set (maybe a _folder.toml)
+    errors += _threshold_errors(source, merged)
     env = merged.get("env")
     if env is not None and (size := env_bytes(env.value)) > MAX_ENV_BYTES:
         # Each file's own table is within the cap; only their merge is too large.
@@ -156,6 +157,28 @@ def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: 
             source.error(("env",), reason) if "env" in (source.data or {}) else ConfigError(source.path, "env", reason)
         )
     return errors
+
+
+def _threshold_errors(source: SourceFile, merged: Mapping[str, Value]) -> list[ConfigError]:
+    """`warn_if_shorter` must be below `warn_if_longer` when both are durations, or both percentages:
+    otherwise every run would be one or the other (or both)."""
+    shorter, longer = merged.get("warn_if_shorter"), merged.get("warn_if_longer")
+    if shorter is None or longer is None:
+        return []
+    low, high = shorter.value, longer.value
+    if low.seconds is not None and high.seconds is not None:
+        crossed = low.seconds >= high.seconds
+    elif low.percent is not None and high.percent is not None:
+        crossed = low.percent >= high.percent
+    else:
+        return []  # a duration and a percentage: which is larger depends on the history
+    if not crossed:
+        return []
+    # Said in the file to change: the job's own if it sets either key, else where warn_if_shorter is set.
+    key, where = "warn_if_shorter", shorter
+    if longer.source is source and shorter.source is not source:
+        key, where = "warn_if_longer", longer
+    return [where.source.error((key,), f"warn_if_shorter ({low}) must be below warn_if_longer ({high})")]
 
 
 def _aware_at(at: datetime, zone_name: str) -> datetime | None:

@@ -37,6 +37,7 @@ class RunInfo:
     deadline: datetime | None = None
     not_before: datetime | None = None
     agent: str | None = None  #: where it was sent (agent or pool); None runs locally
+    started_at: datetime | None = None  #: when it started (as recorded), once it is running
     started_mono: float | None = None  #: when this process started it, on the monotonic clock
     deadline_mono: float | None = None  #: `deadline` on the monotonic clock, once armed
 

@@ -328,6 +328,9 @@ class Scheduler:
         next_deadline = self.table.next_deadline()
         if next_deadline is not None:
             timeout = min(timeout, next_deadline - mono)
+        next_warning = self.planner.watch.next_due(self.clock.now(), mono)
+        if next_warning is not None:
+            timeout = min(timeout, next_warning)
         timeout = max(0.0, timeout)
         if timeout > 0 and not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
@@ -367,6 +370,7 @@ class Scheduler:
             if info.started_mono is None or info.state is not RunState.RUNNING:
                 continue
             started = now - timedelta(seconds=mono - info.started_mono)
+            info.started_at = started
             if info.deadline is not None and info.deadline_mono is not None:
                 info.deadline = now + timedelta(seconds=info.deadline_mono - mono)
             self._carry.intents.append(i.StartRestated(info.id, started, info.deadline))
@@ -437,6 +441,7 @@ class Scheduler:
         if executor is not self.local:
             return  # a remote run's start is recorded by its executor once the agent confirms it
         info.state = RunState.RUNNING
+        info.started_at = now
         info.started_mono = self.clock.monotonic()
         if job.timeout is not None:
             info.deadline = now + timedelta(seconds=job.timeout)
@@ -528,6 +533,7 @@ class Scheduler:
             # no write (its record is deferred).
             self._handle_deadlines(mono)
             return
+        await self._load_durations()
         # Two parts, one transaction. `batch` is accounting (run ends, retries and queued runs
         # starting, kills): if the commit fails it is carried to the next attempt, never lost.
         # `work` is new work (fires, run/rerun/pause/resume): if the commit fails it is undone, so
@@ -537,6 +543,7 @@ class Scheduler:
         p.handle_finished(finished, now, batch)
         self._handle_deadlines(mono)
         p.handle_retries(mono, batch)
+        p.watch_runs(now, mono, batch)
         work = Batch(first_id=p.next_id)
         p.handle_fires(now, work)
         commands, self._commands = self._commands, []
@@ -570,6 +577,7 @@ class Scheduler:
             raise
         if not self.store.health.failing:
             p.outage_cause = None
+        p.watch.arm_started(now, mono, self.table, p.jobs)  # runs launched just now: their longer timers
         for cmd, reply in replies:
             if cmd.reply.done():
                 continue
@@ -577,6 +585,15 @@ class Scheduler:
                 cmd.reply.set_result(refusal(reply))
             else:
                 cmd.reply.set_result({"ok": True, **reply})
+
+    async def _load_durations(self) -> None:
+        """The recent successful durations of jobs with a percentage threshold, read once per job."""
+        watch = self.planner.watch
+        for name in watch.histories_wanted(self.planner.jobs):
+            try:
+                watch.set_history(name, await self.store.recent_durations(name))
+            except StoreRetryableError:
+                return  # read at the next iteration; until then the percentage has no median
 
     def _answer_commands_while_unwritable(self, now: datetime) -> None:
         """While a retryable store fault lasts, answer commands at once instead of after the backoff

@@ -28,6 +28,7 @@ from engine.notify import build
 from engine.notify.events import Event
 from engine.notify.routing import channels_for
 from engine.run.table import RunTable
+from engine.run.watch import RunWatch, Warned
 from engine.store import intents as i
 
 log = logging.getLogger("vigil.scheduler")
@@ -111,6 +112,7 @@ class Planner:
         self.takeover_cause = "downtime"
         self.outage_cause: str | None = None  #: the store refused writes
         self._collisions_noted: set[str] = set()  # jobs whose repeated fire times were logged
+        self.watch = RunWatch()  #: late_after, warn_if_longer, warn_if_shorter
 
     # ------------------------------------------------------------ fire times
 
@@ -363,6 +365,19 @@ class Planner:
         channels = channels_for(event, job, self.settings)
         return [i.NotificationQueued(event, channels)] if channels else []
 
+    def watch_runs(self, now: datetime, mono: float, batch: Batch) -> None:
+        """Late runs and runs running past `warn_if_longer`, warned in this batch."""
+        for info in self.table.take_opened():
+            if self.table.is_open(info):
+                self.watch.opened(info, self.jobs.get(info.job), now)
+        self.warn(batch, self.watch.check(now, mono, self.table, self.jobs))
+
+    def warn(self, batch: Batch, warnings: list[Warned]) -> None:
+        """Each warning recorded on its run and queued as an event, in the same transaction."""
+        for warned in warnings:
+            batch.intents.append(i.RunWarned(warned.run_id, warned.warning, warned.at))
+            self.notify(batch, warned.event())
+
     def handle_retries(self, mono: float, batch: Batch) -> None:
         # A retry that is due starts whatever the job's `overlap` says (the failed run it repeats
         # has ended, but a newer fire may be running beside it).
@@ -423,6 +438,7 @@ class Planner:
         retried = job is not None and schedule.should_retry(str(state), info.attempt, job.retries)
         if not retried:  # a failure that is retried is not an outcome yet: nothing is announced
             self._announce_end(info, state, reason, result, job, now, batch)
+        self.warn(batch, self.watch.ended(info, job, state, now))
         if job is not None and state is RunState.SUCCEEDED:
             self.last_success[info.job] = now
             self._trigger_downstream(info.job, now, batch)

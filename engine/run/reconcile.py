@@ -58,6 +58,7 @@ class Reconciler:
                 deadline=run.deadline,
                 not_before=run.not_before,
                 agent=run.agent,
+                started_at=run.started_at,
             )
             if run.agent and self.agents is not None and info.state is not RunState.PENDING:
                 table.track(info, active=True)
@@ -124,6 +125,7 @@ class Reconciler:
         does not re-date it (`Scheduler._restate_starts`).
         """
         job = self.planner.jobs.get(info.job)
+        info.started_at = started
         if info.deadline is None and job is not None and job.timeout is not None:
             info.deadline = started + timedelta(seconds=job.timeout)
         if info.state is RunState.RUNNING:  # a row made running (an unrecorded run adopted)

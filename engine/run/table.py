@@ -26,6 +26,7 @@ class RunTable:
         self.queued: defaultdict[str, deque[int]] = defaultdict(deque)  #: pending behind them, in order
         self._retries: list[tuple[float, int]] = []
         self._deadlines: list[tuple[float, int]] = []
+        self._opened: list[RunInfo] = []  # tracked since the last take_opened (for the run watch)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -40,8 +41,14 @@ class RunTable:
     def track(self, info: RunInfo, *, active: bool = False) -> None:
         """An open run; `active` counts it against its job's overlap whatever its state."""
         self.runs[info.id] = info
+        self._opened.append(info)
         if active or info.state in ACTIVE_STATES:
             self.active[info.job].add(info.id)
+
+    def take_opened(self) -> list[RunInfo]:
+        """The runs tracked since the last call (some may have ended or been dropped since)."""
+        opened, self._opened = self._opened, []
+        return opened
 
     def forget(self, run_id: int, job: str) -> None:
         """A run that ended, or whose row was never written."""

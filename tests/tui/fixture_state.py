@@ -113,6 +113,19 @@ def build_fixed_state(root: Path) -> StatePaths:
     for run in _runs():
         cols = ", ".join(run)
         conn.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' for _ in run)})", tuple(run.values()))
+    # Warnings on runs the snapshots show: the run detail (12), a timed-out run, a running one with two.
+    for run_id, warning in (
+        (12, "longer"),
+        (17, "longer"),
+        (18, "shorter"),
+        (21, "late"),
+        (21, "longer"),
+        (25, "late"),
+    ):
+        conn.execute(
+            "INSERT INTO run_warnings (run_id, warning, at, writer_epoch) VALUES (?, ?, ?, ?)",
+            (run_id, warning, _t(5), EPOCH),
+        )
     conn.execute(
         "INSERT INTO failovers (at, from_pid, to_pid, cause, gap_ms, epoch, writer_epoch) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (_t(7200), 4100, ACTIVE_PID, "crash", 1840.0, EPOCH, EPOCH),

@@ -16,7 +16,7 @@ from textual.markup import escape
 from textual.widgets import Log, Static
 
 from tui.data import Run, Snapshot
-from tui.format import NONE_TEXT, fmt_bytes, fmt_duration, fmt_time, look
+from tui.format import NONE_TEXT, fmt_bytes, fmt_duration, fmt_time, fmt_warnings, look
 from tui.screens.base import ViewScreen
 
 LOG_TAIL_BYTES = 256 * 1024  #: what is shown of an existing log at first
@@ -65,6 +65,8 @@ def detail_markup(run: Run, now: datetime) -> str:
     )
     cpu = NONE_TEXT if run.cpu_s is None else f"{run.cpu_s:.2f}s"
     line3 = f"peak RSS {fmt_bytes(run.peak_rss)} · CPU {cpu}" + (f" · pid {run.pid}" if run.pid else "")
+    if run.warnings:
+        line3 += f" · [$warning b]{escape(fmt_warnings(run.warnings))}[/]"
     lines = [line1, line2, line3]
     if run.reason:
         lines.append(f"reason: {escape(run.reason)}")

@@ -11,7 +11,7 @@ from textual.binding import Binding
 
 from engine.model import RunState
 from tui.data import Run, Snapshot
-from tui.format import NONE_TEXT, fmt_duration, fmt_time, look
+from tui.format import NONE_TEXT, fmt_duration, fmt_time, fmt_warnings, look
 from tui.screens.base import ViewScreen
 from tui.widgets.vtable import Cell, Column, VirtualTable
 
@@ -229,8 +229,17 @@ class RunsScreen(ViewScreen):
             fmt_time(run.scheduled_for, now),
             fmt_duration(run.duration(now)),
             str(run.attempt),
-            (run.reason or "").replace("\n", " "),
+            self._reason_cell(run),
         ]
+
+    @staticmethod
+    def _reason_cell(run: Run) -> Cell:
+        """The reason, after the run's warnings (a glyph and a word, in the warning tone)."""
+        reason = (run.reason or "").replace("\n", " ")
+        if not run.warnings:
+            return reason
+        warned = fmt_warnings(run.warnings, short=True)
+        return [(warned + " ", "warn"), (reason, "")] if reason else [(warned, "warn")]
 
     def on_virtual_table_selected(self, event: VirtualTable.Selected) -> None:
         self.vigil.show_run(int(event.key))

@@ -313,7 +313,11 @@ class VirtualTable(ScrollView, can_focus=True):
             else:
                 used = 0
                 for text, tone in cell:
+                    text = escape(text)
                     if used + cell_len(text) > width:
+                        # The segment that does not fit is cut (with an ellipsis), the rest dropped.
+                        line.append(fit(text, width - used), tones.get(tone))
+                        used = width
                         break
                     line.append(text, tones.get(tone))
                     used += cell_len(text)
