@@ -9,8 +9,8 @@ batch of intents and launches; the catalog (catalog.py) applies job folder scans
 (commands.py) carry out operator requests; reconciliation (reconcile.py) settles what a previous
 active left open. This module owns the I/O: the Store, the Executors, the job folder, the clock.
 
-Layer: run. May import the base modules, config, schedule, store, exec and agents (the dispatcher,
-built here); never ha/ or cli/.
+Layer: run. May import the base modules, config, schedule, store, exec, agents (the dispatcher,
+built here) and outbox (the notification deliverer, run here while active); never ha/ or cli/.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
 from engine.exec.rundirs import HighWaterFile, run_dir_ids
 from engine.exec.runner import ShimExecutor
 from engine.model import LeaderRow, RunState, Settings
+from engine.outbox.deliverer import CommitObserver, Deliverer, run_dir_log_tail
 from engine.paths import StatePaths
 from engine.run.catalog import Catalog
 from engine.run.commands import Command, Commands, Op, prune_age, run_id_of
@@ -107,6 +108,9 @@ class Scheduler:
         self.epoch_retake_allowed = True  #: False after 3 re-takes within 60 s (see Node._active)
         self.agent_transport_factory: Callable[[Any], Any] | None = None  #: tests: in-process agents
         self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
+        #: sends the notification outbox while this scheduler is active (built by run())
+        self.deliverer: Deliverer | None = None
+        self.notification_observer: CommitObserver | None = None  #: told each deliverer commit (metrics)
 
     @property
     def epoch(self) -> int:
@@ -200,6 +204,7 @@ class Scheduler:
             asyncio.create_task(self._flusher(), name="flusher"),
             asyncio.create_task(self._periodic(3600.0, self._retention_tick, first=60.0), name="retention"),
             asyncio.create_task(self._periodic(1.0, self._check_db_file), name="dbwatch"),
+            asyncio.create_task(self._deliver(), name="deliverer"),
         ]
         try:
             while not self._stop.is_set():
@@ -228,6 +233,22 @@ class Scheduler:
             await self.store.close()
             self.high_water.close()
         return self.stop_reason
+
+    async def _deliver(self) -> None:
+        """The outbox's deliverer, for as long as this scheduler is active."""
+        self.deliverer = Deliverer(
+            self.store,
+            lambda: self.planner.settings,
+            self.clock,
+            log_tail=run_dir_log_tail(self.paths),
+            observer=self.notification_observer,
+        )
+        try:
+            await self.deliverer.run()
+        except FencedError:
+            self.request_stop("fenced")
+        except StoreError as exc:  # retryable faults the deliverer outlives; this one it cannot
+            self._store_fatal(exc)
 
     async def close_executors(self) -> None:
         """Stop watching runs (they go on; the next active adopts them)."""
@@ -584,6 +605,8 @@ class Scheduler:
             self.high_water.raise_to(run_id=max(new_ids))
         for hook in batch.after_commit:
             hook(new_ids)
+        if self.deliverer is not None and any(isinstance(intent, i.NotificationQueued) for intent in batch.intents):
+            self.deliverer.wake()  # the event is durable now: send it
         collided: set[str] = set()
         for row in batch.rows:
             if row.id not in new_ids:
