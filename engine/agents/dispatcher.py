@@ -57,6 +57,8 @@ from engine.errors import (
 from engine.exec.port import Adopted, Adoption, RunContext, RunInfo, ShimExit
 from engine.ids import MAX_ROW_ID, valid_id
 from engine.model import OPEN_STATES, AgentSpec, JobSpec, RunState, Settings
+from engine.notify import build
+from engine.notify.events import Event
 from engine.store import intents as i
 
 if TYPE_CHECKING:
@@ -177,6 +179,9 @@ class AgentDispatcher:
     `next_run_id` and `skip_run_ids` (an agent has seen run ids up to N), and `retake_above` (take
     the leadership again above an epoch an agent has seen; False when that is not allowed now).
     `restored`: the database is older than this state directory (a restored backup).
+    `agents_up`: each agent's health as the ledger recorded it (an earlier active's last word), so
+    that a new active announces a change of it, not what was announced before; `notification`
+    turns an event into the outbox intent written with the AgentSeen that records the change.
     """
 
     def __init__(
@@ -188,6 +193,8 @@ class AgentDispatcher:
         skip_run_ids: Callable[[int], None],
         retake_above: Callable[[int], bool],
         transport_factory: Callable[[AgentSpec], httpx.AsyncBaseTransport] | None = None,
+        agents_up: dict[str, bool] | None = None,
+        notification: Callable[[Event], list[i.Intent]] | None = None,
     ) -> None:
         self.ctx = ctx
         self.store = ctx.store
@@ -196,6 +203,8 @@ class AgentDispatcher:
         self.skip_run_ids = skip_run_ids
         self.retake_above = retake_above
         self.transport_factory = transport_factory
+        self.recorded_up: dict[str, bool] = dict(agents_up or {})  #: as written (deferred) last
+        self.notification = notification
         self.links: dict[str, AgentLink] = {}
         self.flights: dict[int, Flight] = {}
         self._rr: dict[str, int] = {}
@@ -374,6 +383,9 @@ class AgentDispatcher:
 
     def _write_link(self, link: AgentLink) -> None:
         st = link.status if link.up else {}
+        up = bool(link.up)
+        before = self.recorded_up.get(link.name)
+        self.recorded_up[link.name] = up
         self.store.defer(
             i.AgentSeen(
                 name=link.name,
@@ -388,6 +400,12 @@ class AgentDispatcher:
                 error=link.error,
             )
         )
+        # One event per change of the recorded health, deferred with the AgentSeen that records it
+        # (one transaction). An agent first seen up is no news; one first seen down is.
+        if up != before and (before is not None or not up) and self.notification is not None:
+            event = build.agent_changed(agent=link.name, up=up, error=link.error, at=self.ctx.clock.now())
+            for intent in self.notification(event):
+                self.store.defer(intent)
 
     # ---------------------------------------------------------------- agents: config, poll, collect
 
@@ -420,6 +438,7 @@ class AgentDispatcher:
                     self._spawn(link.client.aclose())
                 if name not in declared:
                     self.store.defer(i.AgentDropped(name))
+                    self.recorded_up.pop(name, None)
         for name, spec in declared.items():
             if name not in self.links:
                 link = AgentLink(spec=spec)

@@ -58,18 +58,24 @@ class ControlServer:
         clock: Clock,
         heartbeat: Callable[[], dict[str, Any]],
         refusals: RefusalAudit,
+        standby_gone: Callable[[Subscriber], None] | None = None,
     ) -> None:
         self.paths = paths
         self.scheduler = scheduler
         self.clock = clock
         self.heartbeat = heartbeat  #: the heartbeat message now (a subscriber gets one at once)
         self.refusals = refusals
+        self.standby_gone = standby_gone  #: a standby hung up while this server serves (not at close)
         self.subscribers: dict[asyncio.StreamWriter, Subscriber] = {}
         self.last_sent: float | None = None  #: time.time() of the last broadcast
         self._clients: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}  #: every connection's handler
         self._refusal_timer: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self._closing = False
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def standbys(self) -> list[Subscriber]:
         return [info for info in self.subscribers.values() if info.role == "standby"]
@@ -145,7 +151,9 @@ class ControlServer:
             # logs a cancelled handler as an error with a traceback: end like a hung-up client.
             pass
         finally:
-            self.subscribers.pop(writer, None)
+            gone = self.subscribers.pop(writer, None)
+            if gone is not None and gone.role == "standby" and not self._closing and self.standby_gone is not None:
+                self.standby_gone(gone)
             if task is not None:
                 self._clients.pop(task, None)
             writer.close()

@@ -25,13 +25,14 @@ from engine.config import load_settings
 from engine.control import ErrorKind, RefusalAudit, error_reply, socket_address
 from engine.errors import StoreRetryableError, VigilError
 from engine.exec.procs import flock_holders, starttime
-from engine.ha.control_server import ControlServer
+from engine.ha.control_server import ControlServer, Subscriber
 from engine.ha.heartbeat import HeartbeatWatcher, Takeover, TakeoverCause
 from engine.ha.lock import LeaderLock
 from engine.model import StopReason
+from engine.notify import build
 from engine.paths import StatePaths
 from engine.run.loop import Scheduler
-from engine.store.intents import Audit, Failover
+from engine.store.intents import Audit, Failover, Intent
 from engine.store.sqlite.db import connect
 
 log = logging.getLogger("vigil.ha")
@@ -189,7 +190,12 @@ class Node:
         scheduler.extra_handlers["status"] = self._status_command
         scheduler.extra_handlers["switchover"] = self._switchover_command
         server = ControlServer(
-            self.paths, scheduler, clock=self.clock, heartbeat=self._heartbeat, refusals=self._refusals
+            self.paths,
+            scheduler,
+            clock=self.clock,
+            heartbeat=self._heartbeat,
+            refusals=self._refusals,
+            standby_gone=lambda standby: self._standby_gone(server, scheduler, standby),
         )
         await server.start()
         self.server = server
@@ -203,8 +209,21 @@ class Node:
             await scheduler.prepare()
             if takeover.cause != TakeoverCause.START:
                 gap_ms = None if takeover.gap_started is None else (time.time() - takeover.gap_started) * 1000
-                failover = Failover(now, takeover.from_pid or previous.pid, self.pid, takeover.cause, gap_ms)
-                await scheduler.store.commit([failover])
+                from_pid = takeover.from_pid or previous.pid
+                failover = Failover(now, from_pid, self.pid, takeover.cause, gap_ms)
+                intents: list[Intent] = [failover]
+                if takeover.cause != TakeoverCause.EPOCH:  # the same active again: not news
+                    event = build.takeover(
+                        epoch=scheduler.epoch,
+                        switchover=takeover.cause == TakeoverCause.SWITCHOVER,
+                        from_pid=from_pid,
+                        to_pid=self.pid,
+                        cause=str(takeover.cause),
+                        gap_ms=gap_ms,
+                        at=now,
+                    )
+                    intents += scheduler.planner.notification(event)
+                await scheduler.store.commit(intents)  # the takeover and its event: one transaction
                 log.warning("took over from pid %s (%s)", takeover.from_pid, takeover.cause)
             reason = StopReason(await scheduler.run())
             started = True
@@ -237,6 +256,23 @@ class Node:
             # Never keep running after being fenced: the process exits and holds nothing.
             self.lock.release()
         return reason
+
+    def _standby_gone(self, server: ControlServer, scheduler: Scheduler, standby: Subscriber) -> None:
+        """A standby hung up. If it has not subscribed again within the heartbeat timeout (a standby
+        reconnects within a second after a read error), it is lost: `standby_lost` is queued."""
+
+        def check() -> None:
+            if self.server is not server or server.closing:
+                return  # this term is over: its standbys hung up because it closed
+            if any(s.pid == standby.pid for s in server.standbys()):
+                return
+            log.warning("standby pid %s is gone", standby.pid)
+            now = self.clock.now()
+            scheduler.queue_event(
+                build.standby_lost(pid=standby.pid, since=standby.since, epoch=scheduler.epoch, at=now)
+            )
+
+        asyncio.get_running_loop().call_later(self.hb_timeout, check)
 
     def _heartbeat(self) -> dict[str, Any]:
         return {

@@ -43,6 +43,8 @@ from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
 from engine.exec.rundirs import HighWaterFile, run_dir_ids
 from engine.exec.runner import ShimExecutor
 from engine.model import LeaderRow, RunState, Settings
+from engine.notify import build
+from engine.notify.events import Event
 from engine.outbox.deliverer import CommitObserver, Deliverer, run_dir_log_tail
 from engine.paths import StatePaths
 from engine.run.catalog import Catalog
@@ -111,6 +113,9 @@ class Scheduler:
         #: sends the notification outbox while this scheduler is active (built by run())
         self.deliverer: Deliverer | None = None
         self.notification_observer: CommitObserver | None = None  #: told each deliverer commit (metrics)
+        self._deliver_after_flush = False  #: an event was deferred: wake the deliverer once it is flushed
+        self._agents_up: dict[str, bool] = {}  #: each agent's health as the ledger had it at takeover
+        self.store.health.on_recovery = self._store_recovered
 
     @property
     def epoch(self) -> int:
@@ -162,6 +167,8 @@ class Scheduler:
             skip_run_ids=self.skip_run_ids,
             retake_above=self.retake_above,
             transport_factory=self.agent_transport_factory,
+            agents_up=self._agents_up,
+            notification=self.planner.notification,
         )
         self.agents = dispatcher
         intents = self.catalog.settle_stored_fires(result, now)
@@ -250,6 +257,20 @@ class Scheduler:
         except StoreError as exc:  # retryable faults the deliverer outlives; this one it cannot
             self._store_fatal(exc)
 
+    def _store_recovered(self, lasted: float, fault: StoreRetryableError, failures: int) -> list[i.Intent]:
+        """`store_error`, for the first transaction that succeeds after a retryable fault."""
+        until = self.clock.now()
+        since = until - timedelta(seconds=lasted)
+        return self.planner.notification(
+            build.store_recovered(since=since, until=until, error=str(fault), failures=failures)
+        )
+
+    def queue_event(self, event: Event) -> None:
+        """An event that no state change of the ledger carries (a standby gone): into the next transaction."""
+        for intent in self.planner.notification(event):
+            self.store.defer(intent)
+        self._deliver_after_flush = True
+
     async def close_executors(self) -> None:
         """Stop watching runs (they go on; the next active adopts them)."""
         for executor in self._executors():
@@ -285,6 +306,8 @@ class Scheduler:
         if self.fatal is None:
             # A file removed or emptied under us often shows first as "corrupt": name the cause.
             self.fatal = self.store.lost_error() or exc
+            # The outbox is in the store that failed: this fault cannot be queued as an event.
+            log.error("the state database failed for good: no store_error event can be queued (the outbox is in it)")
         self.request_stop("store_fatal")
 
     async def _check_db_file(self) -> None:
@@ -305,9 +328,13 @@ class Scheduler:
                 # Kept for the next attempt (the main loop's next write carries them too); the
                 # ledger logged the fault once.
                 await asyncio.sleep(max(0.05, self.store.health.wait(time.monotonic())))
+                continue
             except StoreError as exc:
                 self._store_fatal(exc)
                 return
+            if self._deliver_after_flush and self.deliverer is not None:
+                self._deliver_after_flush = False
+                self.deliverer.wake()
 
     async def _sleep_until_next(self) -> None:
         # At most a second, so a stepped wall clock is noticed within one.
@@ -401,6 +428,8 @@ class Scheduler:
             if state.last_fire is not None and not self.restored:
                 p.last_fire[name] = state.last_fire
         p.last_success.update(start.last_success)
+        p.last_outcome.update(start.last_end)  # `recovered` continues across takeovers
+        self._agents_up = dict(start.agents_up)  # so is agent_down / agent_up
 
     # ---------------------------------------------------------------- executors
 

@@ -24,6 +24,7 @@ from engine import schedule
 from engine.clock import Clock, iso
 from engine.exec.port import RunInfo, ShimExit
 from engine.model import Catchup, JobSpec, Overlap, RunState, Settings
+from engine.notify import build
 from engine.notify.events import Event
 from engine.notify.routing import channels_for
 from engine.run.table import RunTable
@@ -97,6 +98,8 @@ class Planner:
         self.last_fire: dict[str, datetime] = {}
         self.paused: set[str] = set()
         self.last_success: dict[str, datetime] = {}
+        #: each job's last final outcome (no retry followed it), for `recovered`; seeded at takeover
+        self.last_outcome: dict[str, RunState] = {}
         self.downstream: dict[str, list[str]] = defaultdict(list)
         self.next_id = 1
         self.generation: dict[str, int] = defaultdict(int)  #: a job's fire-heap entries of older ones are stale
@@ -168,8 +171,13 @@ class Planner:
                 cause=self.gap_cause,
                 on_time_s=ON_TIME_TOLERANCE_S,
             )
+            # One event for the gap, however many rows it left (the summary row stands for its dropped
+            # fires): (row id, first fire, last fire) of each missed row, in order.
+            missed: list[tuple[int, datetime, datetime]] = []
             if dropped:
-                self._note_dropped(batch, name, fires[0], dropped, self.gap_cause(fires[0]), now)
+                summary = self._note_dropped(batch, name, fires[0], dropped, self.gap_cause(fires[0]), now)
+                first = trigger.next_fire(previous_fire) or summary.scheduled_for
+                missed.append((summary.id, first, summary.scheduled_for))
             if not job.enabled:
                 continue
             # Fires caught up together run one after another, oldest first, whatever `overlap` says:
@@ -177,9 +185,10 @@ class Planner:
             catching_up = sum(plan.action == "run" for plan in plans) > 1
             for plan in plans:
                 if plan.action == "missed":
-                    self.new_row(
+                    row = self.new_row(
                         batch, name, plan.scheduled_for, RunState.MISSED, Trigger.SCHEDULE, now, reason=plan.reason
                     )
+                    missed.append((row.id, plan.scheduled_for, plan.scheduled_for))
                 else:
                     self.fire(
                         batch,
@@ -190,6 +199,18 @@ class Planner:
                         since=previous_fire,
                         catchup_queue=catching_up,
                     )
+            if missed:
+                first_id, first_at, _ = missed[0]
+                event = build.missed_gap(
+                    job=name,
+                    first_row_id=first_id,
+                    count=len(missed) - 1 + dropped if dropped else len(missed),
+                    first_at=first_at,
+                    last_at=missed[-1][2],
+                    cause=self.gap_cause(first_at),
+                    at=now,
+                )
+                self.notify(batch, event)
 
     def gap_cause(self, fire: datetime) -> str:
         """Why `fire`, handled late, was not handled on time."""
@@ -209,8 +230,8 @@ class Planner:
 
     def _note_dropped(
         self, batch: Batch, name: str, first_kept: datetime, dropped: int, cause: str, now: datetime
-    ) -> None:
-        self.new_row(
+    ) -> RunInfo:
+        return self.new_row(
             batch,
             name,
             first_kept - timedelta(microseconds=1),
@@ -334,10 +355,13 @@ class Planner:
 
     def notify(self, batch: Batch, event: Event) -> None:
         """Queue `event` in this batch's transaction for the channels it is routed to (if any)."""
+        batch.intents.extend(self.notification(event))
+
+    def notification(self, event: Event) -> list[i.Intent]:
+        """The outbox intent of `event` (none when no channel takes it), for a transaction of its cause."""
         job = self.jobs.get(event.job) if event.job else None
         channels = channels_for(event, job, self.settings)
-        if channels:
-            batch.intents.append(i.NotificationQueued(event, channels))
+        return [i.NotificationQueued(event, channels)] if channels else []
 
     def handle_retries(self, mono: float, batch: Batch) -> None:
         # A retry that is due starts whatever the job's `overlap` says (the failed run it repeats
@@ -379,7 +403,8 @@ class Planner:
         now: datetime,
         batch: Batch,
     ) -> None:
-        """The run ended: record it, then its retry, its `after` jobs and its job's next queued run."""
+        """The run ended: record it and its event, then its retry, its `after` jobs and its job's next
+        queued run. Every end of a run comes here (executors, reconciliation, kills, a job gone)."""
         info.state = state
         self.table.forget(info.id, info.job)
         batch.intents.append(
@@ -395,10 +420,13 @@ class Planner:
             )
         )
         job = self.jobs.get(info.job)
+        retried = job is not None and schedule.should_retry(str(state), info.attempt, job.retries)
+        if not retried:  # a failure that is retried is not an outcome yet: nothing is announced
+            self._announce_end(info, state, reason, result, job, now, batch)
         if job is not None and state is RunState.SUCCEEDED:
             self.last_success[info.job] = now
             self._trigger_downstream(info.job, now, batch)
-        elif job is not None and schedule.should_retry(str(state), info.attempt, job.retries):
+        elif job is not None and retried:
             delay = schedule.retry_delay(job.retry_delay, info.attempt)
             retry = self.new_row(
                 batch,
@@ -414,6 +442,38 @@ class Planner:
             self.table.retry_at(self.clock.monotonic() + delay, retry.id)
         # If the job is gone, each queued run then fails saying so.
         self.start_queued(info.job, batch, after=info.id)
+
+    def _announce_end(
+        self,
+        info: RunInfo,
+        state: RunState,
+        reason: str | None,
+        result: ShimExit | None,
+        job: JobSpec | None,
+        now: datetime,
+        batch: Batch,
+    ) -> None:
+        """A final outcome (no retry follows): its event, or `recovered` for a success after a failure."""
+        event: Event | None
+        if state is RunState.SUCCEEDED:
+            previous = self.last_outcome.get(info.job, RunState.SUCCEEDED)
+            event = build.recovered(job=info.job, run_id=info.id, attempt=info.attempt, previous=previous, at=now)
+        elif state in build.END_EVENTS:
+            event = build.run_ended(
+                job=info.job,
+                run_id=info.id,
+                state=state,
+                exit_code=result.exit_code if result else None,
+                reason=reason,
+                attempt=info.attempt,
+                retries=job.retries if job is not None else 0,
+                at=now,
+            )
+        else:
+            return  # skipped (a restored queued run): not an outcome of the job
+        self.last_outcome[info.job] = state
+        if event is not None:
+            self.notify(batch, event)
 
     def start_queued(self, name: str, batch: Batch, *, after: int | None = None) -> None:
         """The job's next queued run starts if none of its runs is active."""

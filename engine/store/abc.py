@@ -45,8 +45,11 @@ class LedgerStart:
     run_id_mark: int  #: the highest run id ever handed out, pruned ones included
     jobs: dict[str, JobState] = field(default_factory=dict)
     last_success: dict[str, datetime] = field(default_factory=dict)  #: latest succeeded end per job
-    #: the state of each job's latest finished run (for `recovered`: the first success after a failure)
+    #: the state of each job's latest final outcome: a run that ran and was not retried (for `recovered`:
+    #: the first success after a failure)
     last_end: dict[str, RunState] = field(default_factory=dict)
+    #: each agent's recorded health (the `up` of its AgentSeen): what an earlier active has announced
+    agents_up: dict[str, bool] = field(default_factory=dict)
 
 
 #: How many successful durations of a job `warn_if_longer = "200%"` takes the median of.

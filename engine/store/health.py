@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 from engine.errors import StoreRetryableError
+
+if TYPE_CHECKING:
+    from engine.store.intents import Intent
+
+#: What to write in the first transaction that succeeds after a fault: given how long the fault
+#: lasted (seconds), the fault and how many writes failed meanwhile (the `store_error` event).
+RecoveryIntents = Callable[[float, StoreRetryableError, int], Sequence["Intent"]]
 
 
 class StoreHealth:
@@ -16,6 +26,8 @@ class StoreHealth:
         self.since = 0.0
         self.retry_at = 0.0
         self._delay = 0.0
+        self.outage_failures = 0  #: failed writes since the current fault began
+        self.on_recovery: RecoveryIntents | None = None  #: set by the active (its event routing)
 
     @property
     def failing(self) -> bool:
@@ -27,10 +39,19 @@ class StoreHealth:
         self.failures += 1
         if self.fault is None:
             self.since = now
+            self.outage_failures = 0
+        self.outage_failures += 1
         self.fault = exc
         self._delay = self.first_delay if self._delay == 0 else min(self.max_delay, self._delay * 2)
         self.retry_at = now + self._delay
         return news
+
+    def recovery_intents(self, now: float) -> list[Intent]:
+        """The intents to add to a write attempted during a fault: if it succeeds, it is the first
+        that did, and they say so in its own transaction (none when healthy)."""
+        if self.fault is None or self.on_recovery is None:
+            return []
+        return list(self.on_recovery(now - self.since, self.fault, self.outage_failures))
 
     def succeeded(self, now: float) -> float | None:
         """Note a write that went through; returns how long the fault lasted if one just ended."""

@@ -408,6 +408,7 @@ class MemoryStore:
         batch = deferred + new_runs + [(x, self._epoch) for x in given if not isinstance(x, i.NewRun)]
         if not batch:
             return set()
+        batch += [(x, self._epoch) for x in self.health.recovery_intents(time.monotonic())]
         try:
             if self.database.locked:
                 raise _locked_error()
@@ -436,9 +437,10 @@ class MemoryStore:
                 if best is None or run.ended_at > best:
                     last_success[run.job] = run.ended_at
         last_end: dict[str, RunState] = {}
-        for run_id in sorted(t.runs):  # the newest run that ran, per catalogued job (as `last_ends`)
+        for run_id in sorted(t.runs):  # the newest final outcome, per catalogued job (as `last_ends`)
             run = t.runs[run_id]
-            if run.job in t.catalog and run.state in RAN_STATES:
+            retried = (run.job, run.scheduled_for, run.attempt + 1) in t.fires
+            if run.job in t.catalog and run.state in RAN_STATES and not retried:
                 last_end[run.job] = run.state
         return LedgerStart(
             max_run_id=max(t.runs, default=0),
@@ -446,6 +448,7 @@ class MemoryStore:
             jobs=dict(t.job_state),
             last_success=last_success,
             last_end=last_end,
+            agents_up={name: seen.up for name, seen in t.agents.items()},
         )
 
     async def open_runs(self) -> list[Run]:

@@ -153,6 +153,25 @@ async def test_last_end_and_recent_durations_feed_recovered_and_percent_threshol
     assert await store.recent_durations("other") == []
 
 
+async def test_last_end_passes_over_a_failure_that_was_retried(store: Store) -> None:
+    """A retried failure was never announced: the outcome before it stays the last one (no false
+    `recovered` when the retry succeeds after a takeover)."""
+    await leading(store)
+    later = NOW + timedelta(minutes=1)
+    await store.commit(
+        [
+            i.CatalogUpsert("j", "j.toml", "every 1m", True, None, "", "", None, None),
+            fire(1),
+            fire(2, at=later),
+        ]
+    )
+    await store.commit([finished(1, RunState.SUCCEEDED, 0), finished(2, RunState.FAILED, 1)])
+    await store.commit([fire(3, at=later, attempt=2)])  # the retry of run 2, pending
+    assert (await store.start_state()).last_end == {"j": RunState.SUCCEEDED}
+    await store.commit([finished(3, RunState.FAILED, 1)])  # its last attempt: final
+    assert (await store.start_state()).last_end == {"j": RunState.FAILED}
+
+
 # ---------------------------------------------------------------- the SQLite readers
 
 

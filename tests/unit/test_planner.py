@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import FakeClock
+from engine.clock import FakeClock, iso
 from engine.config import ScanResult
+from engine.errors import StoreRetryableError
 from engine.exec.fake import FakeExecutor
 from engine.exec.port import RunContext, ShimExit
-from engine.model import Catchup, JobSpec, Overlap, RunState, Settings
+from engine.model import Catchup, ChannelSpec, JobSpec, Overlap, RunState, Settings
+from engine.notify.events import Event, EventKind
 from engine.paths import StatePaths
 from engine.run.catalog import Catalog
 from engine.run.loop import Scheduler
@@ -340,3 +342,175 @@ async def test_a_run_its_executor_cannot_start_fails_with_the_reason_and_is_retr
     loop.clock.advance(5)
     await loop.scheduler.iterate()
     assert len(loop.executor.launched) == 1
+
+
+# ------------------------------------------------------------------------------------ events
+
+OPS = Settings(notify=("ops",), channels={"ops": ChannelSpec(name="ops", command="true")})
+
+
+def events(batch: Batch) -> list[Event]:
+    """The events this batch queues (each for the `ops` channel), in order."""
+    queued = [intent for intent in batch.intents if isinstance(intent, i.NotificationQueued)]
+    assert all(q.channels == ("ops",) for q in queued)
+    return [q.event for q in queued]
+
+
+def test_a_failure_after_the_last_retry_queues_one_failed_event_and_a_retried_one_none() -> None:
+    p = Plan(settings=OPS)
+    p.scan(job(every=3600.0, retries=1, retry_delay=5.0))
+    (run,) = p.tick(0.5).rows
+    first_end = p.end(run.id, exit_code=3)
+    assert events(first_end) == []  # retried: nothing announced
+    (retry,) = first_end.rows
+    p.tick(5)
+    last_end = p.end(retry.id, exit_code=3)
+    (event,) = events(last_end)
+    assert event == Event(
+        id=f"failed:run:{retry.id}",
+        event=EventKind.FAILED,
+        at=p.clock.now(),
+        job="j",
+        run_id=retry.id,
+        state="failed",
+        exit_code=3,
+        reason="exit code 3",
+        attempt=2,
+        final=True,
+        message=f"job j run {retry.id} failed: exit code 3 (after the last of 2 attempts)",
+    )
+    # Queued in the batch of the run's end: one transaction holds both.
+    assert i.RunFinished in {type(intent) for intent in last_end.intents}
+
+
+def test_timed_out_killed_and_unknown_ends_are_announced_with_why_no_retry_followed() -> None:
+    p = Plan(settings=OPS)
+    p.scan(job(every=10.0, timeout=2.0, retries=2, overlap=Overlap.ALLOW))
+    (timed,) = p.tick(0.5).rows
+    p.table.get(timed.id).kill_requested = "timeout"  # type: ignore[union-attr]
+    (killed,) = p.tick(10).rows
+    p.table.get(killed.id).kill_requested = "kill"  # type: ignore[union-attr]
+    (lost,) = p.tick(10).rows
+    assert events(p.end(timed.id, exit_code=-9)) == []  # timed out, retried
+    (k,) = events(p.end(killed.id, exit_code=-9))
+    assert (k.event, k.state, k.final, k.message) == (
+        EventKind.KILLED,
+        "killed",
+        True,
+        f"job j run {killed.id} killed: killed by operator (attempt 1; a killed run is not retried)",
+    )
+    batch = Batch()
+    p.planner.handle_finished([ShimExit(lost.id, None, None, None, None, reason="shim gone")], p.clock.now(), batch)
+    (u,) = events(batch)
+    assert (u.id, u.event, u.exit_code, u.reason) == (f"unknown:run:{lost.id}", EventKind.UNKNOWN, None, "shim gone")
+
+
+def test_recovered_is_the_first_success_after_an_announced_failure_only() -> None:
+    p = Plan(settings=OPS)
+    p.scan(job(every=10.0, retries=1, retry_delay=1.0))
+    (a,) = p.tick(0.5).rows
+    (a_retry,) = p.end(a.id, exit_code=1).rows
+    p.tick(1)
+    assert events(p.end(a_retry.id, exit_code=0)) == []  # a retried failure then a success: no recovery
+    (b,) = p.tick(9).rows
+    (b_retry,) = p.end(b.id, exit_code=1).rows
+    p.tick(1)
+    assert [e.event for e in events(p.end(b_retry.id, exit_code=1))] == [EventKind.FAILED]
+    (c,) = p.tick(9).rows
+    (recovered,) = events(p.end(c.id, exit_code=0))
+    assert (recovered.id, recovered.event, recovered.run_id, recovered.state) == (
+        f"recovered:run:{c.id}",
+        EventKind.RECOVERED,
+        c.id,
+        "succeeded",
+    )
+    (d,) = p.tick(10).rows
+    assert events(p.end(d.id, exit_code=0)) == []  # the second success is not news
+
+
+def test_a_gap_of_1000_missed_fires_is_one_missed_event_with_its_count() -> None:
+    p = Plan(settings=Settings(notify=OPS.notify, channels=OPS.channels, max_missed_rows=100))
+    p.scan(job(every=10.0, catchup=Catchup.NONE))
+    p.clock.set(START + timedelta(seconds=9995.5))  # 03:00:00 .. 05:46:30: 1000 fires, all late
+    batch = p.tick()
+    missed = [row for row in batch.rows if row.state is RunState.MISSED]
+    assert len(missed) == 101  # 100 rows and the summary row of the 900 older ones
+    (event,) = events(batch)
+    assert (event.id, event.event, event.job, event.count) == (
+        f"missed:run:{missed[0].id}",
+        EventKind.MISSED,
+        "j",
+        1000,
+    )
+    assert (event.first_at, event.last_at) == (at(3), at(3) + timedelta(seconds=9990))
+    assert event.reason == "scheduler overloaded"
+    assert event.message == f"job j: 1000 fires missed ({iso(at(3))} to {iso(at(5, 46, 30))}): scheduler overloaded"
+    after = p.tick(5)  # 05:46:40, on time: it runs, and nothing more is missed
+    assert rows(after) == [(at(5, 46, 40), RunState.LAUNCHING, None)] and events(after) == []
+
+
+def test_each_job_and_each_gap_is_its_own_missed_event() -> None:
+    p = Plan(settings=OPS)
+    p.scan(job("a", every=10.0, catchup=Catchup.NONE), job("b", every=10.0, catchup=Catchup.LATEST))
+    p.clock.set(START + timedelta(seconds=25))
+    first = events(p.tick())
+    assert [(e.job, e.count) for e in first] == [("a", 3), ("b", 2)]  # b runs its newest late fire
+    p.clock.advance(40)
+    second = events(p.tick())
+    assert [(e.job, e.count) for e in second] == [("a", 4), ("b", 3)]
+    assert {e.id for e in first}.isdisjoint(e.id for e in second)
+
+
+def test_a_run_of_a_job_that_went_away_is_announced_to_the_scheduler_channels() -> None:
+    p = Plan(settings=OPS)
+    p.scan(job(every=10.0, notify=("pager",)))
+    (run,) = p.tick(0.5).rows
+    p.scan()  # the job file is removed
+    batch = Batch()
+    info = p.table.get(run.id)
+    assert info is not None
+    p.planner.finish(info, RunState.FAILED, "job j no longer exists", None, p.clock.now(), batch)
+    (event,) = events(batch)
+    assert (event.event, event.reason, event.message) == (
+        EventKind.FAILED,
+        "job j no longer exists",
+        f"job j run {run.id} failed: job j no longer exists (no retries)",
+    )
+
+
+async def test_a_new_active_continues_recovered_from_the_last_outcome_in_the_ledger(loop: Loop) -> None:
+    # A previous active's last word on j: failed, no retry followed (the catalog holds j since prepare()).
+    await loop.store.commit([i.NewRun(50, "j", at(2), 1, RunState.FAILED, Trigger.SCHEDULE, START, ended_at=START)])
+    start = await loop.store.start_state()
+    loop.scheduler.planner.last_outcome.update(start.last_end)  # as _load_state does at takeover
+    loop.scheduler.planner.settings = OPS
+    loop.clock.advance(0.5)
+    await loop.scheduler.iterate()
+    (run,) = loop.executor.launched
+    loop.executor.finish(run, 0)
+    await loop.scheduler.iterate()
+    (row,) = await loop.store.due_notifications(loop.clock.now())
+    assert (row.event_id, row.channel) == (f"recovered:run:{run}", "ops")
+    assert Event.from_json(row.document).message == f"job j run {run} succeeded; its previous outcome was failed"
+
+
+async def test_writes_refused_for_a_while_are_one_store_error_event_in_the_first_commit_that_succeeds(
+    loop: Loop,
+) -> None:
+    loop.scheduler.planner.settings = OPS
+    loop.clock.advance(0.5)
+    with loop.store.database.hold_write_lock():  # another writer holds the lock: nothing is written
+        for _ in range(3):
+            with pytest.raises(StoreRetryableError):
+                await loop.store.commit([i.RunIdMark(1)])
+        assert await loop.store.due_notifications(loop.clock.now()) == []
+    loop.store.health.retry_at = 0.0  # a test does not wait out the backoff
+    await loop.scheduler.iterate()  # the first write that goes through (the 03:00:00 fire)
+    (row,) = await loop.store.due_notifications(loop.clock.now())
+    event = Event.from_json(row.document)
+    assert (event.event, event.count, event.last_at) == (EventKind.STORE_ERROR, 3, loop.clock.now())
+    assert event.reason is not None and "locked" in event.reason
+    assert event.first_at is not None and event.first_at <= loop.clock.now()
+    assert row.event_id == f"store_error:{iso(event.first_at)}"
+    await loop.store.commit([i.RunIdMark(2)])  # healthy: nothing more to say
+    assert len(await loop.store.due_notifications(loop.clock.now())) == 1

@@ -325,6 +325,7 @@ class Ledger:
             jobs=jobs,
             last_success={job: at for job, at in successes.items() if at is not None},
             last_end=last_ends,
+            agents_up={row["name"]: bool(row["up"]) for row in await self.query(QUERIES["agents_up"])},
         )
 
     async def recent_durations(self, job: str, limit: int = DURATION_HISTORY) -> list[float]:
@@ -373,6 +374,8 @@ class Ledger:
             batch = deferred + statements
             if not batch:
                 return []
+            # Only this attempt's: a failed one rolls them back with it, the next builds its own.
+            batch += [bind(x, self.epoch) for x in self.health.recovery_intents(time.monotonic())]
             try:
                 return await self._run_batch(batch, check)
             except Exception:

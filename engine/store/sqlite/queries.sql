@@ -202,10 +202,18 @@ SELECT job, paused, last_fire FROM job_state;
 SELECT job, MAX(ended_at) AS t FROM runs WHERE state = 'succeeded' GROUP BY job;
 
 -- last_ends --
--- The state of each catalogued job's latest run that ended by running (not skipped or missed)
+-- The state of each catalogued job's latest final outcome: a run that ended by running (not skipped or
+-- missed) and that no retry followed (a retried failure was never announced)
 SELECT j.name AS job, (SELECT state FROM runs x WHERE x.job = j.name
-        AND x.state IN ('succeeded', 'failed', 'timed_out', 'killed', 'unknown') ORDER BY x.id DESC LIMIT 1) AS state
+        AND x.state IN ('succeeded', 'failed', 'timed_out', 'killed', 'unknown')
+        AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.job = x.job AND r.scheduled_for = x.scheduled_for
+            AND r.attempt = x.attempt + 1)
+        ORDER BY x.id DESC LIMIT 1) AS state
 FROM jobs j;
+
+-- agents_up --
+-- Each agent's recorded health
+SELECT name, up FROM agents;
 
 -- recent_durations --
 -- How long a job's latest successful runs took, newest first
