@@ -278,7 +278,9 @@ def test_the_active_killed_mid_delivery_and_the_standby_delivers_the_same_event(
         f"printf '%s\\n' \"$doc\" >> '{out}'"
     )
     (jobs_dir / "vigil.toml").write_text(
-        FAST_HA + "notify = ['file']\n" + f"[notify.file]\ncommand = {json.dumps(script)}\ntimeout = '60s'\nevents = ['failed']\n"
+        FAST_HA
+        + "notify = ['file']\n"
+        + f"[notify.file]\ncommand = {json.dumps(script)}\ntimeout = '60s'\nevents = ['failed']\n"
     )
     write_job(jobs_dir, "fail", 'command = "exit 4"\n')
     first = start_up()
