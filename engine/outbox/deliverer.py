@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -112,7 +113,9 @@ class Deliverer:
         self._channels: dict[str, tuple[ChannelSpec, Channel]] = {}
         self._windows: dict[str, ChannelWindow] = {}
         self._down: dict[str, tuple[datetime, str]] = {}  #: failing channels: until when, and why
-        self._busy: dict[str, asyncio.Task[None]] = {}
+        self._busy: dict[str, asyncio.Task[None]] = {}  #: each channel's sender, while it has rows
+        self._queues: dict[str, deque[Notification]] = {}  #: rows handed to a channel's sender, in order
+        self._inflight: set[tuple[str, str]] = set()  #: (event id, channel) of the queued rows
         self._wake = asyncio.Event()
         self._stopped = False
         self.fenced = False
@@ -166,14 +169,14 @@ class Deliverer:
 
     async def deliver_due(self) -> bool:
         """One round: due rows rate-limited and handed to their channels' senders. Returns True when
-        the round read a full batch (more may be due)."""
+        the round read a full batch and acted on some of it (more may be due)."""
         if self.fenced:
             raise FencedError("deposed: another node holds a newer epoch")
         now = self.clock.now()
         due = await self.store.due_notifications(now, self.batch)
         by_channel: dict[str, list[Notification]] = {}
         for row in due:
-            if row.channel not in self._busy:  # a busy channel's rows wait for its sender
+            if (row.event_id, row.channel) not in self._inflight:  # already handed to its sender
                 by_channel.setdefault(row.channel, []).append(row)
         channels = self.settings().channels
         marks: list[i.Intent] = []
@@ -203,29 +206,37 @@ class Deliverer:
         if marks:
             await self._commit(marks)
         for name, rows in sends.items():
-            self._busy[name] = asyncio.create_task(self._send_all(name, channels[name], rows), name=f"notify-{name}")
-        return len(due) >= self.batch
+            self._queues.setdefault(name, deque()).extend(rows)
+            self._inflight.update((r.event_id, name) for r in rows)
+            if name not in self._busy:
+                task = asyncio.create_task(self._send_all(name, channels[name]), name=f"notify-{name}")
+                self._busy[name] = task
+        return len(due) >= self.batch and bool(marks or sends)
 
     def _held(self, rows: Sequence[Notification], down: tuple[datetime, str], now: datetime) -> list[i.Intent]:
         until, error = down
         return [i.NotificationRetry(r.event_id, r.channel, now, r.attempts, until, f"waiting: {error}") for r in rows]
 
-    async def _send_all(self, name: str, spec: ChannelSpec, rows: list[Notification]) -> None:
-        """One channel's rows, in order; when one fails the rest wait behind it."""
+    async def _send_all(self, name: str, spec: ChannelSpec) -> None:
+        """One channel's queue, in order (each round adds to it); when a send fails the rest wait behind it."""
+        queue = self._queues[name]
         try:
             channel = self._channel(spec)
-            for number, row in enumerate(rows):
-                if self._stopped:
-                    return
+            while queue and not self._stopped:
+                row = queue[0]
                 ok = await self._send_one(channel, row)
-                if not ok:
-                    rest = rows[number + 1 :]
-                    if rest:
-                        window = self._windows.get(name)
-                        if window is not None:  # they never used their slots
-                            window.delivered = max(0, window.delivered - len(rest))
+                queue.popleft()
+                self._inflight.discard((row.event_id, name))
+                if not ok and queue:
+                    rest = list(queue)
+                    queue.clear()
+                    window = self._windows.get(name)
+                    if window is not None:  # they never used their slots
+                        window.delivered = max(0, window.delivered - len(rest))
+                    try:
                         await self._commit(self._held(rest, self._down[name], self.clock.now()))
-                    return
+                    finally:
+                        self._inflight.difference_update((r.event_id, name) for r in rest)
         except FencedError:
             self.fenced = True
             log.error("deposed: the notification deliverer stops without marking anything more")
@@ -234,6 +245,8 @@ class Deliverer:
         except StoreError as exc:
             log.warning("channel %s: could not record a delivery (it will be sent again): %s", name, exc)
         finally:
+            self._inflight.difference_update((r.event_id, name) for r in queue)
+            queue.clear()  # what is left stays pending in the store: a later round reads it again
             self._busy.pop(name, None)
             self._wake.set()
 
