@@ -22,6 +22,7 @@ from engine.control import ControlClient
 from engine.errors import ConfigError, ControlError
 from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, Run, RunsWindow, to_json
 from engine.paths import StatePaths
+from engine.store.abc import ChannelHealth
 from engine.store.sqlite.reader import SqliteReader
 from engine.text import escape  # for readers that show user text (names, reasons) in a terminal
 
@@ -33,6 +34,7 @@ __all__ = [
     "RUN_FIELDS",
     "AgentRow",
     "AuditRow",
+    "ChannelHealth",
     "ClusterStatus",
     "ControlClient",
     "FailoverRow",

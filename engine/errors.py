@@ -13,6 +13,7 @@ VigilError
 ├── NotFoundError          a job or run named by the user does not exist
 ├── ScheduleError          a schedule expression cannot be evaluated
 ├── LaunchError            a run's shim could not start its job (reason: "could not start: ...")
+├── DeliveryError          a notification channel did not take an event (`permanent`: never will)
 └── AgentError             an agent could not be reached or refused a command
     ├── AgentUnreachable   no connection could be made: the request certainly did not arrive
     ├── AgentAmbiguous     the connection broke after sending: the request may have arrived
@@ -102,6 +103,15 @@ class ScheduleError(VigilError):
 
 class LaunchError(VigilError):
     """A run could not be started: its message is the run's reason, "could not start: ..."."""
+
+
+class DeliveryError(VigilError):
+    """A notification channel did not take an event. `permanent`: retrying cannot help (Apprise does
+    not accept the channel's URL, the channel is no longer declared); otherwise it is retried."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        self.permanent = permanent
+        super().__init__(message)
 
 
 class AgentError(VigilError):

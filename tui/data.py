@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from engine.api import (
     AgentRow,
     AuditRow,
+    ChannelHealth,
     FailoverRow,
     JobFilesReader,
     JobFilesView,
@@ -50,6 +51,7 @@ __all__ = [
     "ActiveInfo",
     "AgentRow",
     "AuditRow",
+    "ChannelHealth",
     "ClusterInfo",
     "FailoverRow",
     "JobRecord",
@@ -129,6 +131,7 @@ class Snapshot:
     agents: tuple[AgentRow, ...] = ()
     failovers: tuple[FailoverRow, ...] = ()
     audit: tuple[AuditRow, ...] = ()
+    channels: tuple[ChannelHealth, ...] = ()  #: the notification outbox per channel
     read_ms: float = 0.0
     error: str | None = None  #: a read failed; the rest of the snapshot is the last good data
     ever_read: bool = True  #: False until one read of the state has succeeded: there is no good data
@@ -368,6 +371,7 @@ class StateSource:
                     agents=previous.agents if previous else (),
                     failovers=previous.failovers if previous else (),
                     audit=previous.audit if previous else (),
+                    channels=previous.channels if previous else (),
                     error=f"read failed: {exc}",
                     ever_read=previous.ever_read if previous else False,
                     job_files=previous.job_files if previous else None,
@@ -503,6 +507,7 @@ class StateSource:
         agents = tuple(reader.agents())
         failovers = tuple(reader.failovers(limit=20))
         audit = tuple(reader.audit(limit=30))
+        channels = tuple(reader.channel_health())
         return Snapshot(
             taken_at=self.clock(),
             state_exists=True,
@@ -513,6 +518,7 @@ class StateSource:
             agents=agents,
             failovers=failovers,
             audit=audit,
+            channels=channels,
             job_files=str(files.folder) if files is not None else None,
             job_files_problem=files.problem if files is not None else None,
         )

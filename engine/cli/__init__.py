@@ -135,9 +135,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise VigilError(f"{folder}: not a directory")
     result = load_folder(folder)
-    if result.errors:
-        print(format_errors(result.errors))
-        print(f"{len(result.errors)} error(s); {len(result.jobs)} valid job(s)", file=sys.stderr)
+    errors = list(result.errors)
+    if any(spec.url is not None for spec in result.settings.channels.values()):
+        from engine.cli.notify_cmds import url_errors
+
+        errors += url_errors(folder, result.settings)  # which Apprise URLs exist is Apprise's to say
+    if errors:
+        print(format_errors(errors))
+        print(f"{len(errors)} error(s); {len(result.jobs)} valid job(s)", file=sys.stderr)
         return EXIT_ERROR
     print(f"{len(result.jobs)} job(s) valid in {escape(str(folder))}")
     return EXIT_OK
@@ -492,6 +497,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return serve_agent(args)
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    from engine.cli.notify_cmds import cmd_notify_test
+
+    return cmd_notify_test(args, _job_folder(args))
+
+
+def cmd_notifications(args: argparse.Namespace) -> int:
+    from engine.cli.notify_cmds import cmd_notifications as listing
+
+    reader = _reader(args)
+    try:
+        return listing(args, reader)
+    finally:
+        reader.close()
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -586,6 +607,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common, as_json], help="active/standby, counts of jobs and runs, failovers")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("notify", parents=[common], help="notification channels: `notify test CHANNEL`")
+    nsub = p.add_subparsers(dest="notify_command", required=True, metavar="ACTION")
+    t = nsub.add_parser(
+        "test", parents=[jobs], help="send a test event through a channel of vigil.toml now; exit 1 if not delivered"
+    )
+    t.add_argument("channel", help="a [notify.NAME] of vigil.toml in --jobs")
+    t.set_defaults(func=cmd_notify)
+
+    p = sub.add_parser("notifications", parents=[common, as_json], help="list the notification outbox, newest first")
+    # --status, as `vigil runs` has it: --state is every command's state directory
+    p.add_argument("--status", metavar="STATE", help="only pending, sent, failed or suppressed rows")
+    p.add_argument("--channel", metavar="NAME", help="only this channel's rows")
+    p.add_argument("--limit", type=int, default=50, help="at most N rows (default 50)")
+    p.set_defaults(func=cmd_notifications)
 
     p = sub.add_parser("switchover", parents=[common], help="hand the active role to a standby")
     p.set_defaults(func=cmd_switchover)

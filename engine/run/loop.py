@@ -9,8 +9,8 @@ batch of intents and launches; the catalog (catalog.py) applies job folder scans
 (commands.py) carry out operator requests; reconciliation (reconcile.py) settles what a previous
 active left open. This module owns the I/O: the Store, the Executors, the job folder, the clock.
 
-Layer: run. May import the base modules, config, schedule, store, exec and agents (the dispatcher,
-built here); never ha/ or cli/.
+Layer: run. May import the base modules, config, schedule, store, exec, agents (the dispatcher,
+built here) and outbox (the notification deliverer, run here while active); never ha/ or cli/.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from engine.exec.runner import ShimExecutor
 from engine.model import LeaderRow, RunState, Settings
 from engine.notify import build
 from engine.notify.events import Event
+from engine.outbox.deliverer import CommitObserver, Deliverer, run_dir_log_tail
 from engine.paths import StatePaths
 from engine.run.catalog import Catalog
 from engine.run.commands import Command, Commands, Op, prune_age, run_id_of
@@ -109,6 +110,10 @@ class Scheduler:
         self.epoch_retake_allowed = True  #: False after 3 re-takes within 60 s (see Node._active)
         self.agent_transport_factory: Callable[[Any], Any] | None = None  #: tests: in-process agents
         self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
+        #: sends the notification outbox while this scheduler is active (built by run())
+        self.deliverer: Deliverer | None = None
+        self.notification_observer: CommitObserver | None = None  #: told each deliverer commit (metrics)
+        self._deliver_after_flush = False  #: an event was deferred: wake the deliverer once it is flushed
         self._agents_up: dict[str, bool] = {}  #: each agent's health as the ledger had it at takeover
         self.store.health.on_recovery = self._store_recovered
 
@@ -206,6 +211,7 @@ class Scheduler:
             asyncio.create_task(self._flusher(), name="flusher"),
             asyncio.create_task(self._periodic(3600.0, self._retention_tick, first=60.0), name="retention"),
             asyncio.create_task(self._periodic(1.0, self._check_db_file), name="dbwatch"),
+            asyncio.create_task(self._deliver(), name="deliverer"),
         ]
         try:
             while not self._stop.is_set():
@@ -235,6 +241,22 @@ class Scheduler:
             self.high_water.close()
         return self.stop_reason
 
+    async def _deliver(self) -> None:
+        """The outbox's deliverer, for as long as this scheduler is active."""
+        self.deliverer = Deliverer(
+            self.store,
+            lambda: self.planner.settings,
+            self.clock,
+            log_tail=run_dir_log_tail(self.paths),
+            observer=self.notification_observer,
+        )
+        try:
+            await self.deliverer.run()
+        except FencedError:
+            self.request_stop("fenced")
+        except StoreError as exc:  # retryable faults the deliverer outlives; this one it cannot
+            self._store_fatal(exc)
+
     def _store_recovered(self, lasted: float, fault: StoreRetryableError, failures: int) -> list[i.Intent]:
         """`store_error`, for the first transaction that succeeds after a retryable fault."""
         until = self.clock.now()
@@ -247,6 +269,7 @@ class Scheduler:
         """An event that no state change of the ledger carries (a standby gone): into the next transaction."""
         for intent in self.planner.notification(event):
             self.store.defer(intent)
+        self._deliver_after_flush = True
 
     async def close_executors(self) -> None:
         """Stop watching runs (they go on; the next active adopts them)."""
@@ -305,9 +328,13 @@ class Scheduler:
                 # Kept for the next attempt (the main loop's next write carries them too); the
                 # ledger logged the fault once.
                 await asyncio.sleep(max(0.05, self.store.health.wait(time.monotonic())))
+                continue
             except StoreError as exc:
                 self._store_fatal(exc)
                 return
+            if self._deliver_after_flush and self.deliverer is not None:
+                self._deliver_after_flush = False
+                self.deliverer.wake()
 
     async def _sleep_until_next(self) -> None:
         # At most a second, so a stepped wall clock is noticed within one.
@@ -624,6 +651,8 @@ class Scheduler:
             self.high_water.raise_to(run_id=max(new_ids))
         for hook in batch.after_commit:
             hook(new_ids)
+        if self.deliverer is not None and any(isinstance(intent, i.NotificationQueued) for intent in batch.intents):
+            self.deliverer.wake()  # the event is durable now: send it
         collided: set[str] = set()
         for row in batch.rows:
             if row.id not in new_ids:

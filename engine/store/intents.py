@@ -278,6 +278,15 @@ class NotificationSuppressed:
     summary_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class SummaryRecounted:
+    """A pending rate-limit summary's document, rewritten to count the events held back since it was
+    queued (one summary per channel and window, however many rounds suppressed events)."""
+
+    event: Event
+    channel: str
+
+
 Intent = (
     NewRun
     | RunLaunching
@@ -306,4 +315,5 @@ Intent = (
     | NotificationRetry
     | NotificationFailed
     | NotificationSuppressed
+    | SummaryRecounted
 )

@@ -332,6 +332,8 @@ class _Transaction:
                         summary_id=intent.summary_id,
                         next_attempt_at=None,
                     )
+            case i.SummaryRecounted():
+                self._update_pending(intent.event.id, intent.channel, document=intent.event.to_json())
             case _:
                 raise TypeError(f"not a store intent: {intent!r}")
         return None

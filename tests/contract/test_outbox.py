@@ -92,6 +92,19 @@ async def test_suppressed_events_leave_the_queue_and_their_summary_waits_for_its
     assert [n.event_id for n in await store.due_notifications(window_end)] == ["failed:run:1", "summary:ops:1"]
 
 
+async def test_a_pending_summary_is_recounted_and_a_sent_one_is_not(store: Store) -> None:
+    await leading(store)
+    summary = Event(id="summary:ops:1", event=EventKind.SUMMARY, at=NOW, count=2, message="2 more")
+    await store.commit([i.NotificationQueued(summary, ("ops", "mail"))])
+    recounted = Event(id="summary:ops:1", event=EventKind.SUMMARY, at=NOW, count=5, message="5 more")
+    await store.commit([i.SummaryRecounted(recounted, "ops")])
+    docs = {n.channel: Event.from_json(n.document) for n in await store.due_notifications(NOW)}
+    assert (docs["ops"].count, docs["mail"].count) == (5, 2)
+    await store.commit([i.NotificationSent("summary:ops:1", "ops", NOW, 1)])
+    await store.commit([i.SummaryRecounted(Event(id="summary:ops:1", event=EventKind.SUMMARY, at=NOW, count=9), "ops")])
+    assert [n.channel for n in await store.due_notifications(NOW)] == ["mail"]
+
+
 async def test_a_deposed_active_can_neither_queue_nor_mark(backend: Backend, store: Store) -> None:
     await leading(store)
     await store.commit([i.NotificationQueued(failed_event(1), ("ops",))])

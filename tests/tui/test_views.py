@@ -619,3 +619,46 @@ async def test_a_refresh_that_reaches_a_screen_before_it_is_composed_is_left_for
         await app.push_screen(not_composed)
         await pilot.pause()
         await until(pilot, lambda: "Runs" in screen_text(app), what="the runs view")
+
+
+async def test_cluster_view_shows_undelivered_notifications_and_the_header_a_failing_channel(
+    make_app, fixed_paths: StatePaths
+) -> None:
+    conn = connect(fixed_paths)
+    at = (FIXED_NOW - timedelta(minutes=3)).isoformat()
+    sent_at = (FIXED_NOW - timedelta(minutes=10)).isoformat()
+    rows = [
+        ("failed:run:1", "ops", "pending", 3, "SMTP 421 try later", at, None),
+        (
+            "failed:run:2",
+            "ops",
+            "failed",
+            290,
+            "SMTP 550 relay denied",
+            (FIXED_NOW - timedelta(minutes=1)).isoformat(),
+            None,
+        ),
+        ("failed:run:0", "ops", "sent", 1, None, sent_at, sent_at),
+        ("failed:run:1", "pager", "sent", 1, None, at, at),
+    ]
+    for event_id, channel, state, attempts, error, attempt_at, sent in rows:
+        conn.execute(
+            "INSERT INTO notifications (event_id, channel, event, job, run_id, created_at, state, attempts, "
+            "last_error, last_attempt_at, sent_at, epoch, document, writer_epoch) "
+            "VALUES (?, ?, 'failed', 'etl/load', 1, ?, ?, ?, ?, ?, ?, ?, '{}', ?)",
+            (event_id, channel, at, state, attempts, error, attempt_at, sent, EPOCH, EPOCH),
+        )
+    conn.commit()
+    conn.close()
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        assert "✉ notify failing: ops" in screen_text(app)  # in the header, on every view
+        await pilot.press("3")
+        await pilot.pause()
+        text = screen_text(app)
+        ops = next(line for line in text.splitlines() if line.strip().startswith("ops "))
+        assert ops.split()[1:3] == ["1", "1"] and "SMTP 550 relay denied" in ops  # pending, failed, latest error
+        pager = next(line for line in text.splitlines() if line.strip().startswith("pager "))
+        assert pager.split()[1:4] == ["0", "0", "0"]
+        assert "1 undelivered" not in text and "2 undelivered" in text

@@ -76,3 +76,15 @@ def test_tui_uses_only_the_engine_public_api() -> None:
                 if words[1] not in allowed:
                     offenders.append(f"{path.relative_to(ROOT)}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_apprise_is_imported_only_where_a_url_channel_is_built() -> None:
+    """`vigil runs --json`, `vigil notifications` and the scheduler without a url channel stay light."""
+    code = (
+        "import sys\n"
+        "import engine.cli, engine.cli.notify_cmds, engine.api, engine.run.loop, engine.outbox.deliverer\n"
+        "print('apprise' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

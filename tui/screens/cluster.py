@@ -1,4 +1,5 @@
-"""The cluster view: the active and its standbys, heartbeat age, failovers, and the audit trail."""
+"""The cluster view: the active and its standbys, heartbeat age, failovers, the notification
+channels (undelivered events per channel and the latest error), and the audit trail."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from textual.containers import Vertical
 from textual.markup import escape
 from textual.widgets import Static
 
-from tui.data import AuditRow, FailoverRow, Snapshot
+from engine.model import NotificationState
+from tui.data import AuditRow, ChannelHealth, FailoverRow, Snapshot
 from tui.format import NONE_TEXT, fmt_age, fmt_time
 from tui.screens.base import ViewScreen
 from tui.widgets.vtable import Cell, Column, VirtualTable
@@ -20,6 +22,14 @@ FAILOVER_COLUMNS = (
     Column("pids", "FROM → TO", 15),
     Column("gap", "GAP", 9, justify="right"),
     Column("epoch", "EPOCH", 5, justify="right"),
+)
+CHANNEL_COLUMNS = (
+    Column("channel", "CHANNEL", 12),
+    Column("pending", "PENDING", 7, justify="right"),
+    Column("failed", "FAILED", 6, justify="right"),
+    Column("held", "HELD", 5, justify="right"),
+    Column("sent", "LAST SENT", 14),
+    Column("error", "LAST ERROR", 0, min_width=10, weight=3),
 )
 AUDIT_COLUMNS = (
     Column("at", "AT", 14),
@@ -61,6 +71,7 @@ class ClusterScreen(ViewScreen):
         super().__init__()
         self.failovers: tuple[FailoverRow, ...] = ()
         self.audit: tuple[AuditRow, ...] = ()
+        self.channels: tuple[ChannelHealth, ...] = ()
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="cluster-panel")
@@ -68,6 +79,12 @@ class ClusterScreen(ViewScreen):
             yield Static("Recent failovers", classes="section-title")
             yield VirtualTable(
                 FAILOVER_COLUMNS, self.render_failover, empty_text="No failovers recorded.", id="failovers"
+            )
+            yield Static(
+                "Notification channels (undelivered: pending, failed; held: rate-limited)", classes="section-title"
+            )
+            yield VirtualTable(
+                CHANNEL_COLUMNS, self.render_channel, empty_text="No notifications queued.", id="channels"
             )
             yield Static("Recent actions (audit)", classes="section-title")
             yield VirtualTable(AUDIT_COLUMNS, self.render_audit, empty_text="No actions recorded.", id="audit")
@@ -84,10 +101,19 @@ class ClusterScreen(ViewScreen):
         if snap.failovers != self.failovers:
             self.failovers = snap.failovers
             self.query_one("#failovers", VirtualTable).set_rows([str(i) for i in range(len(snap.failovers))])
+        if snap.channels != self.channels:
+            self.channels = snap.channels
+            self.query_one("#channels", VirtualTable).set_rows([str(i) for i in range(len(snap.channels))])
         if snap.audit != self.audit:
             self.audit = snap.audit
             self.query_one("#audit", VirtualTable).set_rows([str(i) for i in range(len(snap.audit))])
-        self.set_summary(f"{len(snap.cluster.standbys)} standby · {len(snap.failovers)} failovers")
+        undelivered = sum(
+            c.counts.get(NotificationState.PENDING, 0) + c.counts.get(NotificationState.FAILED, 0)
+            for c in snap.channels
+        )
+        self.set_summary(
+            f"{len(snap.cluster.standbys)} standby · {len(snap.failovers)} failovers · {undelivered} undelivered"
+        )
 
     def render_failover(self, key: str) -> Sequence[Cell]:
         fo = self.failovers[int(key)]
@@ -100,6 +126,22 @@ class ClusterScreen(ViewScreen):
             f"{fo.from_pid or '?'} → {fo.to_pid}",
             gap,
             str(fo.epoch),
+        ]
+
+    def render_channel(self, key: str) -> Sequence[Cell]:
+        channel = self.channels[int(key)]
+        pending = channel.counts.get(NotificationState.PENDING, 0)
+        failed = channel.counts.get(NotificationState.FAILED, 0)
+        held = channel.counts.get(NotificationState.SUPPRESSED, 0)
+        name: Cell = (channel.channel, "fail") if channel.failing else channel.channel
+        error: Cell = (channel.last_error, "fail") if channel.last_error else NONE_TEXT
+        return [
+            name,
+            (str(pending), "warn") if pending else "0",
+            (str(failed), "fail") if failed else "0",
+            str(held),
+            fmt_time(channel.last_sent_at, self.vigil.now()) if channel.last_sent_at else NONE_TEXT,
+            error,
         ]
 
     def render_audit(self, key: str) -> Sequence[Cell]:

@@ -63,6 +63,9 @@ def header_markup(state: HeaderState) -> str:
     parts.append(f"{len(snap.cluster.standbys)} standby")
     up = sum(1 for a in snap.agents if a.up)
     parts.append(f"agents {up}/{len(snap.agents)}")
+    failing = [c.channel for c in snap.channels if c.failing]
+    if failing:
+        parts.append(f"[$error b]✉ notify failing: {escape(', '.join(failing))}[/]")
     age = data_age(state)
     if age is None:
         parts.append("[$warning b]⚠ NO DATA yet[/]")

@@ -170,6 +170,11 @@ UPDATE notifications SET state = 'suppressed', summary_id = :summary_id, next_at
     writer_epoch = :epoch
 WHERE channel = :channel AND state = 'pending' AND event_id IN (SELECT value FROM json_each(:event_ids));
 
+-- summary_recounted --
+-- A pending rate-limit summary counts more held-back events: its document is rewritten
+UPDATE notifications SET document = :document, writer_epoch = :epoch
+WHERE event_id = :event_id AND channel = :channel AND state = 'pending';
+
 -- take_leadership --
 -- Raise the epoch above the stored one and the floor, naming the new leader
 UPDATE leader SET epoch = MAX(epoch, :floor) + 1, pid = :pid, starttime = :starttime, since = :since,

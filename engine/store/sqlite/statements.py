@@ -253,6 +253,15 @@ def _notification_suppressed(intent: i.NotificationSuppressed, epoch: int) -> Bo
     }
 
 
+def _summary_recounted(intent: i.SummaryRecounted, epoch: int) -> Bound:
+    return QUERIES["summary_recounted"], {
+        "event_id": intent.event.id,
+        "channel": intent.channel,
+        "document": intent.event.to_json(),
+        "epoch": epoch,
+    }
+
+
 _BINDERS: dict[type, Callable[[Any, int], Bound]] = {
     i.NewRun: _new_run,
     i.RunLaunching: _run_launching,
@@ -281,4 +290,5 @@ _BINDERS: dict[type, Callable[[Any, int], Bound]] = {
     i.NotificationRetry: _notification_retry,
     i.NotificationFailed: _notification_failed,
     i.NotificationSuppressed: _notification_suppressed,
+    i.SummaryRecounted: _summary_recounted,
 }

@@ -1,0 +1,160 @@
+"""The deliverer on the in-memory store with an injected clock; channels replaced at the project's
+own seam (`channel_factory`) by one that records or refuses what it is sent. Real channels are
+tested in tests/integration/test_notify_delivery.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from engine.clock import FakeClock
+from engine.errors import DeliveryError, FencedError
+from engine.model import ChannelSpec, NotificationState, Settings
+from engine.notify.events import Event, EventKind, run_event_id
+from engine.outbox.deliverer import Deliverer, RetryPolicy
+from engine.store import intents as i
+from engine.store.abc import LeaderClaim
+from engine.store.memory import MemoryDatabase, MemoryStore
+
+NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+
+
+class Recorder:
+    """A channel that takes events while `up`, and refuses them otherwise."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.up = True
+        self.permanent = False
+        self.got: list[dict[str, Any]] = []
+
+    async def send(self, doc: Mapping[str, Any]) -> None:
+        if not self.up:
+            raise DeliveryError("connection refused", permanent=self.permanent)
+        self.got.append(dict(doc))
+
+
+def failed(run_id: int, job: str = "etl/load") -> Event:
+    at = NOW + timedelta(milliseconds=run_id)  # queued in run order
+    return Event(id=run_event_id(EventKind.FAILED, run_id), event=EventKind.FAILED, at=at, job=job, run_id=run_id)
+
+
+async def setup(*names: str, rate_limit: int = 20, database: MemoryDatabase | None = None):
+    store = MemoryStore(database or MemoryDatabase())
+    await store.open()
+    await store.take_leadership(LeaderClaim(1, 1, NOW))
+    clock = FakeClock(NOW)
+    settings = Settings(channels={n: ChannelSpec(name=n, command="cat", rate_limit=rate_limit) for n in names})
+    channels = {n: Recorder(n) for n in names}
+    seen: list[Sequence[i.Intent]] = []
+    deliverer = Deliverer(
+        store, lambda: settings, clock, channel_factory=lambda spec: channels[spec.name], observer=seen.append
+    )
+    return store, clock, channels, deliverer, seen
+
+
+async def round_(deliverer: Deliverer) -> None:
+    await deliverer.deliver_due()
+    await deliverer.wait_idle()
+
+
+async def states(store: MemoryStore) -> dict[tuple[str, str], NotificationState]:
+    return {key: row.state for key, row in store.database.tables.outbox.items()}
+
+
+async def test_each_event_is_delivered_once_per_channel_with_its_document_and_recorded() -> None:
+    store, _clock, channels, deliverer, seen = await setup("ops", "pager")
+    await store.commit([i.NotificationQueued(failed(1), ("ops", "pager")), i.NotificationQueued(failed(2), ("ops",))])
+    await round_(deliverer)
+    await round_(deliverer)  # nothing is due any more: nothing is sent twice
+    assert [d["id"] for d in channels["ops"].got] == ["failed:run:1", "failed:run:2"]
+    assert [d["id"] for d in channels["pager"].got] == ["failed:run:1"]
+    doc = channels["ops"].got[0]
+    assert (doc["event"], doc["job"], doc["run_id"], doc["epoch"], doc["log_tail"]) == ("failed", "etl/load", 1, 1, [])
+    assert set((await states(store)).values()) == {NotificationState.SENT}
+    sent = [x for batch in seen for x in batch if isinstance(x, i.NotificationSent)]
+    assert sorted((x.event_id, x.channel, x.attempts) for x in sent) == [
+        ("failed:run:1", "ops", 1),
+        ("failed:run:1", "pager", 1),
+        ("failed:run:2", "ops", 1),
+    ]
+
+
+async def test_a_channel_that_is_down_keeps_its_events_in_order_with_backoff_and_delivers_them_later() -> None:
+    store, clock, channels, deliverer, _seen = await setup("ops", "pager")
+    channels["ops"].up = False
+    await store.commit([i.NotificationQueued(failed(n), ("ops", "pager")) for n in (1, 2, 3)])
+    await round_(deliverer)
+    assert len(channels["pager"].got) == 3  # another channel's failure does not hold it up
+    rows = {row.event_id: row for (_e, ch), row in store.database.tables.outbox.items() if ch == "ops"}
+    assert rows["failed:run:1"].attempts == 1 and rows["failed:run:1"].last_error == "connection refused"
+    assert rows["failed:run:2"].attempts == 0 and rows["failed:run:2"].last_error == "waiting: connection refused"
+    assert {r.next_attempt_at for r in rows.values()} == {NOW + timedelta(seconds=5)}
+    await round_(deliverer)  # not due yet: nothing is tried
+    assert store.database.tables.outbox[("failed:run:1", "ops")].attempts == 1
+    clock.advance(5)
+    await round_(deliverer)  # due, still down: the wait doubles
+    assert store.database.tables.outbox[("failed:run:1", "ops")].next_attempt_at == NOW + timedelta(seconds=5 + 10)
+    channels["ops"].up = True
+    clock.advance(10)
+    await round_(deliverer)
+    assert [d["id"] for d in channels["ops"].got] == ["failed:run:1", "failed:run:2", "failed:run:3"]
+    assert store.database.tables.outbox[("failed:run:1", "ops")].attempts == 3
+    assert store.database.tables.outbox[("failed:run:3", "ops")].state is NotificationState.SENT
+
+
+def test_the_backoff_doubles_from_5s_to_at_most_5_minutes() -> None:
+    policy = RetryPolicy()
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 7, 8, 50)] == [5, 10, 20, 40, 300, 300, 300]
+
+
+async def test_a_permanent_refusal_and_a_day_of_failures_give_up() -> None:
+    store, clock, channels, deliverer, _seen = await setup("ops", "pager")
+    channels["ops"].up, channels["ops"].permanent = False, True
+    channels["pager"].up = False
+    await store.commit([i.NotificationQueued(failed(1), ("ops", "pager"))])
+    await round_(deliverer)
+    assert store.database.tables.outbox[("failed:run:1", "ops")].state is NotificationState.FAILED
+    assert store.database.tables.outbox[("failed:run:1", "pager")].state is NotificationState.PENDING
+    clock.advance(86400 - 5)
+    await round_(deliverer)  # the next attempt would be past a day after the event: give up
+    pager = store.database.tables.outbox[("failed:run:1", "pager")]
+    assert (pager.state, pager.attempts, pager.last_error) == (NotificationState.FAILED, 2, "connection refused")
+
+
+async def test_a_storm_is_summarised_in_one_summary_sent_at_the_windows_end() -> None:
+    store, clock, channels, deliverer, _seen = await setup("ops", rate_limit=3)
+    await store.commit([i.NotificationQueued(failed(n, f"etl/j{n}"), ("ops",)) for n in range(1, 21)])
+    await round_(deliverer)
+    await store.commit([i.NotificationQueued(failed(n, f"etl/j{n}"), ("ops",)) for n in range(21, 38)])
+    await round_(deliverer)
+    assert [d["run_id"] for d in channels["ops"].got] == [1, 2, 3]
+    states_now = await states(store)
+    assert sum(s is NotificationState.SUPPRESSED for s in states_now.values()) == 34
+    clock.advance(300)
+    await round_(deliverer)
+    summary = channels["ops"].got[-1]
+    assert summary["event"] == "summary" and summary["count"] == 34
+    assert summary["message"] == "34 more failures of etl/* in the last 5m"
+    assert len(channels["ops"].got) == 4
+
+
+async def test_a_fenced_deliverer_sends_nothing_more_and_marks_nothing() -> None:
+    database = MemoryDatabase()
+    store, _clock, channels, deliverer, _seen = await setup("ops", database=database)
+    await store.commit([i.NotificationQueued(failed(1), ("ops",))])
+    newer = MemoryStore(database)
+    await newer.open()
+    await newer.take_leadership(LeaderClaim(2, 2, NOW))  # another node took over
+    await deliverer.deliver_due()
+    with pytest.raises(FencedError):
+        await deliverer.wait_idle()
+    assert (
+        store.database.tables.outbox[("failed:run:1", "ops")].state is NotificationState.PENDING
+    )  # for the new active
+    with pytest.raises(FencedError):
+        await deliverer.deliver_due()
+    assert len(channels["ops"].got) == 1  # the one send under way when it was deposed
