@@ -1,7 +1,8 @@
-"""`vigil.toml`: the `[scheduler]` settings, the `[agents.NAME]` and `[pools.NAME]` a job's `agent` may name.
+"""`vigil.toml`: the `[scheduler]` settings, the `[agents.NAME]` and `[pools.NAME]` a job's `agent` may name,
+and the `[http]` listener.
 
 Invalid entries are left out (their defaults used) and every one is reported with its line. Imports
-`sources`, `fields`, `engine.model`, `engine.errors` and `engine.text`.
+`sources`, `fields`, `listen`, `engine.model`, `engine.errors` and `engine.text`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from engine.config.fields import (
     resolve_path,
     unknown_key_reason,
 )
+from engine.config.listen import split_listen
 from engine.config.names import NAME_RULE, NAME_SEGMENT
 from engine.config.sources import SourceFile, read_file
 from engine.errors import ConfigError
@@ -33,7 +35,8 @@ from engine.text import describe, quote
 __all__ = ["SETTINGS_FILE", "AgentTargets", "load_settings", "parse_settings"]
 
 SETTINGS_FILE = "vigil.toml"
-_TABLES = ("scheduler", "agents", "pools")
+_TABLES = ("scheduler", "agents", "pools", "http")
+_HTTP_KEYS = ("listen",)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
             )
     scheduler = _parse_scheduler(_table(data, "scheduler"), bad)
     agents, pools, invalid = _parse_targets(data, root_abs, bad)
-    settings = Settings(**scheduler, agents=agents, pools=pools)
+    http_listen = _parse_http(_table(data, "http"), bad)
+    settings = Settings(**scheduler, agents=agents, pools=pools, http_listen=http_listen)
     targets = AgentTargets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools)))
     errors.sort(key=lambda error: error.line or 0)
     return settings, errors, targets
@@ -142,6 +146,25 @@ def _parse_scheduler(section: Mapping[str, Any], bad: _Report) -> dict[str, Any]
         scheduler.pop("heartbeat_timeout", None)
         scheduler.pop("heartbeat_interval", None)
     return scheduler
+
+
+def _parse_http(section: Mapping[str, Any], bad: _Report) -> str | None:
+    """`[http] listen = "HOST:PORT"`, or None (no listener)."""
+    for key in section:
+        if key not in _HTTP_KEYS:
+            bad(("http", key), unknown_key_reason(key, _HTTP_KEYS, where="http"))
+    raw = section.get("listen")
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        bad(("http", "listen"), f'expected a string "HOST:PORT" (e.g. "127.0.0.1:8780"), got {describe(raw)}')
+        return None
+    try:
+        split_listen(raw.strip())
+    except ValueError as exc:
+        bad(("http", "listen"), str(exc))
+        return None
+    return raw.strip()
 
 
 def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> AgentSpec | None:

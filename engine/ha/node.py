@@ -31,7 +31,7 @@ from engine.ha.lock import LeaderLock
 from engine.model import StopReason
 from engine.paths import StatePaths
 from engine.run.loop import Scheduler
-from engine.store.intents import Audit, Failover
+from engine.store.intents import Audit, CommitObserver, Failover
 from engine.store.sqlite.db import connect
 
 log = logging.getLogger("vigil.ha")
@@ -51,8 +51,10 @@ class Node:
         *,
         clock: Clock | None = None,
         rescan_interval: float = 1.0,
+        observer: CommitObserver | None = None,
     ) -> None:
         self.paths = paths
+        self.observer = observer  #: told what each active term's store commits (the metrics)
         self.jobs_dir = jobs_dir
         self.clock = clock or SystemClock()
         self.rescan_interval = rescan_interval
@@ -163,6 +165,8 @@ class Node:
     async def _active(self, takeover: Takeover) -> StopReason:
         cause = "downtime" if takeover.cause == TakeoverCause.START else "failover"
         scheduler = Scheduler(self.paths, self.jobs_dir, clock=self.clock, rescan_interval=self.rescan_interval)
+        if self.observer is not None:
+            scheduler.store.observe(self.observer)
         scheduler.epoch_floor = self._epoch_floor
         now_mono = time.monotonic()
         self._retakes = [t for t in self._retakes if now_mono - t < 60.0]

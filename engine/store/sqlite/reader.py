@@ -218,6 +218,9 @@ class SqliteReader:
             for row in self._rows("recent_failovers", {"limit": limit})
         ]
 
+    def failover_count(self) -> int:
+        return self._scalar("failover_count")
+
     def agents(self) -> list[AgentRow]:
         return [
             AgentRow(
