@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from engine import __version__
 from engine.errors import VigilError
@@ -33,6 +33,10 @@ from engine.store.sqlite.reader import SqliteReader
 
 if TYPE_CHECKING:
     from engine.ha.node import Node
+
+#: The classic text format, which every Prometheus version reads (what generate_latest writes;
+#: prometheus_client's CONTENT_TYPE_LATEST now names version 1.0.0, which Prometheus 2 does not know).
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +193,7 @@ def node_app(node: Node, metrics: RunMetrics) -> HttpApp:
         def work() -> bytes:
             return render(metrics, snap, read_store(paths))
 
-        return Response(200, await asyncio.to_thread(work), CONTENT_TYPE_LATEST)
+        return Response(200, await asyncio.to_thread(work), TEXT_FORMAT)
 
     async def get_healthz(request: Request) -> Response:
         snap = snapshot(node)
