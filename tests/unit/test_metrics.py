@@ -61,13 +61,15 @@ def test_runs_are_counted_by_job_and_state_and_timed_from_their_start() -> None:
     assert got[("vigil_runs_total", (("job", "etl"), ("state", "succeeded")))] == 1
     assert got[("vigil_runs_total", (("job", "etl"), ("state", "failed")))] == 1
     assert got[("vigil_runs_total", (("job", "web"), ("state", "succeeded")))] == 1
-    # etl: 0.397 s and 40 s; the histogram is cumulative.
-    assert got[("vigil_run_duration_seconds_bucket", (("job", "etl"), ("le", "0.5")))] == 1
-    assert got[("vigil_run_duration_seconds_bucket", (("job", "etl"), ("le", "30.0")))] == 1
-    assert got[("vigil_run_duration_seconds_bucket", (("job", "etl"), ("le", "60.0")))] == 2
-    assert got[("vigil_run_duration_seconds_count", (("job", "etl"),))] == 2
-    assert got[("vigil_run_duration_seconds_sum", (("job", "etl"),))] == pytest.approx(40.397)
-    assert got[("vigil_run_duration_seconds_count", (("job", "web"),))] == 1
+    # 0.397 s, 40 s and 1 s, in one histogram for all jobs (cumulative buckets); per job, the latest.
+    assert got[("vigil_run_duration_seconds_bucket", (("le", "0.5"),))] == 1
+    assert got[("vigil_run_duration_seconds_bucket", (("le", "1.0"),))] == 2
+    assert got[("vigil_run_duration_seconds_bucket", (("le", "30.0"),))] == 2
+    assert got[("vigil_run_duration_seconds_bucket", (("le", "60.0"),))] == 3
+    assert got[("vigil_run_duration_seconds_count", ())] == 3
+    assert got[("vigil_run_duration_seconds_sum", ())] == pytest.approx(41.397)
+    assert got[("vigil_job_last_duration_seconds", (("job", "etl"),))] == 40
+    assert got[("vigil_job_last_duration_seconds", (("job", "web"),))] == 1
     # Fire lag (due → start): 3 ms, 0 and 2 s, one histogram for the whole scheduler.
     assert got[("vigil_fire_lag_seconds_bucket", (("le", "0.001"),))] == 1
     assert got[("vigil_fire_lag_seconds_bucket", (("le", "0.005"),))] == 2
@@ -87,7 +89,8 @@ def test_a_retry_lags_from_its_retry_time_and_skipped_or_missed_rows_count_witho
     assert got[("vigil_fire_lag_seconds_sum", ())] == pytest.approx(0.02)
     assert got[("vigil_runs_total", (("job", "j"), ("state", "skipped")))] == 1
     assert got[("vigil_runs_total", (("job", "j"), ("state", "missed")))] == 1
-    assert ("vigil_run_duration_seconds_count", (("job", "j"),)) not in got
+    assert got[("vigil_run_duration_seconds_count", ())] == 0
+    assert ("vigil_job_last_duration_seconds", (("job", "j"),)) not in got
 
 
 def test_an_adopted_run_is_timed_from_its_restated_start_and_adds_no_fire_lag() -> None:
@@ -96,7 +99,8 @@ def test_an_adopted_run_is_timed_from_its_restated_start_and_adds_no_fire_lag() 
     m.observe([i.StartRestated(7, T0, None)])
     m.observe([ended(7, "long", RunState.SUCCEEDED, T0 + timedelta(minutes=20))])
     got = exposition(m)
-    assert got[("vigil_run_duration_seconds_sum", (("job", "long"),))] == 1200
+    assert got[("vigil_run_duration_seconds_sum", ())] == 1200
+    assert got[("vigil_job_last_duration_seconds", (("job", "long"),))] == 1200
     assert got[("vigil_fire_lag_seconds_count", ())] == 0
 
 
