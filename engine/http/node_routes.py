@@ -59,7 +59,7 @@ class StoredView:
 
     epoch: int | None = None
     leader_pid: int | None = None
-    failovers: int | None = None
+    failovers: dict[str, int] | None = None  #: by cause (crash, hang, switchover, epoch)
     agents: tuple[tuple[str, bool], ...] = ()
     error: str | None = None
 
@@ -95,7 +95,7 @@ def read_store(paths: StatePaths, *, full: bool = True) -> StoredView:
         if not full:
             return StoredView(epoch=leader.epoch, leader_pid=leader.pid)
         agents = tuple((agent.name, agent.up) for agent in reader.agents())
-        return StoredView(leader.epoch, leader.pid, reader.failover_count(), agents)
+        return StoredView(leader.epoch, leader.pid, reader.failover_counts(), agents)
     except VigilError as exc:
         return StoredView(error=str(exc))
     finally:
@@ -128,8 +128,11 @@ def node_families(snap: NodeSnapshot, stored: StoredView) -> list[Metric]:
             last.add_metric([job], at.timestamp())
         families.append(last)
     if stored.failovers is not None:
-        failovers = CounterMetricFamily("vigil_failovers", "Takeovers the ledger has recorded (all nodes, all time)")
-        failovers.add_metric([], stored.failovers)
+        failovers = CounterMetricFamily(
+            "vigil_failovers", "Takeovers the ledger has recorded, by cause (all nodes, all time)", labels=["cause"]
+        )
+        for cause, count in sorted(stored.failovers.items()):
+            failovers.add_metric([cause], count)
         families.append(failovers)
     if stored.error is None:
         agents = GaugeMetricFamily(

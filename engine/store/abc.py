@@ -123,8 +123,8 @@ class StoreReader(Protocol):
 
     def failovers(self, limit: int = 10) -> list[FailoverRow]: ...
 
-    def failover_count(self) -> int:
-        """Every takeover the ledger has recorded (`failovers` lists only the newest)."""
+    def failover_counts(self) -> dict[str, int]:
+        """Every takeover the ledger has recorded, by cause (`failovers` lists only the newest)."""
         ...
 
     def agents(self) -> list[AgentRow]: ...

@@ -42,7 +42,7 @@ def ended(run_id: int, job: str, state: RunState, at: datetime) -> i.RunFinished
 
 
 def exposition(metrics: RunMetrics, snap: NodeSnapshot | None = None, stored: StoredView | None = None) -> dict:
-    return samples(render(metrics, snap or NodeSnapshot(True, 1, 1, None), stored or StoredView(1, 1, 0)))
+    return samples(render(metrics, snap or NodeSnapshot(True, 1, 1, None), stored or StoredView(1, 1, {})))
 
 
 def test_runs_are_counted_by_job_and_state_and_timed_from_their_start() -> None:
@@ -129,23 +129,24 @@ def test_deliveries_are_counted_by_channel_and_outcome() -> None:
 def test_the_active_reports_its_open_runs_and_last_successes_a_standby_the_ledger() -> None:
     m = RunMetrics(process=False)
     active = NodeSnapshot(True, 10, 4, None, running=3, pending=2, last_success={"etl": T0})
-    got = exposition(m, active, StoredView(4, 10, 2, (("edge1", True), ("edge2", False))))
+    got = exposition(m, active, StoredView(4, 10, {"crash": 2, "switchover": 1}, (("edge1", True), ("edge2", False))))
     assert got[("vigil_is_active", ())] == 1
     assert got[("vigil_epoch", ())] == 4
     assert got[("vigil_runs_running", ())] == 3
     assert got[("vigil_runs_pending", ())] == 2
-    assert got[("vigil_failovers_total", ())] == 2
+    assert got[("vigil_failovers_total", (("cause", "crash"),))] == 2
+    assert got[("vigil_failovers_total", (("cause", "switchover"),))] == 1
     assert got[("vigil_agent_up", (("agent", "edge1"),))] == 1
     assert got[("vigil_agent_up", (("agent", "edge2"),))] == 0
     assert got[("vigil_job_last_success_timestamp_seconds", (("job", "etl"),))] == T0.timestamp()
-    standby = exposition(m, NodeSnapshot(False, 11, None, None), StoredView(4, 10, 2))
+    standby = exposition(m, NodeSnapshot(False, 11, None, None), StoredView(4, 10, {}))
     assert standby[("vigil_is_active", ())] == 0
     assert standby[("vigil_epoch", ())] == 4  # the ledger's: the active it would take over from
     assert ("vigil_runs_running", ()) not in standby
     # A ledger it cannot read leaves out what the ledger would say, and says so.
     broken = exposition(m, NodeSnapshot(False, 11, None, None), StoredView(error="disk I/O error"))
     assert broken[("vigil_store_up", ())] == 0
-    assert ("vigil_failovers_total", ()) not in broken and ("vigil_epoch", ()) not in broken
+    assert not any(name == "vigil_failovers_total" for name, _ in broken) and ("vigil_epoch", ()) not in broken
 
 
 def test_healthz_is_503_only_when_the_node_cannot_use_its_store() -> None:

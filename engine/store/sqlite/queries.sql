@@ -326,9 +326,9 @@ SELECT job FROM job_state WHERE paused = 1;
 -- The newest takeovers, newest first
 SELECT at, from_pid, to_pid, cause, gap_ms, epoch FROM failovers ORDER BY id DESC LIMIT :limit;
 
--- failover_count --
--- How many takeovers the ledger has recorded (vigil_failovers_total)
-SELECT COUNT(*) FROM failovers;
+-- failover_counts --
+-- How many takeovers the ledger has recorded, by cause (vigil_failovers_total)
+SELECT cause, COUNT(*) AS n FROM failovers GROUP BY cause;
 
 -- agents_by_name --
 -- Every agent the dispatcher knows of, by name
