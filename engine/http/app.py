@@ -29,6 +29,7 @@ class Request:
     path: str
     query: dict[str, str]  #: the last value of each name
     client: str | None  #: "host:port" of the peer, when the server knows it
+    headers: dict[str, str]  #: lower-case names, the last value of each (an API's bearer token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,9 @@ class HttpApp:
         else:
             client = scope.get("client")
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            request = Request(method, scope["path"], query, f"{client[0]}:{client[1]}" if client else None)
+            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
+            peer = f"{client[0]}:{client[1]}" if client else None
+            request = Request(method, scope["path"], query, peer, headers)
             try:
                 response = await handler(request)
             except Exception:

@@ -187,3 +187,49 @@ def test_a_port_in_use_or_a_bad_address_stops_the_start_with_one_line(tmp_path: 
     proc = vigil(state, "up", jobs=jobs, check=False, timeout=15)
     assert proc.returncode == 1
     assert re.fullmatch(r"vigil: \S+vigil\.toml:2: http\.listen: expected HOST:PORT .*", proc.stderr.strip())
+
+
+async def test_the_listener_routes_answers_head_refuses_other_methods_and_survives_a_failing_handler() -> None:
+    import asyncio
+
+    from engine.http.app import HttpApp, Request, Response, json_response
+    from engine.http.serve import HttpListener
+
+    async def hello(request: Request) -> Response:
+        return json_response(200, {"path": request.path, "query": request.query, "x": request.headers.get("x-probe")})
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("handler bug")
+
+    app = HttpApp()
+    app.route("GET", "/hello", hello)
+    app.route("GET", "/broken", broken)
+    with pytest.raises(ValueError, match="already routed"):
+        app.route("GET", "/hello", hello)
+    listener = HttpListener(app, "::1", 0)  # IPv6 loopback, a port the system chooses
+    listener.bind()
+    assert re.fullmatch(r"\[::1\]:\d+", listener.address)
+    serving = asyncio.create_task(listener.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{listener.address}", timeout=5) as client:
+            for _ in range(100):
+                try:
+                    response = await client.get("/hello", params={"a": "1"}, headers={"X-Probe": "p"})
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.02)
+            assert (response.status_code, response.json()) == (200, {"path": "/hello", "query": {"a": "1"}, "x": "p"})
+            head = await client.head("/hello", params={"a": "1"}, headers={"X-Probe": "p"})
+            assert (head.status_code, head.content, head.headers["content-length"]) == (
+                200,
+                b"",
+                response.headers["content-length"],
+            )
+            refused = await client.post("/hello")
+            assert (refused.status_code, refused.headers["allow"]) == (405, "GET, HEAD")
+            assert (await client.get("/elsewhere")).status_code == 404
+            assert (await client.get("/broken")).status_code == 500
+            assert (await client.get("/hello")).status_code == 200  # still serving
+    finally:
+        listener.stop()
+        await asyncio.wait_for(serving, 5)
