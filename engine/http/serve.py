@@ -60,7 +60,7 @@ class HttpListener:
         self.sock = sock
 
     async def serve(self) -> None:
-        """Serve until `stop()`."""
+        """Serve until `stop()` (a failure while serving is logged, not raised)."""
         import uvicorn
 
         # Its start and stop lines say nothing ours do not; its warnings and errors still show.
@@ -88,6 +88,9 @@ class HttpListener:
         announced = asyncio.create_task(self._announce(server))
         try:
             await server.serve(sockets=[self.sock])
+        except Exception:
+            # The scheduler matters more than its metrics: it goes on, and the log says why they stopped.
+            log.exception("http: the listener on %s failed; the node goes on without it", self.address)
         finally:
             announced.cancel()
             self.sock.close()
