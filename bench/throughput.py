@@ -24,6 +24,10 @@ Phases, each against a fresh state directory and job folder in a temp dir:
               queue (30) and allow (30). Every fire due in a 20 s window must be exactly one ledger row
               (a run, or a `skipped`/`missed`/`pending` row); `overload_unaccounted` counts those that
               are not, `overload_duplicates` those with two.
+7. metrics    (not in the default phases) the sustained phase with the HTTP listener off and on
+              (`vigil up --http 127.0.0.1:0`, scraped once a second — Prometheus' default is every
+              15 s), in interleaved rounds (off/on, then on/off, ...) so that a drift of the shared
+              machine's load hits both alike: median and range of runs/s of each, and on/off.
 
 The last line of output is one JSON object with every figure (units in the key names).
 Run: `python bench/throughput.py` (about 2–3 minutes). `--quick` shortens every window.
@@ -36,12 +40,15 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +102,8 @@ class Vigil:
     """One `vigil up` on a fresh state dir and job folder; every process it starts is found again
     through a marker in the environment (jobs inherit the scheduler's environment; a shim ends with its job)."""
 
-    def __init__(self, root: Path, name: str, jobs: dict[str, str]) -> None:
+    def __init__(self, root: Path, name: str, jobs: dict[str, str], extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra  #: more `vigil up` options
         self.dir = root / name
         self.state = self.dir / "state"
         self.jobs_dir = self.dir / "jobs"
@@ -114,7 +122,7 @@ class Vigil:
         self.log = open(self.dir / "vigil.log", "wb")
         self.started = time.time()
         self.proc = subprocess.Popen(
-            [*vigil_argv(), "up", "--state", str(self.state), "--jobs", str(self.jobs_dir), "--quiet"],
+            [*vigil_argv(), "up", "--state", str(self.state), "--jobs", str(self.jobs_dir), "--quiet", *self.extra],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -219,13 +227,50 @@ def state_counts(v: Vigil, where: str = "", params: tuple[object, ...] = ()) -> 
 # ---------------------------------------------------------------------------------------- phases
 
 
-def phase_sustained(root: Path, name: str, periods_ms: list[int], window: float) -> dict[str, float]:
-    """Trivial jobs (`command = "true"`), one per period; completed runs per second over `window`."""
+class Scraper(threading.Thread):
+    """GET /metrics once a second, as a (very eager) Prometheus would; keeps each answer's time."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.times_ms: list[float] = []
+        self.failures = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    response.read()
+                self.times_ms.append((time.perf_counter() - t0) * 1000)
+            except OSError:
+                self.failures += 1
+
+
+def free_port() -> int:
+    """A port nobody listens on now (the node runs with --quiet, so its log does not name the one
+    it would choose for port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def phase_sustained(
+    root: Path, name: str, periods_ms: list[int], window: float, *, http: bool = False
+) -> dict[str, float]:
+    """Trivial jobs (`command = "true"`), one per period; completed runs per second over `window`.
+    With `http`, the node serves /metrics and a scraper reads it every second meanwhile."""
     jobs = {f"t/{i:04d}": f'command = "true"\nevery = "{ms}ms"\n' for i, ms in enumerate(periods_ms)}
-    v = Vigil(root, name, jobs)
+    port = free_port() if http else 0
+    v = Vigil(root, name, jobs, ("--http", f"127.0.0.1:{port}") if http else ())
     v.start()
+    scraper: Scraper | None = None
     try:
         v.wait_loaded()
+        if http:
+            scraper = Scraper(f"http://127.0.0.1:{port}/metrics")
+            scraper.start()
         t0 = next_whole_second(time.time() + 2.0)  # 2 s of warm-up first
         t1 = t0 + window
         sched = psutil.Process(v.proc.pid) if v.proc else None
@@ -248,6 +293,8 @@ def phase_sustained(root: Path, name: str, periods_ms: list[int], window: float)
         )[0]
         rss = v.rss_mb()
     finally:
+        if scraper is not None:
+            scraper.done.set()
         v.stop()
     offered = sum(1000 / ms for ms in periods_ms)
     # Every fires at whole multiples of its period since the epoch: count those in (t0, t1].
@@ -273,7 +320,16 @@ def phase_sustained(root: Path, name: str, periods_ms: list[int], window: float)
         f"(distinct {distinct}) by state {counts}; scheduler RSS {rss:.0f} MB; CPU per completed run: "
         f"scheduler {own_ms:.2f} ms, shims+jobs {kids_ms:.2f} ms"
     )
+    scrapes = {}
+    if scraper is not None:
+        print(
+            f"  /metrics scraped {len(scraper.times_ms)} times ({scraper.failures} failed): answer p50 "
+            f"{pct(scraper.times_ms, 50):.1f} ms, max {max(scraper.times_ms, default=float('nan')):.1f} ms"
+        )
+        scrapes = {"scrapes": len(scraper.times_ms), "scrape_failures": scraper.failures}
+        scrapes["scrape_p50_ms"] = round(pct(scraper.times_ms, 50), 1)
     return {
+        **scrapes,
         "runs_per_s": round(rate, 1),
         "offered_per_s": round(offered, 1),
         "due": due,
@@ -436,6 +492,34 @@ def phase_overload(root: Path, window: float) -> dict[str, float]:
     }
 
 
+def phase_metrics(root: Path, jobs: int, window: float, rounds: int) -> dict[str, float | int]:
+    """The sustained phase with the listener off and on, interleaved; the cost of the metrics."""
+    periods = [1000 + i for i in range(jobs)]
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    scrape_ms: list[float] = []
+    for r in range(rounds):
+        for http in (False, True) if r % 2 == 0 else (True, False):
+            got = phase_sustained(root, f"metrics-{r}-{'on' if http else 'off'}", periods, window, http=http)
+            rates[http].append(float(got["runs_per_s"]))
+            if http:
+                scrape_ms.append(float(got["scrape_p50_ms"]))
+    off, on = statistics.median(rates[False]), statistics.median(rates[True])
+    print(
+        f"metrics: {rounds} interleaved rounds of {window:.0f} s, {jobs} jobs: runs/s off median {off:.0f} "
+        f"(range {min(rates[False]):.0f}–{max(rates[False]):.0f}), on median {on:.0f} "
+        f"(range {min(rates[True]):.0f}–{max(rates[True]):.0f}); on/off {on / off:.3f}"
+    )
+    return {
+        "metrics_off_runs_per_s": round(off, 1),
+        "metrics_on_runs_per_s": round(on, 1),
+        "metrics_off_range": f"{min(rates[False]):.0f}-{max(rates[False]):.0f}",
+        "metrics_on_range": f"{min(rates[True]):.0f}-{max(rates[True]):.0f}",
+        "metrics_on_off_ratio": round(on / off, 3),
+        "metrics_rounds": rounds,
+        "metrics_scrape_p50_ms": round(statistics.median(scrape_ms), 1),
+    }
+
+
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -445,6 +529,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=600, help="trivial jobs in the sustained phases (600)")
     parser.add_argument("--phases", default="baseline,sustained,aligned,latency,burst,overload")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (state, logs) for inspection")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved off/on rounds of the metrics phase (4)")
     args = parser.parse_args()
     phases = set(args.phases.split(","))
     window = 5.0 if args.quick else 20.0
@@ -472,6 +557,8 @@ def main() -> int:
             figures.update(phase_burst(root, 100, 5.0 if args.quick else 10.0))
         if "overload" in phases:
             figures.update(phase_overload(root, window))
+        if "metrics" in phases:
+            figures.update(phase_metrics(root, args.jobs, 5.0 if args.quick else 10.0, args.rounds))
     finally:
         if args.keep:
             print(f"kept {root}")

@@ -116,16 +116,54 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     # First: it takes systemd's notify variables out of the environment the jobs inherit.
     notifier = Notifier.from_environ()
-    node = Node(_state(args), _job_folder(args), notifier=notifier)
+    jobs_dir = _job_folder(args)
+    listen = _http_listen(args, jobs_dir)
+    if listen is None:
+        node = Node(_state(args), jobs_dir, notifier=notifier)
+        listener = None
+    else:
+        # Only a node with a listener loads prometheus_client and uvicorn.
+        from engine.http.metrics import RunMetrics
+        from engine.http.node_routes import node_app
+        from engine.http.serve import HttpListener
+
+        metrics = RunMetrics()
+        node = Node(_state(args), jobs_dir, notifier=notifier, observer=metrics.observe)
+        listener = HttpListener(node_app(node, metrics), *listen)
+        listener.bind()  # a port in use is a `vigil:` error now, before the node starts
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, node.request_stop)
-        await node.run()
+        serving = asyncio.create_task(listener.serve()) if listener is not None else None
+        try:
+            await node.run()
+        finally:
+            if listener is not None and serving is not None:
+                listener.stop()
+                await serving
 
     asyncio.run(main())
     return EXIT_OK
+
+
+def _http_listen(args: argparse.Namespace, jobs_dir: Path) -> tuple[str, int] | None:
+    """(host, port) of the HTTP listener: `--http`, else `[http] listen`, else None (no listener)."""
+    from engine.config.listen import split_listen
+
+    if args.http is not None:
+        try:
+            return split_listen(args.http)
+        except ValueError as exc:
+            raise VigilError(f"--http: {exc}") from None
+    from engine.config import load_settings
+
+    settings, errors = load_settings(jobs_dir)
+    for error in errors:
+        if error.key == "http" or error.key.startswith("http."):
+            raise error  # the operator asked for a listener and would not get it: say so now
+    return None if settings.http_listen is None else split_listen(settings.http_listen)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -541,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", parents=[common, jobs], help="run the scheduler in the foreground (active or standby)")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /metrics and /healthz on HOST:PORT ([::1]:PORT for IPv6; overrides [http] listen in vigil.toml)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("validate", parents=[common, jobs], help="check every job file; exit 1 on any error")

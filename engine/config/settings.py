@@ -1,8 +1,8 @@
 """`vigil.toml`: the `[scheduler]` settings, the `[agents.NAME]` and `[pools.NAME]` a job's `agent` may name,
-and the `[notify.NAME]` channels a job's `notify` (and `[scheduler] notify`) may name.
+the `[notify.NAME]` channels a `notify` may name, and the `[http]` listener.
 
 Invalid entries are left out (their defaults used) and every one is reported with its line. Imports
-`sources`, `fields`, `engine.model`, `engine.errors` and `engine.text`.
+`sources`, `fields`, `listen`, `engine.model`, `engine.errors` and `engine.text`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from engine.config.fields import (
     resolve_path,
     unknown_key_reason,
 )
+from engine.config.listen import split_listen
 from engine.config.names import NAME_RULE, NAME_SEGMENT
 from engine.config.sources import SourceFile, read_file
 from engine.errors import ConfigError
@@ -51,10 +52,11 @@ __all__ = [
 ]
 
 SETTINGS_FILE = "vigil.toml"
-_TABLES = ("scheduler", "agents", "pools", "notify")
+_TABLES = ("scheduler", "agents", "pools", "notify", "http")
 MAX_RATE_LIMIT = 100_000
 #: an Apprise URL is `schema://...`; which schemas exist is Apprise's to say (`vigil validate` asks it)
 _APPRISE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_HTTP_KEYS = ("listen",)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
     channels, invalid_channels = _parse_channels(_table(data, "notify"), bad)
     channel_targets = ChannelTargets(frozenset(channels), frozenset(invalid_channels))
     scheduler["notify"] = _declared_notify(scheduler.get("notify", ()), channel_targets, bad)
-    settings = Settings(**scheduler, agents=agents, pools=pools, channels=channels)
+    http_listen = _parse_http(_table(data, "http"), bad)
+    settings = Settings(**scheduler, agents=agents, pools=pools, channels=channels, http_listen=http_listen)
     targets = Targets(
         AgentTargets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))),
         channel_targets,
@@ -195,6 +198,25 @@ def _parse_scheduler(section: Mapping[str, Any], bad: _Report) -> dict[str, Any]
         scheduler.pop("heartbeat_timeout", None)
         scheduler.pop("heartbeat_interval", None)
     return scheduler
+
+
+def _parse_http(section: Mapping[str, Any], bad: _Report) -> str | None:
+    """`[http] listen = "HOST:PORT"`, or None (no listener)."""
+    for key in section:
+        if key not in _HTTP_KEYS:
+            bad(("http", key), unknown_key_reason(key, _HTTP_KEYS, where="http"))
+    raw = section.get("listen")
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        bad(("http", "listen"), f'expected a string "HOST:PORT" (e.g. "127.0.0.1:8780"), got {describe(raw)}')
+        return None
+    try:
+        split_listen(raw.strip())
+    except ValueError as exc:
+        bad(("http", "listen"), str(exc))
+        return None
+    return raw.strip()
 
 
 def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> AgentSpec | None:

@@ -37,7 +37,7 @@ from engine.notify import build
 from engine.paths import StatePaths
 from engine.run.loop import Scheduler
 from engine.sdnotify import Notifier
-from engine.store.intents import Audit, Failover, Intent
+from engine.store.intents import Audit, CommitObserver, Failover, Intent
 from engine.store.sqlite.db import connect
 
 log = logging.getLogger("vigil.ha")
@@ -58,8 +58,10 @@ class Node:
         clock: Clock | None = None,
         rescan_interval: float = 1.0,
         notifier: Notifier | None = None,
+        observer: CommitObserver | None = None,
     ) -> None:
         self.paths = paths
+        self.observer = observer  #: told what each active term's store commits (the metrics)
         self.jobs_dir = jobs_dir
         self.clock = clock or SystemClock()
         self.rescan_interval = rescan_interval
@@ -184,6 +186,8 @@ class Node:
     async def _active(self, takeover: Takeover) -> StopReason:
         cause = "downtime" if takeover.cause == TakeoverCause.START else "failover"
         scheduler = Scheduler(self.paths, self.jobs_dir, clock=self.clock, rescan_interval=self.rescan_interval)
+        if self.observer is not None:
+            scheduler.store.observe(self.observer)
         scheduler.epoch_floor = self._epoch_floor
         now_mono = time.monotonic()
         self._retakes = [t for t in self._retakes if now_mono - t < 60.0]

@@ -39,8 +39,6 @@ log = logging.getLogger("vigil.outbox")
 
 #: Reads the last lines of a row's run log (empty when it has no run, or no log here).
 LogTail = Callable[[Notification], Awaitable[list[str]]]
-#: Told the intents of each commit the deliverer made (metrics count outcomes from them).
-CommitObserver = Callable[[Sequence[i.Intent]], None]
 ChannelFactory = Callable[[ChannelSpec], Channel]
 
 
@@ -93,7 +91,6 @@ class Deliverer:
         clock: Clock,
         *,
         log_tail: LogTail = _no_tail,
-        observer: CommitObserver | None = None,
         policy: RetryPolicy = RetryPolicy(),
         channel_factory: ChannelFactory = build_channel,
         concurrency: int = 8,
@@ -104,7 +101,6 @@ class Deliverer:
         self.settings = settings
         self.clock = clock
         self.log_tail = log_tail
-        self.observer = observer
         self.policy = policy
         self.channel_factory = channel_factory
         self.batch = batch
@@ -286,9 +282,4 @@ class Deliverer:
         return known[1]
 
     async def _commit(self, intents: list[i.Intent]) -> None:
-        await self.store.commit(intents)
-        if self.observer is not None:
-            try:
-                self.observer(intents)
-            except Exception:
-                log.exception("notification observer failed")
+        await self.store.commit(intents)  # its observers (the metrics) count the outcomes

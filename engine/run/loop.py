@@ -45,7 +45,7 @@ from engine.exec.runner import ShimExecutor
 from engine.model import LeaderRow, RunState, Settings
 from engine.notify import build
 from engine.notify.events import Event
-from engine.outbox.deliverer import CommitObserver, Deliverer, run_dir_log_tail
+from engine.outbox.deliverer import Deliverer, run_dir_log_tail
 from engine.paths import StatePaths
 from engine.run.catalog import Catalog
 from engine.run.commands import Command, Commands, Op, prune_age, run_id_of
@@ -112,7 +112,6 @@ class Scheduler:
         self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
         #: sends the notification outbox while this scheduler is active (built by run())
         self.deliverer: Deliverer | None = None
-        self.notification_observer: CommitObserver | None = None  #: told each deliverer commit (metrics)
         self._deliver_after_flush = False  #: an event was deferred: wake the deliverer once it is flushed
         self._agents_up: dict[str, bool] = {}  #: each agent's health as the ledger had it at takeover
         self.store.health.on_recovery = self._store_recovered
@@ -248,7 +247,6 @@ class Scheduler:
             lambda: self.planner.settings,
             self.clock,
             log_tail=run_dir_log_tail(self.paths),
-            observer=self.notification_observer,
         )
         try:
             await self.deliverer.run()

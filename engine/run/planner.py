@@ -432,6 +432,7 @@ class Planner:
                 pid=result.job_pid if result else None,
                 cpu_s=result.cpu_s if result else None,
                 peak_rss=result.peak_rss if result else None,
+                job=info.job,
             )
         )
         job = self.jobs.get(info.job)

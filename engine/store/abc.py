@@ -28,7 +28,7 @@ from engine.model import (
 if TYPE_CHECKING:  # the write side's types: a reader (`vigil runs --json`) never loads them
     from engine.errors import StoreFatalError
     from engine.store.health import StoreHealth
-    from engine.store.intents import Intent
+    from engine.store.intents import CommitObserver, Intent
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,10 @@ class StoreReader(Protocol):
 
     def failovers(self, limit: int = 10) -> list[FailoverRow]: ...
 
+    def failover_counts(self) -> dict[str, int]:
+        """Every takeover the ledger has recorded, by cause (`failovers` lists only the newest)."""
+        ...
+
     def agents(self) -> list[AgentRow]: ...
 
     def audit(self, limit: int = 50) -> list[AuditRow]: ...
@@ -196,6 +200,10 @@ class Store(Protocol):
 
     async def flush(self) -> None:
         """Commit the deferred intents now."""
+        ...
+
+    def observe(self, observer: CommitObserver) -> None:
+        """Call `observer` after every successful commit (`commit` and `flush`) with what it wrote."""
         ...
 
     async def wait_for_deferred(self) -> None:

@@ -9,6 +9,7 @@ Times are aware datetimes; the store keeps them in its own text form (`clock.iso
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -79,6 +80,7 @@ class RunFinished:
     pid: int | None = None  #: kept when None
     cpu_s: float | None = None
     peak_rss: int | None = None
+    job: str | None = None  #: the run's job, for commit observers (metrics); not stored: the row has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,3 +319,9 @@ Intent = (
     | NotificationSuppressed
     | SummaryRecounted
 )
+
+CommitObserver = Callable[[Sequence[Intent]], None]
+"""Called after each successful commit with the intents it wrote, in their order: the deferred ones
+first, then NewRun rows that were new (a repeated fire's row is left out), then the rest. Called on
+the committing task, so it must be quick and must not raise (a raise is logged, never propagated).
+Registered with `Store.observe`; the metrics (engine/http/metrics.py) are one."""

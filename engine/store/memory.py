@@ -44,6 +44,7 @@ from engine.model import (
 from engine.store import intents as i
 from engine.store.abc import DURATION_HISTORY, JobState, LeaderClaim, LedgerStart
 from engine.store.health import StoreHealth
+from engine.store.observers import Observers
 
 #: The states each conditional update moves a run from (the WHERE clauses of queries.sql).
 _STARTABLE = frozenset({RunState.PENDING, RunState.LAUNCHING, RunState.WAITING})
@@ -347,6 +348,7 @@ class MemoryStore:
         self.health = StoreHealth()
         self._epoch = 0
         self._pending: list[tuple[i.Intent, int]] = []  #: with the epoch when deferred
+        self.observers = Observers()
         self._flush_wanted = asyncio.Event()
         self._open = False
 
@@ -395,6 +397,9 @@ class MemoryStore:
     async def flush(self) -> None:
         await self.commit([])
 
+    def observe(self, observer: i.CommitObserver) -> None:
+        self.observers.add(observer)
+
     async def wait_for_deferred(self) -> None:
         await self._flush_wanted.wait()
 
@@ -423,6 +428,7 @@ class MemoryStore:
             raise
         self.database.tables = txn.t
         self.health.succeeded(time.monotonic())
+        self.observers.committed([x for x, _ in deferred], given, new)
         return new
 
     # ------------------------------------------------------------ reads the active needs

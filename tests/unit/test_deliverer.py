@@ -50,9 +50,8 @@ async def setup(*names: str, rate_limit: int = 20, database: MemoryDatabase | No
     settings = Settings(channels={n: ChannelSpec(name=n, command="cat", rate_limit=rate_limit) for n in names})
     channels = {n: Recorder(n) for n in names}
     seen: list[Sequence[i.Intent]] = []
-    deliverer = Deliverer(
-        store, lambda: settings, clock, channel_factory=lambda spec: channels[spec.name], observer=seen.append
-    )
+    store.observe(seen.append)
+    deliverer = Deliverer(store, lambda: settings, clock, channel_factory=lambda spec: channels[spec.name])
     return store, clock, channels, deliverer, seen
 
 

@@ -5,7 +5,7 @@ TYPE_CHECKING (read from the sources with ast: importing would miss the lazy one
 Layers, low to high (docs: each package's docstring says what it may import):
   base (errors, model, clock, durations, text, ids, paths, sqlfile, sdnotify, users)
   < schedule, config, store, notify < exec < agents, control, outbox
-  < run (it composes the executors, local and agents) < ha < api < cli.
+  < run (it composes the executors, local and agents) < ha < api < http < cli.
 Some units of one layer must not import each other either (APART).
 """
 
@@ -26,7 +26,8 @@ LAYERS: dict[str, int] = {
     "run": 4,  # composes the executors: the local shims and the agent dispatcher
     "ha": 5,
     "api": 6,
-    "cli": 7,
+    "http": 7,  # the node's HTTP listener: /metrics, /healthz (and the API's routes)
+    "cli": 8,
 }
 #: Same layer, and still they must not import each other.
 APART = {frozenset({"agents", "control"}), frozenset({"schedule", "store"}), frozenset({"config", "store"})}

@@ -34,7 +34,8 @@ from engine.model import LeaderRow, Notification, Run, RunState
 from engine.paths import StatePaths
 from engine.store.abc import DURATION_HISTORY, JobState, LeaderClaim, LedgerStart
 from engine.store.health import StoreHealth
-from engine.store.intents import Intent, NewRun
+from engine.store.intents import CommitObserver, Intent, NewRun
+from engine.store.observers import Observers
 from engine.store.sqlite.db import BUSY_TIMEOUT_MS, PRAGMAS, connect, rollback_quietly, store_error
 from engine.store.sqlite.queries import QUERIES
 from engine.store.sqlite.rows import duration_of, leader_of, notification_of, run_of, state_of
@@ -153,6 +154,8 @@ class Ledger:
         self._conn: sqlite3.Connection | None = None  #: used only on `_thread`
         self._lock = asyncio.Lock()
         self._pending: list[tuple[str, Params]] = []
+        self._pending_intents: list[Intent] = []  #: what `_pending` was bound from, for the observers
+        self.observers = Observers()
         self._flush_wanted = asyncio.Event()
         self.health = StoreHealth()
         self._file_id: tuple[int, int] | None = None
@@ -282,7 +285,12 @@ class Ledger:
     def defer(self, intent: Intent) -> None:
         """Queue a write for the next batch (state updates that need not block the caller)."""
         self._pending.append(bind(intent, self.epoch))
+        if self.observers:
+            self._pending_intents.append(intent)
         self._flush_wanted.set()
+
+    def observe(self, observer: CommitObserver) -> None:
+        self.observers.add(observer)
 
     async def commit(self, intents: Iterable[Intent]) -> set[int]:
         """The deferred intents, then `intents` (NewRun rows first), in one transaction.
@@ -291,20 +299,21 @@ class Ledger:
         attempt) already exists is ignored, and its id is not returned: that fire has been
         handled before and must not launch again.
         """
+        given = list(intents)
         new_runs: list[tuple[str, Params]] = []
         others: list[tuple[str, Params]] = []
         ids: list[int] = []
-        for intent in intents:
+        for intent in given:
             if isinstance(intent, NewRun):
                 new_runs.append(bind(intent, self.epoch))
                 ids.append(intent.id)
             else:
                 others.append(bind(intent, self.epoch))
         if not ids:
-            await self._commit(others)
+            await self._commit(others, given=given)
             return set()
-        found = await self._commit(new_runs + others, check=(QUERIES["inserted_runs"], {"run_ids": json.dumps(ids)}))
-        return {int(r[0]) for r in found}
+        check = (QUERIES["inserted_runs"], {"run_ids": json.dumps(ids)})
+        return await self._commit(new_runs + others, check=check, given=given)
 
     # ------------------------------------------------------------ reads the active needs
 
@@ -359,9 +368,13 @@ class Ledger:
         await self._commit([])
 
     async def _commit(
-        self, statements: list[tuple[str, Params]], check: tuple[str, Params] | None = None
-    ) -> list[sqlite3.Row]:
-        """The deferred writes, then `statements`, in one transaction."""
+        self,
+        statements: list[tuple[str, Params]],
+        check: tuple[str, Params] | None = None,
+        given: Sequence[Intent] = (),
+    ) -> set[int]:
+        """The deferred writes, then `statements` (bound from `given`), in one transaction; the ids
+        `check` found (the new runs)."""
         failures = self.health.failures
         async with self._lock:
             fault = self.health.fault
@@ -370,21 +383,25 @@ class Ledger:
                 # now too instead of waiting another one (a command's answer waits on this).
                 raise StoreRetryableError(fault.kind, str(fault))
             deferred, self._pending = self._pending, []
+            deferred_intents, self._pending_intents = self._pending_intents, []
             self._flush_wanted.clear()
             batch = deferred + statements
             if not batch:
-                return []
+                return set()
             # Only this attempt's: a failed one rolls them back with it, the next builds its own.
             batch += [bind(x, self.epoch) for x in self.health.recovery_intents(time.monotonic())]
             try:
-                return await self._run_batch(batch, check)
+                found = {int(row[0]) for row in await self._run_batch(batch, check)}
             except Exception:
                 # Rolled back, whatever the error: the deferred updates (a run's start, a kill
                 # request) must not be lost with it; they go first into the next attempt. (Not on
                 # cancellation: the transaction may still commit on the writer thread.)
                 self._pending = deferred + self._pending
+                self._pending_intents = deferred_intents + self._pending_intents
                 self._flush_wanted.set()
                 raise
+        self.observers.committed(deferred_intents, given, found)
+        return found
 
     async def _run_batch(
         self, batch: list[tuple[str, Params]], check: tuple[str, Params] | None = None

@@ -339,6 +339,10 @@ SELECT job FROM job_state WHERE paused = 1;
 -- The newest takeovers, newest first
 SELECT at, from_pid, to_pid, cause, gap_ms, epoch FROM failovers ORDER BY id DESC LIMIT :limit;
 
+-- failover_counts --
+-- How many takeovers the ledger has recorded, by cause (vigil_failovers_total)
+SELECT cause, COUNT(*) AS n FROM failovers GROUP BY cause;
+
 -- agents_by_name --
 -- Every agent the dispatcher knows of, by name
 SELECT name, url, up, last_contact, version, cpu_percent, memory_percent, load1, running, error

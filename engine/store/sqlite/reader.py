@@ -218,6 +218,9 @@ class SqliteReader:
             for row in self._rows("recent_failovers", {"limit": limit})
         ]
 
+    def failover_counts(self) -> dict[str, int]:
+        return {str(row["cause"]): int(row["n"]) for row in self._rows("failover_counts")}
+
     def agents(self) -> list[AgentRow]:
         return [
             AgentRow(
