@@ -242,16 +242,20 @@ def test_chaos_random_kills(start_up, state_dir: Path, jobs_dir: Path, tmp_path:
     slow = [r for r in runs(state_dir, "--job", "slow") if r["state"] not in ("missed", "skipped", "running")]
     # every slow run that ran reports its real exit code or an explicit unknown
     assert all(r["exit_code"] == 3 or r["state"] == "unknown" for r in slow), slow
-    # no orphaned job processes: a live job process belongs to a run the ledger still has open
-    open_ids = {str(r["id"]) for r in runs(state_dir) if r["state"] in ("running", "launching")}
+    # no orphaned job processes: a job process still alive after the ledger recorded its run's end
+    live: dict[str, psutil.Process] = {}
     for started in (state_dir / "runs").glob("*/started"):
         run_id = started.parent.name
         try:
-            env = psutil.Process(int(started.read_text())).environ()
+            proc = psutil.Process(int(started.read_text()))
+            if proc.environ().get("VIGIL_RUN_ID") == run_id:
+                live[run_id] = proc
         except (ValueError, psutil.Error):
             continue
-        if env.get("VIGIL_RUN_ID") == run_id:
-            assert run_id in open_ids, f"orphan job process of run {run_id}"
+    ended = {str(r["id"]) for r in runs(state_dir) if r["state"] not in ("pending", "waiting", "running", "launching")}
+    # Read in this order (processes, then the ledger), a run that starts meanwhile is not taken for an orphan.
+    orphans = [run_id for run_id, proc in live.items() if run_id in ended and proc.is_running()]
+    assert orphans == [], f"orphan job processes of runs {orphans}"
 
 
 def test_jobs_do_not_inherit_the_leader_lock(start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path) -> None:
