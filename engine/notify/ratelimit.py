@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from posixpath import dirname
+from posixpath import commonprefix, dirname
 
 from engine.model import ChannelSpec, Notification, format_duration
 from engine.notify.events import Event, EventKind
@@ -143,13 +143,5 @@ def scope(jobs: Sequence[str], system: bool) -> str:
         return "the scheduler and jobs"
     if len(jobs) == 1:
         return jobs[0]
-    common = dirname(_common_prefix(jobs) + "x")  # the folder of the shared prefix, whole segments only
+    common = dirname(commonprefix(list(jobs)) + "x")  # the folder of the shared prefix, whole segments only
     return f"{common}/*" if common else "all jobs"
-
-
-def _common_prefix(names: Sequence[str]) -> str:
-    first, last = min(names), max(names)
-    size = 0
-    while size < min(len(first), len(last)) and first[size] == last[size]:
-        size += 1
-    return first[:size]
