@@ -5,6 +5,7 @@ and failover cases, the real SQLite ledger with an injected clock for backoff an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,9 +23,10 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from engine.clock import FakeClock
-from engine.errors import FencedError
+from engine.errors import DeliveryError, FencedError
 from engine.model import ChannelSpec, NotificationState, Settings
-from engine.notify.events import Event, EventKind, run_event_id
+from engine.notify.events import Event, EventKind, document, run_event_id
+from engine.outbox.channels import AppriseChannel
 from engine.outbox.deliverer import Deliverer
 from engine.paths import StatePaths
 from engine.store import intents as i
@@ -215,6 +217,17 @@ async def test_a_channel_that_is_down_keeps_its_events_and_delivers_them_when_it
         down.stop()
         await deliverer.stop()
         await ledger.close()
+
+
+async def test_apprise_says_why_a_send_failed_in_the_row_and_nothing_per_send_in_vigils_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)  # as `vigil up` logs
+    channel = AppriseChannel(ChannelSpec(name="hook", url=JsonReceiver().url(), timeout=5))  # nobody listening
+    with pytest.raises(DeliveryError, match="Connection error"):  # Apprise's warning, kept as the reason
+        await channel.send(document(failed(1).to_json(), epoch=1, log_tail=[]))
+    # Not "Notifying 1 service(s)." nor the warning again on every send.
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("apprise")] == []
 
 
 async def test_a_storm_reaches_the_receiver_as_the_limit_and_one_summary(
