@@ -341,9 +341,9 @@ class _Transaction:
                     )
             case i.SummaryRecounted():
                 self._fence()  # an upsert: its insert's trigger fires first
-                key = (intent.event.id, intent.channel)
-                if key not in t.outbox:
-                    t.outbox[key] = self._pending_row(intent.event, intent.channel, intent.not_before)
+                if (intent.event.id, intent.channel) not in t.outbox:
+                    row = self._pending_row(intent.event, intent.channel, intent.not_before)
+                    t.outbox[(intent.event.id, intent.channel)] = row
                 else:
                     self._update_pending(intent.event.id, intent.channel, document=intent.event.to_json())
             case _:
