@@ -153,6 +153,8 @@ class Deliverer:
                 if full:
                     continue
                 await self._sleep()
+            if self.fenced:  # a sender's mark was refused
+                raise FencedError("deposed: another node holds a newer epoch")
         finally:
             await self.stop()
 
