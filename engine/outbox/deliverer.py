@@ -207,8 +207,7 @@ class Deliverer:
         for name, rows in by_channel.items():
             spec = settings.channels.get(name)
             if spec is None:
-                invalid = name in settings.invalid_channels or settings.channels_unknown
-                marks.extend(self._undeliverable(name, rows, now, invalid=invalid))
+                marks.extend(self._undeliverable(name, rows, now, settings))
                 continue
             down = self._down.get(name)
             if down is not None and down[0] > now:
@@ -240,14 +239,18 @@ class Deliverer:
         return len(due) >= self.batch and bool(marks or sends)
 
     def _undeliverable(
-        self, name: str, rows: Sequence[Notification], now: datetime, *, invalid: bool
+        self, name: str, rows: Sequence[Notification], now: datetime, settings: Settings
     ) -> list[i.Intent]:
         """Rows of a channel that is not in the settings: no longer declared (they give up), or declared
-        but invalid (they wait, looked at again every `invalid_recheck`, until `give_up_after`)."""
-        if not invalid:
+        but invalid, or vigil.toml unreadable (they wait, looked at again every `invalid_recheck`,
+        until `give_up_after`: a typo being fixed must not lose them)."""
+        if name in settings.invalid_channels:
+            error = f"channel {name!r} is declared in vigil.toml but its definition is invalid"
+        elif settings.channels_unknown:
+            error = f"vigil.toml cannot be read, so channel {name!r} is unknown"
+        else:
             error = f"channel {name!r} is no longer declared in vigil.toml"
             return [i.NotificationFailed(r.event_id, name, now, r.attempts, error) for r in rows]
-        error = f"channel {name!r} is declared in vigil.toml but its definition is invalid (or vigil.toml is)"
         next_at = now + timedelta(seconds=self.policy.invalid_recheck)
         marks: list[i.Intent] = []
         for r in rows:
@@ -255,7 +258,7 @@ class Deliverer:
                 marks.append(i.NotificationFailed(r.event_id, name, now, r.attempts, error))
             else:
                 marks.append(i.NotificationRetry(r.event_id, name, now, r.attempts, next_at, f"waiting: {error}"))
-        log.warning("channel %s: declared in vigil.toml but invalid: %d events wait for it", name, len(rows))
+        log.warning("%s: %d events wait (see vigil validate)", error, len(rows))
         return marks
 
     def _held(self, rows: Sequence[Notification], down: Down, now: datetime) -> list[i.Intent]:

@@ -286,9 +286,7 @@ async def test_events_of_a_channel_declared_but_invalid_wait_for_it_and_only_an_
         0,
         NOW + timedelta(seconds=60),
     )
-    assert waiting.last_error == (
-        "waiting: channel 'ops' is declared in vigil.toml but its definition is invalid (or vigil.toml is)"
-    )
+    assert waiting.last_error == "waiting: channel 'ops' is declared in vigil.toml but its definition is invalid"
     gone = rows[("failed:run:1", "gone")]
     assert (gone.state, gone.last_error) == (
         NotificationState.FAILED,
@@ -307,3 +305,12 @@ async def test_events_of_a_channel_declared_but_invalid_wait_for_it_and_only_an_
     clock.advance(60)
     await round_(deliverer)
     assert store.database.tables.outbox[("failed:run:2", "ops")].state is NotificationState.FAILED
+    # A vigil.toml that cannot be parsed at start-up hides every channel: their events wait too.
+    current[0] = Settings(channels_unknown=True)
+    await store.commit([i.NotificationQueued(dataclasses.replace(failed(3), at=clock.now()), ("ops",))])
+    await round_(deliverer)
+    unknown = store.database.tables.outbox[("failed:run:3", "ops")]
+    assert (unknown.state, unknown.last_error) == (
+        NotificationState.PENDING,
+        "waiting: vigil.toml cannot be read, so channel 'ops' is unknown",
+    )
