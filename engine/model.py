@@ -351,6 +351,10 @@ class Settings:
     pools: dict[str, PoolSpec] = field(default_factory=dict)
     notify: tuple[str, ...] = ()  #: channels for system events, and for jobs that set no `notify`
     channels: dict[str, ChannelSpec] = field(default_factory=dict)  #: `[notify.NAME]`
+    #: `[notify.NAME]` tables declared but invalid: their pending events wait (a typo being fixed)
+    invalid_channels: frozenset[str] = frozenset()
+    #: vigil.toml could not be read or parsed: no channel can be said to be no longer declared
+    channels_unknown: bool = False
     http_listen: str | None = None  #: `[http] listen`, "HOST:PORT": /metrics and /healthz
 
 

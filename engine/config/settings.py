@@ -112,7 +112,7 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
     if source is None:
         return Settings(), [], Targets()
     if source.syntax_error is not None:
-        return Settings(), [source.syntax_error], Targets()
+        return Settings(channels_unknown=True), [source.syntax_error], Targets()
     data = source.data or {}
     errors: list[ConfigError] = []
 
@@ -133,7 +133,15 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
     channel_targets = ChannelTargets(frozenset(channels), frozenset(invalid_channels))
     scheduler["notify"] = _declared_notify(scheduler.get("notify", ()), channel_targets, bad)
     http_listen = _parse_http(_table(data, "http"), bad)
-    settings = Settings(**scheduler, agents=agents, pools=pools, channels=channels, http_listen=http_listen)
+    settings = Settings(
+        **scheduler,
+        agents=agents,
+        pools=pools,
+        channels=channels,
+        invalid_channels=frozenset(invalid_channels),
+        channels_unknown="notify" in data and not isinstance(data["notify"], dict),
+        http_listen=http_listen,
+    )
     targets = Targets(
         AgentTargets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))),
         channel_targets,
@@ -404,7 +412,7 @@ def load_settings(root: Path) -> tuple[Settings, list[ConfigError]]:
     if isinstance(raw, FileNotFoundError):
         return Settings(), []
     if isinstance(raw, OSError):
-        return Settings(), [ConfigError(path, "file", f"cannot read: {raw.strerror or raw}")]
+        return Settings(channels_unknown=True), [ConfigError(path, "file", f"cannot read: {raw.strerror or raw}")]
     source = SourceFile(path, "", os.path.abspath(root), (0, 0, 0), raw, 0)
     settings, errors, _targets = parse_settings(source, os.path.abspath(root))
     return settings, errors

@@ -7,16 +7,18 @@ trickle of one event per freed slot. A summary and a test event are never limite
 because of other events.
 
 The deliverer keeps one `ChannelWindow` per channel (in memory: a new active starts with fresh
-windows, so a failover can let one more `rate_limit` events through).
+windows, so a failover can let one more `rate_limit` events through). It admits a round's rows on a
+copy of the window and keeps the copy only once the round's marks (the suppressed rows and their
+summary) are committed, and gives back the slots of admitted rows that were never sent.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from posixpath import dirname
+from posixpath import commonprefix, dirname
 
 from engine.model import ChannelSpec, Notification, format_duration
 from engine.notify.events import Event, EventKind
@@ -54,6 +56,10 @@ class ChannelWindow:
     jobs: set[str] = field(default_factory=set)
     system: bool = False  #: it counts events of no job
 
+    def copy(self) -> ChannelWindow:
+        """A copy to admit a round's rows on: the deliverer keeps it once their marks are committed."""
+        return replace(self, kinds=Counter(self.kinds), jobs=set(self.jobs))
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -64,6 +70,11 @@ class Admission:
     summary: Event | None = None  #: to queue (or recount) for the channel when `suppress` is not empty
     summary_is_new: bool = True  #: False: rewrite the one already queued
     summary_at: datetime | None = None  #: when it is due: the window's end
+
+
+def takes_slot(row: Notification) -> bool:
+    """Whether delivering the row uses one of its window's `rate_limit` slots."""
+    return row.event not in _UNLIMITED
 
 
 def window_end(window: ChannelWindow, spec: ChannelSpec) -> datetime | None:
@@ -82,7 +93,7 @@ def admit(spec: ChannelSpec, window: ChannelWindow, due: Sequence[Notification],
     deliver: list[Notification] = []
     held: list[Notification] = []
     for row in due:
-        if row.event in _UNLIMITED:
+        if not takes_slot(row):
             deliver.append(row)
         elif window.delivered < spec.rate_limit:
             if window.start is None:
@@ -143,13 +154,5 @@ def scope(jobs: Sequence[str], system: bool) -> str:
         return "the scheduler and jobs"
     if len(jobs) == 1:
         return jobs[0]
-    common = dirname(_common_prefix(jobs) + "x")  # the folder of the shared prefix, whole segments only
+    common = dirname(commonprefix(list(jobs)) + "x")  # the folder of the shared prefix, whole segments only
     return f"{common}/*" if common else "all jobs"
-
-
-def _common_prefix(names: Sequence[str]) -> str:
-    first, last = min(names), max(names)
-    size = 0
-    while size < min(len(first), len(last)) and first[size] == last[size]:
-        size += 1
-    return first[:size]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 from collections.abc import Mapping
@@ -80,12 +81,36 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+class _ErrorsToVigilLog(logging.Handler):
+    """Apprise's ERROR lines, into vigil's log (as `vigil.outbox.apprise`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("vigil.outbox.apprise").handle(record)
+
+
+def _quiet_apprise() -> None:
+    """Keep Apprise's per-send INFO and WARNING lines ("Notifying 1 service(s)") out of vigil's log.
+
+    Not by raising the `apprise` logger to ERROR: Apprise captures a call's WARNING records through
+    a handler on that logger, and they are the failed row's error ("A Connection error occurred ...").
+    So the logger stays at WARNING, does not propagate, and hands only ERROR and above on."""
+    apprise_log = logging.getLogger("apprise")
+    if not any(isinstance(h, _ErrorsToVigilLog) for h in apprise_log.handlers):
+        apprise_log.addHandler(_ErrorsToVigilLog())
+    apprise_log.setLevel(logging.WARNING)
+    apprise_log.propagate = False
+
+
 class AppriseChannel:
     """`url = ...`: any Apprise URL; a readable title and body made from the event (engine/notify/message)."""
 
     def __init__(self, spec: ChannelSpec) -> None:
         import apprise  # only here: the scheduler with a url channel, or `vigil notify test`
 
+        _quiet_apprise()
         assert spec.url is not None
         self.name = spec.name
         self.timeout = spec.timeout

@@ -112,6 +112,7 @@ class Scheduler:
         self.fatal: StoreError | None = None  #: the store fault that stopped this scheduler
         #: sends the notification outbox while this scheduler is active (built by run())
         self.deliverer: Deliverer | None = None
+        self.deliverer_restart_delay = 1.0  #: seconds before a failed deliverer is replaced (doubling)
         self._deliver_after_flush = False  #: an event was deferred: wake the deliverer once it is flushed
         self._agents_up: dict[str, bool] = {}  #: each agent's health as the ledger had it at takeover
         self.store.health.on_recovery = self._store_recovered
@@ -241,19 +242,34 @@ class Scheduler:
         return self.stop_reason
 
     async def _deliver(self) -> None:
-        """The outbox's deliverer, for as long as this scheduler is active."""
-        self.deliverer = Deliverer(
-            self.store,
-            lambda: self.planner.settings,
-            self.clock,
-            log_tail=run_dir_log_tail(self.paths),
-        )
-        try:
-            await self.deliverer.run()
-        except FencedError:
-            self.request_stop("fenced")
-        except StoreError as exc:  # retryable faults the deliverer outlives; this one it cannot
-            self._store_fatal(exc)
+        """The outbox's deliverer, for as long as this scheduler is active. One that fails on what it
+        did not expect is logged and replaced after a pause (doubling to 60 s), so one bug cannot end
+        delivery for the rest of the term with nothing said; a fenced one is not: the scheduler stops."""
+        delay = self.deliverer_restart_delay
+        while not self._stop.is_set():
+            self.deliverer = Deliverer(
+                self.store,
+                lambda: self.planner.settings,
+                self.clock,
+                log_tail=run_dir_log_tail(self.paths),
+            )
+            started = time.monotonic()
+            try:
+                await self.deliverer.run()
+                return
+            except FencedError:
+                self.request_stop("fenced")
+                return
+            except StoreError as exc:  # retryable faults the deliverer outlives; this one it cannot
+                self._store_fatal(exc)
+                return
+            except Exception:
+                if time.monotonic() - started > 60.0:  # it had been working: start the backoff again
+                    delay = self.deliverer_restart_delay
+                log.exception("the notification deliverer failed; starting a new one in %gs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 60.0)
 
     def _store_recovered(self, lasted: float, fault: StoreRetryableError, failures: int) -> list[i.Intent]:
         """`store_error`, for the first transaction that succeeds after a retryable fault."""

@@ -282,11 +282,15 @@ class NotificationSuppressed:
 
 @dataclass(frozen=True, slots=True)
 class SummaryRecounted:
-    """A pending rate-limit summary's document, rewritten to count the events held back since it was
-    queued (one summary per channel and window, however many rounds suppressed events)."""
+    """A channel's rate-limit summary counting the events held back in its window (one summary per
+    channel and window, however many rounds suppressed events): queued pending, first attempt at
+    `not_before`, when its row is absent; else its document rewritten while it is still pending.
+    Committed with the NotificationSuppressed that names it, so no row is suppressed under a summary
+    that does not exist."""
 
     event: Event
     channel: str
+    not_before: datetime | None = None  #: the window's end (used only when the row is queued)
 
 
 Intent = (

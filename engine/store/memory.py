@@ -7,6 +7,8 @@ schedulers on one state directory do. The rules are the SQLite backend's, statem
 
 - a write that would insert or change a row under an epoch that is not the leader's raises
   FencedError; an update that matches no row changes nothing and raises nothing (no trigger fires);
+  a deliverer's mark of an outbox row touches the row whatever its state, so it is fenced whenever
+  the row exists (it changes only a pending one);
 - a delete under a stale epoch deletes nothing (the statements check the epoch themselves);
 - a commit is all or nothing: it is applied to a copy that replaces the state only when every
   intent went through.
@@ -41,6 +43,7 @@ from engine.model import (
     Run,
     RunState,
 )
+from engine.notify.events import Event
 from engine.store import intents as i
 from engine.store.abc import DURATION_HISTORY, JobState, LeaderClaim, LedgerStart
 from engine.store.health import StoreHealth
@@ -141,11 +144,33 @@ class _Transaction:
         self.t.runs[run_id] = dataclasses.replace(run, **changes)  # type: ignore[arg-type]
 
     def _update_pending(self, event_id: str, channel: str, **changes: object) -> None:
+        """A deliverer's mark: it touches the row whatever its state (so a deposed writer is fenced
+        even on a row the new active already marked), and changes only a pending one."""
         row = self.t.outbox.get((event_id, channel))
-        if row is None or row.state is not NotificationState.PENDING:
-            return
+        if row is None:
+            return  # no row matches: nothing changes, no trigger fires
         self._fence()
-        self.t.outbox[(event_id, channel)] = dataclasses.replace(row, **changes)  # type: ignore[arg-type]
+        if row.state is NotificationState.PENDING:
+            self.t.outbox[(event_id, channel)] = dataclasses.replace(row, **changes)  # type: ignore[arg-type]
+
+    def _pending_row(self, event: Event, channel: str, not_before: datetime | None) -> Notification:
+        return Notification(
+            event_id=event.id,
+            channel=channel,
+            event=str(event.event),
+            job=event.job,
+            run_id=event.run_id,
+            created_at=event.at,
+            state=NotificationState.PENDING,
+            attempts=0,
+            next_attempt_at=not_before,
+            last_error=None,
+            last_attempt_at=None,
+            sent_at=None,
+            summary_id=None,
+            epoch=self.epoch,
+            document=event.to_json(),
+        )
 
     def apply(self, intent: i.Intent, epoch: int) -> int | None:
         """Apply one intent under `epoch`; for a NewRun, the id when its row was new."""
@@ -273,28 +298,9 @@ class _Transaction:
                 t.warnings.setdefault((intent.run_id, str(intent.warning)), intent.at)
             case i.NotificationQueued():
                 self._fence()
-                event = intent.event
                 for channel in intent.channels:
-                    t.outbox.setdefault(
-                        (event.id, channel),
-                        Notification(
-                            event_id=event.id,
-                            channel=channel,
-                            event=str(event.event),
-                            job=event.job,
-                            run_id=event.run_id,
-                            created_at=event.at,
-                            state=NotificationState.PENDING,
-                            attempts=0,
-                            next_attempt_at=intent.not_before,
-                            last_error=None,
-                            last_attempt_at=None,
-                            sent_at=None,
-                            summary_id=None,
-                            epoch=self.epoch,
-                            document=event.to_json(),
-                        ),
-                    )
+                    row = self._pending_row(intent.event, channel, intent.not_before)
+                    t.outbox.setdefault((intent.event.id, channel), row)
             case i.NotificationSent():
                 self._update_pending(
                     intent.event_id,
@@ -334,7 +340,12 @@ class _Transaction:
                         next_attempt_at=None,
                     )
             case i.SummaryRecounted():
-                self._update_pending(intent.event.id, intent.channel, document=intent.event.to_json())
+                self._fence()  # an upsert: its insert's trigger fires first
+                if (intent.event.id, intent.channel) not in t.outbox:
+                    row = self._pending_row(intent.event, intent.channel, intent.not_before)
+                    t.outbox[(intent.event.id, intent.channel)] = row
+                else:
+                    self._update_pending(intent.event.id, intent.channel, document=intent.event.to_json())
             case _:
                 raise TypeError(f"not a store intent: {intent!r}")
         return None

@@ -120,6 +120,55 @@ async def test_a_deposed_active_can_neither_queue_nor_mark(backend: Backend, sto
     assert (pending.event_id, pending.state) == ("failed:run:1", NotificationState.PENDING)
 
 
+async def test_a_deposed_deliverer_is_fenced_on_a_row_the_new_active_already_marked(
+    backend: Backend, store: Store
+) -> None:
+    """A mark that moves nothing still meets the fence: otherwise the old deliverer, seeing no error,
+    would go on sending its whole queue again."""
+    await leading(store)
+    summary = Event(id="summary:ops:1", event=EventKind.SUMMARY, at=NOW, count=1, message="1 more")
+    await store.commit([i.NotificationQueued(failed_event(1), ("ops",)), i.NotificationQueued(summary, ("ops",))])
+    successor = await deposed(backend, store)
+    await successor.commit(
+        [i.NotificationSent("failed:run:1", "ops", NOW, 1), i.NotificationSent("summary:ops:1", "ops", NOW, 1)]
+    )
+    later = NOW + timedelta(minutes=1)
+    for mark in (
+        i.NotificationSent("failed:run:1", "ops", later, 1),
+        i.NotificationRetry("failed:run:1", "ops", later, 1, later, "HTTP 503"),
+        i.NotificationFailed("failed:run:1", "ops", later, 1, "HTTP 410"),
+        i.NotificationSuppressed(("failed:run:1",), "ops", "summary:ops:1"),
+        i.SummaryRecounted(Event(id="summary:ops:1", event=EventKind.SUMMARY, at=NOW, count=2), "ops"),
+    ):
+        with pytest.raises(FencedError):
+            await store.commit([mark])
+    # The new active's own late duplicate report still changes nothing, and is not refused.
+    await successor.commit([i.NotificationFailed("failed:run:1", "ops", later, 2, "late")])
+    assert [(n.event_id, n.state, n.attempts) for n in await successor.due_notifications(later)] == []
+
+
+async def test_a_summary_is_queued_by_its_recount_when_its_row_is_missing(store: Store) -> None:
+    """The summary's write is an upsert: suppressed rows never name a summary that does not exist."""
+    await leading(store)
+    await store.commit([i.NotificationQueued(failed_event(n), ("ops",)) for n in (1, 2)])
+    window_end = NOW + timedelta(minutes=5)
+    summary = Event(id="summary:ops:2", event=EventKind.SUMMARY, at=NOW, count=1, message="1 more failed event of j")
+    await store.commit(
+        [
+            i.NotificationSuppressed(("failed:run:2",), "ops", "summary:ops:2"),
+            i.SummaryRecounted(summary, "ops", not_before=window_end),
+        ]
+    )
+    assert await store.next_notification_at() == window_end
+    (due,) = [n for n in await store.due_notifications(window_end) if n.event_id == "summary:ops:2"]
+    assert (due.event, due.state, Event.from_json(due.document)) == ("summary", NotificationState.PENDING, summary)
+    # Recounted again: the same row, rewritten, its time kept.
+    recounted = Event(id="summary:ops:2", event=EventKind.SUMMARY, at=NOW, count=3, message="3 more")
+    await store.commit([i.SummaryRecounted(recounted, "ops", not_before=window_end + timedelta(minutes=1))])
+    (due,) = [n for n in await store.due_notifications(window_end) if n.event_id == "summary:ops:2"]
+    assert Event.from_json(due.document).count == 3
+
+
 async def test_a_failed_commit_queues_no_event(backend: Backend, store: Store) -> None:
     await leading(store)
     await store.commit([fire(1)])

@@ -4,7 +4,9 @@ and failover cases, the real SQLite ledger with an injected clock for backoff an
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,11 +24,13 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from engine.clock import FakeClock
-from engine.errors import FencedError
+from engine.errors import DeliveryError, FencedError
 from engine.model import ChannelSpec, NotificationState, Settings
-from engine.notify.events import Event, EventKind, run_event_id
+from engine.notify.events import Event, EventKind, document, run_event_id
+from engine.outbox.channels import AppriseChannel
 from engine.outbox.deliverer import Deliverer
 from engine.paths import StatePaths
+from engine.run.loop import Scheduler
 from engine.store import intents as i
 from engine.store.abc import LeaderClaim
 from engine.store.sqlite.ledger import Ledger
@@ -217,6 +221,17 @@ async def test_a_channel_that_is_down_keeps_its_events_and_delivers_them_when_it
         await ledger.close()
 
 
+async def test_apprise_says_why_a_send_failed_in_the_row_and_nothing_per_send_in_vigils_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)  # as `vigil up` logs
+    channel = AppriseChannel(ChannelSpec(name="hook", url=JsonReceiver().url(), timeout=5))  # nobody listening
+    with pytest.raises(DeliveryError, match="Connection error"):  # Apprise's warning, kept as the reason
+        await channel.send(document(failed(1).to_json(), epoch=1, log_tail=[]))
+    # Not "Notifying 1 service(s)." nor the warning again on every send.
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("apprise")] == []
+
+
 async def test_a_storm_reaches_the_receiver_as_the_limit_and_one_summary(
     tmp_path: Path, receiver: JsonReceiver
 ) -> None:
@@ -263,6 +278,45 @@ async def test_a_fenced_deliverer_marks_nothing(tmp_path: Path) -> None:
         await deliverer.stop()
         await old.close()
         await new.close()
+
+
+class LedgerWithABugOnce(Ledger):
+    """Its first outbox read fails as a bug would (not a store fault)."""
+
+    bugs = 1
+
+    async def due_notifications(self, now: datetime, limit: int = 100) -> list[Any]:
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug while reading the outbox")
+        return await super().due_notifications(now, limit)
+
+
+async def test_the_scheduler_replaces_a_deliverer_that_failed_unexpectedly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths, out = StatePaths(tmp_path / "state"), tmp_path / "out"
+    (tmp_path / "jobs").mkdir()
+    scheduler = Scheduler(paths, tmp_path / "jobs", store=LedgerWithABugOnce(paths))
+    scheduler.deliverer_restart_delay = 0.05
+    await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
+    scheduler.planner.settings = Settings(channels={"file": ChannelSpec(name="file", command=f"cat >> '{out}'")})
+    await scheduler.store.commit([i.NotificationQueued(failed(1), ("file",))])
+    delivering = asyncio.create_task(scheduler._deliver())
+    try:
+        for _ in range(200):  # 10 s at most
+            if out.exists() and out.read_text().endswith("\n"):
+                break
+            await asyncio.sleep(0.05)
+        assert json.loads(out.read_text())["id"] == "failed:run:1"  # delivered by the deliverer that replaced it
+        assert "the notification deliverer failed; starting a new one in 0.05s" in caplog.text
+        assert "RuntimeError: a bug while reading the outbox" in caplog.text  # with its traceback
+    finally:
+        scheduler.request_stop()
+        if scheduler.deliverer is not None:
+            await scheduler.deliverer.stop()
+        await asyncio.wait_for(delivering, 10)
+        await scheduler.store.close()
 
 
 # ---------------------------------------------------------------- failover

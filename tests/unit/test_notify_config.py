@@ -105,6 +105,8 @@ def test_a_job_naming_an_undeclared_channel_is_an_error_in_its_file(tmp_path: Pa
     assert "definition is invalid" in by_path[str(invalid)].reason
     assert sorted(result.jobs) == ["good"]
     assert result.jobs["good"].notify == ("ops",)
+    # The deliverer keeps the broken channel's pending events waiting instead of giving them up.
+    assert (sorted(result.settings.channels), result.settings.invalid_channels) == (["ops"], {"broken"})
 
 
 def test_a_folder_default_naming_an_undeclared_channel_is_the_folder_files_error(tmp_path: Path) -> None:

@@ -76,6 +76,8 @@ def test_summary_messages_name_kinds_and_the_common_folder() -> None:
     )
     assert scope(["etl/a", "etl2/b"], False) == "all jobs"
     assert scope(["etl/a/x", "etl/a/y"], False) == "etl/a/*"
+    assert scope(["etl/a", "etl/a/x"], False) == "etl/*"  # the folder both are in, not the job "etl/a"
+    assert scope(["etl/ab", "etl/ac"], False) == "etl/*"  # whole segments only
     assert scope([], True) == "the scheduler"
 
 

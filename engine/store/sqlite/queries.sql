@@ -147,33 +147,60 @@ FROM json_each(:channels) WHERE true
 ON CONFLICT (event_id, channel) DO NOTHING;
 
 -- notification_sent --
--- An event was delivered to a channel
-UPDATE notifications SET state = 'sent', sent_at = :at, last_attempt_at = :at, attempts = :attempts,
-    next_attempt_at = NULL, writer_epoch = :epoch
-WHERE event_id = :event_id AND channel = :channel AND state = 'pending';
+-- An event was delivered to a channel. Only a pending row moves, but the row is touched whatever its
+-- state (writer_epoch), so the fencing trigger refuses a deposed deliverer even on a row the new
+-- active already marked (an UPDATE that matches no row fires no trigger)
+UPDATE notifications SET
+    state = CASE WHEN state = 'pending' THEN 'sent' ELSE state END,
+    sent_at = CASE WHEN state = 'pending' THEN :at ELSE sent_at END,
+    last_attempt_at = CASE WHEN state = 'pending' THEN :at ELSE last_attempt_at END,
+    attempts = CASE WHEN state = 'pending' THEN :attempts ELSE attempts END,
+    next_attempt_at = CASE WHEN state = 'pending' THEN NULL ELSE next_attempt_at END,
+    writer_epoch = :epoch
+WHERE event_id = :event_id AND channel = :channel;
 
 -- notification_retry --
--- A delivery failed: the event stays pending until its next attempt
-UPDATE notifications SET attempts = :attempts, next_attempt_at = :next_attempt_at, last_error = :error,
-    last_attempt_at = :at, writer_epoch = :epoch
-WHERE event_id = :event_id AND channel = :channel AND state = 'pending';
+-- A delivery failed: the event stays pending until its next attempt (a row no longer pending is
+-- only touched, for the fencing trigger)
+UPDATE notifications SET
+    attempts = CASE WHEN state = 'pending' THEN :attempts ELSE attempts END,
+    next_attempt_at = CASE WHEN state = 'pending' THEN :next_attempt_at ELSE next_attempt_at END,
+    last_error = CASE WHEN state = 'pending' THEN :error ELSE last_error END,
+    last_attempt_at = CASE WHEN state = 'pending' THEN :at ELSE last_attempt_at END,
+    writer_epoch = :epoch
+WHERE event_id = :event_id AND channel = :channel;
 
 -- notification_failed --
--- Delivery of an event to a channel gave up
-UPDATE notifications SET state = 'failed', attempts = :attempts, next_attempt_at = NULL, last_error = :error,
-    last_attempt_at = :at, writer_epoch = :epoch
-WHERE event_id = :event_id AND channel = :channel AND state = 'pending';
+-- Delivery of an event to a channel gave up (a row no longer pending is only touched, for the
+-- fencing trigger)
+UPDATE notifications SET
+    state = CASE WHEN state = 'pending' THEN 'failed' ELSE state END,
+    attempts = CASE WHEN state = 'pending' THEN :attempts ELSE attempts END,
+    next_attempt_at = CASE WHEN state = 'pending' THEN NULL ELSE next_attempt_at END,
+    last_error = CASE WHEN state = 'pending' THEN :error ELSE last_error END,
+    last_attempt_at = CASE WHEN state = 'pending' THEN :at ELSE last_attempt_at END,
+    writer_epoch = :epoch
+WHERE event_id = :event_id AND channel = :channel;
 
 -- notification_suppressed --
 -- Pending events (a JSON array of ids) a channel's rate limit held back, counted by a summary event
-UPDATE notifications SET state = 'suppressed', summary_id = :summary_id, next_attempt_at = NULL,
+-- (rows no longer pending are only touched, for the fencing trigger)
+UPDATE notifications SET
+    state = CASE WHEN state = 'pending' THEN 'suppressed' ELSE state END,
+    summary_id = CASE WHEN state = 'pending' THEN :summary_id ELSE summary_id END,
+    next_attempt_at = CASE WHEN state = 'pending' THEN NULL ELSE next_attempt_at END,
     writer_epoch = :epoch
-WHERE channel = :channel AND state = 'pending' AND event_id IN (SELECT value FROM json_each(:event_ids));
+WHERE channel = :channel AND event_id IN (SELECT value FROM json_each(:event_ids));
 
 -- summary_recounted --
--- A pending rate-limit summary counts more held-back events: its document is rewritten
-UPDATE notifications SET document = :document, writer_epoch = :epoch
-WHERE event_id = :event_id AND channel = :channel AND state = 'pending';
+-- A channel's rate-limit summary: queued pending (first attempt at :not_before) when absent, else its
+-- document rewritten while it is still pending (the insert's trigger fences a deposed writer)
+INSERT INTO notifications (event_id, channel, event, job, run_id, created_at, state, next_attempt_at, epoch,
+    document, writer_epoch)
+VALUES (:event_id, :channel, :event, :job, :run_id, :created_at, 'pending', :not_before, :epoch, :document, :epoch)
+ON CONFLICT (event_id, channel) DO UPDATE SET
+    document = CASE WHEN state = 'pending' THEN excluded.document ELSE document END,
+    writer_epoch = excluded.writer_epoch;
 
 -- take_leadership --
 -- Raise the epoch above the stored one and the floor, naming the new leader

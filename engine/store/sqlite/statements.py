@@ -254,10 +254,16 @@ def _notification_suppressed(intent: i.NotificationSuppressed, epoch: int) -> Bo
 
 
 def _summary_recounted(intent: i.SummaryRecounted, epoch: int) -> Bound:
+    event = intent.event
     return QUERIES["summary_recounted"], {
-        "event_id": intent.event.id,
+        "event_id": event.id,
         "channel": intent.channel,
-        "document": intent.event.to_json(),
+        "event": str(event.event),
+        "job": event.job,
+        "run_id": event.run_id,
+        "created_at": iso(event.at),
+        "not_before": iso(intent.not_before),
+        "document": event.to_json(),
         "epoch": epoch,
     }
 
