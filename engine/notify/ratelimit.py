@@ -3,8 +3,9 @@ back and counted in one summary event per window, sent when the window ends.
 
 Windows are fixed, not sliding: one opens at the first delivery after the last one ended, so a
 continuous storm gives each channel `rate_limit` events and one summary per window, never a
-trickle of one event per freed slot. A summary and a test event are never limited: they exist
-because of other events.
+trickle of one event per freed slot. A summary and a test event are never limited (they exist
+because of other events), nor is a system event (a failover, a lost agent or standby, a store
+error): one of those is never hidden in a storm of job failures.
 
 The deliverer keeps one `ChannelWindow` per channel (in memory: a new active starts with fresh
 windows, so a failover can let one more `rate_limit` events through). It admits a round's rows on a
@@ -21,9 +22,9 @@ from datetime import datetime, timedelta
 from posixpath import commonprefix, dirname
 
 from engine.model import ChannelSpec, Notification, format_duration
-from engine.notify.events import Event, EventKind
+from engine.notify.events import SYSTEM_EVENTS, Event, EventKind
 
-_UNLIMITED = frozenset({str(EventKind.SUMMARY), str(EventKind.TEST)})
+_UNLIMITED = frozenset({str(EventKind.SUMMARY), str(EventKind.TEST), *map(str, SYSTEM_EVENTS)})
 
 #: How a summary names many events of one kind ("37 more failures of etl/*").
 _PLURALS = {

@@ -60,6 +60,22 @@ def test_summaries_and_test_events_are_never_limited() -> None:
     assert [r.event for r in out.deliver] == ["summary", "test"] and out.suppress == []
 
 
+def test_system_events_are_never_hidden_in_a_storm_of_job_failures() -> None:
+    window = ChannelWindow()
+    storm = [row(n) for n in range(1, 8)]
+    system = [row(90, event=kind, job=None) for kind in ("failover", "standby_lost", "agent_down", "store_error")]
+    out = admit(SPEC, window, [*storm[:4], *system, *storm[4:]], NOW)
+    assert [r.event for r in out.deliver].count("failed") == 3
+    assert [r.event for r in out.deliver if r.event != "failed"] == [
+        "failover",
+        "standby_lost",
+        "agent_down",
+        "store_error",
+    ]
+    assert all(r.event == "failed" for r in out.suppress) and len(out.suppress) == 4
+    assert out.summary is not None and out.summary.message == "4 more failures of etl/load in the last 5m"
+
+
 def test_normal_traffic_is_untouched() -> None:
     window = ChannelWindow()
     for minute in range(0, 60, 5):  # one failure every 5 minutes for an hour
