@@ -81,6 +81,10 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+#: At most this many seconds between two requests of one Apprise channel (see AppriseChannel).
+MAX_REQUEST_SPACING_S = 1.0
+
+
 class _ErrorsToVigilLog(logging.Handler):
     """Apprise's ERROR lines, into vigil's log (as `vigil.outbox.apprise`)."""
 
@@ -117,6 +121,12 @@ class AppriseChannel:
         self._apprise = apprise.Apprise()
         self.accepted = bool(self._apprise.add(spec.url))
         self._schema = spec.url.split("://", 1)[0]
+        self._text = apprise.NotifyFormat.TEXT  # the body is plain lines: mail must not read it as HTML
+        for service in self._apprise:
+            # Apprise paces one service object's requests (5.5 s apart unless the service says
+            # otherwise) and the scheduler keeps one object per channel: 20 mails would take 110 s.
+            # One second apart is still polite; a storm is summarised by the channel's rate limit.
+            service.request_rate_per_sec = min(service.request_rate_per_sec, MAX_REQUEST_SPACING_S)
 
     async def send(self, doc: Mapping[str, Any]) -> None:
         if not self.accepted:
@@ -136,7 +146,9 @@ class AppriseChannel:
 
     def _notify(self, title: str, body: str, severity: str) -> str | None:
         """None when delivered, else Apprise's last warning or error."""
-        result = self._apprise.notify(body=body, title=title, notify_type=severity, timeout=self.timeout)
+        result = self._apprise.notify(
+            body=body, title=title, notify_type=severity, body_format=self._text, timeout=self.timeout
+        )
         if result:
             return None
         problems = [entry.message for entry in result.logs() if entry.level in ("WARNING", "ERROR", "CRITICAL")]

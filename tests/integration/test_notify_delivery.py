@@ -151,6 +151,11 @@ def test_a_failed_run_is_mailed_posted_and_piped_exactly_once(
     (mail,) = smtp.messages
     subject = str(make_header(decode_header(mail["Subject"])))
     assert subject == f"FAILED etl/load (run {run_id}, exit 3, attempt 1 of 1, final)"
+    # Plain text, one line each (read as HTML, the lines ran into one).
+    (plain,) = [part for part in mail.walk() if part.get_content_type() == "text/plain"]
+    lines = plain.get_payload(decode=True).decode().splitlines()
+    assert "loading" in lines and "boom" in lines
+    assert not [part for part in mail.walk() if part.get_content_type() == "text/html"]
     (posted,) = receiver.bodies
     assert posted["title"] == subject and f"id failed:run:{run_id}" in posted["message"]
     assert "boom" in posted["message"]  # the log tail
@@ -164,6 +169,16 @@ def test_a_failed_run_is_mailed_posted_and_piped_exactly_once(
         3,
     )
     assert doc["final"] is True and doc["epoch"] >= 1 and doc["log_tail"] == ["loading", "boom"]
+
+
+async def test_a_burst_of_mails_is_not_paced_five_seconds_apart(smtp: SmtpSink) -> None:
+    channel = AppriseChannel(ChannelSpec(name="mail", url=smtp.url(), timeout=5.0))
+    started = time.monotonic()
+    for run_id in (1, 2, 3):
+        await channel.send(document(failed(run_id).to_json(), epoch=1))
+    # Apprise's own pacing of one service object is 5.5 s by default: three mails would take 11 s.
+    assert time.monotonic() - started < 5.0
+    assert len(smtp.messages) == 3
 
 
 # ---------------------------------------------------------------- the deliverer on the real ledger
