@@ -630,6 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", metavar="FILE", help="the crontab (`-` for standard input, e.g. from `crontab -l`)")
     p.add_argument("--system", action="store_true", help="the /etc/crontab and /etc/cron.d format, with a user field")
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="run a user crontab's jobs as NAME (`user` in the _folder.toml; default: NAME for a spool file "
+        "/var/spool/cron/crontabs/NAME, else the scheduler's user)",
+    )
     p.add_argument("--to", metavar="DIR", help="the job folder to write into (default: --jobs)")
     p.add_argument(
         "--prefix",

@@ -31,7 +31,7 @@ class ShimExecutor:
 
     def launch(self, run: RunInfo, job: JobSpec) -> None:
         account = run_as(job.user)  # checked again here: accounts change after validation
-        env = job_environment(os.environ, account, job.env, euid=os.geteuid())
+        env = job_environment(os.environ, account, dict(job.env), euid=os.geteuid())
         env.update(
             VIGIL_RUN_ID=str(run.id),
             VIGIL_JOB=run.job,

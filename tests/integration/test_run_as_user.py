@@ -66,8 +66,8 @@ def test_the_job_runs_as_the_user_with_its_groups_and_login_environment(
         f'user = "{test_user.name}"\n'
         'env = { FROM_JOB = "yes" }\n'
         'command = "echo name=$(id -un) ruid=$(id -ru); echo groups=$(id -Gn); '
-        'echo home=$HOME user=$USER logname=$LOGNAME shell=$SHELL; '
-        'echo secret=${DB_PASSWORD-unset} lang=$LANG from_job=$FROM_JOB; '
+        "echo home=$HOME user=$USER logname=$LOGNAME shell=$SHELL; "
+        "echo secret=${DB_PASSWORD-unset} lang=$LANG from_job=$FROM_JOB; "
         'echo reopened >>/dev/stderr; touch $HOME/made"\n',
     )
     write_job(jobs_dir, "mine", 'command = "echo name=$(id -un) secret=${DB_PASSWORD-unset}"\n')
@@ -193,3 +193,24 @@ def test_a_running_scheduler_sees_a_user_created_after_it_loaded_the_job(jobs_di
         subprocess.run(["userdel", name], capture_output=True)
     # Removed again: reported again (the scheduler keeps the last valid version; its launch fails with the reason).
     assert [e.reason for e in folder.scan().errors] == [f"no user '{name}' on this host"]
+
+
+def test_a_user_crontab_imported_with_user_runs_as_that_user_with_crons_environment(
+    start_up, state_dir: Path, jobs_dir: Path, test_user: JobUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As `crontab -l -u NAME | vigil import-crontab - --user NAME` does it, run by root.
+    crontab = "0 4 * * * echo name=$(id -un) path=$PATH shell=$SHELL secret=${DB_PASSWORD-unset}\n"
+    imported = subprocess.run(
+        [*VIGIL, "import-crontab", "-", "--user", test_user.name, "--jobs", str(jobs_dir), "--timezone", "UTC"],
+        input=crontab,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert imported.returncode == 0, imported.stderr
+    monkeypatch.setenv("DB_PASSWORD", "s3cret")
+    start_up().wait_active()
+    vigil(state_dir, "run", "crontab/echo")
+    run = wait_state(state_dir, "crontab/echo", {"succeeded", "failed"})
+    log = vigil(state_dir, "logs", str(run["id"]), jobs=jobs_dir).stdout
+    assert f"name={test_user.name} path=/usr/bin:/bin shell=/bin/sh secret=unset" in log
