@@ -1,8 +1,10 @@
 """Which channels an event goes to (pure).
 
 A job's event goes to the job's `notify` channels, or to `[scheduler] notify` when the job sets none;
-a system event (failover, agent down, ...) goes to `[scheduler] notify`. Each channel's `events` filter
-then applies; a name no `[notify.NAME]` declares is dropped (validation reports it).
+a system event (failover, agent down, ...) goes to `[scheduler] notify`. A name no valid
+`[notify.NAME]` declares is dropped (validation reports it, and the job still runs); a job whose
+`notify` names channels of which none is valid falls back to `[scheduler] notify`, so a typo in the
+alerting config does not lose the alert. Each channel's `events` filter then applies.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ def channels_for(event: Event, job: JobSpec | None, settings: Settings) -> tuple
     if event.event in SYSTEM_EVENTS or job is None or job.notify is None:
         names = settings.notify
     else:
-        names = job.notify
+        names = tuple(name for name in job.notify if name in settings.channels)
+        if job.notify and not names:
+            names = settings.notify  # every channel it names is undeclared or invalid: the fallback
     chosen = []
     for name in names:
         channel = settings.channels.get(name)
