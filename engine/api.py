@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,6 +185,19 @@ def broken_job_files(
     return broken
 
 
+def flawed_job_files(root: Path, valid: Collection[str], errors: Iterable[ConfigError]) -> dict[str, str]:
+    """Job files that load but have an error of their own (a `notify` naming a channel that is not
+    valid: alerting config never stops a job), each with its first error."""
+    from engine.config import job_name_of
+
+    flawed: dict[str, str] = {}
+    for err in errors:
+        name = job_name_of(err.path, root)
+        if name in valid:
+            flawed.setdefault(name, err.format())
+    return flawed
+
+
 @dataclass(frozen=True)
 class JobFilesView:
     """One job folder as the next scheduler would load it."""
@@ -193,6 +206,7 @@ class JobFilesView:
     jobs: dict[str, JobSpec]  #: the job files valid now
     broken: dict[str, str]  #: job files invalid now: their first error
     problem: str | None = None  #: (part of) the folder could not be listed: a job missing above may still exist
+    flawed: dict[str, str] = field(default_factory=dict)  #: valid job files with an error: their first error
 
 
 class JobFilesReader:
@@ -208,8 +222,9 @@ class JobFilesReader:
         result = self._loader.scan()
         unlisted = [e for e in result.errors if e.key == "folder" and not e.path.endswith(".toml")]
         broken = broken_job_files(self.folder, result.jobs, result.errors, catalogued)
+        flawed = flawed_job_files(self.folder, result.jobs, result.errors)
         problem = f"{escape(unlisted[0].path)}: {escape(unlisted[0].reason)}" if unlisted else None
-        return JobFilesView(self.folder, dict(result.jobs), broken, problem)
+        return JobFilesView(self.folder, dict(result.jobs), broken, problem, flawed)
 
 
 def catalog_folder(rows: Iterable[JobRow]) -> Path | None:
@@ -229,9 +244,9 @@ def catalog_without_active(
 
     Nothing fires without a scheduler, so a next fire already past is dropped (None). With `files`,
     each job is as its file is now: a valid file gives its schedule and settings (the recorded next
-    fire kept only for an unchanged schedule); an invalid one gives `error`, schedule "invalid" and
-    `loaded` False, since no last valid version is running; a job whose file is gone is left out and
-    a new file is added. Rows come back sorted by name.
+    fire kept only for an unchanged schedule) and its error if it loads with one; an invalid one
+    gives `error`, schedule "invalid" and `loaded` False, since no last valid version is running; a
+    job whose file is gone is left out and a new file is added. Rows come back sorted by name.
     """
     catalog = {row.name: row for row in rows}
 
@@ -257,7 +272,7 @@ def catalog_without_active(
             description=spec.description,
             tags=",".join(spec.tags),
             next_fire=upcoming(row.next_fire) if same and row is not None else None,
-            error=None,
+            error=files.flawed.get(name),
             paused=name in paused,
             loaded=True,
         )

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engine.errors import LaunchError
 from engine.paths import user_name
 
 PASSWD = "/etc/passwd"
+
+#: What a job run as another user keeps of the scheduler's environment (with every LC_* variable):
+#: the rest may be the operator's (an `EnvironmentFile=`'s secrets, systemd's INVOCATION_ID, ...).
+KEPT_FOR_ANOTHER_USER = ("PATH", "LANG", "TZ")
+#: cron's PATH, for a scheduler started without one.
+DEFAULT_PATH = "/usr/bin:/bin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +38,31 @@ class Account:
     shell: str
 
     def login_env(self) -> dict[str, str]:
-        """What login(1) sets from the passwd entry, for the job's environment."""
-        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "SHELL": self.shell or "/bin/sh"}
+        """The login variables of the job's environment, from the passwd entry.
+
+        SHELL is /bin/sh, as cron sets it, not the passwd shell: a service account's is often
+        /usr/sbin/nologin, which would break every job that runs `$SHELL -c ...`.
+        """
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "SHELL": "/bin/sh"}
+
+
+def job_environment(
+    inherited: Mapping[str, str], account: Account | None, job_env: Mapping[str, str], *, euid: int
+) -> dict[str, str]:
+    """A job's environment before the VIGIL_* variables: the base, the login variables, then `env`.
+
+    The base is the scheduler's whole environment (`inherited`) when the job runs as this process's
+    user, and only PATH, LANG, LC_* and TZ from it when the job runs as another user.
+    """
+    if account is None or account.uid == euid:
+        env = dict(inherited)
+    else:
+        env = {k: v for k, v in inherited.items() if k in KEPT_FOR_ANOTHER_USER or k.startswith("LC_")}
+        env.setdefault("PATH", DEFAULT_PATH)
+    if account is not None:
+        env.update(account.login_env())
+    env.update(job_env)
+    return env
 
 
 def find_account(name: str) -> Account | None:

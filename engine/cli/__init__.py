@@ -190,7 +190,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from engine import schedule
-    from engine.api import broken_job_files
+    from engine.api import broken_job_files, flawed_job_files
     from engine.clock import iso
     from engine.config import load_folder
 
@@ -210,6 +210,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     # A job file that is broken now: its first error, and what the active still runs in its place.
     still_run = [name for name, entry in catalog.items() if entry.loaded]
     broken = broken_job_files(jobs_dir, result.jobs, result.errors, catalogued=still_run)
+    flawed = flawed_job_files(jobs_dir, result.jobs, result.errors)  # loaded, with an error (`notify`)
     now = datetime.now(UTC)
     docs = []
     for name in sorted(set(result.jobs) | set(broken)):
@@ -222,7 +223,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
             status = "disabled" if not job.enabled else "paused" if name in paused else "enabled"
             doc |= {"schedule": job.schedule_text, "status": status, "next_fire": iso(nxt)}
-            doc |= {"agent": job.agent, "description": job.description, "error": None}
+            doc |= {"agent": job.agent, "description": job.description, "error": flawed.get(name)}
         else:
             row = catalog.get(name)
             if row is not None and row.loaded:
@@ -241,7 +242,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             [
                 d["name"],
                 d["schedule"] or "-",
-                d["status"],
+                d["status"] if d["error"] is None or d["status"].startswith("error") else f"{d['status']} (error)",
                 _short_time(d["next_fire"]),
                 d["last_state"] or "-",
             ]
@@ -630,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", metavar="FILE", help="the crontab (`-` for standard input, e.g. from `crontab -l`)")
     p.add_argument("--system", action="store_true", help="the /etc/crontab and /etc/cron.d format, with a user field")
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="run a user crontab's jobs as NAME (`user` in the _folder.toml; default: NAME for a spool file "
+        "/var/spool/cron/crontabs/NAME, else the scheduler's user)",
+    )
     p.add_argument("--to", metavar="DIR", help="the job folder to write into (default: --jobs)")
     p.add_argument(
         "--prefix",

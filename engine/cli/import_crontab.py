@@ -17,9 +17,12 @@ from engine.config.crontab import CrontabOptions, folder_name_for, translate
 from engine.errors import VigilError
 from engine.schedule.cron import validate_timezone
 from engine.text import escape, quote
+from engine.users import find_account, run_as_problem
 
 EXIT_OK, EXIT_LEFT_OUT = 0, 1
 _ZONEINFO = "zoneinfo/"
+#: Where cron keeps user crontabs, each named after its owner (Debian; Red Hat; SUSE).
+SPOOL_DIRS = ("/var/spool/cron/crontabs", "/var/spool/cron", "/var/spool/cron/tabs")
 
 
 def host_timezone() -> str | None:
@@ -53,6 +56,27 @@ def _home_of(user: str) -> str | None:
     return home if os.path.isdir(home) else None
 
 
+def spool_owner(path: str) -> str | None:
+    """NAME for a user crontab in cron's spool (/var/spool/cron/crontabs/NAME), else None."""
+    if path == "-":
+        return None
+    where = Path(os.path.abspath(path))
+    return where.name if str(where.parent) in SPOOL_DIRS else None
+
+
+def _run_as(args: argparse.Namespace) -> str | None:
+    """Whom a user crontab's jobs run as: --user, else the owner of a spool file; checked here, before writing."""
+    if args.user is not None and args.system:
+        raise VigilError("--user: a --system crontab names the user on each line")
+    name = args.user if args.user is not None else None if args.system else spool_owner(args.file)
+    if name is None:
+        return None
+    problem = run_as_problem(name, find_account(name), euid=os.geteuid())
+    if problem:
+        raise VigilError(f"--user {quote(name)}: {problem}")
+    return name
+
+
 def _read(path: str) -> str:
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
@@ -79,11 +103,10 @@ def cmd_import_crontab(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise VigilError(f"--timezone: {exc}") from None
     text = _read(args.file)
+    run_as = _run_as(args)
     owner = pwd.getpwuid(os.getuid()).pw_name
-    result = translate(
-        text,
-        CrontabOptions(source=source, system=args.system, timezone=timezone, owner=owner, home_of=_home_of),
-    )
+    options = CrontabOptions(source, args.system, timezone, owner=owner, run_as=run_as, home_of=_home_of)
+    result = translate(text, options)
     root = Path(args.to or args.jobs).resolve()
     folder = root / prefix
     files = result.files()
@@ -102,7 +125,8 @@ def cmd_import_crontab(args: argparse.Namespace) -> int:
     for job in result.jobs:
         print(escape(f"{prefix}/{job.name}  {job.schedule}  (line {job.line})"))
     if result.jobs:
-        print(escape(f"wrote {len(result.jobs)} job(s) to {folder}, cron times in {timezone}{zone_note}"))
+        as_user = f", run as {run_as}" if run_as else ""
+        print(escape(f"wrote {len(result.jobs)} job(s) to {folder}, cron times in {timezone}{zone_note}{as_user}"))
     for problem_line in result.problems:
         print(escape(problem_line.format(source) + " (left out)"), file=sys.stderr)
     if files:

@@ -3,9 +3,12 @@
 Pure: no I/O (the caller passes the zone cron ran in and how to find a user's home). Cron's rules, as
 Vixie cron (Debian's `cron`) applies them, and what each becomes:
 
-- `NAME=value` lines apply to the entries **below** them. Each job gets the environment cron would
-  give it; the pairs every job shares go in the folder's `_folder.toml`, the rest in the job's own
-  file (`env` merges by name, so the job's environment is exactly cron's).
+- `NAME=value` lines apply to the entries **below** them. Each job's `env` holds what cron adds to
+  its environment: cron's defaults `PATH=/usr/bin:/bin` and `SHELL=/bin/sh` unless the crontab sets
+  them, then the crontab's variables; the pairs every job shares go in the folder's `_folder.toml`,
+  the rest in the job's own file (`env` merges by name). The job's environment is not only cron's:
+  it is built on the scheduler's (only PATH, LANG, LC_* and TZ of it with `user`, plus the user's
+  HOME, USER, LOGNAME; docs/jobs.md, "Running a job as another user").
 - `CRON_TZ` (else `TZ`) becomes `timezone`; without either, cron used its host's zone (`timezone`
   given by the caller). `TZ` stays in `env` (cron passes it to the job); `CRON_TZ` and `MAILTO` are
   instructions to cron and do not. `MAILTO` becomes a comment pointing at `notify`.
@@ -15,10 +18,15 @@ Vixie cron (Debian's `cron`) applies them, and what each becomes:
   `\\%` a literal `%`, and a final newline added when the text does not end with one (cron's
   `write_data`). The command becomes `printf '%s' '<stdin>' | {\\n<command>\\n}`: the whole command
   reads those bytes, exactly, as under cron.
-- The system format (`/etc/crontab`, `/etc/cron.d/*`) has a user field: it becomes `user`.
+- The system format (`/etc/crontab`, `/etc/cron.d/*`) has a user field: it becomes `user`. A user
+  crontab runs as its owner (`CrontabOptions.owner`, when given): `user` in the `_folder.toml`.
 - cron runs each job in `$HOME` (the crontab's `HOME=`, else the user's home): `workdir`.
-- A day-of-month or day-of-week written `*/N` makes Vixie cron require both day fields to match;
-  Vigil (like croniter) fires when either does. Such a line is reported, not translated.
+- Vixie cron sets DOM_STAR / DOW_STAR when a day field's first character is `*` (`*`, `*/2`, `*,5`)
+  and then fires on days matching both day fields if either flag is set, else on days matching
+  either. Vigil takes a field as unrestricted only when it is exactly `*`, and otherwise fires on
+  days matching either. The two differ exactly when neither field is `*` and one starts with `*`
+  (`0 0 */2 * 1-5`, `0 0 */2 * */3`): such a line is reported, with a translation the user can
+  write (one day field in `cron`, the other tested in the command), not translated.
 
 Lines that cannot be translated (`@reboot`, a bad field, an unknown zone, no command) are problems
 with their line number; the other lines still become jobs. Imports `engine.config.names`,
@@ -35,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from engine.config.names import NAME_SEGMENT
-from engine.schedule.cron import REBOOT_REASON, validate_cron, validate_timezone
+from engine.schedule.cron import REBOOT_REASON, day_field_values, validate_cron, validate_timezone
 from engine.text import quote
 
 __all__ = [
@@ -52,6 +60,9 @@ __all__ = [
 
 FOLDER_FILE = "_folder.toml"  # the folder package's name for it; not imported, so this module stays light
 _DEFAULT_SHELL = "/bin/sh"
+#: What cron puts in every job's environment unless the crontab sets it (Vixie cron's entry.c:
+#: SHELL=_PATH_BSHELL, PATH=_PATH_DEFPATH; HOME and LOGNAME come from `user`'s login variables).
+_CRON_DEFAULT_ENV = (("SHELL", _DEFAULT_SHELL), ("PATH", "/usr/bin:/bin"))
 _NAME_MAX = 48
 #: Variables cron itself reads: they steer cron and are not passed on as `env`.
 _CRON_ONLY = ("MAILTO", "CRON_TZ")
@@ -81,6 +92,7 @@ class CrontabOptions:
     system: bool = False  #: the /etc/crontab format, with a user field
     timezone: str = "UTC"  #: the zone cron ran in when a line has no CRON_TZ or TZ above it
     owner: str | None = None  #: whose crontab it is (a user crontab): for its home
+    run_as: str | None = None  #: a user crontab's jobs run as this user (`user`), e.g. its owner
     home_of: Callable[[str], str | None] = field(default=lambda _user: None)  #: a user's home directory
 
 
@@ -393,19 +405,40 @@ def _read_entries(text: str, system: bool) -> tuple[list[_Entry], list[CrontabPr
     return entries, problems
 
 
-def _star_step_problem(schedule: str) -> str | None:
-    """Vixie cron's rule for a day field starting with `*` (e.g. `*/2`), where Vigil's differs."""
+def _day_fields_problem(schedule: str, timezone: str) -> str | None:
+    """Why Vigil would fire on other days than Vixie cron for these day fields, and what to write instead.
+
+    Vixie cron ANDs the day fields when either starts with `*` (its DOM_STAR / DOW_STAR flags) and
+    ORs them otherwise; Vigil takes only an exact `*` as unrestricted and ORs restricted fields.
+    """
     fields = schedule.split()
     if len(fields) != 5:
-        return None
+        return None  # a macro: its day fields are `*` or fixed
     dom, dow = fields[2], fields[4]
-    for starred, other, what in ((dom, dow, "day-of-month"), (dow, dom, "day-of-week")):
-        if starred.startswith("*") and starred != "*" and not other.startswith("*"):
-            return (
-                f"{what} {quote(starred)} starts with '*', so cron fires only on days matching both day fields; "
-                "Vigil fires on days matching either: write the days out (e.g. with two jobs)"
-            )
-    return None
+    if dom == "*" or dow == "*" or not (dom.startswith("*") or dow.startswith("*")):
+        return None
+    # Keep one day field in `cron` (the other `*`: both agree on that) and test the starred one.
+    on_dom = dom.startswith("*")
+    tested, what = (dom, "day-of-month") if on_dom else (dow, "day-of-week")
+    kept = fields.copy()
+    kept[2 if on_dom else 4] = "*"
+    problem = (
+        f"{what} {quote(tested)} starts with '*', so cron fires only on days matching both day fields "
+        f"({quote(dom)} and {quote(dow)}); Vigil would fire on days matching either. Write the job "
+        f"with cron = {_toml_string(' '.join(kept))}"
+    )
+    values = day_field_values(tested, day_of_week=not on_dom)
+    if len(values) == (7 if not on_dom else 31):
+        return problem + f" (under cron {quote(tested)} names every day)"
+    if on_dom:
+        pattern, directive = "|".join(f"{day:02d}" for day in sorted(values)), "%d"
+    else:
+        pattern, directive = "[" + "".join(str(day) for day in sorted(values)) + "]", "%w"
+    guard = f'case "$(TZ={timezone} date -d "$VIGIL_SCHEDULED_FOR" +{directive})" in {pattern}) ;; *) exit 0 ;; esac;'
+    return (
+        problem + f" and its command starting with `{guard}` (a run on another day then ends at once, "
+        "succeeded); or, if one day field alone can list the days wanted, that field and '*' in the other"
+    )
 
 
 def _translate_entry(entry: _Entry, options: CrontabOptions) -> _Job | CrontabProblem:
@@ -420,13 +453,13 @@ def _translate_entry(entry: _Entry, options: CrontabOptions) -> _Job | CrontabPr
     except ValueError:
         where = f"{zone_var} at line {entry.env_lines[zone_var]}" if zone_var else "the default zone"
         return CrontabProblem(entry.line, f"{where}: unknown time zone {quote(timezone)}")
-    star_problem = _star_step_problem(schedule)
-    if star_problem:
-        return CrontabProblem(entry.line, star_problem)
     try:
         validate_cron(schedule, timezone)
     except ValueError as exc:
         return CrontabProblem(entry.line, str(exc))
+    days_problem = _day_fields_problem(schedule, timezone)
+    if days_problem:
+        return CrontabProblem(entry.line, days_problem)
     shell_command, rest = split_percent(entry.command)
     if not shell_command.strip():
         return CrontabProblem(entry.line, "no command before the first '%'")
@@ -437,16 +470,18 @@ def _translate_entry(entry: _Entry, options: CrontabOptions) -> _Job | CrontabPr
     shell = env.get("SHELL", _DEFAULT_SHELL)
     command: str | tuple[str, ...] = body if shell == _DEFAULT_SHELL else (shell, "-c", body)
     settings = {"timezone": timezone}
-    user = entry.user or options.owner
-    if entry.user:
-        settings["user"] = entry.user
-    home = env.get("HOME") or (options.home_of(user) if user else None)
+    user = entry.user or options.run_as
+    if user:
+        settings["user"] = user
+    home_user = user or options.owner  # cron's chdir: to the home of whom the job runs as
+    home = env.get("HOME") or (options.home_of(home_user) if home_user else None)
     if home:
         settings["workdir"] = home
     mail: str | None = None
     if "MAILTO" in env:
         mail = _mail_comment(env["MAILTO"], entry.env_lines["MAILTO"])
-    job_env = {name: value for name, value in env.items() if name not in _CRON_ONLY}
+    job_env = {name: value for name, value in _CRON_DEFAULT_ENV if name not in env}
+    job_env.update((name, value) for name, value in env.items() if name not in _CRON_ONLY)
     return _Job(entry, job_name_for(shell_command), schedule, command, settings, job_env, mail)
 
 

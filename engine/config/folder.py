@@ -79,18 +79,24 @@ def job_name_of(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> s
     return rel[:-5] if rel.endswith(".toml") else rel
 
 
-def _target_errors(source: SourceFile, values: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
-    """`agent` naming no valid agent or pool, `notify` naming a channel that is not valid."""
-    errors: list[ConfigError] = []
+def _agent_errors(source: SourceFile, values: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
+    """`agent` naming no valid agent or pool: the job cannot run."""
     agent = values.get("agent")
     if agent is not None and (problem := targets.agents.problem(agent.value)):
-        errors.append(source.error(("agent",), problem))
+        return [source.error(("agent",), problem)]
+    return []
+
+
+def _notify_errors(source: SourceFile, values: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
+    """`notify` naming a channel that is not valid: reported, but the job still loads.
+
+    Alerting config must not stop scheduling: the job's events go to its valid channels, or to
+    `[scheduler] notify` when it names none (engine/notify/routing.py).
+    """
     notify = values.get("notify")
-    if notify is not None:
-        errors.extend(
-            source.error(("notify",), problem) for name in notify.value if (problem := targets.channels.problem(name))
-        )
-    return errors
+    if notify is None:
+        return []
+    return [source.error(("notify",), problem) for name in notify.value if (problem := targets.channels.problem(name))]
 
 
 def format_errors(errors: Iterable[ConfigError]) -> str:
@@ -119,6 +125,8 @@ def _build_spec(
     errors = _whole_job_errors(source, merged, targets)
     if errors:
         return None, errors
+    own = {key: value for key, value in merged.items() if value.source is source}
+    errors = _notify_errors(source, own, targets)  # a `_folder.toml`'s own are its errors
     values = {key: value.value for key, value in merged.items()}
     if "env" in values:
         values["env"] = tuple(sorted(values["env"].items()))
@@ -127,21 +135,21 @@ def _build_spec(
         if at is None:
             where = merged["at"].source
             error = where.error(("at",), f"must be between the years {_AT_FIRST_YEAR} and {_AT_LAST_YEAR} (UTC)")
-            return None, [error]
+            return None, [error, *errors]
         values["at"] = at
-    return JobSpec(name=name, path=str(source.path), **values), []
+    return JobSpec(name=name, path=str(source.path), **values), errors
 
 
 def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
-    """A required key no file sets, the job's own `agent` or `notify` naming what vigil.toml does not
-    declare (a `_folder.toml`'s own are its errors), an `env` too large merged, a `user` this host's
-    scheduler cannot run the job as."""
+    """What keeps the job from loading: a required key no file sets, the job's own `agent` naming what
+    vigil.toml does not declare (a `_folder.toml`'s own are its errors), an `env` too large merged, a
+    `user` this host's scheduler cannot run the job as."""
     errors = [
         ConfigError(source.path, key, "required: set it here or in a _folder.toml above")
         for key in REQUIRED_JOB_KEYS
         if key not in merged
     ]
-    errors.extend(_target_errors(source, {k: v for k, v in merged.items() if v.source is source}, targets))
+    errors.extend(_agent_errors(source, {k: v for k, v in merged.items() if v.source is source}, targets))
     user = merged.get("user")
     if user is not None and "agent" not in merged:
         # On an agent, the agent's privileges decide, when it launches the run.
@@ -427,8 +435,8 @@ class JobFolder:
         # _folder.toml files: their own keys, their agent and notify, their `after` names
         blocked: set[str] = set()
         for rel_dir, source in folders.items():
-            problems = self._folder_problems(source, job_sources)
-            for error in problems:
+            problems, notify_errors = self._folder_problems(source, job_sources)
+            for error in [*problems, *notify_errors]:
                 report(error)
             if problems:
                 blocked.add(rel_dir)
@@ -483,17 +491,20 @@ class JobFolder:
             self._targets = targets
             self._targets_version += 1
 
-    def _folder_problems(self, source: SourceFile, jobs: Mapping[str, SourceFile]) -> list[ConfigError]:
+    def _folder_problems(
+        self, source: SourceFile, jobs: Mapping[str, SourceFile]
+    ) -> tuple[list[ConfigError], list[ConfigError]]:
+        """A `_folder.toml`'s errors that keep its jobs from loading, and its `notify` errors, which do not."""
         if source.syntax_error is not None:
-            return [source.syntax_error]
+            return [source.syntax_error], []
         values, errors = self._own_values(source)
-        errors = [*errors, *_target_errors(source, values, self._targets)]
+        errors = [*errors, *_agent_errors(source, values, self._targets)]
         after = values.get("after")
         if after is not None:
             errors.extend(
                 source.error(("after",), f"job {quote(up)} does not exist") for up in after.value if up not in jobs
             )
-        return errors
+        return errors, _notify_errors(source, values, self._targets)
 
     @staticmethod
     def _own_values(source: SourceFile) -> tuple[dict[str, Value], list[ConfigError]]:

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,10 @@ from engine.text import describe, quote
 __all__ = [
     "MAX_RATE_LIMIT",
     "SETTINGS_FILE",
-    "AgentTargets",
-    "ChannelTargets",
+    "DeclaredNames",
     "Targets",
+    "agent_targets",
+    "channel_targets",
     "load_settings",
     "parse_settings",
 ]
@@ -60,9 +61,12 @@ _HTTP_KEYS = ("listen",)
 
 
 @dataclass(frozen=True)
-class AgentTargets:
-    """What an `agent =` key may name: declared agents and pools, and those declared but invalid."""
+class DeclaredNames:
+    """What a job key may name in vigil.toml (`agent =`, `notify =`): the names declared validly, and
+    those declared but invalid, with the words its errors use."""
 
+    what: str  #: "agent or pool", "channel"
+    tables: tuple[str, ...]  #: the tables that declare such a name: ("agents", "pools"), ("notify",)
     valid: frozenset[str] = frozenset()
     invalid: frozenset[str] = frozenset()
 
@@ -70,38 +74,30 @@ class AgentTargets:
         if name in self.valid:
             return None
         if name in self.invalid:
-            return f"agent or pool {quote(name)} is declared in {SETTINGS_FILE} but its definition is invalid"
-        known = ", ".join(sorted(self.valid)) or "none declared"
-        return (
-            f"unknown agent or pool {quote(name)} (declare [agents.{name}] or [pools.{name}] in {SETTINGS_FILE};"
-            f" known: {known})"
-        )
-
-
-@dataclass(frozen=True)
-class ChannelTargets:
-    """What a `notify =` key may name: declared channels, and those declared but invalid."""
-
-    valid: frozenset[str] = frozenset()
-    invalid: frozenset[str] = frozenset()
-
-    def problem(self, name: str) -> str | None:
-        if name in self.valid:
-            return None
-        if name in self.invalid:
-            return f"channel {quote(name)} is declared in {SETTINGS_FILE} but its definition is invalid"
+            return f"{self.what} {quote(name)} is declared in {SETTINGS_FILE} but its definition is invalid"
         close = difflib.get_close_matches(name, sorted(self.valid), n=1)
         hint = f"did you mean {quote(close[0])}? " if close else ""
+        declare = " or ".join(f"[{table}.{name}]" for table in self.tables)
         known = ", ".join(sorted(self.valid)) or "none declared"
-        return f"unknown channel {quote(name)} ({hint}declare [notify.{name}] in {SETTINGS_FILE}; known: {known})"
+        return f"unknown {self.what} {quote(name)} ({hint}declare {declare} in {SETTINGS_FILE}; known: {known})"
+
+
+def agent_targets(valid: frozenset[str] = frozenset(), invalid: frozenset[str] = frozenset()) -> DeclaredNames:
+    """What an `agent =` key may name: declared agents and pools."""
+    return DeclaredNames("agent or pool", ("agents", "pools"), valid, invalid)
+
+
+def channel_targets(valid: frozenset[str] = frozenset(), invalid: frozenset[str] = frozenset()) -> DeclaredNames:
+    """What a `notify =` key may name: declared channels."""
+    return DeclaredNames("channel", ("notify",), valid, invalid)
 
 
 @dataclass(frozen=True)
 class Targets:
     """The names job keys refer to in vigil.toml: `agent =` and `notify =`."""
 
-    agents: AgentTargets = AgentTargets()
-    channels: ChannelTargets = ChannelTargets()
+    agents: DeclaredNames = field(default_factory=agent_targets)
+    channels: DeclaredNames = field(default_factory=channel_targets)
 
 
 _Report = Callable[[tuple[str, ...], str], None]
@@ -130,8 +126,8 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
     scheduler = _parse_scheduler(_table(data, "scheduler"), bad)
     agents, pools, invalid = _parse_targets(data, root_abs, bad)
     channels, invalid_channels = _parse_channels(_table(data, "notify"), bad)
-    channel_targets = ChannelTargets(frozenset(channels), frozenset(invalid_channels))
-    scheduler["notify"] = _declared_notify(scheduler.get("notify", ()), channel_targets, bad)
+    channel_names = channel_targets(frozenset(channels), frozenset(invalid_channels))
+    scheduler["notify"] = _declared_notify(scheduler.get("notify", ()), channel_names, bad)
     http_listen = _parse_http(_table(data, "http"), bad)
     settings = Settings(
         **scheduler,
@@ -143,8 +139,8 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
         http_listen=http_listen,
     )
     targets = Targets(
-        AgentTargets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))),
-        channel_targets,
+        agent_targets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))),
+        channel_names,
     )
     errors.sort(key=lambda error: error.line or 0)
     return settings, errors, targets
@@ -392,15 +388,16 @@ _CHANNEL_CHECKS: Mapping[str, Callable[[object], Any]] = {
 }
 
 
-def _declared_notify(names: tuple[str, ...], channels: ChannelTargets, bad: _Report) -> tuple[str, ...]:
-    """`[scheduler] notify` without the names no valid channel has, each reported."""
+def _declared_notify(names: tuple[str, ...], channels: DeclaredNames, bad: _Report) -> tuple[str, ...]:
+    """`[scheduler] notify` without the undeclared names, each bad name reported. A channel declared
+    but invalid stays: its events are queued and wait for its definition to be fixed."""
     kept = []
     for name in names:
         problem = channels.problem(name)
-        if problem is None:
-            kept.append(name)
-        else:
+        if problem is not None:
             bad(("scheduler", "notify"), problem)
+        if problem is None or name in channels.invalid:
+            kept.append(name)
     return tuple(kept)
 
 

@@ -18,7 +18,7 @@ from engine.exec.local import LocalExecutor, gather_evidence
 from engine.exec.port import Adopted, Adoption, RunContext, RunInfo
 from engine.exec.reconcile import Action, decide
 from engine.model import JobSpec, Settings
-from engine.users import run_as
+from engine.users import job_environment, run_as
 
 
 class ShimExecutor:
@@ -31,10 +31,7 @@ class ShimExecutor:
 
     def launch(self, run: RunInfo, job: JobSpec) -> None:
         account = run_as(job.user)  # checked again here: accounts change after validation
-        env = dict(os.environ)
-        if account is not None:
-            env.update(account.login_env())  # the job's own `env` may still set these
-        env.update(job.env)
+        env = job_environment(os.environ, account, dict(job.env), euid=os.geteuid())
         env.update(
             VIGIL_RUN_ID=str(run.id),
             VIGIL_JOB=run.job,

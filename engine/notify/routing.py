@@ -1,8 +1,13 @@
 """Which channels an event goes to (pure).
 
 A job's event goes to the job's `notify` channels, or to `[scheduler] notify` when the job sets none;
-a system event (failover, agent down, ...) goes to `[scheduler] notify`. Each channel's `events` filter
-then applies; a name no `[notify.NAME]` declares is dropped (validation reports it).
+a system event (failover, agent down, ...) goes to `[scheduler] notify`. Each channel's `events`
+filter then applies. A typo in the alerting config must not lose an alert (validation reports it,
+and the job still runs):
+- a channel declared in vigil.toml but invalid still gets the event: it waits in the outbox until its
+  definition is fixed (the deliverer gives it up after a day, like any undeliverable event);
+- a name nothing declares is dropped; a job none of whose channels is valid also goes to
+  `[scheduler] notify`, so someone hears of it now.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ def channels_for(event: Event, job: JobSpec | None, settings: Settings) -> tuple
         names = settings.notify
     else:
         names = job.notify
-    chosen = []
-    for name in names:
+        if job.notify and not any(name in settings.channels for name in job.notify):
+            names = (*names, *settings.notify)  # none of its channels can deliver now: the fallback too
+    chosen: list[str] = []
+    for name in dict.fromkeys(names):
         channel = settings.channels.get(name)
         if channel is None:
+            if name in settings.invalid_channels:  # its filter is unknown: it gets everything, later
+                chosen.append(name)
             continue
         if channel.events is not None and event.event not in _UNFILTERED and str(event.event) not in channel.events:
             continue

@@ -37,6 +37,7 @@ __all__ = [
     "MACROS",
     "REBOOT_REASON",
     "ZonedCron",
+    "day_field_values",
     "floor_ts",
     "load_zone",
     "require_aware",
@@ -407,6 +408,11 @@ def _parse_cron(expr: str) -> _CronSpec:
     if spec.next_match(datetime(2000, 1, 1)) is None:
         raise ValueError("never fires: no real date matches its day-of-month, month and day-of-week")
     return spec
+
+
+def day_field_values(text: str, *, day_of_week: bool) -> frozenset[int]:
+    """The days a day-of-month (1-31) or day-of-week (0-6, Sunday 0) field names (ValueError if bad)."""
+    return _parse_field(_DOW if day_of_week else _DOM, text).values
 
 
 def _expand_macro(text: str) -> str:

@@ -368,3 +368,37 @@ def test_the_active_killed_mid_delivery_and_the_standby_delivers_the_same_event(
     doc = json.loads(line)
     assert doc["id"] == row["event_id"] and doc["id"].startswith("failed:run:")
     assert row["attempts"] == 1  # the first attempt was never recorded: the new active's is the first
+
+
+# ---------------------------------------------------------------- a broken channel config
+
+
+def test_a_job_naming_a_broken_channel_still_runs_and_alerts_the_scheduler_channels(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "events.jsonl"
+    (jobs_dir / "vigil.toml").write_text(
+        "[scheduler]\nnotify = ['file']\n"
+        f"[notify.file]\ncommand = \"cat >> '{out}'\"\n"
+        "[notify.ops]\ncommand = 'cat'\ntimeout = 0\n"  # one bad key: the channel is invalid
+    )
+    job = write_job(jobs_dir, "etl/load", 'command = "exit 3"\nnotify = ["ops"]\n')
+    check = vigil(state_dir, "validate", jobs=jobs_dir, check=False)
+    assert check.returncode == 1
+    assert f"{job}:2: notify: channel 'ops' is declared in vigil.toml but its definition is invalid" in check.stdout
+    assert "2 error(s); 1 valid job(s)" in check.stderr
+    up = start_up()
+    up.wait_active()
+    vigil(state_dir, "run", "etl/load")  # loaded: the operator can run it
+    row = wait_for(lambda: [r for r in outbox(state_dir) if r["state"] == "sent"], 15, what="the fallback delivery")[0]
+    assert row["channel"] == "file" and row["event"] == "failed"
+    assert json.loads(out.read_text().splitlines()[0])["job"] == "etl/load"
+    # The active's catalog row: loaded, with the error (what the dashboard shows as "error").
+    reader = SqliteReader(StatePaths(state_dir))
+    try:
+        catalog = {r.name: r for r in reader.jobs()}
+    finally:
+        reader.close()
+    assert catalog["etl/load"].loaded and "notify: channel 'ops'" in (catalog["etl/load"].error or "")
+    (doc,) = vigil_json(state_dir, "jobs", jobs=jobs_dir)
+    assert doc["status"] == "enabled" and "notify: channel 'ops'" in doc["error"]

@@ -43,7 +43,9 @@ def test_user() -> Iterator[JobUser]:
     home = Path(tempfile.mkdtemp(prefix="vigil-home-"))
     subprocess.run(["groupadd", group], check=True, capture_output=True)
     try:
-        useradd = ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", "--user-group"]
+        # A service account's shell: the job still gets SHELL=/bin/sh, as under cron.
+        nologin = shutil.which("nologin") or "/usr/sbin/nologin"
+        useradd = ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", nologin, "--user-group"]
         subprocess.run([*useradd, "--groups", group, name], check=True, capture_output=True)
         try:
             shutil.chown(home, name, name)
@@ -56,16 +58,22 @@ def test_user() -> Iterator[JobUser]:
 
 
 def test_the_job_runs_as_the_user_with_its_groups_and_login_environment(
-    start_up, state_dir: Path, jobs_dir: Path, test_user: JobUser
+    start_up, state_dir: Path, jobs_dir: Path, test_user: JobUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_job(
         jobs_dir,
         "who",
         f'user = "{test_user.name}"\n'
+        'env = { FROM_JOB = "yes" }\n'
         'command = "echo name=$(id -un) ruid=$(id -ru); echo groups=$(id -Gn); '
-        'echo home=$HOME user=$USER logname=$LOGNAME; echo reopened >>/dev/stderr; touch $HOME/made"\n',
+        "echo home=$HOME user=$USER logname=$LOGNAME shell=$SHELL; "
+        "echo secret=${DB_PASSWORD-unset} lang=$LANG from_job=$FROM_JOB; "
+        'echo reopened >>/dev/stderr; touch $HOME/made"\n',
     )
-    write_job(jobs_dir, "mine", 'command = "echo name=$(id -un)"\n')
+    write_job(jobs_dir, "mine", 'command = "echo name=$(id -un) secret=${DB_PASSWORD-unset}"\n')
+    # The scheduler's own variables (e.g. an EnvironmentFile='s secret) are not the other user's.
+    monkeypatch.setenv("DB_PASSWORD", "s3cret")
+    monkeypatch.setenv("LANG", "C.UTF-8")
     up = start_up()
     up.wait_active()
     vigil(state_dir, "run", "who")
@@ -76,11 +84,13 @@ def test_the_job_runs_as_the_user_with_its_groups_and_login_environment(
     assert f"name={test_user.name} ruid={test_user.uid}" in log
     groups = log.split("groups=", 1)[1].split("\n", 1)[0].split()
     assert sorted(groups) == sorted({test_user.name, test_user.group})  # initgroups: not root's groups
-    assert f"home={test_user.home} user={test_user.name} logname={test_user.name}" in log
+    assert f"home={test_user.home} user={test_user.name} logname={test_user.name} shell=/bin/sh" in log
+    assert "secret=unset lang=C.UTF-8 from_job=yes" in log
     assert "reopened" in log  # /dev/stderr opened again as the user: the log is the job's to write
     assert (test_user.home / "made").stat().st_uid == test_user.uid
     mine = wait_state(state_dir, "mine", {"succeeded"})
-    assert "name=root" in vigil(state_dir, "logs", str(mine["id"]), jobs=jobs_dir).stdout  # no user: no switch
+    # No user: no switch, and the scheduler's whole environment.
+    assert "name=root secret=s3cret" in vigil(state_dir, "logs", str(mine["id"]), jobs=jobs_dir).stdout
     # The shim itself stayed the scheduler's: its files are root's, owner-only.
     run_dir = state_dir / "runs" / str(run["id"])
     assert (run_dir / "exit").stat().st_uid == 0 and (run_dir / "exit").read_text().startswith("exit=0 ")
@@ -144,11 +154,13 @@ def test_validate_names_file_and_key_for_an_unknown_user_and_a_non_root_schedule
 
 
 def test_on_an_agent_the_agents_privileges_decide(
-    start_up, agents, state_dir: Path, jobs_dir: Path, test_user: JobUser
+    start_up, agents, state_dir: Path, jobs_dir: Path, test_user: JobUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("AGENT_SECRET", "s3cret")  # the agent's own variable, not the job user's
     agent = agents("a1").start()
     write_settings(jobs_dir, {"a1": {"url": agent.url}})
-    write_job(jobs_dir, "remote", f'agent = "a1"\nuser = "{test_user.name}"\ncommand = "echo name=$(id -un)"\n')
+    remote = 'command = "echo name=$(id -un) secret=${AGENT_SECRET-unset} shell=$SHELL"\n'
+    write_job(jobs_dir, "remote", f'agent = "a1"\nuser = "{test_user.name}"\n{remote}')
     # Not checked on the scheduler's host (the account may exist only where the agent runs) ...
     write_job(jobs_dir, "ghost", 'agent = "a1"\nuser = "vigil-no-such-user"\ncommand = "true"\n')
     assert vigil(state_dir, "validate", jobs=jobs_dir, check=False).returncode == 0
@@ -158,7 +170,8 @@ def test_on_an_agent_the_agents_privileges_decide(
     vigil(state_dir, "run", "ghost")
     run = wait_state(state_dir, "remote", {"succeeded", "failed", "unknown"})
     assert run["state"] == "succeeded"
-    assert f"name={test_user.name}" in vigil(state_dir, "logs", str(run["id"]), jobs=jobs_dir).stdout
+    log = vigil(state_dir, "logs", str(run["id"]), jobs=jobs_dir).stdout
+    assert f"name={test_user.name} secret=unset shell=/bin/sh" in log
     # ... but the agent refuses to start what it cannot run, with the reason.
     ghost = wait_state(state_dir, "ghost", {"succeeded", "failed", "unknown"})
     assert ghost["state"] == "failed"
@@ -180,3 +193,24 @@ def test_a_running_scheduler_sees_a_user_created_after_it_loaded_the_job(jobs_di
         subprocess.run(["userdel", name], capture_output=True)
     # Removed again: reported again (the scheduler keeps the last valid version; its launch fails with the reason).
     assert [e.reason for e in folder.scan().errors] == [f"no user '{name}' on this host"]
+
+
+def test_a_user_crontab_imported_with_user_runs_as_that_user_with_crons_environment(
+    start_up, state_dir: Path, jobs_dir: Path, test_user: JobUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As `crontab -l -u NAME | vigil import-crontab - --user NAME` does it, run by root.
+    crontab = "0 4 * * * echo name=$(id -un) path=$PATH shell=$SHELL secret=${DB_PASSWORD-unset}\n"
+    imported = subprocess.run(
+        [*VIGIL, "import-crontab", "-", "--user", test_user.name, "--jobs", str(jobs_dir), "--timezone", "UTC"],
+        input=crontab,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert imported.returncode == 0, imported.stderr
+    monkeypatch.setenv("DB_PASSWORD", "s3cret")
+    start_up().wait_active()
+    vigil(state_dir, "run", "crontab/echo")
+    run = wait_state(state_dir, "crontab/echo", {"succeeded", "failed"})
+    log = vigil(state_dir, "logs", str(run["id"]), jobs=jobs_dir).stdout
+    assert f"name={test_user.name} path=/usr/bin:/bin shell=/bin/sh secret=unset" in log

@@ -161,8 +161,12 @@ def test_a_user_crontab_with_env_zones_mail_stdin_and_macros(tmp_path: Path) -> 
         "(a restart or a failover starts one too); start the command from a systemd unit (Type=oneshot, "
         "WantedBy=multi-user.target) instead (left out)",
         f"{path}:11: cron '61 * * * *': minute field '61': 61 is out of range (allowed 0-59) (left out)",
-        f"{path}:12: day-of-month '*/2' starts with '*', so cron fires only on days matching both day fields; "
-        "Vigil fires on days matching either: write the days out (e.g. with two jobs) (left out)",
+        f"{path}:12: day-of-month '*/2' starts with '*', so cron fires only on days matching both day fields "
+        "('*/2' and '1'); Vigil would fire on days matching either. Write the job with cron = \"0 0 * * 1\" and "
+        'its command starting with `case "$(TZ=Asia/Tokyo date -d "$VIGIL_SCHEDULED_FOR" +%d)" in '
+        "01|03|05|07|09|11|13|15|17|19|21|23|25|27|29|31) ;; *) exit 0 ;; esac;` (a run on another day then "
+        "ends at once, succeeded); or, if one day field alone can list the days wanted, that field and '*' "
+        "in the other (left out)",
         f"{path}:13: not a cron entry: expected 5 time fields (or a macro), a command (left out)",
         f"{path}:16: CRON_TZ at line 15: unknown time zone '' (left out)",
     ]
@@ -171,9 +175,9 @@ def test_a_user_crontab_with_env_zones_mail_stdin_and_macros(tmp_path: Path) -> 
     jobs = load_folder(jobs_dir).jobs
     assert sorted(jobs) == ["ann/backup", "ann/load.py", "ann/send.sh"]
     backup, send, load = jobs["ann/backup"], jobs["ann/send.sh"], jobs["ann/load.py"]
-    # env lines apply below them: STAGE reaches only the job after it, by its own file.
-    assert dict(backup.env) == {"PATH": "/usr/local/bin:/usr/bin:/bin"} == dict(send.env)
-    assert dict(load.env) == {"PATH": "/usr/local/bin:/usr/bin:/bin", "STAGE": "late"}
+    # env lines apply below them: STAGE reaches only the job after it, by its own file. SHELL: cron's.
+    assert dict(backup.env) == {"SHELL": "/bin/sh", "PATH": "/usr/local/bin:/usr/bin:/bin"} == dict(send.env)
+    assert dict(load.env) == {"SHELL": "/bin/sh", "PATH": "/usr/local/bin:/usr/bin:/bin", "STAGE": "late"}
     assert "STAGE" in Path(load.path).read_text() and "STAGE" not in Path(backup.path).read_text()
     # CRON_TZ is the schedule's zone, per line; MAILTO a comment pointing at notify, not env.
     assert (backup.timezone, send.timezone, load.timezone) == ("America/New_York", "America/New_York", "Asia/Tokyo")
@@ -196,12 +200,78 @@ def test_different_zones_and_env_go_in_each_job_file_and_shared_ones_in_the_fold
         CrontabOptions(source="t", timezone="UTC"),
     )
     assert result.problems == ()
-    assert "timezone" not in result.folder_text and "[env]" not in result.folder_text  # nothing shared by all
+    assert "timezone" not in result.folder_text and "A =" not in result.folder_text  # not shared by all
+    assert 'PATH = "/usr/bin:/bin"' in result.folder_text  # cron's default: every job's
     one, two, three = (job.text for job in result.jobs)
     assert 'timezone = "UTC"' in one and 'timezone = "Europe/Paris"' in two and 'timezone = "Europe/Paris"' in three
     assert 'A = "1"' in one and "B" not in one
     assert 'A = "1"' in two and 'B = "2"' in two
     assert 'A = "3"' in three
+
+
+def test_a_job_gets_crons_default_path_and_shell_unless_the_crontab_sets_them() -> None:
+    # cron gives every job PATH=/usr/bin:/bin and SHELL=/bin/sh: a migrated job must not see a longer PATH.
+    (plain,) = translate("* * * * * backup\n", CrontabOptions(source="t")).jobs
+    assert load_text(plain.text, translate("* * * * * backup\n", CrontabOptions(source="t")).folder_text) == {
+        "SHELL": "/bin/sh",
+        "PATH": "/usr/bin:/bin",
+    }
+    own = translate("PATH=/opt/bin\nSHELL=/bin/bash\n* * * * * backup\n", CrontabOptions(source="t"))
+    assert load_text(own.jobs[0].text, own.folder_text) == {"PATH": "/opt/bin", "SHELL": "/bin/bash"}
+
+
+def load_text(job_text: str, folder_text: str) -> dict[str, str]:
+    """The env a job file and its _folder.toml give together (env merges by name)."""
+    import tomllib
+
+    return {**tomllib.loads(folder_text).get("env", {}), **tomllib.loads(job_text).get("env", {})}
+
+
+@pytest.mark.parametrize(
+    ("days", "reported"),
+    [
+        ("*/2 * 1-5", True),  # cron: odd days that are weekdays
+        ("1-15 * */2", True),
+        ("*/2 * */3", True),  # both starred: cron ANDs them too
+        ("*/1 * 1", True),  # every day AND Monday: Mondays; Vigil would fire daily
+        ("*,15 * 1", True),  # cron looks at the first character only
+        ("*/2 * *", False),  # the other is `*`: both fire on odd days
+        ("* * */2", False),
+        ("1,15 * 1", False),  # neither starred: cron ORs them, as Vigil does
+        ("* * *", False),
+    ],
+)
+def test_day_fields_cron_reads_otherwise_are_reported(days: str, reported: bool) -> None:
+    result = translate(f"0 0 {days} echo x\n", CrontabOptions(source="t"))
+    assert (len(result.problems), len(result.jobs)) == ((1, 0) if reported else (0, 1))
+    if reported:
+        assert "so cron fires only on days matching both day fields" in result.problems[0].reason
+        assert "two jobs" not in result.problems[0].reason  # two jobs fire on either day: not cron's AND
+
+
+@pytest.mark.parametrize(
+    "schedule", ["0 0 */2 * 1-5", "30 6 */2 * */3", "0 12 1-10 * */2", "0 0 */3 * 0,6", "0 0 */1 * 2"]
+)
+def test_the_suggested_job_fires_on_crons_days(tmp_path: Path, schedule: str) -> None:
+    """The report's `cron` and guard, run for real by /bin/sh on each fire, give Vixie cron's days
+    (croniter with day_or=False: both day fields must match)."""
+    (problem,) = translate(f"{schedule} echo x\n", CrontabOptions(source="t", timezone="Asia/Tokyo")).problems
+    suggested = re.search(r'cron = "([^"]+)"', problem.reason)
+    assert suggested
+    guard = re.search(r"`(case .*esac;)`", problem.reason)
+    job = JobSpec(name="j", path="j.toml", command="true", cron=suggested.group(1), timezone="Asia/Tokyo")
+    fires = preview(job, START, 60)
+    if guard:  # none for `*/1`: its suggestion alone is cron's
+        ran = []
+        for fire in fires:
+            env = {"PATH": "/usr/bin:/bin", "VIGIL_SCHEDULED_FOR": fire.isoformat()}
+            done = subprocess.run(["/bin/sh", "-c", guard.group(1) + " echo ran"], env=env, capture_output=True)
+            if done.stdout == b"ran\n":
+                ran.append(fire)
+        fires = ran
+    it = croniter(schedule, START.astimezone(ZoneInfo("Asia/Tokyo")), day_or=False)
+    expected = [it.get_next(datetime).astimezone(UTC) for _ in range(len(fires))]
+    assert len(fires) > 3 and [f.astimezone(UTC) for f in fires] == expected
 
 
 def test_a_shell_other_than_sh_runs_the_command() -> None:
@@ -215,6 +285,40 @@ def test_the_system_format_needs_a_user_field() -> None:
         (1, "not a cron entry: expected 5 time fields (or a macro), a user and a command")
     ]
     assert 'user = "nobody"' in result.folder_text
+
+
+def test_a_user_crontab_runs_as_the_user_given_or_as_a_spool_files_owner(tmp_path: Path, monkeypatch) -> None:
+    from engine.cli import import_crontab
+
+    crontab = tmp_path / "copied"
+    crontab.write_text("0 1 * * * backup\n0 2 * * * rotate\n")
+    code, out, _ = run_cli("import-crontab", str(crontab), "--user", "nobody", "--to", str(tmp_path / "a"))
+    assert code == 0 and "run as nobody" in out
+    folder_file = (tmp_path / "a" / "copied" / "_folder.toml").read_text()
+    assert 'user = "nobody"' in folder_file
+    assert {job.user for job in load_folder(tmp_path / "a").jobs.values()} == {"nobody"}
+    # Without --user, a copied file's jobs run as the scheduler's user ...
+    assert run_cli("import-crontab", str(crontab), "--to", str(tmp_path / "b"))[0] == 0
+    assert {job.user for job in load_folder(tmp_path / "b").jobs.values()} == {None}
+    # ... and a file in cron's spool as its owner, whose name it has.
+    spool = tmp_path / "spool"
+    (spool / "crontabs").mkdir(parents=True)
+    (spool / "crontabs" / "nobody").write_text("0 1 * * * backup\n")
+    monkeypatch.setattr(import_crontab, "SPOOL_DIRS", (str(spool / "crontabs"),))
+    assert import_crontab.spool_owner(str(spool / "crontabs" / "nobody")) == "nobody"
+    assert import_crontab.spool_owner("-") is None and import_crontab.spool_owner(str(crontab)) is None
+    assert run_cli("import-crontab", str(spool / "crontabs" / "nobody"), "--to", str(tmp_path / "c"))[0] == 0
+    assert load_folder(tmp_path / "c").jobs["nobody/backup"].user == "nobody"
+
+
+def test_a_bad_user_is_one_vigil_line_and_nothing_is_written(tmp_path: Path) -> None:
+    crontab = tmp_path / "copied"
+    crontab.write_text("0 1 * * * backup\n")
+    code, _, err = run_cli("import-crontab", str(crontab), "--user", "vigil-no-such-user", "--to", str(tmp_path / "j"))
+    assert (code, err) == (1, "vigil: --user 'vigil-no-such-user': no user 'vigil-no-such-user' on this host\n")
+    assert not (tmp_path / "j").exists()
+    code, _, err = run_cli("import-crontab", str(crontab), "--system", "--user", "nobody", "--to", str(tmp_path))
+    assert (code, err) == (1, "vigil: --user: a --system crontab names the user on each line\n")
 
 
 def test_names_are_unique_valid_and_say_what_runs() -> None:

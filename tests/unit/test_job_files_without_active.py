@@ -58,3 +58,13 @@ def test_without_files_only_past_next_fires_are_dropped(tmp_path: Path) -> None:
     rows = [_row(tmp_path, "past", "every 2s", -1), _row(tmp_path, "ahead", "every 1m", 1)]
     out = {r.name: r for r in catalog_without_active(rows, None, set(), NOW)}
     assert out["past"].next_fire is None and out["ahead"].next_fire == rows[1].next_fire
+
+
+def test_a_job_that_loads_with_a_notify_error_shows_it_and_stays_loaded(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "load.toml").write_text('every = "1m"\ncommand = "true"\nnotify = ["opz"]\n')
+    view = JobFilesReader(jobs).read()
+    (row,) = catalog_without_active([], view, set(), NOW)
+    assert (row.schedule, row.loaded) == ("every 1m", True)  # it still runs: alerting config never stops a job
+    assert row.error is not None and "load.toml:3: notify: unknown channel 'opz'" in row.error

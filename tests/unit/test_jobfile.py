@@ -359,13 +359,16 @@ def test_unknown_agent_and_declared_agent_or_pool(tmp_path: Path) -> None:
         agents = ["a1"]
         """,
     )
-    bad = write(tmp_path, "bad.toml", 'command = "true"\n\nagent = "a2"\n')
+    bad = write(tmp_path, "bad.toml", 'command = "true"\n\nagent = "a11"\n')
     write(tmp_path, "to_agent.toml", 'command = "true"\nagent = "a1"\n')
     write(tmp_path, "to_pool.toml", 'command = "true"\nagent = "p"\n')
     result = load_folder(tmp_path)
     error = only_error(result.errors, bad)
     assert (error.key, error.line) == ("agent", 3)
-    assert "unknown agent or pool 'a2'" in error.reason and "a1, p" in error.reason
+    assert error.reason == (
+        "unknown agent or pool 'a11' (did you mean 'a1'? declare [agents.a11] or [pools.a11] in vigil.toml; "
+        "known: a1, p)"
+    )
     assert sorted(result.jobs) == ["to_agent", "to_pool"]
 
 

@@ -93,7 +93,7 @@ def test_a_bad_url_is_not_echoed_in_the_error(tmp_path: Path) -> None:
     assert len(errors) == 1 and "s3cret" not in errors[0].reason
 
 
-def test_a_job_naming_an_undeclared_channel_is_an_error_in_its_file(tmp_path: Path) -> None:
+def test_a_job_naming_an_undeclared_channel_is_an_error_in_its_file_but_still_loads(tmp_path: Path) -> None:
     write(tmp_path, "vigil.toml", "[notify.ops]\ncommand = 'true'\n[notify.broken]\nurl = 'nope'\n")
     bad = write(tmp_path, "etl/load.toml", 'command = "true"\n\nnotify = ["ops", "opz"]\n')
     invalid = write(tmp_path, "etl/other.toml", 'command = "true"\nnotify = ["broken"]\n')
@@ -103,10 +103,58 @@ def test_a_job_naming_an_undeclared_channel_is_an_error_in_its_file(tmp_path: Pa
     assert (by_path[str(bad)].key, by_path[str(bad)].line) == ("notify", 3)
     assert "unknown channel 'opz' (did you mean 'ops'?" in by_path[str(bad)].reason
     assert "definition is invalid" in by_path[str(invalid)].reason
-    assert sorted(result.jobs) == ["good"]
-    assert result.jobs["good"].notify == ("ops",)
+    # Alerting config does not stop scheduling: every job loads (its events go where they can).
+    assert sorted(result.jobs) == ["etl/load", "etl/other", "good"]
+    assert result.jobs["etl/load"].notify == ("ops", "opz")
     # The deliverer keeps the broken channel's pending events waiting instead of giving them up.
     assert (sorted(result.settings.channels), result.settings.invalid_channels) == (["ops"], {"broken"})
+
+
+def test_one_bad_channel_setting_does_not_stop_the_jobs_that_name_it(tmp_path: Path) -> None:
+    """The case reported: one bad `timeout` in [notify.ops] gave "0 valid job(s)"."""
+    write(
+        tmp_path,
+        "vigil.toml",
+        "[scheduler]\nnotify = ['mail']\n[notify.mail]\ncommand = 'cat'\n[notify.ops]\ncommand = 'cat'\ntimeout = 0\n",
+    )
+    write(tmp_path, "etl/_folder.toml", 'notify = ["ops"]\n')
+    for name in ("a", "b"):
+        write(tmp_path, f"etl/{name}.toml", 'command = "true"\ncron = "0 * * * *"\n')
+    result = load_folder(tmp_path)
+    assert sorted(result.jobs) == ["etl/a", "etl/b"]
+    assert sorted((e.path.rsplit("/", 1)[1], e.key) for e in result.errors) == [
+        ("_folder.toml", "notify"),  # where the name is written
+        ("vigil.toml", "notify.ops.timeout"),  # and why the channel is invalid
+    ]
+    assert result.settings.notify == ("mail",) and "ops" not in result.settings.channels
+
+
+def test_a_scheduler_notify_naming_an_invalid_channel_keeps_it_to_hold_its_events(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "vigil.toml",
+        "[scheduler]\nnotify = ['ops', 'pager']\n[notify.ops]\ncommand = 'cat'\n[notify.pager]\nurl = 'nope'\n",
+    )
+    settings, errors = load_settings(tmp_path)
+    # The broken one stays named: its events wait in the outbox until its definition is fixed.
+    assert settings.notify == ("ops", "pager") and settings.invalid_channels == {"pager"}
+    assert [(e.key, e.line) for e in errors] == [("scheduler.notify", 2), ("notify.pager.url", 6)]
+    assert "channel 'pager' is declared in vigil.toml but its definition is invalid" in errors[0].reason
+
+
+def test_vigil_validate_lists_a_notify_error_and_exits_1(tmp_path: Path) -> None:
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from engine.cli import main
+
+    job = write(tmp_path, "job.toml", 'command = "true"\nnotify = ["ghost"]\n')
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["validate", str(tmp_path)])
+    assert code == 1
+    assert f"{job}:2: notify: unknown channel 'ghost'" in out.getvalue()
+    assert "1 error(s); 1 valid job(s)" in err.getvalue()
 
 
 def test_a_folder_default_naming_an_undeclared_channel_is_the_folder_files_error(tmp_path: Path) -> None:
@@ -114,14 +162,16 @@ def test_a_folder_default_naming_an_undeclared_channel_is_the_folder_files_error
     write(tmp_path, "etl/load.toml", 'command = "true"\n')
     result = load_folder(tmp_path)
     assert [(e.path, e.key) for e in result.errors] == [(str(folder), "notify")]
-    assert result.jobs == {}
+    assert list(result.jobs) == ["etl/load"]  # the folder's other keys still apply to its jobs
 
 
-def test_declaring_the_channel_later_makes_the_job_valid(tmp_path: Path) -> None:
+def test_declaring_the_channel_later_clears_the_error(tmp_path: Path) -> None:
     from engine.config import JobFolder
 
     write(tmp_path, "job.toml", 'command = "true"\nnotify = ["ops"]\n')
     folder = JobFolder(tmp_path)
-    assert folder.scan().jobs == {}
+    first = folder.scan()
+    assert list(first.jobs) == ["job"] and [e.key for e in first.errors] == ["notify"]
     write(tmp_path, "vigil.toml", "[notify.ops]\ncommand = 'cat'\n")
-    assert list(folder.scan().jobs) == ["job"]
+    second = folder.scan()
+    assert list(second.jobs) == ["job"] and second.errors == []

@@ -39,3 +39,26 @@ def test_system_events_go_to_the_scheduler_channels_whatever_the_job_says() -> N
     assert channels_for(event(EventKind.AGENT_DOWN, job=None), None, many) == ("ops",)
     # A summary of held-back events passes any filter.
     assert channels_for(event(EventKind.SUMMARY, job=None), None, many) == ("ops", "pager")
+
+
+def test_a_job_whose_channels_are_all_invalid_falls_back_to_the_scheduler_channels() -> None:
+    # A typo in the alerting config must not lose the job's alerts.
+    typo = JobSpec(name="etl/load", path="x", command="true", notify=("opz",))
+    assert channels_for(event(EventKind.FAILED), typo, SETTINGS) == ("ops",)
+    # One valid channel is enough: the job's own choice stands (with its filter) and there is no fallback.
+    partly = JobSpec(name="etl/load", path="x", command="true", notify=("opz", "pager"))
+    assert channels_for(event(EventKind.FAILED), partly, SETTINGS) == ("pager",)
+    assert channels_for(event(EventKind.LATE), partly, SETTINGS) == ()
+    # Without a valid [scheduler] notify either, there is nowhere to send it.
+    assert channels_for(event(EventKind.FAILED), typo, Settings(channels=SETTINGS.channels)) == ()
+
+
+def test_a_channel_declared_but_invalid_still_gets_its_events_to_hold_until_it_is_fixed() -> None:
+    # [notify.mail] has a typo (say, events = ["faild"]): its events wait in the outbox, and the job's
+    # alert also reaches [scheduler] notify now, since none of its channels can deliver.
+    broken = Settings(notify=("ops", "mail"), channels=SETTINGS.channels, invalid_channels=frozenset({"mail"}))
+    only_mail = JobSpec(name="etl/load", path="x", command="true", notify=("mail",))
+    assert channels_for(event(EventKind.FAILED), only_mail, broken) == ("mail", "ops")
+    assert channels_for(event(EventKind.FAILOVER, job=None), None, broken) == ("ops", "mail")
+    both = JobSpec(name="etl/load", path="x", command="true", notify=("mail", "pager"))
+    assert channels_for(event(EventKind.FAILED), both, broken) == ("mail", "pager")

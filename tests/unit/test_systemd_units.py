@@ -36,6 +36,8 @@ def test_each_unit_is_notify_watchdog_restart_and_never_kills_running_jobs(name:
     assert service["WatchdogSec"] and service["Restart"] == ["on-failure"]
     # Only the main process is signalled on stop/restart: the shims and jobs are left running.
     assert service["KillMode"] == ["process"]
+    # A job the OOM killer kills in the unit's cgroup must not make systemd stop the scheduler.
+    assert service["OOMPolicy"] == ["continue"]
     command = "agent" if "agent" in name else "up"
     assert service["ExecStart"][0].split()[1] == command
 

@@ -9,7 +9,7 @@ from engine.agents.server.service import _validate_dispatch
 from engine.errors import LaunchError
 from engine.exec.local import switch_user_argv
 from engine.paths import user_name
-from engine.users import Account, find_account, run_as, run_as_problem
+from engine.users import Account, find_account, job_environment, run_as, run_as_problem
 
 ALICE = Account("alice", 1000, 1000, "/home/alice", "/bin/bash")
 
@@ -37,9 +37,50 @@ def test_an_unknown_user_is_named() -> None:
         run_as("vigil-surely-no-such-user")
 
 
-def test_the_job_gets_the_login_environment_of_its_user() -> None:
-    assert ALICE.login_env() == {"HOME": "/home/alice", "USER": "alice", "LOGNAME": "alice", "SHELL": "/bin/bash"}
-    assert Account("svc", 5, 5, "/", "").login_env()["SHELL"] == "/bin/sh"
+def test_the_job_gets_the_login_environment_of_its_user_with_crons_shell() -> None:
+    assert ALICE.login_env() == {"HOME": "/home/alice", "USER": "alice", "LOGNAME": "alice", "SHELL": "/bin/sh"}
+    # A service account's passwd shell refuses logins: `$SHELL -c ...` in a job would fail with it.
+    assert Account("www-data", 33, 33, "/var/www", "/usr/sbin/nologin").login_env()["SHELL"] == "/bin/sh"
+
+
+SCHEDULERS = {
+    "PATH": "/usr/local/bin:/usr/bin",
+    "LANG": "C.UTF-8",
+    "LC_TIME": "de_DE.UTF-8",
+    "TZ": "Europe/Berlin",
+    "DB_PASSWORD": "s3cret",  # from the unit's EnvironmentFile=
+    "INVOCATION_ID": "0123abcd",
+    "JOURNAL_STREAM": "8:1234",
+    "HOME": "/root",
+    "USER": "root",
+}
+
+
+def test_a_job_run_as_another_user_gets_none_of_the_schedulers_other_variables() -> None:
+    env = job_environment(SCHEDULERS, ALICE, {"DATASET": "orders"}, euid=0)
+    assert env == {
+        "PATH": "/usr/local/bin:/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_TIME": "de_DE.UTF-8",
+        "TZ": "Europe/Berlin",
+        "HOME": "/home/alice",
+        "USER": "alice",
+        "LOGNAME": "alice",
+        "SHELL": "/bin/sh",
+        "DATASET": "orders",
+    }
+
+
+def test_the_jobs_env_comes_last_and_a_missing_path_is_crons() -> None:
+    env = job_environment({}, ALICE, {"SHELL": "/bin/bash", "HOME": "/srv/alice"}, euid=0)
+    assert env["PATH"] == "/usr/bin:/bin"
+    assert (env["SHELL"], env["HOME"], env["USER"]) == ("/bin/bash", "/srv/alice", "alice")
+
+
+def test_a_job_run_as_the_schedulers_own_user_keeps_its_environment() -> None:
+    assert job_environment(SCHEDULERS, None, {"X": "1"}, euid=0) == {**SCHEDULERS, "X": "1"}
+    own = job_environment(SCHEDULERS, ALICE, {}, euid=1000)  # `user` naming itself: no switch
+    assert own["DB_PASSWORD"] == "s3cret" and own["USER"] == "alice"
 
 
 def test_the_switch_is_setpriv_with_ids_and_initgroups(tmp_path) -> None:

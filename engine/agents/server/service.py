@@ -37,7 +37,7 @@ from engine.exec.port import ShimExit
 from engine.exec.reconcile import Action, decide
 from engine.ids import MAX_ROW_ID
 from engine.paths import StatePaths, ensure_private_dir
-from engine.users import run_as
+from engine.users import job_environment, run_as
 
 log = logging.getLogger("vigil.agent")
 
@@ -198,10 +198,7 @@ class AgentService:
         except LaunchError as exc:
             self._finish(run_id, UNKNOWN, None, str(exc), END_FAILED)
             return
-        env = dict(os.environ)
-        if account is not None:
-            env.update(account.login_env())
-        env.update(spec.get("env") or {})
+        env = job_environment(os.environ, account, spec.get("env") or {}, euid=os.geteuid())
         env.update(
             VIGIL_RUN_ID=str(run_id),
             VIGIL_JOB=str(row["job"]),
