@@ -484,6 +484,7 @@ class Planner:
                 reason=reason,
                 attempt=info.attempt,
                 retries=job.retries if job is not None else 0,
+                retryable=schedule.retryable(state),
                 at=now,
             )
         else:
