@@ -88,10 +88,10 @@ def test_a_percent_threshold_follows_the_median_of_recent_successes(
     took.write_text("0.2")
     write_job(jobs_dir, "grow", f'warn_if_longer = "300%"\ncommand = "sleep $(cat {took})"\n')
     start_up().wait_active()
-    for _ in range(3):
+    for _ in range(5):  # a percentage applies from the fifth success on
         run_id = start_run(state_dir, "grow")
         wait_for(lambda run_id=run_id: run_of(state_dir, run_id)["state"] == "succeeded", 10)
-    assert outbox(state_dir, "longer") == []  # the first ran with no history: no threshold yet
+    assert outbox(state_dir, "longer") == []  # the first ran with too short a history: no threshold yet
     took.write_text("4")
     slow = start_run(state_dir, "grow")
     (longer,) = wait_for(lambda: outbox(state_dir, "longer"), 10, what="a longer event")

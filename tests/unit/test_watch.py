@@ -207,7 +207,7 @@ def test_a_percentage_is_of_the_median_of_recent_successes_and_each_success_join
     w = Watch()
     w.scan(job(every=100.0, warn_if_longer=Threshold(percent=200.0)))
     assert w.planner.watch.histories_wanted(w.planner.jobs) == ["j"]
-    w.planner.watch.set_history("j", [10.0, 12.0, 8.0])  # newest first, as the store reads them
+    w.planner.watch.set_history("j", [10.0, 12.0, 8.0, 9.0, 11.0])  # newest first, as the store reads them
     assert w.planner.watch.histories_wanted(w.planner.jobs) == []
     (run,) = w.fire(0.5)
     w.look()
@@ -216,12 +216,31 @@ def test_a_percentage_is_of_the_median_of_recent_successes_and_each_success_join
     assert longer.threshold_s == 20.0
     assert (
         longer.reason
-        == "running for 20.0s, past warn_if_longer = 200% of the median 10.0s of the last 3 successes (20.0s)"
+        == "running for 20.0s, past warn_if_longer = 200% of the median 10.0s of the last 5 successes (20.0s)"
     )
-    w.end(run.id, seconds=20)  # a 40 s success joins the history: median of 40, 10, 12, 8 is 11
+    w.end(run.id, seconds=20)  # a 40 s success joins the history: median of 40, 10, 12, 8, 9, 11 is 10.5
     assert len(w.fire(60)) == 1
     w.look()
-    assert w.due_in() == 22.0
+    assert w.due_in() == 21.0
+
+
+def test_a_percentage_needs_five_successes_before_it_applies() -> None:
+    # One quick first success would otherwise make every normal run "longer" than 200% of it.
+    w = Watch()
+    w.scan(job(every=100.0, warn_if_longer=Threshold(percent=200.0), warn_if_shorter=Threshold(percent=50.0)))
+    w.planner.watch.set_history("j", [1.0, 1.0, 1.0])
+    (run,) = w.fire(0.5)
+    assert w.look(10) == [] and w.due_in() is None  # 10 s is 1000% of the median, but 3 runs are no median
+    assert events(w.end(run.id, seconds=0)) == []  # 10 s, the 4th success
+    (run,) = w.fire(90)
+    assert events(w.end(run.id, seconds=0.1)) == []  # 0.1 s, neither shorter: the 5th success
+    (run,) = w.fire(99.9)
+    w.look()
+    assert w.due_in() == 2.0  # five successes: 200% of their median, 1 s
+    (longer,) = w.look(2)
+    assert longer.reason == (
+        "running for 2.0s, past warn_if_longer = 200% of the median 1.0s of the last 5 successes (2.0s)"
+    )
 
 
 def test_a_percentage_with_no_history_sets_no_threshold() -> None:
@@ -256,11 +275,11 @@ def test_a_success_under_warn_if_shorter_is_warned_with_its_end() -> None:
 def test_a_quick_failure_or_a_long_enough_success_is_not_shorter() -> None:
     w = Watch()
     w.scan(job(every=100.0, warn_if_shorter=Threshold(percent=50.0)))
-    w.planner.watch.set_history("j", [10.0])
+    w.planner.watch.set_history("j", [10.0] * 5)
     (run,) = w.fire(0.5)
     assert events(w.end(run.id, exit_code=1, seconds=1)) == []  # failed: never "shorter"
     (run,) = w.fire(100)
     assert events(w.end(run.id, seconds=5)) == []  # exactly half of 10 s: not under it
     (run,) = w.fire(95)
-    (shorter,) = events(w.end(run.id, seconds=2))  # median of 5 and 10 is 7.5, half is 3.75
-    assert shorter.threshold_s == 3.75
+    (shorter,) = events(w.end(run.id, seconds=4.9))  # median of 5 and five 10s is 10, half is 5
+    assert shorter.threshold_s == 5.0
