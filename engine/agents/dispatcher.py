@@ -644,6 +644,7 @@ class AgentDispatcher:
             # Only `failed` is taken from the agent (e.g. "could not start"), as a local run would end;
             # anything else, or an older agent without end_state, stays `unknown`.
             state=RunState.FAILED if exit_code is None and status.failed_without_exit else None,
+            ended_at=agent_end(info.started_at, status),
         )
         flight.phase = Phase.REPORTED
         link.ack_pending.add(info.id)
@@ -963,6 +964,16 @@ class AgentDispatcher:
             elif self._healthy(flight.member or "") and now >= flight.kill_retry_at:
                 flight.kill_retry_at = now + self.ctx.settings().agent_poll_interval
                 self._spawn(self._send_kill(flight))
+
+
+def agent_end(started: datetime | None, status: RunStatus) -> datetime | None:
+    """When an agent's run ended, on the scheduler's record: its start as recorded plus the duration
+    the agent measured (both of its times are on its own clock, which may be off ours). None when the
+    agent does not say; the planner then dates the end when it learns of it."""
+    agent_start, agent_end = parse_iso(status.started_at), parse_iso(status.ended_at)
+    if started is None or agent_start is None or agent_end is None or agent_end < agent_start:
+        return None
+    return started + (agent_end - agent_start)
 
 
 def _store_log(run_dir: Path, data: bytes) -> None:

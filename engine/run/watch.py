@@ -176,16 +176,21 @@ class RunWatch:
             out.append(self._longer_warning(info, job, now, limit, ran, "running for"))
         return out
 
-    def ended(self, info: RunInfo, job: JobSpec | None, state: RunState, now: datetime) -> list[Warned]:
+    def ended(
+        self, info: RunInfo, job: JobSpec | None, state: RunState, now: datetime, ended_at: datetime
+    ) -> list[Warned]:
         """A run's end: `longer` if it ran past the limit before the timer looked, `shorter` if it
-        succeeded too soon. Compared with the history before this run; a success then joins it."""
+        succeeded too soon. Compared with the history before this run; a success then joins it.
+
+        `now` dates the warnings; `ended_at` (at most `now`) is when the run really ended: one that
+        ended while no scheduler was active ran until then, not through the outage."""
         self._unstarted.pop(info.id, None)
         warned_longer = (info.id, RunWarning.LONGER) in self._warned
         for warning in RunWarning:  # the run is over: nothing more is raised on it
             self._warned.discard((info.id, warning))
         if job is None or info.started_at is None:
             return []
-        ran = max(0.0, (now - info.started_at).total_seconds())
+        ran = max(0.0, (ended_at - info.started_at).total_seconds())
         out: list[Warned] = []
         longer = self.limit(job.name, job.warn_if_longer)
         if longer is not None and ran > longer and not warned_longer:

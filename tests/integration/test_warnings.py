@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,27 @@ def test_a_success_quicker_than_warn_if_shorter_is_warned_with_its_end(
     table = vigil(state_dir, "runs", "--job", "quick").stdout
     header, row = table.splitlines()
     assert header.split()[8] == "WARN" and row.split()[8] == "shorter"
+
+
+def test_a_run_that_ends_while_no_scheduler_is_up_keeps_its_real_end(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    # The scheduler is SIGKILLed while the job runs; the job ends 1.5 s in, the scheduler comes back
+    # seconds later. The run ended when its shim recorded the exit, not when it was seen: no `longer`
+    # for a run of 1.5 s against warn_if_longer = 3s, however long the outage.
+    setup(jobs_dir, tmp_path)
+    ended = tmp_path / "ended"
+    write_job(jobs_dir, "nightly", f'warn_if_longer = "3s"\ncommand = "sleep 1.5; date +%s.%N > {ended}"\n')
+    first = start_up()
+    first.wait_active()
+    run_id = start_run(state_dir, "nightly")
+    wait_for(lambda: run_of(state_dir, run_id)["state"] == "running", 10, what="the run to start")
+    first.kill9()
+    wait_for(lambda: ended.exists() and ended.read_text().strip(), 10, what="the job to end")
+    job_end = datetime.fromtimestamp(float(ended.read_text()), UTC)
+    time.sleep(3)  # the outage: past warn_if_longer from the run's start
+    start_up().wait_active()
+    run = wait_for(lambda: (r := run_of(state_dir, run_id))["state"] == "succeeded" and r, 10, what="its end")
+    recorded = datetime.fromisoformat(run["ended_at"])
+    assert abs((recorded - job_end).total_seconds()) < 1.0, (recorded, job_end)
+    assert run["warnings"] == [] and outbox(state_dir, "longer") == []

@@ -70,11 +70,13 @@ class Watch:
         self.planner.watch_runs(self.clock.now(), self.clock.monotonic(), batch)
         return events(batch)
 
-    def end(self, run_id: int, exit_code: int = 0, seconds: float = 0.0) -> Batch:
+    def end(self, run_id: int, exit_code: int = 0, seconds: float = 0.0, *, ended_at: datetime | None = None) -> Batch:
+        """Time passes and the run's end is handled; `ended_at`: when its executor says it ended."""
         if seconds:
             self.clock.advance(seconds)
         batch = Batch()
-        self.planner.handle_finished([ShimExit(run_id, exit_code, None, None, None)], self.clock.now(), batch)
+        result = ShimExit(run_id, exit_code, None, None, None, ended_at=ended_at)
+        self.planner.handle_finished([result], self.clock.now(), batch)
         return batch
 
     def due_in(self) -> float | None:
@@ -201,6 +203,37 @@ def test_a_run_that_ended_past_the_limit_before_the_loop_looked_is_warned_at_its
     assert longer.reason == "ran for 31.0s, past warn_if_longer = 30s"
     assert any(isinstance(intent, i.RunFinished) for intent in end.intents)  # same transaction as its end
     assert w.look() == []
+
+
+def finished_at(batch: Batch) -> datetime:
+    (finished,) = [intent for intent in batch.intents if isinstance(intent, i.RunFinished)]
+    return finished.ended_at
+
+
+def test_a_run_that_ended_during_an_outage_ran_until_its_end_not_until_it_was_seen() -> None:
+    # A 10 s run whose end is handled an hour later (the scheduler was down): not `longer`, and
+    # its 10 s, not 3610 s, join the history of a percentage threshold.
+    w = Watch()
+    w.scan(job(every=3600.0, warn_if_longer=Threshold(seconds=30.0), warn_if_shorter=Threshold(percent=50.0)))
+    w.planner.watch.set_history("j", [10.0, 10.0, 10.0, 40.0, 40.0])
+    (run,) = w.fire(0.5)
+    real_end = w.clock.now() + timedelta(seconds=10)
+    end = w.end(run.id, seconds=3600, ended_at=real_end)
+    assert events(end) == []
+    assert finished_at(end) == real_end
+    assert w.planner.watch.median("j") == 10.0  # with 3610 s it would be 25 s
+
+
+def test_a_reported_end_is_bounded_by_the_runs_start_and_now() -> None:
+    w = Watch()
+    w.scan(job(every=3600.0))
+    (run,) = w.fire(0.5)
+    started = w.clock.now()
+    assert finished_at(w.end(run.id, seconds=5, ended_at=started - timedelta(seconds=60))) == started
+    (run,) = w.fire(3595)
+    assert finished_at(w.end(run.id, seconds=5, ended_at=w.clock.now() + timedelta(hours=1))) == w.clock.now()
+    (run,) = w.fire(3595)
+    assert finished_at(w.end(run.id, seconds=5)) == w.clock.now()  # not known: when it is handled
 
 
 def test_a_percentage_is_of_the_median_of_recent_successes_and_each_success_joins_them() -> None:
