@@ -276,7 +276,11 @@ def _give_log(run_dir: Path, uid: int) -> None:
 
 def read_exit_record(run_dir: Path) -> int | None:
     """The exit code from a complete record; a partial or missing record reads as None."""
-    return read_exit(run_dir)[0]
+    try:
+        text = (run_dir / "exit").read_text(errors="replace")
+    except OSError:
+        return None
+    return _exit_code(text) if _complete(text) else None
 
 
 def read_exit(run_dir: Path) -> tuple[int | None, float | None]:
@@ -289,14 +293,22 @@ def read_exit(run_dir: Path) -> tuple[int | None, float | None]:
             written = os.fstat(record.fileno()).st_mtime
     except OSError:
         return None, None
-    if not text.rstrip().endswith(" end"):
+    if not _complete(text):
         return None, None  # the reserved blanks, or a torn write: no end recorded yet
-    if not text.startswith("exit="):
-        return None, written  # "notstarted end": the job could not start, at that time
+    return _exit_code(text), written  # no code ("notstarted end"): the job could not start, then
+
+
+def _complete(record: str) -> bool:
+    return record.rstrip().endswith(" end")
+
+
+def _exit_code(record: str) -> int | None:
+    if not record.startswith("exit="):
+        return None
     try:
-        return int(text[5:].split()[0]), written
+        return int(record[5:].split()[0])
     except (ValueError, IndexError):
-        return None, None
+        return None
 
 
 def read_cpu_seconds(run_dir: Path) -> float | None:
