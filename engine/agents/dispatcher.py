@@ -75,6 +75,9 @@ RESET_EPOCH_HINT = (
 #: a bogus one far up would move the whole installation towards the top of the range (docs/agents.md).
 MAX_EPOCH_JUMP = MAX_RUN_ID_JUMP = 1 << 32
 RESULTS_WAIT = 10.0  #: seconds a results long-poll may wait on the agent
+#: An agent is recorded and announced down (`agent_down`) once unreachable for this many status polls
+#: in a row and this many poll intervals: one lost poll is no alert (nor a pair of down and up).
+DOWN_POLLS = 2
 MAX_AMBIGUOUS_DISPATCHES = 8  #: re-sends of a dispatch without a clear answer before asking, then giving up
 
 
@@ -134,6 +137,8 @@ class AgentLink:
     acking: bool = False
     rebuild: bool = False
     ignored_run_id: int | None = None  #: a bogus max_run_id already warned about
+    down_since: float | None = None  #: monotonic time of the first failed contact since the last answer
+    failed_polls: int = 0  #: status polls failed in a row
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -375,16 +380,33 @@ class AgentDispatcher:
     def _link(self, name: str | None) -> AgentLink | None:
         return self.links.get(name) if name else None
 
-    def _mark_down(self, link: AgentLink, error: str) -> None:
+    def _mark_down(self, link: AgentLink, error: str, *, poll: bool = False) -> None:
+        """A failed contact: no run is sent to the agent until it answers again (at once), but it is
+        recorded and announced down only once that lasts (`_down_long_enough`)."""
         if link.up is not False:
             log.warning("agent %s is down: %s", link.name, error)
         link.up, link.error = False, error
+        if link.down_since is None:
+            link.down_since = self.ctx.clock.monotonic()
+        if poll:
+            link.failed_polls += 1
         self._write_link(link)
+
+    def _down_long_enough(self, link: AgentLink) -> bool:
+        """Unreachable for DOWN_POLLS status polls in a row and DOWN_POLLS poll intervals: not a blip."""
+        if link.down_since is None:
+            return True  # down for what it answered (a stale epoch), not for a lost contact
+        lasted = self.ctx.clock.monotonic() - link.down_since
+        return link.failed_polls >= DOWN_POLLS and lasted >= DOWN_POLLS * self.ctx.settings().agent_poll_interval
 
     def _write_link(self, link: AgentLink) -> None:
         st = link.status if link.up else {}
         up = bool(link.up)
         before = self.recorded_up.get(link.name)
+        if not up and before is not False and not self._down_long_enough(link):
+            # Maybe a blip: the ledger keeps the health it has (that a new active goes by), so that
+            # the record and its agent_down come together, or not at all if the next poll answers.
+            return
         self.recorded_up[link.name] = up
         self.store.defer(
             i.AgentSeen(
@@ -458,7 +480,7 @@ class AgentDispatcher:
         try:
             link.client = AgentClient(link.spec, epoch=self.store.epoch, transport=transport)
         except (AgentError, OSError, ValueError) as exc:  # unreadable token or TLS files
-            self._mark_down(link, f"cannot configure the client: {exc}")
+            self._mark_down(link, f"cannot configure the client: {exc}", poll=True)
             return False
         return True
 
@@ -472,7 +494,7 @@ class AgentDispatcher:
                 except AgentError as exc:
                     if isinstance(exc, AgentRefused) and exc.status == 401:
                         link.rebuild = True  # the token file may have changed
-                    self._mark_down(link, str(exc))
+                    self._mark_down(link, str(exc), poll=True)
                 else:
                     self._on_status(link, status, started)
             await asyncio.sleep(self.ctx.settings().agent_poll_interval)
@@ -480,6 +502,7 @@ class AgentDispatcher:
     def _on_status(self, link: AgentLink, status: dict[str, Any], asked_at: float) -> None:
         came_up = link.up is not True
         link.up, link.error, link.status = True, None, status
+        link.down_since, link.failed_polls = None, 0
         link.last_contact = datetime.now(UTC)
         instance = str(status.get("instance"))
         if link.instance is not None and instance != link.instance:
@@ -644,6 +667,7 @@ class AgentDispatcher:
             # Only `failed` is taken from the agent (e.g. "could not start"), as a local run would end;
             # anything else, or an older agent without end_state, stays `unknown`.
             state=RunState.FAILED if exit_code is None and status.failed_without_exit else None,
+            ended_at=agent_end(info.started_at, status),
         )
         flight.phase = Phase.REPORTED
         link.ack_pending.add(info.id)
@@ -963,6 +987,16 @@ class AgentDispatcher:
             elif self._healthy(flight.member or "") and now >= flight.kill_retry_at:
                 flight.kill_retry_at = now + self.ctx.settings().agent_poll_interval
                 self._spawn(self._send_kill(flight))
+
+
+def agent_end(started: datetime | None, status: RunStatus) -> datetime | None:
+    """When an agent's run ended, on the scheduler's record: its start as recorded plus the duration
+    the agent measured (both of its times are on its own clock, which may be off ours). None when the
+    agent does not say; the planner then dates the end when it learns of it."""
+    agent_start, agent_end = parse_iso(status.started_at), parse_iso(status.ended_at)
+    if started is None or agent_start is None or agent_end is None or agent_end < agent_start:
+        return None
+    return started + (agent_end - agent_start)
 
 
 def _store_log(run_dir: Path, data: bytes) -> None:

@@ -20,8 +20,10 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from engine.clock import Clock, SystemClock
 from engine.errors import LaunchError
 from engine.exec.port import ShimExit
 from engine.exec.procs import GroupState, group_state, signal_group, starttime
@@ -275,13 +277,36 @@ def _give_log(run_dir: Path, uid: int) -> None:
 def read_exit_record(run_dir: Path) -> int | None:
     """The exit code from a complete record; a partial or missing record reads as None."""
     try:
-        text = (run_dir / "exit").read_text()
+        text = (run_dir / "exit").read_text(errors="replace")
     except OSError:
         return None
-    if not text.startswith("exit=") or not text.rstrip().endswith(" end"):
+    return _exit_code(text) if _complete(text) else None
+
+
+def read_exit(run_dir: Path) -> tuple[int | None, float | None]:
+    """The exit code (as `read_exit_record`) and, from a complete record, when it was written (its
+    mtime, a POSIX time): the shim writes it as soon as the job is reaped, so it dates the run's end
+    however late a scheduler reads it. One open, one fstat."""
+    try:
+        with open(run_dir / "exit", "rb") as record:
+            text = record.read().decode(errors="replace")
+            written = os.fstat(record.fileno()).st_mtime
+    except OSError:
+        return None, None
+    if not _complete(text):
+        return None, None  # the reserved blanks, or a torn write: no end recorded yet
+    return _exit_code(text), written  # no code ("notstarted end"): the job could not start, then
+
+
+def _complete(record: str) -> bool:
+    return record.rstrip().endswith(" end")
+
+
+def _exit_code(record: str) -> int | None:
+    if not record.startswith("exit="):
         return None
     try:
-        return int(text[5:].split()[0])
+        return int(record[5:].split()[0])
     except (ValueError, IndexError):
         return None
 
@@ -385,9 +410,11 @@ class LocalExecutor:
         *,
         log_cap: int,
         kill_grace: float,
+        clock: Clock | None = None,
     ) -> None:
         self.paths = paths
         self.on_exit = on_exit
+        self.clock: Clock = clock or SystemClock()  #: the ends it reports are dated on this clock
         self.log_cap = log_cap
         self.kill_grace = kill_grace
         self._watched: dict[int, _Watched] = {}
@@ -654,15 +681,21 @@ class LocalExecutor:
         run_dir = self.paths.run_dir(run_id)
         self._cap_log(run_dir, final=True)
         start_failure = read_start_failure(run_dir)
+        exit_code, written = read_exit(run_dir)
         return ShimExit(
             run_id=run_id,
-            exit_code=read_exit_record(run_dir),
+            exit_code=exit_code,
             job_pid=read_int_file(run_dir / "started"),
             cpu_s=read_cpu_seconds(run_dir),
             peak_rss=peak_rss,
             reason=start_failure,
             state=RunState.FAILED if start_failure else None,
+            ended_at=None if written is None else self._dated(written),
         )
+
+    def _dated(self, posix: float) -> datetime:
+        """A file time on this executor's clock: as long ago as it is on the system's wall clock."""
+        return self.clock.now() - timedelta(seconds=max(0.0, time.time() - posix))
 
     def job_identity(self, run_id: int) -> tuple[int | None, int | None]:
         watched = self._watched.get(run_id)

@@ -53,6 +53,11 @@ class ShimExit:
     peak_rss: int | None
     reason: str | None = None  #: why the outcome is what it is, when there is no exit code
     state: RunState | None = None  #: the run's end without an exit code (e.g. failed, killed); default unknown
+    #: when the run really ended, on the scheduler's clock, if the executor knows (a local run: its
+    #: exit record's time; an agent's: the duration the agent measured); None: when it is reported.
+    #: A run that ended while no scheduler was active is reported only at the takeover. The planner
+    #: bounds it by the run's start and now.
+    ended_at: datetime | None = None
 
 
 class Adopted(StrEnum):

@@ -27,7 +27,9 @@ class ShimExecutor:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         settings = ctx.settings()
-        self.local = LocalExecutor(ctx.paths, ctx.finished, log_cap=settings.log_cap, kill_grace=settings.kill_grace)
+        self.local = LocalExecutor(
+            ctx.paths, ctx.finished, log_cap=settings.log_cap, kill_grace=settings.kill_grace, clock=ctx.clock
+        )
 
     def launch(self, run: RunInfo, job: JobSpec) -> None:
         account = run_as(job.user)  # checked again here: accounts change after validation

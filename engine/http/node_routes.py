@@ -136,7 +136,7 @@ def node_families(snap: NodeSnapshot, stored: StoredView) -> list[Metric]:
         families.append(failovers)
     if stored.error is None:
         agents = GaugeMetricFamily(
-            "vigil_agent_up", "1 if the active's last contact with the agent succeeded", labels=["agent"]
+            "vigil_agent_up", "0 once the active recorded the agent down (2 failed polls), else 1", labels=["agent"]
         )
         for name, up in stored.agents:
             agents.add_metric([name], 1 if up else 0)

@@ -21,7 +21,6 @@ END_EVENTS: dict[RunState, EventKind] = {
     RunState.KILLED: EventKind.KILLED,
     RunState.UNKNOWN: EventKind.UNKNOWN,
 }
-_RETRYABLE = frozenset({RunState.FAILED, RunState.TIMED_OUT})
 
 
 def run_ended(
@@ -33,13 +32,18 @@ def run_ended(
     reason: str | None,
     attempt: int,
     retries: int,
+    retryable: bool,
     at: datetime,
 ) -> Event | None:
-    """The event of a run's final end (no retry follows it), or None for a state that is not announced."""
+    """The event of a run's final end (no retry follows it), or None for a state that is not announced.
+
+    `retryable`: the retry policy retries runs that end this way (the planner says, it decides retries),
+    so this end has spent the job's `retries`; otherwise it was never going to be retried.
+    """
     kind = END_EVENTS.get(state)
     if kind is None:
         return None
-    if state in _RETRYABLE:
+    if retryable:
         attempts = f"after the last of {attempt} attempts" if attempt > 1 else "no retries"
     elif retries > 0:
         attempts = f"attempt {attempt}; a {state} run is not retried"

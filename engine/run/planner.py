@@ -422,13 +422,14 @@ class Planner:
         queued run. Every end of a run comes here (executors, reconciliation, kills, a job gone)."""
         info.state = state
         self.table.forget(info.id, info.job)
+        ended = run_end(result.ended_at if result else None, info.started_at, now)
         batch.intents.append(
             i.RunFinished(
                 run_id=info.id,
                 state=state,
                 reason=reason,
                 exit_code=result.exit_code if result else None,
-                ended_at=now,
+                ended_at=ended,
                 pid=result.job_pid if result else None,
                 cpu_s=result.cpu_s if result else None,
                 peak_rss=result.peak_rss if result else None,
@@ -439,7 +440,7 @@ class Planner:
         retried = job is not None and schedule.should_retry(str(state), info.attempt, job.retries)
         if not retried:  # a failure that is retried is not an outcome yet: nothing is announced
             self._announce_end(info, state, reason, result, job, now, batch)
-        self.warn(batch, self.watch.ended(info, job, state, now))
+        self.warn(batch, self.watch.ended(info, job, state, now, ended))
         if job is not None and state is RunState.SUCCEEDED:
             self.last_success[info.job] = now
             self._trigger_downstream(info.job, now, batch)
@@ -484,6 +485,7 @@ class Planner:
                 reason=reason,
                 attempt=info.attempt,
                 retries=job.retries if job is not None else 0,
+                retryable=schedule.retryable(state),
                 at=now,
             )
         else:
@@ -551,6 +553,14 @@ class Planner:
             row.job,
             iso(row.scheduled_for),
         )
+
+
+def run_end(reported: datetime | None, started: datetime | None, now: datetime) -> datetime:
+    """When a run ended: as its executor dated it (a run that ended while no scheduler was active
+    is reported at the takeover, long after), never before its start nor after now; else now."""
+    if reported is None or reported > now:
+        return now
+    return max(reported, started) if started is not None and started <= now else reported
 
 
 def describe_busy(active: list[int], queued: list[int], job: JobSpec) -> str:

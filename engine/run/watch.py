@@ -34,6 +34,10 @@ from engine.notify.events import Event, EventKind, run_event_id
 from engine.run.table import RunTable
 from engine.store.abc import DURATION_HISTORY
 
+#: Successes needed before a percentage threshold applies: the median of one or two runs is noise
+#: (a first run that warmed a cache would make every later one "longer").
+MIN_HISTORY = 5
+
 #: A run not yet started: what `late_after` watches.
 _NOT_STARTED = frozenset({RunState.PENDING, RunState.WAITING, RunState.LAUNCHING})
 
@@ -96,11 +100,12 @@ class RunWatch:
         self._history[job] = deque(durations[:DURATION_HISTORY], maxlen=DURATION_HISTORY)
 
     def median(self, job: str) -> float | None:
+        """The median of the job's recent successes; None until it has `MIN_HISTORY` of them."""
         history = self._history.get(job)
-        return statistics.median(history) if history else None
+        return statistics.median(history) if history is not None and len(history) >= MIN_HISTORY else None
 
     def limit(self, job: str, threshold: Threshold | None) -> float | None:
-        """A threshold in seconds now; None when unset, or a percentage of a job with no history yet."""
+        """A threshold in seconds now; None when unset, or a percentage of a job with too short a history."""
         return None if threshold is None else threshold.limit(self.median(job))
 
     # ------------------------------------------------------------ open runs
@@ -127,7 +132,7 @@ class RunWatch:
                 del self._unstarted[run_id]
                 job = jobs.get(info.job)
                 limit = self.limit(info.job, job.warn_if_longer if job else None)
-                # No limit (a percentage and no history yet): the run is checked at its end only.
+                # No limit (a percentage and too short a history): the run is checked at its end only.
                 if limit is not None:
                     start = _start_mono(info, now, mono)
                     heapq.heappush(self._longer, (start + limit, run_id, start))
@@ -171,16 +176,21 @@ class RunWatch:
             out.append(self._longer_warning(info, job, now, limit, ran, "running for"))
         return out
 
-    def ended(self, info: RunInfo, job: JobSpec | None, state: RunState, now: datetime) -> list[Warned]:
+    def ended(
+        self, info: RunInfo, job: JobSpec | None, state: RunState, now: datetime, ended_at: datetime
+    ) -> list[Warned]:
         """A run's end: `longer` if it ran past the limit before the timer looked, `shorter` if it
-        succeeded too soon. Compared with the history before this run; a success then joins it."""
+        succeeded too soon. Compared with the history before this run; a success then joins it.
+
+        `now` dates the warnings; `ended_at` (at most `now`) is when the run really ended: one that
+        ended while no scheduler was active ran until then, not through the outage."""
         self._unstarted.pop(info.id, None)
         warned_longer = (info.id, RunWarning.LONGER) in self._warned
         for warning in RunWarning:  # the run is over: nothing more is raised on it
             self._warned.discard((info.id, warning))
         if job is None or info.started_at is None:
             return []
-        ran = max(0.0, (now - info.started_at).total_seconds())
+        ran = max(0.0, (ended_at - info.started_at).total_seconds())
         out: list[Warned] = []
         longer = self.limit(job.name, job.warn_if_longer)
         if longer is not None and ran > longer and not warned_longer:

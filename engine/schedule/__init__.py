@@ -19,6 +19,7 @@ from engine.schedule.policy import (
     overlap_decision,
     plan_missed_fires,
     retry_delay,
+    retryable,
     should_retry,
     upstream_satisfied,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "plan_missed_fires",
     "preview",
     "retry_delay",
+    "retryable",
     "should_retry",
     "trigger_for",
     "upstream_satisfied",

@@ -20,6 +20,7 @@ __all__ = [
     "overlap_decision",
     "plan_missed_fires",
     "retry_delay",
+    "retryable",
     "should_retry",
     "upstream_satisfied",
 ]
@@ -100,9 +101,15 @@ def retry_delay(base_s: float, attempt: int, cap_s: float = 3600.0) -> float:
 _RETRYABLE = frozenset({RunState.FAILED, RunState.TIMED_OUT})
 
 
+def retryable(state: str) -> bool:
+    """A run that ends this way is retried while it has retries left: it failed or timed out, never
+    one an operator killed or whose outcome is unknown."""
+    return str(state) in _RETRYABLE
+
+
 def should_retry(state: str, attempt: int, retries: int) -> bool:
-    """Retry a run that failed or timed out; never one an operator killed or whose outcome is unknown."""
-    return str(state) in _RETRYABLE and attempt <= retries
+    """Retry a run that ended in a retryable state while attempts remain (`retries` beyond the first)."""
+    return retryable(state) and attempt <= retries
 
 
 OverlapDecision = Literal["launch", "skip", "queue"]

@@ -485,3 +485,58 @@ async def test_an_agent_that_reports_a_null_max_epoch_stays_usable(cluster: Clus
     scheduler = await cluster.start()
     run_id = await run_now(scheduler)
     await until(lambda: [r for r in rows(cluster.paths) if r["id"] == run_id and r["state"] == "succeeded"], 5, "run")
+
+
+# ------------------------------------------------------------------------------------ agent_down debounce
+
+
+def query(paths: StatePaths, sql: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{paths.db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+def agent_events(paths: StatePaths) -> list[str]:
+    return [r["event"] for r in query(paths, "SELECT event FROM notifications ORDER BY created_at, event_id")]
+
+
+async def test_an_agent_is_announced_down_only_once_unreachable_for_two_polls_and_two_intervals(
+    cluster: Cluster,
+) -> None:
+    write_jobs(cluster.jobs, scheduler='notify = ["ops"]')
+    with (cluster.jobs / "vigil.toml").open("a") as toml:
+        toml.write('\n[notify.ops]\ncommand = "cat"\n')
+    lost: list[float] = []  # monotonic times of the status polls the network loses
+    lose = 0  # how many more to lose; -1: all of them
+
+    async def network(request: httpx.Request, forward: Any) -> httpx.Response:
+        nonlocal lose
+        if request.url.path == "/status" and lose:
+            if lose > 0:
+                lose -= 1
+            lost.append(time.monotonic())
+            raise httpx.ConnectError("connection refused", request=request)
+        return await forward()
+
+    cluster.wire.rule = network
+    await cluster.start()
+    recorded_up = lambda: [r["up"] for r in query(cluster.paths, "SELECT up FROM agents WHERE name = 'a1'")]  # noqa: E731
+    await until(lambda: recorded_up() == [1], 5, "the agent to be recorded up")
+    # A blip: two polls lost in a row (100 ms apart, so 2 polls but not 2 intervals). No alert, no record.
+    lose = 2
+    await until(lambda: lose == 0 and len(lost) == 2, 5, "two polls to be lost")
+    await asyncio.sleep(0.5)  # several polls answered since
+    assert agent_events(cluster.paths) == [] and recorded_up() == [1]
+    # Gone for good: announced once, at the third lost poll (2 polls and 2 intervals after the first).
+    lost.clear()
+    lose = -1
+    await until(lambda: recorded_up() == [0], 5, "the agent to be recorded down")
+    assert len(lost) >= 3 and lost[-1] - lost[0] >= 0.2
+    await asyncio.sleep(0.5)  # more polls lost: not announced again
+    assert agent_events(cluster.paths) == ["agent_down"]
+    lose = 0
+    await until(lambda: recorded_up() == [1], 5, "the agent to be recorded up again")
+    assert agent_events(cluster.paths) == ["agent_down", "agent_up"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +90,10 @@ def test_a_percent_threshold_follows_the_median_of_recent_successes(
     took.write_text("0.2")
     write_job(jobs_dir, "grow", f'warn_if_longer = "300%"\ncommand = "sleep $(cat {took})"\n')
     start_up().wait_active()
-    for _ in range(3):
+    for _ in range(5):  # a percentage applies from the fifth success on
         run_id = start_run(state_dir, "grow")
         wait_for(lambda run_id=run_id: run_of(state_dir, run_id)["state"] == "succeeded", 10)
-    assert outbox(state_dir, "longer") == []  # the first ran with no history: no threshold yet
+    assert outbox(state_dir, "longer") == []  # the first ran with too short a history: no threshold yet
     took.write_text("4")
     slow = start_run(state_dir, "grow")
     (longer,) = wait_for(lambda: outbox(state_dir, "longer"), 10, what="a longer event")
@@ -121,3 +123,27 @@ def test_a_success_quicker_than_warn_if_shorter_is_warned_with_its_end(
     table = vigil(state_dir, "runs", "--job", "quick").stdout
     header, row = table.splitlines()
     assert header.split()[8] == "WARN" and row.split()[8] == "shorter"
+
+
+def test_a_run_that_ends_while_no_scheduler_is_up_keeps_its_real_end(
+    start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
+) -> None:
+    # The scheduler is SIGKILLed while the job runs; the job ends 1.5 s in, the scheduler comes back
+    # seconds later. The run ended when its shim recorded the exit, not when it was seen: no `longer`
+    # for a run of 1.5 s against warn_if_longer = 3s, however long the outage.
+    setup(jobs_dir, tmp_path)
+    ended = tmp_path / "ended"
+    write_job(jobs_dir, "nightly", f'warn_if_longer = "3s"\ncommand = "sleep 1.5; date +%s.%N > {ended}"\n')
+    first = start_up()
+    first.wait_active()
+    run_id = start_run(state_dir, "nightly")
+    wait_for(lambda: run_of(state_dir, run_id)["state"] == "running", 10, what="the run to start")
+    first.kill9()
+    wait_for(lambda: ended.exists() and ended.read_text().strip(), 10, what="the job to end")
+    job_end = datetime.fromtimestamp(float(ended.read_text()), UTC)
+    time.sleep(3)  # the outage: past warn_if_longer from the run's start
+    start_up().wait_active()
+    run = wait_for(lambda: (r := run_of(state_dir, run_id))["state"] == "succeeded" and r, 10, what="its end")
+    recorded = datetime.fromisoformat(run["ended_at"])
+    assert abs((recorded - job_end).total_seconds()) < 1.0, (recorded, job_end)
+    assert run["warnings"] == [] and outbox(state_dir, "longer") == []

@@ -50,7 +50,25 @@ def test_a_store_outage_says_how_long_and_why() -> None:
 
 
 def test_only_the_failure_states_are_announced_as_run_ends() -> None:
-    common = {"job": "j", "run_id": 3, "exit_code": None, "reason": None, "attempt": 1, "retries": 0, "at": NOW}
+    common = {
+        "job": "j",
+        "run_id": 3,
+        "exit_code": None,
+        "reason": None,
+        "attempt": 1,
+        "retries": 0,
+        "retryable": False,
+        "at": NOW,
+    }
     assert build.run_ended(state=RunState.SKIPPED, **common) is None  # type: ignore[arg-type]
     assert build.run_ended(state=RunState.SUCCEEDED, **common) is None  # type: ignore[arg-type]
     assert build.recovered(job="j", run_id=3, attempt=1, previous=RunState.SUCCEEDED, at=NOW) is None
+
+
+def test_the_planners_retry_decision_words_a_final_failure() -> None:
+    """The wording follows what the planner says of the retry policy, not a copy of it here."""
+    common = {"job": "j", "run_id": 3, "exit_code": None, "reason": "r", "attempt": 2, "retries": 1, "at": NOW}
+    spent = build.run_ended(state=RunState.FAILED, retryable=True, **common)  # type: ignore[arg-type]
+    assert spent is not None and spent.message == "job j run 3 failed: r (after the last of 2 attempts)"
+    never = build.run_ended(state=RunState.FAILED, retryable=False, **common)  # type: ignore[arg-type]
+    assert never is not None and never.message == "job j run 3 failed: r (attempt 2; a failed run is not retried)"

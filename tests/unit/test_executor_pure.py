@@ -47,6 +47,38 @@ def test_exit_record_must_be_complete(tmp_path: Path) -> None:
     assert executor.read_exit_record(tmp_path) is None
 
 
+def test_a_complete_exit_record_dates_the_runs_end_by_its_write(tmp_path: Path) -> None:
+    record = tmp_path / "exit"
+    record.write_bytes(executor.EXIT_RESERVED)  # reserved at launch: no end yet, whatever its time
+    assert executor.read_exit(tmp_path) == (None, None)
+    with record.open("r+") as f:  # the shim writes in place, as `1<>` does
+        f.write("exit=0 end\n")
+    os.utime(record, (1_800_000_000.5, 1_800_000_000.5))
+    assert executor.read_exit(tmp_path) == (0, 1_800_000_000.5)
+    record.write_text("notstarted end\n")
+    os.utime(record, (1_800_000_001.0, 1_800_000_001.0))
+    assert executor.read_exit(tmp_path) == (None, 1_800_000_001.0)
+
+
+def test_an_agents_end_is_our_start_plus_the_duration_it_measured() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from engine.agents.dispatcher import agent_end
+    from engine.agents.protocol import RunStatus
+
+    ours = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+
+    def status(started: str | None, ended: str | None) -> RunStatus:
+        return RunStatus(1, "j", "x", 1, "finished", started_at=started, ended_at=ended)
+
+    # The agent's clock is 5 minutes behind ours: only the difference of its two times counts.
+    measured = status("2026-11-29T02:55:00.000000+00:00", "2026-11-29T02:55:12.500000+00:00")
+    assert agent_end(ours, measured) == ours + timedelta(seconds=12.5)
+    assert agent_end(ours, status("2026-11-29T02:55:00+00:00", None)) is None  # an older agent
+    assert agent_end(ours, status("2026-11-29T02:55:00+00:00", "2026-11-29T02:54:00+00:00")) is None
+    assert agent_end(None, measured) is None
+
+
 def test_cpu_seconds_from_times_output(tmp_path: Path) -> None:
     (tmp_path / "times").write_text("0m0.001000s 0m0.002000s\n1m2.500000s 0m0.250000s\n")
     assert executor.read_cpu_seconds(tmp_path) == pytest.approx(62.75)

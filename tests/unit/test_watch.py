@@ -70,11 +70,13 @@ class Watch:
         self.planner.watch_runs(self.clock.now(), self.clock.monotonic(), batch)
         return events(batch)
 
-    def end(self, run_id: int, exit_code: int = 0, seconds: float = 0.0) -> Batch:
+    def end(self, run_id: int, exit_code: int = 0, seconds: float = 0.0, *, ended_at: datetime | None = None) -> Batch:
+        """Time passes and the run's end is handled; `ended_at`: when its executor says it ended."""
         if seconds:
             self.clock.advance(seconds)
         batch = Batch()
-        self.planner.handle_finished([ShimExit(run_id, exit_code, None, None, None)], self.clock.now(), batch)
+        result = ShimExit(run_id, exit_code, None, None, None, ended_at=ended_at)
+        self.planner.handle_finished([result], self.clock.now(), batch)
         return batch
 
     def due_in(self) -> float | None:
@@ -203,11 +205,42 @@ def test_a_run_that_ended_past_the_limit_before_the_loop_looked_is_warned_at_its
     assert w.look() == []
 
 
+def finished_at(batch: Batch) -> datetime:
+    (finished,) = [intent for intent in batch.intents if isinstance(intent, i.RunFinished)]
+    return finished.ended_at
+
+
+def test_a_run_that_ended_during_an_outage_ran_until_its_end_not_until_it_was_seen() -> None:
+    # A 10 s run whose end is handled an hour later (the scheduler was down): not `longer`, and
+    # its 10 s, not 3610 s, join the history of a percentage threshold.
+    w = Watch()
+    w.scan(job(every=3600.0, warn_if_longer=Threshold(seconds=30.0), warn_if_shorter=Threshold(percent=50.0)))
+    w.planner.watch.set_history("j", [10.0, 10.0, 10.0, 40.0, 40.0])
+    (run,) = w.fire(0.5)
+    real_end = w.clock.now() + timedelta(seconds=10)
+    end = w.end(run.id, seconds=3600, ended_at=real_end)
+    assert events(end) == []
+    assert finished_at(end) == real_end
+    assert w.planner.watch.median("j") == 10.0  # with 3610 s it would be 25 s
+
+
+def test_a_reported_end_is_bounded_by_the_runs_start_and_now() -> None:
+    w = Watch()
+    w.scan(job(every=3600.0))
+    (run,) = w.fire(0.5)
+    started = w.clock.now()
+    assert finished_at(w.end(run.id, seconds=5, ended_at=started - timedelta(seconds=60))) == started
+    (run,) = w.fire(3595)
+    assert finished_at(w.end(run.id, seconds=5, ended_at=w.clock.now() + timedelta(hours=1))) == w.clock.now()
+    (run,) = w.fire(3595)
+    assert finished_at(w.end(run.id, seconds=5)) == w.clock.now()  # not known: when it is handled
+
+
 def test_a_percentage_is_of_the_median_of_recent_successes_and_each_success_joins_them() -> None:
     w = Watch()
     w.scan(job(every=100.0, warn_if_longer=Threshold(percent=200.0)))
     assert w.planner.watch.histories_wanted(w.planner.jobs) == ["j"]
-    w.planner.watch.set_history("j", [10.0, 12.0, 8.0])  # newest first, as the store reads them
+    w.planner.watch.set_history("j", [10.0, 12.0, 8.0, 9.0, 11.0])  # newest first, as the store reads them
     assert w.planner.watch.histories_wanted(w.planner.jobs) == []
     (run,) = w.fire(0.5)
     w.look()
@@ -216,12 +249,31 @@ def test_a_percentage_is_of_the_median_of_recent_successes_and_each_success_join
     assert longer.threshold_s == 20.0
     assert (
         longer.reason
-        == "running for 20.0s, past warn_if_longer = 200% of the median 10.0s of the last 3 successes (20.0s)"
+        == "running for 20.0s, past warn_if_longer = 200% of the median 10.0s of the last 5 successes (20.0s)"
     )
-    w.end(run.id, seconds=20)  # a 40 s success joins the history: median of 40, 10, 12, 8 is 11
+    w.end(run.id, seconds=20)  # a 40 s success joins the history: median of 40, 10, 12, 8, 9, 11 is 10.5
     assert len(w.fire(60)) == 1
     w.look()
-    assert w.due_in() == 22.0
+    assert w.due_in() == 21.0
+
+
+def test_a_percentage_needs_five_successes_before_it_applies() -> None:
+    # One quick first success would otherwise make every normal run "longer" than 200% of it.
+    w = Watch()
+    w.scan(job(every=100.0, warn_if_longer=Threshold(percent=200.0), warn_if_shorter=Threshold(percent=50.0)))
+    w.planner.watch.set_history("j", [1.0, 1.0, 1.0])
+    (run,) = w.fire(0.5)
+    assert w.look(10) == [] and w.due_in() is None  # 10 s is 1000% of the median, but 3 runs are no median
+    assert events(w.end(run.id, seconds=0)) == []  # 10 s, the 4th success
+    (run,) = w.fire(90)
+    assert events(w.end(run.id, seconds=0.1)) == []  # 0.1 s, neither shorter: the 5th success
+    (run,) = w.fire(99.9)
+    w.look()
+    assert w.due_in() == 2.0  # five successes: 200% of their median, 1 s
+    (longer,) = w.look(2)
+    assert longer.reason == (
+        "running for 2.0s, past warn_if_longer = 200% of the median 1.0s of the last 5 successes (2.0s)"
+    )
 
 
 def test_a_percentage_with_no_history_sets_no_threshold() -> None:
@@ -256,11 +308,11 @@ def test_a_success_under_warn_if_shorter_is_warned_with_its_end() -> None:
 def test_a_quick_failure_or_a_long_enough_success_is_not_shorter() -> None:
     w = Watch()
     w.scan(job(every=100.0, warn_if_shorter=Threshold(percent=50.0)))
-    w.planner.watch.set_history("j", [10.0])
+    w.planner.watch.set_history("j", [10.0] * 5)
     (run,) = w.fire(0.5)
     assert events(w.end(run.id, exit_code=1, seconds=1)) == []  # failed: never "shorter"
     (run,) = w.fire(100)
     assert events(w.end(run.id, seconds=5)) == []  # exactly half of 10 s: not under it
     (run,) = w.fire(95)
-    (shorter,) = events(w.end(run.id, seconds=2))  # median of 5 and 10 is 7.5, half is 3.75
-    assert shorter.threshold_s == 3.75
+    (shorter,) = events(w.end(run.id, seconds=4.9))  # median of 5 and five 10s is 10, half is 5
+    assert shorter.threshold_s == 5.0

@@ -144,7 +144,7 @@ class Journal:
                 QUERIES["run_finished"],
                 {
                     "state": state,
-                    "ended_at": iso(utc_now()),
+                    "ended_at": iso(_ended_at(result)),
                     "exit_code": result.exit_code if result else None,
                     "job_pid": result.job_pid if result else None,
                     "cpu_s": result.cpu_s if result else None,
@@ -187,3 +187,10 @@ class Journal:
         ids = [r[0] for r in self.conn.execute(QUERIES["prunable"], {"before": iso(before)})]
         self.conn.executemany(QUERIES["run_deleted"], [{"run_id": i} for i in ids])
         return ids
+
+
+def _ended_at(result: ShimExit | None) -> datetime:
+    """The run's end as its shim dated it (a run that ended while the agent was down ended then), never
+    after now; now when it is not known."""
+    now = utc_now()
+    return result.ended_at if result is not None and result.ended_at is not None and result.ended_at <= now else now
