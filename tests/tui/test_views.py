@@ -651,9 +651,15 @@ async def test_cluster_view_shows_undelivered_notifications_and_the_header_a_fai
     conn.commit()
     conn.close()
     app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        lines = screen_text(app).splitlines()
+        assert "✉✗" in lines[0]  # a mark in the header; the banner names the channel and its error
+        assert "✉ Notifications failing on ops: SMTP 550 relay denied; 1 pending (view 3)" in " ".join(lines[:3])
+    app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
-        assert "✉ notify failing: ops" in screen_text(app)  # in the header, on every view
+        assert "✉✗" in screen_text(app).splitlines()[0]  # in the header, on every view
         await pilot.press("3")
         await pilot.pause()
         text = screen_text(app)

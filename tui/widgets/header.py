@@ -8,6 +8,7 @@ from datetime import datetime
 from textual.markup import escape
 from textual.widgets import Input, Static
 
+from engine.model import NotificationState
 from tui.data import Snapshot
 from tui.format import fmt_age
 
@@ -61,11 +62,12 @@ def header_markup(state: HeaderState) -> str:
     else:
         parts.append("[$error b]○ NO ACTIVE SCHEDULER[/]")
     parts.append(f"{len(snap.cluster.standbys)} standby")
-    up = sum(1 for a in snap.agents if a.up)
-    parts.append(f"agents {up}/{len(snap.agents)}")
+    if snap.agents:  # none declared: no part (the line must fit 80 columns)
+        up = sum(1 for a in snap.agents if a.up)
+        parts.append(f"agents {up}/{len(snap.agents)}")
     failing = [c.channel for c in snap.channels if c.failing]
-    if failing:
-        parts.append(f"[$error b]✉ notify failing: {escape(', '.join(failing))}[/]")
+    if failing:  # a mark only, so the freshness after it still shows at 80 columns: the banner names them
+        parts.append("[$error b]✉✗[/]")
     age = data_age(state)
     if age is None:
         parts.append("[$warning b]⚠ NO DATA yet[/]")
@@ -102,6 +104,15 @@ def banner(state: HeaderState) -> tuple[str, str] | None:
     if snap.error:
         level = "error"
         messages.append(f"⚠ {escape(snap.error)}")
+    failing = [c for c in snap.channels if c.failing]
+    if failing:
+        first = failing[0]
+        pending = sum(c.counts.get(NotificationState.PENDING, 0) for c in failing)
+        others = f" (and {', '.join(c.channel for c in failing[1:])})" if len(failing) > 1 else ""
+        error = f": {escape(first.last_error)}" if first.last_error else ""
+        messages.append(
+            f"✉ Notifications failing on {escape(first.channel)}{escape(others)}{error}; {pending} pending (view 3)."
+        )
     age = data_age(state)
     if age is None:
         messages.append("⚠ No successful read of the state yet: nothing shown is current.")
