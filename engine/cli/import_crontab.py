@@ -15,6 +15,7 @@ from pathlib import Path
 from engine.config import format_errors, job_name_problem, load_folder
 from engine.config.crontab import CrontabOptions, folder_name_for, translate
 from engine.errors import VigilError
+from engine.paths import os_user
 from engine.schedule.cron import validate_timezone
 from engine.text import escape, quote
 from engine.users import find_account, run_as_problem
@@ -90,7 +91,14 @@ def _read(path: str) -> str:
 
 def cmd_import_crontab(args: argparse.Namespace) -> int:
     source = "<stdin>" if args.file == "-" else args.file
-    prefix = args.prefix if args.prefix is not None else folder_name_for(source)
+    if args.prefix is not None:
+        prefix = args.prefix
+    elif source == "<stdin>" and not args.system:
+        # `crontab -l [-u NAME] | vigil import-crontab -`: a user's crontab, in a folder named after the
+        # user (never `crontab/`, which /etc/crontab's import takes).
+        prefix = f"crontab-{args.user or os_user()}"
+    else:
+        prefix = folder_name_for(source)
     prefix = prefix.strip("/")
     problem = job_name_problem(prefix)
     if problem or not prefix:

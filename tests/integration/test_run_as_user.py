@@ -210,7 +210,8 @@ def test_a_user_crontab_imported_with_user_runs_as_that_user_with_crons_environm
     assert imported.returncode == 0, imported.stderr
     monkeypatch.setenv("DB_PASSWORD", "s3cret")
     start_up().wait_active()
-    vigil(state_dir, "run", "crontab/echo")
-    run = wait_state(state_dir, "crontab/echo", {"succeeded", "failed"})
+    job = f"crontab-{test_user.name}/echo"  # its own folder: `crontab/` is /etc/crontab's
+    vigil(state_dir, "run", job)
+    run = wait_state(state_dir, job, {"succeeded", "failed"})
     log = vigil(state_dir, "logs", str(run["id"]), jobs=jobs_dir).stdout
     assert f"name={test_user.name} path=/usr/bin:/bin shell=/bin/sh secret=unset" in log

@@ -423,3 +423,19 @@ def load_one(tmp_path: Path, result: object) -> JobSpec:
     assert loaded.errors == []
     (spec,) = loaded.jobs.values()
     return spec
+
+
+def test_a_crontab_from_standard_input_gets_a_folder_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crontab -l | vigil import-crontab -` after `/etc/crontab`'s import: a folder of its own, not `crontab/`."""
+    import io
+
+    from engine.paths import os_user
+
+    run_cli("import-crontab", str(DATA / "system/crontab"), "--system", "--to", str(tmp_path), "--timezone", "UTC")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"5 * * * * backup-home\n")))
+    code, out, err = run_cli("import-crontab", "-", "--to", str(tmp_path), "--timezone", "UTC")
+    assert (code, err) == (0, ""), out
+    assert (tmp_path / f"crontab-{os_user()}" / "backup-home.toml").exists()
+    assert "backup-home.toml" not in {p.name for p in (tmp_path / "crontab").iterdir()}
