@@ -43,10 +43,11 @@ def run_ended(
     kind = END_EVENTS.get(state)
     if kind is None:
         return None
+    words = str(state).replace("_", " ")  # "timed out", for people (the `state` field keeps the word)
     if retryable:
         attempts = f"after the last of {attempt} attempts" if attempt > 1 else "no retries"
     elif retries > 0:
-        attempts = f"attempt {attempt}; a {state} run is not retried"
+        attempts = f"attempt {attempt}; a {words} run is not retried"
     else:
         attempts = "no retries"
     why = f": {reason}" if reason else ""
@@ -61,7 +62,7 @@ def run_ended(
         reason=reason,
         attempt=attempt,
         final=True,
-        message=f"job {job} run {run_id} {state}{why} ({attempts})",
+        message=f"job {job} run {run_id} {words}{why} ({attempts})",
     )
 
 

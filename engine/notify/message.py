@@ -84,6 +84,6 @@ def body(doc: Mapping[str, Any]) -> str:
     tail = doc.get("log_tail") or []
     if tail:
         lines.append("")
-        lines.append(f"Last {len(tail)} log lines:")
+        lines.append("Last line of the log:" if len(tail) == 1 else f"Last {len(tail)} lines of the log:")
         lines.extend(str(line) for line in tail)
     return "\n".join(lines)

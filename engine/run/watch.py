@@ -71,7 +71,11 @@ class Warned:
             agent=self.agent,
             duration_s=None if self.duration_s is None else round(self.duration_s, 3),
             threshold_s=round(self.threshold_s, 3),
+            message=f"job {self.job} run {self.run_id} {_WORDS[self.warning]}: {self.reason}",
         )
+
+
+_WORDS = {RunWarning.LATE: "is late", RunWarning.LONGER: "runs long", RunWarning.SHORTER: "ended early"}
 
 
 class RunWatch:
@@ -308,4 +312,7 @@ def _start_mono(info: RunInfo, now: datetime, mono: float) -> float:
 
 
 def _seconds(value: float) -> str:
+    """`14ms`, `2.5s`, `3m20s`: a short run is not "0.0s"."""
+    if value < 1:
+        return f"{value * 1000:.0f}ms"
     return f"{value:.1f}s" if value < 60 else format_duration(value)

@@ -115,6 +115,6 @@ def test_a_readable_title_and_body_with_the_log_tail() -> None:
     body = message.body(doc)
     assert body.startswith("exit status 3\n")
     assert "epoch 7" in body and "id failed:run:42" in body
-    assert body.endswith("Last 2 log lines:\nloading...\nERROR: no such table")
+    assert body.endswith("Last 2 lines of the log:\nloading...\nERROR: no such table")
     assert message.severity(doc) == "failure"
     assert message.title({"event": "failover", "at": "x"}) == "FAILOVER scheduler"

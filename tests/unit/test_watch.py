@@ -300,7 +300,8 @@ def test_a_success_under_warn_if_shorter_is_warned_with_its_end() -> None:
         0.5,
         2.0,
     )
-    assert shorter.reason == "succeeded in 0.5s, under warn_if_shorter = 2s"
+    assert shorter.reason == "succeeded in 500ms, under warn_if_shorter = 2s"
+    assert shorter.message == f"job {shorter.job} run {shorter.run_id} ended early: {shorter.reason}"
     finished = [intent for intent in end.intents if isinstance(intent, i.RunFinished)]
     assert [f.run_id for f in finished] == [run.id]
 
