@@ -695,6 +695,8 @@ class Scheduler:
         await self.prune(cutoff)
 
     async def prune(self, cutoff: datetime) -> int:
+        """Delete the runs that ended before `cutoff` (and the outbox rows done with); how many runs."""
+        await self.store.commit([i.NotificationsPruned(cutoff)])  # a pending one is never deleted
         ids = await self.store.prunable_runs(cutoff)
         if not ids:
             return 0

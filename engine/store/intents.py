@@ -113,6 +113,14 @@ class RunsPruned:
 
 
 @dataclass(frozen=True, slots=True)
+class NotificationsPruned:
+    """Outbox rows delivered, given up or summarised, queued before `cutoff`, deleted (retention or
+    `vigil db prune`); a pending row is never deleted."""
+
+    cutoff: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class RunIdMark:
     """Run ids up to `run_id` have been handed out (the mark only ever rises)."""
 
@@ -303,6 +311,7 @@ Intent = (
     | AgentChosen
     | RunWaiting
     | RunsPruned
+    | NotificationsPruned
     | RunIdMark
     | LastFire
     | Paused

@@ -242,6 +242,15 @@ class _Transaction:
                         run = t.runs.pop(run_id, None)
                         if run is not None:
                             del t.fires[(run.job, run.scheduled_for, run.attempt)]
+                    pruned = set(intent.run_ids)  # their warnings go with them (a trigger on SQLite)
+                    t.warnings = {key: at for key, at in t.warnings.items() if key[0] not in pruned}
+            case i.NotificationsPruned():
+                if self._current():
+                    t.outbox = {
+                        key: row
+                        for key, row in t.outbox.items()
+                        if row.state is NotificationState.PENDING or row.created_at >= intent.cutoff
+                    }
             case i.RunIdMark():
                 self._fence()
                 t.run_id_mark = max(t.run_id_mark, intent.run_id)

@@ -278,3 +278,56 @@ def test_a_reader_of_a_database_older_than_the_outbox_sees_none(tmp_path: Path) 
         assert reader.runs() == []
     finally:
         reader.close()
+
+
+async def test_pruning_deletes_old_rows_done_with_never_a_pending_one(backend: Backend, store: Store) -> None:
+    await leading(store)
+    old, new = NOW - timedelta(days=40), NOW
+    await store.commit(
+        [
+            i.NotificationQueued(failed_event(1, at=old), ("ops", "pager")),
+            i.NotificationQueued(failed_event(2, at=new), ("ops",)),
+        ]
+    )
+    await store.commit(
+        [i.NotificationSent("failed:run:1", "ops", old, 1), i.NotificationSent("failed:run:2", "ops", new, 1)]
+    )
+    cutoff = NOW - timedelta(days=30)
+    successor = await deposed(backend, store)
+    await store.commit([i.NotificationsPruned(cutoff)])  # a deposed active deletes nothing
+    await successor.commit([i.NotificationsPruned(cutoff)])
+    # The old sent row is gone; the old row still pending (pager never took it) stays to be delivered.
+    (pending,) = await successor.due_notifications(NOW)
+    assert (pending.event_id, pending.channel) == ("failed:run:1", "pager")
+
+
+async def test_the_sqlite_prune_takes_the_pruned_runs_warnings_and_old_outbox_rows(tmp_path: Path) -> None:
+    from engine.store.sqlite.admin import prune_offline
+
+    paths = StatePaths(tmp_path)
+    ledger = Ledger(paths)
+    await ledger.open()
+    try:
+        await leading(ledger)
+        old = NOW - timedelta(days=40)
+        await ledger.commit([fire(1, at=old), fire(2), i.NotificationQueued(failed_event(1, at=old), ("ops",))])
+        await ledger.commit(
+            [
+                i.RunStarted(1, old, None),
+                finished(1, RunState.FAILED, 3, old),
+                i.RunWarned(1, RunWarning.LONGER, old),
+                i.RunWarned(2, RunWarning.LATE, NOW),
+                i.NotificationSent("failed:run:1", "ops", old, 1),
+            ]
+        )
+        await ledger.close()
+        assert prune_offline(paths, NOW - timedelta(days=30)) == [1]
+    finally:
+        await ledger.close()
+    reader = SqliteReader(paths)
+    try:
+        assert reader.notifications() == []
+        assert [(run.id, run.warnings) for run in reader.runs()] == [(2, ("late",))]
+        assert [tuple(row) for row in reader.conn.execute("SELECT run_id FROM run_warnings")] == [(2,)]
+    finally:
+        reader.close()

@@ -50,8 +50,11 @@ def prune_offline(paths: StatePaths, cutoff: datetime) -> list[int]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(QUERIES["prune_offline"], [{"run_id": run_id} for run_id in ids])
-            if ids and "run_id_mark" in tables_of(conn):  # a database made by an older version lacks it
+            tables = tables_of(conn)
+            if ids and "run_id_mark" in tables:  # a database made by an older version lacks it
                 conn.execute(QUERIES["run_id_mark_offline"], {"run_id": max(ids)})
+            if "notifications" in tables:
+                conn.execute(QUERIES["notifications_pruned_offline"], {"cutoff": iso(cutoff)})
             conn.execute("COMMIT")
         except BaseException:
             rollback_quietly(conn)

@@ -63,6 +63,11 @@ WHERE id = :run_id AND state IN ('launching', 'waiting');
 DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:run_ids))
     AND :epoch = (SELECT epoch FROM leader WHERE id = 1);
 
+-- notifications_pruned --
+-- Delete outbox rows no longer pending, queued before the cutoff, unless another active has taken over
+DELETE FROM notifications WHERE state != 'pending' AND created_at < :cutoff
+    AND :epoch = (SELECT epoch FROM leader WHERE id = 1);
+
 -- run_id_mark --
 -- Raise the mark of run ids handed out (never lowers it)
 INSERT INTO run_id_mark (id, run_id, writer_epoch) VALUES (1, :run_id, :epoch)
@@ -386,6 +391,10 @@ PRAGMA integrity_check;
 -- prune_offline --
 -- `vigil db prune` with no scheduler running: delete one finished run
 DELETE FROM runs WHERE id = :run_id;
+
+-- notifications_pruned_offline --
+-- `vigil db prune` with no scheduler running: delete outbox rows no longer pending, queued before the cutoff
+DELETE FROM notifications WHERE state != 'pending' AND created_at < :cutoff;
 
 -- run_id_mark_offline --
 -- The same rise of the run id mark, by `vigil db prune` with no scheduler running (the database's epoch)

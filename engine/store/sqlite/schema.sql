@@ -161,6 +161,9 @@ CREATE TABLE IF NOT EXISTS run_warnings (
 CREATE TRIGGER IF NOT EXISTS fence_run_warnings_insert BEFORE INSERT ON run_warnings
 WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
 BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;
+-- A pruned run's warnings go with it (retention, `vigil db prune`).
+CREATE TRIGGER IF NOT EXISTS run_warnings_of_deleted_runs AFTER DELETE ON runs
+BEGIN DELETE FROM run_warnings WHERE run_id = OLD.id; END;
 CREATE TRIGGER IF NOT EXISTS fence_run_warnings_update BEFORE UPDATE ON run_warnings
 WHEN NEW.writer_epoch IS NOT (SELECT epoch FROM leader WHERE id = 1)
 BEGIN SELECT RAISE(ABORT, 'vigil: stale epoch'); END;

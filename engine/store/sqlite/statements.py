@@ -100,6 +100,10 @@ def _runs_pruned(intent: i.RunsPruned, epoch: int) -> Bound:
     return QUERIES["runs_pruned"], {"run_ids": json.dumps(list(intent.run_ids)), "epoch": epoch}
 
 
+def _notifications_pruned(intent: i.NotificationsPruned, epoch: int) -> Bound:
+    return QUERIES["notifications_pruned"], {"cutoff": iso(intent.cutoff), "epoch": epoch}
+
+
 def _run_id_mark(intent: i.RunIdMark, epoch: int) -> Bound:
     return QUERIES["run_id_mark"], {"run_id": intent.run_id, "epoch": epoch}
 
@@ -278,6 +282,7 @@ _BINDERS: dict[type, Callable[[Any, int], Bound]] = {
     i.AgentChosen: _agent_chosen,
     i.RunWaiting: _run_waiting,
     i.RunsPruned: _runs_pruned,
+    i.NotificationsPruned: _notifications_pruned,
     i.RunIdMark: _run_id_mark,
     i.LastFire: _last_fire,
     i.Paused: _paused,
