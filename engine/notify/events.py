@@ -99,9 +99,14 @@ def run_event_id(kind: EventKind, run_id: int) -> str:
     return f"{kind}:run:{run_id}"
 
 
+#: Keys every document has (null when they do not apply), so a receiver can rely on them.
+CORE_KEYS = ("id", "event", "at", "job", "run_id", "state", "exit_code", "reason", "attempt")
+
+
 def document(stored: str, *, epoch: int, log_tail: list[str] | None = None) -> dict[str, Any]:
     """What a channel receives: the stored event with the epoch and the last lines of the run's log."""
-    doc: dict[str, Any] = json.loads(stored)
+    doc: dict[str, Any] = dict.fromkeys(CORE_KEYS)
+    doc.update(json.loads(stored))
     doc["epoch"] = epoch
     doc["log_tail"] = bounded_tail(log_tail or [])
     return doc

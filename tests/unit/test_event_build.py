@@ -72,3 +72,22 @@ def test_the_planners_retry_decision_words_a_final_failure() -> None:
     assert spent is not None and spent.message == "job j run 3 failed: r (after the last of 2 attempts)"
     never = build.run_ended(state=RunState.FAILED, retryable=False, **common)  # type: ignore[arg-type]
     assert never is not None and never.message == "job j run 3 failed: r (attempt 2; a failed run is not retried)"
+
+
+def test_every_document_has_the_core_keys_null_when_they_do_not_apply() -> None:
+    from engine.notify.events import CORE_KEYS, Event, EventKind, document
+
+    failover = Event(id="failover:epoch:7", event=EventKind.FAILOVER, at=datetime(2026, 12, 2, tzinfo=UTC))
+    doc = document(failover.to_json(), epoch=7)
+    assert {key: doc[key] for key in CORE_KEYS} == {
+        "id": "failover:epoch:7",
+        "event": "failover",
+        "at": "2026-12-02T00:00:00.000000+00:00",
+        "job": None,
+        "run_id": None,
+        "state": None,
+        "exit_code": None,
+        "reason": None,
+        "attempt": None,
+    }
+    assert (doc["epoch"], doc["log_tail"]) == (7, [])
