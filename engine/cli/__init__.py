@@ -658,10 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common, as_json], help="active/standby, counts of jobs and runs, failovers")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("notify", parents=[common], help="notification channels: `notify test CHANNEL`")
+    # --state on `test` itself (argparse would let a sub-command's default overwrite the parent's value).
+    p = sub.add_parser("notify", help="notification channels: `notify test CHANNEL`")
     nsub = p.add_subparsers(dest="notify_command", required=True, metavar="ACTION")
     t = nsub.add_parser(
-        "test", parents=[jobs], help="send a test event through a channel of vigil.toml now; exit 1 if not delivered"
+        "test",
+        parents=[common, jobs],
+        help="send a test event through a channel of vigil.toml now; exit 1 if not delivered",
     )
     t.add_argument("channel", help="a [notify.NAME] of vigil.toml in --jobs")
     t.set_defaults(func=cmd_notify)
