@@ -3,7 +3,7 @@
 1. latency     50 jobs that fail (`exit 1`), periods 1000..1049 ms (about 49 failures/s, spread), each
                job notifying a `json://` channel whose receiver (an HTTP server in this process) records
                when each event arrives. Latency = arrival minus the run's `ended_at` in the ledger (the
-               scheduler's clock when it recorded the end, in the transaction that queued the event).
+               job's real end, from its exit record: so it includes the scheduler noticing the end).
                The rate limit is raised out of the way so every event is delivered.
 2. throughput  300 failing jobs (periods 1000..1299 ms, about 270 fires/s offered) with notifications
                off, then with 3 `json://` channels on at their default rate limit (20 per 5 min: the
