@@ -190,12 +190,18 @@ class RunWatch:
         ended while no scheduler was active ran until then, not through the outage."""
         self._unstarted.pop(info.id, None)
         warned_longer = (info.id, RunWarning.LONGER) in self._warned
+        warned_late = (info.id, RunWarning.LATE) in self._warned
         for warning in RunWarning:  # the run is over: nothing more is raised on it
             self._warned.discard((info.id, warning))
         if job is None or info.started_at is None:
             return []
         ran = max(0.0, (ended_at - info.started_at).total_seconds())
         out: list[Warned] = []
+        if job.late_after is not None and not warned_late and info.started_at > _late_at(info, job.late_after):
+            # Started late and ended before a timer looked at it (a quick job caught up after downtime).
+            late_by = (info.started_at - _due(info)).total_seconds()
+            why = f"started {format_duration(late_by)} after it was due"
+            out.append(self._warn(info, RunWarning.LATE, now, job.late_after, None, why, state=state, remember=False))
         longer = self.limit(job.name, job.warn_if_longer)
         if longer is not None and ran > longer and not warned_longer:
             out.append(self._longer_warning(info, job, now, longer, ran, "ran for", state=state))

@@ -138,6 +138,17 @@ def test_a_run_started_after_its_limit_without_being_seen_waiting_is_late() -> N
     assert (late.state, late.reason) == ("running", "started 2m after it was due")
 
 
+def test_a_quick_run_caught_up_late_and_ended_before_the_loop_looked_is_late_at_its_end() -> None:
+    w = Watch()
+    spec = job(cron="0 * * * *", late_after=3.0)
+    w.scan(spec)
+    info = w.planner.fire(Batch(), spec, START - timedelta(seconds=14), Trigger.SCHEDULE, START)
+    w.start(info.id)
+    (late,) = events(w.end(info.id, seconds=0.01))  # `true`: over before the next look
+    assert (late.event, late.reason) == (EventKind.LATE, "started 14s after it was due")
+    assert w.look() == []  # and not a second time
+
+
 def test_a_retry_is_late_from_the_end_of_its_delay_not_from_the_first_fire() -> None:
     w = Watch()
     w.scan(job(every=3600.0, retries=1, retry_delay=100.0, late_after=30.0))
