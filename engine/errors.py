@@ -106,8 +106,8 @@ class LaunchError(VigilError):
 
 
 class DeliveryError(VigilError):
-    """A notification channel did not take an event. `permanent`: retrying cannot help (Apprise does
-    not accept the channel's URL, the channel is no longer declared); otherwise it is retried."""
+    """A notification channel did not take an event. `permanent`: retrying cannot help (the receiver
+    refused this event for good); otherwise it is retried."""
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         self.permanent = permanent

@@ -723,7 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
     import sqlite3
+
+    # A library's log line (Apprise's "Unparseable URL ...") must not reach the terminal beside the
+    # command's own `vigil:` line; `vigil up` configures a real handler on the root logger.
+    logging.getLogger("vigil").addHandler(logging.NullHandler())
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -131,7 +131,9 @@ class AppriseChannel:
     async def send(self, doc: Mapping[str, Any]) -> None:
         if not self.accepted:
             raise DeliveryError(
-                f"Apprise does not accept this {self._schema}:// URL (see its wiki for the URL form)", permanent=True
+                # Not permanent: the events wait (with backoff, up to the give-up) for the URL to be fixed.
+                f"Apprise does not accept this {self._schema}:// URL (see its wiki for the URL form; "
+                "`vigil validate` checks it)"
             )
         # Apprise is synchronous: a thread, bounded by the channel's timeout (given to Apprise too).
         try:

@@ -36,8 +36,9 @@ from pathlib import Path
 from engine.clock import Clock
 from engine.errors import DeliveryError, FencedError, StoreError, StoreRetryableError
 from engine.model import ChannelSpec, Notification, Settings
-from engine.notify.events import LOG_TAIL_BYTES, document
+from engine.notify.events import LOG_TAIL_BYTES, Event, document
 from engine.notify.ratelimit import ChannelWindow, admit, takes_slot
+from engine.notify.routing import SCHEDULER_CHANNELS
 from engine.outbox.channels import Channel, build_channel
 from engine.paths import StatePaths
 from engine.store import intents as i
@@ -249,8 +250,7 @@ class Deliverer:
         elif settings.channels_unknown:
             error = f"vigil.toml cannot be read, so channel {name!r} is unknown"
         else:
-            error = f"channel {name!r} is no longer declared in vigil.toml"
-            return [i.NotificationFailed(r.event_id, name, now, r.attempts, error) for r in rows]
+            return self._hand_on(name, rows, now, settings)
         next_at = now + timedelta(seconds=self.policy.invalid_recheck)
         marks: list[i.Intent] = []
         for r in rows:
@@ -259,6 +259,25 @@ class Deliverer:
             else:
                 marks.append(i.NotificationRetry(r.event_id, name, now, r.attempts, next_at, f"waiting: {error}"))
         log.warning("%s: %d events wait (see vigil validate)", error, len(rows))
+        return marks
+
+    def _hand_on(self, name: str, rows: Sequence[Notification], now: datetime, settings: Settings) -> list[i.Intent]:
+        """Rows of a channel no longer declared (renamed, removed), or queued for `[scheduler] notify`
+        while vigil.toml could not be read: handed on to `[scheduler] notify`, each as a new row of the
+        same event (same id), in the commit that closes the old row. With nowhere to go, they give up."""
+        gone = "" if name == SCHEDULER_CHANNELS else f"channel {name!r} is no longer declared in vigil.toml"
+        targets = tuple(c for c in settings.notify if c != name)
+        if not targets:
+            error = gone or "vigil.toml was unreadable when it was queued, and [scheduler] notify names no channel"
+            log.warning("%s: %d events given up", error, len(rows))
+            return [i.NotificationFailed(r.event_id, name, now, r.attempts, error) for r in rows]
+        handed = f"handed on to [scheduler] notify: {', '.join(targets)}"
+        error = f"{gone}: {handed}" if gone else handed
+        log.warning("%s (%d events)", error, len(rows))
+        marks: list[i.Intent] = []
+        for r in rows:
+            marks.append(i.NotificationQueued(Event.from_json(r.document), targets))
+            marks.append(i.NotificationFailed(r.event_id, name, now, r.attempts, error))
         return marks
 
     def _held(self, rows: Sequence[Notification], down: Down, now: datetime) -> list[i.Intent]:

@@ -319,6 +319,7 @@ class _Transaction:
                     last_attempt_at=intent.at,
                     attempts=intent.attempts,
                     next_attempt_at=None,
+                    last_error=None,  # delivered: an earlier attempt's error is no longer its state
                 )
             case i.NotificationRetry():
                 self._update_pending(

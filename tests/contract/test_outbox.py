@@ -331,3 +331,24 @@ async def test_the_sqlite_prune_takes_the_pruned_runs_warnings_and_old_outbox_ro
         assert [tuple(row) for row in reader.conn.execute("SELECT run_id FROM run_warnings")] == [(2,)]
     finally:
         reader.close()
+
+
+async def test_a_row_delivered_after_failed_attempts_no_longer_shows_their_error(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    ledger = Ledger(paths)
+    await ledger.open()
+    try:
+        await leading(ledger)
+        await ledger.commit([i.NotificationQueued(failed_event(1), ("ops",))])
+        await ledger.commit([i.NotificationRetry("failed:run:1", "ops", NOW, 1, NOW, "HTTP 503")])
+        await ledger.commit([i.NotificationSent("failed:run:1", "ops", NOW + timedelta(seconds=5), 2)])
+    finally:
+        await ledger.close()
+    reader = SqliteReader(paths)
+    try:
+        (row,) = reader.notifications()
+        assert (row.state, row.attempts, row.last_error) == (NotificationState.SENT, 2, None)
+        (health,) = reader.channel_health()
+        assert not health.failing
+    finally:
+        reader.close()

@@ -402,3 +402,10 @@ def test_a_job_naming_a_broken_channel_still_runs_and_alerts_the_scheduler_chann
     assert catalog["etl/load"].loaded and "notify: channel 'ops'" in (catalog["etl/load"].error or "")
     (doc,) = vigil_json(state_dir, "jobs", jobs=jobs_dir)
     assert doc["status"] == "enabled" and "notify: channel 'ops'" in doc["error"]
+
+
+async def test_a_url_apprise_does_not_accept_keeps_its_events_waiting_for_the_fix() -> None:
+    channel = AppriseChannel(ChannelSpec(name="typo", url="mailtoo://ops@example.net"))
+    with pytest.raises(DeliveryError) as refused:
+        await channel.send(document(failed(1).to_json(), epoch=1))
+    assert not refused.value.permanent and "does not accept this mailtoo:// URL" in str(refused.value)

@@ -57,6 +57,7 @@ def test_notify_test_sends_through_a_channel_and_notifications_lists_the_outbox(
     (jobs_dir / "vigil.toml").write_text(
         f"[notify.file]\ncommand = \"cat >> '{got}'\"\n"
         '[notify.broken]\ncommand = "echo refused >&2; exit 1"\n'
+        '[notify.typo]\nurl = "foo://bar"\n'
         '[scheduler]\nnotify = ["file"]\n'
     )
     (jobs_dir / "fails.toml").write_text('command = "exit 2"\n')
@@ -67,6 +68,9 @@ def test_notify_test_sends_through_a_channel_and_notifications_lists_the_outbox(
     refused = vigil(state_dir, "notify", "test", "broken", jobs=jobs_dir, check=False)
     assert refused.returncode == 1 and refused.stderr.startswith("vigil: channel broken: not delivered")
     assert "refused" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    typo = vigil(state_dir, "notify", "test", "typo", jobs=jobs_dir, check=False)
+    # Apprise's own log line ("Unparseable URL") stays off the terminal: one `vigil:` line.
+    assert typo.returncode == 1 and typo.stderr.count("\n") == 1 and typo.stderr.startswith("vigil: channel typo")
     unknown = vigil(state_dir, "notify", "test", "nope", jobs=jobs_dir, check=False)
     assert unknown.returncode != 0 and unknown.stderr.startswith("vigil: ") and "Traceback" not in unknown.stderr
 

@@ -268,7 +268,9 @@ async def test_an_event_that_cannot_be_read_gives_up_and_the_rest_are_delivered(
     assert sent_ids(channels["ops"]) == [2, 3]
 
 
-async def test_events_of_a_channel_declared_but_invalid_wait_for_it_and_only_an_undeclared_one_gives_up() -> None:
+async def test_events_of_a_channel_declared_but_invalid_wait_for_it_and_an_undeclared_one_with_nowhere_to_go_gives_up() -> (
+    None
+):
     store = MemoryStore(MemoryDatabase())
     await store.open()
     await store.take_leadership(LeaderClaim(1, 1, NOW))
@@ -314,3 +316,35 @@ async def test_events_of_a_channel_declared_but_invalid_wait_for_it_and_only_an_
         NotificationState.PENDING,
         "waiting: vigil.toml cannot be read, so channel 'ops' is unknown",
     )
+
+
+async def test_a_renamed_channels_events_and_those_queued_while_vigil_toml_was_unreadable_are_handed_on() -> None:
+    from engine.notify.routing import SCHEDULER_CHANNELS
+
+    store = MemoryStore(MemoryDatabase())
+    await store.open()
+    await store.take_leadership(LeaderClaim(1, 1, NOW))
+    clock = FakeClock(NOW)
+    ops = Recorder("ops")
+    unreadable = Settings(channels_unknown=True)
+    current = [unreadable]
+    deliverer = Deliverer(store, lambda: current[0], clock, channel_factory=lambda _spec: ops)
+    # Queued while vigil.toml could not be parsed (routing gives the placeholder), and for `mail`,
+    # a channel the fixed file calls `ops` now.
+    await store.commit(
+        [i.NotificationQueued(failed(1), (SCHEDULER_CHANNELS,)), i.NotificationQueued(failed(2), ("mail",))]
+    )
+    await round_(deliverer)
+    assert ops.got == [] and {r.state for r in store.database.tables.outbox.values()} == {NotificationState.PENDING}
+    current[0] = Settings(notify=("ops",), channels={"ops": ChannelSpec(name="ops", command="cat")})
+    clock.advance(60)
+    await round_(deliverer)
+    await round_(deliverer)  # the rows handed on are delivered
+    assert sorted(d["id"] for d in ops.got) == ["failed:run:1", "failed:run:2"]  # same ids
+    rows = store.database.tables.outbox
+    assert rows[("failed:run:2", "mail")].state is NotificationState.FAILED
+    assert rows[("failed:run:2", "mail")].last_error == (
+        "channel 'mail' is no longer declared in vigil.toml: handed on to [scheduler] notify: ops"
+    )
+    assert rows[("failed:run:1", SCHEDULER_CHANNELS)].last_error == "handed on to [scheduler] notify: ops"
+    assert rows[("failed:run:1", "ops")].state is NotificationState.SENT

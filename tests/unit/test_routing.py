@@ -62,3 +62,14 @@ def test_a_channel_declared_but_invalid_still_gets_its_events_to_hold_until_it_i
     assert channels_for(event(EventKind.FAILOVER, job=None), None, broken) == ("ops", "mail")
     both = JobSpec(name="etl/load", path="x", command="true", notify=("mail", "pager"))
     assert channels_for(event(EventKind.FAILED), both, broken) == ("mail", "pager")
+
+
+def test_while_vigil_toml_is_unreadable_events_wait_under_the_names_the_job_gives_or_for_the_scheduler() -> None:
+    from engine.notify.routing import SCHEDULER_CHANNELS
+
+    unreadable = Settings(channels_unknown=True)
+    own = JobSpec(name="etl/load", path="x", command="true", notify=("mail", "pager"))
+    plain = JobSpec(name="etl/load", path="x", command="true")
+    assert channels_for(event(EventKind.FAILED), own, unreadable) == ("mail", "pager")
+    assert channels_for(event(EventKind.FAILED), plain, unreadable) == (SCHEDULER_CHANNELS,)
+    assert channels_for(event(EventKind.FAILOVER, job=None), None, unreadable) == (SCHEDULER_CHANNELS,)

@@ -161,6 +161,7 @@ UPDATE notifications SET
     last_attempt_at = CASE WHEN state = 'pending' THEN :at ELSE last_attempt_at END,
     attempts = CASE WHEN state = 'pending' THEN :attempts ELSE attempts END,
     next_attempt_at = CASE WHEN state = 'pending' THEN NULL ELSE next_attempt_at END,
+    last_error = CASE WHEN state = 'pending' THEN NULL ELSE last_error END,
     writer_epoch = :epoch
 WHERE event_id = :event_id AND channel = :channel;
 
