@@ -134,7 +134,10 @@ def cmd_import_crontab(args: argparse.Namespace) -> int:
         print(escape(f"{prefix}/{job.name}  {job.schedule}  (line {job.line})"))
     if result.jobs:
         as_user = f", run as {run_as}" if run_as else ""
-        print(escape(f"wrote {len(result.jobs)} job(s) to {folder}, cron times in {timezone}{zone_note}{as_user}"))
+        zones = sorted({job.timezone for job in result.jobs})
+        # The default zone, unless every line's CRON_TZ/TZ set another.
+        where = f"{timezone}{zone_note}" if timezone in zones else ", ".join(zones) + " (CRON_TZ/TZ)"
+        print(escape(f"wrote {len(result.jobs)} job(s) to {folder}, cron times in {where}{as_user}"))
     for problem_line in result.problems:
         print(escape(problem_line.format(source) + " (left out)"), file=sys.stderr)
     if files:
