@@ -136,6 +136,8 @@ def test_validate_names_file_and_key_for_an_unknown_user_and_a_non_root_schedule
         assert "asroot" not in as_root.stdout and "self.toml" not in as_root.stderr  # root may run as anyone
 
         setpriv = ["setpriv", f"--reuid={test_user.name}", f"--regid={test_user.name}", "--init-groups", "--"]
+        if subprocess.run([*setpriv, *VIGIL, "--help"], capture_output=True, timeout=30, cwd="/").returncode != 0:
+            pytest.skip(f"this checkout is not readable by {test_user.name} (the root half above ran)")
         as_user = subprocess.run(
             [*setpriv, *VIGIL, "validate", str(folder)],
             capture_output=True,
