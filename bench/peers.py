@@ -416,6 +416,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     parser.add_argument("--sat-jobs", type=int, default=1500, help="jobs due every second when saturated (1500)")
     parser.add_argument("--peers", default=",".join(PEERS), help="which peers (vigil,cronstable,apscheduler)")
+    parser.add_argument(
+        "--idle", type=float, default=0.0, help="idle window in s (20; 10 with --quick): CPU ticks are 10 ms"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     now = datetime.now(UTC)
@@ -423,6 +426,7 @@ def main() -> int:
         print(f"vigil: the idle jobs use cron {IDLE_CRON!r}, which is due today; run on another day")
         return 1
     sat_window, lat_window, idle_window = (5.0, 5.0, 10.0) if args.quick else (10.0, 10.0, 20.0)
+    idle_window = args.idle or idle_window
     print(f"machine: {json.dumps(machine())}")
     root = Path(tempfile.mkdtemp(prefix="vigil-peers-"))
     load_start = os.getloadavg()[0]
