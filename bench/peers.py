@@ -36,7 +36,8 @@ How each peer is configured:
   is `subprocess.run(COMMAND, shell=True)`.
 
 The last line of output is one JSON object with every figure (null where a peer or workload could
-not be measured). Run: `python bench/peers.py [--quick] [--rounds N] [--keep]`.
+not be measured). Run: `python bench/peers.py [--quick] [--rounds N] [--idle S] [--keep]` (about 7 min
+with `--quick`; psutil counts CPU in 10 ms ticks, so a 20 s idle window resolves 0.05 % of a core).
 """
 
 from __future__ import annotations
