@@ -420,6 +420,7 @@ def main() -> int:
     parser.add_argument(
         "--idle", type=float, default=0.0, help="idle window in s (20; 10 with --quick): CPU ticks are 10 ms"
     )
+    parser.add_argument("--workloads", default="runs_per_s,latency,idle,first", help="which workloads (all four)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     now = datetime.now(UTC)
@@ -446,7 +447,7 @@ def main() -> int:
             ("first", lambda c: {"first_fire_s_1k": first_fire(c, root, 1000)}),
         ]
         for rnd in range(args.rounds):
-            for label, run in workloads:
+            for label, run in [w for w in workloads if w[0] in args.workloads.split(",")]:
                 for name in wanted:
                     try:
                         got = run(PEER_CLASSES[name])
