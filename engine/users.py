@@ -97,9 +97,9 @@ def run_as(name: str | None, *, who: str = "the scheduler") -> Account | None:
     return account
 
 
-def needs_switch(account: Account | None) -> bool:
-    """The job runs under another uid than this process: its own process must change user."""
-    return account is not None and account.uid != os.geteuid()
+def switch_to(account: Account | None) -> Account | None:
+    """The account the job's own process must change to: `account` when its uid is not this process's."""
+    return account if account is not None and account.uid != os.geteuid() else None
 
 
 def accounts_stamp() -> tuple[int, int]:

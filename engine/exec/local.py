@@ -31,7 +31,7 @@ from engine.exec.reconcile import ShimEvidence
 from engine.exec.rundirs import claim_run_dir, run_identity
 from engine.model import RunState
 from engine.paths import StatePaths, job_umask
-from engine.users import Account, needs_switch
+from engine.users import Account, switch_to
 
 SHIM = str(Path(__file__).resolve().with_name("shim.sh"))
 SHELL = "/bin/sh"
@@ -460,10 +460,9 @@ class LocalExecutor:
         argv_job = job_argv(command)
         if env_words:
             argv_job = [tools.env, "--", *env_words, *argv_job]
-        switch = needs_switch(account)
-        if switch:
-            assert account is not None
-            argv_job = [*switch_user_argv(account), *argv_job]
+        switch = switch_to(account)
+        if switch is not None:
+            argv_job = [*switch_user_argv(switch), *argv_job]
         umask = f"{job_umask():04o}"  # the shim's own files stay owner-only; the job gets this one
         argv = [
             *scope_prefix(run_id),
@@ -480,9 +479,8 @@ class LocalExecutor:
             raise LaunchError("could not start: the command contains a NUL byte")
         claim_run_dir(run_dir, run_identity(env))  # never another run's directory (engine/exec/rundirs.py)
         _reserve_exit_record(run_dir)
-        if switch:
-            assert account is not None
-            _give_log(run_dir, account.uid)
+        if switch is not None:
+            _give_log(run_dir, switch.uid)
         # In memory, not on disk or in any argv: other users can read a process's argv, never its
         # environment or fds.
         env_fd = _above_shim_fds(os.memfd_create("vigil-job-env", os.MFD_CLOEXEC))

@@ -64,6 +64,12 @@ class SqliteReader:
             self._conn = conn
         return self._conn
 
+    @property
+    def has_outbox(self) -> bool:
+        """The database has the outbox tables (one made by a Vigil before them has not)."""
+        _ = self.conn  # opening the connection learns it
+        return self._outbox
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -255,17 +261,13 @@ class SqliteReader:
     def notifications(
         self, *, state: NotificationState | None = None, channel: str | None = None, limit: int = 50
     ) -> list[Notification]:
-        if self._conn is None:
-            self.conn  # noqa: B018 (opens the connection and learns whether the outbox exists)
-        if not self._outbox:
+        if not self.has_outbox:
             return []
         params = {"state": None if state is None else str(state), "channel": channel, "limit": limit}
         return [notification_of(row) for row in self._rows("notifications_page", params)]
 
     def channel_health(self) -> list[ChannelHealth]:
-        if self._conn is None:
-            self.conn  # noqa: B018
-        if not self._outbox:
+        if not self.has_outbox:
             return []
         counts: dict[str, dict[NotificationState, int]] = {}
         last_sent: dict[str, datetime] = {}
