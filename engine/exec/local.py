@@ -153,8 +153,9 @@ def job_environment_script(env: Mapping[str, str], run_dir: Path) -> tuple[str, 
     """
     lines: list[str] = []
     words: list[str] = []
+    kept = _EXPORT_LINES
     for name, value in env.items():
-        line = _export_line(name, value)
+        line = kept.get((name, value)) or _export_line(name, value)
         if line is not None:
             lines.append(line)
         else:
@@ -170,9 +171,6 @@ def _export_line(name: str, value: str) -> str | None:
     Kept for short values: most of a job's environment is the same at every launch, and quoting it
     was a tenth of a launch's cost. Bounded (a few MiB at worst), emptied when full; a refused
     variable raises and is never kept."""
-    line = _EXPORT_LINES.get((name, value))
-    if line is not None:
-        return line
     if not name or "=" in name or "\0" in name:
         raise LaunchError(f"could not start: environment variable {name!r}: not a valid name")
     if "\0" in value:
