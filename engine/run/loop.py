@@ -377,8 +377,8 @@ class Scheduler:
         timeout = max(0.0, timeout)
         next_fire = self.planner.next_fire_at()
         # epoll sleeps in whole milliseconds, rounded up: a fire would be handled up to a millisecond
-        # (and on average half of one) after its time. When a fire ends this sleep, wake a
-        # millisecond early and sleep the rest precisely: the loop has nothing else to do by then.
+        # (and on average half of one) after its time. When a fire ends this sleep, stop waiting
+        # FIRE_WAKE_EARLY_S before it and sleep the rest precisely: nothing else is due by then.
         until_fire = None if next_fire is None else next_fire - self.clock.now().timestamp()
         precise = backoff <= 0 and until_fire is not None and 0 < until_fire <= timeout
         if timeout > 0 and not self._wake.is_set():
