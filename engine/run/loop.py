@@ -65,6 +65,8 @@ log = logging.getLogger("vigil.scheduler")
 #: Wall and monotonic clocks disagreeing by more than this between two loop iterations is a clock
 #: step (NTP slews far slower: under a millisecond per second).
 CLOCK_JUMP_TOLERANCE_S = 1.0
+#: How long before a fire the loop stops waiting on epoll (millisecond steps) and sleeps precisely.
+FIRE_WAKE_EARLY_S = 0.0015
 
 ExecutorFactory = Callable[[RunContext], Executor]
 
@@ -383,9 +385,21 @@ class Scheduler:
         if next_warning is not None:
             timeout = min(timeout, next_warning)
         timeout = max(0.0, timeout)
+        next_fire = self.planner.next_fire_at()
+        # epoll sleeps in whole milliseconds, rounded up: a fire would be handled up to a millisecond
+        # (and on average half of one) after its time. When a fire ends this sleep, stop waiting
+        # FIRE_WAKE_EARLY_S before it and sleep the rest precisely: nothing else is due by then.
+        until_fire = None if next_fire is None else next_fire - self.clock.now().timestamp()
+        precise = backoff <= 0 and until_fire is not None and 0 < until_fire <= timeout
         if timeout > 0 and not self._wake.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            coarse = timeout - FIRE_WAKE_EARLY_S if precise else timeout
+            if coarse > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), coarse)
+            if precise and not self._wake.is_set() and next_fire is not None:
+                rest = next_fire - self.clock.now().timestamp()
+                if 0 < rest <= FIRE_WAKE_EARLY_S:
+                    time.sleep(rest)  # noqa: ASYNC251 (at most 1.5 ms, and nothing else is due)
         self._wake.clear()
 
     # ---------------------------------------------------------------- clock
