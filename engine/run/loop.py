@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +79,9 @@ DB_CHECK_GAP_S = 1.0
 #: ...and this often anyway (a change no event shows: a parent folder renamed), or every
 #: DB_CHECK_GAP_S where inotify is unavailable.
 DB_CHECK_EVERY_S = 30.0
+#: The deliverer is woken by every commit of an event (`_wake_deliverer`); it looks at the outbox
+#: this often anyway (rows another process may have queued), besides each retry's due time.
+DELIVERER_POLL_S = 60.0
 #: While runs are open, their executors sample them (peak RSS, log caps) this often.
 SAMPLE_EVERY_S = 0.5
 
@@ -134,9 +137,11 @@ class Scheduler:
         #: sends the notification outbox while this scheduler is active (built by run())
         self.deliverer: Deliverer | None = None
         self.deliverer_restart_delay = 1.0  #: seconds before a failed deliverer is replaced (doubling)
-        self._deliver_after_flush = False  #: an event was deferred: wake the deliverer once it is flushed
         self._agents_up: dict[str, bool] = {}  #: each agent's health as the ledger had it at takeover
         self.store.health.on_recovery = self._store_recovered
+        # Whoever commits an event (the loop, the flusher, the dispatcher's deferred writes, the
+        # deliverer's summaries), the deliverer hears of it once it is durable.
+        self.store.observe(self._wake_deliverer)
 
     @property
     def epoch(self) -> int:
@@ -283,6 +288,7 @@ class Scheduler:
                 lambda: self.planner.settings,
                 self.clock,
                 log_tail=run_dir_log_tail(self.paths),
+                poll=DELIVERER_POLL_S,
             )
             started = time.monotonic()
             try:
@@ -314,7 +320,11 @@ class Scheduler:
         """An event that no state change of the ledger carries (a standby gone): into the next transaction."""
         for intent in self.planner.notification(event):
             self.store.defer(intent)
-        self._deliver_after_flush = True
+
+    def _wake_deliverer(self, written: Sequence[i.Intent]) -> None:
+        """A commit observer: an event was committed, the deliverer sends it now."""
+        if self.deliverer is not None and any(isinstance(intent, i.NotificationQueued) for intent in written):
+            self.deliverer.wake()
 
     async def close_executors(self) -> None:
         """Stop watching runs (they go on; the next active adopts them)."""
@@ -402,9 +412,6 @@ class Scheduler:
             except StoreError as exc:
                 self._store_fatal(exc)
                 return
-            if self._deliver_after_flush and self.deliverer is not None:
-                self._deliver_after_flush = False
-                self.deliverer.wake()
 
     async def _sleep_until_next(self) -> None:
         # Long only if the kernel tells of clock steps; else a second, so that one is noticed within it.
@@ -733,8 +740,6 @@ class Scheduler:
             self.high_water.raise_to(run_id=max(new_ids))
         for hook in batch.after_commit:
             hook(new_ids)
-        if self.deliverer is not None and any(isinstance(intent, i.NotificationQueued) for intent in batch.intents):
-            self.deliverer.wake()  # the event is durable now: send it
         collided: set[str] = set()
         for row in batch.rows:
             if row.id not in new_ids:
