@@ -66,8 +66,9 @@ log = logging.getLogger("vigil.scheduler")
 #: Wall and monotonic clocks disagreeing by more than this between two loop iterations is a clock
 #: step (NTP slews far slower: under a millisecond per second).
 CLOCK_JUMP_TOLERANCE_S = 1.0
-#: The longest sleep of the loop when the kernel tells it of clock steps (a timerfd); without that
-#: tell-tale, a second, so that a stepped wall clock is noticed within one.
+#: The longest sleep of the loop with no open run, when the kernel tells it of clock steps (a
+#: timerfd). Otherwise a second: a stepped wall clock is noticed within one, and so are what open runs
+#: learn between iterations (an agent's confirmed start arms its warn_if_longer timer at the next).
 LONG_SLEEP_S = 30.0
 SHORT_SLEEP_S = 1.0
 #: After the kernel reports a change in the job folder, wait this long (at most `rescan_interval`)
@@ -414,8 +415,8 @@ class Scheduler:
                 return
 
     async def _sleep_until_next(self) -> None:
-        # Long only if the kernel tells of clock steps; else a second, so that one is noticed within it.
-        timeout = SHORT_SLEEP_S if self._clock_set is None else LONG_SLEEP_S
+        # Long only with no open run and if the kernel tells of clock steps (see LONG_SLEEP_S).
+        timeout = SHORT_SLEEP_S if self._clock_set is None or len(self.table) else LONG_SLEEP_S
         mono = self.clock.monotonic()
         backoff = self.store.health.wait(time.monotonic())
         if backoff > 0:
