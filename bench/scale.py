@@ -4,8 +4,8 @@ The folder is a realistic mix (100 folders of 100 jobs, `_folder.toml` defaults,
 retries): cron jobs in a dozen time zones at hours spread over the day, `every` jobs of minutes to days,
 one-off `at` jobs days ahead, `after` chains and manual jobs. Every schedule is chosen, from the
 current time, so that nothing fires during the measurement: the scheduler is idle, and what is
-measured is the cost of holding 10,000 jobs (the heap of next fires, the live-reload scan of the
-folder every second, heartbeats, sampling).
+measured is the cost of holding 10,000 jobs (the heap of next fires, the folder's inotify watch and
+its safety walk, the timers of an idle node: docs/operations.md, "An idle node").
 
 Figures:
 - `load_10k_s`: from starting `vigil up` until the `jobs` table lists every job (polled every 20 ms).

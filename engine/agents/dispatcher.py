@@ -215,6 +215,7 @@ class AgentDispatcher:
         self._rr: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._agent_up = asyncio.Event()
+        self._nudge = asyncio.Event()  #: something to supervise may have come (agents declared, a run)
         self._ready = asyncio.Event()
         self._retaking = False
         self._closed = False
@@ -233,6 +234,7 @@ class AgentDispatcher:
         if flight is None:
             flight = Flight(info=info, target=info.agent or "")
             self.flights[info.id] = flight
+        self._nudge.set()
         self._drive_soon(flight)
 
     def ready(self) -> None:
@@ -280,6 +282,7 @@ class AgentDispatcher:
         settings = self.ctx.settings()
         flight = Flight(info=info, target=target)
         self.flights[info.id] = flight
+        self._nudge.set()
         is_agent = recorded in settings.agents
         if self.restored and is_agent and info.state is not RunState.RUNNING:
             # A later scheduler (the one whose history the restore lost) handled this dispatch:
@@ -307,7 +310,7 @@ class AgentDispatcher:
         return False
 
     def configure(self, settings: Settings) -> None:
-        pass  # read through the context at each use
+        self._nudge.set()  # settings are read through the context at each use; agents may be declared now
 
     def sample(self) -> None:
         pass  # agents sample their own runs
@@ -447,6 +450,11 @@ class AgentDispatcher:
                 return
             except Exception:
                 log.exception("agent supervisor failed")
+            if not self.links and not self.flights:
+                # No agent declared and no run on one: nothing to tick until that changes.
+                self._nudge.clear()
+                await self._nudge.wait()
+                continue
             await asyncio.sleep(min(0.25, self.ctx.settings().agent_poll_interval))
 
     def _sync_links(self) -> None:

@@ -31,7 +31,7 @@ from engine.config.fields import (
 from engine.config.names import NAME_RULE, job_name_problem
 from engine.config.settings import SETTINGS_FILE, Targets, parse_settings
 from engine.config.sources import SourceFile, Value, link_problem, not_regular, read_file
-from engine.config.watch import FULL_WALK_EVERY, DirWatch
+from engine.config.watch import FULL_WALK_EVERY, FULL_WALK_SHARE, DirWatch
 from engine.durations import MAX_DURATION_YEARS
 from engine.errors import ConfigError
 from engine.model import JobSpec, Settings
@@ -269,6 +269,7 @@ class JobFolder:
         self._watch_tried = False
         self._watched = False  #: the last walk put every folder under the watch
         self._walked_at = 0.0
+        self._walk_every = FULL_WALK_EVERY  #: the safety walk's period under the watch (longer for slow walks)
         self._links: list[tuple[str, str]] = []
         self._accounts = (0, 0)  #: the passwd file's stamp at the last evaluation
 
@@ -284,7 +285,9 @@ class JobFolder:
             # (the CLI) must not hold an inotify instance, of which a user has only 128.
             self._watch_tried = True
             self._watch = DirWatch.open()
+        started = time.thread_time()
         walk = self._walk()
+        self._walk_every = max(FULL_WALK_EVERY, (time.thread_time() - started) / FULL_WALK_SHARE)
         self._watched, self._links, self._walked_at = walk.watched, walk.links, time.monotonic()
         dirty = self._refresh(walk) or accounts_changed
         if [e.format() for e in walk.errors] != [e.format() for e in self._walk_errors]:
@@ -299,12 +302,25 @@ class JobFolder:
         removed = set(previous) - set(self._jobs)
         return ScanResult(dict(self._jobs), changed, removed, list(self._errors), self._settings)
 
+    def change_fd(self) -> int | None:
+        """A descriptor that becomes readable when the folder (or /etc/passwd) changes, when waiting on
+        it is enough until `walk_due_in()`; None when the folder must be scanned every so often to see
+        changes: no inotify, a folder it could not watch, or symlinked files (their targets may be
+        anywhere)."""
+        if self._watch is None or not self._watched or self._links:
+            return None
+        return self._watch.fd
+
+    def walk_due_in(self) -> float:
+        """Seconds until the next scan walks the whole folder even if no change was reported."""
+        return max(0.0, self._walk_every - (time.monotonic() - self._walked_at))
+
     def _unchanged(self) -> bool:
         """True when no file can have changed since the last walk, so the walk can be skipped."""
         watch = self._watch
         if watch is None or not self._watched:
             return False
-        if watch.changed() or time.monotonic() - self._walked_at >= FULL_WALK_EVERY:
+        if watch.changed() or time.monotonic() - self._walked_at >= self._walk_every:
             return False
         for rel, abs_path in self._links:  # a symlink's target may live outside every watched folder
             source = self._files.get(rel)

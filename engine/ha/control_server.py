@@ -67,6 +67,7 @@ class ControlServer:
         self.refusals = refusals
         self.standby_gone = standby_gone  #: a standby hung up while this server serves (not at close)
         self.subscribers: dict[asyncio.StreamWriter, Subscriber] = {}
+        self.subscribed = asyncio.Event()  #: set on each new subscriber (the heartbeats start again)
         self.last_sent: float | None = None  #: time.time() of the last broadcast
         self._clients: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}  #: every connection's handler
         self._refusal_timer: asyncio.TimerHandle | None = None
@@ -139,6 +140,7 @@ class ControlServer:
                     self.subscribers[writer] = Subscriber(
                         role=request.get("role", "monitor"), pid=request.get("pid"), since=self.clock.now()
                     )
+                    self.subscribed.set()
                     writer.write(encode(self.heartbeat()))
                     await writer.drain()
                     continue

@@ -4,7 +4,7 @@ A node holding it is active; the others block on it in a thread, so a crash is r
 the kernel releases the dead process's lock. Only a lock on the file the path names counts: a
 removed or replaced `leader.lock` is locked again by the active, and waiters follow it.
 
-Layer: ha. Imports only the base modules (errors).
+Layer: ha. Imports only the base modules (errors, linux).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from engine.errors import VigilError
+from engine.linux import FileWatch, wait_readable
 
 FileKey = tuple[int, int]  #: (st_dev, st_ino): which file a path or an fd is
 
@@ -32,7 +33,8 @@ class LeaderLock:
     the new file (`keep`) or, if another node holds it, stops.
     """
 
-    poll = 0.2  #: how often a waiting node looks at the path
+    poll = 0.2  #: how often a waiting node looks at the path (where inotify cannot tell it of changes)
+    watched_poll = 5.0  #: how often it looks anyway when inotify reports the changes of names
     relock_grace = 1.0  #: a waiting node moves to a replaced file only after this (the active polls faster)
 
     def __init__(self, path: Path) -> None:
@@ -128,10 +130,25 @@ class LeaderLock:
 
     async def _wait(self, attempt: _LockAttempt) -> None:
         """Until the attempt's flock returns, or the path has named another file for `relock_grace`."""
+        watch = FileWatch.open(self.path)
+        try:
+            await self._wait_watched(attempt, watch)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    async def _wait_watched(self, attempt: _LockAttempt, watch: FileWatch | None) -> None:
         changed_at: float | None = None
         while True:
-            done, _ = await asyncio.wait({attempt.future}, timeout=self.poll)
-            if done:
+            if watch is None:
+                await asyncio.wait({attempt.future}, timeout=self.poll)
+            else:
+                # Woken by the kernel when a name in the folder changes; while the path names another
+                # file, every `poll` until the grace is over.
+                timeout = self.watched_poll if changed_at is None else self.poll
+                await wait_readable(watch.fd, timeout, attempt.future)
+                watch.drain()
+            if attempt.future.done():
                 return
             now_key = self.path_key()
             if now_key is None or now_key == attempt.key:

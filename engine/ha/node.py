@@ -32,6 +32,7 @@ from engine.exec.procs import flock_holders, starttime
 from engine.ha.control_server import ControlServer, Subscriber
 from engine.ha.heartbeat import HeartbeatWatcher, Takeover, TakeoverCause
 from engine.ha.lock import LeaderLock
+from engine.linux import FileWatch, wait_readable
 from engine.model import StopReason
 from engine.notify import build
 from engine.paths import StatePaths
@@ -41,6 +42,13 @@ from engine.store.intents import Audit, CommitObserver, Failover, Intent
 from engine.store.sqlite.db import connect
 
 log = logging.getLogger("vigil.ha")
+
+#: With no subscriber, no heartbeat is sent; the loop's lag is still measured this often.
+LAG_CHECK_IDLE_S = 5.0
+#: The active looks at `leader.lock` when the kernel reports a change of names in its folder, and
+#: this often anyway (a change no event shows: a parent folder renamed); without inotify, as often as
+#: LeaderLock.poll / 2, faster than a waiting node moves to a new file.
+LOCK_CHECK_EVERY_S = 5.0
 
 #: Pauses between attempts to become active while the store refuses writes (disk full, locked).
 START_RETRY_FIRST_S = 0.5
@@ -314,8 +322,19 @@ class Node:
     _lag = 0.0
 
     async def _heartbeats(self) -> None:
-        # Sent from the event loop itself: if the loop hangs, the heartbeats stop.
+        # Sent from the event loop itself: if the loop hangs, the heartbeats stop. Only while someone
+        # subscribes (a standby, a monitor): each gets one at once when it subscribes, then one every
+        # interval; with no one listening the loop sleeps, waking only to measure its lag.
         while True:
+            server = self.server
+            if server is not None and not server.subscribers:
+                server.subscribed.clear()
+                expected = time.monotonic() + LAG_CHECK_IDLE_S
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(server.subscribed.wait(), LAG_CHECK_IDLE_S)
+                    continue  # a subscriber: it has its first heartbeat; the next one is due in an interval
+                self._lag = max(0.0, time.monotonic() - expected)
+                continue
             expected = time.monotonic() + self.hb_interval
             await asyncio.sleep(self.hb_interval)
             self._lag = max(0.0, time.monotonic() - expected)
@@ -324,8 +343,20 @@ class Node:
 
     async def _watch_lock_file(self, scheduler: Scheduler) -> None:
         """Keep holding the lock on the file `leader.lock` names; stop if another node holds it."""
+        watch = FileWatch.open(self.paths.lock)
+        try:
+            await self._keep_lock_file(scheduler, watch)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    async def _keep_lock_file(self, scheduler: Scheduler, watch: FileWatch | None) -> None:
         while True:
-            await asyncio.sleep(self.lock.poll / 2)  # faster than a waiting node moves to a new file
+            if watch is None:
+                await asyncio.sleep(self.lock.poll / 2)  # faster than a waiting node moves to a new file
+            else:
+                await wait_readable(watch.fd, LOCK_CHECK_EVERY_S)
+                watch.drain()
             if self.lock.still_ours():
                 continue
             try:
@@ -349,7 +380,8 @@ class Node:
     async def _status_command(self, args: dict[str, Any]) -> dict[str, Any]:
         server, scheduler = self.server, self.scheduler
         standbys = server.standbys() if server is not None else []
-        sent = server.last_sent if server is not None else None
+        sent = server.last_sent if server is not None and server.subscribers else None
+        # With no subscriber no heartbeat is sent: this answer, from the same loop, is the sign of life.
         age = None if sent is None else max(0.0, time.time() - sent)
         return {
             "ok": True,

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ from engine.errors import (
 from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
 from engine.exec.rundirs import HighWaterFile, run_dir_ids
 from engine.exec.runner import ShimExecutor
+from engine.linux import ClockSetWatch, FileWatch, wait_readable
 from engine.model import LeaderRow, RunState, Settings
 from engine.notify import build
 from engine.notify.events import Event
@@ -67,6 +69,25 @@ log = logging.getLogger("vigil.scheduler")
 CLOCK_JUMP_TOLERANCE_S = 1.0
 #: How long before a fire the loop stops waiting on epoll (millisecond steps) and sleeps precisely.
 FIRE_WAKE_EARLY_S = 0.0015
+#: The longest sleep of the loop with no open run, when the kernel tells it of clock steps (a
+#: timerfd). Otherwise a second: a stepped wall clock is noticed within one, and so are what open runs
+#: learn between iterations (an agent's confirmed start arms its warn_if_longer timer at the next).
+LONG_SLEEP_S = 30.0
+SHORT_SLEEP_S = 1.0
+#: After the kernel reports a change in the job folder, wait this long (at most `rescan_interval`)
+#: so that a save of several writes, or a checkout of many files, is one scan.
+FOLDER_SETTLE_S = 0.1
+#: The database file is looked at after the kernel reports a change of its name or content, at most
+#: this often (a busy ledger writes it at every checkpoint)...
+DB_CHECK_GAP_S = 1.0
+#: ...and this often anyway (a change no event shows: a parent folder renamed), or every
+#: DB_CHECK_GAP_S where inotify is unavailable.
+DB_CHECK_EVERY_S = 30.0
+#: The deliverer is woken by every commit of an event (`_wake_deliverer`); it looks at the outbox
+#: this often anyway (rows another process may have queued), besides each retry's due time.
+DELIVERER_POLL_S = 60.0
+#: While runs are open, their executors sample them (peak RSS, log caps) this often.
+SAMPLE_EVERY_S = 0.5
 
 ExecutorFactory = Callable[[RunContext], Executor]
 
@@ -113,6 +134,10 @@ class Scheduler:
         self._commands: list[Command] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._runs_open = asyncio.Event()  #: set at each launch: the sampler has something to sample
+        #: tells of wall clock steps, so the loop may sleep long (only for the real clock: a fake one
+        #: is stepped by tests, which no kernel sees)
+        self._clock_set = ClockSetWatch.open() if isinstance(self.clock, SystemClock) else None
         self.stop_reason = "stop"
         self.extra_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
         self.high_water = HighWaterFile(paths)  #: used epochs and run ids, kept outside the database
@@ -124,9 +149,11 @@ class Scheduler:
         #: sends the notification outbox while this scheduler is active (built by run())
         self.deliverer: Deliverer | None = None
         self.deliverer_restart_delay = 1.0  #: seconds before a failed deliverer is replaced (doubling)
-        self._deliver_after_flush = False  #: an event was deferred: wake the deliverer once it is flushed
         self._agents_up: dict[str, bool] = {}  #: each agent's health as the ledger had it at takeover
         self.store.health.on_recovery = self._store_recovered
+        # Whoever commits an event (the loop, the flusher, the dispatcher's deferred writes, the
+        # deliverer's summaries), the deliverer hears of it once it is durable.
+        self.store.observe(self._wake_deliverer)
 
     @property
     def epoch(self) -> int:
@@ -217,12 +244,17 @@ class Scheduler:
 
     async def run(self) -> str:
         """Main loop until asked to stop; returns why it stopped."""
+        db_watch = FileWatch.open(self.paths.db, written=True)
+        if self._clock_set is not None:
+            asyncio.get_running_loop().add_reader(self._clock_set.fd, self._on_clock_set)
         side_tasks = [
-            asyncio.create_task(self._periodic(self.rescan_interval, self.rescan), name="rescan"),
-            asyncio.create_task(self._periodic(0.5, self._sample_tick), name="sample"),
+            asyncio.create_task(self._periodic(self._folder_may_have_changed, self.rescan), name="rescan"),
+            asyncio.create_task(self._periodic(self._sample_due, self._sample_tick), name="sample"),
             asyncio.create_task(self._flusher(), name="flusher"),
-            asyncio.create_task(self._periodic(3600.0, self._retention_tick, first=60.0), name="retention"),
-            asyncio.create_task(self._periodic(1.0, self._check_db_file), name="dbwatch"),
+            asyncio.create_task(self._periodic(_every(3600.0, first=60.0), self._retention_tick), name="retention"),
+            asyncio.create_task(
+                self._periodic(lambda: self._db_file_may_have_changed(db_watch), self._check_db_file), name="dbwatch"
+            ),
             asyncio.create_task(self._deliver(), name="deliverer"),
         ]
         try:
@@ -251,6 +283,11 @@ class Scheduler:
                     await self.store.commit([i.CleanStop()])
             await self.store.close()
             self.high_water.close()
+            if db_watch is not None:
+                db_watch.close()
+            if self._clock_set is not None:
+                asyncio.get_running_loop().remove_reader(self._clock_set.fd)
+                self._clock_set.close()
         return self.stop_reason
 
     async def _deliver(self) -> None:
@@ -264,6 +301,7 @@ class Scheduler:
                 lambda: self.planner.settings,
                 self.clock,
                 log_tail=run_dir_log_tail(self.paths),
+                poll=DELIVERER_POLL_S,
             )
             started = time.monotonic()
             try:
@@ -295,7 +333,11 @@ class Scheduler:
         """An event that no state change of the ledger carries (a standby gone): into the next transaction."""
         for intent in self.planner.notification(event):
             self.store.defer(intent)
-        self._deliver_after_flush = True
+
+    def _wake_deliverer(self, written: Sequence[i.Intent]) -> None:
+        """A commit observer: an event was committed, the deliverer sends it now."""
+        if self.deliverer is not None and any(isinstance(intent, i.NotificationQueued) for intent in written):
+            self.deliverer.wake()
 
     async def close_executors(self) -> None:
         """Stop watching runs (they go on; the next active adopts them)."""
@@ -303,9 +345,10 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await executor.aclose()
 
-    async def _periodic(self, interval: float, fn: Callable[[], Awaitable[None]], first: float | None = None) -> None:
-        await asyncio.sleep(interval if first is None else first)
+    async def _periodic(self, wait: Callable[[], Awaitable[None]], fn: Callable[[], Awaitable[None]]) -> None:
+        """`fn` each time `wait` returns, for as long as the scheduler runs."""
         while True:
+            await wait()
             try:
                 await fn()
             except FencedError:
@@ -318,7 +361,31 @@ class Scheduler:
                 return
             except Exception:
                 log.exception("periodic task failed")
-            await asyncio.sleep(interval)
+
+    async def _folder_may_have_changed(self) -> None:
+        """Until the job folder may have changed: the kernel said so (inotify), its safety walk is due,
+        or, where the kernel cannot tell (see JobFolder.change_fd), `rescan_interval` has passed."""
+        fd = self.folder.change_fd()
+        if fd is None:
+            await asyncio.sleep(self.rescan_interval)
+            return
+        if await wait_readable(fd, self.folder.walk_due_in()):
+            await asyncio.sleep(min(self.rescan_interval, FOLDER_SETTLE_S))
+
+    async def _sample_due(self) -> None:
+        """Until the next sample of the open runs: nothing is sampled while no run is open."""
+        if not len(self.table):
+            self._runs_open.clear()
+            await self._runs_open.wait()
+        await asyncio.sleep(SAMPLE_EVERY_S)
+
+    async def _db_file_may_have_changed(self, watch: FileWatch | None) -> None:
+        """Until the database file may have been removed, replaced or emptied (see DB_CHECK_GAP_S)."""
+        await asyncio.sleep(DB_CHECK_GAP_S)
+        if watch is None:
+            return
+        await wait_readable(watch.fd, DB_CHECK_EVERY_S - DB_CHECK_GAP_S)
+        watch.drain()
 
     def store_fault(self, exc: StoreError) -> None:
         """A store fault in a side task (an executor's): fenced, or one the ledger cannot outlive."""
@@ -358,13 +425,10 @@ class Scheduler:
             except StoreError as exc:
                 self._store_fatal(exc)
                 return
-            if self._deliver_after_flush and self.deliverer is not None:
-                self._deliver_after_flush = False
-                self.deliverer.wake()
 
     async def _sleep_until_next(self) -> None:
-        # At most a second, so a stepped wall clock is noticed within one.
-        timeout = 1.0
+        # Long only with no open run and if the kernel tells of clock steps (see LONG_SLEEP_S).
+        timeout = SHORT_SLEEP_S if self._clock_set is None or len(self.table) else LONG_SLEEP_S
         mono = self.clock.monotonic()
         backoff = self.store.health.wait(time.monotonic())
         if backoff > 0:
@@ -401,6 +465,17 @@ class Scheduler:
                 if 0 < rest <= FIRE_WAKE_EARLY_S:
                     time.sleep(rest)  # noqa: ASYNC251 (at most 1.5 ms, and nothing else is due)
         self._wake.clear()
+
+    def _on_clock_set(self) -> None:
+        """The kernel says the wall clock was set: look at it now (`_read_clock` handles the step)."""
+        watch = self._clock_set
+        if watch is None:
+            return
+        if not watch.rearm():  # the kernel refuses the timer now: wake every second instead
+            asyncio.get_running_loop().remove_reader(watch.fd)
+            watch.close()
+            self._clock_set = None
+        self._wake.set()
 
     # ---------------------------------------------------------------- clock
 
@@ -503,6 +578,7 @@ class Scheduler:
         except (OSError, ValueError) as exc:
             self._finish_later(info, RunState.FAILED, f"could not start the run's shim: {exc}", now)
             return
+        self._runs_open.set()
         if executor is not self.local:
             return  # a remote run's start is recorded by its executor once the agent confirms it
         info.state = RunState.RUNNING
@@ -689,8 +765,6 @@ class Scheduler:
             self.high_water.raise_to(run_id=max(new_ids))
         for hook in batch.after_commit:
             hook(new_ids)
-        if self.deliverer is not None and any(isinstance(intent, i.NotificationQueued) for intent in batch.intents):
-            self.deliverer.wake()  # the event is durable now: send it
         collided: set[str] = set()
         for row in batch.rows:
             if row.id not in new_ids:
@@ -781,3 +855,9 @@ class Scheduler:
             "paused": sorted(self.planner.paused),
             "config_errors": len(self.catalog.errors),
         }
+
+
+def _every(interval: float, *, first: float) -> Callable[[], Awaitable[None]]:
+    """A wait of `first` seconds, then of `interval` seconds each time."""
+    delays = itertools.chain([first], itertools.repeat(interval))
+    return lambda: asyncio.sleep(next(delays))

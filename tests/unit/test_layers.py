@@ -3,7 +3,7 @@ import each other in a cycle. Every import counts, also those inside functions a
 TYPE_CHECKING (read from the sources with ast: importing would miss the lazy ones).
 
 Layers, low to high (docs: each package's docstring says what it may import):
-  base (errors, model, clock, durations, text, ids, paths, sqlfile, sdnotify, users)
+  base (errors, model, clock, durations, text, ids, paths, sqlfile, sdnotify, users, linux)
   < schedule, config, store, notify < exec < agents, control, outbox
   < run (it composes the executors, local and agents) < ha < api < http < cli.
 Some units of one layer must not import each other either (APART).
@@ -17,7 +17,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-BASE = ("engine", "errors", "model", "clock", "durations", "text", "ids", "paths", "sqlfile", "sdnotify", "users")
+BASE = (
+    "engine",
+    "errors",
+    "model",
+    "clock",
+    "durations",
+    "text",
+    "ids",
+    "paths",
+    "sqlfile",
+    "sdnotify",
+    "users",
+    "linux",
+)
 LAYERS: dict[str, int] = {
     **dict.fromkeys(BASE, 0),
     **dict.fromkeys(("schedule", "config", "store", "notify"), 1),
