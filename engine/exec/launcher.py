@@ -138,9 +138,16 @@ def exit_code(wait_status: int) -> int:
 
 
 def _write(path: str, data: bytes, flags: int = os.O_TRUNC) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | flags, 0o600)
+    """Write a record, going on if it fails as the sh shim's redirections do: on a full disk the job
+    still runs and its exit record still fits in the space reserved for it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | flags, 0o600)
+    except OSError:
+        return
     try:
         os.write(fd, data)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -170,7 +177,12 @@ def supervise(request: dict[str, Any]) -> NoReturn:
             _write(f"{run_dir}/log", line, os.O_APPEND)
             _record_end(run_dir, b"notstarted end\n")
             os._exit(0)
-    log_fd = os.open(f"{run_dir}/log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        log_fd = os.open(f"{run_dir}/log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        _write(f"{run_dir}/start-error", b"log")  # read as "the shim could not start the job"
+        _record_end(run_dir, b"notstarted end\n")
+        os._exit(0)
     try:
         pid = spawn_job(argv, request["env"], log_fd, int(request["umask"]))
     except ExecFailed as exc:

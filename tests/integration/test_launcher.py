@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.exec import launcher
 from engine.exec import local as executor_mod
 from engine.exec.local import LocalExecutor, ShimExit
 from engine.paths import StatePaths
@@ -240,3 +241,29 @@ def test_every_vigil_process_sigkilled_mid_run_still_records_the_exit(
 
 if sys.platform != "linux":  # pidfds, /proc
     pytestmark = pytest.mark.skip("Linux only")
+
+
+def test_a_supervisor_that_cannot_write_a_record_still_runs_the_job_and_records_its_exit(tmp_path: Path) -> None:
+    # As on a full disk: `shim` and `started` cannot be written, the reserved exit record can.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "exit").write_bytes(executor_mod.EXIT_RESERVED)
+    (run_dir / "shim").mkdir()
+    (run_dir / "started").mkdir()
+    out = tmp_path / "out"
+    request = {
+        "dir": str(run_dir),
+        "workdir": "",
+        "umask": 0o022,
+        "argv": ["/bin/sh", "-c", f"echo ran > {out}; exit 6"],
+        "env": {"PATH": "/usr/bin:/bin"},
+    }
+    pid = os.fork()
+    if pid == 0:
+        try:
+            launcher.supervise(request)
+        finally:
+            os._exit(70)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and out.read_text() == "ran\n"
+    assert executor_mod.read_exit_record(run_dir) == 6
