@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import array
 import errno
-import gc
 import json
 import os
 import resource
@@ -291,9 +290,6 @@ def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to `vigil up`'s terminal is not for us
-    # Its requests make no reference cycles; without collections a fork copies fewer pages.
-    gc.disable()
-    gc.freeze()
     launcher = Launcher(socket.socket(fileno=SOCKET_FD))
     signal.signal(signal.SIGCHLD, launcher.reap)
     launcher.serve()
