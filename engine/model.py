@@ -203,7 +203,7 @@ class StopReason(StrEnum):
     STORE_FATAL = "store_fatal"  #: the state database cannot be used any more
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)  # slots: no __dict__ per job (10,000 of them)
 class JobSpec:
     """One validated job file, with folder defaults already applied."""
 

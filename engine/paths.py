@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -36,9 +37,9 @@ class StatePaths:
     def control(self) -> Path:
         return self.root / "control.sock"
 
-    @property
+    @functools.cached_property
     def runs(self) -> Path:
-        return self.root / "runs"
+        return self.root / "runs"  # made once: run_dir() is asked for at every launch and end
 
     def run_dir(self, run_id: int) -> Path:
         return self.runs / str(run_id)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from engine.config.fields import (
     JOB_FIELDS,
@@ -41,6 +41,7 @@ from engine.users import accounts_stamp, find_account, run_as_problem
 __all__ = ["FOLDER_FILE", "JobFolder", "LoadResult", "ScanResult", "format_errors", "job_name_of", "load_folder"]
 
 FOLDER_FILE = "_folder.toml"
+_T = TypeVar("_T")
 _Report = Callable[[ConfigError], None]
 #: A file whose mtime is this close to the moment it was read may be rewritten within the same
 #: timestamp tick with the same size; its content is compared again on the next scan (as git does).
@@ -116,8 +117,16 @@ def _merge(layers: Iterable[dict[str, Value]]) -> dict[str, Value]:
     return merged
 
 
+class _Shared(dict[Any, Any]):
+    """Equal values built for many jobs in one evaluation (the `env` a folder gives its jobs), kept once."""
+
+    def one(self, value: _T) -> _T:
+        """The first value built equal to `value` (itself if none was)."""
+        return cast(_T, self.setdefault(value, value))
+
+
 def _build_spec(
-    name: str, source: SourceFile, merged: dict[str, Value], targets: Targets
+    name: str, source: SourceFile, merged: dict[str, Value], targets: Targets, shared: _Shared
 ) -> tuple[JobSpec | None, list[ConfigError]]:
     """The JobSpec of one job from its merged keys, with the checks that need the whole job.
 
@@ -129,7 +138,7 @@ def _build_spec(
     errors = _notify_errors(source, own, targets)  # a `_folder.toml`'s own are its errors
     values = {key: value.value for key, value in merged.items()}
     if "env" in values:
-        values["env"] = tuple(sorted(values["env"].items()))
+        values["env"] = shared.one(tuple(shared.one(pair) for pair in sorted(values["env"].items())))
     if "at" in values:
         at = _aware_at(values["at"], values.get("timezone", JOB_FIELDS["timezone"].default))
         if at is None:
@@ -137,7 +146,7 @@ def _build_spec(
             error = where.error(("at",), f"must be between the years {_AT_FIRST_YEAR} and {_AT_LAST_YEAR} (UTC)")
             return None, [error, *errors]
         values["at"] = at
-    return JobSpec(name=name, path=str(source.path), **values), errors
+    return JobSpec(name=name, path=source.path, **values), errors
 
 
 def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
@@ -162,7 +171,7 @@ def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: 
         # Each file's own table is within the cap; only their merge is too large.
         reason = str(too_large_env(size, " with the env of the _folder.toml files above"))
         errors.append(
-            source.error(("env",), reason) if "env" in (source.data or {}) else ConfigError(source.path, "env", reason)
+            source.error(("env",), reason) if "env" in source.keys else ConfigError(source.path, "env", reason)
         )
     return errors
 
@@ -213,13 +222,13 @@ def _chain(rel_dir: str) -> tuple[str, ...]:
     return ("", *("/".join(parts[: index + 1]) for index in range(len(parts))))
 
 
-@dataclass
+@dataclass(slots=True)
 class _JobState:
     """The cached evaluation of one job file against its folder defaults and the declared agents."""
 
     signature: tuple[Any, ...]
     spec: JobSpec | None
-    errors: list[ConfigError]
+    errors: tuple[ConfigError, ...]  #: a tuple: most are empty, and every empty tuple is the same one
     after_source: SourceFile  #: the file whose `after` applies (errors about `after` point there)
 
 
@@ -241,6 +250,7 @@ class JobFolder:
         #: folder as the next scheduler would load it (`keep_last_valid=False`) gets only valid files.
         self.keep_last_valid = keep_last_valid
         self._root_abs = os.path.abspath(self.root)
+        self._root_text = str(self.root)  #: file paths shown to operators start with it
         self._files: dict[str, SourceFile] = {}  #: by path relative to the root, `/`-separated
         self._version = 0
         self._settings = Settings()
@@ -384,6 +394,7 @@ class JobFolder:
                 dirty = True
         now = time.time_ns()
         linked = {rel for rel, _path in walk.links}
+        folder_dirs: dict[str, tuple[str, str]] = {}  #: rel_dir -> (rel_dir, abs_dir), one copy per folder
         for rel, abs_path, stat_key in walk.stale:
             old = files.get(rel)
             raw = read_file(abs_path, follow=rel in linked)
@@ -401,10 +412,12 @@ class JobFolder:
                 continue
             self._version += 1
             rel_dir = rel.rpartition("/")[0]
+            dirs = folder_dirs.get(rel_dir)
+            if dirs is None:
+                dirs = folder_dirs[rel_dir] = (rel_dir, os.path.join(self._root_abs, rel_dir))
             source = SourceFile(
-                self.root / rel,
-                rel_dir,
-                os.path.join(self._root_abs, rel_dir),
+                os.path.join(self._root_text, rel),
+                *dirs,
                 stat_key,
                 raw,
                 self._version,
@@ -443,7 +456,8 @@ class JobFolder:
 
         # each job on its own, cached on (its version, its folders' versions, declared agents)
         candidates: dict[str, JobSpec] = {}
-        self._states = {name: self._job_state(name, source, folders) for name, source in job_sources.items()}
+        shared = _Shared()
+        self._states = {name: self._job_state(name, source, folders, shared) for name, source in job_sources.items()}
         after_sources = {name: state.after_source for name, state in self._states.items()}
         for name, state in self._states.items():
             for error in state.errors:
@@ -497,8 +511,8 @@ class JobFolder:
         """A `_folder.toml`'s errors that keep its jobs from loading, and its `notify` errors, which do not."""
         if source.syntax_error is not None:
             return [source.syntax_error], []
-        values, errors = self._own_values(source)
-        errors = [*errors, *_agent_errors(source, values, self._targets)]
+        values, own_errors = self._own_values(source)
+        errors = [*own_errors, *_agent_errors(source, values, self._targets)]
         after = values.get("after")
         if after is not None:
             errors.extend(
@@ -507,27 +521,43 @@ class JobFolder:
         return errors, _notify_errors(source, values, self._targets)
 
     @staticmethod
-    def _own_values(source: SourceFile) -> tuple[dict[str, Value], list[ConfigError]]:
+    def _own_values(source: SourceFile) -> tuple[dict[str, Value], tuple[ConfigError, ...]]:
+        """The file's keys, each checked on its own. The table is dropped once they are: the values hold
+        what is used. A job file's values are dropped too once its state is built (`_job_state`)."""
         if source.values is None:
-            source.values, source.value_errors = validate_job_keys(source, source.data or {})
+            values, errors = validate_job_keys(source, source.table())
+            source.values, source.value_errors = values, tuple(errors)
+            source.data = None
         return source.values, source.value_errors
 
-    def _job_state(self, name: str, source: SourceFile, folders: Mapping[str, SourceFile]) -> _JobState:
+    def _job_state(
+        self, name: str, source: SourceFile, folders: Mapping[str, SourceFile], shared: _Shared
+    ) -> _JobState:
         chain = [folders[d] for d in _chain(source.rel_dir) if d in folders]
-        own_targets = source.data is not None and ("agent" in source.data or "notify" in source.data)
+        own_targets = "agent" in source.keys or "notify" in source.keys
+        sets_user = "user" in source.keys or any("user" in folder.keys for folder in chain)
         signature = (
-            source.version,
-            tuple(folder.version for folder in chain),
             self._targets_version if own_targets else 0,
-            self._accounts,  # a `user` created or removed since is checked again
+            self._accounts if sets_user else None,  # a `user` created or removed since is checked again
+            source.version,
+            *(folder.version for folder in chain),
         )
         state = self._states.get(name)
         if state is not None and state.signature == signature:
             return state
         if source.syntax_error is not None:
-            return _JobState(signature, None, [source.syntax_error], source)
-        values, errors = self._own_values(source)
-        errors = list(errors)
+            return _JobState(signature, None, (source.syntax_error,), source)
+        state = self._evaluate_job(name, source, chain, shared)
+        state.signature = signature
+        # Checked again from its bytes only when this signature changes (a folder above edited):
+        # kept, the values would cost about as much as the JobSpec they built, for every job.
+        source.values, source.value_errors = None, ()
+        return state
+
+    def _evaluate_job(self, name: str, source: SourceFile, chain: list[SourceFile], shared: _Shared) -> _JobState:
+        """A job file's state from its own values and its folders'; the caller sets the signature."""
+        values, own_errors = self._own_values(source)
+        errors = list(own_errors)
         if job_name_problem(name):
             errors.append(
                 ConfigError(
@@ -541,9 +571,9 @@ class JobFolder:
         after = merged.get("after")
         after_source = after.source if after is not None else source
         if errors:
-            return _JobState(signature, None, errors, after_source)
-        spec, build_errors = _build_spec(name, source, merged, self._targets)
-        return _JobState(signature, spec, build_errors, after_source)
+            return _JobState((), None, tuple(errors), after_source)
+        spec, build_errors = _build_spec(name, source, merged, self._targets, shared)
+        return _JobState((), spec, tuple(build_errors), after_source)
 
 
 def _drop_missing_after(

@@ -220,17 +220,43 @@ def job_environment_script(env: Mapping[str, str], run_dir: Path) -> tuple[str, 
     words for env(1) instead. The last line traps a failed exec of the job, so the run says "could
     not start" rather than the job's own exit code.
     """
-    check_environment(env)
     lines: list[str] = []
     words: list[str] = []
+    kept = _EXPORT_LINES
     for name, value in env.items():
-        if _SHELL_NAME.match(name):
-            lines.append(f"export {name}={shlex.quote(value)}\n")
+        line = kept.get((name, value)) or _export_line(name, value)
+        if line is not None:
+            lines.append(line)
         else:
             words.append(f"{name}={value}")
     report = f'printf "exec %s %s" "$?" "$1" >{shlex.quote(str(run_dir / "start-error"))}'
     lines.append(f"trap {shlex.quote(report)} EXIT\n")
     return "".join(lines), words
+
+
+def _export_line(name: str, value: str) -> str | None:
+    """One variable's `export` line, or None for a name a shell cannot export.
+
+    Kept for short values: most of a job's environment is the same at every launch, and quoting it
+    was a tenth of a launch's cost. Bounded (a few MiB at worst), emptied when full; a refused
+    variable raises and is never kept."""
+    if not name or "=" in name or "\0" in name:
+        raise LaunchError(f"could not start: environment variable {name!r}: not a valid name")
+    if "\0" in value:
+        raise LaunchError(f"could not start: environment variable {name}: the value contains a NUL byte")
+    if not _SHELL_NAME.match(name):
+        return None
+    line = f"export {name}={shlex.quote(value)}\n"
+    if len(value) <= _EXPORT_VALUE_KEPT:
+        if len(_EXPORT_LINES) >= _EXPORT_LINES_KEPT:
+            _EXPORT_LINES.clear()
+        _EXPORT_LINES[name, value] = line
+    return line
+
+
+_EXPORT_LINES: dict[tuple[str, str], str] = {}
+_EXPORT_LINES_KEPT = 1024
+_EXPORT_VALUE_KEPT = 2048  #: characters
 
 
 def workdir_problem(workdir: str) -> str | None:
@@ -248,10 +274,13 @@ def workdir_problem(workdir: str) -> str | None:
 
 def read_start_failure(run_dir: Path) -> str | None:
     """Why the shim could not start the job, from its complete `notstarted` record; else None."""
-    try:
-        if (run_dir / "exit").read_text().strip() != "notstarted end":
-            return None
-    except OSError:
+    record, _ = _read_exit_file(run_dir)
+    return _start_failure(record, run_dir)
+
+
+def _start_failure(record: str | None, run_dir: Path) -> str | None:
+    """`read_start_failure` for the exit record already read (None: there is none)."""
+    if record is None or record.strip() != "notstarted end":
         return None
     try:
         detail = (run_dir / "start-error").read_text()
@@ -308,11 +337,39 @@ def ending_reason(cause: str, job_pid: int, outcome: str, *, leader_alive: bool)
     )
 
 
-def read_int_file(path: Path) -> int | None:
+def _read_bytes(path: str | Path) -> bytes | None:
+    """A run file's bytes, or None if it cannot be read. Plain os calls: pathlib's read_text costs
+    several times more, and every finished run reads three of these files."""
     try:
-        text = path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _read_all(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    data = os.read(fd, 4096)
+    if len(data) < 4096:  # a regular file: a short read is its end (every record the shim writes)
+        return data
+    chunks = [data]
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_int_file(path: str | Path) -> int | None:
+    data = _read_bytes(path)
+    if data is None:
+        return None
+    try:
+        text = data.decode().strip()
         return int(text) if text else None
-    except (OSError, ValueError):
+    except ValueError:  # UnicodeDecodeError included
         return None
 
 
@@ -350,26 +407,37 @@ def _end_recorded(run_dir: Path) -> bool:
 
 def read_exit_record(run_dir: Path) -> int | None:
     """The exit code from a complete record; a partial or missing record reads as None."""
-    try:
-        text = (run_dir / "exit").read_text(errors="replace")
-    except OSError:
-        return None
-    return _exit_code(text) if _complete(text) else None
+    record, _ = _read_exit_file(run_dir)
+    return _exit_code(record) if record is not None and _complete(record) else None
 
 
 def read_exit(run_dir: Path) -> tuple[int | None, float | None]:
     """The exit code (as `read_exit_record`) and, from a complete record, when it was written (its
     mtime, a POSIX time): the shim writes it as soon as the job is reaped, so it dates the run's end
     however late a scheduler reads it. One open, one fstat."""
+    return _exit_of(*_read_exit_file(run_dir))
+
+
+def _read_exit_file(run_dir: Path) -> tuple[str | None, float | None]:
+    """The exit record's text (undecodable bytes replaced) and mtime; (None, None) if unreadable."""
     try:
-        with open(run_dir / "exit", "rb") as record:
-            text = record.read().decode(errors="replace")
-            written = os.fstat(record.fileno()).st_mtime
+        fd = os.open(os.path.join(run_dir, "exit"), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None, None
-    if not _complete(text):
+    try:
+        written = os.fstat(fd).st_mtime
+        data = _read_all(fd)
+    except OSError:
+        return None, None
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace"), written
+
+
+def _exit_of(record: str | None, written: float | None) -> tuple[int | None, float | None]:
+    if record is None or not _complete(record):
         return None, None  # the reserved blanks, or a torn write: no end recorded yet
-    return _exit_code(text), written  # no code ("notstarted end"): the job could not start, then
+    return _exit_code(record), written  # no code ("notstarted end"): the job could not start, then
 
 
 def _complete(record: str) -> bool:
@@ -387,10 +455,10 @@ def _exit_code(record: str) -> int | None:
 
 def read_cpu_seconds(run_dir: Path) -> float | None:
     """Children's user+system time from the shim's `times` output (second line)."""
-    try:
-        lines = (run_dir / "times").read_text().splitlines()
-    except OSError:
+    data = _read_bytes(os.path.join(run_dir, "times"))
+    if data is None:
         return None
+    lines = data.decode().splitlines()
     if len(lines) < 2:
         return None
     total = 0.0
@@ -864,8 +932,8 @@ class LocalExecutor:
                     self._loop.call_later(_STATUS_POLL, self._finish, run_id)
                     return
         del self._watched[run_id]
-        self._learn_job(watched)
         if watched.kill_timer is not None:
+            self._learn_job(watched)  # only a kill or a missing exit record needs the job's identity
             watched.kill_timer.cancel()
             if watched.job_pid is not None:
                 # The job's leader is gone; whatever of its group ignored SIGTERM goes now (if the
@@ -895,6 +963,8 @@ class LocalExecutor:
         cause = shim_end_cause(shim_pid, wait_status)
         job_pid: int | None
         job_start: int | None
+        if watched is not None:
+            self._learn_job(watched)
         if watched is not None and watched.job_pid is not None:
             job_pid, job_start = watched.job_pid, watched.job_starttime
         else:
@@ -967,12 +1037,13 @@ class LocalExecutor:
         """Read a finished run's record and apply the log cap for good."""
         run_dir = self.paths.run_dir(run_id)
         self._cap_log(run_dir, final=True)
-        start_failure = read_start_failure(run_dir)
-        exit_code, written = read_exit(run_dir)
+        record, mtime = _read_exit_file(run_dir)  # read once for the start failure and the code
+        start_failure = _start_failure(record, run_dir)
+        exit_code, written = _exit_of(record, mtime)
         return ShimExit(
             run_id=run_id,
             exit_code=exit_code,
-            job_pid=read_int_file(run_dir / "started"),
+            job_pid=read_int_file(os.path.join(run_dir, "started")),
             cpu_s=read_cpu_seconds(run_dir),
             peak_rss=peak_rss,
             reason=start_failure,
@@ -1056,21 +1127,21 @@ class LocalExecutor:
             self._cap_log(self.paths.run_dir(watched.run_id), final=False)
 
     def _cap_log(self, run_dir: Path, *, final: bool) -> None:
-        log = run_dir / "log"
-        marker = run_dir / "truncated"
+        log = os.path.join(run_dir, "log")
+        marker = os.path.join(run_dir, "truncated")
         try:
-            size = log.stat().st_size
+            size = os.stat(log).st_size
         except OSError:
             return
         if size > self.log_cap:
             # The job appends (O_APPEND), so after this it writes at the new end: the first
             # `log_cap` bytes stay exactly the job's first output.
             os.truncate(log, self.log_cap)
-            marker.touch()
-        if final and marker.exists():
+            Path(marker).touch()
+        if final and os.path.exists(marker):
             with open(log, "a") as fh:
                 fh.write(TRUNCATION_MARK.format(cap=self.log_cap))
-            marker.unlink()
+            os.unlink(marker)
 
     def close(self) -> None:
         """Stop watching (the shims and jobs live on for the next active to adopt).

@@ -191,9 +191,8 @@ def claim_run_dir(run_dir: Path, identity: dict[str, str | None]) -> None:
     Launching again under the same id (a run that never started before a takeover) keeps its
     directory: it names the same run, or holds nothing but the run lock.
     """
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.mkdir(run_dir, 0o700)
+        _make_run_dir(run_dir)
     except FileExistsError:
         if _same_run(run_dir, identity):
             return
@@ -208,9 +207,25 @@ def claim_run_dir(run_dir: Path, identity: dict[str, str | None]) -> None:
             target,
         )
         os.mkdir(run_dir, 0o700)
-    part = run_dir / (RUN_IDENTITY_FILE + ".part")
-    part.write_text(json.dumps(identity) + "\n")
-    os.replace(part, run_dir / RUN_IDENTITY_FILE)
+    # Written straight into the new directory, no rename: a reader takes a torn or empty run.json
+    # for no run.json (`recorded_run`, `_same_run`), as it would a leftover run.json.part.
+    fd = os.open(
+        os.path.join(run_dir, RUN_IDENTITY_FILE),
+        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        os.write(fd, (json.dumps(identity) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    try:
+        os.mkdir(run_dir, 0o700)
+    except FileNotFoundError:  # no runs/ yet (or it was removed): made once, not per launch
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(run_dir, 0o700)
 
 
 def _same_run(run_dir: Path, identity: dict[str, str | None]) -> bool:

@@ -161,8 +161,9 @@ class Planner:
             batch.due_at.setdefault(name, fires[0])
             self.last_fire[name] = fires[-1]
             batch.intents.append(i.LastFire(name, fires[-1]))
-            batch.intents.append(i.NextFire(name, trigger.next_fire(now)))
-            self.push_fire(name, trigger.next_fire(now))
+            upcoming = trigger.next_fire(now)
+            batch.intents.append(i.NextFire(name, upcoming))
+            self.push_fire(name, upcoming)
             # The newest fire, if on time, runs whatever `catchup` says; older ones are late and
             # follow the policy, each missed one naming why it was late.
             plans = schedule.plan_missed_fires(

@@ -21,7 +21,6 @@ run table.
 from __future__ import annotations
 
 import heapq
-import statistics
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,7 +105,11 @@ class RunWatch:
     def median(self, job: str) -> float | None:
         """The median of the job's recent successes; None until it has `MIN_HISTORY` of them."""
         history = self._history.get(job)
-        return statistics.median(history) if history is not None and len(history) >= MIN_HISTORY else None
+        if history is None or len(history) < MIN_HISTORY:
+            return None
+        import statistics  # on first use: it imports decimal, fractions and random (~1 MB resident)
+
+        return statistics.median(history)
 
     def limit(self, job: str, threshold: Threshold | None) -> float | None:
         """A threshold in seconds now; None when unset, or a percentage of a job with too short a history."""

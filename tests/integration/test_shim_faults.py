@@ -14,13 +14,19 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from engine.clock import SystemClock
 from engine.exec import local as executor_mod
 from engine.exec.local import LocalExecutor, ShimExit
+from engine.exec.port import RunContext, RunInfo
 from engine.exec.procs import signal_group, starttime
+from engine.exec.runner import ShimExecutor
+from engine.model import JobSpec, RunState, Settings
 from engine.paths import StatePaths
 from tests.helpers import runs, vigil, wait_for, write_job
 
@@ -375,3 +381,59 @@ def test_a_group_is_signalled_only_while_its_leader_is_the_recorded_process() ->
 
 if sys.platform != "linux":  # pidfds, /proc
     pytestmark = pytest.mark.skip("Linux only")
+
+
+# ---------------------------------------------------------------- the job's environment per launch
+
+
+def shim_executor(state_dir: Path, ended: list[ShimExit]) -> ShimExecutor:
+    ctx = RunContext(
+        paths=StatePaths(state_dir),
+        store=SimpleNamespace(epoch=4),  # type: ignore[arg-type]  # only the epoch is read at launch
+        clock=SystemClock(),
+        settings=Settings,
+        job=lambda name: None,
+        is_open=lambda run: True,
+        finished=ended.append,
+        store_fault=lambda exc: None,
+    )
+    return ShimExecutor(ctx)
+
+
+def launched(run_id: int, job: JobSpec) -> tuple[RunInfo, JobSpec]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return RunInfo(run_id, job.name, at, 1, "manual", RunState.LAUNCHING), job
+
+
+async def test_each_launch_gets_its_own_jobs_env_and_the_schedulers_environment_as_it_is_now(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scheduler's part of a job's environment is built once, not per launch: one job's `env`
+    # must never reach another's, and a change of the scheduler's own environment reaches the
+    # launches after the next rescan.
+    monkeypatch.delenv("VIGIL_TEST_LATER", raising=False)
+    ended: list[ShimExit] = []
+    ex = shim_executor(state_dir, ended)
+    a = JobSpec(name="a", path="a.toml", command="env", env=(("ONLY_A", "it's a"), ("SHARED", "from a")))
+    b = JobSpec(name="b", path="b.toml", command="env", env=(("ONLY_B", "b"),))
+    try:
+        ex.launch(*launched(1, a))
+        ex.launch(*launched(2, b))
+        monkeypatch.setenv("VIGIL_TEST_LATER", "yes")
+        ex.configure(Settings())  # what a rescan does
+        ex.launch(*launched(3, a))
+        await async_wait(lambda: len(ended) == 3, 10)
+    finally:
+        await ex.aclose()
+    assert all(end.exit_code == 0 for end in ended), ended
+    env = {n: environ_text(run_file(state_dir, n, "log").read_text()) for n in (1, 2, 3)}
+    assert env[1]["ONLY_A"] == "it's a" and env[1]["SHARED"] == "from a" and "ONLY_B" not in env[1]
+    assert env[2]["ONLY_B"] == "b" and "ONLY_A" not in env[2] and "SHARED" not in env[2]
+    assert [env[n]["VIGIL_RUN_ID"] for n in (1, 2, 3)] == ["1", "2", "3"]
+    assert env[1]["PATH"] == os.environ["PATH"]  # the scheduler's own variables are inherited
+    assert "VIGIL_TEST_LATER" not in env[1] and "VIGIL_TEST_LATER" not in env[2]
+    assert env[3]["VIGIL_TEST_LATER"] == "yes" and env[3]["ONLY_A"] == "it's a"
+
+
+def environ_text(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

@@ -181,3 +181,21 @@ def test_the_reason_after_ending_a_dead_shims_group_says_what_was_done() -> None
         f"{cause}; job pid 42 had already ended (its exit status is lost); the rest of its process group "
         "killed with SIGKILL after 1.5s (it outlived SIGTERM)"
     )
+
+
+async def test_a_finished_runs_damaged_exit_record_reads_as_no_exit_recorded(tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 in the record (a damaged disk block) once made collecting raise.
+    from engine.paths import StatePaths
+
+    paths = StatePaths(tmp_path)
+    run_dir = paths.run_dir(3)
+    run_dir.mkdir(parents=True)
+    (run_dir / "exit").write_bytes(b"\xff\xfeexit=0 end\n")
+    (run_dir / "started").write_text("4242\n")
+    (run_dir / "times").write_text("0m0.00s 0m0.00s\n0m1.50s 0m0.25s\n")
+    ex = executor.LocalExecutor(paths, lambda end: None, log_cap=1 << 20, kill_grace=1.0)
+    end = ex.collect(3)
+    assert (end.exit_code, end.state, end.reason) == (None, None, None)
+    assert (end.job_pid, end.cpu_s) == (4242, 1.75)
+    (run_dir / "exit").write_text("exit=5 end\n" + " " * 50)  # over the reserved blanks, as the shim writes
+    assert ex.collect(3).exit_code == 5

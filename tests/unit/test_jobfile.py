@@ -818,6 +818,45 @@ def test_folder_file_change_reevaluates_only_jobs_below(tmp_path: Path) -> None:
     assert gone.jobs["etl/a"].env == ()
 
 
+def test_job_checked_again_from_its_file_when_a_folder_above_changes(tmp_path: Path) -> None:
+    """A loaded job keeps no parsed copy of its file: a `_folder.toml` edit re-reads it, lines and all."""
+    settings = write(tmp_path, "etl/_folder.toml", '[env]\nA = "a"\n')
+    job = write(tmp_path, "etl/job.toml", f'command = "true"\ntimeout = "1m"\n[env]\nB = "{"b" * 30000}"\n')
+    folder = JobFolder(tmp_path)
+    assert dict(folder.scan().jobs["etl/job"].env) == {"A": "a", "B": "b" * 30000}
+
+    settings.write_text(f'[env]\nA = "{"a" * 40000}"\n')  # fine alone; too large merged with the job's
+    broken = folder.scan()
+    error = only_error(broken.errors, job)
+    assert (error.key, error.line) == ("env", 3) and "_folder.toml" in error.reason
+    assert dict(broken.jobs["etl/job"].env) == {"A": "a", "B": "b" * 30000}  # last valid version kept
+
+    settings.write_text('[env]\nA = "c"\n')
+    fixed = folder.scan()
+    assert fixed.errors == [] and fixed.changed == {"etl/job"}
+    assert dict(fixed.jobs["etl/job"].env) == {"A": "c", "B": "b" * 30000} and fixed.jobs["etl/job"].timeout == 60.0
+
+
+def test_user_set_by_a_folder_is_checked_again_when_accounts_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.config.folder as folder_module
+    from engine.users import Account
+
+    write(tmp_path, "ops/_folder.toml", 'user = "vigil-test-nobody"\n')
+    write(tmp_path, "ops/job.toml", 'command = "true"\n')
+    write(tmp_path, "other.toml", 'command = "true"\n')
+    folder = JobFolder(tmp_path)
+    first = folder.scan()
+    assert sorted(first.jobs) == ["other"] and "no user 'vigil-test-nobody'" in first.errors[0].reason
+
+    me = Account("vigil-test-nobody", os.geteuid(), os.getegid(), str(tmp_path), "/bin/sh")
+    monkeypatch.setattr(folder_module, "find_account", lambda name: me if name == me.name else None)
+    monkeypatch.setattr(folder_module, "accounts_stamp", lambda: (1, 1))  # the passwd file changed
+    after = folder.scan()
+    assert after.errors == [] and after.changed == {"ops/job"} and after.jobs["ops/job"].user == me.name
+
+
 def test_vigil_toml_change_revalidates_agent_references(tmp_path: Path) -> None:
     job = write(tmp_path, "job.toml", 'command = "true"\nagent = "edge"\n')
     folder = JobFolder(tmp_path)

@@ -49,6 +49,8 @@ log = logging.getLogger("vigil.ledger")
 #: The ledger checkpoints the WAL itself (autocheckpoint off) after this many commits, each time
 #: after checking that the database file is still the one it opened.
 CHECKPOINT_EVERY = 100
+#: The writer connection's page cache, in KiB.
+WRITER_CACHE_KIB = 512
 
 
 def _transaction(
@@ -106,6 +108,9 @@ def _open(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         # No checkpoint behind our back: each one first checks the file is still ours (_checkpoint).
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        # 512 KiB of page cache, not SQLite's 2 MB: a write touches a few pages at the ends of the
+        # tables and their indexes, and the OS caches the file anyway (docs/decisions.md, "Memory").
+        conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
     except BaseException:
         conn.close()
         raise
