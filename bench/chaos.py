@@ -11,6 +11,7 @@ service manager would) and waits for an active to answer again:
     clock     an instance under libfaketime (wall clock shifted by +-`--clock-offset` s) is made
               the active for 2-4 s, then killed: the ledger sees the clock jump one way and back
     shim      SIGKILL a live shim (from runs/N/shim; the `long` job's when one runs)
+    launcher  SIGKILL the active's launcher (engine/exec/launcher.py), which forks the supervisors
     lockfile  unlink state/leader.lock
 
 Ten seconds after the storm (`--settle`; longer after a late forward clock jump), read-only from the ledger and the jobs' own launch
@@ -50,7 +51,7 @@ from typing import Any
 import psutil
 from _cluster import Cluster, machine, now
 
-FAULT_KINDS = ("kill", "stop", "disk", "lock", "clock", "shim", "lockfile")
+FAULT_KINDS = ("kill", "stop", "disk", "lock", "clock", "shim", "lockfile", "launcher")
 OPEN_STATES = ("pending", "waiting", "launching", "running")
 INSTANCES = 3
 RECOVERY_TIMEOUT_S = 10.0
@@ -381,7 +382,7 @@ class Storm:
         fault = Fault(kind, now())
         victims: set[int] = set()
         found = self.active()
-        if found is None and kind in ("kill", "stop", "clock"):
+        if found is None and kind in ("kill", "stop", "clock", "launcher"):
             fault.injected, fault.note = False, "no active to hit"
         elif kind == "kill":
             fault.note = f"pid {found[0]}"
@@ -399,6 +400,8 @@ class Storm:
             victims |= self.fault_clock(found[0], fault)
         elif kind == "shim":
             self.fault_shim(fault)
+        elif kind == "launcher":
+            self.fault_launcher(found[0], fault)
         elif kind == "lockfile":
             try:
                 (self.state / "leader.lock").unlink()
@@ -545,6 +548,22 @@ class Storm:
         self.kill(shifted.pid)
         return {shifted.pid}
 
+    def fault_launcher(self, active: int, fault: Fault) -> None:
+        try:
+            launchers = [
+                child
+                for child in psutil.Process(active).children()
+                if child.cmdline() and child.cmdline()[-1].endswith("launcher.py")
+            ]
+        except psutil.Error:
+            launchers = []
+        if not launchers:
+            fault.injected, fault.note = False, "the active has no launcher now"
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(launchers[0].pid, signal.SIGKILL)
+        fault.note = f"launcher {launchers[0].pid} of pid {active}"
+
     def fault_shim(self, fault: Fault) -> None:
         # The `long` job's shim when one runs (it does two thirds of the time): its job outlives
         # the storm unless someone still enforces its timeout.
@@ -579,7 +598,7 @@ class Storm:
             run_dir = self.state / "runs" / str(run_id)
             try:
                 pid = int((run_dir / "shim").read_text())
-                if str(run_dir) in " ".join(psutil.Process(pid).cmdline()):
+                if is_supervisor(psutil.Process(pid), str(run_dir)):
                     live.append((run_id, job, pid))
             except (OSError, ValueError, psutil.Error):
                 continue
@@ -790,7 +809,7 @@ class Storm:
                 shim_ok = False
                 try:
                     shim = psutil.Process(int((self.state / "runs" / str(run_id) / "shim").read_text()))
-                    shim_ok = shim.is_running() and run_dir in " ".join(shim.cmdline())
+                    shim_ok = shim.is_running() and is_supervisor(shim, run_dir)
                 except (OSError, ValueError, psutil.Error):
                     pass
                 if row is None or row[4] not in OPEN_STATES or not shim_ok:
@@ -801,6 +820,13 @@ class Storm:
         time.sleep(1.0)
         second = scan()
         return {pid: first[pid] for pid in first if pid in second}
+
+
+def is_supervisor(proc: psutil.Process, run_dir: str) -> bool:
+    """Whether the process named by a run's `shim` file is a run supervisor: a sh shim (its run
+    directory is an argument) or one the launcher forked (the launcher's command line)."""
+    args = proc.cmdline()
+    return run_dir in " ".join(args) or (bool(args) and args[-1].endswith("launcher.py"))
 
 
 def parse_faults(text: str) -> list[str]:

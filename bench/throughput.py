@@ -220,6 +220,31 @@ def job_side_latencies(v: Vigil, t0: str, t1: str) -> tuple[list[float], list[fl
     return job_side, ledger, missing
 
 
+def find_launcher(sched: psutil.Process | None) -> psutil.Process | None:
+    """The scheduler's launcher (engine/exec/launcher.py), if it has one now."""
+    if sched is None:
+        return None
+    for child in sched.children():
+        try:
+            if any(arg.endswith("launcher.py") for arg in child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def launcher_cpu(launcher: psutil.Process | None) -> float:
+    """CPU seconds of the launcher and of its reaped children (the supervisors, which reap the jobs):
+    the scheduler's own children_* times count them only once the launcher has been reaped."""
+    if launcher is None:
+        return 0.0
+    try:
+        t = launcher.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def state_counts(v: Vigil, where: str = "", params: tuple[object, ...] = ()) -> dict[str, int]:
     return {str(s): int(n) for s, n in v.query(f"SELECT state, COUNT(*) FROM runs {where} GROUP BY state", params)}
 
@@ -276,8 +301,14 @@ def phase_sustained(
         sched = psutil.Process(v.proc.pid) if v.proc else None
         sleep_until(t0)
         cpu0 = sched.cpu_times() if sched else None
+        launcher = find_launcher(sched)
+        launcher0 = launcher_cpu(launcher)
         sleep_until(t1)
         cpu1 = sched.cpu_times() if sched else None
+        launcher1 = launcher_cpu(launcher)
+        if launcher is not None and find_launcher(sched) != launcher:
+            print("  ! the launcher was replaced during the window: its CPU is left out")
+            launcher0 = launcher1 = 0.0
         sleep_until(t1 + 3.0)  # let runs due before t1 finish; only ended_at in the window counts
         lo, hi = iso(datetime.fromtimestamp(t0, UTC)), iso(datetime.fromtimestamp(t1, UTC))
         (ended,) = v.query(
@@ -300,7 +331,9 @@ def phase_sustained(
     # Every fires at whole multiples of its period since the epoch: count those in (t0, t1].
     due = sum(int(t1 * 1000) // ms - int(t0 * 1000) // ms for ms in periods_ms)
     rate = int(ended) / window
-    own_ms = kids_ms = float("nan")
+    own_ms = kids_ms = launcher_ms = float("nan")
+    if ended:
+        launcher_ms = (launcher1 - launcher0) * 1000 / int(ended)
     if cpu0 is not None and cpu1 is not None and ended:
         # The scheduler reaps its shims, and each shim reaps its job: children_* holds both.
         own_ms = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) * 1000 / int(ended)
@@ -308,7 +341,7 @@ def phase_sustained(
             ((cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system))
             * 1000
             / int(ended)
-        )
+        ) + launcher_ms
     shape = (
         f"every {periods_ms[0]} ms, all due together"
         if len(set(periods_ms)) == 1
@@ -318,7 +351,8 @@ def phase_sustained(
         f"{name}: {len(periods_ms)} jobs `true` {shape}, {offered:.0f} fires/s offered, for {window:.0f} s: "
         f"{rate:.0f} runs/s completed (ended_at in window); fires due {due}, rows {rows} "
         f"(distinct {distinct}) by state {counts}; scheduler RSS {rss:.0f} MB; CPU per completed run: "
-        f"scheduler {own_ms:.2f} ms, shims+jobs {kids_ms:.2f} ms"
+        f"scheduler {own_ms:.2f} ms, shims+jobs {kids_ms:.2f} ms (of which the launcher itself and its "
+        f"supervisors+jobs {launcher_ms:.2f} ms)"
     )
     scrapes = {}
     if scraper is not None:
@@ -339,6 +373,7 @@ def phase_sustained(
         "rss_mb": round(rss, 1),
         "scheduler_cpu_ms_per_run": round(own_ms, 2),
         "shim_job_cpu_ms_per_run": round(kids_ms, 2),
+        "launcher_cpu_ms_per_run": round(launcher_ms, 2),
     }
 
 

@@ -1,8 +1,11 @@
-"""Local execution: each run under a /bin/sh shim in its own session, watched through a pidfd.
+"""Local execution: each run under its own supervisor in its own session, watched through a pidfd.
 
-The scheduler never owns a job's process: the shim does, and it records the job's end in the run's
-directory. Whoever is active (this process, a restarted one, or a standby after a failover) learns
-the outcome from that directory, so a run is never launched twice and never loses its exit code.
+A run's supervisor is forked by the launcher (engine/exec/launcher.py, one per LocalExecutor,
+started at the first launch), or, while no launcher is ready and under a systemd scope, is a /bin/sh
+shim (shim.sh). The scheduler never owns a job's process: the supervisor does, and it records the
+job's end in the run's directory. Whoever is active (this process, a restarted one, or a standby
+after a failover) learns the outcome from that directory, so a run is never launched twice and
+never loses its exit code.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import json
+import logging
 import os
 import re
 import shlex
@@ -25,6 +30,8 @@ from pathlib import Path
 
 from engine.clock import Clock, SystemClock
 from engine.errors import LaunchError
+from engine.exec.launcher import DEFAULT_PATH, RESET_SIGNALS
+from engine.exec.link import LauncherLink, Message
 from engine.exec.port import ShimExit
 from engine.exec.procs import GroupState, group_state, signal_group, starttime
 from engine.exec.reconcile import ShimEvidence
@@ -46,17 +53,15 @@ _ADOPT_POLL = 0.05  #: seconds between looks at a shim that is still starting wh
 _ENDING_POLL = 0.05  #: seconds between looks at a job group being ended after its shim died
 _KILLED_WAIT = 5.0  #: seconds to wait for a group to vanish after SIGKILL before recording anyway
 TRUNCATION_MARK = "\n[vigil] log truncated: output beyond {cap} bytes was dropped\n"
-_RESET_SIGNALS = (
-    signal.SIGPIPE,
-    signal.SIGXFSZ,
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGCHLD,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
+#: Seconds without any answer from the launcher, while it has requests, before it counts as hung.
+_REPLY_WAIT = 1.0
+_READY_WAIT = 5.0  #: seconds a new launcher may take to say it is ready
+_SEND_WAIT = 0.2  #: seconds a launch waits for room in the launcher's socket before using the sh shim
+#: Seconds a run whose supervisor ended without a record waits to learn from the launcher how it ended.
+_STATUS_WAIT = 0.5
+_STATUS_POLL = 0.02
+_RESTART_DELAY = (1.0, 60.0)  #: before starting again a launcher that died before it was ready: first, most
+log = logging.getLogger("vigil.exec")
 
 
 @dataclass
@@ -68,6 +73,8 @@ class _Watched:
     job_pid: int | None = None
     job_starttime: int | None = None
     identity_recorded: bool = False  #: job_starttime comes from the job's own record (jobstart)
+    via_launcher: bool = False  #: its supervisor is the launcher's child: the launcher learns how it ended
+    status_deadline: float | None = None  #: ended without a record: until when to wait for that news
     peak_rss: int | None = None
     kill_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -99,10 +106,72 @@ def scope_prefix(run_id: int, environ: dict[str, str] | None = None) -> list[str
     return [*prefix, "--"]
 
 
-def job_argv(command: str | tuple[str, ...] | list[str]) -> list[str]:
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./,:@%+=-]+\Z")
+#: First words that are not a program for sh: its keywords, and its builtins (POSIX's and dash's),
+#: which act otherwise than a program of the same name would (echo, kill, pwd, test, ...).
+_SHELL_WORDS = frozenset(
+    "! { } [[ ]] case do done elif else esac fi for function if in select then time until while "
+    ". : [ alias bg break cd command continue echo eval exec exit export false fc fg getopts hash jobs "
+    "kill let local printf pwd read readonly return set shift test times trap true type ulimit umask "
+    "unalias unset wait".split()
+)
+
+
+def simple_command(command: str) -> list[str] | None:
+    """The words of `command` if sh would run it as one program with these words as its argv.
+
+    Only blanks between words of plain characters (no quotes, expansions, globs, redirections,
+    operators, comments, tildes), no assignment before the program, and a first word that is not a
+    keyword or builtin of sh. Anything else is None: it goes to /bin/sh -c.
+    """
+    words = command.replace("\t", " ").split(" ")
+    words = [word for word in words if word]
+    if not words or any(_PLAIN_WORD.match(word) is None for word in words):
+        return None
+    if "=" in words[0] or words[0] in _SHELL_WORDS:
+        return None
+    return words
+
+
+def program_found(name: str, path: str | None) -> bool:
+    """Whether sh would find `name` as an executable file on `path` (the job's PATH; None: sh's
+    default), judged without the job's working directory: a relative name or PATH entry says no."""
+    if "/" in name:
+        return os.path.isabs(name) and os.path.isfile(name) and os.access(name, os.X_OK)
+    entries = (DEFAULT_PATH if path is None else path).split(":")
+    if any(not os.path.isabs(entry) for entry in entries):
+        return False
+    return any(os.path.isfile(f"{e}/{name}") and os.access(f"{e}/{name}", os.X_OK) for e in entries)
+
+
+def job_argv(command: str | tuple[str, ...] | list[str], path: str | None = None) -> list[str]:
+    """The job's argv: an array as it is; a simple command (`sleep 3`) whose program is on the
+    job's `path` as its words (one sh exec less); any other string through /bin/sh -c."""
     if isinstance(command, str):
+        words = simple_command(command)
+        if words is not None and program_found(words[0], path):
+            return words
         return [SHELL, "-c", command]
     return list(command)
+
+
+def shell_pwd(pwd: str, cwd: str) -> str:
+    """The PWD that /bin/sh -c would hand its program in `cwd`: the inherited one if it names that
+    directory, else the physical path (dash's rule), so a direct exec keeps what sh gave."""
+    try:
+        if os.path.isabs(pwd) and os.path.samefile(pwd, cwd):
+            return pwd
+    except OSError:
+        pass
+    return os.path.realpath(cwd)
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise LaunchError(f"could not start: environment variable {name!r}: not a valid name")
+        if "\0" in value:
+            raise LaunchError(f"could not start: environment variable {name}: the value contains a NUL byte")
 
 
 def switch_user_argv(account: Account, path: str = SHIM_PATH) -> list[str]:
@@ -328,6 +397,14 @@ def _give_log(run_dir: Path, uid: int) -> None:
         os.close(fd)
 
 
+def _end_recorded(run_dir: Path) -> bool:
+    """Whether the run's supervisor wrote its end record (an exit code, or that it could not start)."""
+    try:
+        return _complete((run_dir / "exit").read_text(errors="replace"))
+    except OSError:
+        return False
+
+
 def read_exit_record(run_dir: Path) -> int | None:
     """The exit code from a complete record; a partial or missing record reads as None."""
     record, _ = _read_exit_file(run_dir)
@@ -465,8 +542,22 @@ def _above_shim_fds(fd: int) -> int:
         os.close(fd)
 
 
+@dataclass
+class _Launch:
+    """A run ready to start, by the launcher or by the sh shim: its files are in place."""
+
+    run_id: int
+    run_dir: Path  #: absolute: the supervisor enters the workdir before it writes the run's files
+    workdir: str
+    umask: int  #: the job's; everything of the run's stays owner-only
+    user_argv: list[str]  #: setpriv's words before the job's argv, when it runs as another user
+    argv: list[str]
+    env: dict[str, str]
+
+
 class LocalExecutor:
-    """Starts shims, watches them with pidfds, kills process groups, caps logs, samples RSS."""
+    """Starts supervisors (through the launcher, else sh shims), watches them with pidfds, kills
+    process groups, caps logs, samples RSS."""
 
     def __init__(
         self,
@@ -493,10 +584,26 @@ class LocalExecutor:
             self._tools = find_tools()
         except LaunchError as exc:  # every launch says so; adopting and ingesting still work
             self._tools = exc
+        #: VIGIL_LAUNCHER=0: every run through the sh shim (docs/operations.md)
+        self.use_launcher = os.environ.get("VIGIL_LAUNCHER", "1") != "0"
+        self._link: LauncherLink | None = None
+        self._pending: dict[int, _Launch] = {}  #: sent to the launcher, no answer yet
+        self._unstarted: dict[int, _Launch] = {}  #: lost with a launcher: for the sh shim, if nothing of it ran
+        self._statuses: dict[int, int] = {}  #: wait statuses of supervisors that did not exit 0
+        self._last_answer = 0.0  #: monotonic time of the launcher's last answer (or of the first pending)
+        self._progress_timer: asyncio.TimerHandle | None = None
+        self._restart_at = 0.0
+        self._restart_delay = _RESTART_DELAY[0]
 
     @property
     def running(self) -> set[int]:
-        return set(self._watched) | set(self._starting) | set(self._ending)
+        return set(self._watched) | set(self._starting) | set(self._ending) | set(self._pending)
+
+    @property
+    def launcher_pid(self) -> int | None:
+        """The launcher's pid, once it has said it is ready."""
+        link = self._link
+        return link.pid if link is not None and link.ready else None
 
     def launch(
         self,
@@ -505,47 +612,65 @@ class LocalExecutor:
         env: dict[str, str],
         workdir: str | None,
         account: Account | None = None,
-    ) -> int:
-        """Start the run's shim; return its pid. The run row must already be committed.
+    ) -> int | None:
+        """Start the run's supervisor: the shim's pid, or None when the launcher starts it (its pid
+        comes with the launcher's answer). The run row must already be committed.
 
-        `env` is the job's whole environment; the shim itself runs with a fixed one. With `account`
-        (another uid than this process's) the job, not the shim, runs as that user. Raises
-        LaunchError (the run's reason) if the job cannot be started.
+        `env` is the job's whole environment; the supervisor itself runs with a fixed one. With
+        `account` (another uid than this process's) the job, not the supervisor, runs as that user.
+        Raises LaunchError (the run's reason) if the job cannot be started.
         """
         if isinstance(self._tools, LaunchError):
             raise self._tools
-        tools = self._tools
         if workdir:
             problem = workdir_problem(workdir)
             if problem is not None:
                 raise LaunchError(f"could not start: workdir {workdir}: {problem}")
-        # Absolute: the shim enters the workdir before it writes the run's files.
-        run_dir = self.paths.run_dir(run_id).absolute()
-        script, env_words = job_environment_script(env, run_dir)
-        argv_job = job_argv(command)
+        check_environment(env)
+        argv_job = job_argv(command, env.get("PATH"))
+        if isinstance(command, str) and argv_job[0] != SHELL and "PWD" in env:
+            env = {**env, "PWD": shell_pwd(env["PWD"], workdir or os.getcwd())}
+        switch = switch_to(account)
+        launch = _Launch(
+            run_id=run_id,
+            run_dir=self.paths.run_dir(run_id).absolute(),
+            workdir=workdir or "",
+            umask=job_umask(),
+            user_argv=switch_user_argv(switch) if switch is not None else [],
+            argv=argv_job,
+            env=env,
+        )
+        if any("\0" in arg for arg in (str(launch.run_dir), launch.workdir, *launch.user_argv, *argv_job)):
+            raise LaunchError("could not start: the command contains a NUL byte")
+        prefix = scope_prefix(run_id)
+        claim_run_dir(launch.run_dir, run_identity(env))  # never another run's directory (engine/exec/rundirs.py)
+        _reserve_exit_record(launch.run_dir)
+        if switch is not None:
+            _give_log(launch.run_dir, switch.uid)
+        if not prefix and self._request(launch):
+            return None
+        return self._spawn_shim(launch, prefix)
+
+    def _spawn_shim(self, launch: _Launch, prefix: list[str]) -> int:
+        if isinstance(self._tools, LaunchError):
+            raise self._tools
+        tools = self._tools
+        script, env_words = job_environment_script(launch.env, launch.run_dir)
+        argv_job = launch.argv
         if env_words:
             argv_job = [tools.env, "--", *env_words, *argv_job]
-        switch = switch_to(account)
-        if switch is not None:
-            argv_job = [*switch_user_argv(switch), *argv_job]
-        umask = f"{job_umask():04o}"  # the shim's own files stay owner-only; the job gets this one
         argv = [
-            *scope_prefix(run_id),
+            *prefix,
             SHELL,
             SHIM,
-            str(run_dir),
-            workdir or "",
-            umask,
+            str(launch.run_dir),
+            launch.workdir,
+            f"{launch.umask:04o}",
             tools.setsid,
             tools.env,
+            *launch.user_argv,
             *argv_job,
         ]
-        if any("\0" in arg for arg in argv):
-            raise LaunchError("could not start: the command contains a NUL byte")
-        claim_run_dir(run_dir, run_identity(env))  # never another run's directory (engine/exec/rundirs.py)
-        _reserve_exit_record(run_dir)
-        if switch is not None:
-            _give_log(run_dir, switch.uid)
         # In memory, not on disk or in any argv: other users can read a process's argv, never its
         # environment or fds.
         env_fd = _above_shim_fds(os.memfd_create("vigil-job-env", os.MFD_CLOEXEC))
@@ -554,7 +679,7 @@ class LocalExecutor:
             while data:
                 data = data[os.write(env_fd, data) :]
             os.lseek(env_fd, 0, os.SEEK_SET)
-            lock_fd = _above_shim_fds(os.open(run_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600))
+            lock_fd = _above_shim_fds(os.open(launch.run_dir / "lock", os.O_CREAT | os.O_RDWR, 0o600))
             try:
                 # Held without a gap from before the spawn until the shim exits (fd 9 in the shim).
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -565,14 +690,158 @@ class LocalExecutor:
                     file_actions=[(os.POSIX_SPAWN_DUP2, lock_fd, LOCK_FD), (os.POSIX_SPAWN_DUP2, env_fd, ENV_FD)],
                     setsid=True,
                     setsigmask=(),
-                    setsigdef=_RESET_SIGNALS,
+                    setsigdef=RESET_SIGNALS,
                 )
             finally:
                 os.close(lock_fd)
         finally:
             os.close(env_fd)
-        self._watch(run_id, pid, own_child=True)
+        self._watch(launch.run_id, pid, own_child=True)
         return pid
+
+    # ------------------------------------------------------------------------------ the launcher
+
+    def _request(self, launch: _Launch) -> bool:
+        """Hand the run to the launcher. False (nothing sent, the lock released) when there is no
+        ready launcher or the request cannot be sent: the sh shim starts it then."""
+        link = self._ready_link()
+        if link is None:
+            return False
+        body = json.dumps(
+            {
+                "run": launch.run_id,
+                "dir": str(launch.run_dir),
+                "workdir": launch.workdir,
+                "umask": launch.umask,
+                "argv": [*launch.user_argv, *launch.argv],
+                "env": launch.env,
+            }
+        ).encode()  # ASCII: surrogate-escaped bytes travel as \udcXX and come back the same
+        lock_fd = os.open(launch.run_dir / "lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            # Held without a gap from here until the supervisor exits: the message carries the fd.
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            sent = link.send(body, lock_fd, _SEND_WAIT, self._on_link_readable)
+        finally:
+            os.close(lock_fd)
+        if not sent:
+            return False
+        if not self._pending:
+            self._last_answer = time.monotonic()  # no answer is owed before now
+        self._pending[launch.run_id] = launch
+        if self._progress_timer is None:
+            self._progress_timer = self._loop.call_later(_REPLY_WAIT, self._check_progress)
+        return True
+
+    def _ready_link(self) -> LauncherLink | None:
+        """The launcher if it is ready; started (for the next launches) if there is none."""
+        if not self.use_launcher:
+            return None
+        link = self._link
+        now = time.monotonic()
+        if link is None:
+            if now < self._restart_at:
+                return None
+            try:
+                link = LauncherLink(self._shim_env)
+            except OSError as exc:
+                log.warning("could not start the launcher (%s); runs start under the sh shim", exc)
+                self._restart_later()
+                return None
+            self._link = link
+            self._loop.add_reader(link.fileno(), self._on_link_readable)
+            return None
+        if not link.ready and now - link.started > _READY_WAIT:
+            self._drop_link(f"did not start within {_READY_WAIT:g}s")
+            return None
+        return link if link.ready else None
+
+    def _restart_later(self) -> None:
+        self._restart_at = time.monotonic() + self._restart_delay
+        self._restart_delay = min(self._restart_delay * 2, _RESTART_DELAY[1])
+
+    def _on_link_readable(self) -> None:
+        link = self._link
+        if link is None:
+            return
+        messages, closed = link.receive()
+        for message in messages:
+            self._on_message(link, message)
+        if closed and self._link is link:
+            self._drop_link("ended")
+
+    def _on_message(self, link: LauncherLink, message: Message) -> None:
+        body = message.body
+        run_id = body.get("run")
+        if body.get("ready") is True:
+            link.ready = True
+            self._restart_delay = _RESTART_DELAY[0]
+        elif isinstance(run_id, int) and isinstance(body.get("pid"), int) and message.fd is not None:
+            self._last_answer = time.monotonic()
+            if self._pending.pop(run_id, None) is not None:
+                self._watch(run_id, int(body["pid"]), own_child=False, pidfd=message.fd)
+                return
+        elif isinstance(run_id, int) and isinstance(body.get("status"), int):
+            watched = self._watched.get(run_id)
+            if watched is not None and watched.via_launcher:
+                self._statuses[run_id] = int(body["status"])
+                if watched.status_deadline is not None:
+                    self._finish(run_id)  # it was waiting for this
+        elif isinstance(run_id, int) and "error" in body:
+            self._last_answer = time.monotonic()
+            launch = self._pending.pop(run_id, None)
+            if launch is not None:  # it could not fork: nothing of the run started
+                log.warning("the launcher could not start run %d (%s); using the sh shim", run_id, body["error"])
+                self._relaunch(launch)
+        if message.fd is not None:
+            os.close(message.fd)
+
+    def _check_progress(self) -> None:
+        self._progress_timer = None
+        if self._link is None or not self._pending:
+            return
+        self._on_link_readable()  # answers the loop has not read yet count
+        if self._link is None or not self._pending:
+            return
+        left = self._last_answer + _REPLY_WAIT - time.monotonic()
+        if left > 0:
+            self._progress_timer = self._loop.call_later(left, self._check_progress)
+            return
+        self._drop_link(f"has not answered for {_REPLY_WAIT:g}s")
+
+    def _drop_link(self, why: str) -> None:
+        """Kill and forget the launcher. Its unanswered runs are judged from their files once it is
+        gone (its socket holds their locks until then), as a run adopted while still starting is: a
+        supervisor that was forked is adopted; a run nothing started goes to the sh shim."""
+        link = self._link
+        if link is None:
+            return
+        self._link = None
+        log.warning("the launcher (pid %d) %s; replacing it", link.pid, why)
+        self._loop.remove_reader(link.fileno())
+        link.close_socket()
+        link.kill()
+        self._loop.add_reader(link.pidfd, _reap, self._loop, link.pidfd)  # never a zombie of ours
+        if not link.ready:
+            self._restart_later()
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+            self._progress_timer = None
+        for run_id, launch in self._pending.items():
+            self._unstarted[run_id] = launch
+            self._starting[run_id] = self._loop.call_later(_ADOPT_POLL, self._adopt_when_started, run_id)
+        self._pending.clear()
+
+    def _relaunch(self, launch: _Launch) -> None:
+        """Start through the sh shim a run that the launcher lost before any of it started."""
+        try:
+            self._spawn_shim(launch, [])
+        except (LaunchError, OSError, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, LaunchError) else f"could not start the run's shim: {exc}"
+            result = self.collect(launch.run_id)
+            self.on_exit(dataclasses.replace(result, state=RunState.FAILED, reason=reason))
+
+    # ------------------------------------------------------------------------------ watching
 
     def adopt(self, run_id: int) -> bool:
         """Watch a shim this process did not start. False if it has already ended (its files tell how).
@@ -602,6 +871,7 @@ class LocalExecutor:
     def _adopt_when_started(self, run_id: int) -> None:
         if self._starting.pop(run_id, None) is None:
             return
+        unstarted = self._unstarted.pop(run_id, None)
         run_dir = self.paths.run_dir(run_id)
         held = lock_is_held(run_dir)  # before the pid file: a shim whose lock is free has ended
         shim_pid = read_int_file(run_dir / "shim")
@@ -609,19 +879,28 @@ class LocalExecutor:
             if not self._adopt_pid(run_id, shim_pid):
                 self._settle_dead_shim(run_id, shim_pid, None, None)
         elif held:
+            if unstarted is not None:
+                self._unstarted[run_id] = unstarted
             self._starting[run_id] = self._loop.call_later(_ADOPT_POLL, self._adopt_when_started, run_id)
+        elif unstarted is not None:
+            self._relaunch(unstarted)  # its lock is free and no supervisor wrote its pid: nothing ran
         else:
             self._settle_dead_shim(run_id, None, None, None)
 
-    def _watch(self, run_id: int, shim_pid: int, *, own_child: bool) -> bool:
-        try:
-            pidfd = os.pidfd_open(shim_pid)
-        except ProcessLookupError:
-            if own_child:
-                pidfd = -1
-            else:
-                return False
-        watched = _Watched(run_id=run_id, shim_pid=shim_pid, pidfd=pidfd, own_child=own_child)
+    def _watch(self, run_id: int, shim_pid: int, *, own_child: bool, pidfd: int | None = None) -> bool:
+        """Watch a supervisor by its pidfd (`pidfd`: the launcher's, for a supervisor it forked)."""
+        via_launcher = pidfd is not None
+        if pidfd is None:
+            try:
+                pidfd = os.pidfd_open(shim_pid)
+            except ProcessLookupError:
+                if own_child:
+                    pidfd = -1
+                else:
+                    return False
+        watched = _Watched(
+            run_id=run_id, shim_pid=shim_pid, pidfd=pidfd, own_child=own_child, via_launcher=via_launcher
+        )
         self._watched[run_id] = watched
         if pidfd >= 0:
             self._loop.add_reader(pidfd, self._finish, run_id)
@@ -630,16 +909,29 @@ class LocalExecutor:
         return True
 
     def _finish(self, run_id: int) -> None:
-        watched = self._watched.pop(run_id, None)
+        watched = self._watched.get(run_id)
         if watched is None:
             return
         if watched.pidfd >= 0:
             self._loop.remove_reader(watched.pidfd)
             os.close(watched.pidfd)
+            watched.pidfd = -1
         wait_status: int | None = None
         if watched.own_child:
             with contextlib.suppress(ChildProcessError):
                 _, wait_status = os.waitpid(watched.shim_pid, 0)
+        elif watched.via_launcher:
+            wait_status = self._statuses.pop(run_id, None)
+            if wait_status is None and self._link is not None and not _end_recorded(self.paths.run_dir(run_id)):
+                # It ended without a record: only its parent, the launcher, knows how. It says so
+                # right after reaping it.
+                now = time.monotonic()
+                if watched.status_deadline is None:
+                    watched.status_deadline = now + _STATUS_WAIT
+                if now < watched.status_deadline:
+                    self._loop.call_later(_STATUS_POLL, self._finish, run_id)
+                    return
+        del self._watched[run_id]
         if watched.kill_timer is not None:
             self._learn_job(watched)  # only a kill or a missing exit record needs the job's identity
             watched.kill_timer.cancel()
@@ -789,7 +1081,7 @@ class LocalExecutor:
         """SIGTERM the run's whole process group, SIGKILL after the grace period."""
         if run_id in self._ending:
             return True  # already being ended
-        if run_id in self._starting:
+        if run_id in self._starting or run_id in self._pending:
             self._retry_kill(run_id, _ADOPT_POLL)  # its pid is not known yet
             return True
         watched = self._watched.get(run_id)
@@ -880,6 +1172,19 @@ class LocalExecutor:
             else:
                 os.close(watched.pidfd)
         self._watched.clear()
+        # The launcher starts what it was sent, then ends as it reads the end of the socket; the
+        # next active adopts those runs from their directories (their locks are held).
+        self._pending.clear()
+        self._unstarted.clear()
+        self._statuses.clear()
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+            self._progress_timer = None
+        link, self._link = self._link, None
+        if link is not None:
+            self._loop.remove_reader(link.fileno())
+            link.close_socket()
+            self._loop.add_reader(link.pidfd, _reap, self._loop, link.pidfd)
 
 
 def _reap(loop: asyncio.AbstractEventLoop, pidfd: int) -> None:
