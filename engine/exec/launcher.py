@@ -243,6 +243,9 @@ class Launcher:
             try:
                 pid = os.fork()
             except OSError as exc:
+                # Unlocked before the answer: the executor locks the run again to start its sh shim.
+                os.close(lock_fd)
+                lock_fd = -1
                 self.send({"run": run_id, "error": str(exc)})
                 return
             if pid == 0:
@@ -258,7 +261,8 @@ class Launcher:
             finally:
                 os.close(pidfd)
         finally:
-            os.close(lock_fd)  # the supervisor holds the run's lock now
+            if lock_fd >= 0:
+                os.close(lock_fd)  # the supervisor holds the run's lock now
             signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGCHLD,))
 
     def serve(self) -> None:
@@ -290,6 +294,8 @@ def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to `vigil up`'s terminal is not for us
+    # Whatever the scheduler's own parent left inheritable would reach every supervisor and job.
+    os.closerange(SOCKET_FD + 1, os.sysconf("SC_OPEN_MAX"))
     launcher = Launcher(socket.socket(fileno=SOCKET_FD))
     signal.signal(signal.SIGCHLD, launcher.reap)
     launcher.serve()

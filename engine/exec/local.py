@@ -471,6 +471,15 @@ def read_cpu_seconds(run_dir: Path) -> float | None:
     return round(total, 6)
 
 
+def left_traces(run_dir: Path) -> bool:
+    """Whether a run's supervisor got as far as its job: a `started` or `start-error` file, or a
+    complete exit record. One that could not write its `shim` file (a full disk) still runs the job,
+    so a missing pid file alone does not mean that nothing ran."""
+    if (run_dir / "started").exists() or (run_dir / "start-error").exists():
+        return True
+    return read_exit(run_dir)[1] is not None
+
+
 def lock_is_held(run_dir: Path) -> bool:
     try:
         fd = os.open(run_dir / "lock", os.O_RDWR)
@@ -882,8 +891,8 @@ class LocalExecutor:
             if unstarted is not None:
                 self._unstarted[run_id] = unstarted
             self._starting[run_id] = self._loop.call_later(_ADOPT_POLL, self._adopt_when_started, run_id)
-        elif unstarted is not None:
-            self._relaunch(unstarted)  # its lock is free and no supervisor wrote its pid: nothing ran
+        elif unstarted is not None and not left_traces(run_dir):
+            self._relaunch(unstarted)  # its lock is free and nothing of it was written: nothing ran
         else:
             self._settle_dead_shim(run_id, None, None, None)
 

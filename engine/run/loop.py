@@ -642,6 +642,9 @@ class Scheduler:
         result = await asyncio.to_thread(self.folder.scan)
         now, _ = self._read_clock()
         intents = self._apply_scan(result, now)
+        # The loop may be in a long sleep computed before this scan: a new or edited job's next fire
+        # can be sooner than its end.
+        self._wake.set()
         if intents:
             try:
                 await self.store.commit(intents)

@@ -55,6 +55,17 @@ async def test_a_job_file_added_edited_or_removed_is_seen_at_once(scheduler: Sch
     await eventually(lambda: "renamed" not in scheduler.planner.jobs)
 
 
+async def test_a_job_added_to_an_idle_scheduler_fires_on_time(
+    scheduler: Scheduler, jobs_dir: Path, tmp_path: Path
+) -> None:
+    # The loop of an idle scheduler sleeps up to LONG_SLEEP_S: a rescan that brings a sooner fire
+    # must end that sleep, or the new job's first fire waits for it (found by review: ~28 s late).
+    ran = tmp_path / "ran"
+    write_job(jobs_dir, "soon", f'every = "1s"\ncommand = ["touch", "{ran}"]\n')
+    await eventually(lambda: "soon" in scheduler.planner.jobs)
+    await eventually(ran.exists, within=3.0)
+
+
 async def test_a_new_folder_and_its_folder_defaults_are_seen_at_once(scheduler: Scheduler, jobs_dir: Path) -> None:
     team = jobs_dir / "team"
     team.mkdir()

@@ -3,6 +3,7 @@ of the sh shim's, and its own death or hang costs no run and starts none twice."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ import pytest
 from engine.exec import launcher
 from engine.exec import local as executor_mod
 from engine.exec.local import LocalExecutor, ShimExit
+from engine.exec.rundirs import RUN_IDENTITY_FILE, run_identity
 from engine.paths import StatePaths
 from tests.helpers import runs, vigil, wait_for, write_job
 from tests.integration.test_shim_faults import async_wait, group_exists, read_pid, run_file, terminal
@@ -269,3 +271,41 @@ def test_a_supervisor_that_cannot_write_a_record_still_runs_the_job_and_records_
     _, status = os.waitpid(pid, 0)
     assert status == 0 and out.read_text() == "ran\n"
     assert executor_mod.read_exit_record(run_dir) == 6
+
+
+async def test_a_run_whose_supervisor_could_not_write_its_pid_is_not_started_again_when_the_launcher_is_dropped(
+    local: Runs, state_dir: Path, tmp_path: Path
+) -> None:
+    # Found by review: with no `shim` file (a full disk, here a directory in its way) and the launcher
+    # dropped before its answer was read, a run that had started was relaunched once its lock was free.
+    await local.ready()
+    out = tmp_path / "out"
+    run_dir = StatePaths(state_dir).run_dir(5)
+    run_dir.mkdir(parents=True)
+    env = dict(os.environ)
+    (run_dir / RUN_IDENTITY_FILE).write_text(json.dumps(run_identity(env)))  # this run's directory
+    (run_dir / "shim").mkdir()
+    local.ex.launch(5, ["/bin/sh", "-c", f"echo ran >> {out}; sleep 0.5; exit 3"], env, None)
+    wait_for(lambda: (run_dir / "started").exists(), 5)  # the loop has not read the launcher's answer
+    local.ex._drop_link("dropped by the test")
+    end = await local.end_of(5)
+    assert end.exit_code == 3
+    assert out.read_text().split() == ["ran"]
+
+
+async def test_a_job_inherits_no_descriptor_the_scheduler_was_handed(state_dir: Path, tmp_path: Path) -> None:
+    # Found by review: an inheritable fd of the scheduler's (left by whoever started it) reached the
+    # launcher, every supervisor and every job.
+    stray = os.open(tmp_path, os.O_RDONLY)
+    os.set_inheritable(stray, True)
+    runs = Runs(state_dir)
+    try:
+        await runs.ready()
+        fds = tmp_path / "fds"
+        runs.launch(1, ["/bin/sh", "-c", f"ls /proc/self/fd > {fds}"])
+        assert (await runs.end_of(1)).exit_code == 0
+        # ls's own directory fd aside, only stdin, stdout and stderr.
+        assert len(fds.read_text().split()) <= 4, fds.read_text()
+    finally:
+        runs.ex.close()
+        os.close(stray)

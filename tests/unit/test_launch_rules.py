@@ -127,3 +127,39 @@ def test_spawn_job_reports_exec_failures_as_sh(tmp_path: Path) -> None:
         os.close(log_fd)
     assert status == 0
     assert (tmp_path / "log").read_text() == "from-a-script-without-shebang\n"  # ENOEXEC: run by /bin/sh
+
+
+def test_a_fork_failure_is_answered_with_the_runs_lock_already_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by review: answered first, the executor's sh shim could find the lock still held (EAGAIN)
+    # and fail a run that the fallback would have started.
+    import fcntl
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lock_path = tmp_path / "lock"
+    lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    free_when_answered: list[bool] = []
+
+    def fork() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    def send(message: dict[str, object], fd: int | None = None) -> None:
+        probe = os.open(lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free_when_answered.append(True)
+        except BlockingIOError:
+            free_when_answered.append(False)
+        finally:
+            os.close(probe)
+
+    monkeypatch.setattr(launcher.os, "fork", fork)
+    served = launcher.Launcher(theirs)
+    monkeypatch.setattr(served, "send", send)
+    served.launch({"run": 7}, lock_fd)
+    assert free_when_answered == [True]
+    ours.close()
+    theirs.close()
