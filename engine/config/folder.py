@@ -67,7 +67,9 @@ class LoadResult:
 class ScanResult:
     """One live-reload step: the effective jobs, what moved since the last scan, all current errors."""
 
-    jobs: dict[str, JobSpec]
+    #: the folder's own mapping, not a copy (a scan that finds nothing changed allocates nothing big):
+    #: a new one is made when the jobs change, and none is ever changed in place; do not change it
+    jobs: Mapping[str, JobSpec]
     changed: set[str]  #: added, or effective spec differs from the previous scan
     removed: set[str]  #: no longer in `jobs` (file deleted)
     errors: list[ConfigError]
@@ -278,7 +280,7 @@ class JobFolder:
         """Re-read changed files and re-evaluate what depends on them; cheap when nothing changed."""
         accounts_changed = self._loaded and accounts_stamp() != self._accounts
         if self._loaded and not accounts_changed and self._unchanged():
-            return ScanResult(dict(self._jobs), set(), set(), list(self._errors), self._settings)
+            return ScanResult(self._jobs, set(), set(), list(self._errors), self._settings)
         if self._loaded and not self._watch_tried:
             # Only a folder scanned more than once (the scheduler's) gets a watch: a one-off load
             # (the CLI) must not hold an inotify instance, of which a user has only 128.
@@ -291,13 +293,13 @@ class JobFolder:
             self._walk_errors = walk.errors
             dirty = True
         if not dirty and self._loaded:
-            return ScanResult(dict(self._jobs), set(), set(), list(self._errors), self._settings)
+            return ScanResult(self._jobs, set(), set(), list(self._errors), self._settings)
         self._loaded = True
         previous = self._jobs
         self._evaluate()
         changed = {name for name, spec in self._jobs.items() if previous.get(name) != spec}
         removed = set(previous) - set(self._jobs)
-        return ScanResult(dict(self._jobs), changed, removed, list(self._errors), self._settings)
+        return ScanResult(self._jobs, changed, removed, list(self._errors), self._settings)
 
     def _unchanged(self) -> bool:
         """True when no file can have changed since the last walk, so the walk can be skipped."""
@@ -690,4 +692,4 @@ def _cycle_through(start: str, members: set[str], graph: Mapping[str, JobSpec]) 
 def load_folder(root: Path) -> LoadResult:
     """Load every job of a folder once (the CLI's view; the scheduler keeps a JobFolder instead)."""
     result = JobFolder(root).scan()
-    return LoadResult(jobs=result.jobs, errors=result.errors, settings=result.settings)
+    return LoadResult(jobs=dict(result.jobs), errors=result.errors, settings=result.settings)

@@ -34,19 +34,25 @@ class Value:
 
 
 class SourceFile:
-    """One TOML file as last read: bytes, parsed table or syntax error, and its own key validation."""
+    """One TOML file as last read: bytes, parsed table or syntax error, and its own key validation.
+
+    It is parsed when its keys, table or syntax error are first asked for, not when read: a folder
+    evaluates each file in turn, so one file's parse is dropped before the next one's is made (parsing
+    every file of a 10,000-job folder first held all their tables at once, and left the heap they
+    took fragmented under the values kept)."""
 
     __slots__ = (
         "_index",
+        "_keys",
+        "_parsed",
+        "_syntax_error",
         "abs_dir",
         "data",
-        "keys",
         "path",
         "racy",
         "raw",
         "rel_dir",
         "stat_key",
-        "syntax_error",
         "unreadable",
         "value_errors",
         "values",
@@ -74,34 +80,48 @@ class SourceFile:
         self.racy = False
         #: the parsed table; a job folder drops it once its keys are validated (`values` keep what is used)
         self.data: dict[str, Any] | None = None
-        self.keys: tuple[str, ...] = ()  #: the table's top-level keys, kept after `data` is dropped
-        self.syntax_error: ConfigError | None = None
+        self._keys: tuple[str, ...] = ()
+        self._syntax_error: ConfigError | None = None
         self.values: dict[str, Value] | None = None
         self.value_errors: tuple[ConfigError, ...] = ()
         self._index: LineIndex | None = None
         self.unreadable = read_error is not None
+        self._parsed = self.unreadable
         if read_error is not None:
-            self.syntax_error = ConfigError(path, "file", f"cannot read: {read_error}")
-        else:
+            self._syntax_error = ConfigError(path, "file", f"cannot read: {read_error}")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The table's top-level keys (kept after `data` is dropped); () when it does not parse."""
+        if not self._parsed:
             self._parse()
+        return self._keys
+
+    @property
+    def syntax_error(self) -> ConfigError | None:
+        """Why the file does not parse (or cannot be read); None when it parses."""
+        if not self._parsed:
+            self._parse()
+        return self._syntax_error
 
     def _parse(self) -> None:
+        self._parsed = True
         try:
             text = self.raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = self.raw[: exc.start].count(b"\n") + 1
-            self.syntax_error = ConfigError(self.path, "file", f"not UTF-8 text (byte {exc.start})", line)
+            self._syntax_error = ConfigError(self.path, "file", f"not UTF-8 text (byte {exc.start})", line)
             return
         try:
             # Interned keys: one "command", "cron", ... for every file, not one per file.
             self.data = {sys.intern(key): value for key, value in tomllib.loads(text).items()}
-            self.keys = _one_key_list(tuple(self.data))
+            self._keys = _one_key_list(tuple(self.data))
         except tomllib.TOMLDecodeError as exc:
-            self.syntax_error = _syntax_error(self.path, text, str(exc))
+            self._syntax_error = _syntax_error(self.path, text, str(exc))
         except ValueError:  # tomllib's int() of a number with thousands of digits
-            self.syntax_error = ConfigError(self.path, "syntax", "invalid TOML: a number has too many digits")
+            self._syntax_error = ConfigError(self.path, "syntax", "invalid TOML: a number has too many digits")
         except RecursionError:
-            self.syntax_error = ConfigError(self.path, "syntax", "invalid TOML: arrays or tables nested too deeply")
+            self._syntax_error = ConfigError(self.path, "syntax", "invalid TOML: arrays or tables nested too deeply")
 
     def table(self) -> dict[str, Any]:
         """The parsed table ({} when it does not parse), parsed again from `raw` if it was dropped."""

@@ -69,13 +69,17 @@ class Catalog:
             log.warning("job file error: %s", message)
         touched = set(result.changed) | set(result.removed) | (set(errors) ^ set(self.errors))
         self.errors = errors
-        previous_jobs, p.jobs = p.jobs, dict(result.jobs)
+        previous_jobs = p.jobs
+        if initial or result.jobs is not previous_jobs:
+            # The folder makes a new mapping only when its jobs change: an unchanged scan (every
+            # second) copies and rebuilds nothing.
+            p.jobs = result.jobs
+            p.downstream = defaultdict(list)
+            for job in p.jobs.values():
+                for up in job.after:
+                    p.downstream[up].append(job.name)
         if initial:
             touched |= set(p.jobs)
-        p.downstream = defaultdict(list)
-        for job in p.jobs.values():
-            for up in job.after:
-                p.downstream[up].append(job.name)
         intents: list[i.Intent] = []
         for name in result.removed:
             p.triggers.pop(name, None)
@@ -84,7 +88,7 @@ class Catalog:
             # Forgotten in the ledger too, so a re-added file (even after a restart) starts from then.
             if p.last_fire.pop(name, None) is not None:
                 intents.append(i.LastFire(name, None))
-        for name in (set(result.changed) | (set(p.jobs) if initial else set())) & set(p.jobs):
+        for name in p.jobs if initial else sorted(result.changed & p.jobs.keys()):
             job = p.jobs[name]
             trigger = schedule.trigger_for(job)
             p.generation[name] += 1

@@ -14,7 +14,7 @@ import heapq
 import json
 import logging
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -93,7 +93,7 @@ class Planner:
         self.table = table
         self.clock = clock
         self.settings = Settings()
-        self.jobs: dict[str, JobSpec] = {}
+        self.jobs: Mapping[str, JobSpec] = {}  #: the job folder's own mapping (replaced at a scan, never changed)
         self.triggers: dict[str, schedule.Trigger] = {}
         self.next_fire: dict[str, datetime | None] = {}
         self.last_fire: dict[str, datetime] = {}
