@@ -84,14 +84,13 @@ class Catalog:
         for name in result.removed:
             p.triggers.pop(name, None)
             p.next_fire.pop(name, None)
-            p.generation[name] += 1
             # Forgotten in the ledger too, so a re-added file (even after a restart) starts from then.
             if p.last_fire.pop(name, None) is not None:
                 intents.append(i.LastFire(name, None))
+        shared_triggers: schedule.SharedTriggers = {}
         for name in p.jobs if initial else sorted(result.changed & p.jobs.keys()):
             job = p.jobs[name]
-            trigger = schedule.trigger_for(job)
-            p.generation[name] += 1
+            trigger = schedule.trigger_for(job, shared_triggers)
             if trigger is None:
                 p.triggers.pop(name, None)
                 p.next_fire[name] = None
