@@ -64,7 +64,7 @@ class SourceFile:
         path: str | Path,
         rel_dir: str,
         abs_dir: str,
-        stat_key: tuple[int, int, int],
+        stat_key: int,
         raw: bytes,
         version: int,
         read_error: str | None = None,
@@ -74,7 +74,7 @@ class SourceFile:
         self.path = str(path)
         self.rel_dir = rel_dir  #: folder of the file under the root, "" for the root itself
         self.abs_dir = abs_dir  #: absolute folder of the file, for resolving relative paths
-        self.stat_key = stat_key
+        self.stat_key = stat_key  #: what its stat() said when read (the folder's stamp of it)
         self.raw = raw
         self.version = version
         self.racy = False
