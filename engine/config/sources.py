@@ -161,6 +161,7 @@ def _syntax_error(path: str, text: str, message: str) -> ConfigError:
 #: A job file or vigil.toml larger than this is refused (bigger than any real one, by far; it also
 #: bounds what is read from a file that never ends, such as one under /proc).
 MAX_FILE_BYTES = 1024 * 1024
+_READ_STEP = 16 * 1024  #: the least a read asks for (a file may grow while it is read)
 _FILE_KINDS = {
     stat.S_IFIFO: "a named pipe, FIFO",
     stat.S_IFSOCK: "a socket",
@@ -225,13 +226,17 @@ def read_file(abs_path: str, *, follow: bool = True) -> bytes | OSError:
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         fd = os.open(abs_path, flags)
         try:
-            problem = not_regular(os.fstat(fd).st_mode)
+            opened = os.fstat(fd)
+            problem = not_regular(opened.st_mode)
             if problem:
                 return OSError(errno.EINVAL, problem)
+            # Reads of about the file's size: a read of MAX_FILE_BYTES allocates that much first (a
+            # separate mapping where malloc maps big blocks) before it shrinks to the bytes read.
+            step = max(opened.st_size + 1, _READ_STEP)
             chunks: list[bytes] = []
             size = 0
             while size <= MAX_FILE_BYTES:
-                chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+                chunk = os.read(fd, min(step, MAX_FILE_BYTES + 1 - size))
                 if not chunk:
                     break
                 chunks.append(chunk)
