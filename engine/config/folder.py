@@ -120,6 +120,9 @@ def _merge(layers: Iterable[dict[str, Value]]) -> dict[str, Value]:
     return merged
 
 
+_SHARED_TYPES = (str, tuple)  #: job values kept once for all jobs where equal (a tuple's items are strings)
+
+
 class _Shared(dict[Any, Any]):
     """Equal values built for many jobs in one evaluation (the `env` a folder gives its jobs), kept once."""
 
@@ -139,7 +142,11 @@ def _build_spec(
         return None, errors
     own = {key: value for key, value in merged.items() if value.source is source}
     errors = _notify_errors(source, own, targets)  # a `_folder.toml`'s own are its errors
-    values = {key: value.value for key, value in merged.items()}
+    # Equal strings and string lists of many jobs (a command, a cron expression) kept once: each file's
+    # parse made its own.
+    values: dict[str, Any] = {
+        key: shared.one(v) if type(v := value.value) in _SHARED_TYPES else v for key, value in merged.items()
+    }
     if "env" in values:
         values["env"] = shared.one(tuple(shared.one(pair) for pair in sorted(values["env"].items())))
     if "at" in values:
@@ -220,6 +227,11 @@ def _stamp(st: os.stat_result) -> int:
     """A file's (mtime, size, inode) as one int: each field in its own bits, so equal stamps are equal
     stats (a tuple of three ints took 128 bytes a file, this about 56)."""
     return (st.st_mtime_ns << 128) | (st.st_size << 64) | st.st_ino
+
+
+def _is_job_key(key: str) -> bool:
+    """A job file's key, not vigil.toml's or a `_folder.toml`'s."""
+    return key != _SETTINGS_KEY and key != _FOLDER_KEY and not key.endswith("/" + _FOLDER_KEY)
 
 
 def _by_file_name(item: tuple[str, SourceFile]) -> str:
@@ -429,7 +441,12 @@ class JobFolder:
                 old.stat_key = stamp
                 old.racy = now - mtime_ns < _RACY_WINDOW_NS
                 continue
-            self._version += 1
+            # Versions are what the evaluation of jobs compares of settings and `_folder.toml` files;
+            # a job's own file is compared as itself (`_JobState.source`), so it needs none.
+            version = 0
+            if not _is_job_key(key):
+                self._version += 1
+                version = self._version
             rel_dir = key.rpartition("/")[0]
             dirs = folder_dirs.get(rel_dir)
             if dirs is None:
@@ -439,7 +456,7 @@ class JobFolder:
                 *dirs,
                 stamp,
                 raw,
-                self._version,
+                version,
                 read_error,
             )
             source.racy = now - mtime_ns < _RACY_WINDOW_NS
@@ -500,12 +517,12 @@ class JobFolder:
         job_sources: dict[str, SourceFile] = {}
         settings_source: SourceFile | None = None
         for key, source in sorted(self._files.items(), key=_by_file_name):
-            if key == _SETTINGS_KEY:
-                settings_source = source
-            elif key == _FOLDER_KEY or key.endswith("/" + _FOLDER_KEY):
-                folders[source.rel_dir] = source
-            else:
+            if _is_job_key(key):
                 job_sources[key] = source
+            elif key == _SETTINGS_KEY:
+                settings_source = source
+            else:
+                folders[source.rel_dir] = source
         return folders, job_sources, settings_source
 
     def _update_settings(self, source: SourceFile | None) -> None:

@@ -44,7 +44,6 @@ class SourceFile:
     __slots__ = (
         "_index",
         "_keys",
-        "_parsed",
         "_syntax_error",
         "abs_dir",
         "data",
@@ -76,36 +75,38 @@ class SourceFile:
         self.abs_dir = abs_dir  #: absolute folder of the file, for resolving relative paths
         self.stat_key = stat_key  #: what its stat() said when read (the folder's stamp of it)
         self.raw = raw
+        #: which reading of vigil.toml or a `_folder.toml` this is; 0 for a job file, whose evaluation
+        #: compares the SourceFile itself
         self.version = version
         self.racy = False
         #: the parsed table; a job folder drops it once its keys are validated (`values` keep what is used)
         self.data: dict[str, Any] | None = None
-        self._keys: tuple[str, ...] = ()
+        self._keys: tuple[str, ...] | None = None  #: None until parsed
         self._syntax_error: ConfigError | None = None
         self.values: dict[str, Value] | None = None
         self.value_errors: tuple[ConfigError, ...] = ()
         self._index: LineIndex | None = None
         self.unreadable = read_error is not None
-        self._parsed = self.unreadable
         if read_error is not None:
+            self._keys = ()
             self._syntax_error = ConfigError(path, "file", f"cannot read: {read_error}")
 
     @property
     def keys(self) -> tuple[str, ...]:
         """The table's top-level keys (kept after `data` is dropped); () when it does not parse."""
-        if not self._parsed:
+        if self._keys is None:
             self._parse()
-        return self._keys
+        return self._keys or ()
 
     @property
     def syntax_error(self) -> ConfigError | None:
         """Why the file does not parse (or cannot be read); None when it parses."""
-        if not self._parsed:
+        if self._keys is None:
             self._parse()
         return self._syntax_error
 
     def _parse(self) -> None:
-        self._parsed = True
+        self._keys = ()
         try:
             text = self.raw.decode("utf-8")
         except UnicodeDecodeError as exc:
