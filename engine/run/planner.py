@@ -103,9 +103,10 @@ class Planner:
         self.last_outcome: dict[str, RunState] = {}
         self.downstream: dict[str, list[str]] = defaultdict(list)
         self.next_id = 1
-        #: (POSIX time, job): an entry is current while it is the job's `next_fire` and the job has a
-        #: trigger; the others (the job changed, went or moved to a new timeline) are dropped when popped
-        self._fire_heap: list[tuple[float, str]] = []
+        #: (fire time, job), the time being the one `next_fire` holds (no copy of it as a number): an
+        #: entry is current while it is the job's `next_fire` and the job has a trigger; the others (the
+        #: job changed, went or moved to a new timeline) are dropped when popped
+        self._fire_heap: list[tuple[datetime, str]] = []
         # Why fires were late (the reasons of missed runs).
         self.forward_jumps: deque[ForwardJump] = deque(maxlen=8)
         self.started_at = clock.now()  #: this leadership's start, in the current timeline
@@ -119,11 +120,11 @@ class Planner:
     def push_fire(self, name: str, when: datetime | None) -> None:
         self.next_fire[name] = when
         if when is not None:
-            heapq.heappush(self._fire_heap, (when.timestamp(), name))
+            heapq.heappush(self._fire_heap, (when, name))
 
     def next_fire_at(self) -> float | None:
         """The earliest fire time waiting, as a POSIX time (it may be stale: then nothing fires)."""
-        return self._fire_heap[0][0] if self._fire_heap else None
+        return self._fire_heap[0][0].timestamp() if self._fire_heap else None
 
     def clock_went_back(self, seconds: float, now: datetime, batch: Batch) -> None:
         """Schedules restart on the new timeline: a last fire "in the future" must not hold fires back."""
@@ -139,12 +140,10 @@ class Planner:
             batch.intents.append(i.NextFire(name, self.next_fire[name]))
 
     def handle_fires(self, now: datetime, batch: Batch) -> None:
-        now_ts = now.timestamp()
         due: set[str] = set()
-        while self._fire_heap and self._fire_heap[0][0] <= now_ts:
+        while self._fire_heap and self._fire_heap[0][0] <= now:
             at, name = heapq.heappop(self._fire_heap)
-            current = self.next_fire.get(name)
-            if current is not None and current.timestamp() == at and name in self.triggers:
+            if self.next_fire.get(name) == at and name in self.triggers:
                 due.add(name)  # a set: the same time pushed twice fires once
         for name in sorted(due):
             job = self.jobs[name]
