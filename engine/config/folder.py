@@ -144,8 +144,9 @@ def _build_spec(
     errors = _notify_errors(source, own, targets)  # a `_folder.toml`'s own are its errors
     # Equal strings and string lists of many jobs (a command, a cron expression) kept once: each file's
     # parse made its own.
+    share = shared.setdefault  # per value of every job: no method of our own in between
     values: dict[str, Any] = {
-        key: shared.one(v) if type(v := value.value) in _SHARED_TYPES else v for key, value in merged.items()
+        key: share(v, v) if type(v := value.value) in _SHARED_TYPES else v for key, value in merged.items()
     }
     if "env" in values:
         values["env"] = shared.one(tuple(shared.one(pair) for pair in sorted(values["env"].items())))
