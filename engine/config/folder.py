@@ -41,6 +41,7 @@ from engine.users import accounts_stamp, find_account, run_as_problem
 __all__ = ["FOLDER_FILE", "JobFolder", "LoadResult", "ScanResult", "format_errors", "job_name_of", "load_folder"]
 
 FOLDER_FILE = "_folder.toml"
+_FOLDER_KEY, _SETTINGS_KEY = FOLDER_FILE[:-5], SETTINGS_FILE[:-5]  #: their keys in `JobFolder._files`
 _T = TypeVar("_T")
 _Report = Callable[[ConfigError], None]
 #: A file whose mtime is this close to the moment it was read may be rewritten within the same
@@ -67,7 +68,9 @@ class LoadResult:
 class ScanResult:
     """One live-reload step: the effective jobs, what moved since the last scan, all current errors."""
 
-    jobs: dict[str, JobSpec]
+    #: the folder's own mapping, not a copy (a scan that finds nothing changed allocates nothing big):
+    #: a new one is made when the jobs change, and none is ever changed in place; do not change it
+    jobs: Mapping[str, JobSpec]
     changed: set[str]  #: added, or effective spec differs from the previous scan
     removed: set[str]  #: no longer in `jobs` (file deleted)
     errors: list[ConfigError]
@@ -117,6 +120,9 @@ def _merge(layers: Iterable[dict[str, Value]]) -> dict[str, Value]:
     return merged
 
 
+_SHARED_TYPES = (str, tuple)  #: job values kept once for all jobs where equal (a tuple's items are strings)
+
+
 class _Shared(dict[Any, Any]):
     """Equal values built for many jobs in one evaluation (the `env` a folder gives its jobs), kept once."""
 
@@ -136,7 +142,12 @@ def _build_spec(
         return None, errors
     own = {key: value for key, value in merged.items() if value.source is source}
     errors = _notify_errors(source, own, targets)  # a `_folder.toml`'s own are its errors
-    values = {key: value.value for key, value in merged.items()}
+    # Equal strings and string lists of many jobs (a command, a cron expression) kept once: each file's
+    # parse made its own.
+    share = shared.setdefault  # per value of every job: no method of our own in between
+    values: dict[str, Any] = {
+        key: share(v, v) if type(v := value.value) in _SHARED_TYPES else v for key, value in merged.items()
+    }
     if "env" in values:
         values["env"] = shared.one(tuple(shared.one(pair) for pair in sorted(values["env"].items())))
     if "at" in values:
@@ -213,6 +224,22 @@ def _aware_at(at: datetime, zone_name: str) -> datetime | None:
 # The folder and live reload
 
 
+def _stamp(st: os.stat_result) -> int:
+    """A file's (mtime, size, inode) as one int: each field in its own bits, so equal stamps are equal
+    stats (a tuple of three ints took 128 bytes a file, this about 56)."""
+    return (st.st_mtime_ns << 128) | (st.st_size << 64) | st.st_ino
+
+
+def _is_job_key(key: str) -> bool:
+    """A job file's key, not vigil.toml's or a `_folder.toml`'s."""
+    return key != _SETTINGS_KEY and key != _FOLDER_KEY and not key.endswith("/" + _FOLDER_KEY)
+
+
+def _by_file_name(item: tuple[str, SourceFile]) -> str:
+    """Files in the order of their paths (a key is a path without `.toml`, which sorts otherwise)."""
+    return item[0] + ".toml"
+
+
 @lru_cache(maxsize=65536)
 def _chain(rel_dir: str) -> tuple[str, ...]:
     """The folders whose `_folder.toml` apply to a job in `rel_dir`, outermost first."""
@@ -226,6 +253,8 @@ def _chain(rel_dir: str) -> tuple[str, ...]:
 class _JobState:
     """The cached evaluation of one job file against its folder defaults and the declared agents."""
 
+    source: SourceFile  #: the version of the job file it is of (a changed file is a new SourceFile)
+    #: what else it depends on: one tuple for the jobs of a folder that depend on the same
     signature: tuple[Any, ...]
     spec: JobSpec | None
     errors: tuple[ConfigError, ...]  #: a tuple: most are empty, and every empty tuple is the same one
@@ -234,10 +263,11 @@ class _JobState:
 
 @dataclass
 class _Walk:
-    seen: list[str] = field(default_factory=list)  #: every job-folder file, relative to the root
-    stale: list[tuple[str, str, tuple[int, int, int]]] = field(default_factory=list)  #: (rel, abs, stat)
+    seen: list[str] = field(default_factory=list)  #: every job-folder file, by its key (`_files`)
+    #: (key, absolute path, stamp, mtime in ns) of each file read again
+    stale: list[tuple[str, str, int, int]] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)
-    links: list[tuple[str, str]] = field(default_factory=list)  #: symlinked files (rel, abs)
+    links: list[tuple[str, str]] = field(default_factory=list)  #: symlinked files (key, abs)
     watched: bool = False  #: every folder walked is under an inotify watch
 
 
@@ -251,7 +281,9 @@ class JobFolder:
         self.keep_last_valid = keep_last_valid
         self._root_abs = os.path.abspath(self.root)
         self._root_text = str(self.root)  #: file paths shown to operators start with it
-        self._files: dict[str, SourceFile] = {}  #: by path relative to the root, `/`-separated
+        #: by path relative to the root, `/`-separated, without `.toml`: a job file's key is its job
+        #: name, the one string the folder, the scheduler and the JobSpec hold for it
+        self._files: dict[str, SourceFile] = {}
         self._version = 0
         self._settings = Settings()
         self._settings_errors: list[ConfigError] = []
@@ -279,7 +311,7 @@ class JobFolder:
         """Re-read changed files and re-evaluate what depends on them; cheap when nothing changed."""
         accounts_changed = self._loaded and accounts_stamp() != self._accounts
         if self._loaded and not accounts_changed and self._unchanged():
-            return ScanResult(dict(self._jobs), set(), set(), list(self._errors), self._settings)
+            return ScanResult(self._jobs, set(), set(), list(self._errors), self._settings)
         if self._loaded and not self._watch_tried:
             # Only a folder scanned more than once (the scheduler's) gets a watch: a one-off load
             # (the CLI) must not hold an inotify instance, of which a user has only 128.
@@ -294,13 +326,13 @@ class JobFolder:
             self._walk_errors = walk.errors
             dirty = True
         if not dirty and self._loaded:
-            return ScanResult(dict(self._jobs), set(), set(), list(self._errors), self._settings)
+            return ScanResult(self._jobs, set(), set(), list(self._errors), self._settings)
         self._loaded = True
         previous = self._jobs
         self._evaluate()
         changed = {name for name, spec in self._jobs.items() if previous.get(name) != spec}
         removed = set(previous) - set(self._jobs)
-        return ScanResult(dict(self._jobs), changed, removed, list(self._errors), self._settings)
+        return ScanResult(self._jobs, changed, removed, list(self._errors), self._settings)
 
     def change_fd(self) -> int | None:
         """A descriptor that becomes readable when the folder (or /etc/passwd) changes, when waiting on
@@ -322,13 +354,13 @@ class JobFolder:
             return False
         if watch.changed() or time.monotonic() - self._walked_at >= self._walk_every:
             return False
-        for rel, abs_path in self._links:  # a symlink's target may live outside every watched folder
-            source = self._files.get(rel)
+        for key, abs_path in self._links:  # a symlink's target may live outside every watched folder
+            source = self._files.get(key)
             try:
                 st = os.stat(abs_path)
             except OSError:
                 return False
-            if source is None or source.racy or source.stat_key != (st.st_mtime_ns, st.st_size, st.st_ino):
+            if source is None or source.racy or source.stat_key != _stamp(st):
                 return False
         return True
 
@@ -366,33 +398,33 @@ class JobFolder:
                         continue
                     try:
                         if name.endswith(".toml"):
-                            rel = prefix + name
+                            key = prefix + name[:-5]
                             link = entry.is_symlink()
                             if link:
                                 try:
                                     st = os.stat(entry.path)
                                 except OSError as exc:
                                     walk.errors.append(
-                                        ConfigError(self.root / rel, "file", link_problem(entry.path, exc))
+                                        ConfigError(self.root / (prefix + name), "file", link_problem(entry.path, exc))
                                     )
                                     continue
                             else:
                                 st = entry.stat(follow_symlinks=False)
                             if stat.S_ISDIR(st.st_mode):
                                 if not link:  # a folder named *.toml is a folder; symlinked ones are not followed
-                                    stack.append((entry.path, rel + "/"))
+                                    stack.append((entry.path, prefix + name + "/"))
                                 continue
                             problem = not_regular(st.st_mode)
                             if problem:  # a FIFO or a device is never opened: it could block or have effects
-                                walk.errors.append(ConfigError(self.root / rel, "file", problem))
+                                walk.errors.append(ConfigError(self.root / (prefix + name), "file", problem))
                                 continue
-                            seen.append(rel)
+                            seen.append(key)
                             if link:
-                                walk.links.append((rel, entry.path))
-                            stat_key = (st.st_mtime_ns, st.st_size, st.st_ino)
-                            old = known.get(rel)
-                            if old is None or old.stat_key != stat_key or old.racy:
-                                stale.append((rel, entry.path, stat_key))
+                                walk.links.append((key, entry.path))
+                            stamp = _stamp(st)
+                            old = known.get(key)
+                            if old is None or old.stat_key != stamp or old.racy:
+                                stale.append((key, entry.path, stamp, st.st_mtime_ns))
                         elif entry.is_dir(follow_symlinks=False):
                             stack.append((entry.path, prefix + name + "/"))
                     except OSError:
@@ -405,42 +437,47 @@ class JobFolder:
         files = self._files
         if len(walk.seen) != len(files) or walk.stale:
             present = set(walk.seen)
-            for rel in [rel for rel in files if rel not in present]:
-                del files[rel]
+            for key in [key for key in files if key not in present]:
+                del files[key]
                 dirty = True
         now = time.time_ns()
-        linked = {rel for rel, _path in walk.links}
+        linked = {key for key, _path in walk.links}
         folder_dirs: dict[str, tuple[str, str]] = {}  #: rel_dir -> (rel_dir, abs_dir), one copy per folder
-        for rel, abs_path, stat_key in walk.stale:
-            old = files.get(rel)
-            raw = read_file(abs_path, follow=rel in linked)
+        for key, abs_path, stamp, mtime_ns in walk.stale:
+            old = files.get(key)
+            raw = read_file(abs_path, follow=key in linked)
             read_error = None
             if isinstance(raw, FileNotFoundError):
-                if files.pop(rel, None) is not None:
+                if files.pop(key, None) is not None:
                     dirty = True
                 continue  # deleted since the walk: the next scan agrees
             if isinstance(raw, OSError):
                 read_error = str(raw.strerror or raw)
                 raw = b""
             if old is not None and read_error is None and not old.unreadable and old.raw == raw:
-                old.stat_key = stat_key
-                old.racy = now - stat_key[0] < _RACY_WINDOW_NS
+                old.stat_key = stamp
+                old.racy = now - mtime_ns < _RACY_WINDOW_NS
                 continue
-            self._version += 1
-            rel_dir = rel.rpartition("/")[0]
+            # Versions are what the evaluation of jobs compares of settings and `_folder.toml` files;
+            # a job's own file is compared as itself (`_JobState.source`), so it needs none.
+            version = 0
+            if not _is_job_key(key):
+                self._version += 1
+                version = self._version
+            rel_dir = key.rpartition("/")[0]
             dirs = folder_dirs.get(rel_dir)
             if dirs is None:
                 dirs = folder_dirs[rel_dir] = (rel_dir, os.path.join(self._root_abs, rel_dir))
             source = SourceFile(
-                os.path.join(self._root_text, rel),
+                os.path.join(self._root_text, key + ".toml"),
                 *dirs,
-                stat_key,
+                stamp,
                 raw,
-                self._version,
+                version,
                 read_error,
             )
-            source.racy = now - stat_key[0] < _RACY_WINDOW_NS
-            files[rel] = source
+            source.racy = now - mtime_ns < _RACY_WINDOW_NS
+            files[key] = source
             dirty = True
         return dirty
 
@@ -496,13 +533,13 @@ class JobFolder:
         folders: dict[str, SourceFile] = {}
         job_sources: dict[str, SourceFile] = {}
         settings_source: SourceFile | None = None
-        for rel, source in sorted(self._files.items()):
-            if rel == SETTINGS_FILE:
+        for key, source in sorted(self._files.items(), key=_by_file_name):
+            if _is_job_key(key):
+                job_sources[key] = source
+            elif key == _SETTINGS_KEY:
                 settings_source = source
-            elif rel == FOLDER_FILE or rel.endswith("/" + FOLDER_FILE):
-                folders[source.rel_dir] = source
             else:
-                job_sources[rel[:-5]] = source
+                folders[source.rel_dir] = source
         return folders, job_sources, settings_source
 
     def _update_settings(self, source: SourceFile | None) -> None:
@@ -552,17 +589,18 @@ class JobFolder:
         chain = [folders[d] for d in _chain(source.rel_dir) if d in folders]
         own_targets = "agent" in source.keys or "notify" in source.keys
         sets_user = "user" in source.keys or any("user" in folder.keys for folder in chain)
-        signature = (
-            self._targets_version if own_targets else 0,
-            self._accounts if sets_user else None,  # a `user` created or removed since is checked again
-            source.version,
-            *(folder.version for folder in chain),
+        signature = shared.one(
+            (
+                self._targets_version if own_targets else 0,
+                self._accounts if sets_user else None,  # a `user` created or removed since is checked again
+                *(folder.version for folder in chain),
+            )
         )
         state = self._states.get(name)
-        if state is not None and state.signature == signature:
+        if state is not None and state.source is source and state.signature == signature:
             return state
         if source.syntax_error is not None:
-            return _JobState(signature, None, (source.syntax_error,), source)
+            return _JobState(source, signature, None, (source.syntax_error,), source)
         state = self._evaluate_job(name, source, chain, shared)
         state.signature = signature
         # Checked again from its bytes only when this signature changes (a folder above edited):
@@ -587,9 +625,9 @@ class JobFolder:
         after = merged.get("after")
         after_source = after.source if after is not None else source
         if errors:
-            return _JobState((), None, tuple(errors), after_source)
+            return _JobState(source, (), None, tuple(errors), after_source)
         spec, build_errors = _build_spec(name, source, merged, self._targets, shared)
-        return _JobState((), spec, tuple(build_errors), after_source)
+        return _JobState(source, (), spec, tuple(build_errors), after_source)
 
 
 def _drop_missing_after(
@@ -706,4 +744,4 @@ def _cycle_through(start: str, members: set[str], graph: Mapping[str, JobSpec]) 
 def load_folder(root: Path) -> LoadResult:
     """Load every job of a folder once (the CLI's view; the scheduler keeps a JobFolder instead)."""
     result = JobFolder(root).scan()
-    return LoadResult(jobs=result.jobs, errors=result.errors, settings=result.settings)
+    return LoadResult(jobs=dict(result.jobs), errors=result.errors, settings=result.settings)

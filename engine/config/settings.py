@@ -410,6 +410,6 @@ def load_settings(root: Path) -> tuple[Settings, list[ConfigError]]:
         return Settings(), []
     if isinstance(raw, OSError):
         return Settings(channels_unknown=True), [ConfigError(path, "file", f"cannot read: {raw.strerror or raw}")]
-    source = SourceFile(path, "", os.path.abspath(root), (0, 0, 0), raw, 0)
+    source = SourceFile(path, "", os.path.abspath(root), 0, raw, 0)
     settings, errors, _targets = parse_settings(source, os.path.abspath(root))
     return settings, errors

@@ -34,19 +34,24 @@ class Value:
 
 
 class SourceFile:
-    """One TOML file as last read: bytes, parsed table or syntax error, and its own key validation."""
+    """One TOML file as last read: bytes, parsed table or syntax error, and its own key validation.
+
+    It is parsed when its keys, table or syntax error are first asked for, not when read: a folder
+    evaluates each file in turn, so one file's parse is dropped before the next one's is made (parsing
+    every file of a 10,000-job folder first held all their tables at once, and left the heap they
+    took fragmented under the values kept)."""
 
     __slots__ = (
         "_index",
+        "_keys",
+        "_syntax_error",
         "abs_dir",
         "data",
-        "keys",
         "path",
         "racy",
         "raw",
         "rel_dir",
         "stat_key",
-        "syntax_error",
         "unreadable",
         "value_errors",
         "values",
@@ -58,7 +63,7 @@ class SourceFile:
         path: str | Path,
         rel_dir: str,
         abs_dir: str,
-        stat_key: tuple[int, int, int],
+        stat_key: int,
         raw: bytes,
         version: int,
         read_error: str | None = None,
@@ -68,40 +73,56 @@ class SourceFile:
         self.path = str(path)
         self.rel_dir = rel_dir  #: folder of the file under the root, "" for the root itself
         self.abs_dir = abs_dir  #: absolute folder of the file, for resolving relative paths
-        self.stat_key = stat_key
+        self.stat_key = stat_key  #: what its stat() said when read (the folder's stamp of it)
         self.raw = raw
+        #: which reading of vigil.toml or a `_folder.toml` this is; 0 for a job file, whose evaluation
+        #: compares the SourceFile itself
         self.version = version
         self.racy = False
         #: the parsed table; a job folder drops it once its keys are validated (`values` keep what is used)
         self.data: dict[str, Any] | None = None
-        self.keys: tuple[str, ...] = ()  #: the table's top-level keys, kept after `data` is dropped
-        self.syntax_error: ConfigError | None = None
+        self._keys: tuple[str, ...] | None = None  #: None until parsed
+        self._syntax_error: ConfigError | None = None
         self.values: dict[str, Value] | None = None
         self.value_errors: tuple[ConfigError, ...] = ()
         self._index: LineIndex | None = None
         self.unreadable = read_error is not None
         if read_error is not None:
-            self.syntax_error = ConfigError(path, "file", f"cannot read: {read_error}")
-        else:
+            self._keys = ()
+            self._syntax_error = ConfigError(path, "file", f"cannot read: {read_error}")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The table's top-level keys (kept after `data` is dropped); () when it does not parse."""
+        if self._keys is None:
             self._parse()
+        return self._keys or ()
+
+    @property
+    def syntax_error(self) -> ConfigError | None:
+        """Why the file does not parse (or cannot be read); None when it parses."""
+        if self._keys is None:
+            self._parse()
+        return self._syntax_error
 
     def _parse(self) -> None:
+        self._keys = ()
         try:
             text = self.raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = self.raw[: exc.start].count(b"\n") + 1
-            self.syntax_error = ConfigError(self.path, "file", f"not UTF-8 text (byte {exc.start})", line)
+            self._syntax_error = ConfigError(self.path, "file", f"not UTF-8 text (byte {exc.start})", line)
             return
         try:
             # Interned keys: one "command", "cron", ... for every file, not one per file.
             self.data = {sys.intern(key): value for key, value in tomllib.loads(text).items()}
-            self.keys = _one_key_list(tuple(self.data))
+            self._keys = _one_key_list(tuple(self.data))
         except tomllib.TOMLDecodeError as exc:
-            self.syntax_error = _syntax_error(self.path, text, str(exc))
+            self._syntax_error = _syntax_error(self.path, text, str(exc))
         except ValueError:  # tomllib's int() of a number with thousands of digits
-            self.syntax_error = ConfigError(self.path, "syntax", "invalid TOML: a number has too many digits")
+            self._syntax_error = ConfigError(self.path, "syntax", "invalid TOML: a number has too many digits")
         except RecursionError:
-            self.syntax_error = ConfigError(self.path, "syntax", "invalid TOML: arrays or tables nested too deeply")
+            self._syntax_error = ConfigError(self.path, "syntax", "invalid TOML: arrays or tables nested too deeply")
 
     def table(self) -> dict[str, Any]:
         """The parsed table ({} when it does not parse), parsed again from `raw` if it was dropped."""
@@ -141,6 +162,7 @@ def _syntax_error(path: str, text: str, message: str) -> ConfigError:
 #: A job file or vigil.toml larger than this is refused (bigger than any real one, by far; it also
 #: bounds what is read from a file that never ends, such as one under /proc).
 MAX_FILE_BYTES = 1024 * 1024
+_READ_STEP = 16 * 1024  #: the least a read asks for (a file may grow while it is read)
 _FILE_KINDS = {
     stat.S_IFIFO: "a named pipe, FIFO",
     stat.S_IFSOCK: "a socket",
@@ -205,13 +227,17 @@ def read_file(abs_path: str, *, follow: bool = True) -> bytes | OSError:
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         fd = os.open(abs_path, flags)
         try:
-            problem = not_regular(os.fstat(fd).st_mode)
+            opened = os.fstat(fd)
+            problem = not_regular(opened.st_mode)
             if problem:
                 return OSError(errno.EINVAL, problem)
+            # Reads of about the file's size: a read of MAX_FILE_BYTES allocates that much first (a
+            # separate mapping where malloc maps big blocks) before it shrinks to the bytes read.
+            step = max(opened.st_size + 1, _READ_STEP)
             chunks: list[bytes] = []
             size = 0
             while size <= MAX_FILE_BYTES:
-                chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+                chunk = os.read(fd, min(step, MAX_FILE_BYTES + 1 - size))
                 if not chunk:
                     break
                 chunks.append(chunk)

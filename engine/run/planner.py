@@ -14,7 +14,7 @@ import heapq
 import json
 import logging
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -93,7 +93,7 @@ class Planner:
         self.table = table
         self.clock = clock
         self.settings = Settings()
-        self.jobs: dict[str, JobSpec] = {}
+        self.jobs: Mapping[str, JobSpec] = {}  #: the job folder's own mapping (replaced at a scan, never changed)
         self.triggers: dict[str, schedule.Trigger] = {}
         self.next_fire: dict[str, datetime | None] = {}
         self.last_fire: dict[str, datetime] = {}
@@ -103,9 +103,10 @@ class Planner:
         self.last_outcome: dict[str, RunState] = {}
         self.downstream: dict[str, list[str]] = defaultdict(list)
         self.next_id = 1
-        self.generation: dict[str, int] = defaultdict(int)  #: a job's fire-heap entries of older ones are stale
-        self._fire_heap: list[tuple[float, int, str, int]] = []  # wall-clock POSIX times
-        self._seq = 0
+        #: (fire time, job), the time being the one `next_fire` holds (no copy of it as a number): an
+        #: entry is current while it is the job's `next_fire` and the job has a trigger; the others (the
+        #: job changed, went or moved to a new timeline) are dropped when popped
+        self._fire_heap: list[tuple[datetime, str]] = []
         # Why fires were late (the reasons of missed runs).
         self.forward_jumps: deque[ForwardJump] = deque(maxlen=8)
         self.started_at = clock.now()  #: this leadership's start, in the current timeline
@@ -118,14 +119,12 @@ class Planner:
 
     def push_fire(self, name: str, when: datetime | None) -> None:
         self.next_fire[name] = when
-        if when is None:
-            return
-        self._seq += 1
-        heapq.heappush(self._fire_heap, (when.timestamp(), self._seq, name, self.generation[name]))
+        if when is not None:
+            heapq.heappush(self._fire_heap, (when, name))
 
     def next_fire_at(self) -> float | None:
         """The earliest fire time waiting, as a POSIX time (it may be stale: then nothing fires)."""
-        return self._fire_heap[0][0] if self._fire_heap else None
+        return self._fire_heap[0][0].timestamp() if self._fire_heap else None
 
     def clock_went_back(self, seconds: float, now: datetime, batch: Batch) -> None:
         """Schedules restart on the new timeline: a last fire "in the future" must not hold fires back."""
@@ -137,17 +136,15 @@ class Planner:
                 self.last_fire[name] = now
                 batch.intents.append(i.LastFire(name, now))
         for name, trigger in self.triggers.items():
-            self.generation[name] += 1  # drops the heap entries computed on the old timeline
-            self.push_fire(name, trigger.next_fire(now))
+            self.push_fire(name, trigger.next_fire(now))  # the entries of the old timeline are stale
             batch.intents.append(i.NextFire(name, self.next_fire[name]))
 
     def handle_fires(self, now: datetime, batch: Batch) -> None:
-        now_ts = now.timestamp()
         due: set[str] = set()
-        while self._fire_heap and self._fire_heap[0][0] <= now_ts:
-            _, _, name, gen = heapq.heappop(self._fire_heap)
-            if gen == self.generation[name] and name in self.triggers:
-                due.add(name)
+        while self._fire_heap and self._fire_heap[0][0] <= now:
+            at, name = heapq.heappop(self._fire_heap)
+            if self.next_fire.get(name) == at and name in self.triggers:
+                due.add(name)  # a set: the same time pushed twice fires once
         for name in sorted(due):
             job = self.jobs[name]
             trigger = self.triggers[name]

@@ -7,6 +7,7 @@ docstring says otherwise. Imports `cron`, `engine.model`, `engine.errors` and `e
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -20,6 +21,7 @@ __all__ = [
     "CombinedTrigger",
     "CronTrigger",
     "EveryTrigger",
+    "SharedTriggers",
     "Trigger",
     "fires_between",
     "preview",
@@ -27,6 +29,8 @@ __all__ = [
 ]
 
 _MICROSECOND = timedelta(microseconds=1)
+#: one trigger for each schedule seen, by what it is made of (see `trigger_for`)
+SharedTriggers = dict[tuple[object, ...], "Trigger"]
 
 
 class Trigger(Protocol):
@@ -118,14 +122,19 @@ class CombinedTrigger:
         return min(fires) if fires else None
 
 
-def trigger_for(job: JobSpec) -> Trigger | None:
-    """The job's trigger, or None for manual / `after`-only jobs. Ignores `enabled`: callers decide."""
+def trigger_for(job: JobSpec, shared: SharedTriggers | None = None) -> Trigger | None:
+    """The job's trigger, or None for manual / `after`-only jobs. Ignores `enabled`: callers decide.
+
+    Triggers hold no state: jobs given the same `shared` dict (the jobs of one folder load) share one
+    cron trigger per expression and zone, and one `every` trigger per period."""
     triggers: list[Trigger] = []
     try:
         if job.cron:
-            triggers.append(CronTrigger(job.cron, job.timezone))
+            cron, zone = job.cron, job.timezone
+            triggers.append(_one(shared, ("cron", cron, zone), lambda: CronTrigger(cron, zone)))
         if job.every is not None:
-            triggers.append(EveryTrigger(job.every))
+            every = job.every
+            triggers.append(_one(shared, ("every", every), lambda: EveryTrigger(every)))
         if job.at is not None:
             triggers.append(AtTrigger(job.at))
     except ValueError as exc:
@@ -134,6 +143,15 @@ def trigger_for(job: JobSpec) -> Trigger | None:
     if not triggers:
         return None
     return triggers[0] if len(triggers) == 1 else CombinedTrigger(triggers)
+
+
+def _one(shared: SharedTriggers | None, key: tuple[object, ...], make: Callable[[], Trigger]) -> Trigger:
+    if shared is None:
+        return make()
+    trigger = shared.get(key)
+    if trigger is None:
+        trigger = shared[key] = make()
+    return trigger
 
 
 # ------------------------------------------------------------------------------------- fire enumeration

@@ -190,6 +190,28 @@ async def test_next_fire_and_catalog_drop_change_the_catalog(backend: Backend, s
     assert [job.next_fire for job in backend.records().jobs()] == [None]
 
 
+async def test_a_commit_of_a_whole_catalog_writes_every_row_in_order_with_the_rest(
+    backend: Backend, store: Store
+) -> None:
+    # The size of a folder's first load: long runs of one kind (the SQLite ledger binds those while
+    # writing them), a kind whose statement changes within the run, and other intents between.
+    await leading(store)
+    names = [f"team/job{n:04d}" for n in range(700)]
+    first_fires = [i.LastFire(name, None if n % 3 == 0 else NOW + timedelta(seconds=n)) for n, name in enumerate(names)]
+    rows = [upsert(name, NOW + timedelta(minutes=n)) for n, name in enumerate(names)]
+    await store.commit(
+        [fire(1), *first_fires, i.Paused(names[5], True), i.CatalogCleared(), *rows, i.CatalogDrop(names[7])]
+    )
+    jobs = {job.name: job for job in backend.records().jobs()}
+    assert len(jobs) == 699 and names[7] not in jobs
+    assert jobs[names[699]].next_fire == NOW + timedelta(minutes=699) and jobs[names[5]].paused
+    start = await store.start_state()
+    assert start.jobs[names[1]].last_fire == NOW + timedelta(seconds=1)
+    assert names[699] not in start.jobs or start.jobs[names[699]].last_fire is None  # 699 % 3 == 0: forgotten
+    assert sum(state.last_fire is not None for state in start.jobs.values()) == 466
+    assert [run.id for run in await store.open_runs()] == [1]
+
+
 def seen(version: str | None, contact: datetime | None, *, up: bool = True) -> i.AgentSeen:
     return i.AgentSeen("a1", "http://a1:7070", up, contact, version, 5.0, 10.0, 0.5, 1, None)
 

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from engine.clock import FakeClock
 from engine.config import JobFolder, format_errors, load_folder, load_settings
 from engine.config.fields import JOB_FIELDS, SCHEDULER_FIELDS
 from engine.durations import MAX_DURATION_LABEL, MAX_DURATION_S, MAX_DURATION_TEXT, within_max_duration
@@ -1247,6 +1248,47 @@ def test_a_file_larger_than_any_job_file_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "big.toml", "# " + "x" * (2 * 1024 * 1024) + '\ncommand = "true"\n')
     error = only_error(load_folder(tmp_path).errors, path)
     assert error.key == "file" and "larger than 1048576 bytes (1 MiB)" in error.reason
+
+
+def test_a_job_file_of_exactly_the_size_limit_is_read_whole(tmp_path: Path) -> None:
+    from engine.config.sources import MAX_FILE_BYTES
+
+    head = 'command = "true"\ndescription = "'
+    tail = '"\n'
+    body = "d" * (MAX_FILE_BYTES - len(head) - len(tail))  # read in several steps, not one of 1 MiB
+    write(tmp_path, "big.toml", head + body + tail)
+    result = load_folder(tmp_path)
+    assert result.errors == [] and result.jobs["big"].description == body
+
+
+def test_a_rescan_that_finds_nothing_changed_allocates_nothing_for_each_job(tmp_path: Path) -> None:
+    # Every second: at 10,000 jobs, copies of the job mapping there left megabytes of heap behind.
+    import tracemalloc
+
+    from engine.run.catalog import Catalog
+    from engine.run.planner import Planner
+    from engine.run.table import RunTable
+
+    def rescan_peak(root: Path, jobs: int) -> int:
+        for n in range(jobs):
+            text = f'command = "true"\ncron = "{n % 60} 3 * * *"\n'
+            os.utime(write(root, f"team{n // 100}/job{n}.toml", text), (1e9, 1e9))  # none is read again
+        clock = FakeClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
+        planner = Planner(RunTable(clock), clock)
+        catalog = Catalog(planner, root)
+        folder = JobFolder(root)
+        catalog.apply_scan(folder.scan(), clock.now(), initial=True)
+        catalog.apply_scan(folder.scan(), clock.now())  # the second sets up the folder watch
+        tracemalloc.start()
+        try:
+            catalog.apply_scan(folder.scan(), clock.now())
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert len(planner.jobs) == jobs
+
+    few, many = rescan_peak(tmp_path / "few", 200), rescan_peak(tmp_path / "many", 3000)
+    assert many - few < 16 * 1024, f"an unchanged rescan allocated {few} bytes at 200 jobs, {many} at 3,000"
 
 
 def test_cli_errors_carrying_user_text_stay_one_escaped_line(

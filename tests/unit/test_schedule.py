@@ -794,3 +794,17 @@ def test_cron_range_with_a_step_names_the_field_and_its_range(expr: str, expecte
     with pytest.raises(ValueError) as excinfo:
         validate_cron(expr)
     assert expected in str(excinfo.value)
+
+
+def test_jobs_of_one_load_share_a_trigger_per_schedule_and_fire_as_their_own_would() -> None:
+    shared: dict[tuple[object, ...], Trigger] = {}
+    berlin = [trigger_for(job(name=f"b{n}", cron="30 2 * * *", timezone="Europe/Berlin"), shared) for n in range(3)]
+    york = trigger_for(job(name="ny", cron="30 2 * * *", timezone="America/New_York"), shared)
+    hourly = [trigger_for(job(name=f"e{n}", every=3600.0), shared) for n in range(2)]
+    both = trigger_for(job(name="both", cron="30 2 * * *", timezone="Europe/Berlin", every=3600.0), shared)
+    assert berlin[0] is berlin[1] is berlin[2] and york is not berlin[0] and hourly[0] is hourly[1]
+    assert isinstance(both, CombinedTrigger) and both.triggers == (berlin[0], hourly[0])
+    start = utc(2026, 3, 28, 0, 0)  # across Berlin's spring-forward night
+    alone = trigger_for(job(cron="30 2 * * *", timezone="Europe/Berlin"))
+    assert alone is not None and berlin[0] is not None and york is not None
+    assert fires(berlin[0], start, 3) == fires(alone, start, 3) != fires(york, start, 3)

@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -53,9 +53,44 @@ CHECKPOINT_EVERY = 100
 WRITER_CACHE_KIB = 512
 
 
+#: This many intents of one kind in a row (the catalog of a whole folder, the first fires of its
+#: jobs) are bound on the writer thread while they are written, a chunk at a time, instead of all
+#: before the commit: 10,000 bound rows at once took ~3 MB, left behind as heap the process kept.
+LAZY_ROWS_MIN = 64
+LAZY_CHUNK = 256
+
+
+class _Rows:
+    """Consecutive intents of one kind in a commit, bound when the writer thread writes them."""
+
+    __slots__ = ("epoch", "intents")
+
+    def __init__(self, intents: list[Intent], epoch: int) -> None:
+        self.intents = intents
+        self.epoch = epoch
+
+    def chunks(self) -> Iterator[tuple[str, list[Params]]]:
+        """(statement, parameters) runs of at most LAZY_CHUNK rows, in order (a kind may use several
+        statements: a forgotten last fire is not a recorded one)."""
+        sql = ""
+        rows: list[Params] = []
+        for intent in self.intents:
+            statement, params = bind(intent, self.epoch)
+            if statement != sql or len(rows) >= LAZY_CHUNK:
+                if rows:
+                    yield sql, rows
+                sql, rows = statement, []
+            rows.append(params)
+        if rows:
+            yield sql, rows
+
+
+Statement = tuple[str, Params] | _Rows  #: one bound statement, or a run of intents bound as written
+
+
 def _transaction(
     conn: sqlite3.Connection,
-    groups: list[tuple[str, list[Params]]],
+    groups: list[tuple[str, list[Params]] | _Rows],
     check: tuple[str, Params] | None,
     guard: Callable[[], None],
 ) -> list[sqlite3.Row]:
@@ -68,13 +103,14 @@ def _transaction(
     conn.execute("BEGIN IMMEDIATE")
     try:
         existing = {row[0] for row in conn.execute(*check)} if check is not None else set()
-        for sql, params_list in groups:
-            try:
-                conn.executemany(sql, params_list)
-            except sqlite3.Error:
-                raise
-            except Exception as exc:  # a value sqlite3 cannot bind (an int beyond 64 bits): a bug
-                raise StoreFatalError(f"state database: cannot store {_statement_name(sql)}: {exc}") from exc
+        for group in groups:
+            for sql, params_list in group.chunks() if isinstance(group, _Rows) else (group,):
+                try:
+                    conn.executemany(sql, params_list)
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # a value sqlite3 cannot bind (an int beyond 64 bits): a bug
+                    raise StoreFatalError(f"state database: cannot store {_statement_name(sql)}: {exc}") from exc
         found = [row for row in conn.execute(*check) if row[0] not in existing] if check is not None else []
         conn.execute("COMMIT")
     except BaseException:
@@ -305,20 +341,31 @@ class Ledger:
         handled before and must not launch again.
         """
         given = list(intents)
-        new_runs: list[tuple[str, Params]] = []
-        others: list[tuple[str, Params]] = []
+        new_runs: list[Statement] = []
+        others: list[Statement] = []
         ids: list[int] = []
+        run: list[Intent] = []  # consecutive intents of one kind, not bound yet
         for intent in given:
             if isinstance(intent, NewRun):
                 new_runs.append(bind(intent, self.epoch))
                 ids.append(intent.id)
-            else:
-                others.append(bind(intent, self.epoch))
+                continue
+            if run and type(run[0]) is not type(intent):
+                others += self._bound(run)
+                run = []
+            run.append(intent)
+        others += self._bound(run)
         if not ids:
             await self._commit(others, given=given)
             return set()
         check = (QUERIES["inserted_runs"], {"run_ids": json.dumps(ids)})
         return await self._commit(new_runs + others, check=check, given=given)
+
+    def _bound(self, run: list[Intent]) -> list[Statement]:
+        """Intents of one kind as statements: bound now, or, when many, when they are written."""
+        if len(run) >= LAZY_ROWS_MIN:
+            return [_Rows(run, self.epoch)]
+        return [bind(intent, self.epoch) for intent in run]
 
     # ------------------------------------------------------------ reads the active needs
 
@@ -374,7 +421,7 @@ class Ledger:
 
     async def _commit(
         self,
-        statements: list[tuple[str, Params]],
+        statements: list[Statement],
         check: tuple[str, Params] | None = None,
         given: Sequence[Intent] = (),
     ) -> set[int]:
@@ -408,14 +455,17 @@ class Ledger:
         self.observers.committed(deferred_intents, given, found)
         return found
 
-    async def _run_batch(
-        self, batch: list[tuple[str, Params]], check: tuple[str, Params] | None = None
-    ) -> list[sqlite3.Row]:
+    async def _run_batch(self, batch: list[Statement], check: tuple[str, Params] | None = None) -> list[sqlite3.Row]:
         # Consecutive statements with the same text run as one executemany; order is kept.
-        groups: list[tuple[str, list[Params]]] = []
-        for sql, params in batch:
-            if groups and groups[-1][0] == sql:
-                groups[-1][1].append(params)
+        groups: list[tuple[str, list[Params]] | _Rows] = []
+        for statement in batch:
+            if isinstance(statement, _Rows):
+                groups.append(statement)
+                continue
+            sql, params = statement
+            last = groups[-1] if groups else None
+            if isinstance(last, tuple) and last[0] == sql:
+                last[1].append(params)
             else:
                 groups.append((sql, [params]))
         try:
