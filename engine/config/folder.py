@@ -280,7 +280,8 @@ class JobFolder:
         #: folder as the next scheduler would load it (`keep_last_valid=False`) gets only valid files.
         self.keep_last_valid = keep_last_valid
         self._root_abs = os.path.abspath(self.root)
-        self._root_text = str(self.root)  #: file paths shown to operators start with it
+        #: file paths shown to operators start with it (none for ".", as pathlib's join gives)
+        self._root_prefix = "" if str(self.root) == "." else os.path.join(str(self.root), "")
         #: by path relative to the root, `/`-separated, without `.toml`: a job file's key is its job
         #: name, the one string the folder, the scheduler and the JobSpec hold for it
         self._files: dict[str, SourceFile] = {}
@@ -469,7 +470,7 @@ class JobFolder:
             if dirs is None:
                 dirs = folder_dirs[rel_dir] = (rel_dir, os.path.join(self._root_abs, rel_dir))
             source = SourceFile(
-                os.path.join(self._root_text, key + ".toml"),
+                f"{self._root_prefix}{key}.toml",
                 *dirs,
                 stamp,
                 raw,

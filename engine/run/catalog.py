@@ -67,7 +67,9 @@ class Catalog:
         new_messages = set(errors.values()) - set(self.errors.values())
         for message in sorted(new_messages):
             log.warning("job file error: %s", message)
-        touched = set(result.changed) | set(result.removed) | (set(errors) ^ set(self.errors))
+        # A job whose error appears, clears or changes its text: its catalog row shows the message.
+        touched = set(result.changed) | set(result.removed)
+        touched |= {name for name in set(errors) | set(self.errors) if errors.get(name) != self.errors.get(name)}
         self.errors = errors
         previous_jobs = p.jobs
         if initial or result.jobs is not previous_jobs:

@@ -95,7 +95,10 @@ ExecutorFactory = Callable[[RunContext], Executor]
 def _release_free_heap() -> None:
     """Give the C heap's free pages back to the system: glibc keeps them after a burst of allocations
     (about 5 MB after loading 10,000 jobs). A no-op where the C library has no `malloc_trim`."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:  # a Python that cannot dlopen (a static build)
+        return
     if trim is not None:
         trim(0)
 

@@ -426,6 +426,32 @@ async def test_a_job_added_while_the_loop_fires_it_reaches_the_catalog(state_dir
     assert [(r["name"], r["next_fire"]) for r in catalog] == [("new", "2026-11-29T03:00:03.000000+00:00")]
 
 
+async def test_the_catalog_shows_a_broken_jobs_new_error_when_the_file_breaks_another_way(
+    state_dir: Path, jobs_dir: Path
+) -> None:
+    """Found by review: only an error that appeared or cleared rewrote the job's catalog row (what
+    readers without the files see), so a job broken a second way still showed its first message."""
+    from engine.store.sqlite.ledger import Ledger
+
+    paths = StatePaths(state_dir)
+    ledger = Ledger(paths)
+    scheduler = Scheduler(paths, jobs_dir, store=ledger)
+    write_job(jobs_dir, "steady", 'cron = "0 0 1 1 *"\ncommand = "true"\n')
+    await scheduler.take_leadership(pid=os.getpid(), starttime=None, cause="start")
+    await scheduler.prepare()
+    errors: list[str] = []
+    try:
+        for broken in ("bogus = 1", "other = 1"):
+            write_job(jobs_dir, "steady", f'cron = "0 0 1 1 *"\ncommand = "true"\n{broken}\n')
+            await scheduler.rescan()
+            rows = await ledger.query("SELECT error FROM jobs WHERE name = 'steady'")
+            errors.append(rows[0]["error"] or "")
+    finally:
+        await ledger.close()
+    assert "bogus: unknown key" in errors[0]
+    assert "other: unknown key" in errors[1]
+
+
 def test_jobs_lists_a_broken_job_whose_last_valid_version_still_runs(start_up, state_dir: Path, jobs_dir: Path) -> None:
     """`vigil jobs` read only the files: a broken file's job vanished from it while it kept firing."""
     write_job(jobs_dir, "steady", 'cron = "0 0 1 1 *"\ncommand = "true"\n')

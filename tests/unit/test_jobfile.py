@@ -1415,3 +1415,13 @@ def test_cron_macro_in_a_job_file_fires_at_its_expansion(tmp_path: Path) -> None
     trigger = trigger_for(job)
     assert trigger is not None
     assert trigger.next_fire(datetime(2026, 7, 1, 12, tzinfo=UTC)) == datetime(2026, 7, 1, 22, tzinfo=UTC)
+
+
+def test_a_job_folder_given_as_dot_names_its_files_without_a_dot_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by review: a folder root of "." named its files "./a.toml" in errors and the catalog.
+    (tmp_path / "a.toml").write_text('command = "true"\nbogus = 1\n')
+    monkeypatch.chdir(tmp_path)
+    result = JobFolder(Path(".")).scan()
+    assert [err.format().split(":")[0] for err in result.errors] == ["a.toml"]
