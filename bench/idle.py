@@ -30,45 +30,48 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 from _cluster import machine, vigil_argv
 from scale import make_folder
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of `pid` so far, in nanoseconds (0 if it is gone)."""
-    total = 0
+def _per_thread(pid: int, name: str, read: Callable[[TextIO], int]) -> int:
+    """The sum of `read` over /proc/PID/task/*/NAME (0 if the process is gone; a thread that ended
+    meanwhile counts 0)."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return 0
+    total = 0
     for tid in tasks:
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                total += read(f)
         except (OSError, ValueError, IndexError):
-            pass  # a thread that ended meanwhile
+            pass
     return total
+
+
+def _schedstat_ns(f: TextIO) -> int:
+    return int(f.read().split()[0])
+
+
+def _voluntary_switches(f: TextIO) -> int:
+    return next((int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:")), 0)
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid` so far, in nanoseconds."""
+    return _per_thread(pid, "schedstat", _schedstat_ns)
 
 
 def wakeups(pid: int) -> int:
     """Voluntary context switches of every thread of `pid` so far."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
-        except (OSError, ValueError):
-            pass
-    return total
+    return _per_thread(pid, "status", _voluntary_switches)
 
 
 def count_jobs(db: Path) -> int:

@@ -11,6 +11,7 @@ Layer: base. Imports only the standard library.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
@@ -18,6 +19,7 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,17 @@ class FileWatch:
 
     def close(self) -> None:
         self._notify.close()
+
+
+@contextlib.contextmanager
+def watching(path: Path, *, written: bool = False) -> Iterator[FileWatch | None]:
+    """`FileWatch.open` for the length of a block, closed after it (None: poll instead)."""
+    watch = FileWatch.open(path, written=written)
+    try:
+        yield watch
+    finally:
+        if watch is not None:
+            watch.close()
 
 
 async def wait_readable(fd: int, within: float | None, *others: asyncio.Future[Any]) -> bool:

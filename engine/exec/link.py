@@ -69,7 +69,13 @@ class LauncherLink:
             theirs.close()
         ours.setblocking(False)
         self.sock = ours
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            ours.close()
+            os.kill(self.pid, signal.SIGKILL)  # our child, not reaped yet: the pid is still its own
+            os.waitpid(self.pid, 0)  # never a zombie of ours, at each retry
+            raise
         self.ready = False  #: it said so: requests sent now are answered at once
         self.started = time.monotonic()
 

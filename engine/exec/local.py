@@ -30,7 +30,7 @@ from pathlib import Path
 
 from engine.clock import Clock, SystemClock
 from engine.errors import LaunchError
-from engine.exec.launcher import DEFAULT_PATH, RESET_SIGNALS
+from engine.exec.launcher import RESET_SIGNALS, candidates
 from engine.exec.link import LauncherLink, Message
 from engine.exec.port import ShimExit
 from engine.exec.procs import GroupState, group_state, signal_group, starttime
@@ -136,12 +136,10 @@ def simple_command(command: str) -> list[str] | None:
 def program_found(name: str, path: str | None) -> bool:
     """Whether sh would find `name` as an executable file on `path` (the job's PATH; None: sh's
     default), judged without the job's working directory: a relative name or PATH entry says no."""
-    if "/" in name:
-        return os.path.isabs(name) and os.path.isfile(name) and os.access(name, os.X_OK)
-    entries = (DEFAULT_PATH if path is None else path).split(":")
-    if any(not os.path.isabs(entry) for entry in entries):
+    tried = candidates(name, path)  # the supervisor's own order (engine/exec/launcher.py)
+    if not all(os.path.isabs(file) for file in tried):
         return False
-    return any(os.path.isfile(f"{e}/{name}") and os.access(f"{e}/{name}", os.X_OK) for e in entries)
+    return any(os.path.isfile(file) and os.access(file, os.X_OK) for file in tried)
 
 
 def job_argv(command: str | tuple[str, ...] | list[str], path: str | None = None) -> list[str]:
@@ -220,43 +218,17 @@ def job_environment_script(env: Mapping[str, str], run_dir: Path) -> tuple[str, 
     words for env(1) instead. The last line traps a failed exec of the job, so the run says "could
     not start" rather than the job's own exit code.
     """
+    check_environment(env)
     lines: list[str] = []
     words: list[str] = []
-    kept = _EXPORT_LINES
     for name, value in env.items():
-        line = kept.get((name, value)) or _export_line(name, value)
-        if line is not None:
-            lines.append(line)
+        if _SHELL_NAME.match(name):
+            lines.append(f"export {name}={shlex.quote(value)}\n")
         else:
             words.append(f"{name}={value}")
     report = f'printf "exec %s %s" "$?" "$1" >{shlex.quote(str(run_dir / "start-error"))}'
     lines.append(f"trap {shlex.quote(report)} EXIT\n")
     return "".join(lines), words
-
-
-def _export_line(name: str, value: str) -> str | None:
-    """One variable's `export` line, or None for a name a shell cannot export.
-
-    Kept for short values: most of a job's environment is the same at every launch, and quoting it
-    was a tenth of a launch's cost. Bounded (a few MiB at worst), emptied when full; a refused
-    variable raises and is never kept."""
-    if not name or "=" in name or "\0" in name:
-        raise LaunchError(f"could not start: environment variable {name!r}: not a valid name")
-    if "\0" in value:
-        raise LaunchError(f"could not start: environment variable {name}: the value contains a NUL byte")
-    if not _SHELL_NAME.match(name):
-        return None
-    line = f"export {name}={shlex.quote(value)}\n"
-    if len(value) <= _EXPORT_VALUE_KEPT:
-        if len(_EXPORT_LINES) >= _EXPORT_LINES_KEPT:
-            _EXPORT_LINES.clear()
-        _EXPORT_LINES[name, value] = line
-    return line
-
-
-_EXPORT_LINES: dict[tuple[str, str], str] = {}
-_EXPORT_LINES_KEPT = 1024
-_EXPORT_VALUE_KEPT = 2048  #: characters
 
 
 def workdir_problem(workdir: str) -> str | None:
@@ -395,14 +367,6 @@ def _give_log(run_dir: Path, uid: int) -> None:
         os.fchown(fd, uid, -1)
     finally:
         os.close(fd)
-
-
-def _end_recorded(run_dir: Path) -> bool:
-    """Whether the run's supervisor wrote its end record (an exit code, or that it could not start)."""
-    try:
-        return _complete((run_dir / "exit").read_text(errors="replace"))
-    except OSError:
-        return False
 
 
 def read_exit_record(run_dir: Path) -> int | None:
@@ -931,7 +895,7 @@ class LocalExecutor:
                 _, wait_status = os.waitpid(watched.shim_pid, 0)
         elif watched.via_launcher:
             wait_status = self._statuses.pop(run_id, None)
-            if wait_status is None and self._link is not None and not _end_recorded(self.paths.run_dir(run_id)):
+            if wait_status is None and self._link is not None and read_exit(self.paths.run_dir(run_id))[1] is None:
                 # It ended without a record: only its parent, the launcher, knows how. It says so
                 # right after reaping it.
                 now = time.monotonic()

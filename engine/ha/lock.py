@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from engine.errors import VigilError
-from engine.linux import FileWatch, wait_readable
+from engine.linux import FileWatch, wait_readable, watching
 
 FileKey = tuple[int, int]  #: (st_dev, st_ino): which file a path or an fd is
 
@@ -130,12 +130,8 @@ class LeaderLock:
 
     async def _wait(self, attempt: _LockAttempt) -> None:
         """Until the attempt's flock returns, or the path has named another file for `relock_grace`."""
-        watch = FileWatch.open(self.path)
-        try:
+        with watching(self.path) as watch:
             await self._wait_watched(attempt, watch)
-        finally:
-            if watch is not None:
-                watch.close()
 
     async def _wait_watched(self, attempt: _LockAttempt, watch: FileWatch | None) -> None:
         changed_at: float | None = None

@@ -32,7 +32,7 @@ from engine.exec.procs import flock_holders, starttime
 from engine.ha.control_server import ControlServer, Subscriber
 from engine.ha.heartbeat import HeartbeatWatcher, Takeover, TakeoverCause
 from engine.ha.lock import LeaderLock
-from engine.linux import FileWatch, wait_readable
+from engine.linux import FileWatch, wait_readable, watching
 from engine.model import StopReason
 from engine.notify import build
 from engine.paths import StatePaths
@@ -343,12 +343,8 @@ class Node:
 
     async def _watch_lock_file(self, scheduler: Scheduler) -> None:
         """Keep holding the lock on the file `leader.lock` names; stop if another node holds it."""
-        watch = FileWatch.open(self.paths.lock)
-        try:
+        with watching(self.paths.lock) as watch:
             await self._keep_lock_file(scheduler, watch)
-        finally:
-            if watch is not None:
-                watch.close()
 
     async def _keep_lock_file(self, scheduler: Scheduler, watch: FileWatch | None) -> None:
         while True:

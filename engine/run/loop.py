@@ -434,14 +434,15 @@ class Scheduler:
         timeout = SHORT_SLEEP_S if self._clock_set is None or len(self.table) else LONG_SLEEP_S
         mono = self.clock.monotonic()
         backoff = self.store.health.wait(time.monotonic())
+        next_fire = self.planner.next_fire_at()
+        until_fire = None if next_fire is None else next_fire - self.clock.now().timestamp()
         if backoff > 0:
             # Backing off after a store fault: due fires and retries wait too (trying sooner would
             # only spin); deadlines do not.
             timeout = backoff
         else:
-            next_fire = self.planner.next_fire_at()
-            if next_fire is not None:
-                timeout = min(timeout, next_fire - self.clock.now().timestamp())
+            if until_fire is not None:
+                timeout = min(timeout, until_fire)
             next_retry = self.table.next_retry()
             if next_retry is not None:
                 timeout = min(timeout, next_retry - mono)
@@ -452,11 +453,9 @@ class Scheduler:
         if next_warning is not None:
             timeout = min(timeout, next_warning)
         timeout = max(0.0, timeout)
-        next_fire = self.planner.next_fire_at()
         # epoll sleeps in whole milliseconds, rounded up: a fire would be handled up to a millisecond
         # (and on average half of one) after its time. When a fire ends this sleep, stop waiting
         # FIRE_WAKE_EARLY_S before it and sleep the rest precisely: nothing else is due by then.
-        until_fire = None if next_fire is None else next_fire - self.clock.now().timestamp()
         precise = backoff <= 0 and until_fire is not None and 0 < until_fire <= timeout
         if timeout > 0 and not self._wake.is_set():
             coarse = timeout - FIRE_WAKE_EARLY_S if precise else timeout

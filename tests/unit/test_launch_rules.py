@@ -163,3 +163,27 @@ def test_a_fork_failure_is_answered_with_the_runs_lock_already_free(
     assert free_when_answered == [True]
     ours.close()
     theirs.close()
+
+
+def test_a_launcher_whose_pidfd_cannot_be_opened_is_not_left_a_zombie(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by review: the spawned launcher was never reaped, one zombie per retry.
+    from engine.exec import link
+
+    spawned: list[int] = []
+    real_spawn = link.os.posix_spawn
+
+    def spawn(*args: object, **kwargs: object) -> int:
+        pid = real_spawn(*args, **kwargs)  # type: ignore[arg-type]
+        spawned.append(pid)
+        return pid
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(link.os, "posix_spawn", spawn)
+    monkeypatch.setattr(link.os, "pidfd_open", no_pidfd)
+    with pytest.raises(OSError):
+        link.LauncherLink(dict(os.environ))
+    assert len(spawned) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(spawned[0], os.WNOHANG)  # already reaped
