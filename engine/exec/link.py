@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import fcntl
 import json
 import os
-import select
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,28 +82,16 @@ class LauncherLink:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, body: bytes, fd: int, wait: float, drain: Callable[[], None]) -> bool:
-        """Send one request with `fd` attached. A full socket is waited on for up to `wait` seconds,
-        reading the launcher's answers meanwhile (`drain`: it may be waiting for room to answer).
-        False if it could not be sent (too large, full, or the launcher gone)."""
+    def send(self, body: bytes, fd: int) -> bool:
+        """Send one request with `fd` attached, without waiting: False if the socket is full.
+        OSError if it cannot be sent at all (too large, the launcher gone, ...)."""
         if len(body) > MAX_MESSAGE:
+            raise OSError(errno.EMSGSIZE, "request larger than the launcher reads")
+        try:
+            self.sock.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        except BlockingIOError:
             return False
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                self.sock.sendmsg([body], ancillary)
-                return True
-            except BlockingIOError:
-                pass
-            except OSError:
-                return False  # EPIPE (gone), EMSGSIZE (larger than the socket allows), ...
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            readable, _, _ = select.select([self.sock], [self.sock], [], left)
-            if readable:
-                drain()
+        return True
 
     def receive(self) -> tuple[list[Message], bool]:
         """Every message waiting now, and whether the launcher's end has closed (after the last one)."""

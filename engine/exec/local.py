@@ -56,7 +56,8 @@ TRUNCATION_MARK = "\n[vigil] log truncated: output beyond {cap} bytes was droppe
 #: Seconds without any answer from the launcher, while it has requests, before it counts as hung.
 _REPLY_WAIT = 1.0
 _READY_WAIT = 5.0  #: seconds a new launcher may take to say it is ready
-_SEND_WAIT = 0.2  #: seconds a launch waits for room in the launcher's socket before using the sh shim
+#: Runs queued for a launcher that is gone, started through the sh shim this many per loop turn.
+_SHIM_SLICE = 16
 #: Seconds a run whose supervisor ended without a record waits to learn from the launcher how it ended.
 _STATUS_WAIT = 0.5
 _STATUS_POLL = 0.02
@@ -561,6 +562,10 @@ class LocalExecutor:
         self.use_launcher = os.environ.get("VIGIL_LAUNCHER", "1") != "0"
         self._link: LauncherLink | None = None
         self._pending: dict[int, _Launch] = {}  #: sent to the launcher, no answer yet
+        #: for the launcher, not sent yet (its socket is full), oldest first; nothing of them started
+        self._queued: dict[int, _Launch] = {}
+        self._waiting_for_room = False  #: a writer callback is on the launcher's socket
+        self._shim_turn: asyncio.Handle | None = None  #: queued runs of a dropped launcher going to the sh shim
         self._unstarted: dict[int, _Launch] = {}  #: lost with a launcher: for the sh shim, if nothing of it ran
         self._statuses: dict[int, int] = {}  #: wait statuses of supervisors that did not exit 0
         self._last_answer = 0.0  #: monotonic time of the launcher's last answer (or of the first pending)
@@ -570,7 +575,7 @@ class LocalExecutor:
 
     @property
     def running(self) -> set[int]:
-        return set(self._watched) | set(self._starting) | set(self._ending) | set(self._pending)
+        return set(self._watched) | set(self._starting) | set(self._ending) | set(self._pending) | set(self._queued)
 
     @property
     def launcher_pid(self) -> int | None:
@@ -675,11 +680,27 @@ class LocalExecutor:
     # ------------------------------------------------------------------------------ the launcher
 
     def _request(self, launch: _Launch) -> bool:
-        """Hand the run to the launcher. False (nothing sent, the lock released) when there is no
-        ready launcher or the request cannot be sent: the sh shim starts it then."""
+        """Hand the run to the launcher: sent now, or queued until its socket has room (the loop never
+        waits for it). False (nothing sent, the lock released) when there is no ready launcher or the
+        request cannot be sent at all: the sh shim starts it then."""
         link = self._ready_link()
         if link is None:
             return False
+        if not self._queued:
+            try:
+                if self._send(link, launch):
+                    return True
+            except OSError:
+                return False
+        self._queued[launch.run_id] = launch
+        if not self._waiting_for_room:
+            self._waiting_for_room = True
+            self._loop.add_writer(link.fileno(), self._on_room)
+        return True
+
+    def _send(self, link: LauncherLink, launch: _Launch) -> bool:
+        """Send the run's request with its locked `lock` fd: False if the socket is full (nothing of
+        the run changed); OSError if it cannot be sent."""
         body = json.dumps(
             {
                 "run": launch.run_id,
@@ -694,17 +715,49 @@ class LocalExecutor:
         try:
             # Held without a gap from here until the supervisor exits: the message carries the fd.
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            sent = link.send(body, lock_fd, _SEND_WAIT, self._on_link_readable)
+            if not link.send(body, lock_fd):
+                return False
         finally:
             os.close(lock_fd)
-        if not sent:
-            return False
         if not self._pending:
             self._last_answer = time.monotonic()  # no answer is owed before now
         self._pending[launch.run_id] = launch
         if self._progress_timer is None:
             self._progress_timer = self._loop.call_later(_REPLY_WAIT, self._check_progress)
         return True
+
+    def _on_room(self) -> None:
+        """The launcher's socket has room: send the queued runs, oldest first, until it is full again."""
+        link = self._link
+        if link is None:
+            return
+        while self._queued:
+            run_id, launch = next(iter(self._queued.items()))
+            try:
+                sent = self._send(link, launch)
+            except OSError as exc:
+                del self._queued[run_id]
+                log.warning("could not send run %d to the launcher (%s); using the sh shim", run_id, exc)
+                self._relaunch(launch)
+                continue
+            if not sent:
+                return
+            del self._queued[run_id]
+        self._stop_waiting_for_room(link)
+
+    def _stop_waiting_for_room(self, link: LauncherLink) -> None:
+        if self._waiting_for_room:
+            self._waiting_for_room = False
+            self._loop.remove_writer(link.fileno())
+
+    def _shim_queued(self) -> None:
+        """Start through the sh shim the runs queued for a launcher that is gone, a slice per loop turn."""
+        self._shim_turn = None
+        for _ in range(min(_SHIM_SLICE, len(self._queued))):
+            run_id = next(iter(self._queued))
+            self._relaunch(self._queued.pop(run_id))
+        if self._queued:
+            self._shim_turn = self._loop.call_soon(self._shim_queued)
 
     def _ready_link(self) -> LauncherLink | None:
         """The launcher if it is ready; started (for the next launches) if there is none."""
@@ -792,6 +845,9 @@ class LocalExecutor:
         self._link = None
         log.warning("the launcher (pid %d) %s; replacing it", link.pid, why)
         self._loop.remove_reader(link.fileno())
+        self._stop_waiting_for_room(link)
+        if self._queued and self._shim_turn is None:
+            self._shim_turn = self._loop.call_soon(self._shim_queued)
         link.close_socket()
         link.kill()
         self._loop.add_reader(link.pidfd, _reap, self._loop, link.pidfd)  # never a zombie of ours
@@ -1054,6 +1110,12 @@ class LocalExecutor:
         """SIGTERM the run's whole process group, SIGKILL after the grace period."""
         if run_id in self._ending:
             return True  # already being ended
+        launch = self._queued.pop(run_id, None)
+        if launch is not None:  # nothing of it has started: it never will
+            result = self.collect(run_id)
+            reason = "killed before it started (it was queued for the launcher)"
+            self._loop.call_soon(self.on_exit, dataclasses.replace(result, state=RunState.KILLED, reason=reason))
+            return True
         if run_id in self._starting or run_id in self._pending:
             self._retry_kill(run_id, _ADOPT_POLL)  # its pid is not known yet
             return True
@@ -1150,12 +1212,18 @@ class LocalExecutor:
         self._pending.clear()
         self._unstarted.clear()
         self._statuses.clear()
+        # Queued runs were never sent: nothing of them started, and the next active starts them.
+        self._queued.clear()
+        if self._shim_turn is not None:
+            self._shim_turn.cancel()
+            self._shim_turn = None
         if self._progress_timer is not None:
             self._progress_timer.cancel()
             self._progress_timer = None
         link, self._link = self._link, None
         if link is not None:
             self._loop.remove_reader(link.fileno())
+            self._stop_waiting_for_room(link)
             link.close_socket()
             self._loop.add_reader(link.pidfd, _reap, self._loop, link.pidfd)
 

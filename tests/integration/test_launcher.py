@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,51 @@ async def test_a_stopped_launcher_is_replaced_and_no_run_starts_twice(local: Run
     local.launch(6, ["true"])
     assert await async_wait(lambda: local.ex.launcher_pid not in (None, launcher), 10)
     assert sorted(starts.read_text().split()) == [str(n) for n in range(1, 6)]
+
+
+BIG = "x" * 60_000  #: an environment this large fills the launcher's socket with a few dozen requests
+
+
+async def test_launches_beyond_a_full_socket_are_queued_without_waiting_and_each_starts_once(
+    local: Runs, tmp_path: Path
+) -> None:
+    launcher = await local.ready()
+    starts = tmp_path / "starts"
+    os.kill(launcher, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        # Far more than the socket holds: the loop must not wait for room (nor fall back to the sh shim).
+        answers = [
+            local.launch(run_id, ["/bin/sh", "-c", f"echo {run_id} >> {starts}"], BIG=BIG) for run_id in range(1, 201)
+        ]
+        assert time.monotonic() - began < 2.0
+        assert answers == [None] * 200  # each one the launcher's
+        # It never answers: dropped after a second, its runs judged from their files, the queued
+        # ones started through the sh shim, each exactly once.
+        for run_id in range(1, 201):
+            assert (await local.end_of(run_id, within=30)).exit_code == 0
+    finally:
+        if not gone(launcher):
+            os.kill(launcher, signal.SIGCONT)
+    assert sorted(map(int, starts.read_text().split())) == list(range(1, 201))
+
+
+async def test_a_queued_run_killed_before_it_was_sent_never_starts(local: Runs, tmp_path: Path) -> None:
+    launcher = await local.ready()
+    starts = tmp_path / "starts"
+    os.kill(launcher, signal.SIGSTOP)
+    try:
+        for run_id in range(1, 101):
+            local.launch(run_id, ["/bin/sh", "-c", f"echo {run_id} >> {starts}"], BIG=BIG)
+        assert local.ex.kill(100)
+    finally:
+        os.kill(launcher, signal.SIGCONT)
+    killed = await local.end_of(100)
+    assert killed.state == "killed" and killed.exit_code is None and "before it started" in (killed.reason or "")
+    for run_id in range(1, 100):
+        assert (await local.end_of(run_id, within=30)).exit_code == 0
+    assert local.ex.launcher_pid == launcher  # it kept up: nothing was dropped
+    assert sorted(map(int, starts.read_text().split())) == list(range(1, 100))
 
 
 async def test_a_kill_reaches_the_jobs_grandchildren_and_never_its_supervisor(local: Runs, tmp_path: Path) -> None:
