@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -31,6 +32,17 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})")
+
+
+async def async_wait(predicate: Callable[[], T], within: float) -> T:
+    """`wait_for` inside an event loop: poll `predicate` every 20 ms until it is truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if value := predicate():
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {within}s")
 
 
 def write_job(folder: Path, name: str, body: str) -> Path:

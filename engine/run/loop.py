@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -77,6 +78,8 @@ SHORT_SLEEP_S = 1.0
 #: After the kernel reports a change in the job folder, wait this long (at most `rescan_interval`)
 #: so that a save of several writes, or a checkout of many files, is one scan.
 FOLDER_SETTLE_S = 0.1
+#: The longest the loop launches runs without turning to other work (heartbeats, run ends, commands).
+LAUNCH_SLICE_S = 0.02
 #: The database file is looked at after the kernel reports a change of its name or content, at most
 #: this often (a busy ledger writes it at every checkpoint)...
 DB_CHECK_GAP_S = 1.0
@@ -138,6 +141,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._runs_open = asyncio.Event()  #: set at each launch: the sampler has something to sample
+        #: committed runs not launched yet: a large batch is launched a slice per loop turn
+        self._to_launch: deque[int] = deque()
+        self._launch_turn: asyncio.Handle | None = None
         #: tells of wall clock steps, so the loop may sleep long (only for the real clock: a fake one
         #: is stepped by tests, which no kernel sees)
         self._clock_set = ClockSetWatch.open() if isinstance(self.clock, SystemClock) else None
@@ -271,6 +277,10 @@ class Scheduler:
             self._store_fatal(exc)
         finally:
             self._stop.set()  # from here on, command() refuses instead of queueing
+            # Committed, never launched: the next active launches them (their rows say `launching`).
+            self._to_launch.clear()
+            if self._launch_turn is not None:
+                self._launch_turn.cancel()
             for task in side_tasks:
                 task.cancel()
             for task in side_tasks:
@@ -569,6 +579,9 @@ class Scheduler:
         if job is None:
             self._finish_later(info, RunState.FAILED, f"job {info.job} no longer exists", now)
             return
+        if info.kill_requested is not None:  # killed while it waited for its turn to launch
+            self._finish_later(info, RunState.KILLED, "cancelled by operator before it started", now)
+            return
         info.agent = job.agent  # a pending run launches as its job is configured now
         executor = self._executor_for(info)
         assert executor is not None
@@ -778,14 +791,30 @@ class Scheduler:
                 collided.add(row.job)
                 continue
             if row.state is RunState.LAUNCHING:
-                self._launch(row.id, now)
-        for run_id in batch.launches:
-            self._launch(run_id, now)
+                self._to_launch.append(row.id)
+        self._to_launch.extend(batch.launches)
+        if self._launch_turn is None:
+            self._launch_queued(now)
         for job in sorted(collided):
             # An ignored row may have been the run its job's queue waited for (caught-up fires queue
             # behind each other): the next one starts with the next commit, not never.
             self.planner.start_queued(job, self._carry)
             self._wake.set()
+
+    def _launch_queued(self, now: datetime | None = None) -> None:
+        """Launch committed runs, oldest first, for at most LAUNCH_SLICE_S, and the rest at the loop's
+        next turns: a burst of thousands never holds up heartbeats, run ends or commands."""
+        self._launch_turn = None
+        if self._stop.is_set():
+            return
+        when = now if now is not None else self.clock.now()
+        until = time.perf_counter() + LAUNCH_SLICE_S
+        while self._to_launch:
+            self._launch(self._to_launch.popleft(), when)
+            if time.perf_counter() >= until:
+                break
+        if self._to_launch:
+            self._launch_turn = asyncio.get_running_loop().call_soon(self._launch_queued)
 
     # ---------------------------------------------------------------- periodic
 

@@ -28,7 +28,7 @@ from engine.exec.procs import signal_group, starttime
 from engine.exec.runner import ShimExecutor
 from engine.model import JobSpec, RunState, Settings
 from engine.paths import StatePaths
-from tests.helpers import runs, vigil, wait_for, write_job
+from tests.helpers import async_wait, runs, vigil, wait_for, write_job
 
 OPEN = ("pending", "waiting", "launching", "running")
 
@@ -260,16 +260,6 @@ def fake_shim(run_dir: Path, script: str) -> subprocess.Popen[bytes]:
 def stranger_process() -> subprocess.Popen[bytes]:
     """An unrelated process leading its own process group."""
     return subprocess.Popen(["sleep", "30"], start_new_session=True)
-
-
-async def async_wait(predicate, within: float) -> object:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while loop.time() < deadline:
-        if value := predicate():
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {within}s")
 
 
 async def test_a_slow_starting_shim_is_adopted_not_marked_unknown(state_dir: Path) -> None:

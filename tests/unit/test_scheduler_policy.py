@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,12 +20,12 @@ import pytest
 
 from engine.clock import FakeClock
 from engine.exec.fake import FakeExecutor
-from engine.exec.port import RunContext
-from engine.model import RunState
+from engine.exec.port import RunContext, RunInfo
+from engine.model import JobSpec, RunState
 from engine.paths import StatePaths
 from engine.run.loop import Scheduler
 from engine.store.intents import NewRun
-from tests.helpers import write_job
+from tests.helpers import async_wait, write_job
 
 START = datetime(2026, 11, 29, 2, 59, 59, 500000, tzinfo=UTC)
 
@@ -33,9 +34,10 @@ class Harness:
     def __init__(self, state: Path, jobs: Path, clock: FakeClock) -> None:
         self.state, self.jobs, self.clock = state, jobs, clock
         self.s: Scheduler | None = None
+        self.executor_class: type[FakeExecutor] = FakeExecutor
 
     def _executor(self, ctx: RunContext) -> FakeExecutor:
-        self.executor = FakeExecutor(ctx)
+        self.executor = self.executor_class(ctx)
         return self.executor
 
     async def start(self) -> Scheduler:
@@ -596,3 +598,39 @@ def test_max_queued_is_validated(tmp_path: Path) -> None:
     errors = "\n".join(e.format() for e in result.errors)
     assert "zero.toml:2: max_queued: must be at least 1, got 0" in errors
     assert "text.toml:2: max_queued: expected an integer" in errors
+
+
+# ------------------------------------------------------------------------------------ launch slices
+
+
+class SlowLaunches(FakeExecutor):
+    """Each launch takes half a millisecond of the loop's time, as a real one under load does."""
+
+    def launch(self, run: RunInfo, job: JobSpec) -> None:
+        until = time.perf_counter() + 0.0005
+        while time.perf_counter() < until:
+            pass
+        super().launch(run, job)
+
+
+async def test_a_burst_of_launches_is_cut_into_slices_and_a_run_killed_while_waiting_never_starts(
+    harness,
+) -> None:
+    h = harness()
+    for n in range(400):
+        write_job(h.jobs, f"j{n:03d}", 'command = "true"\nevery = "1s"\n')
+    h.executor_class = SlowLaunches
+    s = await h.start()
+    await h.tick(1.0)  # 400 fires due at once
+    # The loop had other work to do long before all 400 were launched (200 ms of launching).
+    first_slice = len(h.executor.launched)
+    assert 0 < first_slice < 400
+    last = max(r.id for r in s.table.runs.values() if r.state is RunState.LAUNCHING)
+    reply = asyncio.create_task(s.command("kill", {"run_id": last, "user": "op"}))
+    await h.tick()
+    assert (await reply)["ok"]
+    await async_wait(lambda: not s._to_launch, 10)
+    assert len(h.executor.launched) == 399 == len(set(h.executor.launched)) and last not in h.executor.launched
+    await h.tick()
+    killed = await s.store.query("SELECT state, reason FROM runs WHERE id = ?", (last,))
+    assert [tuple(r) for r in killed] == [("killed", "cancelled by operator before it started")]
