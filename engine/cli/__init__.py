@@ -350,6 +350,16 @@ def cmd_pause(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_hold(args: argparse.Namespace) -> int:
+    reply = _control(args, args.command, job=args.name)
+    if args.command == "hold":
+        print(f"{escape(args.name)} held: its new runs wait pending until `vigil release {escape(args.name)}`")
+    else:
+        waiting = int(reply.get("waiting") or 0)
+        print(f"{escape(args.name)} released" + (f": {waiting} waiting runs may start now" if waiting else ""))
+    return EXIT_OK
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     args.run_id = _run_id(args)
     _control(args, "kill", run_id=args.run_id)
@@ -614,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("name")
         p.set_defaults(func=cmd_pause)
+    for name, text in (
+        ("hold", "hold a job: its new runs wait pending (not skipped) until released"),
+        ("release", "release a held job: its waiting runs start (subject to locks and overlap)"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("name")
+        p.set_defaults(func=cmd_hold)
     p = sub.add_parser("kill", parents=[common], help="kill a running run's whole process group")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_kill)

@@ -106,6 +106,14 @@ class RunWaiting:
 
 
 @dataclass(frozen=True, slots=True)
+class RunBlocked:
+    """A pending run waits for a lock, a `max_running` slot or its job's release; `reason` says which."""
+
+    run_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunsPruned:
     """Finished runs deleted by retention or `vigil db prune`; their ids stay used (RunIdMark)."""
 
@@ -142,6 +150,14 @@ class LastFire:
 class Paused:
     job: str
     paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """`vigil hold` / `vigil release`: a held job's new runs wait pending instead of starting."""
+
+    job: str
+    held: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,11 +326,13 @@ Intent = (
     | KillRequested
     | AgentChosen
     | RunWaiting
+    | RunBlocked
     | RunsPruned
     | NotificationsPruned
     | RunIdMark
     | LastFire
     | Paused
+    | Held
     | CatalogUpsert
     | CatalogDrop
     | CatalogCleared

@@ -58,6 +58,10 @@ WHERE id = :run_id AND state IN ('pending', 'waiting', 'launching', 'running');
 UPDATE runs SET state = 'waiting', reason = :reason, writer_epoch = :epoch
 WHERE id = :run_id AND state IN ('launching', 'waiting');
 
+-- run_blocked --
+-- A pending run waits for a lock, a max_running slot or its job's release
+UPDATE runs SET reason = :reason, writer_epoch = :epoch WHERE id = :run_id AND state = 'pending';
+
 -- runs_pruned --
 -- Delete finished runs by id (a JSON array), unless another active has taken over
 DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:run_ids))
@@ -86,6 +90,19 @@ UPDATE job_state SET last_fire = NULL, writer_epoch = :epoch WHERE job = :job;
 -- Pause or resume a job
 INSERT INTO job_state (job, paused, writer_epoch) VALUES (:job, :paused, :epoch)
 ON CONFLICT (job) DO UPDATE SET paused = excluded.paused, writer_epoch = excluded.writer_epoch;
+
+-- job_state_columns --
+-- The columns of job_state (a database made by an older version lacks the newer ones)
+SELECT name FROM pragma_table_info('job_state');
+
+-- add_job_state_held --
+-- Migration: the `held` flag of `vigil hold`, added to a job_state made before it existed
+ALTER TABLE job_state ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+
+-- held --
+-- Hold or release a job (`vigil hold`): its new runs wait pending while held
+INSERT INTO job_state (job, held, writer_epoch) VALUES (:job, :held, :epoch)
+ON CONFLICT (job) DO UPDATE SET held = excluded.held, writer_epoch = excluded.writer_epoch;
 
 -- catalog_upsert --
 -- A job as the active loaded it (or the error that keeps it from loading)
@@ -227,8 +244,8 @@ SELECT COALESCE(MAX(id), 0) FROM runs;
 SELECT COALESCE(MAX(run_id), 0) FROM run_id_mark;
 
 -- job_states --
--- Every job's paused flag and last fire
-SELECT job, paused, last_fire FROM job_state;
+-- Every job's paused and held flags and last fire
+SELECT job, paused, held, last_fire FROM job_state;
 
 -- last_successes --
 -- The latest successful end of each job
@@ -361,7 +378,7 @@ SELECT state, COUNT(*) AS n FROM runs GROUP BY state;
 -- catalog --
 -- The active's catalog of jobs with their pause flag; `loaded` is 0 for a file that never loaded
 SELECT j.name, j.path, j.schedule, j.enabled, j.agent, j.description, j.tags, j.next_fire, j.error,
-    COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded
+    COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded, COALESCE(s.held, 0) AS held
 FROM jobs j LEFT JOIN job_state s ON s.job = j.name ORDER BY j.name;
 
 -- paused_jobs --

@@ -198,6 +198,7 @@ class SqliteReader:
                 error=row["error"],
                 paused=bool(row["paused"]),
                 loaded=bool(row["loaded"]),
+                held=bool(row["held"]),
             )
             for row in self._rows("catalog")
         ]

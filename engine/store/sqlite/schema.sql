@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS job_state (
     job TEXT PRIMARY KEY,
     paused INTEGER NOT NULL DEFAULT 0,
     last_fire TEXT,
+    held INTEGER NOT NULL DEFAULT 0,  -- added after 2026-12: a database made before gets it at open (db.py)
     writer_epoch INTEGER NOT NULL
 );
 
