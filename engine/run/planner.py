@@ -149,7 +149,8 @@ class Planner:
             at, name = heapq.heappop(self._fire_heap)
             if self.next_fire.get(name) == at and name in self.triggers:
                 due.add(name)  # a set: the same time pushed twice fires once
-        for name in sorted(due):
+        # Fires due together are handled by priority (they may compete for a lock), then by name.
+        for name in sorted(due, key=lambda n: (-self.jobs[n].priority, n)) if len(due) > 1 else due:
             job = self.jobs[name]
             trigger = self.triggers[name]
             last = self.last_fire.get(name, now)
