@@ -432,6 +432,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         "jobs": 0,
         "runs": {},
         "agents": [],
+        "max_running": cluster.max_running,
+        "resources": [to_json(use) for use in cluster.resources()],
+        "held": cluster.held,
     }
     if paths.db.exists():
         reader = _reader(args)
@@ -449,7 +452,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("active: none (no scheduler is running on this state directory)")
     for sb in doc["standbys"]:
         print(f"standby: pid {sb['pid']} since {_short_time(sb['since'])}")
-    print(f"jobs: {doc['jobs']}")
+    print(f"jobs: {doc['jobs']}" + (f" (held: {', '.join(map(escape, doc['held']))})" if doc["held"] else ""))
+    for use in cluster.resources():
+        holders = f" held by runs {', '.join(map(str, use.holders))}" if use.holders else ""
+        waiting = f", {use.waiting} waiting" if use.waiting else ""
+        print(f"resource: {escape(use.name)} {use.used}/{use.limit}{holders}{waiting}")
     print("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["runs"].items())) or "none"))
     for ag in doc["agents"]:
         load = "" if not ag["up"] else f" cpu {ag['cpu_percent']}% mem {ag['memory_percent']}% load {ag['load1']}"
