@@ -197,12 +197,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     jobs_dir = _job_folder(args)
     result = load_folder(jobs_dir)
     paused: set[str] = set()
+    held: set[str] = set()
     latest: dict[str, Run] = {}
     catalog: dict[str, JobRow] = {}
     paths = _state(args)
     if paths.db.exists():
         reader = _reader(args)
         paused = reader.paused_jobs()
+        held = reader.held_jobs()
         latest = reader.latest_run_per_job()
         if _active_answers(paths):  # only a running active keeps a last valid version scheduled
             catalog = {row.name: row for row in reader.jobs()}
@@ -222,8 +224,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             trigger = schedule.trigger_for(job)
             nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
             status = "disabled" if not job.enabled else "paused" if name in paused else "enabled"
+            if status == "enabled" and name in held:
+                status = "held"
             doc |= {"schedule": job.schedule_text, "status": status, "next_fire": iso(nxt)}
             doc |= {"agent": job.agent, "description": job.description, "error": flawed.get(name)}
+            doc |= {"held": name in held, "priority": job.priority, "locks": dict(job.locks)}
         else:
             row = catalog.get(name)
             if row is not None and row.loaded:

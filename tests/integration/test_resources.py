@@ -93,6 +93,8 @@ def test_hold_keeps_new_runs_pending_and_release_starts_them_and_status_shows_th
     up = start_up()
     up.wait_active()
     assert vigil(state_dir, "hold", "next").stdout.startswith("next held")
+    listed = {doc["name"]: doc for doc in vigil_json(state_dir, "jobs", jobs=jobs_dir)}
+    assert (listed["next"]["status"], listed["next"]["held"], listed["next"]["locks"]) == ("held", True, {"slot": 1})
     vigil(state_dir, "run", "next")
     (held,) = wait_for(lambda: runs(state_dir, "--job", "next"), 5)
     assert (held["state"], held["reason"]) == ("pending", "job held")

@@ -381,6 +381,10 @@ SELECT j.name, j.path, j.schedule, j.enabled, j.agent, j.description, j.tags, j.
     COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded, COALESCE(s.held, 0) AS held
 FROM jobs j LEFT JOIN job_state s ON s.job = j.name ORDER BY j.name;
 
+-- held_jobs --
+-- The jobs held now (`vigil hold`)
+SELECT job FROM job_state WHERE held = 1;
+
 -- paused_jobs --
 -- The jobs paused now
 SELECT job FROM job_state WHERE paused = 1;

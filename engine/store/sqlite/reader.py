@@ -206,6 +206,10 @@ class SqliteReader:
     def paused_jobs(self) -> set[str]:
         return {row["job"] for row in self._rows("paused_jobs")}
 
+    def held_jobs(self) -> set[str]:
+        """The jobs held by `vigil hold` (their new runs wait pending)."""
+        return {row["job"] for row in self._rows("held_jobs")}
+
     def leader(self) -> LeaderRow:
         rows = self._rows("leader")
         if not rows:
