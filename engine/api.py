@@ -302,6 +302,9 @@ def catalog_without_active(
             error=files.flawed.get(name),
             paused=name in paused,
             loaded=True,
+            held=row.held if row is not None else False,
+            priority=spec.priority,
+            locks=",".join(f"{lock}={count}" for lock, count in spec.locks),
         )
     for name, error in files.broken.items():
         row = catalog.get(name)

@@ -124,6 +124,8 @@ class JobRow:
     paused: bool
     loaded: bool
     held: bool = False  #: `vigil hold`: new runs wait pending until `vigil release`
+    priority: int = 0
+    locks: str = ""  #: the job's `locks`, "gpu=1,db=1"
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,8 @@ class CatalogUpsert:
     tags: str  #: comma-separated
     next_fire: datetime | None
     error: str | None
+    priority: int = 0
+    locks: str = ""  #: "gpu=1,db=1": the job's `locks`, for the dashboard
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,10 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     columns = {row[0] for row in conn.execute(QUERIES["job_state_columns"])}
     if "held" not in columns:
         conn.execute(QUERIES["add_job_state_held"])
+    columns = {row[0] for row in conn.execute(QUERIES["jobs_columns"])}
+    for column in ("priority", "locks"):
+        if column not in columns:
+            conn.execute(QUERIES[f"add_jobs_{column}"])
 
 
 def rollback_quietly(conn: sqlite3.Connection) -> None:

@@ -99,6 +99,18 @@ SELECT name FROM pragma_table_info('job_state');
 -- Migration: the `held` flag of `vigil hold`, added to a job_state made before it existed
 ALTER TABLE job_state ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
 
+-- jobs_columns --
+-- The columns of the catalog (a database made by an older version lacks the newer ones)
+SELECT name FROM pragma_table_info('jobs');
+
+-- add_jobs_priority --
+-- Migration: a job's `priority` in the catalog
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+
+-- add_jobs_locks --
+-- Migration: a job's `locks` in the catalog ("gpu=1,db=1")
+ALTER TABLE jobs ADD COLUMN locks TEXT NOT NULL DEFAULT '';
+
 -- held --
 -- Hold or release a job (`vigil hold`): its new runs wait pending while held
 INSERT INTO job_state (job, held, writer_epoch) VALUES (:job, :held, :epoch)
@@ -106,12 +118,14 @@ ON CONFLICT (job) DO UPDATE SET held = excluded.held, writer_epoch = excluded.wr
 
 -- catalog_upsert --
 -- A job as the active loaded it (or the error that keeps it from loading)
-INSERT INTO jobs (name, path, schedule, enabled, agent, description, tags, next_fire, error, writer_epoch)
-VALUES (:name, :path, :schedule, :enabled, :agent, :description, :tags, :next_fire, :error, :epoch)
+INSERT INTO jobs (name, path, schedule, enabled, agent, description, tags, next_fire, error, priority, locks,
+    writer_epoch)
+VALUES (:name, :path, :schedule, :enabled, :agent, :description, :tags, :next_fire, :error, :priority, :locks,
+    :epoch)
 ON CONFLICT (name) DO UPDATE SET path = excluded.path, schedule = excluded.schedule,
     enabled = excluded.enabled, agent = excluded.agent, description = excluded.description,
     tags = excluded.tags, next_fire = excluded.next_fire, error = excluded.error,
-    writer_epoch = excluded.writer_epoch;
+    priority = excluded.priority, locks = excluded.locks, writer_epoch = excluded.writer_epoch;
 
 -- catalog_drop --
 -- A job no longer loaded leaves the catalog
@@ -378,7 +392,7 @@ SELECT state, COUNT(*) AS n FROM runs GROUP BY state;
 -- catalog --
 -- The active's catalog of jobs with their pause flag; `loaded` is 0 for a file that never loaded
 SELECT j.name, j.path, j.schedule, j.enabled, j.agent, j.description, j.tags, j.next_fire, j.error,
-    COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded, COALESCE(s.held, 0) AS held
+    COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded, COALESCE(s.held, 0) AS held, j.priority, j.locks
 FROM jobs j LEFT JOIN job_state s ON s.job = j.name ORDER BY j.name;
 
 -- held_jobs --

@@ -199,6 +199,8 @@ class SqliteReader:
                 paused=bool(row["paused"]),
                 loaded=bool(row["loaded"]),
                 held=bool(row["held"]),
+                priority=int(row["priority"] or 0),
+                locks=row["locks"] or "",
             )
             for row in self._rows("catalog")
         ]

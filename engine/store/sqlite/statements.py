@@ -137,6 +137,8 @@ def _catalog_upsert(intent: i.CatalogUpsert, epoch: int) -> Bound:
         "tags": intent.tags,
         "next_fire": iso(intent.next_fire),
         "error": intent.error,
+        "priority": intent.priority,
+        "locks": intent.locks,
         "epoch": epoch,
     }
 
