@@ -22,7 +22,7 @@ Layer: run. May import the base modules.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -99,6 +99,7 @@ class Holders:
         self._needs: dict[int, Need] = {}
         self.used: Counter[str] = Counter()
         self.local: set[int] = set()  #: local runs let start (for `max_running`)
+        self._named: dict[str, tuple[int, ...]] = {}  # holders_of, until the next take or release
 
     def __len__(self) -> int:
         return len(self._needs)
@@ -107,6 +108,7 @@ class Holders:
         if need.run_id in self._needs:
             return
         self._needs[need.run_id] = need
+        self._named.clear()
         for name, count in need.locks:
             self.used[name] += count
         if need.local:
@@ -117,6 +119,7 @@ class Holders:
         need = self._needs.pop(run_id, None)
         if need is None:
             return False
+        self._named.clear()
         for name, count in need.locks:
             self.used[name] -= count
             if self.used[name] <= 0:
@@ -126,9 +129,14 @@ class Holders:
 
     def holders_of(self, resource: str) -> tuple[int, ...]:
         """Run ids holding `resource` (MAX_RUNNING: the local runs), oldest first."""
-        if resource == MAX_RUNNING:
-            return tuple(sorted(self.local))
-        return tuple(sorted(run_id for run_id, need in self._needs.items() if resource in dict(need.locks)))
+        named = self._named.get(resource)
+        if named is None:
+            if resource == MAX_RUNNING:
+                named = tuple(sorted(self.local))
+            else:
+                named = tuple(sorted(run_id for run_id, need in self._needs.items() if resource in dict(need.locks)))
+            self._named[resource] = named
+        return named
 
 
 @dataclass
@@ -155,9 +163,12 @@ def obstacles(
     holders: Holders,
     limits: Mapping[str, int],
     max_running: int | None,
-    line: Line | None = None,
+    line: Line | Callable[[str], int | None] | None = None,
 ) -> tuple[Obstacle, ...]:
-    """Why `need` cannot start now (empty: it may), given who holds what and the runs ahead of it."""
+    """Why `need` cannot start now (empty: it may), given who holds what and the runs ahead of it:
+    `line` says which waiting run ahead needs a lock (a Line, or a function asked only for a lock that
+    has room)."""
+    ahead_of = line.claims.get if isinstance(line, Line) else line
     if need.held:
         return (Obstacle(Kind.HELD),)
     full: list[Obstacle] = []
@@ -167,11 +178,12 @@ def obstacles(
         used = holders.used.get(name, 0)
         if used + count > limit:
             full.append(Obstacle(Kind.LOCK, name, used, limit, holders.holders_of(name), count))
-        elif line is not None and name in line.claims:
-            ahead.append(Obstacle(Kind.AHEAD, name, used, limit, (line.claims[name],), count))
+        elif ahead_of is not None and (first := ahead_of(name)) is not None:
+            ahead.append(Obstacle(Kind.AHEAD, name, used, limit, (first,), count))
     found = full + ahead
     if need.local and max_running is not None and len(holders.local) >= max_running:
-        found.append(Obstacle(Kind.MAX_RUNNING, MAX_RUNNING, len(holders.local), max_running))
+        running = holders.holders_of(MAX_RUNNING)
+        found.append(Obstacle(Kind.MAX_RUNNING, MAX_RUNNING, len(running), max_running, running))
     return tuple(found)
 
 

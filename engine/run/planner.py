@@ -541,10 +541,20 @@ class Planner:
         if not (held or job.locks or (self.settings.max_running is not None and job.agent is None)):
             return ()
         need = admission.Need(run_id, job.name, job.priority, job.locks, job.agent is None, held)
-        line = None
-        if job.locks and self.table.waiting:
-            line = admission.Line.of(n for n in self._waiting_needs() if n.order < need.order)
-        return admission.obstacles(need, self.table.holders, self.settings.resources, self.settings.max_running, line)
+        ahead = self._ahead_of(need) if job.locks and self.table.waiting else None
+        return admission.obstacles(need, self.table.holders, self.settings.resources, self.settings.max_running, ahead)
+
+    def _ahead_of(self, need: admission.Need) -> Callable[[str], int | None]:
+        """The first waiting run ahead of `need` in line that needs a lock (asked only for a lock with
+        room, which is rare while runs wait: the scan is not paid for every fire)."""
+
+        def first(resource: str) -> int | None:
+            ahead = [
+                n for n in self._waiting_needs() if n.order < need.order and not n.held and resource in dict(n.locks)
+            ]
+            return min(ahead, key=lambda n: n.order).run_id if ahead else None
+
+        return first
 
     def _held_back(self, info: RunInfo, batch: Batch) -> bool:
         """A pending run whose turn came by its job's rules (a due retry, a queued run) waits instead."""
@@ -581,6 +591,16 @@ class Planner:
             if why != was:
                 table.waiting[need.run_id] = why
                 batch.intents.append(i.RunBlocked(need.run_id, why))
+
+    def why_waiting(self, run_id: int) -> tuple[admission.Obstacle, ...]:
+        """Why a run held back by admission waits now (empty: it does not, or it is not waiting for
+        admission): the locks and their holders, the run ahead in line, max_running, a hold."""
+        if run_id not in self.table.waiting or (info := self.table.runs.get(run_id)) is None:
+            return ()
+        need = self._need(info)
+        return admission.obstacles(
+            need, self.table.holders, self.settings.resources, self.settings.max_running, self._ahead_of(need)
+        )
 
     def restore_waiting(self) -> None:
         """At takeover (the ledger's pending rows back in the job queues): the runs that no queue of

@@ -182,6 +182,21 @@ def test_waiting_runs_start_in_priority_order_then_oldest() -> None:
     assert order == ["high", "old", "young", "low"]
 
 
+def test_why_waiting_names_each_obstacle_for_vigil_why() -> None:
+    p = plan(max_running=1)
+    p.scan(job("a", locks=(("gpu", 1),)), job("b", locks=(("gpu", 1), ("db", 1))))
+    batch = Batch()
+    for name in ("a", "b"):
+        p.planner.fire(batch, p.planner.jobs[name], START, Trigger.MANUAL, START)
+    found = p.planner.why_waiting(2)
+    assert [(o.kind, o.resource, o.runs) for o in found] == [
+        (Kind.LOCK, "gpu", (1,)),
+        (Kind.MAX_RUNNING, "max_running", (1,)),
+    ]
+    assert admission.reason(found) == "waiting for gpu: 1/1 held by run 1; waiting: max_running = 1 reached (1 running)"
+    assert p.planner.why_waiting(1) == ()  # running: not waiting
+
+
 def test_max_running_holds_local_runs_pending_with_its_reason_but_not_agent_runs() -> None:
     p = plan(max_running=2)
     p.scan(job("a"), job("b"), job("c"), job("remote", agent="a1"))
