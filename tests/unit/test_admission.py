@@ -74,6 +74,11 @@ def test_max_running_caps_local_runs_only() -> None:
     assert remote[1] == ()
 
 
+def test_a_lock_on_a_resource_no_longer_declared_waits_saying_so() -> None:
+    (decided,) = admission.admit([Need(1, "a", locks=(("gone", 1),))], Holders(), {}, None)
+    assert admission.reason(decided[1]) == "waiting for gone: not declared in vigil.toml ([resources.gone] limit)"
+
+
 def test_a_held_run_says_so_and_keeps_no_place_in_line() -> None:
     holders = Holders()
     held, other = admission.admit(
@@ -180,6 +185,20 @@ def test_waiting_runs_start_in_priority_order_then_oldest() -> None:
         ((run_id, _reason),) = launching(end(p, run_id))
         order.append(p.table.runs[run_id].job)
     assert order == ["high", "old", "young", "low"]
+
+
+def test_a_lock_counts_runs_wherever_they_execute() -> None:
+    p = plan()
+    p.scan(job("remote", agent="a1", locks=(("gpu", 1),)), job("local", locks=(("gpu", 1),)))
+    batch = Batch()
+    for name in ("remote", "local"):
+        p.planner.fire(batch, p.planner.jobs[name], START, Trigger.MANUAL, START)
+    assert states(batch) == [
+        ("remote", RunState.LAUNCHING, None),
+        ("local", RunState.PENDING, "waiting for gpu: 1/1 held by run 1"),
+    ]
+    p.table.runs[1].state = RunState.WAITING  # the agent is down: it still holds gpu
+    assert launching(end(p, 1, RunState.FAILED)) == [(2, "started after waiting for gpu: 1/1 held by run 1")]
 
 
 def test_why_waiting_names_each_obstacle_for_vigil_why() -> None:
