@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.control import ControlClient
 from engine.errors import ConfigError, ControlError
-from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, Run, RunsWindow, to_json
+from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, ResourceUse, Run, RunsWindow, to_json
 from engine.paths import StatePaths
 from engine.store.abc import ChannelHealth
 from engine.store.sqlite.reader import SqliteReader
@@ -42,6 +42,7 @@ __all__ = [
     "JobFilesView",
     "JobRow",
     "LogChunk",
+    "ResourceUse",
     "Run",
     "RunsWindow",
     "StateReader",
@@ -131,15 +132,41 @@ class ClusterStatus:
     active: dict[str, Any] | None  #: the active's own `status` reply (None: none answers)
     standbys: list[dict[str, Any]]
     failovers: list[FailoverRow]
+    scheduler: dict[str, Any] | None = None  #: the active scheduler's counts (`Scheduler.status`)
+
+    def resources(self) -> list[ResourceUse]:
+        """Each `[resources.NAME]`'s use, then `max_running`'s, as the active holds them (none: no active)."""
+        uses = (self.scheduler or {}).get("resources") or []
+        return [
+            ResourceUse(
+                name=str(use["name"]),
+                limit=int(use["limit"]),
+                used=int(use["used"]),
+                holders=tuple(int(run_id) for run_id in use["holders"]),
+                waiting=int(use["waiting"]),
+            )
+            for use in uses
+        ]
+
+    @property
+    def max_running(self) -> int | None:
+        value = (self.scheduler or {}).get("max_running")
+        return int(value) if value is not None else None
+
+    @property
+    def held(self) -> list[str]:
+        return [str(name) for name in (self.scheduler or {}).get("held") or []]
 
 
 def cluster_status(paths: StatePaths, timeout: float = 2.0) -> ClusterStatus:
     active = None
+    scheduler = None
     standbys: list[dict[str, Any]] = []
     try:
         reply = ControlClient(paths, timeout=timeout).request("status")
         active = reply.get("active")
         standbys = reply.get("standbys", [])
+        scheduler = reply.get("scheduler")
     except ControlError:
         pass
     failovers: list[FailoverRow] = []
@@ -149,7 +176,7 @@ def cluster_status(paths: StatePaths, timeout: float = 2.0) -> ClusterStatus:
             failovers = reader.failovers()
         finally:
             reader.close()
-    return ClusterStatus(active, standbys, failovers)
+    return ClusterStatus(active, standbys, failovers, scheduler)
 
 
 # ---------------------------------------------------------------- the job files as they are now
@@ -275,6 +302,9 @@ def catalog_without_active(
             error=files.flawed.get(name),
             paused=name in paused,
             loaded=True,
+            held=row.held if row is not None else False,
+            priority=spec.priority,
+            locks=",".join(f"{lock}={count}" for lock, count in spec.locks),
         )
     for name, error in files.broken.items():
         row = catalog.get(name)

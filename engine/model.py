@@ -123,6 +123,9 @@ class JobRow:
     error: str | None
     paused: bool
     loaded: bool
+    held: bool = False  #: `vigil hold`: new runs wait pending until `vigil release`
+    priority: int = 0
+    locks: str = ""  #: the job's `locks`, "gpu=1,db=1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +236,9 @@ class JobSpec:
     warn_if_longer: Threshold | None = None
     warn_if_shorter: Threshold | None = None
     user: str | None = None  #: run the job as this user (the scheduler must be root for another user)
+    #: `[resources.NAME]` counts a run takes at once, by name (engine/run/admission.py)
+    locks: tuple[tuple[str, int], ...] = ()
+    priority: int = 0  #: waiting runs start in this order, higher first, then the oldest
 
     @property
     def schedule_text(self) -> str:
@@ -356,6 +362,19 @@ class Settings:
     #: vigil.toml could not be read or parsed: no channel can be said to be no longer declared
     channels_unknown: bool = False
     http_listen: str | None = None  #: `[http] listen`, "HOST:PORT": /metrics and /healthz
+    max_running: int | None = None  #: `[scheduler] max_running`: local runs at once; None: no cap
+    resources: dict[str, int] = field(default_factory=dict)  #: `[resources.NAME] limit`, by name
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUse:
+    """One counted resource (or the `max_running` cap) as the active has it: use, limit, holders, waiters."""
+
+    name: str  #: the resource's name; "max_running" for the cap on local runs
+    limit: int
+    used: int
+    holders: tuple[int, ...]  #: run ids holding it (running, launching, or sent to an agent)
+    waiting: int  #: pending runs waiting for it
 
 
 def format_duration(seconds: float) -> str:

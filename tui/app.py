@@ -216,6 +216,25 @@ class VigilApp(App[int]):
         op = "resume" if resume else "pause"
         self._send(op, f"{op.capitalize()} {job}", lambda r: f"{job} {op}d", job=job)
 
+    def command_hold(self, job: str, *, release: bool) -> None:
+        """Hold (after a confirmation: its runs stop starting) or release a job."""
+        if release:
+            self._send(
+                "release", f"Release {job}", lambda r: f"{job} released ({r.get('waiting', 0)} waiting)", job=job
+            )
+            return
+        question = (
+            f"Hold [b]{job}[/b]?\n\nIts new runs wait pending (not skipped) until you release it; runs going now go on."
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._send("hold", f"Hold {job}", lambda r: f"{job} held", job=job)
+            else:
+                self.notify("Hold cancelled", timeout=2)
+
+        self.push_screen(ConfirmScreen(question, "Hold"), answered)
+
     def command_rerun(self, run: Run) -> None:
         self._send(
             "rerun",

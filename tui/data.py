@@ -32,11 +32,13 @@ from engine.api import (
     AgentRow,
     AuditRow,
     ChannelHealth,
+    ClusterStatus,
     FailoverRow,
     JobFilesReader,
     JobFilesView,
     JobRow,
     LogChunk,
+    ResourceUse,
     Run,
     StateReader,
     catalog_folder,
@@ -79,6 +81,9 @@ class JobRecord:
     schedule: str
     enabled: bool = True
     paused: bool = False
+    held: bool = False  #: `vigil hold`: its new runs wait pending
+    priority: int = 0
+    locks: str = ""  #: "gpu=1,db=1"
     error: str | None = None
     next_fire: datetime | None = None
     agent: str | None = None
@@ -99,6 +104,8 @@ class JobRecord:
             return "disabled"
         if self.paused:
             return "paused"
+        if self.held:
+            return "held"
         return "idle"
 
 
@@ -116,6 +123,8 @@ class ClusterInfo:
     active: ActiveInfo | None
     standbys: tuple[tuple[int, str | None], ...] = ()
     problem: str | None = None  #: why no active is shown (e.g. "no active scheduler")
+    #: each `[resources.NAME]`'s use, then `max_running`'s (as `vigil status` reads them: ClusterStatus)
+    resources: tuple[ResourceUse, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -404,7 +413,9 @@ class StateSource:
                 loop_lag_ms=active.get("loop_lag_ms"),
             )
         standbys = tuple((int(s["pid"]), s.get("since")) for s in reply.get("standbys", []))
-        return ClusterInfo(active=info, standbys=standbys, problem=None if info else "no active scheduler")
+        resources = tuple(ClusterStatus(active, [], [], reply.get("scheduler")).resources()) if info else ()
+        problem = None if info else "no active scheduler"
+        return ClusterInfo(active=info, standbys=standbys, problem=problem, resources=resources)
 
     def _catalog_due(self) -> bool:
         """Re-read the job catalog every tick for up to CATALOG_EVERY_TICK jobs, proportionally less
@@ -489,6 +500,9 @@ class StateSource:
                 schedule=row.schedule,
                 enabled=row.enabled,
                 paused=row.paused,
+                held=row.held,
+                priority=row.priority,
+                locks=row.locks,
                 error=row.error,
                 next_fire=row.next_fire,
                 agent=row.agent,

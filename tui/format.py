@@ -48,6 +48,7 @@ JOB_LOOKS: dict[str, Look] = {
     "error": Look("⚠", "ERROR", "fail"),
     "disabled": Look("○", "OFF", "muted"),
     "paused": Look("⏸", "PAUSED", "warn"),
+    "held": Look("✋", "HELD", "warn"),
     "idle": Look("·", "IDLE", "muted"),
 }
 

@@ -197,12 +197,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     jobs_dir = _job_folder(args)
     result = load_folder(jobs_dir)
     paused: set[str] = set()
+    held: set[str] = set()
     latest: dict[str, Run] = {}
     catalog: dict[str, JobRow] = {}
     paths = _state(args)
     if paths.db.exists():
         reader = _reader(args)
         paused = reader.paused_jobs()
+        held = reader.held_jobs()
         latest = reader.latest_run_per_job()
         if _active_answers(paths):  # only a running active keeps a last valid version scheduled
             catalog = {row.name: row for row in reader.jobs()}
@@ -222,8 +224,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             trigger = schedule.trigger_for(job)
             nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
             status = "disabled" if not job.enabled else "paused" if name in paused else "enabled"
+            if status == "enabled" and name in held:
+                status = "held"
             doc |= {"schedule": job.schedule_text, "status": status, "next_fire": iso(nxt)}
             doc |= {"agent": job.agent, "description": job.description, "error": flawed.get(name)}
+            doc |= {"held": name in held, "priority": job.priority, "locks": dict(job.locks)}
         else:
             row = catalog.get(name)
             if row is not None and row.loaded:
@@ -350,6 +355,16 @@ def cmd_pause(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_hold(args: argparse.Namespace) -> int:
+    reply = _control(args, args.command, job=args.name)
+    if args.command == "hold":
+        print(f"{escape(args.name)} held: its new runs wait pending until `vigil release {escape(args.name)}`")
+    else:
+        waiting = int(reply.get("waiting") or 0)
+        print(f"{escape(args.name)} released" + (f": {waiting} waiting runs may start now" if waiting else ""))
+    return EXIT_OK
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     args.run_id = _run_id(args)
     _control(args, "kill", run_id=args.run_id)
@@ -422,6 +437,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         "jobs": 0,
         "runs": {},
         "agents": [],
+        "max_running": cluster.max_running,
+        "resources": [to_json(use) for use in cluster.resources()],
+        "held": cluster.held,
     }
     if paths.db.exists():
         reader = _reader(args)
@@ -439,7 +457,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("active: none (no scheduler is running on this state directory)")
     for sb in doc["standbys"]:
         print(f"standby: pid {sb['pid']} since {_short_time(sb['since'])}")
-    print(f"jobs: {doc['jobs']}")
+    print(f"jobs: {doc['jobs']}" + (f" (held: {', '.join(map(escape, doc['held']))})" if doc["held"] else ""))
+    for use in cluster.resources():
+        holders = f" held by runs {', '.join(map(str, use.holders))}" if use.holders else ""
+        waiting = f", {use.waiting} waiting" if use.waiting else ""
+        print(f"resource: {escape(use.name)} {use.used}/{use.limit}{holders}{waiting}")
     print("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["runs"].items())) or "none"))
     for ag in doc["agents"]:
         load = "" if not ag["up"] else f" cpu {ag['cpu_percent']}% mem {ag['memory_percent']}% load {ag['load1']}"
@@ -614,6 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("name")
         p.set_defaults(func=cmd_pause)
+    for name, text in (
+        ("hold", "hold a job: its new runs wait pending (not skipped) until released"),
+        ("release", "release a held job: its waiting runs start (subject to locks and overlap)"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("name")
+        p.set_defaults(func=cmd_hold)
     p = sub.add_parser("kill", parents=[common], help="kill a running run's whole process group")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_kill)

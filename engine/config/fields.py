@@ -39,9 +39,11 @@ __all__ = [
     "JOB_FIELDS",
     "JOB_KEYS",
     "MAX_ENV_BYTES",
+    "MAX_LOCK_COUNT",
     "POOL_KEYS",
     "POOL_MODES",
     "REQUIRED_JOB_KEYS",
+    "RESOURCE_KEYS",
     "SCHEDULER_FIELDS",
     "BadValue",
     "JobField",
@@ -388,6 +390,34 @@ def as_event_kinds(value: object) -> frozenset[str]:
     return frozenset(names)
 
 
+MAX_LOCK_COUNT = 1_000_000  #: a `[resources.NAME] limit`, and so a lock's count, is at most this
+MAX_PRIORITY = 1_000_000
+
+
+def as_locks(value: object) -> tuple[tuple[str, int], ...]:
+    """`locks`: a table of resource names and counts (`{ gpu = 1, db = 1 }`), or a list of names (1 each).
+
+    Whether each name is declared in vigil.toml, and its count within the limit, is checked with it."""
+    if isinstance(value, list):
+        names = as_string_list(value, "resource names")
+        return tuple((name.strip(), 1) for name in names)
+    if not isinstance(value, dict):
+        raise _expected('a table of resource counts such as { gpu = 1, db = 1 } or a list of names ["db"]', value)
+    problems: list[tuple[tuple[str, ...], str]] = []
+    locks: list[tuple[str, int]] = []
+    for name, count in value.items():
+        if not name.strip():
+            problems.append(((name,), "a resource name must not be empty"))
+            continue
+        try:
+            locks.append((name.strip(), as_int(count, minimum=1, maximum=MAX_LOCK_COUNT)))
+        except BadValue as bad:
+            problems.append(((name,), str(bad)))
+    if problems:
+        raise BadValue.many(problems)
+    return tuple(locks)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The key tables
 
@@ -448,6 +478,8 @@ JOB_FIELDS: Mapping[str, JobField] = _job_fields(
         "warn_if_longer": as_threshold,
         "warn_if_shorter": as_threshold,
         "user": partial(as_string, allow_empty=False),
+        "locks": as_locks,
+        "priority": partial(as_int, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY),
     },
     relative_paths=("workdir",),
 )
@@ -466,7 +498,9 @@ SCHEDULER_FIELDS: Mapping[str, Check] = {
     "agent_poll_interval": partial(as_duration, positive=True, floor=_AGENT_POLL_FLOOR),
     "agent_wait_limit": _duration,
     "notify": as_channel_names,
+    "max_running": partial(as_int, minimum=1, maximum=1_000_000),
 }
+RESOURCE_KEYS = ("limit",)
 AGENT_KEYS = ("url", "token_file", "tls_ca", "tls_cert", "tls_key")
 POOL_KEYS = ("agents", "mode")
 CHANNEL_KEYS = ("url", "command", "events", "timeout", "rate_limit", "rate_window")
@@ -521,8 +555,10 @@ def _key_home(key: str, where: str) -> str | None:
         return f"`{key}` is an [agents.NAME] setting" + ("" if in_settings else " in vigil.toml")
     if key in _CHANNEL_ONLY_KEYS and where != "channel":
         return f"`{key}` is a [notify.NAME] setting" + ("" if in_settings else " in vigil.toml")
+    if key == "limit" and where != "resource":
+        return f"`{key}` is a [resources.NAME] setting" + ("" if in_settings else " in vigil.toml")
     if key == "mode" and where != "pool":
         return f"`{key}` is a [pools.NAME] setting" + ("" if in_settings else " in vigil.toml")
-    if key in ("scheduler", "pools") and where == "job":
+    if key in ("scheduler", "pools", "resources") and where == "job":
         return f"[{key}{'' if key == 'scheduler' else '.NAME'}] is a table of vigil.toml"
     return None

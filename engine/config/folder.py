@@ -91,6 +91,19 @@ def _agent_errors(source: SourceFile, values: Mapping[str, Value], targets: Targ
     return []
 
 
+def _lock_errors(merged: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
+    """`locks` naming a resource vigil.toml does not declare validly, or more of one than its limit: the
+    job cannot load (its runs could never start). Said in the file that sets `locks`."""
+    locks = merged.get("locks")
+    if locks is None:
+        return []
+    return [
+        locks.source.error(("locks",), problem)
+        for name, count in locks.value
+        if (problem := targets.lock_problem(name, count))
+    ]
+
+
 def _notify_errors(source: SourceFile, values: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
     """`notify` naming a channel that is not valid: reported, but the job still loads.
 
@@ -177,6 +190,7 @@ def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: 
         if problem:
             errors.append(user.source.error(("user",), problem))  # where it is set (maybe a _folder.toml)
     errors += _threshold_errors(source, merged)
+    errors += _lock_errors(merged, targets)
     env = merged.get("env")
     if env is not None and (size := env_bytes(env.value)) > MAX_ENV_BYTES:
         # Each file's own table is within the cap; only their merge is too large.
@@ -588,7 +602,11 @@ class JobFolder:
         self, name: str, source: SourceFile, folders: Mapping[str, SourceFile], shared: _Shared
     ) -> _JobState:
         chain = [folders[d] for d in _chain(source.rel_dir) if d in folders]
-        own_targets = "agent" in source.keys or "notify" in source.keys
+        own_targets = (
+            "agent" in source.keys
+            or "notify" in source.keys
+            or any("locks" in layer.keys for layer in (source, *chain))  # checked against [resources]
+        )
         sets_user = "user" in source.keys or any("user" in folder.keys for folder in chain)
         signature = shared.one(
             (

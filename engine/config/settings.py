@@ -20,8 +20,10 @@ from urllib.parse import urlsplit
 from engine.config.fields import (
     AGENT_KEYS,
     CHANNEL_KEYS,
+    MAX_LOCK_COUNT,
     POOL_KEYS,
     POOL_MODES,
+    RESOURCE_KEYS,
     SCHEDULER_FIELDS,
     BadValue,
     as_choice,
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 SETTINGS_FILE = "vigil.toml"
-_TABLES = ("scheduler", "agents", "pools", "notify", "http")
+_TABLES = ("scheduler", "agents", "pools", "notify", "http", "resources")
 MAX_RATE_LIMIT = 100_000
 #: an Apprise URL is `schema://...`; which schemas exist is Apprise's to say (`vigil validate` asks it)
 _APPRISE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
@@ -92,12 +94,33 @@ def channel_targets(valid: frozenset[str] = frozenset(), invalid: frozenset[str]
     return DeclaredNames("channel", ("notify",), valid, invalid)
 
 
+def resource_targets(valid: frozenset[str] = frozenset(), invalid: frozenset[str] = frozenset()) -> DeclaredNames:
+    """What a `locks =` key may name: declared resources."""
+    return DeclaredNames("resource", ("resources",), valid, invalid)
+
+
 @dataclass(frozen=True)
 class Targets:
-    """The names job keys refer to in vigil.toml: `agent =` and `notify =`."""
+    """The names job keys refer to in vigil.toml: `agent =`, `notify =` and `locks =` (with each
+    resource's limit, which a lock's count may not exceed)."""
 
     agents: DeclaredNames = field(default_factory=agent_targets)
     channels: DeclaredNames = field(default_factory=channel_targets)
+    resources: DeclaredNames = field(default_factory=resource_targets)
+    limits: tuple[tuple[str, int], ...] = ()  #: each valid resource's limit, by name
+
+    def lock_problem(self, name: str, count: int) -> str | None:
+        """Why a job cannot take `count` of resource `name`, or None."""
+        problem = self.resources.problem(name)
+        if problem is not None:
+            return problem
+        limit = dict(self.limits)[name]
+        if count > limit:
+            return (
+                f"asks for {count} of {quote(name)} but its limit is {limit} ([resources.{name}] limit in "
+                f"{SETTINGS_FILE}): the run could never start"
+            )
+        return None
 
 
 _Report = Callable[[tuple[str, ...], str], None]
@@ -129,6 +152,7 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
     channel_names = channel_targets(frozenset(channels), frozenset(invalid_channels))
     scheduler["notify"] = _declared_notify(scheduler.get("notify", ()), channel_names, bad)
     http_listen = _parse_http(_table(data, "http"), bad)
+    resources, invalid_resources = _parse_resources(_table(data, "resources"), bad)
     settings = Settings(
         **scheduler,
         agents=agents,
@@ -137,10 +161,13 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
         invalid_channels=frozenset(invalid_channels),
         channels_unknown="notify" in data and not isinstance(data["notify"], dict),
         http_listen=http_listen,
+        resources=resources,
     )
     targets = Targets(
         agent_targets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))),
         channel_names,
+        resource_targets(frozenset(resources), frozenset(invalid_resources)),
+        tuple(sorted(resources.items())),
     )
     errors.sort(key=lambda error: error.line or 0)
     return settings, errors, targets
@@ -221,6 +248,40 @@ def _parse_http(section: Mapping[str, Any], bad: _Report) -> str | None:
         bad(("http", "listen"), str(exc))
         return None
     return raw.strip()
+
+
+def _parse_resources(section: Mapping[str, Any], bad: _Report) -> tuple[dict[str, int], set[str]]:
+    """`[resources.NAME] limit = N`: each valid resource's limit, and the names declared but invalid."""
+    limits: dict[str, int] = {}
+    invalid: set[str] = set()
+    for name, table in section.items():
+        where = ("resources", name)
+        if not isinstance(table, dict):
+            bad(where, f"expected a table [resources.{name}] with limit = N, got {describe(table)}")
+            invalid.add(name)
+            continue
+        ok = True
+        if not NAME_SEGMENT.fullmatch(name):
+            bad(where, f"resource names {NAME_RULE}")
+            ok = False
+        for key in table:
+            if key not in RESOURCE_KEYS:
+                bad((*where, key), unknown_key_reason(key, RESOURCE_KEYS, where="resource"))
+                ok = False
+        if "limit" not in table:
+            bad(where, "required key limit is missing (e.g. limit = 2: how many runs may hold it at once)")
+            ok = False
+        else:
+            try:
+                limit = as_int(table["limit"], minimum=1, maximum=MAX_LOCK_COUNT)
+            except BadValue as problem:
+                bad((*where, "limit"), f"expected a positive integer: {problem}")
+                ok = False
+        if ok:
+            limits[name] = limit
+        else:
+            invalid.add(name)
+    return limits, invalid
 
 
 def _parse_agent(name: str, table: object, root_abs: str, bad: _Report) -> AgentSpec | None:

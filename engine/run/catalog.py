@@ -140,6 +140,8 @@ class Catalog:
                     tags=texts.setdefault(tags := ",".join(job.tags), tags),
                     next_fire=self.planner.next_fire.get(name),
                     error=error,
+                    priority=job.priority,
+                    locks=",".join(f"{lock}={count}" for lock, count in job.locks),
                 )
             )
         return intents

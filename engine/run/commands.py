@@ -1,4 +1,4 @@
-"""Operator commands inside the loop: run, pause, resume, kill, rerun, status; each one audited.
+"""Operator commands inside the loop: run, pause, resume, hold, release, kill, rerun, status; each audited.
 
 A command is handled in the loop iteration that picks it up, its effects and its audit row in that
 iteration's batch. A refusal is a VigilError (NotFoundError for an unknown run or job), and its
@@ -34,6 +34,8 @@ class Op(StrEnum):
     RUN = "run"
     PAUSE = "pause"
     RESUME = "resume"
+    HOLD = "hold"  #: new runs wait pending ("job held") until released (JAMS hold, JS7 suspend)
+    RELEASE = "release"
     KILL = "kill"
     RERUN = "rerun"
     PRUNE = "prune"
@@ -82,7 +84,7 @@ class Commands:
 
     def _dispatch(self, op: str, args: dict[str, Any], now: datetime, batch: Batch) -> dict[str, Any]:
         p = self.planner
-        if op in (Op.RUN, Op.PAUSE, Op.RESUME):
+        if op in (Op.RUN, Op.PAUSE, Op.RESUME, Op.HOLD, Op.RELEASE):
             name = str(args.get("job"))
             job = p.jobs.get(name)
             if job is None:
@@ -100,6 +102,8 @@ class Commands:
                     reason=f"run now by {args.get('user', '?')}",
                 )
                 return {"run_id": fired.id, "audit": f"run {fired.id}"}
+            if op in (Op.HOLD, Op.RELEASE):
+                return self._hold(name, op == Op.HOLD, batch)
             paused = op == Op.PAUSE
             batch.paused_before.setdefault(name, name in p.paused)
             if paused:
@@ -125,6 +129,19 @@ class Commands:
         if op == Op.STATUS:
             return {"status": self.status()}
         raise VigilError(f"unknown command {show(op)}")
+
+    def _hold(self, name: str, held: bool, batch: Batch) -> dict[str, Any]:
+        """Hold or release a job; a release lets its waiting runs start (subject to locks and overlap)."""
+        p = self.planner
+        batch.held_before.setdefault(name, name in p.held)
+        waiting = len(p.table.waiting_by_job.get(name, ()))
+        if held:
+            p.held.add(name)
+        else:
+            p.held.discard(name)
+            p.table.admission_changed = True  # its waiting runs are looked at in this iteration
+        batch.intents.append(i.Held(name, held))
+        return {"job": name, "held": held, "waiting": waiting, "audit": f"{'held' if held else 'released'}"}
 
     def _rerun(self, run_id: int, args: dict[str, Any], now: datetime, batch: Batch) -> dict[str, Any]:
         job_name = args.get("job")

@@ -46,7 +46,7 @@ from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
 from engine.exec.rundirs import HighWaterFile, run_dir_ids
 from engine.exec.runner import ShimExecutor
 from engine.linux import ClockSetWatch, FileWatch, wait_readable
-from engine.model import LeaderRow, RunState, Settings
+from engine.model import LeaderRow, RunState, Settings, to_json
 from engine.notify import build
 from engine.notify.events import Event
 from engine.outbox.deliverer import Deliverer, run_dir_log_tail
@@ -554,6 +554,8 @@ class Scheduler:
         for name, state in start.jobs.items():
             if state.paused:
                 p.paused.add(name)
+            if state.held:
+                p.held.add(name)
             if state.last_fire is not None and not self.restored:
                 p.last_fire[name] = state.last_fire
         p.last_success.update(start.last_success)
@@ -648,6 +650,7 @@ class Scheduler:
 
     def _apply_scan(self, result: ScanResult, now: datetime, *, initial: bool = False) -> list[i.Intent]:
         intents = self.catalog.apply_scan(result, now, initial=initial)
+        self.table.admission_changed = True  # limits, locks or priorities may have changed
         for executor in self._executors():
             executor.configure(self.planner.settings)
         return intents
@@ -702,6 +705,7 @@ class Scheduler:
         p.handle_finished(finished, now, batch)
         self._handle_deadlines(mono)
         p.handle_retries(mono, batch)
+        p.admit_waiting(batch)  # before the fires: a lock freed goes to the runs waiting for it
         p.watch_runs(now, mono, batch)
         work = Batch(first_id=p.next_id)
         p.handle_fires(now, work)
@@ -712,6 +716,7 @@ class Scheduler:
                 replies.append((cmd, self.commands.handle(cmd, now, batch if cmd.op == Op.KILL else work)))
             except VigilError as exc:
                 replies.append((cmd, exc))
+        p.admit_waiting(batch)  # a release, a kill of a holder or of a waiting run
         last_id = p.next_id
         try:
             await self._commit(batch.then(work), now)
@@ -887,7 +892,11 @@ class Scheduler:
             "jobs": len(self.planner.jobs),
             "open_runs": len(self.table),
             "paused": sorted(self.planner.paused),
+            "held": sorted(self.planner.held),
             "config_errors": len(self.catalog.errors),
+            "max_running": self.settings.max_running,
+            "resources": [to_json(use) for use in self.planner.resource_use()],
+            "waiting_runs": len(self.table.waiting),
         }
 
 

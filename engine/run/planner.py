@@ -5,7 +5,7 @@ launch once it is committed) and in the in-memory state here and in the RunTable
 (engine/run/loop.py) commits the batch and launches.
 
 Layer: run. May import the base modules, `engine.schedule`, `engine.store.intents`,
-`engine.exec.port` and the run table.
+`engine.exec.port`, the run table and admission.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,10 +23,11 @@ from typing import NamedTuple
 from engine import schedule
 from engine.clock import Clock, iso
 from engine.exec.port import RunInfo, ShimExit
-from engine.model import Catchup, JobSpec, Overlap, RunState, Settings
+from engine.model import Catchup, JobSpec, Overlap, ResourceUse, RunState, Settings
 from engine.notify import build
 from engine.notify.events import Event
 from engine.notify.routing import channels_for
+from engine.run import admission
 from engine.run.table import RunTable
 from engine.run.watch import RunWatch, Warned
 from engine.store import intents as i
@@ -71,6 +72,7 @@ class Batch:
     last_fire_before: dict[str, datetime | None] = field(default_factory=dict)
     due_at: dict[str, datetime] = field(default_factory=dict)
     paused_before: dict[str, bool] = field(default_factory=dict)
+    held_before: dict[str, bool] = field(default_factory=dict)
     first_id: int = 0
 
     def then(self, other: Batch) -> Batch:
@@ -98,6 +100,8 @@ class Planner:
         self.next_fire: dict[str, datetime | None] = {}
         self.last_fire: dict[str, datetime] = {}
         self.paused: set[str] = set()
+        self.held: set[str] = set()  #: `vigil hold`: their runs wait pending (engine/run/admission.py)
+        self.table.need_of = self._holder_need
         self.last_success: dict[str, datetime] = {}
         #: each job's last final outcome (no retry followed it), for `recovered`; seeded at takeover
         self.last_outcome: dict[str, RunState] = {}
@@ -145,7 +149,8 @@ class Planner:
             at, name = heapq.heappop(self._fire_heap)
             if self.next_fire.get(name) == at and name in self.triggers:
                 due.add(name)  # a set: the same time pushed twice fires once
-        for name in sorted(due):
+        # Fires due together are handled by priority (they may compete for a lock), then by name.
+        for name in sorted(due, key=lambda n: (-self.jobs[n].priority, n)) if len(due) > 1 else due:
             job = self.jobs[name]
             trigger = self.triggers[name]
             last = self.last_fire.get(name, now)
@@ -324,12 +329,15 @@ class Planner:
         # Only runs that are still open count (and are named in a reason); the run ends of this
         # iteration were handled before its fires, so these are the job's runs as of now.
         active, queued = self.table.open_of(name)
+        waiting = list(self.table.waiting_by_job.get(name, ()))  # held back by admission: open too
         policy = Overlap.QUEUE if catchup_queue else overlap or job.overlap
-        decision = schedule.overlap_decision(policy, len(active) + len(queued))
+        decision = schedule.overlap_decision(policy, len(active) + len(queued) + len(waiting))
         if decision == "skip":
-            return skipped(f"overlap=skip: {describe_busy(active, queued, job)}")
+            if waiting and not active:
+                return skipped(f"overlap=skip: run {waiting[0]} is waiting to start ({self.table.waiting[waiting[0]]})")
+            return skipped(f"overlap=skip: {describe_busy(active, queued or waiting, job)}")
         if decision == "queue":
-            blocking = queued[-1] if queued else active[0]
+            blocking = queued[-1] if queued else waiting[-1] if waiting else active[0]
             if not catchup_queue and len(queued) >= job.max_queued:
                 # Caught-up fires are not held to the cap, so a longer queue holds some of them.
                 included = ", caught-up fires included" if len(queued) > job.max_queued else ""
@@ -348,6 +356,13 @@ class Planner:
                 reason=f"{why}: waiting for run {blocking}",
             )
             self.table.queued[name].append(info.id)
+            return info
+        if found := self.admission_obstacles(job, self.next_id):
+            why = admission.reason(found)
+            if len(waiting) >= job.max_queued and not catchup_queue:
+                return skipped(f"{why}; {len(waiting)} runs of the job already waiting (max_queued = {job.max_queued})")
+            info = self.new_row(batch, name, scheduled_for, RunState.PENDING, trigger, now, attempt=attempt, reason=why)
+            self.table.wait(info, why)
             return info
         return self.new_row(
             batch, name, scheduled_for, RunState.LAUNCHING, trigger, now, attempt=attempt, reason=reason
@@ -380,6 +395,8 @@ class Planner:
         # A retry that is due starts whatever the job's `overlap` says (the failed run it repeats
         # has ended, but a newer fire may be running beside it).
         for info in self.table.due_retries(mono):
+            if self._held_back(info, batch):
+                continue
             self.table.start(info)
             batch.intents.append(i.RunLaunching(info.id))
             batch.launches.append(info.id)
@@ -494,10 +511,10 @@ class Planner:
 
     def start_queued(self, name: str, batch: Batch, *, after: int | None = None) -> None:
         """The job's next queued run starts if none of its runs is active."""
-        if self.table.active[name] or not self.table.queued[name]:
-            return
+        if self.table.active[name] or name in self.table.waiting_by_job or not self.table.queued[name]:
+            return  # a run of the job waiting for admission goes first: the queue waits behind it
         info = self.table.next_queued(name)
-        if info is None:
+        if info is None or self._held_back(info, batch):
             return
         # Its "waiting for run N" reason is over: say what it waited for instead.
         reason = f"started after run {after} ended" if after is not None else "started from the queue"
@@ -516,6 +533,136 @@ class Planner:
                 batch.intents.append(i.LastFire(name, now))
                 self.fire(batch, job, now, Trigger.AFTER, now, reason=f"after: {', '.join(job.after)} succeeded")
 
+    # ------------------------------------------------------------ admission (locks, max_running, hold)
+
+    def admission_obstacles(self, job: JobSpec, run_id: int) -> tuple[admission.Obstacle, ...]:
+        """Why a run of `job` (numbered `run_id`) that its job's own rules let start must wait."""
+        held = job.name in self.held
+        if not (held or job.locks or (self.settings.max_running is not None and job.agent is None)):
+            return ()
+        need = admission.Need(run_id, job.name, job.priority, job.locks, job.agent is None, held)
+        ahead = self._ahead_of(need) if job.locks and self.table.waiting else None
+        return admission.obstacles(need, self.table.holders, self.settings.resources, self.settings.max_running, ahead)
+
+    def _ahead_of(self, need: admission.Need) -> Callable[[str], int | None]:
+        """The first waiting run ahead of `need` in line that needs a lock (asked only for a lock with
+        room, which is rare while runs wait: the scan is not paid for every fire)."""
+
+        def first(resource: str) -> int | None:
+            ahead = [
+                n for n in self._waiting_needs() if n.order < need.order and not n.held and resource in dict(n.locks)
+            ]
+            return min(ahead, key=lambda n: n.order).run_id if ahead else None
+
+        return first
+
+    def _held_back(self, info: RunInfo, batch: Batch) -> bool:
+        """A pending run whose turn came by its job's rules (a due retry, a queued run) waits instead."""
+        job = self.jobs.get(info.job)
+        found = self.admission_obstacles(job, info.id) if job is not None else ()
+        if not found:
+            return False
+        why = admission.reason(found)
+        self.table.wait(info, why)
+        batch.intents.append(i.RunBlocked(info.id, why))
+        return True
+
+    def admit_waiting(self, batch: Batch) -> None:
+        """After a holder or a waiting run went (or a release, a new limit): the waiting runs whose
+        locks, slot or release came start in line; the others' reasons say what they wait for now."""
+        table = self.table
+        if not table.admission_changed:
+            return
+        table.admission_changed = False
+        needs = [self._need(info) for run_id in table.waiting if (info := table.runs.get(run_id)) is not None]
+        for need, found in admission.admit(needs, table.holders, self.settings.resources, self.settings.max_running):
+            was = table.waiting[need.run_id]
+            if not found:
+                info = table.runs[need.run_id]
+                table.start(info)
+                if was == admission.Obstacle(admission.Kind.HELD).text:
+                    started = "started: job released"
+                else:
+                    started = f"started after {was}" if was else "started by the new active"
+                batch.intents.append(i.RunLaunching(info.id, started))
+                batch.launches.append(info.id)
+                continue
+            why = admission.reason(found)
+            if why != was:
+                table.waiting[need.run_id] = why
+                batch.intents.append(i.RunBlocked(need.run_id, why))
+
+    def why_waiting(self, run_id: int) -> tuple[admission.Obstacle, ...]:
+        """Why a run held back by admission waits now (empty: it does not, or it is not waiting for
+        admission): the locks and their holders, the run ahead in line, max_running, a hold."""
+        if run_id not in self.table.waiting or (info := self.table.runs.get(run_id)) is None:
+            return ()
+        need = self._need(info)
+        return admission.obstacles(
+            need, self.table.holders, self.settings.resources, self.settings.max_running, self._ahead_of(need)
+        )
+
+    def restore_waiting(self) -> None:
+        """At takeover (the ledger's pending rows back in the job queues): the runs that no queue of
+        their job holds back (a manual run, a rerun, a job with overlap = "allow") wait for admission."""
+        for name, queue in self.table.queued.items():
+            job = self.jobs.get(name)
+            for run_id in list(queue):
+                info = self.table.runs.get(run_id)
+                if info is None or job is None:
+                    continue
+                if job.overlap is Overlap.ALLOW or info.trigger in (Trigger.MANUAL, Trigger.RERUN):
+                    queue.remove(run_id)
+                    self.table.wait(info, "")
+        self.table.admission_changed = True
+
+    def queue_order(self, names: list[str]) -> list[str]:
+        """Jobs in the order their queued runs are offered to admission at takeover (as in line)."""
+
+        def order(name: str) -> tuple[int, int]:
+            job, queue = self.jobs.get(name), self.table.queued[name]
+            return (-(job.priority if job else 0), queue[0] if queue else 0)
+
+        return sorted(names, key=order)
+
+    def resource_use(self) -> list[ResourceUse]:
+        """Each resource's use (and the cap on local runs), as `vigil status --json` and the dashboard show it."""
+        holders = self.table.holders
+        waiting: Counter[str] = Counter()
+        for need in self._waiting_needs():
+            for name, _count in need.locks:
+                waiting[name] += 1
+            if need.local:
+                waiting[admission.MAX_RUNNING] += 1
+        uses = [
+            ResourceUse(name, limit, holders.used.get(name, 0), holders.holders_of(name), waiting[name])
+            for name, limit in sorted(self.settings.resources.items())
+        ]
+        if self.settings.max_running is not None:
+            local = holders.holders_of(admission.MAX_RUNNING)
+            uses.append(
+                ResourceUse(
+                    admission.MAX_RUNNING, self.settings.max_running, len(local), local, waiting[admission.MAX_RUNNING]
+                )
+            )
+        return uses
+
+    def _waiting_needs(self) -> list[admission.Need]:
+        return [self._need(info) for run_id in self.table.waiting if (info := self.table.runs.get(run_id)) is not None]
+
+    def _need(self, info: RunInfo) -> admission.Need:
+        """What a waiting run asks for: its job's locks and priority as loaded now."""
+        job = self.jobs.get(info.job)
+        if job is None:
+            return admission.Need(info.id, info.job, local=info.agent is None)
+        return admission.Need(info.id, info.job, job.priority, job.locks, job.agent is None, info.job in self.held)
+
+    def _holder_need(self, info: RunInfo) -> admission.Need:
+        """What a run let start holds: its job's locks, and a local slot if it runs here."""
+        job = self.jobs.get(info.job)
+        locks = job.locks if job is not None else ()
+        return admission.Need(info.id, info.job, locks=locks, local=info.agent is None)
+
     # ------------------------------------------------------------ after a commit
 
     def undo(self, work: Batch, last_id: int) -> None:
@@ -529,6 +676,11 @@ class Planner:
                 self.last_fire[name] = before
         for name, due in work.due_at.items():
             self.push_fire(name, due)
+        for name, was_held in work.held_before.items():
+            if was_held:
+                self.held.add(name)
+            else:
+                self.held.discard(name)
         for name, was_paused in work.paused_before.items():
             if was_paused:
                 self.paused.add(name)

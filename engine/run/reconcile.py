@@ -86,9 +86,12 @@ class Reconciler:
                 continue
             self._adopt_local(info, now, batch)
         await self._settle_unrecorded_runs(now, batch)
-        for name in list(table.queued):
+        # Every holder is tracked by now: the locks they hold are derived from them, not stored.
+        p.restore_waiting()
+        for name in p.queue_order(list(table.queued)):
             # A queued run whose predecessor ended while no scheduler was active.
             p.start_queued(name, batch)
+        p.admit_waiting(batch)
         return batch
 
     def _adopt_local(self, info: RunInfo, now: datetime, batch: Batch) -> None:

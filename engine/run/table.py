@@ -3,7 +3,7 @@
 Memory only: what is in it was committed (or is being, in this iteration's batch). Heaps hold
 monotonic times, so a step of the wall clock moves no retry and no timeout.
 
-Layer: run. May import the base modules and `engine.exec.port`.
+Layer: run. May import the base modules, `engine.exec.port` and `engine.run.admission`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import heapq
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from engine.clock import Clock
 from engine.exec.port import RunInfo
 from engine.model import ACTIVE_STATES, RunState
+from engine.run.admission import Holders, Need
 
 
 class RunTable:
@@ -27,6 +28,14 @@ class RunTable:
         self._retries: list[tuple[float, int]] = []
         self._deadlines: list[tuple[float, int]] = []
         self._opened: list[RunInfo] = []  # tracked since the last take_opened (for the run watch)
+        #: the locks and local slots of the runs counted active, derived from them (never stored)
+        self.holders = Holders()
+        self.need_of: Callable[[RunInfo], Need] = lambda info: Need(info.id, info.job, local=info.agent is None)
+        #: pending runs held back by admission (a lock, max_running, a hold), with their reason
+        self.waiting: dict[int, str] = {}
+        self.waiting_by_job: defaultdict[str, list[int]] = defaultdict(list)
+        #: a holder or a waiting run went, or what admission depends on changed: look at the waiting again
+        self.admission_changed = False
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -44,6 +53,7 @@ class RunTable:
         self._opened.append(info)
         if active or info.state in ACTIVE_STATES:
             self.active[info.job].add(info.id)
+            self.holders.take(self.need_of(info))
 
     def take_opened(self) -> list[RunInfo]:
         """The runs tracked since the last call (some may have ended or been dropped since)."""
@@ -56,6 +66,23 @@ class RunTable:
         self.active[job].discard(run_id)
         with contextlib.suppress(ValueError):
             self.queued[job].remove(run_id)
+        if self.holders.release(run_id) or self.unwait(run_id, job):
+            self.admission_changed = True
+
+    def wait(self, info: RunInfo, reason: str) -> None:
+        """A pending run held back by admission (not by its own job's rules)."""
+        if info.id not in self.waiting:
+            self.waiting_by_job[info.job].append(info.id)
+        self.waiting[info.id] = reason
+
+    def unwait(self, run_id: int, job: str) -> bool:
+        if self.waiting.pop(run_id, None) is None:
+            return False
+        ids = self.waiting_by_job[job]
+        ids.remove(run_id)
+        if not ids:
+            del self.waiting_by_job[job]
+        return True
 
     def open_of(self, job: str) -> tuple[list[int], list[int]]:
         """The job's open runs: (active, by id; queued, in order)."""
@@ -67,6 +94,8 @@ class RunTable:
         """A pending run becomes `launching` (a retry that is due, a queued run whose turn came)."""
         info.state = RunState.LAUNCHING
         self.active[info.job].add(info.id)
+        self.unwait(info.id, info.job)
+        self.holders.take(self.need_of(info))
 
     def next_queued(self, job: str) -> RunInfo | None:
         """The next pending run of the job's queue, taken off it (runs ended meanwhile are dropped)."""

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the write side's types: a reader (`vigil runs --json`) neve
 class JobState:
     paused: bool = False
     last_fire: datetime | None = None
+    held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class StoreReader(Protocol):
         ...
 
     def paused_jobs(self) -> set[str]: ...
+    def held_jobs(self) -> set[str]: ...
 
     def leader(self) -> LeaderRow: ...
 

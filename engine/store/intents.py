@@ -106,6 +106,14 @@ class RunWaiting:
 
 
 @dataclass(frozen=True, slots=True)
+class RunBlocked:
+    """A pending run waits for a lock, a `max_running` slot or its job's release; `reason` says which."""
+
+    run_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunsPruned:
     """Finished runs deleted by retention or `vigil db prune`; their ids stay used (RunIdMark)."""
 
@@ -145,6 +153,14 @@ class Paused:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """`vigil hold` / `vigil release`: a held job's new runs wait pending instead of starting."""
+
+    job: str
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogUpsert:
     """A job as the active has loaded it, for readers that do not parse job files."""
 
@@ -157,6 +173,8 @@ class CatalogUpsert:
     tags: str  #: comma-separated
     next_fire: datetime | None
     error: str | None
+    priority: int = 0
+    locks: str = ""  #: "gpu=1,db=1": the job's `locks`, for the dashboard
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,11 +328,13 @@ Intent = (
     | KillRequested
     | AgentChosen
     | RunWaiting
+    | RunBlocked
     | RunsPruned
     | NotificationsPruned
     | RunIdMark
     | LastFire
     | Paused
+    | Held
     | CatalogUpsert
     | CatalogDrop
     | CatalogCleared

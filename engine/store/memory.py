@@ -234,6 +234,8 @@ class _Transaction:
                 self._update_run(intent.run_id, None, kill_requested=intent.cause)
             case i.AgentChosen():
                 self._update_run(intent.run_id, OPEN_STATES, agent=intent.agent)
+            case i.RunBlocked():
+                self._update_run(intent.run_id, (RunState.PENDING,), reason=intent.reason)
             case i.RunWaiting():
                 self._update_run(intent.run_id, _WAITABLE, state=RunState.WAITING, reason=intent.reason)
             case i.RunsPruned():
@@ -266,6 +268,10 @@ class _Transaction:
                 self._fence()
                 state = t.job_state.get(intent.job, JobState())
                 t.job_state[intent.job] = dataclasses.replace(state, paused=intent.paused)
+            case i.Held():
+                self._fence()
+                state = t.job_state.get(intent.job, JobState())
+                t.job_state[intent.job] = dataclasses.replace(state, held=intent.held)
             case i.CatalogUpsert():
                 self._fence()
                 t.catalog[intent.name] = intent

@@ -61,6 +61,9 @@ class _MemoryRecords:
                 error=job.error,
                 paused=name in t.job_state and t.job_state[name].paused,
                 loaded=job.path != "",
+                held=name in t.job_state and t.job_state[name].held,
+                priority=job.priority,
+                locks=job.locks,
             )
             for name, job in sorted(t.catalog.items())
         ]

@@ -463,3 +463,20 @@ def test_the_sqlite_readers_and_connections_run_only_named_statements() -> None:
             if node.func.attr in {"_plain", "_rows", "_scalar"} and text is not None and text not in QUERIES:
                 unnamed.append(f"{module.__name__}: {node.func.attr}({text!r})")
     assert unnamed == []
+
+
+async def test_a_hold_is_kept_with_the_job_and_a_blocked_reason_changes_only_a_pending_row(
+    backend: Backend, store: Store
+) -> None:
+    await leading(store)
+    row = i.CatalogUpsert("j", "/jobs/j.toml", "every 1m", True, None, "", "", None, None, 7, "gpu=1,db=2")
+    await store.commit([row, i.Held("j", True), i.Paused("j", True), fire(1), fire(2, job="k")])
+    await store.commit([i.RunLaunching(2), i.RunBlocked(1, "waiting for gpu: 1/1 held by run 2")])
+    await store.commit([i.RunBlocked(2, "not pending: unchanged")])
+    assert (await store.run(1)).reason == "waiting for gpu: 1/1 held by run 2"  # type: ignore[union-attr]
+    assert (await store.run(2)).reason is None  # type: ignore[union-attr]
+    (job,) = backend.records().jobs()
+    assert (job.held, job.paused, job.priority, job.locks) == (True, True, 7, "gpu=1,db=2")
+    await store.commit([i.Held("j", False)])
+    start = await (await deposed(backend, store)).start_state()
+    assert start.jobs["j"] == JobState(paused=True, last_fire=None, held=False)

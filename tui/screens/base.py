@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tui.app import VigilApp
 
 #: Actions that change the scheduler's state; all are disabled under --read-only or without an active.
-COMMAND_ACTIONS = frozenset({"run_now", "toggle_pause", "kill", "rerun"})
+COMMAND_ACTIONS = frozenset({"run_now", "toggle_pause", "toggle_hold", "kill", "rerun"})
 
 
 class ViewScreen(Screen[None]):

@@ -60,6 +60,12 @@ def cluster_markup(snap: Snapshot, now_text: str) -> str:
             lines.append(f"[$accent]◌ Standby[/] pid {pid} · waiting since {fmt_time(waiting_since, snap.taken_at)}")
     else:
         lines.append("[$text-muted]No standby connected (start another `vigil up` on this state for failover).[/]")
+    for use in cluster.resources:
+        tone = "$warning" if use.used >= use.limit else "$text"
+        holders = f" · held by runs {', '.join(map(str, use.holders[:8]))}" if use.holders else ""
+        more = "…" if len(use.holders) > 8 else ""
+        waiting = f" · [$warning]{use.waiting} waiting[/]" if use.waiting else ""
+        lines.append(f"[{tone}]▣ {escape(use.name)} {use.used}/{use.limit}[/]{holders}{more}{waiting}")
     return "\n".join(lines)
 
 

@@ -31,7 +31,16 @@ COLUMNS = (
     Column("trend", "TREND", TREND_WIDTH),
 )
 
-_STATUS_RANK = {"error": 0, "running": 1, "launching": 1, "pending": 2, "waiting": 2, "paused": 3, "idle": 4}
+_STATUS_RANK = {
+    "error": 0,
+    "running": 1,
+    "launching": 1,
+    "pending": 2,
+    "waiting": 2,
+    "held": 3,
+    "paused": 3,
+    "idle": 4,
+}
 _RESULT_RANK = {"failed": 0, "timed_out": 0, "unknown": 1, "killed": 1, "missed": 2, "succeeded": 4}
 
 #: sort name → (column key, key function); rows are ordered by (key, name), so ties go by name.
@@ -42,6 +51,21 @@ SORTS: dict[str, tuple[str, Callable[[JobRecord], Any]]] = {
     "last": ("last", lambda j: (_RESULT_RANK.get(j.last.state, 3) if j.last else 9, j.name)),
     "took": ("took", lambda j: (-(j.last.duration() or 0.0) if j.last else 1.0, j.name)),
 }
+
+
+def job_detail(job: JobRecord) -> str:
+    """The selected job's line under the table: why its pending run waits, its priority and locks."""
+    parts: list[str] = []
+    current = job.current
+    if current is not None and current.state == "pending" and current.reason:
+        parts.append(f"run {current.id} pending: {escape(current.reason)}")
+    elif job.held:
+        parts.append("held: new runs wait until released (h)")
+    if job.locks:
+        parts.append("locks " + escape(job.locks.replace(",", ", ")))
+    if job.priority:
+        parts.append(f"priority {job.priority}")
+    return f"{escape(job.name)}: " + " · ".join(parts) if parts else ""
 
 
 def job_matches(job: JobRecord, words: Sequence[str]) -> bool:
@@ -70,6 +94,7 @@ class JobsScreen(ViewScreen):
     BINDINGS = [
         Binding("r", "run_now", "Run now"),
         Binding("p", "toggle_pause", "Pause/resume"),
+        Binding("h", "toggle_hold", "Hold"),
         Binding("K", "kill", "Kill"),
         Binding("R", "rerun", "Rerun"),
         Binding("l", "open_log", "Log"),
@@ -135,10 +160,13 @@ class JobsScreen(ViewScreen):
         self._show_note()
 
     def _show_note(self) -> None:
-        """Under the table, the selected job's error: why it shows ERROR (a STATE cell has no room)."""
+        """Under the table, the selected job's error (why it shows ERROR: a STATE cell has no room), or
+        why its pending run waits, and its priority and locks."""
         job = self.selected
         note = self.query_one("#job-note", Static)
         text = f"⚠ {escape(job.name)}: {escape(job.error)}" if job is not None and job.error else ""
+        if job is not None and not text:
+            text = job_detail(job)
         if text != self._note:
             self._note = text
             note.update(Text(text))
@@ -265,6 +293,10 @@ class JobsScreen(ViewScreen):
     def action_run_now(self) -> None:
         if (job := self.selected) is not None:
             self.vigil.command_run_now(job.name)
+
+    def action_toggle_hold(self) -> None:
+        if (job := self.selected) is not None:
+            self.vigil.command_hold(job.name, release=job.held)
 
     def action_toggle_pause(self) -> None:
         if (job := self.selected) is not None:

@@ -14,7 +14,7 @@ HELP = r"""[b]Vigil dashboard — keys[/b]   (esc closes)
   [b]:[/] or [b]ctrl+p[/] command palette   [b]esc[/] clear filter, then back
   [b]j k[/] or arrows move   [b]g G[/] first, last   [b]enter[/] open
 
-[b $text-accent]Jobs[/]  [b]r[/] run now  [b]p[/] pause/resume  [b]K[/] kill its run  [b]R[/] rerun last
+[b $text-accent]Jobs[/]  [b]r[/] run now  [b]p[/] pause/resume  [b]h[/] hold/release  [b]K[/] kill  [b]R[/] rerun last
   [b]l[/] log of the current or last run   [b]/[/] filter: words in name, state, tags…
   sort [b]N[/] name  [b]S[/] state  [b]F[/] next fire  [b]L[/] last result  [b]D[/] took (twice: reverse)
 

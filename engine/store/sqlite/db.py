@@ -188,10 +188,22 @@ def init_schema(conn: sqlite3.Connection) -> None:
     try:
         for statement in split_sql(schema_sql()):
             conn.execute(statement)
+        _add_missing_columns(conn)
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
         raise
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Columns added since a database was made (CREATE TABLE IF NOT EXISTS leaves its tables as they are)."""
+    columns = {row[0] for row in conn.execute(QUERIES["job_state_columns"])}
+    if "held" not in columns:
+        conn.execute(QUERIES["add_job_state_held"])
+    columns = {row[0] for row in conn.execute(QUERIES["jobs_columns"])}
+    for column in ("priority", "locks"):
+        if column not in columns:
+            conn.execute(QUERIES[f"add_jobs_{column}"])
 
 
 def rollback_quietly(conn: sqlite3.Connection) -> None:

@@ -373,7 +373,9 @@ class Ledger:
         (max_id,) = (await self.query(QUERIES["max_run_id"]))[0]
         (mark,) = (await self.query(QUERIES["run_id_mark_value"]))[0]
         jobs = {
-            row["job"]: JobState(paused=bool(row["paused"]), last_fire=parse_iso(row["last_fire"]))
+            row["job"]: JobState(
+                paused=bool(row["paused"]), last_fire=parse_iso(row["last_fire"]), held=bool(row["held"])
+            )
             for row in await self.query(QUERIES["job_states"])
         }
         successes = {row["job"]: parse_iso(row["t"]) for row in await self.query(QUERIES["last_successes"])}

@@ -58,6 +58,10 @@ WHERE id = :run_id AND state IN ('pending', 'waiting', 'launching', 'running');
 UPDATE runs SET state = 'waiting', reason = :reason, writer_epoch = :epoch
 WHERE id = :run_id AND state IN ('launching', 'waiting');
 
+-- run_blocked --
+-- A pending run waits for a lock, a max_running slot or its job's release
+UPDATE runs SET reason = :reason, writer_epoch = :epoch WHERE id = :run_id AND state = 'pending';
+
 -- runs_pruned --
 -- Delete finished runs by id (a JSON array), unless another active has taken over
 DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:run_ids))
@@ -87,14 +91,41 @@ UPDATE job_state SET last_fire = NULL, writer_epoch = :epoch WHERE job = :job;
 INSERT INTO job_state (job, paused, writer_epoch) VALUES (:job, :paused, :epoch)
 ON CONFLICT (job) DO UPDATE SET paused = excluded.paused, writer_epoch = excluded.writer_epoch;
 
+-- job_state_columns --
+-- The columns of job_state (a database made by an older version lacks the newer ones)
+SELECT name FROM pragma_table_info('job_state');
+
+-- add_job_state_held --
+-- Migration: the `held` flag of `vigil hold`, added to a job_state made before it existed
+ALTER TABLE job_state ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+
+-- jobs_columns --
+-- The columns of the catalog (a database made by an older version lacks the newer ones)
+SELECT name FROM pragma_table_info('jobs');
+
+-- add_jobs_priority --
+-- Migration: a job's `priority` in the catalog
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+
+-- add_jobs_locks --
+-- Migration: a job's `locks` in the catalog ("gpu=1,db=1")
+ALTER TABLE jobs ADD COLUMN locks TEXT NOT NULL DEFAULT '';
+
+-- held --
+-- Hold or release a job (`vigil hold`): its new runs wait pending while held
+INSERT INTO job_state (job, held, writer_epoch) VALUES (:job, :held, :epoch)
+ON CONFLICT (job) DO UPDATE SET held = excluded.held, writer_epoch = excluded.writer_epoch;
+
 -- catalog_upsert --
 -- A job as the active loaded it (or the error that keeps it from loading)
-INSERT INTO jobs (name, path, schedule, enabled, agent, description, tags, next_fire, error, writer_epoch)
-VALUES (:name, :path, :schedule, :enabled, :agent, :description, :tags, :next_fire, :error, :epoch)
+INSERT INTO jobs (name, path, schedule, enabled, agent, description, tags, next_fire, error, priority, locks,
+    writer_epoch)
+VALUES (:name, :path, :schedule, :enabled, :agent, :description, :tags, :next_fire, :error, :priority, :locks,
+    :epoch)
 ON CONFLICT (name) DO UPDATE SET path = excluded.path, schedule = excluded.schedule,
     enabled = excluded.enabled, agent = excluded.agent, description = excluded.description,
     tags = excluded.tags, next_fire = excluded.next_fire, error = excluded.error,
-    writer_epoch = excluded.writer_epoch;
+    priority = excluded.priority, locks = excluded.locks, writer_epoch = excluded.writer_epoch;
 
 -- catalog_drop --
 -- A job no longer loaded leaves the catalog
@@ -227,8 +258,8 @@ SELECT COALESCE(MAX(id), 0) FROM runs;
 SELECT COALESCE(MAX(run_id), 0) FROM run_id_mark;
 
 -- job_states --
--- Every job's paused flag and last fire
-SELECT job, paused, last_fire FROM job_state;
+-- Every job's paused and held flags and last fire
+SELECT job, paused, held, last_fire FROM job_state;
 
 -- last_successes --
 -- The latest successful end of each job
@@ -361,8 +392,12 @@ SELECT state, COUNT(*) AS n FROM runs GROUP BY state;
 -- catalog --
 -- The active's catalog of jobs with their pause flag; `loaded` is 0 for a file that never loaded
 SELECT j.name, j.path, j.schedule, j.enabled, j.agent, j.description, j.tags, j.next_fire, j.error,
-    COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded
+    COALESCE(s.paused, 0) AS paused, (j.path != '') AS loaded, COALESCE(s.held, 0) AS held, j.priority, j.locks
 FROM jobs j LEFT JOIN job_state s ON s.job = j.name ORDER BY j.name;
+
+-- held_jobs --
+-- The jobs held now (`vigil hold`)
+SELECT job FROM job_state WHERE held = 1;
 
 -- paused_jobs --
 -- The jobs paused now

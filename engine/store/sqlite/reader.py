@@ -198,12 +198,19 @@ class SqliteReader:
                 error=row["error"],
                 paused=bool(row["paused"]),
                 loaded=bool(row["loaded"]),
+                held=bool(row["held"]),
+                priority=int(row["priority"] or 0),
+                locks=row["locks"] or "",
             )
             for row in self._rows("catalog")
         ]
 
     def paused_jobs(self) -> set[str]:
         return {row["job"] for row in self._rows("paused_jobs")}
+
+    def held_jobs(self) -> set[str]:
+        """The jobs held by `vigil hold` (their new runs wait pending)."""
+        return {row["job"] for row in self._rows("held_jobs")}
 
     def leader(self) -> LeaderRow:
         rows = self._rows("leader")

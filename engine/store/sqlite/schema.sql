@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS job_state (
     job TEXT PRIMARY KEY,
     paused INTEGER NOT NULL DEFAULT 0,
     last_fire TEXT,
+    held INTEGER NOT NULL DEFAULT 0,  -- added after 2026-12: a database made before gets it at open (db.py)
     writer_epoch INTEGER NOT NULL
 );
 
@@ -59,7 +60,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     tags TEXT NOT NULL DEFAULT '',
     next_fire TEXT,
     error TEXT,
-    writer_epoch INTEGER NOT NULL
+    writer_epoch INTEGER NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,  -- added after 2026-12 (with locks): db.py adds them to older files
+    locks TEXT NOT NULL DEFAULT ''
 );
 
 CREATE TABLE IF NOT EXISTS audit (

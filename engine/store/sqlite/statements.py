@@ -96,6 +96,10 @@ def _run_waiting(intent: i.RunWaiting, epoch: int) -> Bound:
     return QUERIES["run_waiting"], {"run_id": intent.run_id, "reason": intent.reason, "epoch": epoch}
 
 
+def _run_blocked(intent: i.RunBlocked, epoch: int) -> Bound:
+    return QUERIES["run_blocked"], {"run_id": intent.run_id, "reason": intent.reason, "epoch": epoch}
+
+
 def _runs_pruned(intent: i.RunsPruned, epoch: int) -> Bound:
     return QUERIES["runs_pruned"], {"run_ids": json.dumps(list(intent.run_ids)), "epoch": epoch}
 
@@ -118,6 +122,10 @@ def _paused(intent: i.Paused, epoch: int) -> Bound:
     return QUERIES["paused"], {"job": intent.job, "paused": int(intent.paused), "epoch": epoch}
 
 
+def _held(intent: i.Held, epoch: int) -> Bound:
+    return QUERIES["held"], {"job": intent.job, "held": int(intent.held), "epoch": epoch}
+
+
 def _catalog_upsert(intent: i.CatalogUpsert, epoch: int) -> Bound:
     return QUERIES["catalog_upsert"], {
         "name": intent.name,
@@ -129,6 +137,8 @@ def _catalog_upsert(intent: i.CatalogUpsert, epoch: int) -> Bound:
         "tags": intent.tags,
         "next_fire": iso(intent.next_fire),
         "error": intent.error,
+        "priority": intent.priority,
+        "locks": intent.locks,
         "epoch": epoch,
     }
 
@@ -281,11 +291,13 @@ _BINDERS: dict[type, Callable[[Any, int], Bound]] = {
     i.KillRequested: _kill_requested,
     i.AgentChosen: _agent_chosen,
     i.RunWaiting: _run_waiting,
+    i.RunBlocked: _run_blocked,
     i.RunsPruned: _runs_pruned,
     i.NotificationsPruned: _notifications_pruned,
     i.RunIdMark: _run_id_mark,
     i.LastFire: _last_fire,
     i.Paused: _paused,
+    i.Held: _held,
     i.CatalogUpsert: _catalog_upsert,
     i.CatalogDrop: _catalog_drop,
     i.CatalogCleared: _catalog_cleared,
