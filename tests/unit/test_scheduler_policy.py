@@ -621,12 +621,14 @@ async def test_a_burst_of_launches_is_cut_into_slices_and_a_run_killed_while_wai
         write_job(h.jobs, f"j{n:03d}", 'command = "true"\nevery = "1s"\n')
     h.executor_class = SlowLaunches
     s = await h.start()
-    await h.tick(1.0)  # 400 fires due at once
+    h.clock.advance(1.0)
+    await s.iterate()  # 400 fires due at once (no flush here: its await would let the loop turn)
     # The loop had other work to do long before all 400 were launched (200 ms of launching).
     first_slice = len(h.executor.launched)
     assert 0 < first_slice < 400
     last = max(r.id for r in s.table.runs.values() if r.state is RunState.LAUNCHING)
     reply = asyncio.create_task(s.command("kill", {"run_id": last, "user": "op"}))
+    await asyncio.sleep(0)  # the command is queued for the next iteration
     await h.tick()
     assert (await reply)["ok"]
     await async_wait(lambda: not s._to_launch, 10)
