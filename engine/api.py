@@ -72,6 +72,7 @@ RUN_FIELDS = (
     "peak_rss",
     "cpu_s",
     "agent",
+    "flow_id",
     "warnings",
 )
 
@@ -80,6 +81,7 @@ def run_json(run: Run) -> dict[str, Any]:
     """A run as `vigil runs --json` prints it; `warnings` a list of words (late, longer, shorter)."""
     doc = to_json(run, RUN_FIELDS)
     doc["warnings"] = list(run.warnings)
+    doc["outputs"] = dict(run.outputs)
     return doc
 
 

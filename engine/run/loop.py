@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import itertools
 import logging
 import os
@@ -42,7 +43,7 @@ from engine.errors import (
     VigilError,
 )
 from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
-from engine.exec.rundirs import HighWaterFile, run_dir_ids
+from engine.exec.rundirs import OUTPUT_FILE, HighWaterFile, read_output_file, run_dir_ids
 from engine.exec.runner import ShimExecutor
 from engine.linux import ClockSetWatch, FileWatch, wait_readable
 from engine.model import LeaderRow, RunState, Settings
@@ -548,6 +549,7 @@ class Scheduler:
                 p.last_fire[name] = state.last_fire
         p.last_success.update(start.last_success)
         p.last_outcome.update(start.last_end)  # `recovered` continues across takeovers
+        p.load_flows(start.flow_runs)  # flows with an open step continue where they were
         self._agents_up = dict(start.agents_up)  # so is agent_down / agent_up
 
     # ---------------------------------------------------------------- executors
@@ -572,6 +574,9 @@ class Scheduler:
         info.agent = job.agent  # a pending run launches as its job is configured now
         executor = self._executor_for(info)
         assert executor is not None
+        if flow_env := self.planner.launch_env(info):
+            # The outputs of the flow's earlier steps; the job's own `env` wins.
+            job = dataclasses.replace(job, env=tuple({**flow_env, **dict(job.env)}.items()))
         try:
             executor.launch(info, job)
         except LaunchError as exc:  # e.g. a missing workdir: the message is the reason
@@ -607,6 +612,14 @@ class Scheduler:
         """A run's end, from its executor: handled in the next iteration."""
         self._finished.append(result)
         self._wake.set()
+
+    def _read_outputs(self, finished: list[ShimExit]) -> None:
+        """What each flow step that ran here wrote to its `$VIGIL_OUTPUT` file, for the planner."""
+        for result in finished:
+            info = self.table.get(result.run_id)
+            if info is None or info.flow_id not in self.planner.flows or info.agent:
+                continue
+            result.output, result.output_truncated = read_output_file(self.paths.run_dir(info.id) / OUTPUT_FILE)
 
     def _finish_later(self, info: RunInfo, state: RunState, reason: str, now: datetime) -> None:
         """End a run from inside a commit; what follows (retry, queued run) goes into the next one."""
@@ -686,6 +699,7 @@ class Scheduler:
         # the fires are due again and take the catch-up path, and the commands report the error.
         batch, self._carry = self._carry, Batch()
         finished, self._finished = self._finished, []
+        self._read_outputs(finished)
         p.handle_finished(finished, now, batch)
         self._handle_deadlines(mono)
         p.handle_retries(mono, batch)

@@ -59,6 +59,7 @@ class Reconciler:
                 not_before=run.not_before,
                 agent=run.agent,
                 started_at=run.started_at,
+                flow_id=run.flow_id,
             )
             if run.agent and self.agents is not None and info.state is not RunState.PENDING:
                 table.track(info, active=True)

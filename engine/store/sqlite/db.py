@@ -188,10 +188,28 @@ def init_schema(conn: sqlite3.Connection) -> None:
     try:
         for statement in split_sql(schema_sql()):
             conn.execute(statement)
+        migrate(conn)
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
         raise
+
+
+#: Columns added since the first schema: (table, column, declaration). A database written by an
+#: older Vigil gets them when it is opened for writing; its rows read them as NULL.
+ADDED_COLUMNS = (
+    ("runs", "flow_id", "INTEGER"),
+    ("runs", "outputs", "TEXT"),
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns (and their indexes) an older database lacks, inside init_schema's transaction."""
+    for table, column, declaration in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    conn.execute(QUERIES["runs_flow_index"])
 
 
 def rollback_quietly(conn: sqlite3.Connection) -> None:
