@@ -331,7 +331,7 @@ class Planner:
         """
         name = job.name
         # A fire of a job that others depend on starts a flow; a step of one stays in it.
-        starts_flow = flow_id is None and bool(self.downstream.get(name))
+        starts_flow = flow_id is None and any(down not in self.triggers for down in self.downstream.get(name, ()))
 
         def skipped(reason: str) -> RunInfo:
             return self.new_row(
