@@ -402,3 +402,27 @@ def test_a_cycle_through_a_failure_edge_is_an_error(tmp_path: Path) -> None:
 
 def test_a_plain_after_name_means_success() -> None:
     assert job("down", after=("up",)).after_edges == (AfterEdge("up", Condition.SUCCESS),)
+
+
+def test_a_step_skipped_by_its_overlap_policy_ends_its_branch_of_the_flow() -> None:
+    p = Plan()
+    p.scan(job("root", overlap=Overlap.ALLOW), job("step", after=("root",)), job("last", after=("step",)))
+    first = start(p, "root")
+    (busy,) = end(p, first.id).rows  # `step` of the first flow is still running
+    second = start(p, "root")
+    rows = by_job(end(p, second.id))
+    assert (rows["step"].state, rows["step"].reason) == (RunState.SKIPPED, f"overlap=skip: run {busy.id} still running")
+    assert (rows["last"].state, rows["last"].reason) == (
+        RunState.SKIPPED,
+        f"after: step skipped (run {rows['step'].id}); this step needs success",
+    )
+    assert second.id not in p.planner.flows  # nothing of it is open: it has ended
+
+
+def test_the_sample_flow_loads_with_its_failure_branch() -> None:
+    from engine.config import load_folder
+
+    result = load_folder(Path(__file__).resolve().parents[2] / "sample_jobs")
+    assert result.errors == []
+    assert result.jobs["flow/quarantine"].after_edges == (AfterEdge("flow/validate", Condition.FAILURE),)
+    assert {edge.on for edge in result.jobs["flow/cleanup"].after_edges} == {Condition.DONE}
