@@ -619,7 +619,7 @@ class Planner:
     def _flow_verdict(self, flow: flows.Flow, job: JobSpec) -> flows.Verdict:
         """`flows.judge` on the edges within the flow; an edge to a job outside it keeps the rule of
         jobs without flows (succeeded since this job's last fire), which, unmet, is waited for."""
-        verdict = flows.judge(job.after_edges, flow)
+        verdict = flows.judge(job, flow)
         if not verdict.ready:
             return verdict
         outside = tuple(name for name in job.after if name not in flow.members)

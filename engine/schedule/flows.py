@@ -76,33 +76,35 @@ def members_of(root: str, downstream: Mapping[str, Iterable[str]], scheduled: It
     return frozenset(seen)
 
 
-def describe_end(edge: AfterEdge, end: StepEnd) -> str:
-    """ "etl/extract failed (run 41)"."""
-    return f"{edge.job} {end.state} (run {end.run_id})"
+def describe_end(job: str, end: StepEnd) -> str:
+    """An upstream's end as reasons name it: `etl/extract failed (run 41)`."""
+    return f"{job} {end.state} (run {end.run_id})"
 
 
-def judge(edges: Iterable[AfterEdge], flow: Flow) -> Verdict:
+def judge(job: JobSpec, flow: Flow) -> Verdict:
     """A step's edges to jobs of its flow, judged on their ends in that flow.
 
     An edge whose upstream ended in a way its condition does not take can never be met in this flow:
-    the step is skipped, saying which. One whose upstream has not ended yet is waited for.
+    the step is skipped, saying which. One whose upstream has not ended yet is waited for. (A join
+    after 1,000 steps is judged at each of their ends: no record is made per edge until one is named.)
     """
-    met: list[str] = []
+    met: list[tuple[str, StepEnd]] = []
     waiting: list[AfterEdge] = []
-    for edge in edges:
-        if edge.job not in flow.members:
+    conditions = job.after_on or (Condition.SUCCESS,) * len(job.after)
+    for name, on in zip(job.after, conditions, strict=True):
+        if name not in flow.members:
             continue  # judged by the planner with the rule of jobs outside flows
-        end = flow.ends.get(edge.job)
+        end = flow.ends.get(name)
         if end is None:
-            waiting.append(edge)
-        elif edge.on.met_by(end.state):
-            met.append(describe_end(edge, end))
+            waiting.append(AfterEdge(name, on))
+        elif on.met_by(end.state):
+            met.append((name, end))
         else:
-            needs = "success" if edge.on is Condition.SUCCESS else f"on = {edge.on}"
-            return Verdict(False, True, f"after: {describe_end(edge, end)}; this step needs {needs}")
+            needs = "success" if on is Condition.SUCCESS else f"on = {on}"
+            return Verdict(False, True, f"after: {describe_end(name, end)}; this step needs {needs}")
     if waiting:
         return Verdict(False, False, waiting_text(waiting), tuple(waiting))
-    return Verdict(True, False, "after: " + ", ".join(met))
+    return Verdict(True, False, "after: " + ", ".join(describe_end(name, end) for name, end in met))
 
 
 def waiting_text(edges: Iterable[AfterEdge]) -> str:
@@ -113,7 +115,7 @@ def waiting_text(edges: Iterable[AfterEdge]) -> str:
 def waiting_for(job: JobSpec, flow: Flow) -> list[tuple[str, Condition]]:
     """What a step of `flow` still waits for: (upstream job, condition) of each edge whose upstream
     has not ended in the flow (for `vigil why`). Empty once it can start or be skipped."""
-    return [(edge.job, edge.on) for edge in judge(job.after_edges, flow).waiting_for]
+    return [(edge.job, edge.on) for edge in judge(job, flow).waiting_for]
 
 
 def ancestors(job: str, jobs: Mapping[str, JobSpec], members: frozenset[str]) -> set[str]:
