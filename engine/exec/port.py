@@ -41,6 +41,8 @@ class RunInfo:
     started_mono: float | None = None  #: when this process started it, on the monotonic clock
     deadline_mono: float | None = None  #: `deadline` on the monotonic clock, once armed
     flow_id: int | None = None  #: the flow it is a step of (the planner tracks the flow while it is open)
+    #: the outputs of its flow's earlier steps, set at its launch (its job's `env` goes over them)
+    flow_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass

@@ -579,7 +579,9 @@ class Scheduler:
         executor = self._executor_for(info)
         assert executor is not None
         if flow_env := self.planner.launch_env(info):
-            # The outputs of the flow's earlier steps; the job's own `env` wins.
+            # The outputs of the flow's earlier steps; the job's own `env` wins. An agent's dispatch
+            # (which may come later, once an agent is up) reads them from the run.
+            info.flow_env = tuple(flow_env.items())
             job = dataclasses.replace(job, env=tuple({**flow_env, **dict(job.env)}.items()))
         try:
             executor.launch(info, job)

@@ -61,6 +61,7 @@ class Reconciler:
                 started_at=run.started_at,
                 flow_id=run.flow_id,
             )
+            info.flow_env = tuple(p.launch_env(info).items())  # a dispatch still to come takes them
             if run.agent and self.agents is not None and info.state is not RunState.PENDING:
                 table.track(info, active=True)
                 self.agents.adopt(info)  # its end, whatever it is, comes as a finished run
