@@ -121,7 +121,7 @@ def test_rerun_from_failed_reruns_the_failed_step_and_what_follows_in_the_same_f
     assert missing.returncode == 3 and "no flow with id 999999" in missing.stderr
 
 
-def test_a_flow_survives_a_sigkill_of_the_active_and_its_join_runs_once(
+def test_the_standby_finishes_a_flow_after_a_sigkill_of_the_active_and_its_join_runs_once(
     start_up, state_dir: Path, jobs_dir: Path, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
@@ -136,6 +136,8 @@ def test_a_flow_survives_a_sigkill_of_the_active_and_its_join_runs_once(
     write_job(jobs_dir, "join", 'after = ["left", "right"]\ncommand = "echo join $DAY $LEFT $RIGHT"\n')
     first = start_up()
     first.wait_active()
+    second = start_up()  # a standby
+    wait_for(lambda: second.pid in {s["pid"] for s in vigil_json(state_dir, "status")["standbys"]}, 5)
     root = int(vigil(state_dir, "run", "root").stdout.split()[2])
     wait_for(
         lambda: len([r for r in runs(state_dir, "--flow", str(root)) if r["state"] == "running"]) == 2,
@@ -143,9 +145,8 @@ def test_a_flow_survives_a_sigkill_of_the_active_and_its_join_runs_once(
         what="left and right to run",
     )
     first.kill9()
-    gate.touch()  # both end while no scheduler is active
-    second = start_up()
-    second.wait_active()
+    gate.touch()  # both end around the failover
+    second.wait_active()  # the standby takes over and finishes the flow
     done = wait_for(lambda: flow_ended(state_dir, root, 4), 15, what="the flow to end after the takeover")
     joins = [run for run in done if run["job"] == "join"]
     assert len(joins) == 1 and joins[0]["state"] == "succeeded" and joins[0]["flow_id"] == root
