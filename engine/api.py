@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.control import ControlClient
 from engine.errors import ConfigError, ControlError
-from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, Run, RunsWindow, to_json
+from engine.model import AgentRow, AuditRow, FailoverRow, FlowRow, JobRow, Run, RunsWindow, to_json
 from engine.paths import StatePaths
 from engine.store.abc import ChannelHealth
 from engine.store.sqlite.reader import SqliteReader
@@ -38,6 +38,7 @@ __all__ = [
     "ClusterStatus",
     "ControlClient",
     "FailoverRow",
+    "FlowRow",
     "JobFilesReader",
     "JobFilesView",
     "JobRow",

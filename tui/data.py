@@ -33,6 +33,7 @@ from engine.api import (
     AuditRow,
     ChannelHealth,
     FailoverRow,
+    FlowRow,
     JobFilesReader,
     JobFilesView,
     JobRow,
@@ -44,7 +45,7 @@ from engine.api import (
 )
 from engine.control import COMMAND_TIMEOUT_S, ControlClient
 from engine.errors import ControlError, NoActiveSchedulerError, VigilError
-from engine.model import ACTIVE_STATES, OPEN_STATES, FlowRow, flow_summary
+from engine.model import ACTIVE_STATES, OPEN_STATES, flow_summary
 from engine.paths import StatePaths
 
 __all__ = [
