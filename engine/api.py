@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.control import ControlClient
 from engine.errors import ConfigError, ControlError
-from engine.model import AgentRow, AuditRow, FailoverRow, JobRow, ResourceUse, Run, RunsWindow, to_json
+from engine.model import AgentRow, AuditRow, FailoverRow, FlowRow, JobRow, ResourceUse, Run, RunsWindow, to_json
 from engine.paths import StatePaths
 from engine.store.abc import ChannelHealth
 from engine.store.sqlite.reader import SqliteReader
@@ -38,6 +38,7 @@ __all__ = [
     "ClusterStatus",
     "ControlClient",
     "FailoverRow",
+    "FlowRow",
     "JobFilesReader",
     "JobFilesView",
     "JobRow",
@@ -73,6 +74,7 @@ RUN_FIELDS = (
     "peak_rss",
     "cpu_s",
     "agent",
+    "flow_id",
     "warnings",
 )
 
@@ -81,6 +83,7 @@ def run_json(run: Run) -> dict[str, Any]:
     """A run as `vigil runs --json` prints it; `warnings` a list of words (late, longer, shorter)."""
     doc = to_json(run, RUN_FIELDS)
     doc["warnings"] = list(run.warnings)
+    doc["outputs"] = dict(run.outputs)
     return doc
 
 

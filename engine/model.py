@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
@@ -76,6 +77,10 @@ class Run:
     cpu_s: float | None = None
     command: str | None = None  #: JSON text of the command as launched
     warnings: tuple[str, ...] = ()  #: the RunWarning words raised on it ("late", "longer", "shorter")
+    #: the id of the run that started its flow (its own id when it started one or is in none)
+    flow_id: int | None = None
+    #: the NAME=value pairs it wrote to $VIGIL_OUTPUT, in the order written (flow steps only)
+    outputs: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_open(self) -> bool:
@@ -217,7 +222,9 @@ class JobSpec:
     every: float | None = None  #: seconds
     at: datetime | None = None  #: aware
     timezone: str = "UTC"
-    after: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  #: upstream job names, in the file's order
+    #: the condition of each `after` entry, same order; empty when all are `success`
+    after_on: tuple[Condition, ...] = ()
     timeout: float | None = None  #: seconds
     retries: int = 0
     retry_delay: float = 10.0  #: seconds before the first retry; doubles each attempt
@@ -251,8 +258,41 @@ class JobSpec:
         if self.at is not None:
             parts.append(f"at {self.at.isoformat()}")
         if self.after:
-            parts.append("after " + ",".join(self.after))
+            parts.append("after " + ",".join(str(edge) for edge in self.after_edges))
         return "; ".join(parts) or "manual"
+
+    @property
+    def after_edges(self) -> tuple[AfterEdge, ...]:
+        """Each `after` entry with its condition."""
+        if not self.after_on:
+            return tuple(AfterEdge(name) for name in self.after)
+        return tuple(AfterEdge(name, on) for name, on in zip(self.after, self.after_on, strict=True))
+
+
+class Condition(StrEnum):
+    """`after = [{ job = ..., on = ... }]`: which final end of the upstream lets the step run."""
+
+    SUCCESS = "success"  #: it succeeded (a plain string in `after` means this)
+    FAILURE = "failure"  #: failed, timed out, killed or unknown, after its last retry
+    DONE = "done"  #: any final end, skipped included
+
+    def met_by(self, state: RunState) -> bool:
+        if self is Condition.SUCCESS:
+            return state is RunState.SUCCEEDED
+        if self is Condition.FAILURE:
+            return state in FAILURE_STATES
+        return state.terminal
+
+
+@dataclass(frozen=True, slots=True)
+class AfterEdge:
+    """One `after` entry: an upstream job and the condition on its end."""
+
+    job: str
+    on: Condition = Condition.SUCCESS
+
+    def __str__(self) -> str:
+        return self.job if self.on is Condition.SUCCESS else f"{self.job}({self.on})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,3 +438,57 @@ class RunsWindow:
     newer: int  #: matching runs newer than the page: its first row is number `newer + 1`
     total: int  #: matching runs in all (never fewer than the page and those before it)
     count_base: tuple[int, int]  #: (anchor id, matching runs up to it): pass back to skip a full count
+
+
+class FlowState(StrEnum):
+    """A flow as `vigil flows` shows it, from the latest run of each of its steps."""
+
+    RUNNING = "running"  #: a step is open (a later one may still start)
+    SUCCEEDED = "succeeded"  #: every step's latest run succeeded or was skipped
+    FAILED = "failed"  #: a step's latest run failed, timed out, was killed or is unknown
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRow:
+    """One flow: the runs that share a `flow_id`, summed up."""
+
+    id: int  #: the flow id: the run that started it
+    root_job: str
+    state: FlowState
+    started_at: datetime  #: its root run's creation
+    ended_at: datetime | None  #: its last step's end, once no step is open
+    steps: dict[str, int]  #: run state → how many steps (jobs) have their latest run in it
+    runs: int  #: rows in all, retries and reruns included
+
+
+def latest_steps(runs: Iterable[Run]) -> dict[str, Run]:
+    """Each job's latest run (highest id) among a flow's runs: the step's current outcome."""
+    latest: dict[str, Run] = {}
+    for run in runs:
+        if run.job not in latest or run.id > latest[run.job].id:
+            latest[run.job] = run
+    return latest
+
+
+def flow_summary(flow_id: int, runs: Sequence[Run]) -> FlowRow:
+    """The flow `flow_id` from its runs (at least one)."""
+    root = next((run for run in runs if run.id == flow_id), min(runs, key=lambda run: run.id))
+    steps = latest_steps(runs)
+    counts: dict[str, int] = {}
+    for run in steps.values():
+        counts[run.state.value] = counts.get(run.state.value, 0) + 1
+    if any(run.is_open for run in steps.values()):
+        state, ended = FlowState.RUNNING, None
+    else:
+        failed = any(run.state in FAILURE_STATES for run in steps.values())
+        state = FlowState.FAILED if failed else FlowState.SUCCEEDED
+        ended = max((run.ended_at for run in runs if run.ended_at is not None), default=None)
+    return FlowRow(
+        id=flow_id,
+        root_job=root.job,
+        state=state,
+        started_at=root.created_at,
+        ended_at=ended,
+        steps=dict(sorted(counts.items())),
+        runs=len(runs),
+    )

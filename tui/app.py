@@ -33,6 +33,7 @@ from tui.data import Run, Snapshot, StateSource, utc_now
 from tui.screens.agents import AgentsScreen
 from tui.screens.base import ViewScreen
 from tui.screens.cluster import ClusterScreen
+from tui.screens.flow import FlowScreen
 from tui.screens.jobs import JobsScreen
 from tui.screens.modals import ConfirmScreen, HelpScreen
 from tui.screens.run import RunScreen
@@ -192,6 +193,9 @@ class VigilApp(App[int]):
 
     def show_run(self, run_id: int) -> None:
         self.push_screen(RunScreen(run_id))
+
+    def show_flow(self, flow_id: int) -> None:
+        self.push_screen(FlowScreen(flow_id))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

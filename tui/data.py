@@ -34,6 +34,7 @@ from engine.api import (
     ChannelHealth,
     ClusterStatus,
     FailoverRow,
+    FlowRow,
     JobFilesReader,
     JobFilesView,
     JobRow,
@@ -46,7 +47,7 @@ from engine.api import (
 )
 from engine.control import COMMAND_TIMEOUT_S, ControlClient
 from engine.errors import ControlError, NoActiveSchedulerError, VigilError
-from engine.model import ACTIVE_STATES, OPEN_STATES
+from engine.model import ACTIVE_STATES, OPEN_STATES, flow_summary
 from engine.paths import StatePaths
 
 __all__ = [
@@ -66,6 +67,23 @@ __all__ = [
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
+
+
+#: The flow view reads at most this many of a flow's runs (the newest).
+FLOW_VIEW_MAX_RUNS = 5000
+
+
+def after_edges(schedule: str) -> tuple[tuple[str, str], ...]:
+    """The `after` edges of a job from its schedule text (`JobSpec.schedule_text`: "after a,b(failure)"),
+    as (upstream job, condition) pairs; a job read from the catalog has no other record of them."""
+    for part in schedule.split("; "):
+        if part.startswith("after "):
+            edges = []
+            for item in part[len("after ") :].split(","):
+                name, _, on = item.partition("(")
+                edges.append((name, on.rstrip(")") or "success"))
+            return tuple(edges)
+    return ()
 
 
 def utc_now() -> datetime:
@@ -566,6 +584,18 @@ class StateSource:
                 return self._reader().run(run_id)
             except VigilError:
                 return None
+
+        return await self._in_pool(read)
+
+    async def flow(self, flow_id: int) -> tuple[FlowRow, list[Run]] | None:
+        """A flow's summary and its runs, oldest first; None when no run has that flow id."""
+
+        def read() -> tuple[FlowRow, list[Run]] | None:
+            try:
+                runs = self._reader().flow_runs(flow_id, limit=FLOW_VIEW_MAX_RUNS)[::-1]
+            except VigilError:
+                return None
+            return (flow_summary(flow_id, runs), runs) if runs else None
 
         return await self._in_pool(read)
 

@@ -757,7 +757,7 @@ class AgentDispatcher:
             "scheduled_for": iso(info.scheduled_for),
             "attempt": info.attempt,
             "command": job.command if isinstance(job.command, str) else list(job.command),
-            "env": dict(job.env),
+            "env": {**dict(info.flow_env), **dict(job.env)},  # a flow step's inputs under its own env
             "workdir": job.workdir,
             "user": job.user,  # the agent checks it against its own privileges when it launches
             "timeout": job.timeout,

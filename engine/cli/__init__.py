@@ -87,6 +87,43 @@ def _run_id(args: argparse.Namespace) -> int:
     return run_id
 
 
+def _flow_id(given: str) -> int:
+    """A --flow argument: the id of the run that started the flow."""
+    from engine.ids import MAX_ROW_ID, as_row_id
+
+    flow_id = as_row_id(given)
+    if flow_id is None:
+        raise VigilError(f"--flow {given!r}: expected a flow id (a run id), a whole number from 0 to {MAX_ROW_ID}")
+    return flow_id
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    from engine.clock import iso
+    from engine.ids import MAX_ROW_ID
+    from engine.model import to_json
+
+    if not 0 < args.limit <= MAX_ROW_ID:
+        raise VigilError(f"--limit {args.limit}: expected a whole number from 1 to {MAX_ROW_ID}")
+    reader = _reader(args)
+    flows = reader.flows(job=args.job, limit=args.limit)
+    if args.json:
+        _print_json([to_json(flow) for flow in flows])
+        return EXIT_OK
+    rows = [
+        [
+            str(flow.id),
+            flow.root_job,
+            flow.state.value,
+            _short_time(iso(flow.started_at)),
+            _short_time(iso(flow.ended_at)) if flow.ended_at else "-",
+            ", ".join(f"{count} {state}" for state, count in flow.steps.items()),
+        ]
+        for flow in flows
+    ]
+    print(_table(rows, ["FLOW", "ROOT JOB", "STATE", "STARTED (UTC)", "ENDED (UTC)", "STEPS"]))
+    return EXIT_OK
+
+
 def _reader(args: argparse.Namespace) -> StateReader:
     from engine.api import StateReader
 
@@ -286,7 +323,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if problem := job_name_problem(args.job):  # names come from file paths: this one cannot
             raise VigilError(f"--job {quote(args.job, whole=True)}: no job can have this name ({problem})")
     reader = _reader(args)
-    runs = reader.runs(job=args.job, state=args.status, limit=args.limit)
+    if args.flow is not None:
+        flow_id = _flow_id(args.flow)
+        runs = [
+            r
+            for r in reader.flow_runs(
+                flow_id, limit=args.limit if args.job is None and args.status is None else 1 << 62
+            )
+            if (args.job is None or r.job == args.job) and (args.status is None or r.state == args.status)
+        ][: args.limit]
+    else:
+        runs = reader.runs(job=args.job, state=args.status, limit=args.limit)
     if args.json:
         _print_json([run_json(r) for r in runs])
         return EXIT_OK
@@ -373,6 +420,20 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
+    if args.flow is not None:
+        if args.run_id is not None:
+            raise VigilError("give a run id or --flow ID --from-failed, not both")
+        if not args.from_failed:
+            raise VigilError("--flow ID needs --from-failed (rerun the flow's failed steps and what follows them)")
+        flow_id = _flow_id(args.flow)
+        reply = _control(args, "rerun_flow", flow_id=flow_id)
+        ids = ", ".join(map(str, reply["run_ids"]))
+        print(f"flow {flow_id}: failed steps rerun as run {ids}")
+        return EXIT_OK
+    if args.from_failed:
+        raise VigilError("--from-failed needs --flow ID")
+    if args.run_id is None:
+        raise VigilError("give the run id to rerun (see `vigil runs`), or --flow ID --from-failed")
     args.run_id = _run_id(args)
     reply = _control(args, "rerun", run_id=args.run_id)
     print(f"rerun of {args.run_id} started as run {reply['run_id']}")
@@ -622,7 +683,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", help="only this job")
     p.add_argument("--status", metavar="STATE", help="only runs in this state (e.g. failed, running)")
     p.add_argument("--limit", type=int, default=50, help="at most N runs (default 50)")
+    p.add_argument("--flow", metavar="ID", help="only the runs of this flow (see `vigil flows`)")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser(
+        "flows", parents=[common, as_json], help="list flows (a run and the steps after it), newest first"
+    )
+    p.add_argument("--job", help="only flows with a step of this job")
+    p.add_argument("--limit", type=int, default=50, help="at most N flows (default 50)")
+    p.set_defaults(func=cmd_flows)
 
     p = sub.add_parser("logs", parents=[common, jobs], help="print a run's captured stdout+stderr")
     p.add_argument("run_id", help="a run id (see `vigil runs`)")
@@ -647,7 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.set_defaults(func=cmd_kill)
     p = sub.add_parser("rerun", parents=[common], help="run a finished run's job again, as a new run")
-    p.add_argument("run_id")
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--flow", metavar="ID", help="with --from-failed: the flow whose failed steps to rerun")
+    p.add_argument(
+        "--from-failed",
+        action="store_true",
+        help="rerun the failed steps of a finished flow and what follows them, as new attempts in the flow",
+    )
     p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser(

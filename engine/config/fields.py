@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from engine.config.sources import SourceFile, Value
 from engine.durations import MAX_DURATION_LABEL, parse_duration, within_max_duration
 from engine.errors import ConfigError
-from engine.model import Catchup, JobSpec, Overlap, Threshold
+from engine.model import AfterEdge, Catchup, Condition, JobSpec, Overlap, Threshold
 from engine.notify.events import EventKind
 from engine.schedule import validate_cron
 from engine.text import describe, quote, show
@@ -272,15 +272,46 @@ def _command_array(value: list[object]) -> tuple[str, ...]:
     return items
 
 
-def as_after(value: object) -> tuple[str, ...]:
-    names = as_string_list(value, "job names")
+_CONDITIONS = frozenset(c.value for c in Condition)
+
+
+def as_after(value: object) -> tuple[AfterEdge, ...]:
+    """`after`: job names (each meaning `on = "success"`) or `{ job = NAME, on = CONDITION }` tables."""
+    if not isinstance(value, list):
+        raise _expected("an array of job names", value)  # (or of { job, on } tables: docs/jobs.md)
     problems: list[tuple[tuple[str, ...], str]] = []
-    for name in names:
-        if name.startswith(("/", "./", "../")) or name.endswith(".toml"):
+    edges: dict[str, AfterEdge] = {}
+    conditions = ", ".join(quote(c.value) for c in Condition)
+    for number, item in enumerate(value, start=1):
+        where = f"item {number}"
+        name: object
+        on: object = Condition.SUCCESS.value
+        if isinstance(item, dict):
+            unknown = sorted(set(item) - {"job", "on"})
+            if unknown:
+                problems.append(((), f"{where}: unknown key {quote(unknown[0])} (a table takes `job` and `on`)"))
+                continue
+            if "job" not in item:
+                problems.append(((), f"{where}: missing `job` (the upstream job's name)"))
+                continue
+            name, on = item["job"], item.get("on", on)
+        else:
+            name = item
+        if not isinstance(name, str):
+            problems.append(((), f"{where}: expected a string, got {describe(name)} (or a {{ job, on }} table)"))
+        elif not name.strip():
+            problems.append(((), f"{where}: must not be empty"))
+        elif name.startswith(("/", "./", "../")) or name.endswith(".toml"):
             problems.append(((), f'{quote(name)}: use the job\'s full name under the folder, e.g. "etl/extract"'))
+        elif not isinstance(on, str) or on not in _CONDITIONS:
+            problems.append(((), f"{where} ({quote(name)}): `on` must be one of {conditions}, got {describe(on)}"))
+        elif name in edges and edges[name].on != on:
+            problems.append(((), f"{where}: {quote(name)} is listed twice with different conditions"))
+        else:
+            edges.setdefault(name, AfterEdge(name, Condition(on)))
     if problems:
         raise BadValue.many(problems)
-    return tuple(names)
+    return tuple(edges.values())
 
 
 def as_env(value: object) -> dict[str, str]:

@@ -34,7 +34,7 @@ from engine.config.sources import SourceFile, Value, link_problem, not_regular, 
 from engine.config.watch import FULL_WALK_EVERY, FULL_WALK_SHARE, DirWatch
 from engine.durations import MAX_DURATION_YEARS
 from engine.errors import ConfigError
-from engine.model import JobSpec, Settings
+from engine.model import AfterEdge, Condition, JobSpec, Settings
 from engine.text import quote
 from engine.users import accounts_stamp, find_account, run_as_problem
 
@@ -163,6 +163,11 @@ def _build_spec(
     }
     if "env" in values:
         values["env"] = shared.one(tuple(shared.one(pair) for pair in sorted(values["env"].items())))
+    if "after" in values:
+        edges: tuple[AfterEdge, ...] = values["after"]
+        values["after"] = shared.one(tuple(edge.job for edge in edges))
+        if any(edge.on is not Condition.SUCCESS for edge in edges):
+            values["after_on"] = shared.one(tuple(edge.on for edge in edges))
     if "at" in values:
         at = _aware_at(values["at"], values.get("timezone", JOB_FIELDS["timezone"].default))
         if at is None:
@@ -584,7 +589,9 @@ class JobFolder:
         after = values.get("after")
         if after is not None:
             errors.extend(
-                source.error(("after",), f"job {quote(up)} does not exist") for up in after.value if up not in jobs
+                source.error(("after",), f"job {quote(edge.job)} does not exist")
+                for edge in after.value
+                if edge.job not in jobs
             )
         return errors, _notify_errors(source, values, self._targets)
 

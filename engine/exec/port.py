@@ -40,6 +40,9 @@ class RunInfo:
     started_at: datetime | None = None  #: when it started (as recorded), once it is running
     started_mono: float | None = None  #: when this process started it, on the monotonic clock
     deadline_mono: float | None = None  #: `deadline` on the monotonic clock, once armed
+    flow_id: int | None = None  #: the flow it is a step of (the planner tracks the flow while it is open)
+    #: the outputs of its flow's earlier steps, set at its launch (its job's `env` goes over them)
+    flow_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -58,6 +61,9 @@ class ShimExit:
     #: A run that ended while no scheduler was active is reported only at the takeover. The planner
     #: bounds it by the run's start and now.
     ended_at: datetime | None = None
+    #: what the run wrote to `$VIGIL_OUTPUT` (read only for a flow's steps; None: nothing or not read)
+    output: bytes | None = None
+    output_truncated: bool = False  #: the file was larger than what was read
 
 
 class Adopted(StrEnum):

@@ -243,3 +243,17 @@ def _same_run(run_dir: Path, identity: dict[str, str | None]) -> bool:
         return False
     keys = ("job", "scheduled_for", "attempt")
     return all(recorded.get(k) == identity.get(k) for k in keys)
+
+
+#: The file a run may write `NAME=value` lines to (`$VIGIL_OUTPUT`): a flow step's outputs.
+OUTPUT_FILE = "output"
+
+
+def read_output_file(path: Path, limit: int = 64 * 1024) -> tuple[bytes | None, bool]:
+    """A run's output file, up to `limit` bytes, and whether there was more; (None, False) if absent."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)
+    except OSError:
+        return None, False
+    return data[:limit], len(data) > limit

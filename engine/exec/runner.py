@@ -17,6 +17,7 @@ from engine.clock import iso
 from engine.exec.local import LocalExecutor, gather_evidence
 from engine.exec.port import Adopted, Adoption, RunContext, RunInfo
 from engine.exec.reconcile import Action, decide
+from engine.exec.rundirs import OUTPUT_FILE
 from engine.model import JobSpec, Settings
 from engine.users import Account, job_environment, run_as
 
@@ -50,6 +51,7 @@ class ShimExecutor:
             VIGIL_SCHEDULED_FOR=iso(run.scheduled_for) or "",
             VIGIL_ATTEMPT=str(run.attempt),
             VIGIL_EPOCH=str(self.ctx.store.epoch),
+            VIGIL_OUTPUT=str(self.ctx.paths.run_dir(run.id) / OUTPUT_FILE),
         )
         self.local.launch(run.id, job.command, env, job.workdir, account)
 

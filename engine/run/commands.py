@@ -38,6 +38,7 @@ class Op(StrEnum):
     RELEASE = "release"
     KILL = "kill"
     RERUN = "rerun"
+    RERUN_FLOW = "rerun_flow"  #: `vigil rerun --flow ID --from-failed`
     PRUNE = "prune"
     STATUS = "status"
 
@@ -68,8 +69,10 @@ class Commands:
         """The command's reply (without "ok"); raises VigilError to refuse it. Audited either way."""
         user = str(cmd.args.get("user", "?"))
         # A rerun names the run it repeats (its job is in the result and in the new row).
-        key = "run_id" if cmd.op in (Op.KILL, Op.RERUN) else "job"
+        key = "run_id" if cmd.op in (Op.KILL, Op.RERUN) else "flow_id" if cmd.op == Op.RERUN_FLOW else "job"
         target = str(cmd.args.get(key) or "")
+        if cmd.op == Op.RERUN_FLOW:
+            target = f"flow {target}"
 
         def audit(result: str) -> None:
             batch.intents.append(i.Audit(now, user, cmd.op, target, result))
@@ -114,6 +117,11 @@ class Commands:
             return {"job": name, "paused": paused}
         if op == Op.RERUN:
             return self._rerun(run_id_of(args), args, now, batch)
+        if op == Op.RERUN_FLOW:
+            flow_id = flow_id_of(args)
+            runs = args.get("flow_runs") or []  # read from the ledger by the loop (Scheduler.command)
+            ids = p.rerun_flow(flow_id, runs, str(args.get("user", "?")), now, batch)
+            return {"flow_id": flow_id, "run_ids": ids, "audit": "reran as " + ", ".join(map(str, ids))}
         if op == Op.KILL:
             run_id = run_id_of(args)
             info = p.table.get(run_id)
@@ -156,6 +164,7 @@ class Commands:
             now,
             overlap=Overlap.ALLOW,
             reason=f"rerun of run {run_id} by {args.get('user', '?')}",
+            flow_id=args.get("flow_id"),  # a flow's step stays in its flow (set by the loop)
         )
         return {"run_id": info.id, "audit": f"rerun as {info.id}"}
 
@@ -168,6 +177,14 @@ def run_id_of(args: dict[str, Any]) -> int:
     if run_id is None:
         raise NotFoundError(f"no run with id {show(args.get('run_id'))}")
     return run_id
+
+
+def flow_id_of(args: dict[str, Any]) -> int:
+    """The command's `flow_id`, checked (a flow id is the id of the run that started it)."""
+    flow_id = as_row_id(args.get("flow_id"))
+    if flow_id is None:
+        raise NotFoundError(f"no flow with id {show(args.get('flow_id'))}")
+    return flow_id
 
 
 def prune_age(given: object) -> float:

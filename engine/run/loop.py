@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import itertools
 import logging
 import os
@@ -43,10 +44,11 @@ from engine.errors import (
     VigilError,
 )
 from engine.exec.port import Executor, RunContext, RunInfo, ShimExit
-from engine.exec.rundirs import HighWaterFile, run_dir_ids
+from engine.exec.rundirs import OUTPUT_FILE, HighWaterFile, read_output_file, run_dir_ids
 from engine.exec.runner import ShimExecutor
+from engine.ids import as_row_id
 from engine.linux import ClockSetWatch, FileWatch, wait_readable
-from engine.model import LeaderRow, RunState, Settings, to_json
+from engine.model import LeaderRow, Run, RunState, Settings, to_json
 from engine.notify import build
 from engine.notify.events import Event
 from engine.outbox.deliverer import Deliverer, run_dir_log_tail
@@ -136,6 +138,7 @@ class Scheduler:
         self.agents: AgentDispatcher | None = None  #: runs on remote agents; built by prepare()
         self._clock_mark: tuple[datetime, float] | None = None  # (wall, monotonic) at the last look
         self._finished: list[ShimExit] = []
+        self._flow_runs: list[Run] = []  #: the ledger's runs of open flows, from start_state until loaded
         self._carry = Batch()  # ends decided mid-commit (failed launches), committed next iteration
         self._commands: list[Command] = []
         self._wake = asyncio.Event()
@@ -220,6 +223,8 @@ class Scheduler:
         self.agents = dispatcher
         intents = self.catalog.settle_stored_fires(result, now)
         intents += self._apply_scan(result, now, initial=True)
+        self.planner.load_flows(self._flow_runs)  # flows with an open step continue where they were
+        self._flow_runs = []
         if (self.high_water.mark.from_run_dirs or self.restored) and self.settings.agents:
             # No high-water record here, or a database older than the state directory: before
             # numbering a run, learn the epochs and run ids the agents have seen (docs/agents.md).
@@ -560,6 +565,7 @@ class Scheduler:
                 p.last_fire[name] = state.last_fire
         p.last_success.update(start.last_success)
         p.last_outcome.update(start.last_end)  # `recovered` continues across takeovers
+        self._flow_runs = start.flow_runs  # loaded once the jobs are (their `after` shapes the flows)
         self._agents_up = dict(start.agents_up)  # so is agent_down / agent_up
 
     # ---------------------------------------------------------------- executors
@@ -587,6 +593,11 @@ class Scheduler:
         info.agent = job.agent  # a pending run launches as its job is configured now
         executor = self._executor_for(info)
         assert executor is not None
+        if flow_env := self.planner.launch_env(info):
+            # The outputs of the flow's earlier steps; the job's own `env` wins. An agent's dispatch
+            # (which may come later, once an agent is up) reads them from the run.
+            info.flow_env = tuple(flow_env.items())
+            job = dataclasses.replace(job, env=tuple({**flow_env, **dict(job.env)}.items()))
         try:
             executor.launch(info, job)
         except LaunchError as exc:  # e.g. a missing workdir: the message is the reason
@@ -622,6 +633,14 @@ class Scheduler:
         """A run's end, from its executor: handled in the next iteration."""
         self._finished.append(result)
         self._wake.set()
+
+    def _read_outputs(self, finished: list[ShimExit]) -> None:
+        """What each flow step that ran here wrote to its `$VIGIL_OUTPUT` file, for the planner."""
+        for result in finished:
+            info = self.table.get(result.run_id)
+            if info is None or info.flow_id not in self.planner.flows or info.agent:
+                continue
+            result.output, result.output_truncated = read_output_file(self.paths.run_dir(info.id) / OUTPUT_FILE)
 
     def _finish_later(self, info: RunInfo, state: RunState, reason: str, now: datetime) -> None:
         """End a run from inside a commit; what follows (retry, queued run) goes into the next one."""
@@ -702,6 +721,7 @@ class Scheduler:
         # the fires are due again and take the catch-up path, and the commands report the error.
         batch, self._carry = self._carry, Batch()
         finished, self._finished = self._finished, []
+        self._read_outputs(finished)
         p.handle_finished(finished, now, batch)
         self._handle_deadlines(mono)
         p.handle_retries(mono, batch)
@@ -873,7 +893,18 @@ class Scheduler:
                 user, target = str(args.get("user", "?")), str(args.get("run_id"))
                 self.store.defer(i.Audit(self.clock.now(), user, Op.RERUN, target, f"refused: {missing}"))
                 return refusal(missing)
-            args = {**args, "job": repeated.job}
+            args = {**args, "job": repeated.job, "flow_id": None}  # set here only, never by a client
+            if repeated.flow_id is not None and repeated.flow_id != repeated.id:
+                args["flow_id"] = repeated.flow_id  # a step's rerun stays in its flow
+        if op == Op.RERUN_FLOW:
+            flow_id = as_row_id(args.get("flow_id"))
+            runs = await self.store.flow_runs(flow_id) if flow_id is not None else []
+            if not runs:
+                missing = NotFoundError(f"no flow with id {args.get('flow_id')}")
+                user, target = str(args.get("user", "?")), f"flow {args.get('flow_id')}"
+                self.store.defer(i.Audit(self.clock.now(), user, Op.RERUN_FLOW, target, f"refused: {missing}"))
+                return refusal(missing)
+            args = {**args, "flow_runs": runs}
         if self._stop.is_set():
             # The loop has stopped or is about to: nothing would ever answer this command.
             return refusal(SchedulerStoppingError("scheduler is stopping"))

@@ -22,14 +22,27 @@ from typing import NamedTuple
 
 from engine import schedule
 from engine.clock import Clock, iso
+from engine.errors import VigilError
 from engine.exec.port import RunInfo, ShimExit
-from engine.model import Catchup, JobSpec, Overlap, ResourceUse, RunState, Settings
+from engine.model import (
+    FAILURE_STATES,
+    Catchup,
+    Condition,
+    JobSpec,
+    Overlap,
+    ResourceUse,
+    Run,
+    RunState,
+    Settings,
+    latest_steps,
+)
 from engine.notify import build
 from engine.notify.events import Event
 from engine.notify.routing import channels_for
 from engine.run import admission
 from engine.run.table import RunTable
 from engine.run.watch import RunWatch, Warned
+from engine.schedule import flows
 from engine.store import intents as i
 
 log = logging.getLogger("vigil.scheduler")
@@ -118,6 +131,8 @@ class Planner:
         self.outage_cause: str | None = None  #: the store refused writes
         self._collisions_noted: set[str] = set()  # jobs whose repeated fire times were logged
         self.watch = RunWatch()  #: late_after, warn_if_longer, warn_if_shorter
+        #: the flows with an open step, by flow id (rebuilt from the ledger at takeover: `load_flows`)
+        self.flows: dict[int, flows.Flow] = {}
 
     # ------------------------------------------------------------ fire times
 
@@ -261,10 +276,22 @@ class Planner:
         reason: str | None = None,
         not_before: datetime | None = None,
         run_id: int | None = None,
+        flow_id: int | None = None,
+        starts_flow: bool = False,
     ) -> RunInfo:
         if run_id is None:  # otherwise an id already used (a run found in its directory)
             run_id = self.next_id
             self.next_id += 1
+        if starts_flow and flow_id is None and not state.terminal:
+            flow_id = run_id
+            members = flows.members_of(job, self.downstream, self.triggers.keys() - {job})
+            self.flows[run_id] = flows.Flow(run_id, job, members)
+        flow = self.flows.get(flow_id) if flow_id is not None else None
+        if flow is not None:
+            flow.started.add(job)
+            flow.attempts[job] = (scheduled_for, attempt)
+            if not state.terminal:
+                flow.open.add(run_id)
         spec = self.jobs.get(job)
         batch.rows.append(
             i.NewRun(
@@ -280,6 +307,7 @@ class Planner:
                 ended_at=now if state.terminal else None,
                 command=json.dumps(spec.command) if spec else None,
                 agent=spec.agent if spec else None,
+                flow_id=flow_id,
             )
         )
         info = RunInfo(
@@ -291,6 +319,7 @@ class Planner:
             state=state,
             not_before=not_before,
             agent=spec.agent if spec else None,
+            flow_id=flow_id,
         )
         if not state.terminal:
             self.table.track(info)
@@ -309,6 +338,7 @@ class Planner:
         reason: str | None = None,
         overlap: Overlap | None = None,
         catchup_queue: bool = False,
+        flow_id: int | None = None,
     ) -> RunInfo:
         """One fire of a job: launched, queued or skipped according to its policies.
 
@@ -316,9 +346,13 @@ class Planner:
         runs (`max_queued` does not apply: the catch-up is already bounded by its window).
         """
         name = job.name
+        # A fire of a job that others depend on starts a flow; a step of one stays in it.
+        starts_flow = flow_id is None and any(down not in self.triggers for down in self.downstream.get(name, ()))
 
         def skipped(reason: str) -> RunInfo:
-            return self.new_row(batch, name, scheduled_for, RunState.SKIPPED, trigger, now, reason=reason)
+            return self.new_row(
+                batch, name, scheduled_for, RunState.SKIPPED, trigger, now, reason=reason, flow_id=flow_id
+            )
 
         if trigger is Trigger.SCHEDULE and name in self.paused:
             return skipped("job paused")
@@ -354,6 +388,8 @@ class Planner:
                 now,
                 attempt=attempt,
                 reason=f"{why}: waiting for run {blocking}",
+                flow_id=flow_id,
+                starts_flow=starts_flow,
             )
             self.table.queued[name].append(info.id)
             return info
@@ -361,11 +397,31 @@ class Planner:
             why = admission.reason(found)
             if len(waiting) >= job.max_queued and not catchup_queue:
                 return skipped(f"{why}; {len(waiting)} runs of the job already waiting (max_queued = {job.max_queued})")
-            info = self.new_row(batch, name, scheduled_for, RunState.PENDING, trigger, now, attempt=attempt, reason=why)
+            info = self.new_row(
+                batch,
+                name,
+                scheduled_for,
+                RunState.PENDING,
+                trigger,
+                now,
+                attempt=attempt,
+                reason=why,
+                flow_id=flow_id,
+                starts_flow=starts_flow,
+            )
             self.table.wait(info, why)
             return info
         return self.new_row(
-            batch, name, scheduled_for, RunState.LAUNCHING, trigger, now, attempt=attempt, reason=reason
+            batch,
+            name,
+            scheduled_for,
+            RunState.LAUNCHING,
+            trigger,
+            now,
+            attempt=attempt,
+            reason=reason,
+            flow_id=flow_id,
+            starts_flow=starts_flow,
         )
 
     def notify(self, batch: Batch, event: Event) -> None:
@@ -438,6 +494,12 @@ class Planner:
         info.state = state
         self.table.forget(info.id, info.job)
         ended = run_end(result.ended_at if result else None, info.started_at, now)
+        flow = self.flows.get(info.flow_id) if info.flow_id is not None else None
+        outputs = flows.Outputs()
+        if flow is not None and result is not None and result.output:
+            outputs = flows.parse_outputs(result.output, truncated=result.output_truncated)
+            if note := outputs.note():
+                reason = f"{reason}; {note}" if reason else note
         batch.intents.append(
             i.RunFinished(
                 run_id=info.id,
@@ -449,6 +511,7 @@ class Planner:
                 cpu_s=result.cpu_s if result else None,
                 peak_rss=result.peak_rss if result else None,
                 job=info.job,
+                outputs=outputs.pairs,
             )
         )
         job = self.jobs.get(info.job)
@@ -456,10 +519,16 @@ class Planner:
         if not retried:  # a failure that is retried is not an outcome yet: nothing is announced
             self._announce_end(info, state, reason, result, job, now, batch)
         self.warn(batch, self.watch.ended(info, job, state, now, ended))
+        if flow is not None:
+            flow.open.discard(info.id)
         if job is not None and state is RunState.SUCCEEDED:
             self.last_success[info.job] = now
-            self._trigger_downstream(info.job, now, batch)
-        elif job is not None and retried:
+            if flow is None:
+                self._trigger_downstream(info.job, now, batch)
+        if flow is not None and not retried:
+            flow.ends[info.job] = flows.StepEnd(info.id, state, ended, outputs.pairs)
+            self._flow_step_ended(flow, info.job, now, batch)
+        if job is not None and retried:
             delay = schedule.retry_delay(job.retry_delay, info.attempt)
             retry = self.new_row(
                 batch,
@@ -471,8 +540,11 @@ class Planner:
                 attempt=info.attempt + 1,
                 not_before=now + timedelta(seconds=delay),
                 reason=f"retry {info.attempt + 1} of {job.retries + 1} after {state} (in {delay:g}s)",
+                flow_id=info.flow_id if flow is not None else None,
             )
             self.table.retry_at(self.clock.monotonic() + delay, retry.id)
+        if flow is not None and not flow.open:
+            del self.flows[flow.id]  # every step that could start has ended: the flow is over
         # If the job is gone, each queued run then fails saying so.
         self.start_queued(info.job, batch, after=info.id)
 
@@ -663,12 +735,172 @@ class Planner:
         locks = job.locks if job is not None else ()
         return admission.Need(info.id, info.job, locks=locks, local=info.agent is None)
 
+    # ------------------------------------------------------------ flows
+
+    def _flow_step_ended(self, flow: flows.Flow, upstream: str, now: datetime, batch: Batch) -> None:
+        """A step of `flow` had its final end: start, or skip, each step after it that can now be told.
+
+        A skipped step is an end too, so what follows it is told in turn: every flow ends."""
+        todo = deque([upstream])
+        while todo:
+            for name in self.downstream.get(todo.popleft(), []):
+                if name not in flow.members or name in flow.started:
+                    continue
+                job = self.jobs.get(name)
+                if job is None or not job.enabled:
+                    continue
+                verdict = self._flow_verdict(flow, job)
+                if not verdict.ready and not verdict.skip:
+                    continue  # waiting for another upstream of this flow
+                scheduled_for, attempt = now, 1
+                if name in flow.attempts:  # a rerun of the flow: a new attempt of its earlier row
+                    scheduled_for, attempt = flow.attempts[name][0], flow.attempts[name][1] + 1
+                if verdict.skip or name in self.paused:
+                    reason = verdict.reason if verdict.skip else "job paused"
+                    info = self.new_row(
+                        batch,
+                        name,
+                        scheduled_for,
+                        RunState.SKIPPED,
+                        Trigger.AFTER,
+                        now,
+                        attempt=attempt,
+                        reason=reason,
+                        flow_id=flow.id,
+                    )
+                else:
+                    self.last_fire[name] = now
+                    batch.intents.append(i.LastFire(name, now))
+                    info = self.fire(
+                        batch,
+                        job,
+                        scheduled_for,
+                        Trigger.AFTER,
+                        now,
+                        attempt=attempt,
+                        reason=verdict.reason,
+                        flow_id=flow.id,
+                    )
+                if info.state.terminal:  # skipped (its condition, a pause, its overlap policy)
+                    flow.ends[name] = flows.StepEnd(info.id, info.state, now)
+                    todo.append(name)
+
+    def _flow_verdict(self, flow: flows.Flow, job: JobSpec) -> flows.Verdict:
+        """`flows.judge` on the edges within the flow; an edge to a job outside it keeps the rule of
+        jobs without flows (succeeded since this job's last fire), which, unmet, is waited for."""
+        verdict = flows.judge(job, flow)
+        if not verdict.ready:
+            return verdict
+        outside = tuple(name for name in job.after if name not in flow.members)
+        if outside:
+            ok, unmet = schedule.upstream_satisfied(outside, self.last_success, self.last_fire.get(job.name))
+            if not ok:
+                waits = tuple(edge for edge in job.after_edges if edge.job in unmet)
+                return flows.Verdict(False, False, "not yet succeeded since its last run: " + ", ".join(unmet), waits)
+            return flows.Verdict(True, False, f"{verdict.reason}, {', '.join(outside)} succeeded")
+        return verdict
+
+    def flow_waiting_for(self, run: RunInfo | Run) -> list[tuple[str, Condition]]:
+        """What a flow step of `run`'s job waits for in `run`'s flow: (upstream job, condition) of each
+        edge not yet met; empty when it is not a step of an open flow (for `vigil why`)."""
+        flow = self.flows.get(run.flow_id) if run.flow_id is not None else None
+        job = self.jobs.get(run.job)
+        if flow is None or job is None:
+            return []
+        return [(edge.job, edge.on) for edge in self._flow_verdict(flow, job).waiting_for]
+
+    def launch_env(self, info: RunInfo) -> dict[str, str]:
+        """The variables a flow step gets from the outputs of the steps upstream of it (none otherwise)."""
+        flow = self.flows.get(info.flow_id) if info.flow_id is not None else None
+        if flow is None or not flow.ends:
+            return {}
+        return flows.flow_env(info.job, self.jobs, flow)
+
+    def load_flows(self, runs: list[Run]) -> None:
+        """The flows with an open step, from their runs in the ledger (at takeover)."""
+        by_flow: dict[int, list[Run]] = defaultdict(list)
+        for run in runs:
+            if run.flow_id is not None:
+                by_flow[run.flow_id].append(run)
+        for flow_id, flow_runs in by_flow.items():
+            self.flows[flow_id] = self._flow_of(flow_id, flow_runs)
+
+    def _flow_of(self, flow_id: int, runs: list[Run]) -> flows.Flow:
+        root = next((run.job for run in runs if run.id == flow_id), runs[0].job)
+        members = flows.members_of(root, self.downstream, self.triggers.keys() - {root})
+        flow = flows.Flow(flow_id, root, members)
+        for run in runs:
+            if run.attempt >= flow.attempts.get(run.job, (run.scheduled_for, 0))[1]:
+                flow.attempts[run.job] = (run.scheduled_for, run.attempt)
+        for job, run in latest_steps(runs).items():
+            flow.started.add(job)
+            if run.is_open:
+                flow.open.add(run.id)
+            else:
+                flow.ends[job] = flows.StepEnd(run.id, run.state, run.ended_at or run.created_at, run.outputs)
+        return flow
+
+    def rerun_flow(self, flow_id: int, runs: list[Run], user: str, now: datetime, batch: Batch) -> list[int]:
+        """`vigil rerun --flow ID --from-failed`: the failed steps of a finished flow again, as new
+        attempts in the same flow; the steps after them are told again when they end."""
+        if not runs:
+            raise VigilError(f"no flow with id {flow_id}")
+        open_runs = [run.id for run in runs if run.is_open]
+        if open_runs or flow_id in self.flows:
+            listed = ", ".join(map(str, open_runs[:5])) or "?"
+            raise VigilError(f"flow {flow_id} is still running (open: run {listed}); rerun it once it has ended")
+        flow = self._flow_of(flow_id, runs)
+        latest = latest_steps(runs)
+        failed = {job for job, run in latest.items() if run.state in FAILURE_STATES}
+        if not failed:
+            raise VigilError(f"flow {flow_id} has no failed step to rerun")
+        after_failed: set[str] = set()
+        for job in failed:
+            after_failed |= flows.members_of(job, self.downstream, self.triggers.keys()) - {job}
+        after_failed &= flow.members
+        first = sorted(failed - after_failed, key=lambda job: latest[job].id)  # the others follow them
+        missing = [job for job in first if job not in self.jobs]
+        if missing:
+            raise VigilError(f"flow {flow_id}: job {', '.join(missing)} is not loaded")
+        for job in failed | after_failed:
+            flow.ends.pop(job, None)
+            flow.started.discard(job)
+        self.flows[flow_id] = flow
+        ids = []
+        for name in first:
+            scheduled_for, attempt = flow.attempts[name]
+            info = self.fire(
+                batch,
+                self.jobs[name],
+                scheduled_for,
+                Trigger.RERUN,
+                now,
+                attempt=attempt + 1,
+                overlap=Overlap.ALLOW,
+                reason=f"rerun of run {latest[name].id} (flow {flow_id}, from failed) by {user}",
+                flow_id=flow_id,
+            )
+            ids.append(info.id)
+        if not flow.open:
+            del self.flows[flow_id]
+        return ids
+
+    def _drop_from_flow(self, row: i.NewRun) -> None:
+        """A new row that was never written (undone, or its fire had a row): out of its flow."""
+        flow = self.flows.get(row.flow_id) if row.flow_id is not None else None
+        if flow is None:
+            return
+        flow.open.discard(row.id)
+        if not flow.open:
+            del self.flows[flow.id]
+
     # ------------------------------------------------------------ after a commit
 
     def undo(self, work: Batch, last_id: int) -> None:
         """Forget new work whose commit failed: nothing of it was written or launched."""
         for row in work.rows:
             self.table.forget(row.id, row.job)
+            self._drop_from_flow(row)
         for name, before in work.last_fire_before.items():
             if before is None:
                 self.last_fire.pop(name, None)
@@ -692,6 +924,7 @@ class Planner:
     def ignored(self, row: i.NewRun) -> None:
         """A new run's row the store ignored: its fire already had a run. It never launches."""
         self.table.forget(row.id, row.job)
+        self._drop_from_flow(row)
         # After the wall clock went back, a fire time can come round again; the ledger keeps one run
         # per job and fire time, so it is not run twice. Said once per job and clock step.
         level = logging.DEBUG if row.job in self._collisions_noted else logging.WARNING

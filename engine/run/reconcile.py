@@ -59,7 +59,9 @@ class Reconciler:
                 not_before=run.not_before,
                 agent=run.agent,
                 started_at=run.started_at,
+                flow_id=run.flow_id,
             )
+            info.flow_env = tuple(p.launch_env(info).items())  # a dispatch still to come takes them
             if run.agent and self.agents is not None and info.state is not RunState.PENDING:
                 table.track(info, active=True)
                 self.agents.adopt(info)  # its end, whatever it is, comes as a finished run

@@ -6,7 +6,9 @@ All returned datetimes are timezone-aware UTC unless a docstring says otherwise.
 - `cron`: the cron parser, time zones, and the DST rule (documented there), `validate_cron`;
 - `triggers`: the `Trigger` protocol, cron/every/at/combined triggers, `trigger_for`, `fires_between`,
   `preview`;
-- `policy`: missed fires (`plan_missed_fires`), retries, overlap, upstream (`after`) conditions.
+- `policy`: missed fires (`plan_missed_fires`), retries, overlap, upstream (`after`) conditions;
+- `flows` (imported as `engine.schedule.flows`): a flow's steps, their `after` conditions within
+  the flow and their outputs.
 
 Each module imports only those above it, and outside the package only `engine.model`, `engine.errors`
 and `engine.text`. Callers use this module's names (`from engine import schedule`, `schedule.X`).

@@ -51,6 +51,8 @@ class LedgerStart:
     last_end: dict[str, RunState] = field(default_factory=dict)
     #: each agent's recorded health (the `up` of its AgentSeen): what an earlier active has announced
     agents_up: dict[str, bool] = field(default_factory=dict)
+    #: every run of each flow with an open run, oldest first: the new active's flows continue from them
+    flow_runs: list[Run] = field(default_factory=list)
 
 
 #: How many successful durations of a job `warn_if_longer = "200%"` takes the median of.
@@ -215,6 +217,10 @@ class Store(Protocol):
     # ------------------------------------------------------------ reads the active needs
 
     async def start_state(self) -> LedgerStart: ...
+
+    async def flow_runs(self, flow_id: int) -> list[Run]:
+        """The runs of one flow, oldest first (`vigil rerun --flow`); a run in no flow is its own."""
+        ...
 
     async def open_runs(self) -> list[Run]:
         """Every run not yet finished, by id."""

@@ -36,6 +36,7 @@ class NewRun:
     ended_at: datetime | None = None  #: set for a row created terminal (skipped, missed)
     command: str | None = None  #: the job's command as JSON text, as launched
     agent: str | None = None
+    flow_id: int | None = None  #: the flow it is a step of (its own id when it starts one); None: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class RunFinished:
     cpu_s: float | None = None
     peak_rss: int | None = None
     job: str | None = None  #: the run's job, for commit observers (metrics); not stored: the row has it
+    outputs: tuple[tuple[str, str], ...] = ()  #: what it wrote to $VIGIL_OUTPUT (a flow step's)
 
 
 @dataclass(frozen=True, slots=True)

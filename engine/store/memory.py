@@ -86,6 +86,7 @@ class _Tables:
     failovers: list[tuple[i.Failover, int]] = field(default_factory=list)  #: with the epoch that wrote it
     warnings: dict[tuple[int, str], datetime] = field(default_factory=dict)
     outbox: dict[tuple[str, str], Notification] = field(default_factory=dict)  #: by (event id, channel)
+    in_flow: set[int] = field(default_factory=set)  #: runs stored with a flow id (SQLite: flow_id NOT NULL)
 
     def copy(self) -> _Tables:
         return _Tables(
@@ -100,6 +101,7 @@ class _Tables:
             failovers=list(self.failovers),
             warnings=dict(self.warnings),
             outbox=dict(self.outbox),
+            in_flow=set(self.in_flow),
         )
 
 
@@ -184,6 +186,8 @@ class _Transaction:
                 if key in t.fires or intent.id in t.runs:
                     return None  # INSERT OR IGNORE: that fire was handled before
                 t.fires[key] = intent.id
+                if intent.flow_id is not None:
+                    t.in_flow.add(intent.id)
                 t.runs[intent.id] = Run(
                     id=intent.id,
                     job=intent.job,
@@ -198,6 +202,7 @@ class _Transaction:
                     ended_at=intent.ended_at,
                     command=intent.command,
                     agent=intent.agent,
+                    flow_id=intent.flow_id if intent.flow_id is not None else intent.id,
                 )
                 return intent.id
             case i.RunLaunching(run_id=run_id, reason=None):
@@ -229,6 +234,7 @@ class _Transaction:
                     pid=pid,
                     cpu_s=intent.cpu_s,
                     peak_rss=intent.peak_rss,
+                    outputs=intent.outputs,
                 )
             case i.KillRequested():
                 self._update_run(intent.run_id, None, kill_requested=intent.cause)
@@ -244,6 +250,7 @@ class _Transaction:
                         run = t.runs.pop(run_id, None)
                         if run is not None:
                             del t.fires[(run.job, run.scheduled_for, run.attempt)]
+                            t.in_flow.discard(run_id)
                     pruned = set(intent.run_ids)  # their warnings go with them (a trigger on SQLite)
                     t.warnings = {key: at for key, at in t.warnings.items() if key[0] not in pruned}
             case i.NotificationsPruned():
@@ -469,6 +476,7 @@ class MemoryStore:
                 best = last_success.get(run.job)
                 if best is None or run.ended_at > best:
                     last_success[run.job] = run.ended_at
+        open_flows = {run.flow_id for run in t.runs.values() if run.state in OPEN_STATES and run.id in t.in_flow}
         last_end: dict[str, RunState] = {}
         for run_id in sorted(t.runs):  # the newest final outcome, per catalogued job (as `last_ends`)
             run = t.runs[run_id]
@@ -482,7 +490,17 @@ class MemoryStore:
             last_success=last_success,
             last_end=last_end,
             agents_up={name: seen.up for name, seen in t.agents.items()},
+            flow_runs=[
+                t.runs[run_id]
+                for run_id in sorted(t.in_flow)
+                if run_id in t.runs and t.runs[run_id].flow_id in open_flows
+            ],
         )
+
+    async def flow_runs(self, flow_id: int) -> list[Run]:
+        self._check_open()
+        t = self.database.tables
+        return [t.runs[run_id] for run_id in sorted(t.runs) if t.runs[run_id].flow_id == flow_id]
 
     async def open_runs(self) -> list[Run]:
         self._check_open()

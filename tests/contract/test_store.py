@@ -104,6 +104,7 @@ async def test_start_state_open_runs_and_run_states_return_what_was_committed(st
         kill_requested="kill",
         agent="a1",
         command='["true"]',
+        flow_id=1,  # in no flow: its own
     )
     assert [run.id for run in await store.open_runs()] == [1]
     assert await store.run_states([1, 2, 3, 99]) == {1: RunState.RUNNING, 2: RunState.SKIPPED, 3: RunState.SUCCEEDED}

@@ -168,10 +168,13 @@ def test_an_unscheduled_after_job_fires_when_its_upstream_succeeds() -> None:
     up = p.planner.fire(Batch(), p.planner.jobs["up"], p.clock.now(), Trigger.MANUAL, p.clock.now())
     ended = p.end(up.id)
     (down,) = ended.rows
-    assert (down.job, down.trigger, down.reason) == ("down", Trigger.AFTER, "after: up succeeded")
+    assert (down.job, down.trigger, down.reason) == ("down", Trigger.AFTER, "after: up succeeded (run 1)")
     assert i.LastFire("down", p.clock.now()) in ended.intents
     failed = p.planner.fire(Batch(), p.planner.jobs["up"], p.clock.now(), Trigger.MANUAL, p.clock.now())
-    assert p.end(failed.id, exit_code=1).rows == []  # a failure triggers nothing
+    # A failure does not start it: the step is recorded skipped in that flow, saying why.
+    assert rows(p.end(failed.id, exit_code=1)) == [
+        (p.clock.now(), RunState.SKIPPED, f"after: up failed (run {failed.id}); this step needs success")
+    ]
 
 
 # ------------------------------------------------------------------------------------ catch-up

@@ -21,6 +21,7 @@ HELP = r"""[b]Vigil dashboard — keys[/b]   (esc closes)
 [b $text-accent]Runs[/]  [b]][/] older page  [b]\[[/] newer page  [b]s[/] cycle the state filter
   [b]/[/] a job (or unique part of its name) and/or a state: [i]extract failed[/]
   [b]K[/] kill (asks first)  [b]R[/] rerun  [b]r[/] run the job now  [b]enter[/] detail and log
+  [b]w[/] the run's flow: its steps as a tree, with states, durations and edge conditions
 
 [b $text-accent]Run log[/]  scrolling up stops following; [b]f[/], End or [b]G[/] follow again
 

@@ -58,6 +58,8 @@ def detail_markup(run: Run, now: datetime) -> str:
         f"attempt {run.attempt} · epoch {run.epoch if run.epoch is not None else NONE_TEXT} · "
         f"{escape(run.trigger or NONE_TEXT)}" + (f" · agent {escape(run.agent)}" if run.agent else "")
     )
+    if run.flow_id is not None and run.flow_id != run.id:
+        line1 += f" · flow {run.flow_id} (w)"  # a step of the flow that run started
     line2 = (
         f"scheduled {fmt_time(run.scheduled_for, now, precise=True)} · "
         f"started {fmt_time(run.started_at, now, precise=True)} · "
@@ -82,6 +84,7 @@ class RunScreen(ViewScreen):
         Binding("r", "run_now", "Run now", show=False),
         Binding("K", "kill", "Kill"),
         Binding("R", "rerun", "Rerun"),
+        Binding("w", "open_flow", "Flow", show=False),
     ]
 
     def __init__(self, run_id: int) -> None:
@@ -218,6 +221,9 @@ class RunScreen(ViewScreen):
     def action_rerun(self) -> None:
         if self.record is not None:
             self.vigil.command_rerun(self.record)
+
+    def action_open_flow(self) -> None:
+        self.vigil.show_flow(self.record.flow_id or self.run_id if self.record else self.run_id)
 
     def action_back(self) -> None:
         self.dismiss()

@@ -82,6 +82,7 @@ class RunsScreen(ViewScreen):
         Binding("K", "kill", "Kill"),
         Binding("R", "rerun", "Rerun"),
         Binding("l", "open_log", "Log", show=False),
+        Binding("w", "open_flow", "Flow", show=False),
     ]
 
     def __init__(self) -> None:
@@ -280,3 +281,7 @@ class RunsScreen(ViewScreen):
     def action_open_log(self) -> None:
         if (run := self.selected) is not None:
             self.vigil.show_run(run.id)
+
+    def action_open_flow(self) -> None:
+        if (run := self.selected) is not None:
+            self.vigil.show_flow(run.flow_id or run.id)

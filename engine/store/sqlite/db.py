@@ -195,15 +195,24 @@ def init_schema(conn: sqlite3.Connection) -> None:
         raise
 
 
+#: Columns added since a database was made (CREATE TABLE IF NOT EXISTS leaves its tables as they
+#: are): table → (column, the named statement that adds it). A database written by an older Vigil
+#: gets them when it is opened for writing; its rows read the columns' defaults (NULL: a run in no flow).
+ADDED_COLUMNS = {
+    "runs": (("flow_id", "add_runs_flow_id"), ("outputs", "add_runs_outputs")),
+    "job_state": (("held", "add_job_state_held"),),
+    "jobs": (("priority", "add_jobs_priority"), ("locks", "add_jobs_locks")),
+}
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Columns added since a database was made (CREATE TABLE IF NOT EXISTS leaves its tables as they are)."""
-    columns = {row[0] for row in conn.execute(QUERIES["job_state_columns"])}
-    if "held" not in columns:
-        conn.execute(QUERIES["add_job_state_held"])
-    columns = {row[0] for row in conn.execute(QUERIES["jobs_columns"])}
-    for column in ("priority", "locks"):
-        if column not in columns:
-            conn.execute(QUERIES[f"add_jobs_{column}"])
+    """Add the columns (and their indexes) an older database lacks, inside init_schema's transaction."""
+    for table, added in ADDED_COLUMNS.items():
+        present = {row[0] for row in conn.execute(QUERIES[f"{table}_columns"])}
+        for column, statement in added:
+            if column not in present:
+                conn.execute(QUERIES[statement])
+    conn.execute(QUERIES["runs_flow_index"])
 
 
 def rollback_quietly(conn: sqlite3.Connection) -> None:

@@ -389,7 +389,11 @@ class Ledger:
             last_success={job: at for job, at in successes.items() if at is not None},
             last_end=last_ends,
             agents_up={row["name"]: bool(row["up"]) for row in await self.query(QUERIES["agents_up"])},
+            flow_runs=[run_of(row) for row in await self.query(QUERIES["open_flow_runs"])],
         )
+
+    async def flow_runs(self, flow_id: int) -> list[Run]:
+        return [run_of(row) for row in await self.query(QUERIES["flow_runs"], {"flow_id": flow_id})]
 
     async def recent_durations(self, job: str, limit: int = DURATION_HISTORY) -> list[float]:
         rows = await self.query(QUERIES["recent_durations"], {"job": job, "limit": limit})

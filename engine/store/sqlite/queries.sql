@@ -10,9 +10,9 @@
 -- new_run --
 -- Insert a run row with its chosen id; a row for a fire already handled is ignored
 INSERT OR IGNORE INTO runs (id, job, scheduled_for, attempt, state, reason, trigger, epoch, writer_epoch,
-    created_at, not_before, started_at, ended_at, command, agent)
+    created_at, not_before, started_at, ended_at, command, agent, flow_id)
 VALUES (:id, :job, :scheduled_for, :attempt, :state, :reason, :trigger, :epoch, :epoch,
-    :created_at, :not_before, NULL, :ended_at, :command, :agent);
+    :created_at, :not_before, NULL, :ended_at, :command, :agent, :flow_id);
 
 -- run_launching --
 -- A pending run is being started
@@ -41,7 +41,7 @@ WHERE id = :run_id AND state IN ('launching', 'running');
 -- run_finished --
 -- A run's end; only an open row moves, so an end recorded before is kept
 UPDATE runs SET state = :state, reason = :reason, exit_code = :exit_code, ended_at = :ended_at,
-    pid = COALESCE(:pid, pid), cpu_s = :cpu_s, peak_rss = :peak_rss, writer_epoch = :epoch
+    pid = COALESCE(:pid, pid), cpu_s = :cpu_s, peak_rss = :peak_rss, outputs = :outputs, writer_epoch = :epoch
 WHERE id = :run_id AND state IN ('pending', 'waiting', 'launching', 'running');
 
 -- kill_requested --
@@ -90,6 +90,18 @@ UPDATE job_state SET last_fire = NULL, writer_epoch = :epoch WHERE job = :job;
 -- Pause or resume a job
 INSERT INTO job_state (job, paused, writer_epoch) VALUES (:job, :paused, :epoch)
 ON CONFLICT (job) DO UPDATE SET paused = excluded.paused, writer_epoch = excluded.writer_epoch;
+
+-- runs_columns --
+-- The columns of runs (a database made by an older version lacks the newer ones)
+SELECT name FROM pragma_table_info('runs');
+
+-- add_runs_flow_id --
+-- Migration: the flow a run belongs to (the id of the run that started it; NULL: in no flow)
+ALTER TABLE runs ADD COLUMN flow_id INTEGER;
+
+-- add_runs_outputs --
+-- Migration: the NAME=value lines a flow step wrote to $VIGIL_OUTPUT (JSON)
+ALTER TABLE runs ADD COLUMN outputs TEXT;
 
 -- job_state_columns --
 -- The columns of job_state (a database made by an older version lacks the newer ones)
@@ -457,3 +469,35 @@ FROM notifications GROUP BY channel, state ORDER BY channel;
 -- A channel's latest delivery error
 SELECT last_error FROM notifications WHERE channel = :channel AND last_error IS NOT NULL AND state != 'sent'
 ORDER BY last_attempt_at DESC LIMIT 1;
+
+-- runs_flow_index --
+-- The runs of a flow by flow id (made by the migration, after the column exists: db.migrate)
+CREATE INDEX IF NOT EXISTS runs_flow ON runs (flow_id, id) WHERE flow_id IS NOT NULL;
+
+-- open_flow_runs --
+-- Every run of each flow that still has an open run (the active rebuilds its flows from them)
+SELECT * FROM runs WHERE flow_id IN (SELECT DISTINCT flow_id FROM runs
+    WHERE state IN ('pending', 'waiting', 'launching', 'running') AND flow_id IS NOT NULL)
+ORDER BY id;
+
+-- flow_runs --
+-- The runs of one flow, oldest first (a run in no flow is a flow of its own)
+SELECT * FROM runs WHERE flow_id = :flow_id OR (id = :flow_id AND flow_id IS NULL) ORDER BY id;
+
+-- flow_runs_page --
+-- The runs of one flow, newest first, from id :last down
+SELECT * FROM runs WHERE (flow_id = :flow_id OR (id = :flow_id AND flow_id IS NULL)) AND id <= :last
+ORDER BY id DESC LIMIT :limit;
+
+-- flows_page --
+-- The newest flows' ids, from :last down
+SELECT DISTINCT flow_id FROM runs WHERE flow_id IS NOT NULL AND flow_id <= :last ORDER BY flow_id DESC LIMIT :limit;
+
+-- flows_page_of_job --
+-- The newest flows with a step of one job, from :last down
+SELECT DISTINCT flow_id FROM runs WHERE job = :job AND flow_id IS NOT NULL AND flow_id <= :last
+ORDER BY flow_id DESC LIMIT :limit;
+
+-- runs_of_flows --
+-- The runs of the flows named by a JSON array of flow ids, oldest first
+SELECT * FROM runs WHERE flow_id IN (SELECT value FROM json_each(:flow_ids)) ORDER BY id;

@@ -23,12 +23,14 @@ from engine.model import (
     AgentRow,
     AuditRow,
     FailoverRow,
+    FlowRow,
     JobRow,
     LeaderRow,
     Notification,
     NotificationState,
     Run,
     RunsWindow,
+    flow_summary,
 )
 from engine.paths import StatePaths
 from engine.store.abc import ChannelHealth
@@ -50,6 +52,7 @@ class SqliteReader:
         self.paths = paths
         self._conn: sqlite3.Connection | None = None
         self._outbox = False  #: the database has the outbox tables (a database older than them has not)
+        self._flows: bool | None = None  #: the database has the flow columns; None: not yet asked
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -114,6 +117,47 @@ class SqliteReader:
         last = _HIGHEST if before_id is None else before_id - 1
         params = {"job": job, "state": state, "last": last, "limit": limit}
         return self._runs(_filtered("runs_page", job, state), params)
+
+    def flow_runs(self, flow_id: int, *, limit: int = 1000, before_id: int | None = None) -> list[Run]:
+        """The runs of one flow, newest first (`vigil runs --flow`); a run in no flow is its own."""
+        if as_row_id(flow_id) is None:
+            return []
+        last = _HIGHEST if before_id is None else before_id - 1
+        if not self._has_flows():
+            return self.runs_by_ids([flow_id])
+        return self._runs("flow_runs_page", {"flow_id": flow_id, "last": last, "limit": limit})
+
+    def flow(self, flow_id: int) -> FlowRow:
+        """One flow's summary; NotFoundError when no run has that flow id."""
+        runs = self.flow_runs(flow_id, limit=_HIGHEST)
+        if not runs:
+            raise NotFoundError(f"no flow with id {flow_id}")
+        return flow_summary(flow_id, runs)
+
+    def flows(self, *, job: str | None = None, limit: int = 50, before_id: int | None = None) -> list[FlowRow]:
+        """The newest flows (runs that started steps of others), newest first; `job`: with a step of it."""
+        if not self._has_flows():
+            return []
+        last = _HIGHEST if before_id is None else before_id - 1
+        name = "flows_page_of_job" if job else "flows_page"
+        ids = [int(row[0]) for row in self._rows(name, {"job": job, "last": last, "limit": limit})]
+        if not ids:
+            return []
+        by_flow: dict[int, list[Run]] = {flow_id: [] for flow_id in ids}
+        for run in self._runs("runs_of_flows", {"flow_ids": json.dumps(ids)}):
+            if run.flow_id is not None and run.flow_id in by_flow:
+                by_flow[run.flow_id].append(run)
+        return [flow_summary(flow_id, runs) for flow_id, runs in by_flow.items() if runs]
+
+    def _has_flows(self) -> bool:
+        """The database has the flow columns (an older one gets them when an active opens it)."""
+        if self._flows is None:
+            try:
+                columns = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
+            except sqlite3.Error as exc:
+                raise store_error(exc, self.paths.db) from exc
+            self._flows = "flow_id" in columns
+        return self._flows
 
     def run(self, run_id: int) -> Run:
         if as_row_id(run_id) is None:  # beyond SQLite's integers: no such run, not an OverflowError

@@ -7,6 +7,7 @@ dashboard) or stop the active. What could not be read is said in the run's reaso
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 
@@ -83,7 +84,33 @@ def run_of(row: sqlite3.Row) -> Run:
         peak_rss=row["peak_rss"],
         cpu_s=row["cpu_s"],
         command=row["command"],
+        flow_id=_flow_id(row),
+        outputs=_outputs(row),
     )
+
+
+def _flow_id(row: sqlite3.Row) -> int:
+    """The run's flow: its own id when it is in none (or the database predates flows)."""
+    try:
+        flow_id = row["flow_id"]
+    except IndexError:  # a database no active of this version has opened yet
+        return int(row["id"])
+    return int(flow_id) if flow_id is not None else int(row["id"])
+
+
+def _outputs(row: sqlite3.Row) -> tuple[tuple[str, str], ...]:
+    """A flow step's outputs; an unreadable value reads as none."""
+    try:
+        text = row["outputs"]
+    except IndexError:
+        return ()
+    if not text:
+        return ()
+    try:
+        pairs = json.loads(text)
+        return tuple((str(name), str(value)) for name, value in pairs)
+    except (ValueError, TypeError):
+        return ()
 
 
 def leader_of(row: sqlite3.Row) -> LeaderRow:

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
     peak_rss INTEGER,
     cpu_s REAL,
     command TEXT,
+    flow_id INTEGER,  -- the run that started its flow (NULL: in none; reads as its own id)
+    outputs TEXT,  -- a flow step's $VIGIL_OUTPUT pairs, a JSON array of [name, value]
     UNIQUE (job, scheduled_for, attempt)
 );
 CREATE INDEX IF NOT EXISTS runs_open ON runs (state) WHERE state IN ('pending', 'waiting', 'launching', 'running');

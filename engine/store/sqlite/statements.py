@@ -38,6 +38,7 @@ def _new_run(intent: i.NewRun, epoch: int) -> Bound:
         "ended_at": iso(intent.ended_at),
         "command": intent.command,
         "agent": intent.agent,
+        "flow_id": intent.flow_id,
     }
 
 
@@ -78,6 +79,7 @@ def _run_finished(intent: i.RunFinished, epoch: int) -> Bound:
         "exit_code": intent.exit_code,
         "ended_at": iso(intent.ended_at),
         "pid": intent.pid,
+        "outputs": json.dumps(intent.outputs) if intent.outputs else None,
         "cpu_s": intent.cpu_s,
         "peak_rss": intent.peak_rss,
         "epoch": epoch,
