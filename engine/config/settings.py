@@ -1,5 +1,6 @@
 """`vigil.toml`: the `[scheduler]` settings, the `[agents.NAME]` and `[pools.NAME]` a job's `agent` may name,
-the `[notify.NAME]` channels a `notify` may name, and the `[http]` listener.
+the `[notify.NAME]` channels a `notify` may name, the `[calendars.NAME]` a `calendar` may name (`calendars`)
+and the `[http]` listener.
 
 Invalid entries are left out (their defaults used) and every one is reported with its line. Imports
 `sources`, `fields`, `listen`, `engine.model`, `engine.errors` and `engine.text`.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from engine.config.calendars import parse_calendars
 from engine.config.fields import (
     AGENT_KEYS,
     CHANNEL_KEYS,
@@ -47,13 +49,14 @@ __all__ = [
     "DeclaredNames",
     "Targets",
     "agent_targets",
+    "calendar_targets",
     "channel_targets",
     "load_settings",
     "parse_settings",
 ]
 
 SETTINGS_FILE = "vigil.toml"
-_TABLES = ("scheduler", "agents", "pools", "notify", "http")
+_TABLES = ("scheduler", "agents", "pools", "notify", "http", "calendars")
 MAX_RATE_LIMIT = 100_000
 #: an Apprise URL is `schema://...`; which schemas exist is Apprise's to say (`vigil validate` asks it)
 _APPRISE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
@@ -92,19 +95,30 @@ def channel_targets(valid: frozenset[str] = frozenset(), invalid: frozenset[str]
     return DeclaredNames("channel", ("notify",), valid, invalid)
 
 
+def calendar_targets(valid: frozenset[str] = frozenset(), invalid: frozenset[str] = frozenset()) -> DeclaredNames:
+    """What a `calendar =` key may name: declared calendars."""
+    return DeclaredNames("calendar", ("calendars",), valid, invalid)
+
+
 @dataclass(frozen=True)
 class Targets:
-    """The names job keys refer to in vigil.toml: `agent =` and `notify =`."""
+    """The names job keys refer to in vigil.toml: `agent =`, `notify =` and `calendar =`."""
 
     agents: DeclaredNames = field(default_factory=agent_targets)
     channels: DeclaredNames = field(default_factory=channel_targets)
+    calendars: DeclaredNames = field(default_factory=calendar_targets)
 
 
 _Report = Callable[[tuple[str, ...], str], None]
 
 
-def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, list[ConfigError], Targets]:
-    """Settings from vigil.toml; invalid entries are left out (defaults used) and reported."""
+def parse_settings(
+    source: SourceFile | None, root_abs: str, *, check_holidays: bool = True
+) -> tuple[Settings, list[ConfigError], Targets]:
+    """Settings from vigil.toml; invalid entries are left out (defaults used) and reported.
+
+    `check_holidays`: check each calendar's holiday country against the `holidays` package (listing
+    commands pass False: importing it costs tens of milliseconds)."""
     if source is None:
         return Settings(), [], Targets()
     if source.syntax_error is not None:
@@ -129,6 +143,7 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
     channel_names = channel_targets(frozenset(channels), frozenset(invalid_channels))
     scheduler["notify"] = _declared_notify(scheduler.get("notify", ()), channel_names, bad)
     http_listen = _parse_http(_table(data, "http"), bad)
+    calendars, invalid_calendars = parse_calendars(_table(data, "calendars"), bad, check_holidays=check_holidays)
     settings = Settings(
         **scheduler,
         agents=agents,
@@ -137,10 +152,12 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
         invalid_channels=frozenset(invalid_channels),
         channels_unknown="notify" in data and not isinstance(data["notify"], dict),
         http_listen=http_listen,
+        calendars=calendars,
     )
     targets = Targets(
         agent_targets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))),
         channel_names,
+        calendar_targets(frozenset(calendars), frozenset(invalid_calendars)),
     )
     errors.sort(key=lambda error: error.line or 0)
     return settings, errors, targets

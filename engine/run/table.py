@@ -24,6 +24,8 @@ class RunTable:
         self.runs: dict[int, RunInfo] = {}  #: open runs only
         self.active: defaultdict[str, set[int]] = defaultdict(set)  #: launching or running, per job
         self.queued: defaultdict[str, deque[int]] = defaultdict(deque)  #: pending behind them, in order
+        #: pending until an admission window opens (`window`), per job; they wait on the retry heap
+        self.waiting: defaultdict[str, set[int]] = defaultdict(set)
         self._retries: list[tuple[float, int]] = []
         self._deadlines: list[tuple[float, int]] = []
         self._opened: list[RunInfo] = []  # tracked since the last take_opened (for the run watch)
@@ -54,6 +56,8 @@ class RunTable:
         """A run that ended, or whose row was never written."""
         self.runs.pop(run_id, None)
         self.active[job].discard(run_id)
+        if job in self.waiting:
+            self.waiting[job].discard(run_id)
         with contextlib.suppress(ValueError):
             self.queued[job].remove(run_id)
 
@@ -67,6 +71,8 @@ class RunTable:
         """A pending run becomes `launching` (a retry that is due, a queued run whose turn came)."""
         info.state = RunState.LAUNCHING
         self.active[info.job].add(info.id)
+        if info.job in self.waiting:
+            self.waiting[info.job].discard(info.id)
 
     def next_queued(self, job: str) -> RunInfo | None:
         """The next pending run of the job's queue, taken off it (runs ended meanwhile are dropped)."""
@@ -80,6 +86,15 @@ class RunTable:
 
     def retry_at(self, mono: float, run_id: int) -> None:
         heapq.heappush(self._retries, (mono, run_id))
+
+    def wait_for_window(self, mono: float, info: RunInfo) -> None:
+        """A pending run that starts when its window opens (at `mono`), like a retry that is due."""
+        self.waiting[info.job].add(info.id)
+        self.retry_at(mono, info.id)
+
+    def waiting_of(self, job: str) -> list[int]:
+        """The job's runs waiting for a window to open, by id."""
+        return sorted(run_id for run_id in self.waiting.get(job, ()) if run_id in self.runs)
 
     def due_retries(self, mono: float) -> Iterator[RunInfo]:
         """Pending runs whose retry time has come, each once."""

@@ -132,7 +132,8 @@ def test_the_job_key_table_is_jobspec_and_a_key_left_unset_takes_jobspecs_defaul
     assert list(SCHEDULER_FIELDS) == [
         f.name
         for f in dataclasses.fields(Settings)
-        if f.name not in ("agents", "pools", "channels", "invalid_channels", "channels_unknown", "http_listen")
+        if f.name
+        not in ("agents", "pools", "channels", "invalid_channels", "channels_unknown", "http_listen", "calendars")
     ]
 
 
