@@ -237,9 +237,11 @@ class MovedTrigger:
             cursor = after
         best: datetime | None = None
         best_day: date | None = None
-        for _ in range(100_000):  # a bound on a pathological inner trigger, never reached in practice
+        # No fire moves further than a year: past this, nothing found means nothing will be.
+        horizon = after + timedelta(days=2 * _SEARCH_DAYS)
+        for _ in range(1_000_000):  # a bound on a pathological inner trigger, never reached in practice
             fire = self.inner.next_fire(cursor)
-            if fire is None:
+            if fire is None or fire > horizon:
                 break
             if self.policy is NonWorking.NEXT and best is not None and fire >= best:
                 break  # a fire moved forward lands at or after itself
