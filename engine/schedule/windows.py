@@ -26,18 +26,19 @@ from engine.text import quote
 
 __all__ = ["Window", "Windows", "parse_window", "windows_for"]
 
-_SPAN = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
+_SPAN = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?\s*-\s*(\d{1,2}):(\d{2})(?::(\d{2}))?")
+_DAY = 86400
 _ALL_DAYS = frozenset(range(7))
 
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One admission window: the weekdays it opens on, and its span in minutes of the day."""
+    """One admission window: the weekdays it opens on, and its span in seconds of the day."""
 
     text: str  #: as written (normalised spaces), for reasons
     days: frozenset[int]  #: 0 = Monday
-    start: int  #: minutes after midnight
-    end: int  #: minutes after midnight, 1…1440; at or before `start`: on the next day
+    start: int  #: seconds after midnight
+    end: int  #: seconds after midnight, 1…86400; at or before `start`: on the next day
 
     def span_on(self, day: date, zone: ZoneInfo) -> tuple[datetime, datetime] | None:
         """[open, close) of the window opening on `day` (UTC), or None if it does not open that day."""
@@ -45,7 +46,7 @@ class Window:
             return None
         opens = at_wall(day, _clock(self.start), zone)
         end_day = day if self.end > self.start else day + timedelta(days=1)
-        if self.end == 1440:
+        if self.end == _DAY:
             end_day, end = end_day + timedelta(days=1), 0
         else:
             end = self.end
@@ -53,8 +54,8 @@ class Window:
         return opens, closes
 
 
-def _clock(minutes: int) -> time:
-    return time(minutes // 60, minutes % 60)
+def _clock(seconds: int) -> time:
+    return time(seconds // 3600, seconds // 60 % 60, seconds % 60)
 
 
 def _days(text: str) -> frozenset[int]:
@@ -72,8 +73,8 @@ def _days(text: str) -> frozenset[int]:
 
 @lru_cache(maxsize=4096)
 def parse_window(text: str) -> Window:
-    """`"mon-fri 08:00-18:00"`, `"22:00-06:00"` (every day), `"sat,sun 00:00-24:00"`; ValueError saying
-    what is wrong."""
+    """`"mon-fri 08:00-18:00"`, `"22:00-06:00"` (every day), `"sat,sun 00:00-24:00"`, seconds allowed
+    (`"08:00:30-08:05"`); ValueError saying what is wrong."""
     words = text.split()
     if not words or len(words) > 2:
         raise ValueError(f'expected "[DAYS] HH:MM-HH:MM" such as "mon-fri 08:00-18:00", got {quote(text)}')
@@ -81,12 +82,12 @@ def parse_window(text: str) -> Window:
     match = _SPAN.fullmatch(words[-1])
     if match is None:
         raise ValueError(f'expected a span "HH:MM-HH:MM" such as "08:00-18:00", got {quote(words[-1])}')
-    h1, m1, h2, m2 = (int(g) for g in match.groups())
-    if h1 > 23 or m1 > 59 or h2 > 24 or m2 > 59 or (h2 == 24 and m2):
-        raise ValueError(f"{quote(words[-1])}: hours are 00…23 (24:00 ends a day), minutes 00…59")
-    start, end = h1 * 60 + m1, h2 * 60 + m2
+    h1, m1, s1, h2, m2, s2 = (int(g or 0) for g in match.groups())
+    if h1 > 23 or m1 > 59 or s1 > 59 or h2 > 24 or m2 > 59 or s2 > 59 or (h2 == 24 and (m2 or s2)):
+        raise ValueError(f"{quote(words[-1])}: hours are 00…23 (24:00 ends a day), minutes and seconds 00…59")
+    start, end = h1 * 3600 + m1 * 60 + s1, h2 * 3600 + m2 * 60 + s2
     if end == 0:
-        end = 1440  # "22:00-00:00" ends at midnight
+        end = _DAY  # "22:00-00:00" ends at midnight
     if start == end:
         raise ValueError(f"{quote(words[-1])}: the window opens and closes at the same time")
     return Window(" ".join(words), days, start, end)

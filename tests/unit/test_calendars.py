@@ -266,7 +266,7 @@ def test_windows_on_dst_days_are_wall_clock_spans() -> None:
     ("text", "message"),
     [
         ("mon-fry 08:00-18:00", "unknown weekday 'mon-fry'"),
-        ("08:00-18:61", "minutes 00…59"),
+        ("08:00-18:61", "minutes and seconds 00…59"),
         ("08:00", 'expected a span "HH:MM-HH:MM"'),
         ("mon-fri 08:00-08:00", "opens and closes at the same time"),
         ("a b c", "expected"),
