@@ -89,7 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     fires: list[PlannedFire] = []
     for job in jobs:
         fires.extend(project(job, calendars, now, end))
-    fires.sort(key=lambda planned: (planned.at, planned.job))
+    fires.sort(key=lambda planned: (planned.at.timestamp(), planned.job))
     empty: list[tuple[str, str]] = []
     if args.empty:
         for name, spec in sorted(calendars.items()):
@@ -109,7 +109,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         }
         if args.empty:
             doc["empty_working_days"] = [{"calendar": name, "date": day} for name, day in empty]
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        # One line: a month of 10,000 jobs is hundreds of thousands of fires (json's indenting is 3x slower)
+        sys.stdout.write(json.dumps(doc) + "\n")
         return 0
     if args.empty:
         if not empty:

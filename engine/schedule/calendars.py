@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import calendar as _gregorian
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
@@ -91,9 +91,10 @@ def holiday_problem(country: str, subdivision: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class WorkingCalendar:
-    """A `CalendarSpec` put to use: its holidays looked up year by year (and kept)."""
+    """A `CalendarSpec` put to use: its holidays looked up year by year, and each day's verdict kept."""
 
     spec: CalendarSpec
+    _verdicts: dict[date, str | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -112,6 +113,16 @@ class WorkingCalendar:
 
     def why_not_working(self, day: date) -> str | None:
         """None for a working day; else why not: "non-working day: Christmas Day (DE-BE)"."""
+        try:
+            return self._verdicts[day]
+        except KeyError:
+            pass
+        if len(self._verdicts) > 20_000:
+            self._verdicts.clear()
+        verdict = self._verdicts[day] = self._verdict(day)
+        return verdict
+
+    def _verdict(self, day: date) -> str | None:
         spec = self.spec
         if day in spec.exclude:
             return f"non-working day: {day.isoformat()} is excluded in calendar {spec.name}"

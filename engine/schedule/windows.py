@@ -96,11 +96,13 @@ def parse_window(text: str) -> Window:
 class Windows:
     """A job's windows in its zone: an instant is admitted when it is inside any of them."""
 
-    __slots__ = ("windows", "zone")
+    __slots__ = ("_opening", "windows", "zone")
 
     def __init__(self, windows: Iterable[Window], zone: ZoneInfo) -> None:
         self.windows = tuple(windows)
         self.zone = zone
+        #: the spans opening on each day asked about (jobs with the same windows share this object)
+        self._opening: dict[date, list[tuple[datetime, datetime, Window]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.windows)
@@ -110,15 +112,24 @@ class Windows:
         return ", ".join(w.text for w in self.windows)
 
     def _spans_around(self, day: date, before: int, after: int) -> list[tuple[datetime, datetime, Window]]:
-        spans = []
+        spans: list[tuple[datetime, datetime, Window]] = []
         for offset in range(-before, after + 1):
-            d = day + timedelta(days=offset)
+            spans.extend(self._opening_on(day + timedelta(days=offset)))
+        return spans  # each day's in order, and days in order: sorted by opening
+
+    def _opening_on(self, day: date) -> list[tuple[datetime, datetime, Window]]:
+        found = self._opening.get(day)
+        if found is None:
+            if len(self._opening) > 4096:
+                self._opening.clear()
+            found = []
             for window in self.windows:
-                span = window.span_on(d, self.zone)
+                span = window.span_on(day, self.zone)
                 if span is not None and span[1] > span[0]:
-                    spans.append((span[0], span[1], window))
-        spans.sort(key=lambda s: s[0])
-        return spans
+                    found.append((span[0], span[1], window))
+            found.sort(key=lambda s: s[0])
+            self._opening[day] = found
+        return found
 
     def containing(self, when: datetime) -> Window | None:
         """The window `when` is inside (the first listed, if several), or None."""
