@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -200,6 +200,36 @@ class Catchup(StrEnum):
     NONE = "none"
 
 
+class NonWorking(StrEnum):
+    """`on_nonworking`: what a fire on a day its calendar says is not a working day becomes."""
+
+    SKIP = "skip"  #: a `skipped` row naming the day
+    NEXT = "next"  #: moved to the next working day, same wall time
+    PREVIOUS = "previous"  #: moved to the previous working day, same wall time
+
+
+class OutsideWindow(StrEnum):
+    """`outside_window`: what a fire outside every admission window becomes."""
+
+    WAIT = "wait"  #: a `pending` row that starts at the next opening
+    SKIP = "skip"  #: a `skipped` row naming the windows
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CalendarSpec:
+    """`[calendars.NAME]` in vigil.toml: which days are working days.
+
+    A day is a working day when it is in `include`, or its weekday is in `weekdays` and it is not a
+    public holiday of `country`/`subdivision`; a day in `exclude` never is (exclude wins)."""
+
+    name: str
+    weekdays: frozenset[int] = frozenset(range(5))  #: 0 = Monday … 6 = Sunday
+    country: str | None = None  #: ISO 3166 code for the `holidays` package
+    subdivision: str | None = None
+    include: frozenset[date] = frozenset()  #: extra working days
+    exclude: frozenset[date] = frozenset()  #: extra non-working days
+
+
 class StopReason(StrEnum):
     """Why an active scheduler's term ended (its `stop_reason`; the HA node acts on it)."""
 
@@ -246,6 +276,13 @@ class JobSpec:
     #: `[resources.NAME]` counts a run takes at once, by name (engine/run/admission.py)
     locks: tuple[tuple[str, int], ...] = ()
     priority: int = 0  #: waiting runs start in this order, higher first, then the oldest
+    calendar: str | None = None  #: a `[calendars.NAME]` of vigil.toml
+    on_nonworking: NonWorking = NonWorking.SKIP
+    workday: int | None = None  #: Nth (1…23) or Nth-last (-1…-23) working day of the month, at `at_time`
+    at_time: str | None = None  #: "HH:MM" (or "HH:MM:SS"), with `workday`
+    window: tuple[str, ...] = ()  #: admission windows such as "mon-fri 08:00-18:00", in `timezone`
+    outside_window: OutsideWindow = OutsideWindow.WAIT
+    kill_at_window_end: bool = False  #: a run still going when its window closes is killed
 
     @property
     def schedule_text(self) -> str:
@@ -257,8 +294,15 @@ class JobSpec:
             parts.append(f"every {format_duration(self.every)}")
         if self.at is not None:
             parts.append(f"at {self.at.isoformat()}")
+        if self.workday is not None:
+            zone = f" {self.timezone}" if self.timezone != "UTC" else ""
+            parts.append(f"workday {self.workday} at {self.at_time}{zone}")
         if self.after:
             parts.append("after " + ",".join(str(edge) for edge in self.after_edges))
+        if self.calendar:
+            parts.append(f"calendar {self.calendar}")
+        if self.window:
+            parts.append("window " + ", ".join(self.window))
         return "; ".join(parts) or "manual"
 
     @property
@@ -404,6 +448,7 @@ class Settings:
     http_listen: str | None = None  #: `[http] listen`, "HOST:PORT": /metrics and /healthz
     max_running: int | None = None  #: `[scheduler] max_running`: local runs at once; None: no cap
     resources: dict[str, int] = field(default_factory=dict)  #: `[resources.NAME] limit`, by name
+    calendars: dict[str, CalendarSpec] = field(default_factory=dict)  #: `[calendars.NAME]`
 
 
 @dataclass(frozen=True, slots=True)

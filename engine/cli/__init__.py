@@ -232,11 +232,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from engine.config import load_folder
 
     jobs_dir = _job_folder(args)
-    result = load_folder(jobs_dir)
+    result = load_folder(jobs_dir, check_holidays=False)  # `vigil validate` checks them; listing stays fast
     paused: set[str] = set()
     held: set[str] = set()
     latest: dict[str, Run] = {}
     catalog: dict[str, JobRow] = {}
+    stored: dict[str, JobRow] = {}
     paths = _state(args)
     if paths.db.exists():
         reader = _reader(args)
@@ -245,6 +246,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         latest = reader.latest_run_per_job()
         if _active_answers(paths):  # only a running active keeps a last valid version scheduled
             catalog = {row.name: row for row in reader.jobs()}
+        elif any(job.calendar for job in result.jobs.values()):
+            # The next fires the last active computed with their calendars (holiday tables are slow to load)
+            stored = {row.name: row for row in reader.jobs()}
         reader.close()
     # A job file that is broken now: its first error, and what the active still runs in its place.
     still_run = [name for name, entry in catalog.items() if entry.loaded]
@@ -258,8 +262,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         doc: dict[str, Any] = {"name": name, "last_state": last.state.value if last else None}
         doc["last_run_id"] = last.id if last else None
         if job is not None:
-            trigger = schedule.trigger_for(job)
-            nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
+            row = catalog.get(name) or stored.get(name)
+            known = row is not None and row.loaded and row.schedule == job.schedule_text
+            if job.calendar and known and row and row.next_fire and row.next_fire > now and name not in paused:
+                nxt = row.next_fire if job.enabled else None  # the active's, with the calendar applied
+            else:
+                trigger = schedule.job_trigger(job, result.settings.calendars)
+                nxt = trigger.next_fire(now) if trigger and job.enabled and name not in paused else None
             status = "disabled" if not job.enabled else "paused" if name in paused else "enabled"
             if status == "enabled" and name in held:
                 status = "held"
@@ -466,15 +475,29 @@ def cmd_next(args: argparse.Namespace) -> int:
         layers = {str(job_file)} | {str(d / "_folder.toml") for d in job_file.parents if d.is_relative_to(jobs_dir)}
         problems = [e.format() for e in result.errors if e.path in layers]
         raise VigilError(f"no valid job named {quote(args.name)}" + (": " + "; ".join(problems) if problems else ""))
-    fires = schedule.preview(job, datetime.now(UTC), args.n)
+    if job.calendar or job.window:
+        from engine.cli.plan import next_lines
+
+        # The calendar and windows applied: the fires they leave out are listed too, with why.
+        times, lines = next_lines(job, result.settings.calendars, datetime.now(UTC), args.n)
+    else:
+        times = lines = [f.isoformat() for f in schedule.preview(job, datetime.now(UTC), args.n)]
     if args.json:
-        _print_json([f.isoformat() for f in fires])
-    elif not fires:
+        _print_json(times)
+    elif not times:
+        for line in lines:
+            print(line)
         print(f"{escape(args.name)} has no upcoming scheduled fires ({escape(job.schedule_text)})")
     else:
-        for fire in fires:
-            print(fire.isoformat())
+        for line in lines:
+            print(line)
     return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from engine.cli.plan import cmd_plan as run
+
+    return run(args)
 
 
 def cmd_import_crontab(args: argparse.Namespace) -> int:
@@ -758,6 +781,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("-n", type=int, default=5, help=f"how many, 1 to {MAX_PREVIEW} (default 5)")
     p.set_defaults(func=cmd_next)
+
+    p = sub.add_parser(
+        "plan",
+        parents=[common, jobs, as_json],
+        help="the projected fires of every job for the next days, with those a calendar or window leaves out",
+    )
+    p.add_argument("--days", type=int, default=7, help="how many days ahead, 1 to 366 (default 7)")
+    p.add_argument("--job", metavar="GLOB", help="only the jobs whose names match, e.g. 'etl/*'")
+    p.add_argument("--empty", action="store_true", help="list the working days of each calendar with nothing planned")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("status", parents=[common, as_json], help="active/standby, counts of jobs and runs, failovers")
     p.set_defaults(func=cmd_status)

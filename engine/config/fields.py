@@ -29,9 +29,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from engine.config.sources import SourceFile, Value
 from engine.durations import MAX_DURATION_LABEL, parse_duration, within_max_duration
 from engine.errors import ConfigError
-from engine.model import AfterEdge, Catchup, Condition, JobSpec, Overlap, Threshold
+from engine.model import AfterEdge, Catchup, Condition, JobSpec, NonWorking, OutsideWindow, Overlap, Threshold
 from engine.notify.events import EventKind
-from engine.schedule import validate_cron
+from engine.schedule import parse_window, validate_cron
+from engine.schedule.calendars import MAX_WORKDAY, parse_at_time
 from engine.text import describe, quote, show
 
 __all__ = [
@@ -449,6 +450,40 @@ def as_locks(value: object) -> tuple[tuple[str, int], ...]:
     return tuple(locks)
 
 
+def as_workday(value: object) -> int:
+    """`workday`: 1…23 (the Nth working day of the month) or -1…-23 (the Nth from the end)."""
+    number = as_int(value, minimum=-MAX_WORKDAY, maximum=MAX_WORKDAY)
+    if number == 0:
+        raise BadValue("0 is no working day: use 1 for the first, -1 for the last of the month")
+    return number
+
+
+def as_at_time(value: object) -> str:
+    """`at_time = "18:00"`: a wall time of day in the job's zone, as "HH:MM" (or "HH:MM:SS")."""
+    try:
+        wall = parse_at_time(as_string(value, allow_empty=False))
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
+    return wall.isoformat(timespec="seconds" if wall.second else "minutes")
+
+
+def as_windows(value: object) -> tuple[str, ...]:
+    """`window`: one admission window "mon-fri 08:00-18:00" or a list of them (each checked)."""
+    texts = [value] if isinstance(value, str) else as_string_list(value, 'windows such as "mon-fri 08:00-18:00"')
+    if not texts:
+        raise BadValue("must name at least one window (leave window out to admit every time)")
+    problems: list[tuple[tuple[str, ...], str]] = []
+    normalised: list[str] = []
+    for number, text in enumerate(texts, start=1):
+        try:
+            normalised.append(parse_window(" ".join(text.split())).text)
+        except ValueError as exc:
+            problems.append(((), str(exc) if len(texts) == 1 else f"item {number}: {exc}"))
+    if problems:
+        raise BadValue.many(problems)
+    return tuple(dict.fromkeys(normalised))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The key tables
 
@@ -511,6 +546,13 @@ JOB_FIELDS: Mapping[str, JobField] = _job_fields(
         "user": partial(as_string, allow_empty=False),
         "locks": as_locks,
         "priority": partial(as_int, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY),
+        "calendar": partial(as_string, allow_empty=False),
+        "on_nonworking": partial(as_enum, kind=NonWorking),
+        "workday": as_workday,
+        "at_time": as_at_time,
+        "window": as_windows,
+        "outside_window": partial(as_enum, kind=OutsideWindow),
+        "kill_at_window_end": as_bool,
     },
     relative_paths=("workdir",),
 )
@@ -590,6 +632,6 @@ def _key_home(key: str, where: str) -> str | None:
         return f"`{key}` is a [resources.NAME] setting" + ("" if in_settings else " in vigil.toml")
     if key == "mode" and where != "pool":
         return f"`{key}` is a [pools.NAME] setting" + ("" if in_settings else " in vigil.toml")
-    if key in ("scheduler", "pools", "resources") and where == "job":
+    if key in ("scheduler", "pools", "resources", "calendars") and where == "job":
         return f"[{key}{'' if key == 'scheduler' else '.NAME'}] is a table of vigil.toml"
     return None

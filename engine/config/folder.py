@@ -196,6 +196,7 @@ def _whole_job_errors(source: SourceFile, merged: Mapping[str, Value], targets: 
             errors.append(user.source.error(("user",), problem))  # where it is set (maybe a _folder.toml)
     errors += _threshold_errors(source, merged)
     errors += _lock_errors(merged, targets)
+    errors += _calendar_errors(source, merged, targets)
     env = merged.get("env")
     if env is not None and (size := env_bytes(env.value)) > MAX_ENV_BYTES:
         # Each file's own table is within the cap; only their merge is too large.
@@ -226,6 +227,40 @@ def _threshold_errors(source: SourceFile, merged: Mapping[str, Value]) -> list[C
     if longer.source is source and shorter.source is not source:
         key, where = "warn_if_longer", longer
     return [where.source.error((key,), f"warn_if_shorter ({low}) must be below warn_if_longer ({high})")]
+
+
+def _calendar_errors(source: SourceFile, merged: Mapping[str, Value], targets: Targets) -> list[ConfigError]:
+    """`calendar` naming a declared calendar, and the calendar and window keys that only work together:
+    `workday` needs `calendar` and `at_time` and replaces cron/every/at; `at_time` and `on_nonworking`
+    mean nothing alone; `outside_window` and `kill_at_window_end` need `window`."""
+    errors: list[ConfigError] = []
+
+    def error(key: str, reason: str) -> None:
+        where = merged[key].source
+        errors.append(where.error((key,), reason))
+
+    calendar = merged.get("calendar")
+    if calendar is not None and (problem := targets.calendars.problem(calendar.value)):
+        error("calendar", problem)
+    if "workday" in merged:
+        if calendar is None:
+            error("workday", 'needs calendar = "NAME" (working days are those of a [calendars.NAME] in vigil.toml)')
+        if "at_time" not in merged:
+            error("workday", 'needs at_time = "HH:MM" (when, on that working day, the job fires)')
+        for key in ("cron", "every", "at"):
+            if key in merged:
+                error(key, "cannot be combined with workday (workday and at_time are the schedule)")
+        if "on_nonworking" in merged:
+            error("on_nonworking", "has no effect with workday (a workday fire is always on a working day)")
+    elif "at_time" in merged:
+        error("at_time", "needs workday = N (at_time is the time of day of a workday schedule)")
+    if "on_nonworking" in merged and calendar is None:
+        error("on_nonworking", 'needs calendar = "NAME" (a calendar says which days are non-working)')
+    if "window" not in merged:
+        for key in ("outside_window", "kill_at_window_end"):
+            if key in merged:
+                error(key, 'needs window = "DAYS HH:MM-HH:MM" (e.g. "mon-fri 08:00-18:00")')
+    return errors
 
 
 def _aware_at(at: datetime, zone_name: str) -> datetime | None:
@@ -293,8 +328,9 @@ class _Walk:
 class JobFolder:
     """A job folder kept loaded: `scan()` re-reads only what changed and keeps last valid versions."""
 
-    def __init__(self, root: Path, *, keep_last_valid: bool = True) -> None:
+    def __init__(self, root: Path, *, keep_last_valid: bool = True, check_holidays: bool = True) -> None:
         self.root = Path(root)
+        self.check_holidays = check_holidays  #: see `parse_settings`
         #: The scheduler keeps running a broken file's last valid version; a reader that wants the
         #: folder as the next scheduler would load it (`keep_last_valid=False`) gets only valid files.
         self.keep_last_valid = keep_last_valid
@@ -568,7 +604,7 @@ class JobFolder:
         if self._settings_version == version:
             return
         self._settings_version = version
-        settings, errors, targets = parse_settings(source, self._root_abs)
+        settings, errors, targets = parse_settings(source, self._root_abs, check_holidays=self.check_holidays)
         self._settings_errors = errors
         if errors and self._have_valid_settings:
             return
@@ -613,6 +649,7 @@ class JobFolder:
             "agent" in source.keys
             or "notify" in source.keys
             or any("locks" in layer.keys for layer in (source, *chain))  # checked against [resources]
+            or any("calendar" in layer.keys for layer in (source, *chain))
         )
         sets_user = "user" in source.keys or any("user" in folder.keys for folder in chain)
         signature = shared.one(
@@ -767,7 +804,7 @@ def _cycle_through(start: str, members: set[str], graph: Mapping[str, JobSpec]) 
     return [start, start]
 
 
-def load_folder(root: Path) -> LoadResult:
+def load_folder(root: Path, *, check_holidays: bool = True) -> LoadResult:
     """Load every job of a folder once (the CLI's view; the scheduler keeps a JobFolder instead)."""
-    result = JobFolder(root).scan()
+    result = JobFolder(root, check_holidays=check_holidays).scan()
     return LoadResult(jobs=dict(result.jobs), errors=result.errors, settings=result.settings)

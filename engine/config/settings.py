@@ -1,5 +1,6 @@
 """`vigil.toml`: the `[scheduler]` settings, the `[agents.NAME]` and `[pools.NAME]` a job's `agent` may name,
-the `[notify.NAME]` channels a `notify` may name, and the `[http]` listener.
+the `[notify.NAME]` channels a `notify` may name, the `[calendars.NAME]` a `calendar` may name (`calendars`)
+and the `[http]` listener.
 
 Invalid entries are left out (their defaults used) and every one is reported with its line. Imports
 `sources`, `fields`, `listen`, `engine.model`, `engine.errors` and `engine.text`.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from engine.config.calendars import parse_calendars
 from engine.config.fields import (
     AGENT_KEYS,
     CHANNEL_KEYS,
@@ -49,13 +51,14 @@ __all__ = [
     "DeclaredNames",
     "Targets",
     "agent_targets",
+    "calendar_targets",
     "channel_targets",
     "load_settings",
     "parse_settings",
 ]
 
 SETTINGS_FILE = "vigil.toml"
-_TABLES = ("scheduler", "agents", "pools", "notify", "http", "resources")
+_TABLES = ("scheduler", "agents", "pools", "notify", "http", "resources", "calendars")
 MAX_RATE_LIMIT = 100_000
 #: an Apprise URL is `schema://...`; which schemas exist is Apprise's to say (`vigil validate` asks it)
 _APPRISE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
@@ -99,13 +102,19 @@ def resource_targets(valid: frozenset[str] = frozenset(), invalid: frozenset[str
     return DeclaredNames("resource", ("resources",), valid, invalid)
 
 
+def calendar_targets(valid: frozenset[str] = frozenset(), invalid: frozenset[str] = frozenset()) -> DeclaredNames:
+    """What a `calendar =` key may name: declared calendars."""
+    return DeclaredNames("calendar", ("calendars",), valid, invalid)
+
+
 @dataclass(frozen=True)
 class Targets:
-    """The names job keys refer to in vigil.toml: `agent =`, `notify =` and `locks =` (with each
-    resource's limit, which a lock's count may not exceed)."""
+    """The names job keys refer to in vigil.toml: `agent =`, `notify =`, `calendar =` and `locks =`
+    (with each resource's limit, which a lock's count may not exceed)."""
 
     agents: DeclaredNames = field(default_factory=agent_targets)
     channels: DeclaredNames = field(default_factory=channel_targets)
+    calendars: DeclaredNames = field(default_factory=calendar_targets)
     resources: DeclaredNames = field(default_factory=resource_targets)
     limits: tuple[tuple[str, int], ...] = ()  #: each valid resource's limit, by name
 
@@ -126,8 +135,13 @@ class Targets:
 _Report = Callable[[tuple[str, ...], str], None]
 
 
-def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, list[ConfigError], Targets]:
-    """Settings from vigil.toml; invalid entries are left out (defaults used) and reported."""
+def parse_settings(
+    source: SourceFile | None, root_abs: str, *, check_holidays: bool = True
+) -> tuple[Settings, list[ConfigError], Targets]:
+    """Settings from vigil.toml; invalid entries are left out (defaults used) and reported.
+
+    `check_holidays`: check each calendar's holiday country against the `holidays` package (listing
+    commands pass False: importing it costs tens of milliseconds)."""
     if source is None:
         return Settings(), [], Targets()
     if source.syntax_error is not None:
@@ -153,6 +167,7 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
     scheduler["notify"] = _declared_notify(scheduler.get("notify", ()), channel_names, bad)
     http_listen = _parse_http(_table(data, "http"), bad)
     resources, invalid_resources = _parse_resources(_table(data, "resources"), bad)
+    calendars, invalid_calendars = parse_calendars(_table(data, "calendars"), bad, check_holidays=check_holidays)
     settings = Settings(
         **scheduler,
         agents=agents,
@@ -162,12 +177,14 @@ def parse_settings(source: SourceFile | None, root_abs: str) -> tuple[Settings, 
         channels_unknown="notify" in data and not isinstance(data["notify"], dict),
         http_listen=http_listen,
         resources=resources,
+        calendars=calendars,
     )
     targets = Targets(
         agent_targets(frozenset(agents) | frozenset(pools), frozenset(invalid - set(agents) - set(pools))),
         channel_names,
-        resource_targets(frozenset(resources), frozenset(invalid_resources)),
-        tuple(sorted(resources.items())),
+        calendars=calendar_targets(frozenset(calendars), frozenset(invalid_calendars)),
+        resources=resource_targets(frozenset(resources), frozenset(invalid_resources)),
+        limits=tuple(sorted(resources.items())),
     )
     errors.sort(key=lambda error: error.line or 0)
     return settings, errors, targets

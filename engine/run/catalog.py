@@ -60,6 +60,7 @@ class Catalog:
     def apply_scan(self, result: ScanResult, now: datetime, *, initial: bool = False) -> list[i.Intent]:
         """The jobs as this scan found them: their triggers and next fires; the intents to record."""
         p = self.planner
+        previous_settings = p.settings if not initial else None
         p.settings = result.settings
         errors: dict[str, str] = {}
         for err in result.errors:
@@ -90,9 +91,13 @@ class Catalog:
             if p.last_fire.pop(name, None) is not None:
                 intents.append(i.LastFire(name, None))
         shared_triggers: schedule.SharedTriggers = {}
-        for name in p.jobs if initial else sorted(result.changed & p.jobs.keys()):
+        rebuild = result.changed & p.jobs.keys()
+        if previous_settings is not None and previous_settings.calendars != p.settings.calendars:
+            # A calendar edited in vigil.toml moves the fires of the jobs on it (their files did not change).
+            rebuild |= {name for name, job in p.jobs.items() if job.calendar}
+        for name in p.jobs if initial else sorted(rebuild):
             job = p.jobs[name]
-            trigger = schedule.trigger_for(job, shared_triggers)
+            trigger = schedule.job_trigger(job, p.settings.calendars, shared_triggers)
             if trigger is None:
                 p.triggers.pop(name, None)
                 p.next_fire[name] = None
@@ -148,4 +153,4 @@ class Catalog:
 
 
 def _schedule_of(job: JobSpec) -> tuple[Any, ...]:
-    return (job.cron, job.every, job.at, job.timezone)
+    return (job.cron, job.every, job.at, job.timezone, job.calendar, job.on_nonworking, job.workday, job.at_time)

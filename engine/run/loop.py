@@ -612,9 +612,14 @@ class Scheduler:
         info.state = RunState.RUNNING
         info.started_at = now
         info.started_mono = self.clock.monotonic()
-        if job.timeout is not None:
-            info.deadline = now + timedelta(seconds=job.timeout)
-            info.deadline_mono = info.started_mono + job.timeout  # a wall-clock step cannot move it
+        deadline = now + timedelta(seconds=job.timeout) if job.timeout is not None else None
+        closes = self.planner.window_close(job, now)  # kill_at_window_end: the window's close
+        if closes is not None and (deadline is None or closes < deadline):
+            deadline = closes
+        if deadline is not None:
+            info.deadline = deadline
+            # on the monotonic clock, so a wall-clock step cannot move it
+            info.deadline_mono = info.started_mono + (deadline - now).total_seconds()
             self.table.arm_deadline(info)
         self.store.defer(i.RunStarted(info.id, now, info.deadline))
 
@@ -625,8 +630,9 @@ class Scheduler:
 
     def _handle_deadlines(self, mono: float) -> None:
         for info in self.table.due_deadlines(mono):
-            info.kill_requested = "timeout"
-            self.store.defer(i.KillRequested(info.id, "timeout"))
+            cause = self.planner.deadline_cause(info)  # "timeout", or "window" (kill_at_window_end)
+            info.kill_requested = cause
+            self.store.defer(i.KillRequested(info.id, cause))
             self._kill_running(info)
 
     def _on_finished(self, result: ShimExit) -> None:

@@ -29,6 +29,7 @@ from engine.model import (
     Catchup,
     Condition,
     JobSpec,
+    OutsideWindow,
     Overlap,
     ResourceUse,
     Run,
@@ -360,6 +361,16 @@ class Planner:
             ok, unmet = schedule.upstream_satisfied(job.after, self.last_success, since)
             if not ok:
                 return skipped("after: not yet succeeded since the previous run: " + ", ".join(unmet))
+        if trigger is Trigger.SCHEDULE and job.calendar:
+            excluded = schedule.fire_excluded(job, self.settings.calendars, scheduled_for)
+            if excluded is not None:
+                return skipped(excluded)
+        if trigger in (Trigger.SCHEDULE, Trigger.AFTER) and job.window:
+            held = self._hold_for_window(
+                batch, job, scheduled_for, trigger, now, attempt, overlap or job.overlap, flow_id, starts_flow
+            )
+            if held is not None:
+                return held
         # Only runs that are still open count (and are named in a reason); the run ends of this
         # iteration were handled before its fires, so these are the job's runs as of now.
         active, queued = self.table.open_of(name)
@@ -424,6 +435,76 @@ class Planner:
             starts_flow=starts_flow,
         )
 
+    def _hold_for_window(
+        self,
+        batch: Batch,
+        job: JobSpec,
+        scheduled_for: datetime,
+        trigger: Trigger,
+        now: datetime,
+        attempt: int,
+        overlap: Overlap,
+        flow_id: int | None,
+        starts_flow: bool,
+    ) -> RunInfo | None:
+        """None when `now` is inside one of the job's windows; else the fire's row: skipped, or pending
+        until the next opening (a row with `not_before`, so a new active after a failover waits too).
+        Admission is judged when the fire is handled, so a late fire inside a window runs."""
+        windows = schedule.windows_for(job.window, job.timezone)
+        why = windows.why_outside(now)
+        if why is None:
+            return None
+        opening = windows.next_opening(now)
+        name = job.name
+        if job.outside_window is OutsideWindow.SKIP or opening is None:
+            return self.new_row(
+                batch,
+                name,
+                scheduled_for,
+                RunState.SKIPPED,
+                trigger,
+                now,
+                reason=f"outside_window=skip: {why}",
+                flow_id=flow_id,
+            )
+        waiting = self.table.window_waiting_of(name)
+        if waiting and overlap is not Overlap.ALLOW:
+            reason = f"overlap={overlap}: run {waiting[0]} already waits for the window; {why}"
+            return self.new_row(
+                batch, name, scheduled_for, RunState.SKIPPED, trigger, now, reason=reason, flow_id=flow_id
+            )
+        info = self.new_row(
+            batch,
+            name,
+            scheduled_for,
+            RunState.PENDING,
+            trigger,
+            now,
+            attempt=attempt,
+            not_before=opening,
+            reason=f"{why}: waits for it to open",
+            flow_id=flow_id,
+            starts_flow=starts_flow,
+        )
+        self.table.wait_for_window(self.clock.monotonic() + (opening - now).total_seconds(), info)
+        return info
+
+    def window_close(self, job: JobSpec, now: datetime) -> datetime | None:
+        """When a run of `job` starting now must end (`kill_at_window_end`): its window's close."""
+        if not (job.kill_at_window_end and job.window):
+            return None
+        return schedule.windows_for(job.window, job.timezone).closing(now)
+
+    def deadline_cause(self, info: RunInfo) -> str:
+        """What a run's deadline is: "window" (its window closed) or "timeout"."""
+        job = self.jobs.get(info.job)
+        if job is None or not job.kill_at_window_end or info.deadline is None:
+            return "timeout"
+        if job.timeout is None or info.started_at is None:
+            return "window"
+        timeout_at = info.started_at + timedelta(seconds=job.timeout)
+        return "window" if info.deadline < timeout_at - timedelta(milliseconds=1) else "timeout"
+
     def notify(self, batch: Batch, event: Event) -> None:
         """Queue `event` in this batch's transaction for the channels it is routed to (if any)."""
         batch.intents.extend(self.notification(event))
@@ -474,6 +555,12 @@ class Planner:
                 state, reason = RunState.TIMED_OUT, f"timeout{limit} exceeded; process group killed"
             elif info.kill_requested == "kill":
                 state, reason = RunState.KILLED, "killed by operator"
+            elif info.kill_requested == "window":
+                job = self.jobs.get(info.job)
+                closed = f" ({', '.join(job.window)})" if job else ""
+                when = iso(info.deadline) if info.deadline else "its end"
+                state = RunState.KILLED
+                reason = f"kill_at_window_end: its window{closed} closed at {when}; process group killed"
             elif result.exit_code == 0:
                 state, reason = RunState.SUCCEEDED, None
             else:

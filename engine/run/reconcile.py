@@ -82,7 +82,10 @@ class Reconciler:
                     if job is not None and info.attempt > 1:
                         # Never longer than its delay: a clock that went back must not postpone it.
                         wait = min(wait, schedule.retry_delay(job.retry_delay, info.attempt - 1))
-                    table.retry_at(p.clock.monotonic() + wait, info.id)
+                    if info.attempt == 1:  # a first attempt with a start time waits for its window
+                        table.wait_for_window(p.clock.monotonic() + wait, info)
+                    else:
+                        table.retry_at(p.clock.monotonic() + wait, info.id)
                 else:
                     table.queued[info.job].append(info.id)
                 continue

@@ -25,6 +25,8 @@ class RunTable:
         self.runs: dict[int, RunInfo] = {}  #: open runs only
         self.active: defaultdict[str, set[int]] = defaultdict(set)  #: launching or running, per job
         self.queued: defaultdict[str, deque[int]] = defaultdict(deque)  #: pending behind them, in order
+        #: pending until an admission window opens (`window`), per job; they wait on the retry heap
+        self.window_waiting: defaultdict[str, set[int]] = defaultdict(set)
         self._retries: list[tuple[float, int]] = []
         self._deadlines: list[tuple[float, int]] = []
         self._opened: list[RunInfo] = []  # tracked since the last take_opened (for the run watch)
@@ -64,6 +66,8 @@ class RunTable:
         """A run that ended, or whose row was never written."""
         self.runs.pop(run_id, None)
         self.active[job].discard(run_id)
+        if job in self.window_waiting:
+            self.window_waiting[job].discard(run_id)
         with contextlib.suppress(ValueError):
             self.queued[job].remove(run_id)
         if self.holders.release(run_id) or self.unwait(run_id, job):
@@ -96,6 +100,8 @@ class RunTable:
         self.active[info.job].add(info.id)
         self.unwait(info.id, info.job)
         self.holders.take(self.need_of(info))
+        if info.job in self.window_waiting:
+            self.window_waiting[info.job].discard(info.id)
 
     def next_queued(self, job: str) -> RunInfo | None:
         """The next pending run of the job's queue, taken off it (runs ended meanwhile are dropped)."""
@@ -109,6 +115,15 @@ class RunTable:
 
     def retry_at(self, mono: float, run_id: int) -> None:
         heapq.heappush(self._retries, (mono, run_id))
+
+    def wait_for_window(self, mono: float, info: RunInfo) -> None:
+        """A pending run that starts when its window opens (at `mono`), like a retry that is due."""
+        self.window_waiting[info.job].add(info.id)
+        self.retry_at(mono, info.id)
+
+    def window_waiting_of(self, job: str) -> list[int]:
+        """The job's runs waiting for a window to open, by id."""
+        return sorted(run_id for run_id in self.window_waiting.get(job, ()) if run_id in self.runs)
 
     def due_retries(self, mono: float) -> Iterator[RunInfo]:
         """Pending runs whose retry time has come, each once."""

@@ -6,6 +6,9 @@ All returned datetimes are timezone-aware UTC unless a docstring says otherwise.
 - `cron`: the cron parser, time zones, and the DST rule (documented there), `validate_cron`;
 - `triggers`: the `Trigger` protocol, cron/every/at/combined triggers, `trigger_for`, `fires_between`,
   `preview`;
+- `calendars`: working days and holidays, moves to the next/previous working day, `workday`, and
+  `job_trigger` (the job's trigger with its calendar applied) and `fire_excluded`;
+- `windows`: admission windows (membership, next opening, closing);
 - `policy`: missed fires (`plan_missed_fires`), retries, overlap, upstream (`after`) conditions;
 - `flows` (imported as `engine.schedule.flows`): a flow's steps, their `after` conditions within
   the flow and their outputs.
@@ -14,6 +17,7 @@ Each module imports only those above it, and outside the package only `engine.mo
 and `engine.text`. Callers use this module's names (`from engine import schedule`, `schedule.X`).
 """
 
+from engine.schedule.calendars import WorkingCalendar, calendar_of, fire_excluded, job_trigger
 from engine.schedule.cron import validate_cron, validate_timezone
 from engine.schedule.policy import (
     FirePlan,
@@ -36,6 +40,7 @@ from engine.schedule.triggers import (
     preview,
     trigger_for,
 )
+from engine.schedule.windows import Windows, parse_window, windows_for
 
 __all__ = [
     "AtTrigger",
@@ -46,8 +51,14 @@ __all__ = [
     "OverlapDecision",
     "SharedTriggers",
     "Trigger",
+    "Windows",
+    "WorkingCalendar",
+    "calendar_of",
+    "fire_excluded",
     "fires_between",
+    "job_trigger",
     "overlap_decision",
+    "parse_window",
     "plan_missed_fires",
     "preview",
     "retry_delay",
@@ -57,4 +68,5 @@ __all__ = [
     "upstream_satisfied",
     "validate_cron",
     "validate_timezone",
+    "windows_for",
 ]

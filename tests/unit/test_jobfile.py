@@ -135,7 +135,16 @@ def test_the_job_key_table_is_jobspec_and_a_key_left_unset_takes_jobspecs_defaul
         f.name
         for f in dataclasses.fields(Settings)
         if f.name
-        not in ("agents", "pools", "channels", "invalid_channels", "channels_unknown", "http_listen", "resources")
+        not in (
+            "agents",
+            "pools",
+            "channels",
+            "invalid_channels",
+            "channels_unknown",
+            "http_listen",
+            "resources",
+            "calendars",
+        )
     ]
 
 
