@@ -355,6 +355,20 @@ class Planner:
                 batch, name, scheduled_for, RunState.SKIPPED, trigger, now, reason=reason, flow_id=flow_id
             )
 
+        def opened(state: RunState, why: str | None) -> RunInfo:
+            return self.new_row(
+                batch,
+                name,
+                scheduled_for,
+                state,
+                trigger,
+                now,
+                attempt=attempt,
+                reason=why,
+                flow_id=flow_id,
+                starts_flow=starts_flow,
+            )
+
         if trigger is Trigger.SCHEDULE and name in self.paused:
             return skipped("job paused")
         if trigger is Trigger.SCHEDULE and job.after:
@@ -390,50 +404,17 @@ class Planner:
                     f"overlap=queue: queue full ({len(queued)} waiting{included}, max_queued = {job.max_queued})"
                 )
             why = "catchup=all" if catchup_queue else "overlap=queue"
-            info = self.new_row(
-                batch,
-                name,
-                scheduled_for,
-                RunState.PENDING,
-                trigger,
-                now,
-                attempt=attempt,
-                reason=f"{why}: waiting for run {blocking}",
-                flow_id=flow_id,
-                starts_flow=starts_flow,
-            )
+            info = opened(RunState.PENDING, f"{why}: waiting for run {blocking}")
             self.table.queued[name].append(info.id)
             return info
         if found := self.admission_obstacles(job, self.next_id):
             why = admission.reason(found)
             if len(waiting) >= job.max_queued and not catchup_queue:
                 return skipped(f"{why}; {len(waiting)} runs of the job already waiting (max_queued = {job.max_queued})")
-            info = self.new_row(
-                batch,
-                name,
-                scheduled_for,
-                RunState.PENDING,
-                trigger,
-                now,
-                attempt=attempt,
-                reason=why,
-                flow_id=flow_id,
-                starts_flow=starts_flow,
-            )
+            info = opened(RunState.PENDING, why)
             self.table.wait(info, why)
             return info
-        return self.new_row(
-            batch,
-            name,
-            scheduled_for,
-            RunState.LAUNCHING,
-            trigger,
-            now,
-            attempt=attempt,
-            reason=reason,
-            flow_id=flow_id,
-            starts_flow=starts_flow,
-        )
+        return opened(RunState.LAUNCHING, reason)
 
     def _hold_for_window(
         self,
